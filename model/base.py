@@ -1,0 +1,115 @@
+"""The contract every streamrec model and baseline fulfils.
+
+A :class:`StreamRanker` is a :class:`river.reco.base.Ranker` (``learn_one``, ``predict_one``,
+``rank``) with three batched paths that the evaluator and the service use:
+
+* ``rank_events(events, n)``: the *test* step. For each event, the top-``n`` videos the model
+  would have shown that viewer just before the event, and the rank of the event's video among
+  them. Scoring uses the model state from before the batch; what a model can know exactly
+  inside the batch (the viewer's earlier watches in it, for exclusion and history) it uses.
+* ``learn_many(events)``: the *train* step, for one poll's worth of events, in order.
+* ``recommend_many(viewers, n)``: fresh top-``n`` lists to publish.
+
+Because the service runs several models side by side (a shadow baseline, A/B arms), nothing
+outside ``model/`` depends on a concrete class: only on this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable, Sequence
+from typing import NamedTuple
+
+import numpy as np
+from river.reco.base import Ranker
+
+from model.events import WatchEvent
+from model.ids import as_id
+
+__all__ = ["StreamRanker", "Ranking", "Recommendation"]
+
+
+class Ranking(NamedTuple):
+    """What ``rank_events`` returns for a batch of ``B`` events.
+
+    ``top`` is ``(B, n)`` int64 of model-internal video rows (``-1`` where fewer than ``n``
+    could be recommended); ``rank`` is ``(B,)`` int64, the 0-based rank of each event's video
+    (:data:`model.topk.UNRANKED` when it could not be recommended); ``catalogue`` is the number
+    of videos the model could recommend when it ranked the batch.
+    """
+
+    top: np.ndarray
+    rank: np.ndarray
+    catalogue: int
+
+
+class Recommendation(NamedTuple):
+    """A top-n list for one viewer: video ids and their scores, best first."""
+
+    videos: list[str]
+    scores: np.ndarray
+
+
+class StreamRanker(Ranker, abc.ABC):
+    """Base class: batched paths are abstract, river's per-event API is derived from them."""
+
+    #: Short name used in reports, metrics labels and published messages.
+    name: str = "model"
+
+    @abc.abstractmethod
+    def learn_many(self, events: Sequence[WatchEvent]) -> None:
+        """Learn from ``events``, in order."""
+
+    @abc.abstractmethod
+    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        """Test step: what would have been shown before each event, and where its video ranked."""
+
+    @abc.abstractmethod
+    def recommend_many(
+        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        """Top-``n`` for each viewer; unknown viewers get what is trending. Creates no state."""
+
+    @abc.abstractmethod
+    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
+        """Scores of ``videos`` for ``viewer`` (``-inf`` for unknown videos). Creates no state."""
+
+    # -- derived API -------------------------------------------------------------------------
+
+    def recommend(self, viewer: Hashable, n: int = 10, exclude_seen: bool = True) -> Recommendation:
+        """Top-``n`` videos for one viewer (implicit-style: ids and scores, best first)."""
+        return self.recommend_many([as_id(viewer)], n=n, exclude_seen=exclude_seen)[0]
+
+    def learn_one(self, user: Hashable, item: Hashable, y: float | bool = 1.0, x: dict | None = None) -> None:
+        """river's API: one watch of ``item`` by ``user``.
+
+        ``y`` is the watch time in seconds (``True``/``1.0`` for a plain positive); ``x`` may hold
+        ``timestamp`` and ``duration``. A ``y`` that is false or zero is ignored: implicit
+        feedback has no negative events.
+        """
+        if not y:
+            return
+        x = x or {}
+        watch_time = None if isinstance(y, bool) or y == 1.0 else float(y)
+        self.learn_many(
+            [
+                WatchEvent(
+                    timestamp=float(x.get("timestamp", 0.0)),
+                    viewer=as_id(user),
+                    video=as_id(item),
+                    watch_time=watch_time,
+                    duration=x.get("duration"),
+                )
+            ]
+        )
+
+    def predict_one(self, user: Hashable, item: Hashable, x: dict | None = None) -> float:
+        """river's API: the score of ``item`` for ``user`` (``-inf`` for an unknown item)."""
+        return float(self.score_videos(as_id(user), [as_id(item)])[0])
+
+    def rank(self, user: Hashable, items: set[Hashable], x: dict | None = None) -> list[Hashable]:
+        """river's API: ``items`` by decreasing preference, scored in one vectorised call."""
+        items = list(items)
+        scores = self.score_videos(as_id(user), [as_id(i) for i in items])
+        order = np.argsort(-scores, kind="stable")
+        return [items[i] for i in order]

@@ -1,0 +1,101 @@
+"""Which videos each viewer has watched, and the cells to exclude when ranking a batch.
+
+Exclusion is *causal inside a batch*: event ``i`` excludes what its viewer watched before the
+batch plus the videos of that viewer's earlier events in the same batch, never later ones. So
+a batch of one and a batch of many exclude exactly the same videos for each event.
+
+>>> seen = SeenVideos()
+>>> seen.add(0, 5); seen.add(0, 7)
+>>> rows, cols = seen.exclusion_for_events([0, 0, -1], [9, 3, 5])
+>>> sorted(zip(rows.tolist(), cols.tolist()))
+[(0, 5), (0, 7), (1, 5), (1, 7), (1, 9)]
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.events import WatchEvent
+from model.ids import IdIndex
+
+__all__ = ["SeenVideos", "viewer_keys"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> list[int]:
+    """Per event, the viewer's row, or a shared negative key for a viewer not known yet.
+
+    This is the ``viewer_keys`` argument of :meth:`SeenVideos.exclusion_for_events`; it creates
+    no rows, so ranking a batch never grows the model.
+    """
+    new: dict[str, int] = {}
+    get = viewers.get
+    keys = []
+    for e in events:
+        row = get(e.viewer)
+        keys.append(row if row is not None else new.setdefault(e.viewer, -2 - len(new)))
+    return keys
+
+
+class SeenVideos:
+    """Per-viewer lists of watched video rows, indexed by viewer row."""
+
+    def __init__(self) -> None:
+        self._seen: list[list[int]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, viewer_row: int, video_row: int) -> None:
+        seen = self._seen
+        while viewer_row >= len(seen):
+            seen.append([])
+        seen[viewer_row].append(video_row)
+
+    def of(self, viewer_row: int) -> list[int]:
+        """Video rows watched by ``viewer_row`` (empty for an unknown row)."""
+        return self._seen[viewer_row] if 0 <= viewer_row < len(self._seen) else []
+
+    def exclusion_for_viewers(self, viewer_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, cols)`` cells so that row ``i`` excludes all videos of ``viewer_rows[i]``."""
+        rows, cols = [], []
+        for i, v in enumerate(viewer_rows):
+            watched = self.of(v)
+            if watched:
+                rows.append(np.full(len(watched), i, dtype=np.int64))
+                cols.append(np.asarray(watched, dtype=np.int64))
+        if not rows:
+            return _EMPTY, _EMPTY
+        return np.concatenate(rows), np.concatenate(cols)
+
+    def exclusion_for_events(
+        self, viewer_keys: Sequence[int], video_rows: Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Causal exclusion cells for a batch of events.
+
+        ``viewer_keys[i]`` is the viewer row of event ``i``, or any negative number for a viewer
+        the model does not know yet (events of the same unknown viewer must share the key);
+        ``video_rows[i]`` is the event's video row, ``-1`` when unknown (nothing to exclude).
+        """
+        positions: dict[int, list[int]] = {}
+        for i, key in enumerate(viewer_keys):
+            positions.setdefault(int(key), []).append(i)
+        video_rows = np.asarray(video_rows, dtype=np.int64)
+        rows, cols = [], []
+        for key, idxs in positions.items():
+            watched = self.of(key) if key >= 0 else []
+            if watched:
+                rows.append(np.repeat(np.asarray(idxs, dtype=np.int64), len(watched)))
+                cols.append(np.tile(np.asarray(watched, dtype=np.int64), len(idxs)))
+            for k in range(1, len(idxs)):
+                earlier = video_rows[idxs[:k]]
+                earlier = earlier[earlier >= 0]
+                rows.append(np.full(earlier.size, idxs[k], dtype=np.int64))
+                cols.append(earlier)
+        if not rows:
+            return _EMPTY, _EMPTY
+        return np.concatenate(rows), np.concatenate(cols)

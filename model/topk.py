@@ -1,0 +1,97 @@
+"""Top-n selection and target ranks over a batch of score rows: the one place ranking happens.
+
+Every model scores a batch of viewers against its whole catalogue as a ``(batch, items)``
+float32 matrix; this module turns that matrix into top-n lists and, for evaluation, the rank
+of each event's video. Excluded cells (already-watched videos) and non-finite scores (a
+diverged model) are set to ``-inf`` *before* selection, so a NaN can never count as a hit and
+``n`` valid items come back whenever that many exist.
+
+Ranks are pessimistic: a target that ties with other items is ranked below all of them, so a
+model that scores everything equal (or zero) gets no credit.
+
+>>> import numpy as np
+>>> scores = np.array([[0.1, 0.9, 0.5, 0.7]], dtype=np.float32)
+>>> top, rank = top_n_with_rank(scores, n=2, targets=np.array([2]))
+>>> top.tolist(), rank.tolist()
+([[1, 3]], [2])
+>>> scores = np.array([[0.1, 0.9, 0.5, 0.7]], dtype=np.float32)
+>>> top, rank = top_n_with_rank(scores, n=2, targets=np.array([2]),
+...                             exclude=(np.array([0]), np.array([1])))
+>>> top.tolist(), rank.tolist()
+([[3, 2]], [1])
+
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["top_n_with_rank", "top_n", "UNRANKED"]
+
+#: The rank given to a target that cannot be recommended (unknown, excluded, or non-finite).
+UNRANKED = np.iinfo(np.int64).max
+
+
+def _prepare(scores: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    # NaN compares false with everything, so it would slip through argpartition; -inf never wins.
+    np.nan_to_num(scores, copy=False, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
+    if exclude is not None:
+        scores[exclude] = -np.inf
+    return scores
+
+
+def top_n(
+    scores: np.ndarray,
+    n: int,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of the ``n`` best cells of each row, best first.
+
+    ``scores`` is modified in place. ``exclude`` is a pair of index arrays ``(rows, cols)`` of
+    cells that must not be chosen. Slots that could not be filled with a finite score hold
+    column ``-1`` and score ``-inf``.
+    """
+    scores = _prepare(scores, exclude)
+    batch, items = scores.shape
+    k = min(n, items)
+    if k == 0:
+        return np.full((batch, n), -1, dtype=np.int64), np.full((batch, n), -np.inf, dtype=np.float32)
+    if k < items:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(items), (batch, items)).copy()
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    cols = np.take_along_axis(part, order, axis=1)
+    best = np.take_along_axis(part_scores, order, axis=1)
+    cols[~np.isfinite(best)] = -1
+    if k < n:
+        cols = np.pad(cols, ((0, 0), (0, n - k)), constant_values=-1)
+        best = np.pad(best, ((0, 0), (0, n - k)), constant_values=-np.inf)
+    return cols, best.astype(np.float32, copy=False)
+
+
+def top_n_with_rank(
+    scores: np.ndarray,
+    n: int,
+    targets: np.ndarray,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` columns per row, and the 0-based pessimistic rank of ``targets[i]`` in row ``i``.
+
+    A target of ``-1`` (unknown to the model), an excluded target, or a target with a
+    non-finite score gets rank :data:`UNRANKED`. ``scores`` is modified in place.
+    """
+    scores = _prepare(scores, exclude)
+    batch = scores.shape[0]
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    known = np.flatnonzero(targets >= 0)
+    if known.size:
+        target_scores = scores[known, targets[known]]
+        rows = scores[known]
+        above = (rows > target_scores[:, None]).sum(axis=1)
+        ties = (rows == target_scores[:, None]).sum(axis=1) - 1
+        ok = np.isfinite(target_scores)
+        rank[known[ok]] = above[ok] + ties[ok]
+    cols, _ = top_n(scores, n)
+    return cols, rank

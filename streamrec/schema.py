@@ -1,0 +1,142 @@
+"""The wire contract: watch events in JSON, as they travel on the input topic.
+
+One JSON object per Kafka message value (and per line of a ``.jsonl`` file)::
+
+    {"timestamp": 1616963421, "viewer": "UC2nEn-yNA1BtdDNWziphPGA", "video": "WK_Nr4tUtl8",
+     "watch_time": 600, "duration": 1200, "event_id": "e-1"}
+
+Rules (an event breaking any of them is dead-lettered with the reason code in brackets):
+
+* the value is a UTF-8 JSON object of at most 64 KiB [``not_json``, ``not_object``, ``too_large``];
+* ``timestamp`` (required): Unix seconds as a number, or an ISO-8601 string (``Z`` or an offset;
+  no offset means UTC); between 1970 and 2100 [``missing_field``, ``bad_type``, ``bad_value``];
+* ``viewer``, ``video`` (required): non-empty strings of at most 256 characters, or integers
+  (turned into strings); booleans are not ids [``missing_field``, ``bad_type``, ``bad_value``];
+* ``watch_time`` (optional; absent or ``null`` means unknown, learned as a plain positive):
+  seconds, finite, ``0 <= watch_time <= 7 days`` [``bad_type``, ``bad_value``];
+* ``duration`` (optional): the video's length in seconds, finite, ``0 < duration <= 7 days``;
+* ``event_id`` (optional): a string of at most 256 characters;
+* other fields are ignored, so producers can add context without breaking consumers.
+
+>>> event_from_json(b'{"timestamp": 10, "viewer": 42, "video": "v", "watch_time": 30}')
+WatchEvent(timestamp=10.0, viewer='42', video='v', watch_time=30.0, duration=None, event_id=None)
+>>> event_from_json(b'{"viewer": "a", "video": "v"}')
+Traceback (most recent call last):
+...
+streamrec.schema.EventError: missing_field: 'timestamp' is required
+
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+
+import orjson
+
+from model.events import WatchEvent
+
+__all__ = ["EventError", "event_from_json", "event_to_json", "REASONS", "MAX_EVENT_BYTES"]
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_ID_CHARS = 256
+MAX_SECONDS = 7 * 24 * 3600
+MIN_TIMESTAMP = 0.0
+MAX_TIMESTAMP = 4102444800.0  # 2100-01-01T00:00:00Z
+
+#: Every reason code an event can be dead-lettered with (the ``reason`` metric label values).
+REASONS = ("not_json", "not_object", "too_large", "missing_field", "bad_type", "bad_value")
+
+
+class EventError(ValueError):
+    """Why an event cannot be used: ``reason`` is one of :data:`REASONS`, ``detail`` says more."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _number(body: dict, name: str) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError("bad_type", f"{name!r} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise EventError("bad_value", f"{name!r} must be finite")
+    return value
+
+
+def _identifier(body: dict, name: str) -> str:
+    if name not in body:
+        raise EventError("missing_field", f"{name!r} is required")
+    value = body[name]
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise EventError("bad_type", f"{name!r} must be a string or an integer, got {type(value).__name__}")
+    value = value if isinstance(value, str) else str(value)
+    if not value or len(value) > MAX_ID_CHARS:
+        raise EventError("bad_value", f"{name!r} must have 1 to {MAX_ID_CHARS} characters")
+    return value
+
+
+def _timestamp(body: dict) -> float:
+    if "timestamp" not in body:
+        raise EventError("missing_field", "'timestamp' is required")
+    raw = body["timestamp"]
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise EventError("bad_value", "'timestamp' string is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        value = parsed.timestamp()
+    else:
+        value = _number(body, "timestamp")
+        if value is None:
+            raise EventError("missing_field", "'timestamp' is required")
+    if not MIN_TIMESTAMP <= value <= MAX_TIMESTAMP:
+        raise EventError("bad_value", "'timestamp' must be between 1970 and 2100 (Unix seconds)")
+    return value
+
+
+def _seconds(body: dict, name: str, allow_zero: bool) -> float | None:
+    value = _number(body, name)
+    if value is None:
+        return None
+    if value < 0 or (value == 0 and not allow_zero) or value > MAX_SECONDS:
+        low = "0 <=" if allow_zero else "0 <"
+        raise EventError("bad_value", f"{name!r} must be {low} seconds <= {MAX_SECONDS}")
+    return value
+
+
+def event_from_json(raw: bytes | bytearray | memoryview | str | None) -> WatchEvent:
+    """Decode and validate one event; raises :class:`EventError` with a reason code."""
+    if raw is None:
+        raise EventError("not_json", "empty message (null value)")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError("too_large", f"{len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        raise EventError("not_json", str(err).split(":")[0] or "invalid JSON") from None
+    if not isinstance(body, dict):
+        raise EventError("not_object", f"expected a JSON object, got {type(body).__name__}")
+    event_id = body.get("event_id")
+    if event_id is not None and (not isinstance(event_id, str) or len(event_id) > MAX_ID_CHARS):
+        raise EventError("bad_type", f"'event_id' must be a string of at most {MAX_ID_CHARS} characters")
+    return WatchEvent(
+        timestamp=_timestamp(body),
+        viewer=_identifier(body, "viewer"),
+        video=_identifier(body, "video"),
+        watch_time=_seconds(body, "watch_time", allow_zero=True),
+        duration=_seconds(body, "duration", allow_zero=False),
+        event_id=event_id,
+    )
+
+
+def event_to_json(event: WatchEvent) -> bytes:
+    """The JSON value of a watch event on the input topic (unknown fields left out)."""
+    return orjson.dumps({k: v for k, v in event._asdict().items() if v is not None})
