@@ -1,0 +1,180 @@
+"""Checkpoints: the model's whole state together with the input offsets it covers.
+
+A checkpoint is what makes a restart exact. It holds the model files and, for each input
+partition, the offset of the next event *not* yet learned. On start the service restores the
+newest good checkpoint and resumes each partition from its offset, so no event is learned twice
+and none is skipped (see ``consumer.app`` for how committed offsets and checkpoints combine).
+
+Writing is atomic: files go to a temporary folder, are fsynced, and the folder is renamed into
+place; a manifest records each file's SHA-256, so a torn or corrupted checkpoint is detected on
+load and the previous one is used instead. Storage sits behind :class:`CheckpointStore` so an
+object store can replace the local folder.
+
+>>> import tempfile
+>>> store = LocalCheckpointStore(tempfile.mkdtemp())
+>>> def write(folder):
+...     (folder / "model.bin").write_bytes(b"weights")
+>>> cp = store.save(write, offsets={("watch-events", 0): 42}, events_learned=42)
+>>> restored = store.latest()
+>>> restored.offsets, restored.events_learned, (restored.path / "model.bin").read_bytes()
+({('watch-events', 0): 42}, 42, b'weights')
+
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+__all__ = ["Checkpoint", "CheckpointStore", "LocalCheckpointStore", "CorruptCheckpoint"]
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "MANIFEST.json"
+FORMAT = "streamrec-checkpoint/1"
+
+Offsets = dict[tuple[str, int], int]
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose manifest or files do not verify."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A verified checkpoint: its folder, the offsets it covers, and bookkeeping."""
+
+    path: Path
+    sequence: int
+    offsets: Offsets
+    events_learned: int
+    created_at: float
+    size_bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class CheckpointStore(abc.ABC):
+    """Where checkpoints live. ``save`` must be atomic; ``latest`` must skip corrupt ones."""
+
+    #: How many corrupt checkpoints were skipped by ``latest`` (for the log and a metric).
+    skipped_corrupt: int = 0
+
+    @abc.abstractmethod
+    def save(
+        self, write: Callable[[Path], None], offsets: Offsets, events_learned: int, extra: dict | None = None
+    ) -> Checkpoint:
+        """Create a checkpoint: ``write(folder)`` puts the model files into ``folder``."""
+
+    @abc.abstractmethod
+    def latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies, or ``None``."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalCheckpointStore(CheckpointStore):
+    """Checkpoints as folders ``ckpt-<sequence>`` under ``root``; the newest ``keep`` are kept."""
+
+    def __init__(self, root: str | Path, keep: int = 3) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = max(2, keep)  # at least one to fall back on
+        self.skipped_corrupt = 0
+
+    def _folders(self) -> list[tuple[int, Path]]:
+        found = []
+        for p in self.root.glob("ckpt-*"):
+            try:
+                found.append((int(p.name.split("-", 1)[1]), p))
+            except ValueError:
+                continue
+        return sorted(found)
+
+    def save(
+        self, write: Callable[[Path], None], offsets: Offsets, events_learned: int, extra: dict | None = None
+    ) -> Checkpoint:
+        existing = self._folders()
+        sequence = existing[-1][0] + 1 if existing else 1
+        tmp = self.root / f".tmp-{sequence}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write(tmp)
+        files = {}
+        size = 0
+        for f in sorted(tmp.iterdir()):
+            _fsync(f)
+            files[f.name] = _sha256(f)
+            size += f.stat().st_size
+        created_at = time.time()
+        manifest = {
+            "format": FORMAT,
+            "sequence": sequence,
+            "created_at": created_at,
+            "events_learned": int(events_learned),
+            "offsets": [[t, p, int(o)] for (t, p), o in sorted(offsets.items())],
+            "files": files,
+            "extra": extra or {},
+        }
+        (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        _fsync(tmp / MANIFEST)
+        final = self.root / f"ckpt-{sequence:012d}"
+        os.rename(tmp, final)
+        _fsync(self.root)
+        for _, old in self._folders()[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return Checkpoint(final, sequence, dict(offsets), int(events_learned), created_at, size, extra or {})
+
+    def _verify(self, folder: Path) -> Checkpoint:
+        try:
+            manifest = orjson.loads((folder / MANIFEST).read_bytes())
+        except (OSError, orjson.JSONDecodeError) as err:
+            raise CorruptCheckpoint(f"{folder}: unreadable manifest ({err})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CorruptCheckpoint(f"{folder}: not a {FORMAT} manifest")
+        size = 0
+        for name, digest in manifest["files"].items():
+            path = folder / name
+            if not path.is_file() or _sha256(path) != digest:
+                raise CorruptCheckpoint(f"{folder}: {name} is missing or does not match its checksum")
+            size += path.stat().st_size
+        return Checkpoint(
+            path=folder,
+            sequence=int(manifest["sequence"]),
+            offsets={(t, int(p)): int(o) for t, p, o in manifest["offsets"]},
+            events_learned=int(manifest["events_learned"]),
+            created_at=float(manifest["created_at"]),
+            size_bytes=size,
+            extra=manifest.get("extra", {}),
+        )
+
+    def latest(self) -> Checkpoint | None:
+        for _, folder in reversed(self._folders()):
+            try:
+                return self._verify(folder)
+            except CorruptCheckpoint as err:
+                self.skipped_corrupt += 1
+                log.warning("skipping corrupt checkpoint: %s", err)
+        return None

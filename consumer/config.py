@@ -1,0 +1,155 @@
+"""The service's one typed configuration, read from flags and environment variables in one place.
+
+Every setting has a default, a flag and an environment variable ``STREAMREC_<NAME>``; a flag
+beats the environment, which beats the default. Values are validated when the config is
+built, so a bad value fails at start-up with a message naming the setting.
+
+>>> cfg = ServiceConfig.from_args(["--input-topic", "views", "--top-n", "5"], environ={})
+>>> cfg.input_topic, cfg.top_n, cfg.output_topic
+('views', 5, 'recommendations')
+>>> ServiceConfig.from_args([], environ={"STREAMREC_TOP_N": "0"})
+Traceback (most recent call last):
+...
+consumer.config.ConfigError: top_n must be between 1 and 1000, got 0
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+__all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+
+class ConfigError(ValueError):
+    """A setting with a value the service cannot run with."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Settings of ``streamrec serve``. Field names are the flag names with ``-`` for ``_``."""
+
+    bootstrap_servers: str = DEFAULT_BOOTSTRAP
+    input_topic: str = "watch-events"
+    output_topic: str = "recommendations"
+    dlq_topic: str = "watch-events-dlq"
+    group_id: str = "streamrec"
+    metrics_port: int = 8000
+    #: Where a new consumer group starts: "earliest" learns the history already in the topic.
+    auto_offset_reset: str = "earliest"
+    top_n: int = 10
+    #: The model to serve, by registry name.
+    model: str = "streamrec"
+    #: A popularity model scored on the same stream, so dashboards show the lift of learning.
+    shadow_baseline: bool = True
+    max_poll_records: int = 500
+    poll_timeout_ms: int = 100
+    #: Folder for checkpoints of model state and offsets; empty disables checkpointing.
+    checkpoint_dir: str = ""
+    checkpoint_interval_s: float = 30.0
+    checkpoint_every_events: int = 100_000
+    #: Publish outputs and commit offsets in one Kafka transaction per batch.
+    exactly_once: bool = False
+    #: Names this worker in commit metadata and the transactional id; defaults to the group id.
+    worker_id: str = ""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(message)
+
+        for name in ("bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "group_id"):
+            check(bool(getattr(self, name).strip()), f"{name} must not be empty")
+        check(len({self.input_topic, self.output_topic, self.dlq_topic}) == 3, "topics must be distinct")
+        check(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        check(
+            self.auto_offset_reset in ("earliest", "latest"),
+            f"auto_offset_reset must be earliest or latest, got {self.auto_offset_reset!r}",
+        )
+        check(1 <= self.top_n <= 1000, f"top_n must be between 1 and 1000, got {self.top_n}")
+        check(self.max_poll_records >= 1, "max_poll_records must be at least 1")
+        check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
+        check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
+        check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
+        check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level is not a level")
+
+    @property
+    def worker(self) -> str:
+        return self.worker_id or self.group_id
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+
+    @classmethod
+    def from_namespace(cls, args: argparse.Namespace) -> ServiceConfig:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServiceConfig:
+        parser = argparse.ArgumentParser(prog="streamrec serve")
+        add_arguments(parser, environ)
+        try:
+            return cls.from_namespace(parser.parse_args(list(argv)))
+        except TypeError as err:  # pragma: no cover - argparse already typed every value
+            raise ConfigError(str(err)) from None
+
+
+def _to_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not a boolean: {text!r}")
+
+
+_HELP = {
+    "bootstrap_servers": "Kafka bootstrap servers, host:port[,host:port]",
+    "input_topic": "topic of watch events (keyed by viewer)",
+    "output_topic": "topic the recommendations are published to (keyed by viewer)",
+    "dlq_topic": "dead-letter topic for events that cannot be used",
+    "group_id": "Kafka consumer group",
+    "metrics_port": "port of the Prometheus /metrics endpoint (0 disables it)",
+    "auto_offset_reset": "where a new consumer group starts: earliest or latest",
+    "top_n": "length of each published recommendation list",
+    "model": "model to serve (see `streamrec evaluate --help` for names)",
+    "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
+    "max_poll_records": "most events learned in one batch",
+    "poll_timeout_ms": "how long one poll waits for events",
+    "checkpoint_dir": "folder for checkpoints of model state and offsets (empty: none)",
+    "checkpoint_interval_s": "checkpoint at least this often, in seconds",
+    "checkpoint_every_events": "checkpoint at least every this many events",
+    "exactly_once": "publish and commit offsets in one Kafka transaction per batch",
+    "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """Add one flag per setting, each defaulting to ``STREAMREC_<NAME>`` or the built-in default."""
+    environ = os.environ if environ is None else environ
+    defaults = ServiceConfig.__dataclass_fields__
+    for name, field in defaults.items():
+        env = f"STREAMREC_{name.upper()}"
+        kind = type(field.default)
+        default = field.default
+        if env in environ:
+            raw = environ[env]
+            try:
+                default = _to_bool(raw) if kind is bool else kind(raw)
+            except ValueError as err:
+                raise ConfigError(f"{env}={raw!r}: {err}") from None
+        flag = "--" + name.replace("_", "-")
+        help_ = f"{_HELP[name]} (env {env}; default: {default!r})"
+        if kind is bool:
+            parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
+        else:
+            parser.add_argument(flag, default=default, type=kind, metavar=name.upper(), help=help_)

@@ -1,0 +1,65 @@
+"""Turning one poll's Kafka records into watch events, and the rest into dead letters.
+
+Decoding follows the wire contract in :mod:`streamrec.schema`. A record that breaks it is not
+dropped: it becomes a :class:`DeadLetter` carrying the original key and value unchanged plus the
+reason, which the service publishes to the dead-letter topic.
+
+>>> from kafka.consumer.fetcher import ConsumerRecord
+>>> def rec(offset, value):
+...     return ConsumerRecord(topic="t", partition=0, leader_epoch=0, offset=offset, timestamp=1000,
+...                           timestamp_type=0, key=b"k", value=value, headers=[], checksum=None,
+...                           serialized_key_size=1, serialized_value_size=len(value),
+...                           serialized_header_size=-1)
+>>> batch = decode([rec(0, b'{"timestamp": 1, "viewer": "a", "video": "v"}'), rec(1, b"oops")])
+>>> [e.viewer for e in batch.events], [(d.offset, d.reason) for d in batch.dead]
+(['a'], [(1, 'not_json')])
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from model.events import WatchEvent
+from streamrec.schema import EventError, event_from_json
+
+__all__ = ["DeadLetter", "Intake", "decode"]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """An input record that cannot be used, with why."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str
+    detail: str
+
+
+@dataclass
+class Intake:
+    """A decoded batch: valid events with their origins, and dead letters, in input order."""
+
+    events: list[WatchEvent] = field(default_factory=list)
+    #: (partition, offset, Kafka timestamp in seconds) of each event, aligned with ``events``.
+    origins: list[tuple[int, int, float]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def decode(records: Iterable) -> Intake:
+    """Decode Kafka ``ConsumerRecord`` s (anything with topic, partition, offset, timestamp, key, value)."""
+    intake = Intake()
+    events, origins = intake.events, intake.origins
+    for r in records:
+        try:
+            event = event_from_json(r.value)
+        except EventError as err:
+            intake.dead.append(DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, err.reason, err.detail))
+            continue
+        events.append(event)
+        origins.append((r.partition, r.offset, r.timestamp / 1000.0))
+    return intake
