@@ -1,0 +1,442 @@
+"""Every Prometheus metric the service exposes, defined once, and the calls that update them.
+
+The service owns one :class:`ServiceMetrics` and calls it once per poll batch (never per event):
+the per-event work (freshness of every published list, coverage of every recommended video) is
+done with numpy on whole arrays. All names share the ``streamrec_`` prefix, use base units
+(seconds, bytes, ratios in ``[0, 1]``), and counters end in ``_total``. Labels are of low
+cardinality only (``model``, ``reason``, ``partition``, ``result``); never a viewer or video id.
+
+Quality is exported as counters, not ratios, so PromQL computes it over any window, e.g.
+HR@10 of the last five minutes::
+
+    sum by (model) (rate(streamrec_quality_hits_total[5m]))
+      / sum by (model) (rate(streamrec_quality_evaluated_total[5m]))
+
+>>> from prometheus_client import CollectorRegistry, generate_latest
+>>> registry = CollectorRegistry()
+>>> metrics = ServiceMetrics(registry=registry)
+>>> metrics.record_batch(consumed=3, learned=2, seconds=0.004)
+>>> metrics.record_dead_letters(["not_json"])
+>>> text = generate_latest(registry).decode()
+>>> "streamrec_events_learned_total 2.0" in text
+True
+>>> 'streamrec_events_dead_lettered_total{reason="not_json"} 1.0' in text
+True
+>>> 'streamrec_events_dead_lettered_total{reason="bad_type"} 0.0' in text  # exists at zero
+True
+
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+
+from streamrec import __version__
+from streamrec.schema import REASONS
+
+__all__ = [
+    "ServiceMetrics",
+    "ArrayHistogram",
+    "DEAD_LETTER_REASONS",
+    "FRESHNESS_BUCKETS",
+    "start_http_server",
+]
+
+#: Reason label values of ``streamrec_events_dead_lettered_total``, created at zero. The schema's
+#: reasons, plus ``decode_error`` for anything that fails before validation (a bad key, say).
+DEAD_LETTER_REASONS: tuple[str, ...] = (*REASONS, "decode_error")
+
+#: Freshness (event time -> its viewer's list published): 1 ms to a minute.
+FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+#: Processing time of one poll batch (decode, score, learn, recommend, publish).
+BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Events per poll batch.
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+#: Writing one checkpoint.
+CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class ArrayHistogram:
+    """A Prometheus histogram fed whole numpy arrays at once.
+
+    ``prometheus_client.Histogram.observe`` takes one value (and a lock) per call; at thousands
+    of events per second that is measurable, so this collector bins a batch with one
+    ``searchsorted`` and adds the bucket counts. It exposes the standard ``_bucket``, ``_sum``
+    and ``_count`` series, so ``histogram_quantile`` works on it as on any histogram.
+
+    >>> from prometheus_client import CollectorRegistry, generate_latest
+    >>> registry = CollectorRegistry()
+    >>> h = ArrayHistogram("demo_seconds", "Demo.", buckets=(0.1, 1.0), registry=registry)
+    >>> h.observe_many(np.array([0.05, 0.1, 0.5, 7.0]))
+    >>> for line in generate_latest(registry).decode().splitlines():
+    ...     if "bucket" in line:
+    ...         print(line)
+    demo_seconds_bucket{le="0.1"} 2.0
+    demo_seconds_bucket{le="1.0"} 3.0
+    demo_seconds_bucket{le="+Inf"} 4.0
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry | None
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        # One slot per finite bucket plus +Inf; counts are per slot, cumulated on collect.
+        self._counts = np.zeros(self._bounds.size + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        if registry is not None:
+            registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Add every value of ``values`` (NaNs are ignored)."""
+        values = np.asarray(values, dtype=np.float64).ravel()
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            return
+        # side="left": slot i holds bounds[i-1] < v <= bounds[i], Prometheus's inclusive ``le``.
+        slots = np.searchsorted(self._bounds, values, side="left")
+        counts = np.bincount(slots, minlength=self._counts.size)
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts)
+            total = self._sum
+        bounds = [*(repr(float(b)) for b in self._bounds), "+Inf"]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], list(zip(bounds, cumulative.tolist(), strict=True)), sum_value=total)
+        yield family
+
+
+class _RecentWindow:
+    """Distinct videos and mean popularity percentile over the last ``size`` recommended slots.
+
+    Bounded: arrays older than the window are evicted; a per-row count keeps ``distinct``
+    exact without re-scanning the window.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._batches: deque[tuple[np.ndarray, float, int]] = deque()
+        self._slots = 0
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._distinct = 0
+        self._pct_sum = 0.0
+        self._pct_n = 0
+
+    def add(self, rows: np.ndarray, pct_sum: float, pct_n: int) -> None:
+        if rows.size:
+            top = int(rows.max()) + 1
+            if top > self._counts.size:
+                grown = np.zeros(max(top, 2 * self._counts.size), dtype=np.int64)
+                grown[: self._counts.size] = self._counts
+                self._counts = grown
+            before = self._counts[rows] == 0
+            np.add.at(self._counts, rows, 1)
+            self._distinct += int(np.unique(rows[before]).size)
+        self._batches.append((rows, pct_sum, pct_n))
+        self._slots += rows.size
+        self._pct_sum += pct_sum
+        self._pct_n += pct_n
+        while self._slots > self.size and len(self._batches) > 1:
+            old, old_sum, old_n = self._batches.popleft()
+            np.subtract.at(self._counts, old, 1)
+            self._distinct -= int(np.unique(old[self._counts[old] == 0]).size)
+            self._slots -= old.size
+            self._pct_sum -= old_sum
+            self._pct_n -= old_n
+
+    @property
+    def distinct(self) -> int:
+        return self._distinct
+
+    @property
+    def popularity(self) -> float:
+        return self._pct_sum / self._pct_n if self._pct_n else float("nan")
+
+
+class ServiceMetrics:
+    """The service's metrics on one registry, and the per-batch calls that update them.
+
+    Parameters
+    ----------
+    models
+        Model names, the ``model`` label values of the quality series: the learned model first,
+        then shadow baselines (``"popular"`` is the dashboard's reference for lift).
+    registry
+        Where the metrics are registered; the process-wide default registry when ``None``.
+        Tests pass a fresh :class:`~prometheus_client.CollectorRegistry`.
+    n
+        The list length quality is measured at (HR@n, NDCG@n); it only appears in help texts.
+    coverage_window
+        How many recently recommended slots (videos in published lists) coverage and popularity
+        bias are computed over.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("streamrec", "popular"),
+        registry: CollectorRegistry | None = None,
+        *,
+        n: int = 10,
+        coverage_window: int = 10_000,
+    ) -> None:
+        registry = REGISTRY if registry is None else registry
+        self.models = tuple(models)
+        self.registry = registry
+        kw = {"registry": registry}
+
+        # -- throughput ----------------------------------------------------------------------
+        self.consumed = Counter("streamrec_events_consumed", "Watch events read from the input topic.", **kw)
+        self.learned = Counter(
+            "streamrec_events_learned", "Watch events learned by the model (valid events).", **kw
+        )
+        self.dead_lettered = Counter(
+            "streamrec_events_dead_lettered",
+            "Events sent to the dead-letter topic, by reason (see streamrec.schema).",
+            ["reason"],
+            **kw,
+        )
+        self.published = Counter(
+            "streamrec_recommendations_published",
+            "Recommendation lists published to the output topic (one per viewer per batch).",
+            **kw,
+        )
+        self.batch_size = Histogram(
+            "streamrec_batch_events", "Events per poll batch.", buckets=BATCH_SIZE_BUCKETS, **kw
+        )
+        self.batch_seconds = Histogram(
+            "streamrec_batch_processing_seconds",
+            "Time to process one poll batch: decode, score, learn, recommend, publish.",
+            buckets=BATCH_SECONDS_BUCKETS,
+            **kw,
+        )
+        self.freshness = ArrayHistogram(
+            "streamrec_freshness_seconds",
+            "Per event: from its Kafka timestamp to its viewer's fresh recommendations being published.",
+            FRESHNESS_BUCKETS,
+            registry,
+        )
+        self.lag = Gauge(
+            "streamrec_consumer_lag_messages",
+            "Messages in the input partition not yet consumed by this service.",
+            ["partition"],
+            **kw,
+        )
+
+        # -- quality (test-then-train on the live stream) --------------------------------------
+        def quality(name: str, doc: str) -> Counter:
+            return Counter(f"streamrec_quality_{name}", doc, ["model"], **kw)
+
+        self.q_evaluated = quality(
+            "evaluated", "Events evaluated: viewer and video seen before, so the model was asked first."
+        )
+        self.q_cold = quality("cold", "Events skipped by evaluation because the viewer or video was new.")
+        self.q_hits = quality("hits", f"Evaluated events whose video was in the model's top {n} (HR@{n}).")
+        self.q_ndcg = quality(
+            "ndcg", f"Sum of NDCG@{n} gains of evaluated events (divide by evaluated for NDCG@{n})."
+        )
+        self.q_rr = quality(
+            "reciprocal_rank", "Sum of reciprocal ranks of evaluated events (divide by evaluated for MRR)."
+        )
+        self.online_shown = Counter(
+            "streamrec_online_shown_events",
+            "Watch events whose viewer had a recommendation list published before the event.",
+            **kw,
+        )
+        self.online_hits = Counter(
+            "streamrec_online_hit_events",
+            "Of those, events whose video was in the viewer's last published list.",
+            **kw,
+        )
+        self.coverage = Gauge(
+            "streamrec_coverage_ratio",
+            f"Distinct videos in the last {coverage_window} recommended slots, as a share of the catalogue.",
+            ["model"],
+            **kw,
+        )
+        self.popularity_bias = Gauge(
+            "streamrec_popularity_bias_ratio",
+            "Mean popularity percentile of recently recommended videos (1 = only the most watched).",
+            ["model"],
+            **kw,
+        )
+
+        # -- the model -------------------------------------------------------------------------
+        self.model_events = Gauge(
+            "streamrec_model_events",
+            "Events learned into the current model state since it was created.",
+            **kw,
+        )
+        self.model_viewers = Gauge("streamrec_model_viewers", "Viewers the model knows.", **kw)
+        self.model_videos = Gauge("streamrec_model_videos", "Videos the model knows.", **kw)
+        self.model_memory = Gauge("streamrec_model_memory_bytes", "Memory held by the model's arrays.", **kw)
+        self.model_loss = Gauge(
+            "streamrec_model_loss", "Training loss, moving average (NaN when the model has none).", **kw
+        )
+        self.guard_trips = Counter(
+            "streamrec_model_guard_trips",
+            "Updates the model refused because they would have made its parameters non-finite.",
+            **kw,
+        )
+        self.checkpoint_seconds = Histogram(
+            "streamrec_checkpoint_duration_seconds",
+            "Time to write one checkpoint.",
+            buckets=CHECKPOINT_SECONDS_BUCKETS,
+            **kw,
+        )
+        self.checkpoints = Counter(
+            "streamrec_checkpoints", "Checkpoints attempted, by result.", ["result"], **kw
+        )
+        self.checkpoint_size = Gauge(
+            "streamrec_checkpoint_size_bytes", "Size of the last successful checkpoint.", **kw
+        )
+        self.checkpoint_time = Gauge(
+            "streamrec_checkpoint_last_success_timestamp_seconds",
+            "Unix time of the last successful checkpoint (0 before the first).",
+            **kw,
+        )
+        self.build = Info("streamrec_build", "Version of streamrec and the model it serves.", **kw)
+        self.build.info({"version": __version__, "model": self.models[0] if self.models else ""})
+
+        # Pre-create every known label value, so each series exists (at zero) from the start
+        # and rate() over a fresh service is 0, not "no data".
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason)
+        for model in self.models:
+            for counter in (self.q_evaluated, self.q_cold, self.q_hits, self.q_ndcg, self.q_rr):
+                counter.labels(model)
+            self.coverage.labels(model)
+            self.popularity_bias.labels(model).set(float("nan"))
+        for result in ("ok", "failed"):
+            self.checkpoints.labels(result)
+        self.model_loss.set(float("nan"))
+
+        self._windows = {m: _RecentWindow(coverage_window) for m in self.models}
+        self._guard_seen = 0
+
+    # -- per batch -----------------------------------------------------------------------------
+
+    def record_batch(self, consumed: int, learned: int, seconds: float) -> None:
+        """One poll batch: events read, events learned, and the time it took end to end."""
+        self.consumed.inc(consumed)
+        self.learned.inc(learned)
+        self.batch_size.observe(consumed)
+        self.batch_seconds.observe(seconds)
+
+    def record_dead_letters(self, reasons: Sequence[str]) -> None:
+        """One reason per dead-lettered event of the batch."""
+        counts: dict[str, int] = {}
+        for reason in reasons:
+            counts[reason] = counts.get(reason, 0) + 1
+        for reason, count in counts.items():
+            self.dead_lettered.labels(reason).inc(count)
+
+    def record_published(self, count: int) -> None:
+        """Recommendation lists published (and acknowledged) in this batch."""
+        self.published.inc(count)
+
+    def record_quality(self, model: str, q) -> None:
+        """Add one scored batch's :class:`model.evaluate.BatchQuality` for ``model``."""
+        self.q_evaluated.labels(model).inc(q.evaluated)
+        self.q_cold.labels(model).inc(q.events - q.evaluated)
+        self.q_hits.labels(model).inc(q.hits)
+        self.q_ndcg.labels(model).inc(q.ndcg_sum)
+        self.q_rr.labels(model).inc(q.rr_sum)
+
+    def record_online_hits(self, shown: int, hits: int) -> None:
+        """``shown`` events had a previously published list for their viewer; ``hits`` watched from it."""
+        self.online_shown.inc(shown)
+        self.online_hits.inc(hits)
+
+    def record_freshness(self, seconds: np.ndarray) -> None:
+        """Per event of the batch: seconds from its Kafka timestamp to its list being published.
+
+        Negative values (clocks of producer and service disagreeing) count as zero.
+        """
+        self.freshness.observe_many(np.maximum(np.asarray(seconds, dtype=np.float64), 0.0))
+
+    def record_recommended(
+        self, model: str, video_rows: np.ndarray, popularity_percentile: np.ndarray, catalogue: int
+    ) -> None:
+        """Lists just published by ``model``: coverage and popularity bias over the recent window.
+
+        ``video_rows`` are the model's internal video rows (any shape, ``-1`` for empty slots);
+        ``popularity_percentile`` is each recommended video's popularity percentile in ``[0, 1]``
+        (aligned with ``video_rows``, or just the valid slots); ``catalogue`` is the number of
+        videos the model could recommend.
+        """
+        rows = np.asarray(video_rows).ravel()
+        valid = rows >= 0
+        pct = np.asarray(popularity_percentile, dtype=np.float64).ravel()
+        if pct.size == rows.size:
+            pct = pct[valid]
+        pct = pct[np.isfinite(pct)]
+        window = self._windows.get(model)
+        if window is None:
+            window = self._windows[model] = _RecentWindow(next(iter(self._windows.values())).size)
+        window.add(rows[valid].astype(np.int64), float(pct.sum()), int(pct.size))
+        self.coverage.labels(model).set(min(1.0, window.distinct / catalogue) if catalogue > 0 else 0.0)
+        self.popularity_bias.labels(model).set(window.popularity)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def set_lag(self, partition: int, lag: int) -> None:
+        """Messages behind the end of ``partition`` after this batch."""
+        self.lag.labels(str(partition)).set(max(0, lag))
+
+    def set_model_stats(
+        self, events: int, viewers: int, videos: int, memory_bytes: int, loss: float | None
+    ) -> None:
+        """The model's size and training loss (``None``: no loss, exported as NaN)."""
+        self.model_events.set(events)
+        self.model_viewers.set(viewers)
+        self.model_videos.set(videos)
+        self.model_memory.set(memory_bytes)
+        self.model_loss.set(float("nan") if loss is None else loss)
+
+    def record_checkpoint(self, seconds: float, size_bytes: int, ok: bool) -> None:
+        """One checkpoint attempt; a successful one also sets its size and time."""
+        self.checkpoints.labels("ok" if ok else "failed").inc()
+        if ok:
+            self.checkpoint_seconds.observe(seconds)
+            self.checkpoint_size.set(size_bytes)
+            self.checkpoint_time.set(time.time())
+
+    def record_guard_trips(self, total: int) -> None:
+        """The model's running total of guard trips; the counter follows it.
+
+        A total lower than the last one (a fresh model after a restore) is taken as the new
+        starting point, since a counter cannot go down.
+        """
+        if total > self._guard_seen:
+            self.guard_trips.inc(total - self._guard_seen)
+        self._guard_seen = total
+
+
+def start_http_server(
+    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None
+) -> tuple[object, int]:
+    """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns ``(server, bound_port)``.
+
+    ``port=0`` picks a free port (tests); call ``server.shutdown()`` to stop.
+    """
+    from prometheus_client import start_http_server as _start
+
+    server, _thread = _start(port, addr=addr, registry=REGISTRY if registry is None else registry)
+    return server, server.server_port

@@ -1,0 +1,209 @@
+"""ServiceMetrics exposes the documented names, and the values the service's calls imply.
+
+Each test reads the registry the way Prometheus does: the text exposition format, parsed.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from consumer.metrics import DEAD_LETTER_REASONS, FRESHNESS_BUCKETS, ServiceMetrics, start_http_server
+from model.evaluate import BatchQuality
+from streamrec import __version__
+from streamrec.schema import REASONS
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
+    """``{(sample name, sorted labels): value}`` as a Prometheus scrape would see it."""
+    text = generate_latest(registry).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+@pytest.fixture
+def metrics() -> ServiceMetrics:
+    return ServiceMetrics(registry=CollectorRegistry())
+
+
+def test_names_outside_checks_rely_on_exist_at_zero(metrics):
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_events_learned_total") == 0
+    assert value(samples, "streamrec_recommendations_published_total") == 0
+    assert value(samples, "streamrec_model_events") == 0
+    for reason in REASONS:
+        assert value(samples, "streamrec_events_dead_lettered_total", reason=reason) == 0
+    for model in ("streamrec", "popular"):
+        for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank"):
+            assert value(samples, f"streamrec_quality_{name}_total", model=model) == 0
+
+
+def test_every_name_has_the_prefix_and_counters_end_in_total(metrics):
+    families = list(text_string_to_metric_families(generate_latest(metrics.registry).decode()))
+    assert families
+    for family in families:
+        assert family.name.startswith("streamrec_"), family.name
+        if family.type == "counter":
+            assert all(s.name.endswith(("_total", "_created")) for s in family.samples), family.name
+
+
+def test_build_info_names_version_and_model():
+    metrics = ServiceMetrics(models=("bpr", "popular"), registry=CollectorRegistry())
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_build_info", version=__version__, model="bpr") == 1
+
+
+def test_batch_counts_events_and_observes_size_and_time(metrics):
+    metrics.record_batch(consumed=100, learned=97, seconds=0.02)
+    metrics.record_batch(consumed=50, learned=50, seconds=0.01)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_events_consumed_total") == 150
+    assert value(samples, "streamrec_events_learned_total") == 147
+    assert value(samples, "streamrec_batch_events_count") == 2
+    assert value(samples, "streamrec_batch_events_sum") == 150
+    assert value(samples, "streamrec_batch_processing_seconds_sum") == pytest.approx(0.03)
+    assert value(samples, "streamrec_batch_processing_seconds_bucket", le="0.01") == 1
+
+
+def test_dead_letters_are_counted_per_reason(metrics):
+    metrics.record_dead_letters(["not_json", "bad_value", "not_json", "decode_error"])
+    samples = scrape(metrics.registry)
+    got = {r: value(samples, "streamrec_events_dead_lettered_total", reason=r) for r in DEAD_LETTER_REASONS}
+    assert got == {
+        r: {"not_json": 2, "bad_value": 1, "decode_error": 1}.get(r, 0) for r in DEAD_LETTER_REASONS
+    }
+
+
+def test_published_counts_lists(metrics):
+    metrics.record_published(12)
+    metrics.record_published(3)
+    assert value(scrape(metrics.registry), "streamrec_recommendations_published_total") == 15
+
+
+def test_quality_counters_add_up_batches_per_model(metrics):
+    metrics.record_quality(
+        "streamrec", BatchQuality(events=10, evaluated=8, hits=3, ndcg_sum=1.5, rr_sum=2.0)
+    )
+    metrics.record_quality("streamrec", BatchQuality(events=5, evaluated=5, hits=1, ndcg_sum=0.5, rr_sum=0.7))
+    metrics.record_quality("popular", BatchQuality(events=15, evaluated=13, hits=2, ndcg_sum=0.9, rr_sum=1.0))
+    samples = scrape(metrics.registry)
+    q = {
+        (name, model): value(samples, f"streamrec_quality_{name}_total", model=model)
+        for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank")
+        for model in ("streamrec", "popular")
+    }
+    assert q[("evaluated", "streamrec")] == 13 and q[("cold", "streamrec")] == 2
+    assert q[("hits", "streamrec")] == 4 and q[("hits", "popular")] == 2
+    assert q[("ndcg", "streamrec")] == pytest.approx(2.0)
+    assert q[("reciprocal_rank", "streamrec")] == pytest.approx(2.7)
+    assert q[("cold", "popular")] == 2
+
+
+def test_online_hits(metrics):
+    metrics.record_online_hits(shown=40, hits=7)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_online_shown_events_total") == 40
+    assert value(samples, "streamrec_online_hit_events_total") == 7
+
+
+def test_freshness_histogram_bins_a_whole_batch_like_prometheus(metrics):
+    rng = np.random.default_rng(0)
+    seconds = np.concatenate([rng.exponential(0.05, 500), [-0.01, 0.001, 120.0]])
+    metrics.record_freshness(seconds)
+    samples = scrape(metrics.registry)
+    clipped = np.maximum(seconds, 0)
+    for le in FRESHNESS_BUCKETS:
+        want = int((clipped <= le).sum())
+        assert value(samples, "streamrec_freshness_seconds_bucket", le=str(float(le))) == want, le
+    assert value(samples, "streamrec_freshness_seconds_bucket", le="+Inf") == seconds.size
+    assert value(samples, "streamrec_freshness_seconds_count") == seconds.size
+    assert value(samples, "streamrec_freshness_seconds_sum") == pytest.approx(clipped.sum())
+
+
+def test_coverage_and_popularity_bias_over_the_recent_window():
+    metrics = ServiceMetrics(registry=CollectorRegistry(), coverage_window=40)
+    # Two lists of 10 over videos 0..19 out of 100, then -1 padding which must not count.
+    rows = np.arange(20).reshape(2, 10)
+    metrics.record_recommended("streamrec", rows, np.full(rows.shape, 0.9), catalogue=100)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.20)
+    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.9)
+    padded = np.array([[0, 1, -1, -1]])
+    metrics.record_recommended("streamrec", padded, np.array([[0.1, 0.1, np.nan, np.nan]]), catalogue=100)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.20)
+    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(
+        (20 * 0.9 + 2 * 0.1) / 22
+    )
+    # 50 more slots of one video push the older ones out of the 40-slot window.
+    for _ in range(5):
+        metrics.record_recommended("streamrec", np.full((1, 10), 7), np.full((1, 10), 0.5), catalogue=100)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.01)
+    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.5)
+    # The baseline's series is separate and untouched.
+    assert value(samples, "streamrec_coverage_ratio", model="popular") == 0
+
+
+def test_lag_is_per_partition(metrics):
+    metrics.set_lag(0, 120)
+    metrics.set_lag(1, 0)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_consumer_lag_messages", partition="0") == 120
+    assert value(samples, "streamrec_consumer_lag_messages", partition="1") == 0
+
+
+def test_model_stats_and_missing_loss(metrics):
+    metrics.set_model_stats(events=5000, viewers=300, videos=900, memory_bytes=1 << 20, loss=0.42)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_model_events") == 5000
+    assert value(samples, "streamrec_model_viewers") == 300
+    assert value(samples, "streamrec_model_videos") == 900
+    assert value(samples, "streamrec_model_memory_bytes") == 1 << 20
+    assert value(samples, "streamrec_model_loss") == pytest.approx(0.42)
+    metrics.set_model_stats(events=5001, viewers=300, videos=900, memory_bytes=1 << 20, loss=None)
+    assert np.isnan(value(scrape(metrics.registry), "streamrec_model_loss"))
+
+
+def test_checkpoints(metrics):
+    assert value(scrape(metrics.registry), "streamrec_checkpoint_last_success_timestamp_seconds") == 0
+    before = time.time()
+    metrics.record_checkpoint(seconds=0.3, size_bytes=4096, ok=True)
+    metrics.record_checkpoint(seconds=0.1, size_bytes=0, ok=False)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_checkpoints_total", result="ok") == 1
+    assert value(samples, "streamrec_checkpoints_total", result="failed") == 1
+    assert value(samples, "streamrec_checkpoint_size_bytes") == 4096
+    assert value(samples, "streamrec_checkpoint_duration_seconds_count") == 1
+    assert before <= value(samples, "streamrec_checkpoint_last_success_timestamp_seconds") <= time.time()
+
+
+def test_guard_trips_follow_the_models_total_and_survive_a_reset(metrics):
+    metrics.record_guard_trips(3)
+    metrics.record_guard_trips(5)
+    metrics.record_guard_trips(0)  # a fresh model: the counter stays, the next trips add to it
+    metrics.record_guard_trips(2)
+    assert value(scrape(metrics.registry), "streamrec_model_guard_trips_total") == 7
+
+
+def test_http_server_serves_the_registry(metrics):
+    metrics.record_published(4)
+    server, port = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+    finally:
+        server.shutdown()
+    assert "streamrec_recommendations_published_total 4.0" in body
