@@ -24,7 +24,8 @@ from pathlib import Path
 
 __all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
 
-DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+# The local broker of `streamrec kafka up` (streamrec.kafka_local.DEFAULT_PORT).
+DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
 
 
 class ConfigError(ValueError):

@@ -58,7 +58,9 @@ def decode(records: Iterable) -> Intake:
         try:
             event = event_from_json(r.value)
         except EventError as err:
-            intake.dead.append(DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, err.reason, err.detail))
+            intake.dead.append(
+                DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, err.reason, err.detail)
+            )
             continue
         events.append(event)
         origins.append((r.partition, r.offset, r.timestamp / 1000.0))

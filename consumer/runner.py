@@ -1,0 +1,67 @@
+"""Wiring: a :class:`~consumer.app.StreamrecService` from a config, with metrics and signals.
+
+This is what ``streamrec serve`` and ``python -m consumer`` run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from consumer.app import StreamrecService
+from consumer.config import ConfigError, ServiceConfig
+from consumer.logs import configure, fields
+
+__all__ = ["build_service", "serve"]
+
+log = logging.getLogger("consumer")
+
+
+def build_service(config: ServiceConfig, with_metrics: bool = True) -> StreamrecService:
+    """The service for ``config``: model and shadow baseline from the registry, metrics if asked."""
+    from model import registry
+
+    if config.model not in registry.names():
+        raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(registry.names())}")
+    metrics = None
+    if with_metrics:
+        from consumer.metrics import ServiceMetrics
+
+        models = (config.model, "popular") if config.shadow_baseline else (config.model,)
+        metrics = ServiceMetrics(models=models)
+    return StreamrecService(
+        config,
+        model_factory=lambda: registry.create(config.model),
+        load_model=lambda path: registry.load(config.model, path),
+        shadow_factory=(lambda: registry.create("recent_popular")) if config.shadow_baseline else None,
+        metrics=metrics,
+    )
+
+
+def serve(config: ServiceConfig) -> int:
+    """Run the service until SIGTERM/SIGINT; returns the process exit code."""
+    configure(config.log_level)
+    service = build_service(config, with_metrics=config.metrics_port > 0)
+    if config.metrics_port > 0:
+        from consumer.metrics import start_http_server
+
+        _, port = start_http_server(config.metrics_port)
+        log.info("metrics endpoint up", extra=fields(url=f"http://0.0.0.0:{port}/metrics"))
+    service.install_signal_handlers()
+    service.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
+    try:
+        config = ServiceConfig.from_args(sys.argv[1:] if argv is None else argv)
+    except ConfigError as err:
+        print(f"streamrec serve: error: {err}", file=sys.stderr)
+        return 2
+    try:
+        return serve(config)
+    except ConfigError as err:
+        print(f"streamrec serve: error: {err}", file=sys.stderr)
+        return 2
