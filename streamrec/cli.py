@@ -17,6 +17,8 @@ from streamrec import __version__
 #: subcommand -> (module under streamrec.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "test-then-train evaluation of models on a file of events"),
+    "kafka": ("kafka", "start, stop or check the local Kafka broker (no Docker needed)"),
+    "serve": ("serve", "learn from watch events and publish recommendations (the service)"),
 }
 
 
