@@ -1,0 +1,271 @@
+"""``streamrec produce`` (also ``python -m producer``): put watch events on the input topic.
+
+Three sources::
+
+    streamrec produce replay PATH [--format F] [--rate N | --speedup X] [--limit N] [--loop N]
+    streamrec produce synth [--viewers N] [--videos N] [--events N] [--seed S] [--rate N | --speedup X]
+    streamrec produce send --viewer V --video W --watch-time S [--duration D] [--timestamp T]
+
+Common flags: ``--bootstrap-servers`` (env ``STREAMREC_BOOTSTRAP_SERVERS``, default the local
+broker of ``streamrec kafka up``), ``--topic`` (env ``STREAMREC_INPUT_TOPIC``, default
+``watch-events``), ``--partitions`` (used only when the topic has to be created).
+
+A progress bar goes to stderr when it is a terminal; the summary line goes to stdout (``--json``
+makes it one JSON object, for scripts and benchmarks). The exit code is 0 when every event was
+acknowledged, 1 when some failed, 2 on a user error (broker unreachable, bad file, bad flag).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from model.events import WatchEvent
+from producer.pacing import paced
+from producer.progress import Progress
+from streamrec.cli import UserError
+from streamrec.kafka_local import DEFAULT_HOST, DEFAULT_PORT
+
+__all__ = ["add_arguments", "run", "main", "looped", "DEFAULT_BOOTSTRAP", "DEFAULT_TOPIC"]
+
+DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+DEFAULT_TOPIC = "watch-events"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    kafka = parser.add_argument_group("Kafka")
+    kafka.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("STREAMREC_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
+        metavar="HOST:PORT",
+        help="broker address (env STREAMREC_BOOTSTRAP_SERVERS; default %(default)s)",
+    )
+    kafka.add_argument(
+        "--topic",
+        default=os.environ.get("STREAMREC_INPUT_TOPIC", DEFAULT_TOPIC),
+        help="input topic (env STREAMREC_INPUT_TOPIC; default %(default)s)",
+    )
+    kafka.add_argument(
+        "--partitions",
+        type=_positive_int,
+        default=3,
+        help="partitions when the topic has to be created (default %(default)s)",
+    )
+    kafka.add_argument(
+        "--connect-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the broker to answer (default %(default)s)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+
+
+def _pacing(parser: argparse.ArgumentParser) -> None:
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--rate", type=_positive_float, metavar="N", help="events per second")
+    pace.add_argument(
+        "--speedup",
+        type=_positive_float,
+        metavar="X",
+        help="replay the events' own timestamps X times faster (default: as fast as possible)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``replay``, ``synth`` and ``send`` subcommands to ``parser``."""
+    sub = parser.add_subparsers(dest="source", metavar="SOURCE", required=True)
+
+    replay = sub.add_parser("replay", help="send a file of events (MovieLens or JSON lines) in time order")
+    replay.add_argument("path", type=Path, help="u.data, ratings.dat, ratings.csv, a .jsonl file or a folder")
+    replay.add_argument("--format", default="auto", choices=("auto", "movielens", "jsonl"))
+    replay.add_argument("--limit", type=_positive_int, metavar="N", help="send only the first N events")
+    replay.add_argument(
+        "--loop",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="send the file N times, each pass shifted after the previous one in time (default 1)",
+    )
+    _pacing(replay)
+    _common(replay)
+
+    synth = sub.add_parser("synth", help="send a seeded synthetic stream with planted structure")
+    synth.add_argument("--viewers", type=_positive_int, default=2000, help="default %(default)s")
+    synth.add_argument("--videos", type=_positive_int, default=5000, help="default %(default)s")
+    synth.add_argument("--events", type=_positive_int, default=100_000, help="default %(default)s")
+    synth.add_argument("--seed", type=int, default=0, help="default %(default)s")
+    synth.add_argument(
+        "--start",
+        type=float,
+        default=None,
+        metavar="T",
+        help="timestamp of the first event (default 2024-01-01T00:00:00Z)",
+    )
+    _pacing(synth)
+    _common(synth)
+
+    send = sub.add_parser("send", help="send one event, for trying things by hand")
+    send.add_argument("--viewer", required=True)
+    send.add_argument("--video", required=True)
+    send.add_argument("--watch-time", type=float, metavar="S", help="seconds watched (default: unknown)")
+    send.add_argument("--duration", type=float, metavar="D", help="video length in seconds")
+    send.add_argument("--timestamp", type=float, metavar="T", help="Unix seconds of the watch (default: now)")
+    send.add_argument("--event-id", help="an id for the event (optional)")
+    _common(send)
+    parser.set_defaults(func=run)
+
+
+def looped(events: Sequence[WatchEvent], passes: int) -> Iterator[WatchEvent]:
+    """``events`` ``passes`` times, each pass shifted to start one second after the previous ends.
+
+    Time order is preserved, so a looped replay still looks like one stream moving forward.
+
+    >>> evs = [WatchEvent(10.0, "a", "x"), WatchEvent(12.0, "b", "y")]
+    >>> [e.timestamp for e in looped(evs, 3)]
+    [10.0, 12.0, 13.0, 15.0, 16.0, 18.0]
+    """
+    if not events:
+        return
+    span = events[-1].timestamp - events[0].timestamp + 1.0
+    for n in range(passes):
+        shift = n * span
+        for e in events:
+            yield e._replace(timestamp=e.timestamp + shift) if shift else e
+
+
+def _source(args: argparse.Namespace) -> tuple[Iterable[WatchEvent], int]:
+    """The events to send and their count."""
+    if args.source == "replay":
+        from producer.readers import DataFormatError, read_events
+
+        try:
+            events = read_events(args.path, args.format)
+        except DataFormatError as err:
+            raise UserError(str(err)) from None
+        if args.limit is not None:
+            events = events[: args.limit]
+        return looped(events, args.loop), len(events) * args.loop
+    if args.source == "synth":
+        from producer.synth import DEFAULT_START, SyntheticStream
+
+        start = DEFAULT_START if args.start is None else args.start
+        stream = SyntheticStream(args.viewers, args.videos, args.events, args.seed, start=start)
+        return stream, len(stream)
+    return [_one_event(args)], 1
+
+
+def _one_event(args: argparse.Namespace) -> WatchEvent:
+    from streamrec.schema import EventError, event_from_json, event_to_json
+
+    event = WatchEvent(
+        timestamp=time.time() if args.timestamp is None else args.timestamp,
+        viewer=args.viewer,
+        video=args.video,
+        watch_time=args.watch_time,
+        duration=args.duration,
+        event_id=args.event_id,
+    )
+    try:  # the consumer's own rules: refuse here what it would dead-letter
+        return event_from_json(event_to_json(event))
+    except EventError as err:
+        raise UserError(f"invalid event: {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Send the chosen source to Kafka; print the summary. Returns the exit code."""
+    from producer.sink import BrokerUnavailable, KafkaSink
+
+    events, total = _source(args)
+    try:
+        sink = KafkaSink(
+            args.bootstrap_servers,
+            args.topic,
+            partitions=args.partitions,
+            connect_timeout_s=args.connect_timeout,
+        )
+    except BrokerUnavailable as err:
+        raise UserError(str(err)) from None
+
+    progress = Progress(total=total)
+    start = time.perf_counter()
+    interrupted = False
+    last = None
+    try:
+        pace = {"rate": getattr(args, "rate", None), "speedup": getattr(args, "speedup", None)}
+        send, update = sink.send, progress.update
+        for event in paced(events, **pace):
+            last = send(event)
+            update()
+    except KeyboardInterrupt:
+        interrupted = True  # stop sending, but still deliver what was queued and report it
+    finally:
+        stats = sink.close()
+        progress.close()
+    elapsed = time.perf_counter() - start
+
+    summary = {
+        "topic": args.topic,
+        "bootstrap_servers": args.bootstrap_servers,
+        "sent": stats.acked,
+        "failed": stats.failed,
+        "elapsed_s": round(elapsed, 3),
+        "events_per_s": round(stats.acked / elapsed, 1) if elapsed > 0 else 0.0,
+        "interrupted": interrupted,
+    }
+    if stats.first_error:
+        summary["first_error"] = stats.first_error
+    if args.source == "send" and last is not None and last.succeeded():
+        summary["partition"], summary["offset"] = last.value.partition, last.value.offset
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(
+            f"sent {stats.acked:,} event{'s' if stats.acked != 1 else ''} to {args.topic} "
+            f"at {args.bootstrap_servers} in {elapsed:.2f} s ({summary['events_per_s']:,.0f} events/s); "
+            f"{stats.failed:,} failed" + (" (interrupted)" if interrupted else "")
+        )
+        if "offset" in summary:
+            print(f"partition {summary['partition']}, offset {summary['offset']}")
+        if stats.first_error:
+            print(f"first delivery error: {stats.first_error}", file=sys.stderr)
+    if interrupted:
+        return 130
+    return 1 if stats.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m producer", description="Send watch events to the streamrec input topic."
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m producer``: the same as ``streamrec produce``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as err:
+        print(f"python -m producer: error: {err}", file=sys.stderr)
+        return 2

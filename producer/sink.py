@@ -1,0 +1,203 @@
+"""Send watch events to a Kafka topic: the producer side of the wire contract.
+
+Each event becomes one message: key = the viewer id (UTF-8), so one viewer's events stay in one
+partition and in order; value = :func:`streamrec.schema.event_to_json`. The record timestamp is
+left to the producer (the send time): replayed files carry timestamps from years ago, and a
+broker would delete records that old at once under time-based retention.
+
+Settings favour not losing or duplicating events over latency: ``acks=all`` with the idempotent
+producer (retries cannot duplicate or reorder), and a few milliseconds of ``linger`` so messages
+travel in batches (one request per batch, not per event). Delivery failures are counted, not
+raised one by one; :meth:`KafkaSink.flush` waits for every pending acknowledgement.
+
+Sources stay Kafka-free (:mod:`producer.synth`, :mod:`producer.readers`); this module is the only
+one in ``producer/`` that imports kafka-python.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
+
+from model.events import WatchEvent
+from streamrec.schema import event_to_json
+
+__all__ = ["KafkaSink", "BrokerUnavailable", "DeliveryStats", "ensure_topic"]
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(ConnectionError):
+    """No broker answered at the bootstrap address within the timeout."""
+
+
+@dataclass
+class DeliveryStats:
+    """Counts of messages handed to the producer, acknowledged and failed."""
+
+    queued: int = 0
+    acked: int = 0
+    failed: int = 0
+    first_error: str | None = None
+    errors: list[str] = field(default_factory=list, repr=False)
+
+
+def _unreachable(bootstrap_servers: str, err: Exception) -> BrokerUnavailable:
+    return BrokerUnavailable(
+        f"no Kafka broker answered at {bootstrap_servers} ({err}); "
+        "start one with `streamrec kafka up` or pass --bootstrap-servers"
+    )
+
+
+def ensure_topic(
+    bootstrap_servers: str, topic: str, partitions: int = 3, *, timeout_s: float = 10.0, **configs
+) -> bool:
+    """Create ``topic`` with ``partitions`` partitions unless it exists; True when created.
+
+    The replication factor is the broker's default (a single local broker has one copy).
+    """
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap_servers,
+            bootstrap_timeout_ms=int(timeout_s * 1000),
+            client_id="streamrec-producer-admin",
+        )
+    except KafkaTimeoutError as err:
+        raise _unreachable(bootstrap_servers, err) from None
+    try:
+        if topic in admin.list_topics():
+            return False
+        try:
+            admin.create_topics(
+                {topic: {"num_partitions": partitions, "replication_factor": -1, "configs": configs}},
+                timeout_ms=int(timeout_s * 1000),
+            )
+        except TopicAlreadyExistsError:
+            return False  # someone else created it in between: same outcome
+        admin.wait_for_topics([topic], timeout_ms=int(timeout_s * 1000))
+        log.info("created topic %s with %d partitions", topic, partitions)
+        return True
+    finally:
+        admin.close()
+
+
+class KafkaSink:
+    """A Kafka producer for watch events, with delivery accounting.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``host:port[,host:port...]``.
+    topic
+        The input topic of the service.
+    partitions
+        Partitions to create the topic with when it does not exist (``None``: never create;
+        the broker may still auto-create it with its defaults).
+    connect_timeout_s
+        How long to wait for a broker to answer before :class:`BrokerUnavailable`.
+    linger_ms, batch_size
+        Batching: how long a message may wait for companions, and the batch size in bytes.
+
+    Use as a context manager, or call :meth:`close` (which flushes).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str = "watch-events",
+        *,
+        partitions: int | None = 3,
+        connect_timeout_s: float = 10.0,
+        linger_ms: int = 5,
+        batch_size: int = 64 * 1024,
+        delivery_timeout_s: float = 30.0,
+        client_id: str = "streamrec-producer",
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.stats = DeliveryStats()
+        if partitions is not None:
+            self.created_topic = ensure_topic(
+                bootstrap_servers, topic, partitions, timeout_s=connect_timeout_s
+            )
+        try:
+            self._producer = KafkaProducer(
+                bootstrap_servers=bootstrap_servers,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=linger_ms,
+                batch_size=batch_size,
+                delivery_timeout_ms=int(delivery_timeout_s * 1000),
+                request_timeout_ms=min(30_000, int(delivery_timeout_s * 1000)),
+                bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            )
+        except KafkaTimeoutError as err:
+            raise _unreachable(bootstrap_servers, err) from None
+
+    def _on_ack(self, _metadata) -> None:
+        self.stats.acked += 1
+
+    def _on_error(self, err: BaseException) -> None:
+        self.stats.failed += 1
+        if self.stats.first_error is None:
+            self.stats.first_error = f"{type(err).__name__}: {err}"
+            log.error("delivery to %s failed: %s", self.topic, self.stats.first_error)
+
+    def send(self, event: WatchEvent) -> FutureRecordMetadata | None:
+        """Queue one event (non-blocking unless the producer's buffer is full).
+
+        Returns the delivery future (``None`` when the producer refused the message at once,
+        which is counted as failed).
+        """
+        return self.send_raw(event.viewer.encode(), event_to_json(event))
+
+    def send_raw(self, key: bytes | None, value: bytes | None) -> FutureRecordMetadata | None:
+        """Queue one message as given (for malformed-event tests and tools)."""
+        self.stats.queued += 1
+        try:
+            future = self._producer.send(self.topic, key=key, value=value)
+        except KafkaError as err:
+            self._on_error(err)
+            return None
+        future.add_callback(self._on_ack)
+        future.add_errback(self._on_error)
+        return future
+
+    def send_many(self, events: Iterable[WatchEvent]) -> int:
+        """Queue every event of ``events``; returns how many were queued."""
+        before = self.stats.queued
+        send = self.send
+        for event in events:
+            send(event)
+        return self.stats.queued - before
+
+    def flush(self, timeout_s: float | None = None) -> DeliveryStats:
+        """Wait until every queued message is acknowledged or failed; returns the counts."""
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaTimeoutError as err:
+            log.error("flush timed out with %d messages pending: %s", self.pending, err)
+        return self.stats
+
+    @property
+    def pending(self) -> int:
+        """Messages queued but neither acknowledged nor failed yet."""
+        return self.stats.queued - self.stats.acked - self.stats.failed
+
+    def close(self, timeout_s: float | None = 30.0) -> DeliveryStats:
+        """Flush, then close the producer; returns the final counts."""
+        self.flush(timeout_s)
+        self._producer.close(timeout=timeout_s)
+        return self.stats
+
+    def __enter__(self) -> KafkaSink:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
