@@ -18,6 +18,7 @@ from streamrec import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "test-then-train evaluation of models on a file of events"),
     "kafka": ("kafka", "start, stop or check the local Kafka broker (no Docker needed)"),
+    "produce": ("produce", "send watch events to Kafka: replay a file, a synthetic stream, or one event"),
     "serve": ("serve", "learn from watch events and publish recommendations (the service)"),
 }
 
