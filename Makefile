@@ -8,6 +8,7 @@ demo: setup
 	.venv/bin/streamrec evaluate $(or $(DATA),../shared/data/ml-100k/u.data) --model all
 
 test: setup
+	scripts/kafka-jars.sh
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
 

@@ -1,0 +1,85 @@
+"""``streamrec kafka up|down|status``: the local single-node Kafka broker (no Docker).
+
+``up`` fetches the broker jars with Maven once, starts the broker detached and waits until it
+serves requests; its last output line is the bootstrap address ``host:port``, so scripts can do
+``BOOTSTRAP=$(streamrec kafka up | tail -n1)``. ``status`` exits 0 when the broker answers and 3
+when it does not. ``down`` stops it (its data stays in the data folder for the next ``up``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+#: Exit code of ``status`` when no broker answers (like ``systemctl status``).
+EXIT_DOWN = 3
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "kafka",
+        help="start, stop or check the local Kafka broker",
+        description="The local single-node Apache Kafka broker (KRaft), run with java from Maven jars.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, help_ in (
+        ("up", "start the broker (if needed) and print its bootstrap address last"),
+        ("down", "stop the broker; its data is kept"),
+        ("status", "exit 0 if the broker answers, 3 if not"),
+    ):
+        action = actions.add_parser(name, help=help_, description=help_)
+        action.add_argument(
+            "--data-dir",
+            help="folder for the broker's config, data and log "
+            "(default: $STREAMREC_HOME/kafka, else .streamrec/kafka in the repo)",
+        )
+        if name == "up":
+            action.add_argument("--port", type=int, help="client port on 127.0.0.1 (default 19092)")
+            action.add_argument(
+                "--timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)"
+            )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamrec import kafka_local
+
+    data_dir = args.data_dir or kafka_local.default_data_dir()
+    port = getattr(args, "port", None) or kafka_local.DEFAULT_PORT
+    broker = kafka_local.LocalBroker(data_dir, port=port)
+    if args.action == "up":
+        return _up(broker, args)
+    if args.action == "down":
+        stopped = broker.stop()
+        print(
+            f"stopped the broker of {broker.data_dir}" if stopped else f"no broker runs in {broker.data_dir}"
+        )
+        return 0
+    status = broker.status()
+    if status.ready:
+        print(f"up: pid {status.pid}, data {broker.data_dir}")
+        print(status.bootstrap)
+        return 0
+    if status.running:
+        print(f"starting or stuck: pid {status.pid} does not answer on {status.bootstrap}")
+    else:
+        print(f"down: no broker runs in {broker.data_dir}")
+    return EXIT_DOWN
+
+
+def _up(broker, args: argparse.Namespace) -> int:
+    from streamrec.kafka_local import find_java
+
+    already = broker.running_pid()
+    if already is None:
+        find_java()  # say "no Java" before "starting"
+        print(f"starting Kafka in {broker.data_dir} (log: {broker.log_path}) ...", file=sys.stderr)
+    bootstrap = broker.start(timeout=args.timeout)
+    if already is not None:
+        if args.port and args.port != broker.port:
+            print(f"already running on port {broker.port} (--port {args.port} ignored)", file=sys.stderr)
+        print(f"already up: pid {already}, data {broker.data_dir}")
+    else:
+        print(f"up: pid {broker.running_pid()}, data {broker.data_dir}")
+    print(bootstrap)
+    return 0

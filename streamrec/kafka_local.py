@@ -1,0 +1,461 @@
+"""A single-node Apache Kafka broker run from its jars with ``java``: no Docker, no tarball.
+
+The jars come from Maven Central (``scripts/kafka-jars.sh``, version pinned in
+``deploy/kafka/pom.xml``). One data folder holds everything about a broker::
+
+    <data dir>/server.properties   written on every start (the port may change)
+    <data dir>/data/               log.dirs: topics, offsets, the KRaft metadata log
+    <data dir>/broker.log          the broker's stdout and stderr (log4j2 writes to stdout)
+    <data dir>/broker.json         pid, ports and start time of the running broker
+
+The node is broker and KRaft controller at once, listens on 127.0.0.1 only, and is tuned for a
+small machine: a 512 MiB heap, internal topics of one partition with replication factor 1 (the
+first group join and the first transaction are then fast), no initial rebalance delay.
+
+Examples
+--------
+>>> broker = LocalBroker("/tmp/streamrec-doc-kafka", port=29092)
+>>> broker.bootstrap
+'127.0.0.1:29092'
+>>> broker.properties()["controller.quorum.voters"]
+'1@127.0.0.1:29093'
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from streamrec.cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
+LOG4J2_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
+JARS_SCRIPT = REPO_ROOT / "scripts" / "kafka-jars.sh"
+
+DEFAULT_HOST = "127.0.0.1"
+#: Not 9092, so a broker someone already runs on the usual port is left alone.
+DEFAULT_PORT = 19092
+#: The INFO line kafka.Kafka logs once the broker accepts requests (KafkaRaftServer.startup).
+READY_LINE = "Kafka Server started"
+
+
+class BrokerError(UserError):
+    """The local broker cannot be set up or started; the message says what to do."""
+
+
+def kafka_version() -> str:
+    """The Kafka version pinned in ``deploy/kafka/pom.xml``.
+
+    >>> kafka_version().split(".")[0]
+    '4'
+    """
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
+    if node is None or not (node.text or "").strip():
+        raise BrokerError(f"no <kafka.version> in {POM}")
+    return node.text.strip()
+
+
+def default_data_dir() -> Path:
+    """``$STREAMREC_HOME/kafka`` when that variable is set, else ``.streamrec/kafka`` in the repo."""
+    home = os.environ.get("STREAMREC_HOME")
+    return (Path(home) if home else REPO_ROOT / ".streamrec") / "kafka"
+
+
+def find_java() -> str:
+    """Path of the ``java`` to run: ``$JAVA_HOME/bin/java``, else the one on ``PATH``."""
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(Path(home, "bin", "java"), os.X_OK):
+        return str(Path(home, "bin", "java"))
+    found = shutil.which("java")
+    if found:
+        return found
+    raise BrokerError(
+        "Java is not installed (no `java` on PATH and no JAVA_HOME): the local Kafka broker needs "
+        "Java 17 or newer, e.g. `apt-get install openjdk-17-jre-headless`"
+    )
+
+
+def jars_dir() -> Path:
+    """Folder of the broker jars; ``STREAMREC_KAFKA_LIBS`` points at another copy."""
+    override = os.environ.get("STREAMREC_KAFKA_LIBS")
+    return Path(override) if override else REPO_ROOT / ".cache" / "kafka" / kafka_version() / "libs"
+
+
+def ensure_jars() -> Path:
+    """Return the jars folder, fetching the jars with Maven (``scripts/kafka-jars.sh``) once."""
+    libs = jars_dir()
+    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    if os.environ.get("STREAMREC_KAFKA_LIBS"):
+        raise BrokerError(f"STREAMREC_KAFKA_LIBS={libs} holds no kafka_2.13 jar")
+    done = subprocess.run(["bash", str(JARS_SCRIPT)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = done.stderr.strip() or done.stdout.strip()
+        raise BrokerError(f"could not fetch the Kafka broker jars with {JARS_SCRIPT.name}: {detail}")
+    return libs
+
+
+def free_port(host: str = DEFAULT_HOST, pair: bool = False) -> int:
+    """A TCP port nobody listens on now (and, with ``pair``, the next one free too)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if not pair or (port < 65535 and _port_free(host, port + 1)):
+            return port
+    raise BrokerError("found no free pair of TCP ports")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        # As Java's server sockets do: connections of a stopped broker in TIME_WAIT do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def admin_ready(bootstrap: str, timeout: float = 30.0) -> bool:
+    """True once a real admin request (list topics) succeeds against ``bootstrap``."""
+    # Imported here so that `streamrec kafka status` on a stopped broker stays cheap.
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="streamrec-kafka-ready"
+            )
+            try:
+                admin.list_topics()
+                return True
+            finally:
+                admin.close()
+        except (KafkaError, OSError):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
+@dataclass
+class BrokerStatus:
+    """What ``status`` found: a live process (``pid``) and whether it answers requests."""
+
+    running: bool
+    ready: bool
+    pid: int | None
+    bootstrap: str | None
+
+
+@dataclass
+class LocalBroker:
+    """One single-node KRaft broker whose files all live under ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir
+        Folder for config, data, log and pid; created when missing.
+    port
+        Client (PLAINTEXT) port on ``host``.
+    controller_port
+        KRaft controller port; ``port + 1`` by default.
+    heap
+        JVM heap size (``-Xmx``).
+    die_with_parent
+        Linux only: the broker gets SIGTERM when the process that started it dies (test fixtures
+        use this, so a crashed test run leaves no broker behind). Applies to starts from the main
+        thread only.
+    """
+
+    data_dir: Path | str = field(default_factory=default_data_dir)
+    port: int = DEFAULT_PORT
+    host: str = DEFAULT_HOST
+    controller_port: int | None = None
+    heap: str = "512m"
+    die_with_parent: bool = False
+    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).resolve()
+        if self.controller_port is None:
+            self.controller_port = self.port + 1
+
+    # -- files ---------------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` for clients."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "broker.json"
+
+    @property
+    def log_dirs(self) -> Path:
+        return self.data_dir / "data"
+
+    def properties(self) -> dict[str, str]:
+        """The broker's ``server.properties``: a single node that is broker and controller."""
+        h, p, c = self.host, self.port, self.controller_port
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            # Static quorum of one voter: format without --standalone.
+            "controller.quorum.voters": f"1@{h}:{c}",
+            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
+            "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.log_dirs),
+            "num.partitions": "1",
+            # One replica of everything: there is one node.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Default 50 partitions each: creating them makes the first group join and the first
+            # init_transactions() take seconds. One is enough on one node.
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.num.partitions": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # The cleaner allocates its dedupe buffer (128 MiB by default) up front: too much for a
+            # 512 MiB heap. Compacted topics still work, the cleaner just does smaller passes.
+            "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            # Few threads: the machine has 2 cores shared with producer, service and tests.
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "background.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            # Allowed, but streamrec creates its topics explicitly with the partitions it wants.
+            "auto.create.topics.enable": "true",
+        }
+
+    def write_config(self) -> Path:
+        """Write ``server.properties`` (again: the port may differ from the last start)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = ["# Written by streamrec.kafka_local on every start; edit LocalBroker.properties instead."]
+        lines += [f"{key}={value}" for key, value in self.properties().items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    # -- processes -----------------------------------------------------------------------------
+    def _java_command(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
+        return [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms64m",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J2_CONFIG}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            f"{libs}/*",
+            main,
+            *args,
+        ]
+
+    def is_formatted(self) -> bool:
+        return (self.log_dirs / "meta.properties").is_file()
+
+    def format(self, java: str, libs: Path) -> None:
+        """Format the storage once with a fresh cluster id (``kafka.tools.StorageTool``)."""
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cmd = self._java_command(
+            java, libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path)
+        )
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise BrokerError(f"formatting {self.log_dirs} failed: {(done.stderr or done.stdout).strip()}")
+
+    def read_state(self) -> dict | None:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running_pid(self) -> int | None:
+        """Pid of this data folder's broker if that process is alive (not a recycled pid)."""
+        state = self.read_state()
+        pid = state.get("pid") if state else None
+        if not isinstance(pid, int) or not _alive(pid):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return pid  # no /proc (not Linux): trust the pid
+        return pid if "kafka.Kafka" in cmdline and str(self.config_path) in cmdline else None
+
+    def status(self, timeout: float = 5.0) -> BrokerStatus:
+        """Whether the broker of this data folder runs and answers a list-topics request."""
+        pid = self.running_pid()
+        if pid is None:
+            return BrokerStatus(False, False, None, None)
+        state = self.read_state() or {}
+        bootstrap = state.get("bootstrap", self.bootstrap)
+        return BrokerStatus(True, admin_ready(bootstrap, timeout=timeout), pid, bootstrap)
+
+    def start(self, timeout: float = 120.0) -> str:
+        """Start the broker unless it already runs; wait until it serves requests.
+
+        Returns the bootstrap address. Idempotent: a running broker of this data folder is
+        reused (its own port wins over ``port``).
+        """
+        pid = self.running_pid()
+        if pid is not None:
+            state = self.read_state() or {}
+            self.port = int(state.get("port", self.port))
+            self.controller_port = int(state.get("controller_port", self.controller_port))
+            if not admin_ready(self.bootstrap, timeout=timeout):
+                raise BrokerError(f"a broker runs (pid {pid}) but does not answer on {self.bootstrap}")
+            return self.bootstrap
+        java = find_java()
+        libs = ensure_jars()
+        for port in (self.port, self.controller_port):
+            if not _port_free(self.host, port):
+                raise BrokerError(f"port {self.host}:{port} is in use: choose another with --port")
+        self.write_config()
+        if not self.is_formatted():
+            self.format(java, libs)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        # The kernel ties PR_SET_PDEATHSIG to the starting *thread*: from any other thread the broker
+        # would die when that thread ends, so only the main thread asks for it.
+        die_with_parent = self.die_with_parent and threading.current_thread() is threading.main_thread()
+        cmd = self._java_command(java, libs, "kafka.Kafka", str(self.config_path))
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,  # detached: Ctrl-C in the terminal does not reach it
+                preexec_fn=_die_with_parent if die_with_parent else None,
+            )
+        state = {
+            "pid": self._proc.pid,
+            "host": self.host,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "bootstrap": self.bootstrap,
+            "started_at": time.time(),
+            "kafka_version": kafka_version(),
+        }
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
+        self._wait_ready(offset, timeout)
+        return self.bootstrap
+
+    def _wait_ready(self, offset: int, timeout: float) -> None:
+        """The readiness line in the log, then a real admin request; fail fast if java exits."""
+        deadline = time.monotonic() + timeout
+        while READY_LINE not in self._log_since(offset):
+            if not _alive(self._proc.pid):
+                self._proc.wait()
+                raise BrokerError(
+                    f"the broker exited (code {self._proc.returncode}) while starting; "
+                    f"end of {self.log_path}:\n{self._log_tail(offset)}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BrokerError(f"the broker did not start within {timeout:.0f} s; see {self.log_path}")
+            time.sleep(0.2)
+        if not admin_ready(self.bootstrap, timeout=max(5.0, deadline - time.monotonic())):
+            self.stop()
+            raise BrokerError(f"the broker logged '{READY_LINE}' but {self.bootstrap} does not answer")
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def _log_tail(self, offset: int, lines: int = 20) -> str:
+        return "\n".join(self._log_since(offset).splitlines()[-lines:])
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM (Kafka shuts down cleanly), wait, then SIGKILL. False if nothing ran."""
+        pid = self.running_pid()
+        if pid is None:
+            self._reap()
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_gone(pid, 10.0)
+        self._reap()
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        return True
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.pid == pid:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=0.2)
+                    return True
+            elif not _alive(pid):
+                return True
+            else:
+                time.sleep(0.2)
+        return not _alive(pid)
+
+    def _reap(self) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            self._proc = None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
