@@ -1,0 +1,251 @@
+"""The service against a real Kafka broker: watch events in, recommendations and dead letters out.
+
+No part of Kafka is faked here: events are produced to a real topic, the service consumes them
+as a consumer-group member, and the test reads what it published.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from consumer.config import ServiceConfig
+from consumer.runner import build_service
+from producer.readers import read_events
+from streamrec.schema import event_to_json
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared" / "data" / "ml-100k" / "u.data"))
+
+needs_ml100k = pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
+
+
+@pytest.fixture(scope="module")
+def ml_slice():
+    """The first 1,500 ML-100K events in time order (about 60 viewers, many with bursts)."""
+    return read_events(ML100K)[:1500]
+
+
+def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for key, value in values:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> list:
+    """Every record of ``topic`` once at least ``expect`` are there (or the timeout passes)."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        consumer_timeout_ms=1000,
+    )
+    records: list = []
+    deadline = time.monotonic() + timeout
+    while len(records) < expect and time.monotonic() < deadline:
+        records.extend(consumer)
+    consumer.close()
+    return records
+
+
+def topics(new_topic, partitions: int = 1) -> dict:
+    return {
+        "input_topic": new_topic("watch", partitions),
+        "output_topic": new_topic("recs"),
+        "dlq_topic": new_topic("dlq"),
+    }
+
+
+def run_in_thread(service):
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(predicate, timeout: float = 90.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@needs_ml100k
+def test_every_watch_gets_a_fresh_list_that_reflects_it(kafka_bootstrap, new_topic, ml_slice, tmp_path):
+    names = topics(new_topic, partitions=2)
+    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in ml_slice])
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap, group_id=f"g-{names['input_topic']}", metrics_port=0, **names
+    )
+    service = build_service(config, with_metrics=False)
+    thread = run_in_thread(service)
+    assert wait_for(lambda: service.model_events >= len(ml_slice)), "the service did not learn every event"
+    service.stop()
+    thread.join(30)
+
+    recs = read_all(kafka_bootstrap, names["output_topic"], expect=1)
+    by_viewer = defaultdict(list)
+    for r in recs:
+        body = orjson.loads(r.value)
+        assert r.key.decode() == body["viewer"]
+        by_viewer[body["viewer"]].append(body)
+
+    watched = defaultdict(set)
+    for e in ml_slice:
+        watched[e.viewer].add(e.video)
+    # Every viewer who watched something got lists; the last one covers their last event.
+    assert set(by_viewer) == set(watched)
+    for viewer, lists in by_viewer.items():
+        sources = [(b["source"]["partition"], b["source"]["offset"]) for b in lists]
+        assert sources == sorted(sources), f"lists for {viewer} are out of order"
+        final = lists[-1]
+        assert len(final["items"]) == config.top_n
+        recommended = {item["video"] for item in final["items"]}
+        assert not recommended & watched[viewer], "a list recommends a video its viewer already watched"
+        scores = [item["score"] for item in final["items"]]
+        assert scores == sorted(scores, reverse=True)
+    assert service.model_events == len(ml_slice)
+
+
+def test_malformed_events_go_to_the_dead_letter_topic_and_valid_ones_are_all_learned(
+    kafka_bootstrap, new_topic
+):
+    names = topics(new_topic)
+    bad = [
+        b"not json at all",
+        b'{"viewer": "a", "video": "v"}',  # no timestamp
+        b'{"timestamp": 5, "viewer": "", "video": "v"}',  # empty id
+        b'{"timestamp": 5, "viewer": "a", "video": "v", "watch_time": -3}',
+        b'{"timestamp": 5, "viewer": "a", "video": "v", "watch_time": 1e400}',  # overflows to inf
+        b"[1, 2, 3]",
+        b"\xff\xfe not utf-8",
+        b"",
+    ]
+    values = []
+    valid = 0
+    for i in range(200):
+        viewer, video = f"u{i % 17}", f"v{(i * 7) % 23}"
+        values.append(
+            (viewer.encode(), orjson.dumps({"timestamp": 1000 + i, "viewer": viewer, "video": video}))
+        )
+        valid += 1
+        if i % 25 == 0:
+            values.append((b"junk", bad[(i // 25) % len(bad)]))
+    produce(kafka_bootstrap, names["input_topic"], values)
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap, group_id=f"g-{names['input_topic']}", metrics_port=0, **names
+    )
+    service = build_service(config, with_metrics=False)
+    thread = run_in_thread(service)
+    assert wait_for(lambda: service.model_events >= valid)
+    service.stop()
+    thread.join(30)
+    assert service.model_events == valid
+
+    dead = read_all(kafka_bootstrap, names["dlq_topic"], expect=len(values) - valid)
+    assert len(dead) == len(values) - valid
+    sent_bad = [v for k, v in values if k == b"junk"]
+    assert [d.value for d in dead] == sent_bad, "dead letters must carry the original value unchanged"
+    for d in dead:
+        headers = dict(d.headers)
+        assert headers["streamrec.error.reason"].decode() in {
+            "not_json",
+            "not_object",
+            "missing_field",
+            "bad_type",
+            "bad_value",
+            "too_large",
+        }
+        assert headers["streamrec.error.detail"]
+        assert headers["streamrec.source"].decode().startswith(names["input_topic"] + "/0/")
+
+
+def serve_process(bootstrap: str, names: dict, group: str, checkpoints: Path) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        "consumer",
+        "--bootstrap-servers",
+        bootstrap,
+        "--input-topic",
+        names["input_topic"],
+        "--output-topic",
+        names["output_topic"],
+        "--dlq-topic",
+        names["dlq_topic"],
+        "--group-id",
+        group,
+        "--metrics-port",
+        "0",
+        "--checkpoint-dir",
+        str(checkpoints),
+        "--max-poll-records",
+        "50",
+    ]
+    return subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True)
+
+
+def latest_manifest(checkpoints: Path) -> dict:
+    folders = sorted(checkpoints.glob("*/ckpt-*"))
+    assert folders, "no checkpoint was written"
+    return orjson.loads((folders[-1] / "MANIFEST.json").read_bytes())
+
+
+@needs_ml100k
+def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
+    kafka_bootstrap, new_topic, ml_slice, tmp_path
+):
+    names = topics(new_topic)
+    group = f"g-{names['input_topic']}"
+    checkpoints = tmp_path / "checkpoints"
+    values = [(e.viewer.encode(), event_to_json(e)) for e in ml_slice]
+
+    def trickle() -> None:  # events keep arriving while the service is stopped and restarted
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        for i, (key, value) in enumerate(values):
+            producer.send(names["input_topic"], key=key, value=value)
+            if i % 50 == 49:
+                producer.flush()
+                time.sleep(0.1)
+        producer.flush()
+        producer.close()
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    first = serve_process(kafka_bootstrap, names, group, checkpoints)
+    assert wait_for(lambda: len(read_all(kafka_bootstrap, names["output_topic"], expect=1, timeout=2)) > 0)
+    first.send_signal(signal.SIGTERM)
+    _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    stopped_at = latest_manifest(checkpoints)["events_learned"]
+    assert 0 < stopped_at < len(ml_slice), "the first run should have stopped mid-stream"
+
+    second = serve_process(kafka_bootstrap, names, group, checkpoints)
+    sender.join(60)
+
+    def published_last_event() -> bool:
+        recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=2)
+        return any(orjson.loads(r.value)["source"]["offset"] == len(ml_slice) - 1 for r in recs)
+
+    assert wait_for(published_last_event)
+    second.send_signal(signal.SIGTERM)
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    assert "restored checkpoint" in err
+    # The final checkpoint counts every event exactly once: none lost, none learned twice.
+    assert latest_manifest(checkpoints)["events_learned"] == len(ml_slice)
