@@ -103,6 +103,8 @@ class LocalCheckpointStore(CheckpointStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(2, keep)  # at least one to fall back on
         self.skipped_corrupt = 0
+        for stale in self.root.glob(".tmp-*"):  # left by a process that died mid-write
+            shutil.rmtree(stale, ignore_errors=True)
 
     def _folders(self) -> list[tuple[int, Path]]:
         found = []
