@@ -46,6 +46,7 @@ __all__ = [
     "ArrayHistogram",
     "DEAD_LETTER_REASONS",
     "FRESHNESS_BUCKETS",
+    "popularity_percentiles",
     "start_http_server",
 ]
 
@@ -314,21 +315,21 @@ class ServiceMetrics:
         self.build = Info("streamrec_build", "Version of streamrec and the model it serves.", **kw)
         self.build.info({"version": __version__, "model": self.models[0] if self.models else ""})
 
-        # Pre-create every known label value, so each series exists (at zero) from the start
-        # and rate() over a fresh service is 0, not "no data".
+        # Pre-create every known label value of the counters, so each series exists (at zero)
+        # from the start and rate() over a fresh service is 0, not "no data". Coverage and
+        # popularity bias appear with the first published lists: a 0 before them would be false.
         for reason in DEAD_LETTER_REASONS:
             self.dead_lettered.labels(reason)
         for model in self.models:
             for counter in (self.q_evaluated, self.q_cold, self.q_hits, self.q_ndcg, self.q_rr):
                 counter.labels(model)
-            self.coverage.labels(model)
-            self.popularity_bias.labels(model).set(float("nan"))
         for result in ("ok", "failed"):
             self.checkpoints.labels(result)
         self.model_loss.set(float("nan"))
 
         self._windows = {m: _RecentWindow(coverage_window) for m in self.models}
         self._guard_seen = 0
+        self._bias_known: set[str] = set()
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -372,27 +373,37 @@ class ServiceMetrics:
         self.freshness.observe_many(np.maximum(np.asarray(seconds, dtype=np.float64), 0.0))
 
     def record_recommended(
-        self, model: str, video_rows: np.ndarray, popularity_percentile: np.ndarray, catalogue: int
+        self,
+        model: str,
+        video_rows: np.ndarray,
+        popularity_percentile: np.ndarray | None,
+        catalogue: int,
     ) -> None:
         """Lists just published by ``model``: coverage and popularity bias over the recent window.
 
         ``video_rows`` are the model's internal video rows (any shape, ``-1`` for empty slots);
         ``popularity_percentile`` is each recommended video's popularity percentile in ``[0, 1]``
-        (aligned with ``video_rows``, or just the valid slots); ``catalogue`` is the number of
-        videos the model could recommend.
+        (aligned with ``video_rows``, or just the valid slots; :func:`popularity_percentiles`
+        computes it from watch counts), or ``None`` when unknown: then only coverage is updated;
+        ``catalogue`` is the number of videos the model could recommend.
         """
         rows = np.asarray(video_rows).ravel()
         valid = rows >= 0
-        pct = np.asarray(popularity_percentile, dtype=np.float64).ravel()
-        if pct.size == rows.size:
-            pct = pct[valid]
-        pct = pct[np.isfinite(pct)]
+        if popularity_percentile is None:
+            pct = np.zeros(0)
+        else:
+            pct = np.asarray(popularity_percentile, dtype=np.float64).ravel()
+            if pct.size == rows.size:
+                pct = pct[valid]
+            pct = pct[np.isfinite(pct)]
         window = self._windows.get(model)
         if window is None:
             window = self._windows[model] = _RecentWindow(next(iter(self._windows.values())).size)
         window.add(rows[valid].astype(np.int64), float(pct.sum()), int(pct.size))
         self.coverage.labels(model).set(min(1.0, window.distinct / catalogue) if catalogue > 0 else 0.0)
-        self.popularity_bias.labels(model).set(window.popularity)
+        if pct.size or model in self._bias_known:
+            self._bias_known.add(model)
+            self.popularity_bias.labels(model).set(window.popularity)
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -427,6 +438,27 @@ class ServiceMetrics:
         if total > self._guard_seen:
             self.guard_trips.inc(total - self._guard_seen)
         self._guard_seen = total
+
+
+def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Popularity percentile in ``[0, 1]`` of each video row, from per-row watch ``counts``.
+
+    The share of the catalogue watched less often than the video (ties count half), so the
+    most watched video is near 1 and an unwatched one is near 0. ``-1`` rows give NaN.
+
+    >>> popularity_percentiles(np.array([5, 1, 1, 9]), np.array([[3, 0, -1]])).round(3).tolist()
+    [[0.875, 0.625, nan]]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    rows = np.asarray(rows)
+    ordered = np.sort(counts)
+    below = np.searchsorted(ordered, counts, side="left")
+    upto = np.searchsorted(ordered, counts, side="right")
+    per_row = (below + 0.5 * (upto - below)) / max(1, counts.size)
+    out = np.full(rows.shape, np.nan)
+    valid = (rows >= 0) & (rows < counts.size)
+    out[valid] = per_row[rows[valid]]
+    return out
 
 
 def start_http_server(

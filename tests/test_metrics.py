@@ -13,7 +13,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.metrics import DEAD_LETTER_REASONS, FRESHNESS_BUCKETS, ServiceMetrics, start_http_server
+from consumer.metrics import (
+    DEAD_LETTER_REASONS,
+    FRESHNESS_BUCKETS,
+    ServiceMetrics,
+    popularity_percentiles,
+    start_http_server,
+)
 from model.evaluate import BatchQuality
 from streamrec import __version__
 from streamrec.schema import REASONS
@@ -153,8 +159,23 @@ def test_coverage_and_popularity_bias_over_the_recent_window():
     samples = scrape(metrics.registry)
     assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.01)
     assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.5)
-    # The baseline's series is separate and untouched.
-    assert value(samples, "streamrec_coverage_ratio", model="popular") == 0
+    # The baseline published nothing: no coverage series for it rather than a false 0.
+    assert ("streamrec_coverage_ratio", (("model", "popular"),)) not in samples
+
+
+def test_coverage_without_popularity_leaves_bias_unset(metrics):
+    metrics.record_recommended("streamrec", np.array([[0, 1, 2, -1]]), None, catalogue=6)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.5)
+    assert ("streamrec_popularity_bias_ratio", (("model", "streamrec"),)) not in samples
+
+
+def test_popularity_percentiles_rank_videos_by_watch_count():
+    counts = np.array([50, 0, 3, 3, 7, 1000])
+    pct = popularity_percentiles(counts, np.array([[5, 0, 4], [2, 3, 1]]))
+    assert pct[0, 0] > pct[0, 1] > pct[0, 2] > pct[1, 0] > pct[1, 2]
+    assert pct[1, 0] == pct[1, 1]  # equal counts, equal percentile
+    assert ((pct > 0) & (pct < 1)).all()
 
 
 def test_lag_is_per_partition(metrics):
