@@ -22,11 +22,25 @@ if [ ${#missing[@]} -gt 0 ]; then
     for m in "${missing[@]}"; do echo "  - $m" >&2; done
     exit 1
 fi
+# Two test runs on a fresh clone may both get here: one downloads, the other waits and reuses.
+mkdir -p .cache/kafka
+if command -v flock > /dev/null 2>&1 && [ -z "${KAFKA_JARS_LOCKED:-}" ]; then
+    KAFKA_JARS_LOCKED=1 exec flock .cache/kafka/.lock "$0" "$@"
+fi
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sum" ] && [ -d "$dest" ]; then
+    echo "$dest"
+    exit 0
+fi
 echo "kafka-jars.sh: resolving Apache Kafka $version jars from Maven Central (once)..." >&2
 # Download into a scratch folder and rename at the end, so an interrupted run leaves no half set.
-tmp=$(mktemp -d ".cache/kafka/.libs.XXXXXX" 2> /dev/null || { mkdir -p .cache/kafka && mktemp -d ".cache/kafka/.libs.XXXXXX"; })
-trap 'rm -rf "$tmp"' EXIT
-mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$PWD/$tmp" >&2
+tmp=$(mktemp -d ".cache/kafka/.libs.XXXXXX")
+trap 'rm -rf "$tmp" "$tmp.log"' EXIT
+if ! mvn -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$PWD/$tmp" > "$tmp.log" 2>&1; then
+    grep -E 'ERROR|BUILD' "$tmp.log" >&2 || tail -n 30 "$tmp.log" >&2
+    echo "kafka-jars.sh: Maven could not fetch the jars (is Maven Central reachable? see above)" >&2
+    exit 1
+fi
 mkdir -p "$(dirname "$dest")"
 rm -rf "$dest"
 mv "$tmp" "$dest"

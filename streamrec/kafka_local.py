@@ -99,10 +99,11 @@ def jars_dir() -> Path:
 def ensure_jars() -> Path:
     """Return the jars folder, fetching the jars with Maven (``scripts/kafka-jars.sh``) once."""
     libs = jars_dir()
-    if libs.is_dir() and any(libs.glob("kafka_2.13-*.jar")):
-        return libs
     if os.environ.get("STREAMREC_KAFKA_LIBS"):
-        raise BrokerError(f"STREAMREC_KAFKA_LIBS={libs} holds no kafka_2.13 jar")
+        if not any(libs.glob("kafka_2.13-*.jar")):
+            raise BrokerError(f"STREAMREC_KAFKA_LIBS={libs} holds no kafka_2.13 jar")
+        return libs
+    # The script returns at once when its stamp matches the pom, and re-resolves when the pom changed.
     done = subprocess.run(["bash", str(JARS_SCRIPT)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         detail = done.stderr.strip() or done.stdout.strip()
