@@ -72,10 +72,13 @@ def paced(
     With ``speedup`` the items must be :class:`~model.events.WatchEvent` (or anything with a
     ``timestamp``), in time order; an event earlier than the first is due at once.
     """
-    due = schedule(rate, speedup)
+    due = schedule(rate, speedup)  # checks the arguments now, not at the first item
     if rate is None and speedup is None:
-        yield from items  # as fast as possible: no clock reads at all
-        return
+        return iter(items)  # as fast as possible: no clock reads at all
+    return _paced(items, due, clock, sleep, min_sleep)
+
+
+def _paced(items, due, clock, sleep, min_sleep):
     start = None
     first_ts = 0.0
     for i, item in enumerate(items):

@@ -15,8 +15,8 @@ model has something to find and popularity alone is a weak answer:
   session stay on the same topic with probability ``stickiness`` (bursts);
 * **arrivals**: a share of viewers and videos appears only part-way through the stream, and a
   fresh video is picked more often for a while (``fresh_share``);
-* **taste drift**: at each session a viewer's taste moves a step ``drift`` toward a topic of
-  its own, so yesterday's profile is slightly stale;
+* **taste drift**: a viewer's taste moves toward a topic of its own, by ``1 - exp(-dt / drift_days)``
+  of the way over ``dt`` days, so last month's profile is somewhat stale;
 * **watch time**: every video has a duration; the fraction watched is high when the video's
   topic matches the viewer's taste and low otherwise (a popular off-taste video is abandoned
   early), so weighting by watch time separates liking from clicking.
@@ -100,8 +100,8 @@ class SyntheticStream:
         Shares of viewers and videos that arrive during the stream instead of at its start.
     fresh_share
         Share of taste-driven watches that go to one of the newest videos of the topic.
-    drift
-        Step of each viewer's taste toward its drift topic, per session.
+    drift_days
+        Time constant of taste drift, in days (``0`` or ``inf``: no drift).
 
     Attributes
     ----------
@@ -130,7 +130,7 @@ class SyntheticStream:
         new_viewer_share: float = 0.3,
         new_video_share: float = 0.2,
         fresh_share: float = 0.15,
-        drift: float = 0.03,
+        drift_days: float = 90.0,
     ) -> None:
         if viewers < 1 or videos < 1 or events < 0:
             raise ValueError("viewers and videos must be >= 1 and events >= 0")
@@ -142,17 +142,18 @@ class SyntheticStream:
             ("new_viewer_share", new_viewer_share),
             ("new_video_share", new_video_share),
             ("fresh_share", fresh_share),
-            ("drift", drift),
         ]:
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {share}")
         if session_mean < 1:
             raise ValueError("session_mean must be >= 1")
+        if drift_days < 0:
+            raise ValueError("drift_days must be >= 0")
         self.viewers, self.videos, self.events, self.seed = viewers, videos, events, seed
         self.start, self.span_days, self.clusters, self.zipf = start, span_days, clusters, zipf
         self.popular_share, self.stickiness, self.session_mean = popular_share, stickiness, session_mean
         self.new_viewer_share, self.new_video_share = new_viewer_share, new_video_share
-        self.fresh_share, self.drift = fresh_share, drift
+        self.fresh_share, self.drift_days = fresh_share, drift_days
         self._build_world(np.random.default_rng([seed, 0]))
 
     # -- the world: who exists, who likes what ------------------------------------------------
@@ -217,6 +218,9 @@ class SyntheticStream:
         taste = self.taste.copy()
         cum_taste = np.cumsum(taste, axis=1)
         seen: list[set[int]] = [set() for _ in range(self.viewers)]
+        busy = np.zeros(self.viewers, dtype=bool)  # in a session now: one screen per viewer
+        last_session = np.full(self.viewers, self.start)
+        drift_seconds = self.drift_days * 86400.0 if 0 < self.drift_days < float("inf") else 0.0
         sessions_expected = total / self.session_mean
         session_gap = self.span_days * 86400.0 / sessions_expected
         next_start = self.start
@@ -227,21 +231,27 @@ class SyntheticStream:
         while emitted < total:
             progress = emitted / total
             if not active or next_start <= active[0][0]:
+                now_start = next_start
                 # A session starts: a viewer who has joined by now, weighted by activity.
                 joined = max(1, int(np.searchsorted(self._viewer_arrival_sorted, progress, side="right")))
                 cum = self._viewer_cum
                 viewer = int(
                     self._viewer_order[np.searchsorted(cum[:joined], rng.random() * cum[joined - 1], "right")]
                 )
-                if self.drift:
-                    taste[viewer] *= 1.0 - self.drift
-                    taste[viewer, self.drift_topic[viewer]] += self.drift
+                next_start += rng.exponential(session_gap)
+                if busy[viewer]:
+                    continue  # already watching something: this visit is the session going on
+                busy[viewer] = True
+                if drift_seconds:
+                    step = -np.expm1(-(next_start - last_session[viewer]) / drift_seconds)
+                    taste[viewer] *= 1.0 - step
+                    taste[viewer, self.drift_topic[viewer]] += step
                     cum_taste[viewer] = np.cumsum(taste[viewer])
+                    last_session[viewer] = next_start
                 length = int(rng.geometric(1.0 / self.session_mean))  # >= 1, mean session_mean
                 topic = int(np.searchsorted(cum_taste[viewer], rng.random() * cum_taste[viewer, -1], "right"))
                 counter += 1
-                heapq.heappush(active, (next_start, counter, _Session(viewer, length, topic)))
-                next_start += rng.exponential(session_gap)
+                heapq.heappush(active, (now_start, counter, _Session(viewer, length, topic)))
                 continue
 
             now, _, session = heapq.heappop(active)
@@ -250,19 +260,24 @@ class SyntheticStream:
                 session.topic = int(
                     np.searchsorted(cum_taste[viewer], rng.random() * cum_taste[viewer, -1], "right")
                 )
+            # Trending shelf or the session's topic; a fresh upload or by popularity.
+            if rng.random() < self.popular_share:
+                shelf, fresh = self._global_shelf, False
+            else:
+                shelf, fresh = self._topic_shelf[session.topic], rng.random() < self.fresh_share
             video = -1
-            for _ in range(8):  # avoid re-watches, which no recommender should be asked to predict
-                if rng.random() < self.popular_share:
-                    candidate = self._pick(rng, self._global_shelf, progress, fresh=False)
-                else:
-                    fresh = rng.random() < self.fresh_share
-                    candidate = self._pick(rng, self._topic_shelf[session.topic], progress, fresh)
+            # Avoid re-watches (no recommender should be asked to predict them): a few tries on
+            # the chosen shelf, then on the trending one; a re-watch only if all are seen.
+            for attempt in range(48):
+                if attempt == 32:
+                    shelf = self._global_shelf
+                candidate = self._pick(rng, shelf, progress, fresh and attempt == 0)
                 if candidate >= 0:
                     video = candidate
                     if candidate not in seen[viewer]:
                         break
-            if video < 0:  # the topic has no video yet: fall back to anything available
-                video = self._pick(rng, self._global_shelf, progress, fresh=False)
+            if video < 0:  # nothing has arrived yet on either shelf
+                video = self._pick(rng, self._global_shelf, 1.0, fresh=False)
             seen[viewer].add(video)
 
             # Watch fraction: mean 0.15 off-taste up to 0.9 on the viewer's favourite topic.
@@ -280,6 +295,7 @@ class SyntheticStream:
                 duration=duration,
             )
             session.left -= 1
+            busy[viewer] = session.left > 0
             if session.left > 0:
                 # The next video starts after this one (as far as it was watched) plus a pause.
                 counter += 1
