@@ -1,0 +1,25 @@
+# streamrec: the consumer service and the producer in one image (docker-compose.yml runs both).
+# The commands are the README's: `pip install .`, then `streamrec serve` / `streamrec produce ...`.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Only what the package needs: the code and its metadata (.dockerignore keeps the rest out).
+COPY pyproject.toml README.md ./
+COPY model ./model
+COPY producer ./producer
+COPY consumer ./consumer
+COPY streamrec ./streamrec
+RUN pip install .
+
+# Checkpoints live in a volume; the service runs as an unprivileged user that owns it.
+RUN useradd --create-home --uid 10001 streamrec && mkdir -p /data && chown streamrec /data
+USER streamrec
+VOLUME ["/data"]
+
+# /metrics for Prometheus.
+EXPOSE 8000
+CMD ["streamrec", "serve"]
