@@ -7,6 +7,7 @@ The jars come from Maven Central (``scripts/kafka-jars.sh``, version pinned in
     <data dir>/data/               log.dirs: topics, offsets, the KRaft metadata log
     <data dir>/broker.log          the broker's stdout and stderr (log4j2 writes to stdout)
     <data dir>/broker.json         pid, ports and start time of the running broker
+    <data dir>/broker.pid          its pid alone, for scripts
 
 The node is broker and KRaft controller at once, listens on 127.0.0.1 only, and is tuned for a
 small machine: a 512 MiB heap, internal topics of one partition with replication factor 1 (the
@@ -141,9 +142,14 @@ def admin_ready(bootstrap: str, timeout: float = 30.0) -> bool:
 
     deadline = time.monotonic() + timeout
     while True:
+        # kafka-python waits bootstrap_timeout_ms (30 s by default) for an unreachable broker.
+        wait_ms = int(1000 * min(5.0, max(1.0, deadline - time.monotonic())))
         try:
             admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap, request_timeout_ms=5000, client_id="streamrec-kafka-ready"
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=5000,
+                bootstrap_timeout_ms=wait_ms,
+                client_id="streamrec-kafka-ready",
             )
             try:
                 admin.list_topics()
@@ -216,6 +222,10 @@ class LocalBroker:
     @property
     def state_path(self) -> Path:
         return self.data_dir / "broker.json"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "broker.pid"
 
     @property
     def log_dirs(self) -> Path:
@@ -372,6 +382,7 @@ class LocalBroker:
             "kafka_version": kafka_version(),
         }
         self.state_path.write_text(json.dumps(state, indent=2) + "\n")
+        self.pid_path.write_text(f"{self._proc.pid}\n")  # for `kill $(cat broker.pid)` by hand
         self._wait_ready(offset, timeout)
         return self.bootstrap
 
@@ -417,8 +428,9 @@ class LocalBroker:
                 os.kill(pid, signal.SIGKILL)
             self._wait_gone(pid, 10.0)
         self._reap()
-        with contextlib.suppress(FileNotFoundError):
-            self.state_path.unlink()
+        for path in (self.state_path, self.pid_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         return True
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
