@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "test-then-train evaluation of models on a file of events"),
     "kafka": ("kafka", "start, stop or check the local Kafka broker (no Docker needed)"),
     "produce": ("produce", "send watch events to Kafka: replay a file, a synthetic stream, or one event"),
+    "data": ("data", "download MovieLens data sets from GroupLens into a local cache"),
     "serve": ("serve", "learn from watch events and publish recommendations (the service)"),
     "report": ("report", "draw quality vs baseline, throughput and latency to a PNG"),
 }
