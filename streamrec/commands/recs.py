@@ -1,0 +1,227 @@
+"""``streamrec recs``: read the recommendations topic and print each list readably.
+
+::
+
+    streamrec recs                         # every list in the topic so far, then exit
+    streamrec recs --viewer UC2n --latest  # that viewer's current list
+    streamrec recs --follow                # lists as they are published, until Ctrl-C
+    streamrec recs --follow --from-beginning --max 20 --json
+
+Without ``--follow`` the topic is read from its beginning up to its end at start-up. With
+``--follow`` reading starts at the end (only new lists), or at the beginning with
+``--from-beginning``, and goes on until ``--max`` lists or Ctrl-C. The reader joins no consumer
+group and commits nothing, so it never disturbs the service or other readers; it reads with
+``read_committed`` so lists of an aborted exactly-once batch never show.
+
+A list prints as (the age is how long ago the service published it; ``@ p:o`` is the input
+record whose event it reflects)::
+
+    UC2nEn-yNA1BtdDNWziphPGA  model streamrec  generated 2026-11-27 09:30:00Z (0.4 s ago)  event ... @ 0:41
+       1. WK_Nr4tUtl8  0.931
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+DEFAULT_OUTPUT_TOPIC = "recommendations"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from producer.cli import DEFAULT_BOOTSTRAP
+
+    parser = subparsers.add_parser(
+        "recs",
+        help="print the recommendation lists the service publishes",
+        description="Read the recommendations topic and print each list (viewer, top videos, scores, age).",
+    )
+    parser.add_argument("--viewer", help="only this viewer's lists")
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new lists until Ctrl-C")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="with --follow: start at the oldest list, not new ones"
+    )
+    parser.add_argument("--latest", action="store_true", help="print only the newest list of each viewer")
+    parser.add_argument("--max", type=int, metavar="N", help="stop after N lists")
+    parser.add_argument("--json", action="store_true", help="print each message's JSON value as it is")
+    parser.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("STREAMREC_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
+        metavar="HOST:PORT",
+        help="broker address (env STREAMREC_BOOTSTRAP_SERVERS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--topic",
+        default=os.environ.get("STREAMREC_OUTPUT_TOPIC", DEFAULT_OUTPUT_TOPIC),
+        help="recommendations topic (env STREAMREC_OUTPUT_TOPIC; default %(default)s)",
+    )
+    parser.add_argument(
+        "--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the broker"
+    )
+    parser.set_defaults(func=run)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def format_list(message: dict, now: float | None = None) -> str:
+    """A published list as a few readable lines.
+
+    >>> msg = {"viewer": "a", "items": [{"video": "x", "score": 0.93}, {"video": "yy", "score": 0.5}],
+    ...        "model": "streamrec", "generated_at": 1704067260.5, "event_timestamp": 1704067260.0,
+    ...        "source": {"partition": 0, "offset": 41}}
+    >>> print(format_list(msg, now=1704067262.5))
+    a  model streamrec  generated 2024-01-01 00:01:00Z (2.0 s ago)  event 2024-01-01 00:01:00Z @ 0:41
+       1. x   0.930
+       2. yy  0.500
+    """
+    now = time.time() if now is None else now
+    generated = message.get("generated_at")
+    source = message.get("source") or {}
+    head = [str(message.get("viewer", "?")), f"model {message.get('model', '?')}"]
+    if isinstance(generated, int | float):
+        head.append(f"generated {_when(generated)} ({_age(now - generated)} ago)")
+    event_ts = message.get("event_timestamp")
+    if isinstance(event_ts, int | float):
+        where = f" @ {source.get('partition')}:{source.get('offset')}" if source else ""
+        head.append(f"event {_when(event_ts)}{where}")
+    items = message.get("items") or []
+    width = max((len(str(i.get("video", ""))) for i in items), default=0)
+    lines = ["  ".join(head)]
+    for rank, item in enumerate(items, start=1):
+        score = item.get("score")
+        score_text = f"{score:.3f}" if isinstance(score, int | float) else "?"
+        lines.append(f"  {rank:>2}. {str(item.get('video')):<{width}}  {score_text}")
+    if not items:
+        lines.append("  (no videos to recommend yet)")
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{max(seconds, 0.0):.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"
+
+
+def read_lists(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    follow: bool = False,
+    from_beginning: bool = False,
+    viewer: str | None = None,
+    connect_timeout_s: float = 10.0,
+    poll_ms: int = 200,
+) -> Iterator[tuple[bytes | None, bytes | None]]:
+    """``(key, value)`` of the messages of ``topic`` (see the module docstring for which).
+
+    Stops at the end of the topic as it was at the start unless ``follow``; the caller stops
+    a follow by closing the generator.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaTimeoutError
+
+    from streamrec.cli import UserError
+
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            client_id="streamrec-recs",
+        )
+    except KafkaTimeoutError as err:
+        raise UserError(
+            f"no Kafka broker answered at {bootstrap_servers} ({err}); "
+            "start one with `streamrec kafka up` or pass --bootstrap-servers"
+        ) from None
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions:
+            if not follow:
+                raise UserError(f"topic {topic!r} does not exist yet (is `streamrec serve` running?)")
+            time.sleep(1.0)  # following a topic the service has not created yet: wait for it
+            partitions = consumer.partitions_for_topic(topic)
+        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(parts)
+        if follow and not from_beginning:
+            consumer.seek_to_end(*parts)
+            end = None
+        else:
+            consumer.seek_to_beginning(*parts)
+            end = None if follow else consumer.end_offsets(parts)
+        wanted = viewer.encode() if viewer is not None else None
+        while True:
+            if end is not None and all(consumer.position(tp) >= end[tp] for tp in parts):
+                return
+            for records in consumer.poll(timeout_ms=poll_ms).values():
+                for record in records:
+                    if wanted is None or record.key == wanted:
+                        yield record.key, record.value
+    finally:
+        consumer.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    import orjson
+
+    from streamrec.cli import UserError
+
+    if args.max is not None and args.max < 1:
+        raise UserError("--max must be >= 1")
+    if args.latest and args.follow:
+        raise UserError("--latest prints the current lists and exits: it cannot be combined with --follow")
+    shown = 0
+    latest: dict[bytes | None, bytes | None] = {}
+
+    def show(value: bytes | None) -> None:
+        if args.json:
+            print(value.decode("utf-8", "replace") if value is not None else "null", flush=True)
+            return
+        try:
+            message = orjson.loads(value) if value is not None else None
+        except orjson.JSONDecodeError:
+            message = None
+        if not isinstance(message, dict):
+            print(f"(a message that is not a recommendation list: {value[:80]!r})", flush=True)
+        else:
+            print(format_list(message), flush=True)
+
+    lists = read_lists(
+        args.bootstrap_servers,
+        args.topic,
+        follow=args.follow,
+        from_beginning=args.from_beginning,
+        viewer=args.viewer,
+        connect_timeout_s=args.connect_timeout,
+    )
+    try:
+        for key, value in lists:
+            if args.latest:
+                latest.pop(key, None)
+                latest[key] = value  # re-inserted, so the dict keeps publication order
+                continue
+            show(value)
+            shown += 1
+            if args.max is not None and shown >= args.max:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        lists.close()
+    for value in list(latest.values())[: args.max]:
+        show(value)
+        shown += 1
+    if shown == 0 and not args.follow:
+        who = f" for viewer {args.viewer!r}" if args.viewer else ""
+        print(f"no recommendation lists{who} in {args.topic} yet", file=sys.stderr)
+    return 0
