@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import NoBrokersAvailable
+from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore
@@ -48,6 +48,9 @@ from model.events import WatchEvent
 __all__ = ["StreamrecService"]
 
 log = logging.getLogger(__name__)
+
+#: How long one connection attempt waits before the service logs and backs off.
+BOOTSTRAP_TIMEOUT_MS = 5000
 
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
@@ -111,6 +114,8 @@ class StreamrecService:
         self._metadata = f"streamrec:{config.worker}"
         #: True between learning a batch and committing it: a checkpoint then would double-learn.
         self._uncommitted = False
+        #: Partitions assigned but not yet positioned (see ``_on_assigned``).
+        self._pending: set[TopicPartition] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -141,6 +146,8 @@ class StreamrecService:
                 polled = self._consumer.poll(
                     timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
                 )
+                if self._pending:
+                    self._start_assigned(polled)
                 if polled:
                     self.process(polled)
                     self.batches += 1
@@ -237,15 +244,16 @@ class StreamrecService:
     def _connect(self) -> None:
         """Create the consumer and producer, retrying with backoff while the brokers are down."""
         delay = 0.5
+        log.info("connecting to Kafka", extra=fields(bootstrap=self.config.bootstrap_servers))
         while not self._stop.is_set():
             try:
                 self._producer = self._make_producer()
                 self._consumer = self._make_consumer()
                 return
-            except NoBrokersAvailable:
+            except KafkaError as err:
                 log.warning(
                     "Kafka unreachable; retrying",
-                    extra=fields(bootstrap=self.config.bootstrap_servers, retry_in_s=delay),
+                    extra=fields(bootstrap=self.config.bootstrap_servers, error=err, retry_in_s=delay),
                 )
                 self._close_clients()
                 self._stop.wait(delay)
@@ -259,6 +267,7 @@ class StreamrecService:
             "acks": "all",
             "linger_ms": 2,
             "compression_type": None,
+            "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         }
         if self.config.exactly_once:
             options["transactional_id"] = f"streamrec-{self.config.worker}"
@@ -278,12 +287,23 @@ class StreamrecService:
             auto_offset_reset=self.config.auto_offset_reset,
             max_poll_records=self.config.max_poll_records,
             isolation_level="read_committed",
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )
         consumer.subscribe([self.config.input_topic], listener=_Rebalance(self))
         return consumer
 
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        for tp in assigned:
+        # Runs on kafka-python's IO thread, where blocking calls (reading committed offsets) are
+        # not allowed: pause the partitions and decide where they start right after the poll.
+        if assigned:
+            self._pending.update(assigned)
+            self._consumer.pause(*assigned)
+
+    def _start_assigned(self, polled: dict[TopicPartition, list]) -> None:
+        """Seek newly assigned partitions to where this model's learning ends, then resume them."""
+        pending, self._pending = self._pending & self._consumer.assignment(), set()
+        for tp in pending:
+            polled.pop(tp, None)  # fetched before the pause took effect: read again after the seek
             committed = self._consumer.committed(tp, metadata=True)
             learned = self.learned.get(tp)
             if committed is not None and committed.metadata == self._metadata and learned is not None:
@@ -295,6 +315,7 @@ class StreamrecService:
             elif committed is not None:
                 # Another worker learned up to its commit: those events live in its model.
                 self.learned[tp] = committed.offset
+                self._consumer.seek(tp, committed.offset)
                 start, how = committed.offset, "committed"
             elif learned is not None:
                 self._consumer.seek(tp, learned)
@@ -304,16 +325,16 @@ class StreamrecService:
             log.info(
                 "partition assigned",
                 extra=fields(
-                    partition=tp.partition,
-                    start=start,
-                    source=how,
-                    replay_until=self.replay_until.get(tp),
+                    partition=tp.partition, start=start, source=how, replay_until=self.replay_until.get(tp)
                 ),
             )
+        if pending:
+            self._consumer.resume(*pending)
 
     def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Every polled batch is processed and committed before the next poll, where this runs,
         # so nothing is pending; a checkpoint keeps our state's offsets in step with the commits.
+        self._pending.difference_update(revoked)
         if revoked:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
             if self.store is not None and self._events_since_checkpoint:
