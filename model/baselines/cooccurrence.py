@@ -1,0 +1,206 @@
+"""Item co-occurrence kNN over each viewer's recent watches: the strongest baseline.
+
+Two videos *co-occur* when one viewer watched both within ``window`` watches of each other.
+A viewer is represented by their last ``history`` watched videos, the most recent weighing
+most; a candidate video ``j`` scores
+
+    score(j) = sum over recent videos i of  decay ** age(i) * C[i, j] / (pop(i) * pop(j)) ** alpha
+
+where ``C`` holds the co-occurrence counts, ``pop`` the watch counts and ``age`` is 0 for the
+last watch. ``alpha = 0.5`` would be cosine similarity between the videos' viewer sets; 0.4
+favours popular neighbours slightly, which measured better. A tiny
+popularity term breaks ties among videos that co-occur with nothing in the history (and is
+all an unknown viewer gets: trending).
+
+The counts live in a dense float32 matrix that doubles in both dimensions as videos arrive:
+one update is two fancy-indexed additions, and a batch is scored by gathering ``history`` rows
+per event and one batched matrix product. Memory is ``4 * videos**2`` bytes (11 MB for
+ML-100K's 1,682 films, 55 MB for ML-1M's 3,706); catalogues beyond ~15,000 videos would need a
+sparse structure.
+
+>>> from model.events import WatchEvent
+>>> m = CoOccurrenceKNN()
+>>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "a", "y"), WatchEvent(2, "b", "z"),
+...               WatchEvent(3, "b", "w"), WatchEvent(4, "c", "z"), WatchEvent(5, "d", "x")])
+>>> m.recommend("d", n=1).videos  # d watched x; x was watched with y
+['y']
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.base import Ranking, Recommendation, StreamRanker
+from model.events import WatchEvent
+from model.ids import GrowableTable, IdIndex
+from model.seen import SeenVideos, viewer_keys
+from model.topk import top_n, top_n_with_rank
+
+__all__ = ["CoOccurrenceKNN", "CoCounts"]
+
+
+class CoCounts:
+    """A square float32 count matrix over video rows whose capacity doubles as videos arrive.
+
+    >>> c = CoCounts(capacity=1)
+    >>> c.ensure(3); c.add_pairs(2, np.array([0, 1]))
+    >>> c.array.tolist()
+    [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._buffer = np.zeros((max(1, capacity),) * 2, dtype=np.float32)
+        self.size = 0
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._buffer[: self.size, : self.size]
+
+    def ensure(self, size: int) -> None:
+        if size <= self.size:
+            return
+        capacity = self._buffer.shape[0]
+        if size > capacity:
+            while capacity < size:
+                capacity *= 2
+            grown = np.zeros((capacity, capacity), dtype=np.float32)
+            grown[: self.size, : self.size] = self.array
+            self._buffer = grown
+        self.size = size
+
+    def add_pairs(self, video: int, others: np.ndarray, weight: float = 1.0) -> None:
+        """Count ``video`` as co-occurring with each of ``others`` (both directions)."""
+        # add.at, not +=: a viewer who re-watched a video has it twice in ``others``.
+        np.add.at(self._buffer, (others, video), weight)
+        np.add.at(self._buffer, (video, others), weight)
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        return self._buffer[rows, : self.size]
+
+
+class CoOccurrenceKNN(StreamRanker):
+    """Recommend what co-occurred most with the viewer's recent watches.
+
+    Parameters
+    ----------
+    history
+        How many of the viewer's last watches represent them.
+    decay
+        Weight ratio between consecutive history positions (``decay ** age``).
+    window
+        Two watches of one viewer co-occur when at most ``window`` watches apart; ``None``
+        counts every pair of the viewer's history.
+    alpha
+        Normalisation exponent: ``C[i, j] / (pop(i) * pop(j)) ** alpha``.
+
+    The defaults were chosen on the first 80% of ML-100K (see ``bench/README.md``).
+    """
+
+    name = "cooccurrence"
+
+    def __init__(
+        self, history: int = 20, decay: float = 0.8, window: int | None = 20, alpha: float = 0.4
+    ) -> None:
+        super().__init__(seed=None)
+        if history < 1:
+            raise ValueError(f"history must be at least 1, got {history}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be at least 1 or None, got {window}")
+        self.history = history
+        self.decay = decay
+        self.window = window
+        self.alpha = alpha
+        self.videos = IdIndex()
+        self.viewers = IdIndex()
+        self.seen = SeenVideos()  # in watch order, so its tail is the recent history
+        self.counts = CoCounts()
+        self._pop = GrowableTable(dim=0, dtype=np.float64)
+        self._age_weights = decay ** np.arange(history, dtype=np.float64)
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def learn_many(self, events: Sequence[WatchEvent]) -> None:
+        window = self.window
+        for e in events:
+            video = self.videos.add(e.video)
+            viewer = self.viewers.add(e.viewer)
+            self.counts.ensure(len(self.videos))
+            self._pop.ensure(len(self.videos))
+            self._pop.array[video] += 1.0
+            earlier = self.seen.of(viewer)
+            if earlier:
+                others = earlier if window is None else earlier[-window:]
+                self.counts.add_pairs(video, np.asarray(others, dtype=np.int64))
+            self.seen.add(viewer, video)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def _scores(self, histories: list[list[int]]) -> np.ndarray:
+        """``(len(histories), videos)`` float32 scores; each history is oldest first."""
+        batch, size, length = len(histories), self.counts.size, self.history
+        pop = self._pop.array
+        # Popularity, scaled far below any co-occurrence score, breaks ties and serves the cold.
+        base = (pop / (pop.max() if size else 1.0) * 1e-6).astype(np.float32)
+        scores = np.repeat(base[None, :], batch, axis=0)
+        idx = np.zeros((batch, length), dtype=np.int64)
+        weight = np.zeros((batch, length), dtype=np.float64)
+        for b, h in enumerate(histories):
+            h = h[-length:]
+            if h:
+                idx[b, : len(h)] = h[::-1]  # most recent first, so age = position
+                weight[b, : len(h)] = self._age_weights[: len(h)]
+        active = np.flatnonzero(weight[:, 0] > 0)
+        if active.size and size:
+            rows = idx[active]
+            norm = np.maximum(pop, 1.0) ** -self.alpha
+            w = (weight[active] * norm[rows]).astype(np.float32)
+            gathered = self.counts.rows(rows.ravel()).reshape(active.size, length, size)
+            sim = np.matmul(w[:, None, :], gathered)[:, 0, :]
+            scores[active] += sim * norm.astype(np.float32)[None, :]
+        return scores
+
+    def _histories_for_events(self, events: Sequence[WatchEvent]) -> list[list[int]]:
+        # History before the batch plus the viewer's earlier events in it, exactly as causal
+        # exclusion does: the state (counts) is from before the batch, the history is current.
+        in_batch: dict[str, list[int]] = {}
+        histories = []
+        for e in events:
+            row = self.viewers.get(e.viewer)
+            earlier = in_batch.setdefault(e.viewer, [])
+            before = self.seen.of(row)[-self.history :] if row is not None else []
+            histories.append(before + earlier if earlier else before)
+            video = self.videos.get(e.video)
+            if video is not None:
+                earlier.append(video)
+        return histories
+
+    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        targets = self.videos.get_many(e.video for e in events)
+        exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
+        scores = self._scores(self._histories_for_events(events))
+        top, rank = top_n_with_rank(scores, n, targets, exclude)
+        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
+
+    def recommend_many(
+        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        rows = self.viewers.get_many(viewers).tolist()
+        scores = self._scores([self.seen.of(r)[-self.history :] for r in rows])
+        exclude = self.seen.exclusion_for_viewers(rows) if exclude_seen else None
+        cols, best = top_n(scores, n, exclude)
+        ids = self.videos.ids
+        return [
+            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
+            for row, s in zip(cols, best, strict=True)
+        ]
+
+    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
+        row = self.viewers.get(viewer)
+        scores = self._scores([self.seen.of(row)[-self.history :] if row is not None else []])[0]
+        cols = self.videos.get_many(videos)
+        out = np.full(len(cols), -np.inf, dtype=np.float32)
+        out[cols >= 0] = scores[cols[cols >= 0]]
+        return out

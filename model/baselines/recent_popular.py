@@ -1,0 +1,74 @@
+"""Recent popularity: watch counts that fade with a half-life measured in events.
+
+Each watch adds ``2 ** (t / half_life)`` to its video's score, where ``t`` is the number of
+events learned so far; ranking by those sums is ranking by counts in which a watch
+``half_life`` events old weighs half as much as one just now. Growing the increment instead of
+shrinking every count keeps an update O(1); when the increment gets large, all counts are
+rescaled once (the order is unchanged). A half-life in events rather than seconds makes the
+baseline independent of the stream's clock, which replays compress or stretch.
+
+This is also what "trending" means for an unknown viewer in other models.
+
+>>> from model.events import WatchEvent
+>>> m = RecentPopular(half_life=1.0)
+>>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "b", "x"), WatchEvent(2, "c", "y"),
+...               WatchEvent(3, "d", "y"), WatchEvent(4, "e", "z")])
+>>> m.recommend("new", n=3).videos
+['z', 'y', 'x']
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from model.baselines.popular import MostPopular
+from model.events import WatchEvent
+
+__all__ = ["RecentPopular"]
+
+# Rescale the counts once the increment passes 2**_RESCALE_BITS (float64 keeps ~2**1000).
+_RESCALE_BITS = 512
+
+
+class RecentPopular(MostPopular):
+    """Exponentially decayed watch counts; the same list for everyone, minus what they watched.
+
+    Parameters
+    ----------
+    half_life
+        Age, in events, at which a watch counts half. The default, 20,000 events, was the best
+        of 500, 1,000, 2,000, 5,000, 10,000, 20,000, 40,000 and 100,000 on the first 80% of
+        ML-100K (HR@10 0.0782, against 0.0754 for undecayed counts; 0.061 at 500): a mild
+        decay, about which films are "in season" rather than which are hot this minute.
+    """
+
+    name = "recent_popular"
+
+    def __init__(self, half_life: float = 20_000.0) -> None:
+        if not half_life > 0:
+            raise ValueError(f"half_life must be positive, got {half_life}")
+        super().__init__()
+        self.half_life = half_life
+        self._log2_increment = 0.0  # log2 of the weight of the next watch
+
+    def learn_many(self, events: Sequence[WatchEvent]) -> None:
+        step = 1.0 / self.half_life
+        for e in events:
+            if self._log2_increment > _RESCALE_BITS:
+                self._counts.array[:] *= 2.0**-self._log2_increment
+                self._log2_increment = 0.0
+            video = self.videos.add(e.video)
+            self._counts.ensure(len(self.videos))
+            self._counts.array[video] += math.exp2(self._log2_increment)
+            self._log2_increment += step
+            self.seen.add(self.viewers.add(e.viewer), video)
+
+    def _video_scores(self) -> np.ndarray:
+        # Scale into float32 range: only the order matters, and the kernel wants float32.
+        counts = self._counts.array
+        top = counts.max() if counts.size else 1.0
+        return (counts / (top if top > 0 else 1.0)).astype(np.float32)
