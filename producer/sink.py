@@ -125,6 +125,7 @@ class KafkaSink:
             self.created_topic = ensure_topic(
                 bootstrap_servers, topic, partitions, timeout_s=connect_timeout_s
             )
+        request_ms = 15_000
         try:
             self._producer = KafkaProducer(
                 bootstrap_servers=bootstrap_servers,
@@ -133,8 +134,9 @@ class KafkaSink:
                 enable_idempotence=True,
                 linger_ms=linger_ms,
                 batch_size=batch_size,
-                delivery_timeout_ms=int(delivery_timeout_s * 1000),
-                request_timeout_ms=min(30_000, int(delivery_timeout_s * 1000)),
+                # kafka-python insists on delivery >= linger + request timeout.
+                request_timeout_ms=request_ms,
+                delivery_timeout_ms=max(int(delivery_timeout_s * 1000), linger_ms + request_ms),
                 bootstrap_timeout_ms=int(connect_timeout_s * 1000),
             )
         except KafkaTimeoutError as err:
