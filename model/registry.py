@@ -21,7 +21,17 @@ from pathlib import Path
 
 from model.base import StreamRanker
 
-__all__ = ["MODELS", "DEFAULT_MODEL", "DEFAULT_BATCH_SIZE", "UnknownModel", "create", "load", "model_class", "resolve", "names"]
+__all__ = [
+    "MODELS",
+    "DEFAULT_MODEL",
+    "DEFAULT_BATCH_SIZE",
+    "UnknownModel",
+    "create",
+    "load",
+    "model_class",
+    "resolve",
+    "names",
+]
 
 #: name -> (``module:Class``, one-line description). The first entry is the default model.
 MODELS: dict[str, tuple[str, str]] = {
