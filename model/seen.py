@@ -60,6 +60,30 @@ class SeenVideos:
         """Video rows watched by ``viewer_row`` (empty for an unknown row)."""
         return self._seen[viewer_row] if 0 <= viewer_row < len(self._seen) else []
 
+    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR form ``(indptr, videos)`` for saving without pickle; see :meth:`from_arrays`.
+
+        >>> s = SeenVideos(); s.add(1, 4); s.add(1, 2)
+        >>> SeenVideos.from_arrays(*s.to_arrays()).of(1)
+        [4, 2]
+        """
+        lengths = np.fromiter(map(len, self._seen), dtype=np.int64, count=len(self._seen))
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        videos = np.fromiter((v for row in self._seen for v in row), dtype=np.int64, count=int(indptr[-1]))
+        return indptr, videos
+
+    @classmethod
+    def from_arrays(cls, indptr: np.ndarray, videos: np.ndarray) -> SeenVideos:
+        if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != videos.size:
+            raise ValueError("inconsistent saved seen-video lists")
+        if np.any(np.diff(indptr) < 0):
+            raise ValueError("inconsistent saved seen-video lists")
+        seen = cls()
+        flat = videos.tolist()
+        bounds = indptr.tolist()
+        seen._seen = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return seen
+
     def exclusion_for_viewers(self, viewer_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, cols)`` cells so that row ``i`` excludes all videos of ``viewer_rows[i]``."""
         rows, cols = [], []

@@ -33,17 +33,66 @@ UNRANKED = np.iinfo(np.int64).max
 
 
 def _prepare(scores: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    # NaN compares false with everything, so it would slip through argpartition; -inf never wins.
-    np.nan_to_num(scores, copy=False, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
+    # NaN compares false with everything, so it would slip through selection; -inf never wins.
+    # (np.nan_to_num is several times slower than this mask on a big batch.)
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        scores[bad] = -np.inf
     if exclude is not None:
         scores[exclude] = -np.inf
     return scores
+
+
+def _largest(scores: np.ndarray, k: int) -> np.ndarray:
+    """Unordered columns of the ``k`` largest cells of each row (``0 < k < items``).
+
+    ``np.argpartition`` costs ~15 ns per cell. Faster for ``k`` much smaller than a row: split
+    each row's columns into ``m >= k`` interleaved blocks; the ``k``-th largest block maximum is
+    a lower bound on the row's ``k``-th largest value, and usually only a few cells above ``k``
+    reach it. Those candidates are selected exactly; rows where the bound is useless (many ties
+    or many ``-inf``) fall back to ``argpartition``.
+    """
+    batch, items = scores.shape
+    blocks = max(4 * k, 64)
+    size = items // blocks
+    if size < 4 or batch == 0:
+        return np.argpartition(scores, items - k, axis=1)[:, items - k :]
+    block_max = scores[:, : blocks * size].reshape(batch, size, blocks).max(axis=1)
+    if blocks * size < items:
+        rest = scores[:, blocks * size :].max(axis=1, keepdims=True)
+        block_max = np.concatenate([block_max, rest], axis=1)
+    m = block_max.shape[1]
+    bound = np.partition(block_max, m - k, axis=1)[:, m - k]
+    flat = np.flatnonzero(scores >= bound[:, None])
+    rows, cols = np.divmod(flat, items)
+    counts = np.bincount(rows, minlength=batch)
+    limit = 4 * blocks
+    fallback = ~np.isfinite(bound) | (counts > limit)
+    if fallback.any():
+        keep = ~fallback[rows]
+        rows, cols = rows[keep], cols[keep]
+        counts[fallback] = 0
+    width = max(int(counts.max()), k)
+    first = np.cumsum(counts) - counts
+    pos = np.arange(rows.size) - first[rows]
+    cand = np.full((batch, width), -np.inf, dtype=scores.dtype)
+    cand_cols = np.zeros((batch, width), dtype=np.int64)
+    cand[rows, pos] = scores[rows, cols]
+    cand_cols[rows, pos] = cols
+    part = np.argpartition(cand, width - k, axis=1)[:, width - k :] if width > k else None
+    out = cand_cols if part is None else np.take_along_axis(cand_cols, part, axis=1)
+    if fallback.any():
+        bad = np.flatnonzero(fallback)
+        out[bad] = np.argpartition(scores[bad], items - k, axis=1)[:, items - k :]
+    return out
 
 
 def top_n(
     scores: np.ndarray,
     n: int,
     exclude: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    _prepared: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Column indices and scores of the ``n`` best cells of each row, best first.
 
@@ -51,15 +100,13 @@ def top_n(
     cells that must not be chosen. Slots that could not be filled with a finite score hold
     column ``-1`` and score ``-inf``.
     """
-    scores = _prepare(scores, exclude)
+    if not _prepared:
+        scores = _prepare(scores, exclude)
     batch, items = scores.shape
     k = min(n, items)
     if k == 0:
         return np.full((batch, n), -1, dtype=np.int64), np.full((batch, n), -np.inf, dtype=np.float32)
-    if k < items:
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        part = np.broadcast_to(np.arange(items), (batch, items)).copy()
+    part = _largest(scores, k) if k < items else np.broadcast_to(np.arange(items), (batch, items)).copy()
     part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     cols = np.take_along_axis(part, order, axis=1)
@@ -88,10 +135,10 @@ def top_n_with_rank(
     known = np.flatnonzero(targets >= 0)
     if known.size:
         target_scores = scores[known, targets[known]]
-        rows = scores[known]
-        above = (rows > target_scores[:, None]).sum(axis=1)
-        ties = (rows == target_scores[:, None]).sum(axis=1) - 1
+        rows = scores if known.size == batch else scores[known]
+        # Pessimistic rank = cells above the target + ties other than itself, in one pass.
+        at_least = np.count_nonzero(rows >= target_scores[:, None], axis=1) - 1
         ok = np.isfinite(target_scores)
-        rank[known[ok]] = above[ok] + ties[ok]
-    cols, _ = top_n(scores, n)
+        rank[known[ok]] = at_least[ok]
+    cols, _ = top_n(scores, n, _prepared=True)
     return cols, rank

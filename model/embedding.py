@@ -1,0 +1,518 @@
+"""streamrec's main model: online embeddings whose viewer side is built from recent watches.
+
+The score of video ``i`` for viewer ``v`` is
+
+    s(v, i) = (p_v + sum_a m_a q_{h_a}) . e_i + b_i
+
+where ``h_0, h_1, ...`` are the viewer's last ``history`` watched videos (most recent first),
+``m_a`` are mixing weights proportional to ``recency ** a`` times the watch weight of that
+watch (normalised to sum to 1), ``q`` are *transition* vectors (what watching a video says
+about the next one), ``p_v`` a learned long-term viewer vector, ``e_i`` the video vectors and
+``b_i`` a video bias. This is FPMC-style (factorised personalised Markov chains, Rendle 2010)
+with YouTube's "viewer = average of watched videos" as the Markov part: a viewer who has
+watched one video already gets that video's neighbourhood, and recency is built in.
+
+Learning is implicit feedback: each watch is a positive, weighted by
+:func:`model.weighting.watch_weights`; the loss is a full softmax over all known videos
+(the viewer's already-watched videos left out of the denominator) by default, or a sampled
+softmax / BPR over ``negatives`` sampled videos (uniform or popularity-proportional with logQ
+correction). Adagrad; the update never writes non-finite numbers (see :mod:`model.kernels`).
+
+Batch semantics (``learn_many``): all events of a batch are learned from the parameters
+before the batch (new rows start at their initial values: zero viewer and transition vectors,
+small random video vectors, zero bias), their gradients are summed, and each touched row takes
+one Adagrad step. What the batch knows exactly it uses exactly: each event's *history* and
+*exclusions* include its viewer's earlier events in the same batch. A batch of one is exactly
+``learn_one``. ``rank_events`` uses the very same representation, so a ``rank_events`` /
+``learn_many`` pair on the same batch reuses the score matrix (computed once).
+
+>>> from model.events import WatchEvent
+>>> m = EmbeddingRanker(seed=1)
+>>> for t, (v, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "z")] * 20):
+...     m.learn_many([WatchEvent(t, v, i)])
+>>> m.recommend("new viewer", n=2).videos        # unknown viewer: what is trending
+['x', 'y']
+>>> m.learn_one("d", "x")
+>>> m.recommend("d", n=1).videos                 # one watch of x: its closest neighbour
+['y']
+>>> m.n_viewers, m.n_videos, m.events_learned
+(4, 3, 121)
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+
+import numpy as np
+
+from model.base import Ranking, Recommendation, StreamRanker
+from model.events import WatchEvent
+from model.history import RecentHistory, group_positions
+from model.ids import GrowableTable, IdIndex
+from model.kernels import adagrad_step, scatter_rows, softmax_grad
+from model.seen import SeenVideos
+from model.topk import top_n, top_n_with_rank
+from model.weighting import watch_weights
+
+__all__ = ["EmbeddingRanker"]
+
+LOSSES = ("softmax", "sampled_softmax", "bpr")
+SAMPLINGS = ("uniform", "popularity")
+
+
+@dataclass
+class _Batch:
+    """A batch mapped to rows, with each event's causal viewer representation."""
+
+    viewer_rows: np.ndarray  # (B,) rows, provisional (= the row learn_many will create) for new ids
+    video_rows: np.ndarray  # (B,) idem
+    n_viewers: int  # viewers known before the batch
+    n_videos: int  # videos known before the batch
+    weights: np.ndarray  # (B,) watch weights
+    mix: np.ndarray  # (B, n_videos_after) history mixing weights (rows sum to 1 or 0)
+    final: tuple[np.ndarray, np.ndarray, np.ndarray]  # per viewer history after the batch
+    U: np.ndarray  # (B, dim) viewer representation before each event
+    cold: np.ndarray  # (B,) bool: no viewer state and no history (gets trending when ranked)
+    exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
+
+
+class EmbeddingRanker(StreamRanker):
+    """Online FPMC-style embedding recommender trained by Adagrad on implicit watches.
+
+    Parameters
+    ----------
+    dim
+        Embedding size.
+    history
+        How many recent watches form the viewer's short-term part.
+    recency
+        Weight decay per step back in the history (``recency ** age``).
+    lr
+        Adagrad learning rate.
+    reg
+        L2 penalty on the rows an event touches.
+    loss
+        ``"softmax"`` (full, over all known videos), ``"sampled_softmax"`` or ``"bpr"``.
+    negatives, sampling
+        For the sampled losses: negatives per event, drawn ``"uniform"`` or by
+        ``"popularity"`` (with logQ correction for the sampled softmax).
+    viewer_vector
+        Learn a long-term vector per viewer (else the viewer is their history alone).
+    init_scale
+        Standard deviation of new video vectors.
+    max_grad_norm
+        Gradient rows are clipped to this L2 norm.
+    trending_half_life
+        Half-life, in events, of the decayed popularity shown to unknown viewers.
+    seed
+        Drives all randomness (video initialisation, negative sampling).
+    """
+
+    name = "streamrec"
+
+    def __init__(
+        self,
+        dim: int = 32,
+        history: int = 20,
+        recency: float = 0.8,
+        lr: float = 0.2,
+        reg: float = 0.0,
+        loss: str = "softmax",
+        negatives: int = 20,
+        sampling: str = "uniform",
+        viewer_vector: bool = True,
+        init_scale: float = 0.1,
+        max_grad_norm: float = 10.0,
+        trending_half_life: float = 2000.0,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__(seed=seed)
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        if dim < 1 or history < 1 or negatives < 1:
+            raise ValueError("dim, history and negatives must be positive")
+        if not 0.0 < recency <= 1.0:
+            raise ValueError(f"recency must be in (0, 1], got {recency}")
+        if lr <= 0 or reg < 0 or init_scale <= 0 or max_grad_norm <= 0 or trending_half_life <= 0:
+            raise ValueError("lr, init_scale, max_grad_norm, trending_half_life must be > 0; reg >= 0")
+        self.dim = dim
+        self.history = history
+        self.recency = recency
+        self.lr = lr
+        self.reg = reg
+        self.loss = loss
+        self.negatives = negatives
+        self.sampling = sampling
+        self.viewer_vector = viewer_vector
+        self.init_scale = init_scale
+        self.max_grad_norm = max_grad_norm
+        self.trending_half_life = trending_half_life
+        self.seed = seed
+        self._init_state()
+
+    # -- state -------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self._rng = np.random.default_rng(self.seed)
+        k = self.dim
+        # Viewer state: everything indexed by viewer row (movable with its viewers).
+        self.viewers = IdIndex()
+        self.seen = SeenVideos()
+        self._recent = RecentHistory(self.history)
+        self._P = GrowableTable(k)
+        self._P_acc = GrowableTable(k)
+        # Video state: shared by all viewers.
+        self.videos = IdIndex()
+        self._E = GrowableTable(k, init=lambda n: self._rng.normal(0.0, self.init_scale, (n, k)))
+        self._E_acc = GrowableTable(k)
+        self._Q = GrowableTable(k)
+        self._Q_acc = GrowableTable(k)
+        self._b = GrowableTable(0)
+        self._b_acc = GrowableTable(0)
+        self._counts = GrowableTable(0, dtype=np.float64)
+        # Decayed popularity, stored multiplied by a growing scale so decay costs nothing.
+        self._trend = GrowableTable(0, dtype=np.float64)
+        self._trend_scale = 1.0
+        self.events_learned = 0
+        self.guard_trips = 0
+        self.loss_sum = 0.0
+        self._version = 0
+        self._cache: tuple | None = None
+
+    @property
+    def n_viewers(self) -> int:
+        return len(self.viewers)
+
+    @property
+    def n_videos(self) -> int:
+        return len(self.videos)
+
+    def memory_bytes(self) -> dict[str, int]:
+        """Bytes of model state: per viewer, per video, and in total (id strings excluded).
+
+        Per viewer: the long-term vector and its Adagrad state (float32), the recent-history
+        ring (int64 rows + float32 weights) and 8 bytes per watched video in the seen list
+        (the average list length is used). Per video: video and transition vectors with their
+        Adagrad state, bias and counters.
+        """
+        k = self.dim
+        per_viewer = 2 * 4 * k + self._recent.nbytes_per_viewer()
+        seen = 8 * self.events_learned
+        per_video = 4 * 4 * k + 2 * 4 + 2 * 8
+        total = per_viewer * self.n_viewers + seen + per_video * self.n_videos
+        return {
+            "per_viewer": per_viewer + (seen // max(1, self.n_viewers)),
+            "per_video": per_video,
+            "total": total,
+        }
+
+    # -- batch preparation -------------------------------------------------------------------
+
+    @staticmethod
+    def _provisional_rows(index: IdIndex, ids: list[str]) -> np.ndarray:
+        """Rows of ``ids``; unknown ids get the rows ``index.add`` would give them, uncreated."""
+        rows = index.get_many(ids)
+        unknown = np.flatnonzero(rows < 0)
+        if unknown.size:
+            fresh: dict[str, int] = {}
+            n = len(index)
+            for i in unknown.tolist():
+                rows[i] = fresh.setdefault(ids[i], n + len(fresh))
+        return rows
+
+    def _exclusion(self, viewer_rows: np.ndarray, video_rows: np.ndarray, n_viewers: int):
+        """Causal exclusion cells: the viewer's watches before the batch and earlier in it."""
+        order, start, within = group_positions(viewer_rows)
+        # Earlier events of the same viewer in this batch.
+        total = int(within.sum())
+        rows_in = np.repeat(order, within)
+        offsets = np.arange(total) - np.repeat(np.cumsum(within) - within, within)
+        cols_in = video_rows[order][np.repeat(start, within) + offsets]
+        # Everything the viewer watched before the batch.
+        known = viewer_rows < n_viewers
+        if not known.any():
+            return rows_in, cols_in
+        uniq, inverse = np.unique(viewer_rows[known], return_inverse=True)
+        lists = [self.seen.of(v) for v in uniq.tolist()]
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
+        first = np.cumsum(lengths) - lengths
+        counts = lengths[inverse]
+        events = np.flatnonzero(known)
+        rows_pre = np.repeat(events, counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols_pre = flat[np.repeat(first[inverse], counts) + offsets]
+        return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
+
+    def _batch(self, events: Sequence[WatchEvent]) -> _Batch:
+        """Map a batch to rows and build each event's representation from pre-batch state."""
+        viewer_ids = [e.viewer for e in events]
+        video_ids = [e.video for e in events]
+        n_viewers, n_videos = len(self.viewers), len(self.videos)
+        viewer_rows = self._provisional_rows(self.viewers, viewer_ids)
+        video_rows = self._provisional_rows(self.videos, video_ids)
+        weights = watch_weights([e.watch_time for e in events], [e.duration for e in events])
+        items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights)
+        # Mixing weights: recency ** age times the watch's weight, normalised per event.
+        valid = items >= 0
+        mix_w = np.where(valid, hist_w * self._decay[None, :], 0.0).astype(np.float32)
+        norm = mix_w.sum(axis=1, keepdims=True)
+        mix_w /= np.where(norm > 0, norm, 1.0)
+        n_after = max(n_videos, int(video_rows.max()) + 1 if len(events) else 0)
+        mix = np.zeros((len(events), n_after), dtype=np.float32)
+        b_idx = np.nonzero(valid)
+        np.add.at(mix, (b_idx[0], items[valid]), mix_w[valid])
+        # New transition rows start at zero, so only the known part contributes.
+        U = mix[:, :n_videos] @ self._Q.array[:n_videos]
+        has_state = viewer_rows < n_viewers
+        if self.viewer_vector and has_state.any():
+            U[has_state] += self._P.array[viewer_rows[has_state]]
+        cold = ~has_state & ~valid.any(axis=1)
+        exclude = self._exclusion(viewer_rows, video_rows, n_viewers)
+        return _Batch(
+            viewer_rows, video_rows, n_viewers, n_videos, weights, mix, tuple(final), U, cold, exclude
+        )
+
+    @property
+    def _decay(self) -> np.ndarray:
+        return (self.recency ** np.arange(self.history)).astype(np.float32)
+
+    def _logits(self, U: np.ndarray, lo: int, hi: int) -> np.ndarray:
+        """Scores of videos ``lo..hi-1`` for representations ``U``: one matrix product."""
+        return U @ self._E.array[lo:hi].T + self._b.array[lo:hi]
+
+    def _trending(self) -> np.ndarray:
+        return (self._trend.array / self._trend_scale).astype(np.float32)
+
+    # -- test step ---------------------------------------------------------------------------
+
+    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        """Top-``n`` before each event, from the state before the batch (causal history)."""
+        batch = self._batch(events)
+        n_videos = batch.n_videos
+        scores = self._logits(batch.U, 0, n_videos)
+        targets = np.where(batch.video_rows < n_videos, batch.video_rows, -1)
+        rows = np.arange(len(events))
+        known = targets >= 0
+        target_logit = scores[rows[known], targets[known]].copy()
+        ex_rows, ex_cols = batch.exclude
+        inside = ex_cols < n_videos
+        exclude = (ex_rows[inside], ex_cols[inside])
+        ranked = scores
+        if batch.cold.any():
+            # Viewers the model knows nothing about see what is trending; learning still
+            # starts from the model's own scores for them, so rank a copy.
+            ranked = scores.copy()
+            ranked[batch.cold] = self._trending()
+        top, rank = top_n_with_rank(ranked, n, targets, exclude)
+        # top_n_with_rank may have set excluded cells to -inf in place, which is what the
+        # softmax needs anyway; only the positives themselves must come back.
+        scores[rows[known], targets[known]] = target_logit
+        self._cache = (events, self._version, batch, scores)
+        return Ranking(top=top, rank=rank, catalogue=n_videos)
+
+    # -- train step --------------------------------------------------------------------------
+
+    def learn_many(self, events: Sequence[WatchEvent]) -> None:
+        """Learn a batch (see the module docstring for the exact batch semantics)."""
+        if not events:
+            return
+        cached = self._cache
+        self._cache = None
+        if cached is not None and cached[0] is events and cached[1] == self._version:
+            _, _, batch, known_logits = cached
+        else:
+            batch, known_logits = self._batch(events), None
+        viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
+        # Create the new rows (the same numbers the batch was prepared with).
+        self.viewers.add_many(e.viewer for e in events)
+        self.videos.add_many(e.video for e in events)
+        n_viewers, n_videos = len(self.viewers), len(self.videos)
+        for table in (self._P, self._P_acc):
+            table.ensure(n_viewers)
+        self._recent.ensure(n_viewers)
+        for table in (self._E, self._E_acc, self._Q, self._Q_acc, self._b, self._b_acc, self._counts):
+            table.ensure(n_videos)
+        self._trend.ensure(n_videos)
+
+        if self.loss == "softmax":
+            grad_u = self._full_softmax_step(batch, known_logits)
+        else:
+            grad_u = self._sampled_step(batch)
+
+        # Viewer side: the long-term vector and the transition vectors of the history.
+        grad_u = grad_u.astype(np.float32, copy=False)
+        lr, clip = self.lr, self.max_grad_norm
+        if self.viewer_vector:
+            rows, g = scatter_rows(viewer_rows, grad_u, n_viewers)
+            if self.reg:
+                g += self.reg * self._P.array[rows]
+            self.guard_trips += adagrad_step(self._P.array, self._P_acc.array, rows, g, lr, clip)
+        in_history = np.flatnonzero(batch.mix.any(axis=0))
+        if in_history.size:
+            g = batch.mix[:, in_history].T @ grad_u
+            if self.reg:
+                g += self.reg * self._Q.array[in_history]
+            self.guard_trips += adagrad_step(self._Q.array, self._Q_acc.array, in_history, g, lr, clip)
+
+        self._recent.store(*batch.final)
+        add = self.seen.add
+        for v, i in zip(viewer_rows.tolist(), video_rows.tolist(), strict=True):
+            add(v, i)
+        np.add.at(self._counts.array, video_rows, 1.0)
+        self._add_trending(video_rows)
+        self.events_learned += len(events)
+        self._version += 1
+
+    def _full_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:
+        n_before, n_videos = batch.n_videos, len(self.videos)
+        U = batch.U
+        if known_logits is None:
+            logits = self._logits(U, 0, n_videos)
+        else:
+            logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
+            logits[:, :n_before] = known_logits
+            logits[:, n_before:] = self._logits(U, n_before, n_videos)
+        rows = np.arange(U.shape[0])
+        targets = batch.video_rows
+        target_logit = logits[rows, targets].copy()
+        logits[batch.exclude] = -np.inf
+        logits[rows, targets] = target_logit
+        grad, loss, skipped = softmax_grad(logits, targets, batch.weights)
+        self.guard_trips += skipped
+        if math.isfinite(loss):
+            self.loss_sum += loss
+        grad_u = grad @ self._E.array[:n_videos]
+        grad_E = grad.T @ U
+        grad_b = grad.sum(axis=0)
+        self._video_step(None, grad_E, grad_b, batch.video_rows)
+        return grad_u
+
+    def _sampled_step(self, batch: _Batch) -> np.ndarray:
+        n_videos, m = len(self.videos), self.negatives
+        B = batch.U.shape[0]
+        if self.sampling == "uniform":
+            negatives = self._rng.integers(0, n_videos, (B, m))
+            log_q = None
+        else:
+            p = self._counts.array[:n_videos] / self._counts.array[:n_videos].sum()
+            negatives = self._rng.choice(n_videos, size=(B, m), p=p)
+            log_q = np.log(p * m).astype(np.float32)
+        cand = np.concatenate([batch.video_rows[:, None], negatives], axis=1)
+        E = self._E.array[cand]  # (B, 1+m, k)
+        scores = np.einsum("bk,bck->bc", batch.U, E) + self._b.array[cand]
+        accidental = negatives == batch.video_rows[:, None]
+        if self.loss == "sampled_softmax":
+            if log_q is not None:
+                scores[:, 1:] -= log_q[negatives]
+            scores[:, 1:][accidental] = -np.inf
+            grad, loss, skipped = softmax_grad(scores, np.zeros(B, dtype=np.int64), batch.weights)
+            self.guard_trips += skipped
+        else:  # BPR: -log sigmoid(s_pos - s_neg) for each negative
+            diff = scores[:, :1] - scores[:, 1:]
+            bad = ~np.isfinite(diff).all(axis=1)
+            self.guard_trips += int(bad.sum())
+            diff[bad] = 0.0
+            sig = 0.5 * (1.0 - np.tanh(0.5 * diff))  # sigmoid(-diff), overflow-free
+            sig[accidental | bad[:, None]] = 0.0
+            loss = float(np.sum(batch.weights[:, None] * np.logaddexp(0.0, -diff)[~accidental]))
+            grad = np.empty_like(scores)
+            grad[:, 1:] = sig * batch.weights[:, None]
+            grad[:, 0] = -grad[:, 1:].sum(axis=1)
+        if math.isfinite(loss):
+            self.loss_sum += loss
+        grad_u = np.einsum("bc,bck->bk", grad, E)
+        rows, grad_E = scatter_rows(
+            cand.ravel(), (grad[:, :, None] * batch.U[:, None, :]).reshape(-1, self.dim), n_videos
+        )
+        _, grad_b = scatter_rows(cand.ravel(), grad.reshape(-1, 1), n_videos)
+        self._video_step(rows, grad_E, grad_b[:, 0], batch.video_rows)
+        return grad_u
+
+    def _video_step(self, rows: np.ndarray | None, grad_E: np.ndarray, grad_b: np.ndarray, positives) -> None:
+        lr, clip = self.lr, self.max_grad_norm
+        E = self._E.array
+        if self.reg:
+            pos_rows, pos_counts = np.unique(positives, return_counts=True)
+            if rows is None:
+                grad_E[pos_rows] += self.reg * pos_counts[:, None] * E[pos_rows]
+            else:
+                where = np.searchsorted(rows, pos_rows)
+                grad_E[where] += self.reg * pos_counts[:, None] * E[pos_rows]
+        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip)
+        self.guard_trips += adagrad_step(self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip)
+
+    def _add_trending(self, video_rows: np.ndarray) -> None:
+        growth = 2.0 ** (1.0 / self.trending_half_life)
+        steps = self._trend_scale * growth ** np.arange(video_rows.shape[0])
+        np.add.at(self._trend.array, video_rows, steps)
+        self._trend_scale *= growth ** video_rows.shape[0]
+        if self._trend_scale > 1e100:  # renormalise long before float64 overflows
+            self._trend.array[:] /= self._trend_scale
+            self._trend_scale = 1.0
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
+        """Score rows for known viewer rows (``-1``: trending), from their stored history."""
+        n_videos = len(self.videos)
+        known = viewer_rows >= 0
+        scores = np.empty((viewer_rows.shape[0], n_videos), dtype=np.float32)
+        if known.any():
+            rows = viewer_rows[known]
+            items, hist_w = self._recent.of_rows(rows)
+            valid = items >= 0
+            mix_w = np.where(valid, hist_w * self._decay[None, :], 0.0).astype(np.float32)
+            norm = mix_w.sum(axis=1, keepdims=True)
+            mix_w /= np.where(norm > 0, norm, 1.0)
+            U = np.einsum("bl,blk->bk", mix_w, self._Q.array[np.where(valid, items, 0)])
+            if self.viewer_vector:
+                U += self._P.array[rows]
+            scores[known] = self._logits(U, 0, n_videos)
+        if not known.all():
+            scores[~known] = self._trending()
+        return scores
+
+    def recommend_many(
+        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        """Top-``n`` per viewer from one matrix product; unknown viewers get trending videos."""
+        rows = self.viewers.get_many(viewers)
+        exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
+        cols, scores = top_n(self._viewer_scores(rows), n, exclude)
+        ids = self.videos.ids
+        return [
+            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
+            for row, s in zip(cols, scores, strict=True)
+        ]
+
+    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
+        """Scores of ``videos`` for ``viewer`` (trending if unknown viewer; ``-inf``: unknown video)."""
+        rows = self.videos.get_many(videos)
+        out = np.full(len(rows), -np.inf, dtype=np.float32)
+        if len(self.videos):
+            scores = self._viewer_scores(self.viewers.get_many([viewer]))[0]
+            out[rows >= 0] = scores[rows[rows >= 0]]
+        return out
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole model to one ``.npz`` file (no pickle); see :mod:`model.state`."""
+        from model.state import save_model
+
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EmbeddingRanker:
+        """Read a model written by :meth:`save`; a foreign or corrupt file raises ``ValueError``."""
+        from model.state import load_model
+
+        return load_model(cls, path)

@@ -1,0 +1,120 @@
+"""Each viewer's last ``L`` watches, and exact-causal histories for a batch of events.
+
+A viewer is represented partly by what they watched most recently, so the model keeps, per
+viewer row, the last ``length`` video rows (most recent first, ``-1`` = empty slot) and the
+weight of each of those watches. For a batch, :meth:`RecentHistory.for_batch` gives every
+event the history its viewer had *just before that event*: the stored history shifted by the
+viewer's earlier events in the same batch. So a batch of one and a batch of many see exactly
+the same histories, and a viewer arriving in a burst is fresh at every event.
+
+>>> h = RecentHistory(length=3)
+>>> h.ensure(1)
+>>> hist, _, final_rows, final_items, _ = h.for_batch(
+...     viewers=np.array([0, 0, 0, 0]), videos=np.array([7, 8, 9, 5]),
+...     weights=np.ones(4, dtype=np.float32))
+>>> hist.tolist()
+[[-1, -1, -1], [7, -1, -1], [8, 7, -1], [9, 8, 7]]
+>>> h.store(final_rows, final_items, _); h.items.array.tolist()
+[[5, 9, 8]]
+
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from model.ids import GrowableTable
+
+__all__ = ["RecentHistory", "group_positions"]
+
+
+def group_positions(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stable grouping of a batch by key.
+
+    Returns ``order`` (positions sorted by key, stable), ``start`` (for each sorted position, the
+    sorted position where its group starts) and ``within`` (its 0-based position in the group,
+    i.e. how many earlier events of the same key the batch holds).
+
+    >>> order, start, within = group_positions(np.array([5, 3, 5, 5]))
+    >>> order.tolist(), start.tolist(), within.tolist()
+    ([1, 0, 2, 3], [0, 1, 1, 1], [0, 0, 1, 2])
+    """
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    n = keys.shape[0]
+    new_group = np.ones(n, dtype=bool)
+    new_group[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    start = np.maximum.accumulate(np.where(new_group, np.arange(n), 0))
+    within = np.arange(n) - start
+    return order, start, within
+
+
+class RecentHistory:
+    """Per-viewer ring of the last ``length`` watched video rows and their weights."""
+
+    def __init__(self, length: int, capacity: int = 1024) -> None:
+        self.length = length
+        self.items = GrowableTable(
+            dim=length, capacity=capacity, dtype=np.int64, init=lambda n: np.full((n, length), -1)
+        )
+        self.weights = GrowableTable(dim=length, capacity=capacity, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self.items.rows
+
+    def ensure(self, rows: int) -> None:
+        self.items.ensure(rows)
+        self.weights.ensure(rows)
+
+    def of_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stored histories of viewer ``rows`` (``-1`` or rows not stored yet: empty)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        known = (rows >= 0) & (rows < self.items.rows)
+        items = np.full((rows.shape[0], self.length), -1, dtype=np.int64)
+        weights = np.zeros((rows.shape[0], self.length), dtype=np.float32)
+        items[known] = self.items.array[rows[known]]
+        weights[known] = self.weights.array[rows[known]]
+        return items, weights
+
+    def for_batch(
+        self, viewers: np.ndarray, videos: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Causal histories for a batch, and each viewer's history after it.
+
+        ``viewers`` are viewer rows (rows not stored yet start empty), ``videos`` the events'
+        video rows, ``weights`` their watch weights. Returns ``(items, weights)`` of shape
+        ``(B, length)``, the history before each event (most recent first), then
+        ``(final_rows, final_items, final_weights)``: one row per distinct viewer, to
+        :meth:`store` once the batch is learned.
+        """
+        L, n = self.length, viewers.shape[0]
+        order, start, within = group_positions(viewers)
+        pre_items, pre_weights = self.of_rows(viewers[order])
+        vid_sorted, w_sorted = videos[order], weights[order]
+        # An event's history at age a is its viewer's earlier in-batch event a+1 back when the
+        # batch has that many, else the stored history shifted by the in-batch count.
+        last = np.ones(n, dtype=bool)
+        last[:-1] = start[1:] != start[:-1]
+        # Rows 0..n-1 are the events; rows n.. are "one past the last event" of each viewer.
+        pos = np.concatenate([np.arange(n), np.flatnonzero(last) + 1])
+        cnt = np.concatenate([within, within[last] + 1])
+        src = np.concatenate([np.arange(n), np.flatnonzero(last)])
+        age = np.arange(L)[None, :]
+        in_batch = age < cnt[:, None]
+        idx_in = np.clip(pos[:, None] - 1 - age, 0, max(n - 1, 0))
+        idx_pre = np.clip(age - cnt[:, None], 0, L - 1)
+        items = np.where(in_batch, vid_sorted[idx_in], np.take_along_axis(pre_items[src], idx_pre, axis=1))
+        hw = np.where(in_batch, w_sorted[idx_in], np.take_along_axis(pre_weights[src], idx_pre, axis=1))
+        hist_items = np.empty((n, L), dtype=np.int64)
+        hist_w = np.empty((n, L), dtype=np.float32)
+        hist_items[order] = items[:n]
+        hist_w[order] = hw[:n]
+        return hist_items, hist_w, viewers[order][last], items[n:], hw[n:].astype(np.float32)
+
+    def store(self, rows: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
+        """Write the histories returned by :meth:`for_batch` (rows must exist)."""
+        self.items.array[rows] = items
+        self.weights.array[rows] = weights
+
+    def nbytes_per_viewer(self) -> int:
+        return self.length * (8 + 4)

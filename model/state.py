@@ -1,0 +1,142 @@
+"""Save and load an :class:`~model.embedding.EmbeddingRanker` as one ``.npz`` file, without pickle.
+
+Everything the model needs to continue exactly where it stopped goes in the file: the
+hyper-parameters, id maps, every table with its Adagrad state, recent histories, seen lists,
+popularity counters, the random generator's state and the counters (events learned, guard
+trips). Keys are grouped ``viewer/...`` (state that belongs to viewers, which can move with
+their partition) and ``video/...`` (state shared by everyone). The file is written to a
+temporary name and renamed, so a crash never leaves half a model under the real name.
+
+A file that is not one of ours (not a zip, no format marker, another format version, missing
+or malformed arrays) raises ``ValueError("<path> is not a streamrec model file: ...")``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from model.ids import IdIndex
+from model.seen import SeenVideos
+
+if TYPE_CHECKING:
+    from model.embedding import EmbeddingRanker
+
+__all__ = ["save_model", "load_model", "FORMAT"]
+
+#: Format marker stored in every file; bump the version when the layout changes.
+FORMAT = "streamrec.embedding/1"
+
+_CONFIG = (
+    *("dim", "history", "recency", "lr", "reg", "loss", "negatives", "sampling", "viewer_vector"),
+    *("init_scale", "max_grad_norm", "trending_half_life", "seed"),
+)
+_VIEWER_TABLES = {"P": "_P", "P_acc": "_P_acc"}
+_VIDEO_TABLES = {
+    "E": "_E",
+    "E_acc": "_E_acc",
+    "Q": "_Q",
+    "Q_acc": "_Q_acc",
+    "b": "_b",
+    "b_acc": "_b_acc",
+    "counts": "_counts",
+    "trend": "_trend",
+}
+
+
+def save_model(model: EmbeddingRanker, path: str | Path) -> None:
+    """Write ``model`` to ``path`` (exactly that name; no ``.npz`` is appended)."""
+    path = Path(path)
+    indptr, seen = model.seen.to_arrays()
+    counters = {
+        "events_learned": model.events_learned,
+        "guard_trips": model.guard_trips,
+        "loss_sum": model.loss_sum,
+        "trend_scale": model._trend_scale,
+        "version": model._version,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "format": np.array(FORMAT),
+        "config": np.array(json.dumps({k: getattr(model, k) for k in _CONFIG})),
+        "counters": np.array(json.dumps(counters)),
+        "rng": np.array(json.dumps(model._rng.bit_generator.state)),
+        "viewer/ids": model.viewers.to_array(),
+        "viewer/seen_indptr": indptr,
+        "viewer/seen_videos": seen,
+        "viewer/history_items": model._recent.items.array,
+        "viewer/history_weights": model._recent.weights.array,
+        "video/ids": model.videos.to_array(),
+    }
+    for key, attr in _VIEWER_TABLES.items():
+        arrays[f"viewer/{key}"] = getattr(model, attr).array
+    for key, attr in _VIDEO_TABLES.items():
+        arrays[f"video/{key}"] = getattr(model, attr).array
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _not_ours(path: Path, why: str) -> ValueError:
+    return ValueError(f"{path} is not a streamrec model file: {why}")
+
+
+def load_model(cls: type[EmbeddingRanker], path: str | Path) -> EmbeddingRanker:
+    """Read a model written by :func:`save_model`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise _not_ours(path, f"cannot read it as .npz ({err})") from None
+    if not isinstance(arrays, dict) or "format" not in arrays:
+        raise _not_ours(path, "no format marker")
+    if str(arrays["format"]) != FORMAT:
+        raise _not_ours(path, f"format {str(arrays['format'])!r}, expected {FORMAT!r}")
+    try:
+        return _restore(cls, arrays)
+    except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError) as err:
+        raise _not_ours(path, f"damaged content ({type(err).__name__}: {err})") from None
+
+
+def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> EmbeddingRanker:
+    config = json.loads(str(arrays["config"]))
+    model = cls(**{k: config[k] for k in _CONFIG})
+    counters = json.loads(str(arrays["counters"]))
+    model._rng.bit_generator.state = json.loads(str(arrays["rng"]))
+    model.viewers = IdIndex.from_array(arrays["viewer/ids"])
+    model.videos = IdIndex.from_array(arrays["video/ids"])
+    n_viewers, n_videos = len(model.viewers), len(model.videos)
+    model.seen = SeenVideos.from_arrays(arrays["viewer/seen_indptr"], arrays["viewer/seen_videos"])
+    expected = {f"viewer/{k}": (n_viewers, attr) for k, attr in _VIEWER_TABLES.items()}
+    expected |= {f"video/{k}": (n_videos, attr) for k, attr in _VIDEO_TABLES.items()}
+    for key, (rows, attr) in expected.items():
+        table = getattr(model, attr)
+        array = arrays[key]
+        if array.shape[0] != rows or array.shape[1:] != table.array.shape[1:]:
+            raise ValueError(f"{key} has shape {array.shape}, expected {rows} rows")
+        if not np.isfinite(array).all():
+            raise ValueError(f"{key} holds non-finite numbers")
+        table.load(array)
+    items, weights = arrays["viewer/history_items"], arrays["viewer/history_weights"]
+    if items.shape != (n_viewers, model.history) or weights.shape != items.shape:
+        raise ValueError(f"history has shape {items.shape}, expected {(n_viewers, model.history)}")
+    if items.size and (items.max() >= n_videos or items.min() < -1):
+        raise ValueError("history refers to unknown videos")
+    model._recent.items.load(items)
+    model._recent.weights.load(weights)
+    if len(model.seen) > n_viewers:
+        raise ValueError("seen lists for unknown viewers")
+    model.events_learned = int(counters["events_learned"])
+    model.guard_trips = int(counters["guard_trips"])
+    model.loss_sum = float(counters["loss_sum"])
+    model._trend_scale = float(counters["trend_scale"])
+    model._version = int(counters["version"])
+    return model

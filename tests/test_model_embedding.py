@@ -1,0 +1,243 @@
+"""Behaviour of the main model (model.embedding.EmbeddingRanker) that a user would notice."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.embedding import EmbeddingRanker
+from model.evaluate import evaluate
+from model.events import WatchEvent
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _groups_stream(rounds: int = 30, seed: int = 0) -> list[WatchEvent]:
+    """Two disjoint taste groups: viewers g0-* watch videos a0..a4, viewers g1-* watch b0..b4."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for t in range(rounds * 10):
+        group = int(rng.integers(2))
+        viewer = f"g{group}-{int(rng.integers(6))}"
+        video = ("a", "b")[group] + str(int(rng.integers(5)))
+        events.append(WatchEvent(float(t), viewer, video))
+    return events
+
+
+def _trained(events: list[WatchEvent], batch: int = 1, **kwargs) -> EmbeddingRanker:
+    model = EmbeddingRanker(seed=3, **kwargs)
+    for start in range(0, len(events), batch):
+        model.learn_many(events[start : start + batch])
+    return model
+
+
+def _state(model: EmbeddingRanker) -> dict[str, np.ndarray]:
+    attrs = ("_P", "_P_acc", "_E", "_E_acc", "_Q", "_Q_acc", "_b", "_b_acc", "_trend")
+    return {a: getattr(model, a).array.copy() for a in attrs} | {"history": model._recent.items.array.copy()}
+
+
+@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax", "bpr"])
+def test_known_answer_disjoint_groups(loss: str) -> None:
+    model = _trained(_groups_stream(), loss=loss)
+    # A new viewer who watched one video of a group is shown that group's videos only.
+    model.learn_one("newcomer", "a2")
+    assert all(v.startswith("a") for v in model.recommend("newcomer", n=4).videos)
+    model.learn_one("other", "b0")
+    assert all(v.startswith("b") for v in model.recommend("other", n=4).videos)
+
+
+def test_watched_videos_are_excluded_and_n_valid_items_return() -> None:
+    model = _trained(_groups_stream())
+    watched = {e.video for e in _groups_stream() if e.viewer == "g0-1"}
+    rec = model.recommend("g0-1", n=10)
+    assert not watched & set(rec.videos)
+    assert len(rec.videos) == 10 - len(watched)  # everything else, nothing invalid
+    assert np.isfinite(rec.scores).all()
+    assert watched <= set(model.recommend("g0-1", n=10, exclude_seen=False).videos)
+
+
+def test_unknown_viewer_gets_trending_then_related_after_one_watch() -> None:
+    events = [WatchEvent(t, f"u{t}", "old") for t in range(20)]
+    events += [WatchEvent(20 + t, f"w{t}", "new") for t in range(10)]
+    events += [WatchEvent(40 + t, f"x{t % 5}", v) for t, v in enumerate(["p", "q"] * 10)]
+    model = _trained(events, trending_half_life=5.0)
+    # "new" is watched less than "old" but more recently: trending ranks it first.
+    top = model.recommend("stranger", n=4).videos
+    assert top.index("new") < top.index("old")
+    model.learn_one("stranger", "p")
+    assert model.recommend("stranger", n=1).videos == ["q"]
+
+
+def test_predictions_create_no_state() -> None:
+    model = _trained(_groups_stream())
+    before = (model.n_viewers, model.n_videos, model.events_learned, len(model.seen))
+    snapshot = _state(model)
+    model.recommend_many(["ghost", "g0-1"], n=5)
+    model.score_videos("ghost", ["a1", "nope"])
+    model.predict_one("ghost", "nope")
+    model.rank("ghost", {"a1", "b1", "zzz"})
+    model.rank_events([WatchEvent(0.0, "ghost", "zzz"), WatchEvent(1.0, "ghost", "a1")])
+    assert (model.n_viewers, model.n_videos, model.events_learned, len(model.seen)) == before
+    for key, array in _state(model).items():
+        np.testing.assert_array_equal(array, snapshot[key], err_msg=key)
+    assert model.score_videos("ghost", ["nope"])[0] == -np.inf
+
+
+def test_batch_of_one_is_learn_one() -> None:
+    events = _groups_stream(rounds=10)
+    by_batches = _trained(events, batch=1)
+    by_one = EmbeddingRanker(seed=3)
+    for e in events:
+        by_one.learn_one(e.viewer, e.video, True, {"timestamp": e.timestamp})
+    for key, array in _state(by_one).items():
+        np.testing.assert_array_equal(array, _state(by_batches)[key], err_msg=key)
+
+
+@pytest.mark.parametrize("batch", [1, 7, 64])
+def test_rank_then_learn_reuses_scores_without_changing_the_result(batch: int) -> None:
+    # The evaluator's rank_events + learn_many pair shares one score matrix; learning alone
+    # must end in exactly the same state.
+    events = _groups_stream(rounds=20)
+    with_rank = EmbeddingRanker(seed=3)
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        with_rank.rank_events(chunk)
+        with_rank.learn_many(chunk)
+    alone = _trained(events, batch=batch)
+    for key, array in _state(alone).items():
+        np.testing.assert_allclose(array, _state(with_rank)[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_batch_ranking_is_causal_inside_the_batch() -> None:
+    pairs = [("p", "q"), ("r", "s")]
+    events = [WatchEvent(float(t), f"x{t}", video) for t in range(40) for video in pairs[t % 2]]
+    model = _trained(events)
+    # A viewer unknown before the batch: their first event in it already forms their history,
+    # and what they watched earlier in the batch is excluded from later events' lists.
+    batch = [
+        WatchEvent(100.0, "fresh", "p"),
+        WatchEvent(101.0, "fresh", "q"),
+        WatchEvent(102.0, "fresh", "r"),
+    ]
+    ranking = model.rank_events(batch, n=3)
+    p, q = model.videos.get("p"), model.videos.get("q")
+    assert ranking.rank[1] == 0 and ranking.top[1][0] == q  # after p comes q
+    assert p not in ranking.top[1]
+    assert p not in ranking.top[2] and q not in ranking.top[2]
+    assert model.n_viewers == 40  # ranking created nothing
+
+
+def test_larger_batches_learn_the_same_preferences() -> None:
+    for batch in (1, 16, 128):
+        model = _trained(_groups_stream(rounds=60), batch=batch)
+        model.learn_one("probe", "b3")
+        assert all(v.startswith("b") for v in model.recommend("probe", n=3).videos), batch
+
+
+def test_save_load_round_trip_continues_identically(tmp_path: Path) -> None:
+    events = _groups_stream(rounds=20)
+    model = _trained(events[:150], loss="sampled_softmax")  # sampling uses the saved RNG state
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = EmbeddingRanker.load(path)
+    assert (loaded.n_viewers, loaded.n_videos, loaded.events_learned) == (
+        model.n_viewers,
+        model.n_videos,
+        model.events_learned,
+    )
+    viewers = ["g0-1", "g1-2", "stranger"]
+    for a, b in zip(model.recommend_many(viewers), loaded.recommend_many(viewers), strict=True):
+        assert a.videos == b.videos
+        np.testing.assert_array_equal(a.scores, b.scores)
+    for m in (model, loaded):
+        for start in range(150, len(events), 10):
+            m.learn_many(events[start : start + 10])
+    for key, array in _state(model).items():
+        np.testing.assert_array_equal(array, _state(loaded)[key], err_msg=key)
+    assert loaded.events_learned == len(events)
+
+
+def test_save_writes_exactly_the_given_name(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.bin"
+    _trained(_groups_stream(rounds=2)).save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.bin"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "foreign_npz", "empty", "bad_shape"])
+def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "model.npz"
+    _trained(_groups_stream(rounds=5)).save(path)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a model at all\n" * 10)
+    elif damage == "foreign_npz":
+        with open(path, "wb") as f:
+            np.savez(f, weights=np.ones(3))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays["video/E"] = arrays["video/E"][:1]
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+    with pytest.raises(ValueError, match="is not a streamrec model file"):
+        EmbeddingRanker.load(path)
+
+
+def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        EmbeddingRanker.load(tmp_path / "nothing.npz")
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_divergence_guard_never_writes_non_finite_numbers() -> None:
+    # Absurd settings make scores overflow float32; the update must skip, not write NaN.
+    model = EmbeddingRanker(seed=0, lr=1e19, init_scale=1e19, max_grad_norm=1e38)
+    events = _groups_stream(rounds=10)
+    report = evaluate(model, events, batch_size=8)
+    assert model.guard_trips > 0
+    for key, array in _state(model).items():
+        assert np.isfinite(array).all(), key
+    assert 0.0 <= report.hr <= 1.0
+    rec = model.recommend("g0-1", n=3)
+    assert len(rec.videos) == len(set(rec.videos))
+
+
+def test_river_protocol() -> None:
+    from river.checks.reco import check_reco_routine
+
+    model = EmbeddingRanker(seed=0)
+    check_reco_routine(model)  # river's own routine: rank, learn_one with bool rewards
+    before = model.events_learned
+    model.learn_one("ann", "politics", False)  # no watch: implicit feedback ignores it
+    model.learn_one("ann", "politics", True)
+    model.learn_one("ann", "sports", 120.0, {"duration": 600.0, "timestamp": 5.0})
+    assert model.events_learned == before + 2
+    assert isinstance(model.predict_one("ann", "politics"), float)
+    assert model.predict_one("ann", "never-seen") == -np.inf
+    ranked = model.rank("ann", {"politics", "sports", "never-seen"})
+    assert sorted(ranked) == ["never-seen", "politics", "sports"] and ranked[-1] == "never-seen"
+
+
+def test_memory_is_reported_per_viewer_and_per_video() -> None:
+    model = _trained(_groups_stream(rounds=5))
+    memory = model.memory_bytes()
+    assert memory["per_viewer"] > 4 * model.dim and memory["per_video"] > 4 * model.dim
+    assert memory["total"] >= memory["per_video"] * model.n_videos
+
+
+def test_importing_model_loads_no_kafka_or_prometheus() -> None:
+    code = (
+        "import sys, model, model.embedding, model.state;"
+        "bad = [m for m in sys.modules"
+        " if m.split('.')[0] in ('kafka', 'prometheus_client', 'confluent_kafka')];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
