@@ -1,0 +1,186 @@
+"""The ranking kernel, causal exclusion and id tables: the pieces every model ranks through.
+
+The top-n tests compare against a brute-force sort on random matrices large enough to reach
+the kernel's fast path, with ties, NaN, infinities and exclusions mixed in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from model.events import WatchEvent
+from model.ids import GrowableTable, IdIndex, as_id
+from model.seen import SeenVideos, viewer_keys
+from model.topk import UNRANKED, top_n, top_n_with_rank
+
+# -- top-n ---------------------------------------------------------------------------------------
+
+
+def brute_force(scores: np.ndarray, n: int, targets: np.ndarray, exclude) -> tuple[list, np.ndarray]:
+    """Per row, the sorted finite scores of the best n cells, and pessimistic target ranks."""
+    s = scores.astype(np.float64).copy()
+    s[~np.isfinite(s)] = -np.inf
+    if exclude is not None:
+        s[exclude] = -np.inf
+    best = [sorted((v for v in row if np.isfinite(v)), reverse=True)[:n] for row in s]
+    rank = np.full(len(s), UNRANKED, dtype=np.int64)
+    for i, t in enumerate(targets):
+        if t >= 0 and np.isfinite(s[i, t]):
+            rank[i] = int((s[i] >= s[i, t]).sum()) - 1
+    return best, rank
+
+
+@st.composite
+def score_batches(draw):
+    batch = draw(st.integers(1, 6))
+    items = draw(st.sampled_from([1, 3, 10, 11, 64, 300, 700]))
+    n = draw(st.sampled_from([1, 5, 10, 20]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    # Few distinct values make ties common; some NaN and infinities as a diverged model makes.
+    values = rng.integers(0, draw(st.sampled_from([3, 50, 10_000])), size=(batch, items)).astype(np.float32)
+    specials = rng.random((batch, items))
+    values[specials < 0.05] = np.nan
+    values[(specials >= 0.05) & (specials < 0.08)] = np.inf
+    values[(specials >= 0.08) & (specials < 0.10)] = -np.inf
+    excluded = rng.random((batch, items)) < draw(st.sampled_from([0.0, 0.3, 0.99]))
+    exclude = np.nonzero(excluded)
+    targets = rng.integers(-1, items, size=batch)
+    return values, n, targets, exclude
+
+
+@settings(max_examples=150, deadline=None)
+@given(score_batches())
+def test_top_n_matches_a_brute_force_sort(case):
+    scores, n, targets, exclude = case
+    best, expected_rank = brute_force(scores, n, targets, exclude)
+    cols, rank = top_n_with_rank(scores.copy(), n, targets, exclude)
+    assert cols.shape == (len(scores), n)
+    np.testing.assert_array_equal(rank, expected_rank)
+    clean = scores.astype(np.float64)
+    for row, (chosen, want) in enumerate(zip(cols, best, strict=True)):
+        valid = chosen[chosen >= 0]
+        # Exactly as many valid items as exist (up to n), never a NaN, inf or excluded cell...
+        assert len(valid) == len(want)
+        assert len(set(valid.tolist())) == len(valid)
+        assert np.all(chosen[len(valid) :] == -1)
+        # ...and they are the best ones, best first.
+        assert clean[row, valid].tolist() == want
+
+
+def test_fewer_eligible_items_than_n_pads_with_minus_one():
+    scores = np.array([[3.0, 1.0, 2.0]], dtype=np.float32)
+    cols, best = top_n(scores, 5, exclude=(np.array([0]), np.array([2])))
+    assert cols.tolist() == [[0, 1, -1, -1, -1]]
+    assert best[0, :2].tolist() == [3.0, 1.0]
+    assert np.all(np.isneginf(best[0, 2:]))
+
+
+def test_nan_scores_never_count_as_hits():
+    # A diverged model: every score NaN. A careless kernel ranks the target first.
+    scores = np.full((2, 50), np.nan, dtype=np.float32)
+    cols, rank = top_n_with_rank(scores, 10, np.array([3, 7]))
+    assert rank.tolist() == [UNRANKED, UNRANKED]
+    assert np.all(cols == -1)
+
+
+def test_ties_are_pessimistic_so_constant_scores_earn_nothing():
+    scores = np.zeros((1, 100), dtype=np.float32)
+    _, rank = top_n_with_rank(scores, 10, np.array([0]))
+    assert rank.tolist() == [99]
+    scores = np.array([[1.0, 2.0, 2.0, 2.0, 0.0]], dtype=np.float32)
+    _, rank = top_n_with_rank(scores, 10, np.array([1]))
+    assert rank.tolist() == [2]  # below both other 2.0s
+
+
+def test_excluded_or_unknown_target_is_unranked():
+    scores = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]], dtype=np.float32)
+    _, rank = top_n_with_rank(scores, 2, np.array([2, -1]), exclude=(np.array([0]), np.array([2])))
+    assert rank.tolist() == [UNRANKED, UNRANKED]
+
+
+def test_empty_catalogue():
+    cols, best = top_n(np.zeros((2, 0), dtype=np.float32), 3)
+    assert cols.tolist() == [[-1, -1, -1]] * 2
+    assert np.all(np.isneginf(best))
+
+
+# -- causal exclusion ----------------------------------------------------------------------------
+
+
+def test_exclusion_is_causal_inside_a_batch():
+    seen = SeenVideos()
+    seen.add(0, 10)
+    # viewer 0 watches 1 then 2; viewer 1 (known, nothing watched) watches 1; a new viewer twice.
+    rows, cols = seen.exclusion_for_events([0, 0, 1, -2, -2], [1, 2, 1, 5, 6])
+    cells = {(int(r), int(c)) for r, c in zip(rows, cols, strict=True)}
+    assert cells == {(0, 10), (1, 10), (1, 1), (4, 5)}
+
+
+def test_exclusion_of_one_event_batches_matches_the_whole_batch():
+    """Whatever the batch size, each event excludes the same videos."""
+    rng = np.random.default_rng(0)
+    events = [(int(v), int(i)) for v, i in zip(rng.integers(0, 5, 60), rng.integers(0, 30, 60), strict=True)]
+    whole = SeenVideos()
+    rows, cols = whole.exclusion_for_events([v for v, _ in events], [i for _, i in events])
+    per_event = {k: set() for k in range(len(events))}
+    for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+        per_event[r].add(c)
+    one_by_one = SeenVideos()
+    for k, (v, i) in enumerate(events):
+        r1, c1 = one_by_one.exclusion_for_events([v], [i])
+        assert set(c1.tolist()) == per_event[k]
+        one_by_one.add(v, i)
+
+
+def test_viewer_keys_create_no_rows_and_share_keys_per_unknown_viewer():
+    viewers = IdIndex()
+    viewers.add("known")
+    events = [WatchEvent(0, "new", "x"), WatchEvent(1, "known", "x"), WatchEvent(2, "new", "y")]
+    keys = viewer_keys(viewers, events)
+    assert keys[1] == 0 and keys[0] == keys[2] < 0
+    assert len(viewers) == 1
+
+
+def test_exclusion_for_viewers_ignores_unknown_rows():
+    seen = SeenVideos()
+    seen.add(1, 4)
+    rows, cols = seen.exclusion_for_viewers([-1, 1, 7])
+    assert list(zip(rows.tolist(), cols.tolist(), strict=True)) == [(1, 4)]
+
+
+# -- ids -----------------------------------------------------------------------------------------
+
+
+def test_ints_and_strings_are_the_same_id():
+    ids = IdIndex()
+    assert ids.add(as_id(42)) == ids.add("42")
+    assert ids.get_many(["42", "nope"]).tolist() == [0, -1]
+    assert len(ids) == 1
+
+
+def test_id_index_round_trips_through_an_array():
+    ids = IdIndex()
+    ids.add_many(["WK_Nr4tUtl8", "é", "3"])
+    back = IdIndex.from_array(ids.to_array())
+    assert back.ids == ids.ids and back.get("é") == 1
+
+
+def test_id_index_rejects_duplicates_on_load():
+    with pytest.raises(ValueError, match="duplicate"):
+        IdIndex.from_array(np.array(["a", "a"]))
+
+
+def test_growable_table_doubles_and_keeps_rows():
+    table = GrowableTable(dim=2, capacity=2, init=lambda n: np.ones((n, 2), dtype=np.float32))
+    table.ensure(2)
+    table.array[1] = [5.0, 6.0]
+    buffer_before = table.capacity
+    table.ensure(3)
+    assert table.capacity == 2 * buffer_before
+    assert table.array.tolist() == [[1.0, 1.0], [5.0, 6.0], [1.0, 1.0]]
+    table.ensure(4)  # fits: no reallocation
+    assert table.capacity == 4
