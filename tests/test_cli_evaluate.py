@@ -1,0 +1,223 @@
+"""``streamrec evaluate`` as a user runs it: every file format, the report, and bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.registry import DEFAULT_MODEL, names
+from streamrec.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = [n for n in names() if n != "streamrec"]
+
+
+def ratings(n: int = 400, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """(user, item, rating, timestamp) rows with some structure, timestamps increasing."""
+    rng = np.random.default_rng(seed)
+    users = rng.integers(1, 30, n)
+    items = (users % 5) * 8 + rng.integers(1, 9, n)
+    return [
+        (int(u), int(i), int(rng.integers(1, 6)), 880_000_000 + t)
+        for t, (u, i) in enumerate(zip(users, items, strict=True))
+    ]
+
+
+def write(path: Path, fmt: str, rows) -> Path:
+    if fmt == "u.data":
+        text = "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in rows)
+    elif fmt == "ratings.dat":
+        text = "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in rows)
+    elif fmt == "ratings.csv":
+        text = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows)
+    else:
+        text = "".join(
+            json.dumps({"timestamp": t, "viewer": f"u{u}", "video": f"v{i}", "watch_time": 60 * r}) + "\n"
+            for u, i, r, t in rows
+        )
+    path.write_text(text)
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["evaluate", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("fmt", ["u.data", "ratings.dat", "ratings.csv", "events.jsonl"])
+def test_every_format_gives_the_same_figures(tmp_path, capsys, fmt):
+    rows = ratings()
+    path = write(tmp_path / fmt, fmt, rows)
+    out_json = tmp_path / "out.json"
+    code, out, err = run(capsys, str(path), "--model", "cooccurrence", "--json", str(out_json))
+    assert code == 0, err
+    report = json.loads(out_json.read_text())
+    assert report["model"] == "cooccurrence" and report["events"] == len(rows)
+    # The same stream in another layout must evaluate identically.
+    reference = tmp_path / "ref" / "u.data"
+    reference.parent.mkdir()
+    write(reference, "u.data", rows)
+    run(capsys, str(reference), "--model", "cooccurrence", "--json", str(tmp_path / "ref.json"))
+    expected = json.loads((tmp_path / "ref.json").read_text())
+    for key in ("hr_at_10", "ndcg_at_10", "mrr", "evaluated", "events", "batch_size"):
+        assert report[key] == expected[key]
+    assert "cooccurrence" in out and "HR@10" in out
+    assert err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_json_report_has_the_documented_fields(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    code, _, _ = run(
+        capsys, str(path), "--model", "most_popular", "--batch-size", "32", "--json", str(tmp_path / "o")
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "o").read_text())
+    for key in (
+        "model",
+        "hr_at_10",
+        "ndcg_at_10",
+        "mrr",
+        "evaluated",
+        "events",
+        "events_per_s",
+        "batch_size",
+    ):
+        assert key in report
+    assert report["batch_size"] == 32 and "batches of 32" in report["protocol"]
+    assert 0.0 <= report["tail"]["hr_at_10"] <= 1.0 and report["tail"]["from_event"] % 32 == 0
+
+
+def test_several_models_give_a_list_in_order_without_duplicates(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    out_json = tmp_path / "o.json"
+    code, out, _ = run(
+        capsys,
+        str(path),
+        "--model",
+        "isgd,most_popular",
+        "--model",
+        "funk_mf",
+        "--model",
+        "isgd",
+        "--json",
+        str(out_json),
+    )
+    assert code == 0
+    assert [r["model"] for r in json.loads(out_json.read_text())] == ["isgd", "most_popular", "funk_mf"]
+    assert all(name in out for name in ("isgd", "most_popular", "funk_mf"))
+
+
+def test_limit_takes_the_first_events(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    code, _, _ = run(
+        capsys, str(path), "--model", "most_popular", "--limit", "50", "--json", str(tmp_path / "o")
+    )
+    assert code == 0 and json.loads((tmp_path / "o").read_text())["events"] == 50
+
+
+needs_default_model = pytest.mark.skipif(
+    importlib.util.find_spec("model.embedding") is None,
+    reason="the default model (model.embedding) is not there yet",
+)
+
+
+@needs_default_model
+def test_no_model_means_the_default_model_alone(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    code, _, err = run(capsys, str(path), "--json", str(tmp_path / "o"))
+    assert code == 0, err
+    assert json.loads((tmp_path / "o").read_text())["model"] == DEFAULT_MODEL
+
+
+@needs_default_model
+def test_all_means_the_default_model_and_every_baseline(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings(200))
+    code, _, err = run(capsys, str(path), "--model", "all", "--json", str(tmp_path / "o"))
+    assert code == 0, err
+    assert [r["model"] for r in json.loads((tmp_path / "o").read_text())] == names()
+
+
+# -- bad input: one line, non-zero exit, no traceback -----------------------------------------------
+
+
+def one_line_error(code: int, err: str) -> str:
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_missing_file(tmp_path, capsys):
+    code, _, err = run(capsys, str(tmp_path / "nope.data"), "--model", "most_popular")
+    assert "no such file" in one_line_error(code, err)
+
+
+def test_malformed_row_names_the_line_and_skip_bad_rows_skips_it(tmp_path, capsys):
+    path = tmp_path / "u.data"
+    path.write_text("1\t10\t5\t100\n2\t10\t3\tyesterday\n2\t11\t4\t102\n1\t11\t4\t103\n")
+    code, _, err = run(capsys, str(path), "--model", "most_popular")
+    line = one_line_error(code, err)
+    assert f"{path}:2" in line and "--skip-bad-rows" in line
+    out_json = tmp_path / "o.json"
+    code, _, err = run(
+        capsys, str(path), "--model", "most_popular", "--skip-bad-rows", "--json", str(out_json)
+    )
+    assert code == 0 and "skipped 1 malformed row" in err
+    report = json.loads(out_json.read_text())
+    assert report["bad_rows_skipped"] == 1 and report["events"] == 3
+
+
+def test_malformed_json_line(tmp_path, capsys):
+    path = tmp_path / "events.jsonl"
+    path.write_text('{"timestamp": 1, "viewer": "a", "video": "v"}\n{"viewer": "a"}\n')
+    code, _, err = run(capsys, str(path), "--model", "most_popular")
+    assert f"{path}:2" in one_line_error(code, err)
+
+
+def test_empty_and_binary_files(tmp_path, capsys):
+    empty = tmp_path / "u.data"
+    empty.write_text("")
+    code, _, err = run(capsys, str(empty), "--model", "most_popular")
+    assert "no events" in one_line_error(code, err)
+    binary = tmp_path / "ratings.dat"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    code, _, err = run(capsys, str(binary), "--model", "most_popular")
+    assert "UTF-8" in one_line_error(code, err)
+
+
+def test_unknown_model(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings(20))
+    code, _, err = run(capsys, str(path), "--model", "most_popular,nonsense")
+    assert "nonsense" in one_line_error(code, err)
+
+
+def test_unknown_format_and_bad_numbers_are_refused(tmp_path, capsys):
+    path = write(tmp_path / "u.data", "u.data", ratings(20))
+    for argv in (["--format", "parquet"], ["--limit", "0"], ["--batch-size", "many"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["evaluate", str(path), *argv])
+        assert exit_info.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamrec", "evaluate", str(tmp_path / "missing.data")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("streamrec evaluate: error:")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
