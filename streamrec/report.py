@@ -237,6 +237,8 @@ def _lines(ax, series: Series, title: str, ylabel: str, ratio: bool = False, log
         ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
     if log:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_minor_formatter(lambda v, _: "")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
 
