@@ -9,6 +9,7 @@ demo: setup
 
 test: setup
 	scripts/kafka-jars.sh
+	scripts/prometheus.sh
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest
 
