@@ -178,6 +178,8 @@ def from_eval_json(reports: list[dict], title: str = "streamrec evaluation") -> 
             f"HR@{n}": float(r.get(f"hr_at_{n}", math.nan)),
             f"NDCG@{n}": float(r.get(f"ndcg_at_{n}", math.nan)),
             "MRR": float(r.get("mrr", math.nan)),
+            # The last part of the stream (``--tail``): quality once the models have warmed up.
+            f"tail HR@{n}": float((r.get("tail") or {}).get(f"hr_at_{n}", math.nan)),
             "coverage": float(r.get("coverage", math.nan)),
             "events/s": float(r.get("events_per_s", math.nan)),
         }
@@ -206,7 +208,7 @@ def render(report: Report, out: str | Path) -> Path:
         _totals(axes[1, 1], report)
     else:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.8), constrained_layout=True, width_ratios=(5, 4, 3))
-        _model_bars(axes[0], report.models, ("HR@10", "NDCG@10", "MRR", "coverage"))
+        _model_bars(axes[0], report.models, ("HR@10", "tail HR@10", "NDCG@10", "MRR", "coverage"))
         _speed_bars(axes[1], report.models)
         _totals(axes[2], report)
     fig.suptitle(report.title, fontsize=14)
@@ -247,11 +249,11 @@ def _model_bars(ax, models: dict[str, dict[str, float]], metrics: tuple[str, ...
     ax.set_title("Quality per model, test-then-train (higher is better)")
     names = list(models)
     width = 0.8 / max(1, len(names))
-    keys = [k for k in metrics if any(k in m for m in models.values())] or list(metrics)
+    keys = [k for k in metrics if any(math.isfinite(m.get(k, math.nan)) for m in models.values())]
     for i, name in enumerate(names):
         values = [models[name].get(k, math.nan) for k in keys]
         bars = ax.bar([j + i * width for j in range(len(keys))], values, width, label=name)
-        ax.bar_label(bars, fmt="%.3f", fontsize=8)
+        ax.bar_label(bars, fmt="%.3f" if len(names) < 3 else "%.2f", fontsize=8 if len(names) < 3 else 6.5)
     ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(keys))], keys)
     ax.legend(fontsize=9)
     ax.grid(alpha=0.3, axis="y")
@@ -280,8 +282,9 @@ def _totals(ax, report: Report) -> None:
     hr = {k.split(" ", 1)[1]: v for k, v in report.totals.items() if k.startswith("HR@10 ")}
     if report.source == "evaluation":
         hr = {name: m.get("HR@10", math.nan) for name, m in report.models.items()}
-    base = next((v for k, v in hr.items() if "popular" in k), None)
+    base_name = next((k for k in hr if "popular" in k), None)
+    base = hr.get(base_name)
     for name, value in hr.items():
         if base and "popular" not in name:
-            lines.append(f"HR@10 lift, {name} over popular: {value / base:.2f}x")
+            lines.append(f"HR@10 {name} / {base_name}: {value / base:.2f}x")
     ax.text(0.02, 0.95, "\n".join(lines) or "no totals", va="top", family="monospace", fontsize=11)
