@@ -1,0 +1,144 @@
+"""Quality and throughput of every registered model on one stream, in one run.
+
+Usage::
+
+    .venv/bin/python bench/quality.py [DATA] [--limit N] [--models a,b] [--batch-size NAME=B ...]
+
+``DATA`` defaults to ``$STREAMREC_ML100K`` or ``../shared/data/ml-100k/u.data`` next to the
+repository. Each model runs through the same progressive evaluator (``streamrec evaluate``'s
+code) with its batch size (``model.registry.DEFAULT_BATCH_SIZE`` unless overridden). The
+throughput reference is a plain per-event ISGD loop (:func:`model.baselines.isgd.plain_test_then_train`:
+k=10, lr 0.05, reg 0.01, watched videos excluded), measured in the same run; the ``vs ISGD``
+column is each model's events/s divided by it. The table goes to stdout and the JSON to
+``bench/results/quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+# BLAS threads: these matrix products are small ((256 x k) @ (k x videos)), and on a shared
+# 2-core machine OpenBLAS's worker threads spin against other processes: measured here, one
+# (256 x 10) @ (10 x 1682) product took 15-19 ms with its default threads and 0.14 ms with one.
+# One thread per process is also how the service runs. Set before numpy is imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
+from model.registry import DEFAULT_BATCH_SIZE, create, resolve  # noqa: E402
+from producer.readers import read_events  # noqa: E402
+from streamrec.commands.evaluate import evaluate_model, format_table  # noqa: E402
+
+PLAIN_ISGD = "isgd (plain loop)"
+
+
+def default_data() -> Path:
+    env = os.environ.get("STREAMREC_ML100K")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
+
+
+def parse_batch_sizes(values: list[str]) -> dict[str, int]:
+    sizes = {}
+    for value in values:
+        name, _, size = value.partition("=")
+        if not size.isdigit() or int(size) < 1:
+            raise SystemExit(f"--batch-size expects NAME=B with B a positive integer, got {value!r}")
+        sizes[name] = int(size)
+    return sizes
+
+
+def plain_isgd(events, tail: float) -> dict:
+    """The reference: per-event ISGD in a plain loop; tail from a second pass over the prefix."""
+    out = plain_test_then_train(ISGD(), events)
+    cut = int((1.0 - tail) * len(events))
+    head = plain_test_then_train(ISGD(), events[:cut])
+    tail_evaluated = out["evaluated"] - head["evaluated"]
+    ev = out["evaluated"] or 1
+    return {
+        "model": PLAIN_ISGD,
+        "hr_at_10": out["hits"] / ev,
+        "ndcg_at_10": out["ndcg_sum"] / ev,
+        "mrr": out["rr_sum"] / ev,
+        "coverage": out["coverage"],
+        "evaluated": out["evaluated"],
+        "events": out["events"],
+        "events_per_s": out["events"] / out["elapsed_s"],
+        "batch_size": 1,
+        "protocol": "per event, plain loop (score one viewer, mask, top-10, rank, learn)",
+        "tail": {
+            "fraction": tail,
+            "from_event": cut,
+            "evaluated": tail_evaluated,
+            "hr_at_10": (out["hits"] - head["hits"]) / max(1, tail_evaluated),
+            "ndcg_at_10": (out["ndcg_sum"] - head["ndcg_sum"]) / max(1, tail_evaluated),
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", nargs="?", type=Path, default=default_data())
+    parser.add_argument("--limit", type=int, help="only the first N events")
+    parser.add_argument("--models", default="all", help="comma-separated names (default: all)")
+    parser.add_argument(
+        "--batch-size", action="append", default=[], metavar="NAME=B", help="per-model batch size"
+    )
+    parser.add_argument("--tail", type=float, default=0.2)
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "quality.json")
+    args = parser.parse_args(argv)
+    if not args.data.exists():
+        print(f"{args.data}: not found (pass a path or set STREAMREC_ML100K)", file=sys.stderr)
+        return 2
+    sizes = parse_batch_sizes(args.batch_size)
+    events = read_events(args.data)
+    if args.limit:
+        events = events[: args.limit]
+
+    results = [plain_isgd(events, args.tail)]
+    reference = results[0]["events_per_s"]
+    print(f"{PLAIN_ISGD}: {reference:,.0f} events/s", file=sys.stderr)
+    for name in resolve(args.models.split(",")):
+        batch = sizes.get(name, DEFAULT_BATCH_SIZE)
+        start = time.perf_counter()
+        result = evaluate_model(create(name), events, batch_size=batch, tail=args.tail)
+        print(f"{name}: done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        results.append(result)
+    for r in results:
+        r["vs_isgd"] = r["events_per_s"] / reference
+
+    print(f"{args.data} ({len(events):,} events)")
+    print(format_table(results, extra=[("vs ISGD", "vs_isgd", "{:.1f}x")]))
+    print(
+        f"vs ISGD = events/s / the plain per-event ISGD loop's ({reference:,.0f} events/s) in this run; "
+        f"tail = last {args.tail:.0%} of events."
+    )
+    payload = {
+        "data": str(args.data),
+        "events": len(events),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+        },
+        "reference": PLAIN_ISGD,
+        "reference_events_per_s": reference,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
