@@ -29,6 +29,7 @@ True
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -187,6 +188,9 @@ class ServiceMetrics:
     coverage_window
         How many recently recommended slots (videos in published lists) coverage and popularity
         bias are computed over.
+    loss_half_life
+        Updates after which a batch's loss weighs half in the moving average of
+        :meth:`record_loss_total`.
     """
 
     def __init__(
@@ -196,6 +200,7 @@ class ServiceMetrics:
         *,
         n: int = 10,
         coverage_window: int = 10_000,
+        loss_half_life: float = 5_000.0,
     ) -> None:
         registry = REGISTRY if registry is None else registry
         self.models = tuple(models)
@@ -330,6 +335,9 @@ class ServiceMetrics:
         self._windows = {m: _RecentWindow(coverage_window) for m in self.models}
         self._guard_seen = 0
         self._bias_known: set[str] = set()
+        self.loss_half_life = loss_half_life
+        self._loss_seen: tuple[float, int] = (0.0, 0)
+        self._loss_avg: float | None = None
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -414,12 +422,36 @@ class ServiceMetrics:
     def set_model_stats(
         self, events: int, viewers: int, videos: int, memory_bytes: int, loss: float | None
     ) -> None:
-        """The model's size and training loss (``None``: no loss, exported as NaN)."""
+        """The model's size, and its training loss if given (``None`` leaves the loss gauge alone:
+        it may be fed by :meth:`record_loss_total` instead; NaN until either sets it)."""
         self.model_events.set(events)
         self.model_viewers.set(viewers)
         self.model_videos.set(videos)
         self.model_memory.set(memory_bytes)
-        self.model_loss.set(float("nan") if loss is None else loss)
+        if loss is not None:
+            self.model_loss.set(loss)
+
+    def record_loss_total(self, loss_sum: float, updates: int) -> None:
+        """Feed the loss gauge from the model's running totals (sum of losses, updates made).
+
+        The gauge becomes a moving average of the per-batch mean loss, each batch weighted by
+        its updates, with a half-life of ``loss_half_life`` updates. Totals that go down (a
+        fresh or restored model) restart the average's baseline without a jump.
+        """
+        last_sum, last_updates = self._loss_seen
+        self._loss_seen = (loss_sum, updates)
+        new = updates - last_updates
+        if new <= 0 or loss_sum < last_sum:
+            return
+        mean = (loss_sum - last_sum) / new
+        if not math.isfinite(mean):
+            return
+        if self._loss_avg is None:
+            self._loss_avg = mean
+        else:
+            weight = 1.0 - 0.5 ** (new / self.loss_half_life)
+            self._loss_avg += weight * (mean - self._loss_avg)
+        self.model_loss.set(self._loss_avg)
 
     def record_checkpoint(self, seconds: float, size_bytes: int, ok: bool) -> None:
         """One checkpoint attempt; a successful one also sets its size and time."""

@@ -195,7 +195,25 @@ def test_model_stats_and_missing_loss(metrics):
     assert value(samples, "streamrec_model_memory_bytes") == 1 << 20
     assert value(samples, "streamrec_model_loss") == pytest.approx(0.42)
     metrics.set_model_stats(events=5001, viewers=300, videos=900, memory_bytes=1 << 20, loss=None)
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(0.42)  # left alone
+
+
+def test_loss_is_nan_until_known(metrics):
+    metrics.set_model_stats(events=1, viewers=1, videos=1, memory_bytes=1, loss=None)
     assert np.isnan(value(scrape(metrics.registry), "streamrec_model_loss"))
+
+
+def test_loss_from_running_totals_is_a_moving_average_of_batch_means():
+    metrics = ServiceMetrics(registry=CollectorRegistry(), loss_half_life=1000)
+    metrics.record_loss_total(loss_sum=500.0, updates=100)  # batch mean 5.0
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(5.0)
+    metrics.record_loss_total(loss_sum=500.0 + 1000 * 3.0, updates=1100)  # 1000 updates at 3.0: half-way
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(4.0)
+    metrics.record_loss_total(loss_sum=3500.0, updates=1100)  # no new updates: unchanged
+    metrics.record_loss_total(loss_sum=20.0, updates=10)  # a restored, smaller model: no jump
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(4.0)
+    metrics.record_loss_total(loss_sum=20.0 + 1000 * 2.0, updates=1010)
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(3.0)
 
 
 def test_checkpoints(metrics):
