@@ -231,12 +231,18 @@ class StreamrecService:
 
     def _model_stats(self) -> dict:
         m = self.model
+        # EmbeddingRanker.memory_bytes() is a breakdown ({"per_viewer", "per_video", "total"})
+        # and its ``loss`` attribute names the loss function: export numbers only, never crash.
+        memory = m.memory_bytes() if hasattr(m, "memory_bytes") else 0
+        if isinstance(memory, dict):
+            memory = memory.get("total", 0)
+        loss = getattr(m, "loss", None)
         return {
             "events": self.model_events,
             "viewers": int(getattr(m, "n_viewers", 0)),
             "videos": int(getattr(m, "n_videos", 0)),
-            "memory_bytes": int(m.memory_bytes()) if hasattr(m, "memory_bytes") else 0,
-            "loss": getattr(m, "loss", None),
+            "memory_bytes": int(memory),
+            "loss": float(loss) if isinstance(loss, int | float) and not isinstance(loss, bool) else None,
         }
 
     # -- Kafka -----------------------------------------------------------------------------
