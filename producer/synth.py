@@ -5,7 +5,7 @@ demo and load-test source. It plants the structure real watch logs have, so that
 model has something to find and popularity alone is a weak answer:
 
 * **latent tastes**: ``clusters`` topics; each video belongs to one; each viewer has a taste
-  vector over topics (a sparse Dirichlet draw: one to three topics dominate). A watch picks a
+  vector over topics (a sparse Dirichlet draw: one or two topics dominate). A watch picks a
   topic from the viewer's taste, then a video of that topic. The watch matrix is therefore of
   low rank, which is what viewer and video embeddings learn;
 * **Zipf-like popularity**: inside a topic videos are picked in proportion to a Zipf weight
@@ -102,6 +102,8 @@ class SyntheticStream:
         Share of taste-driven watches that go to one of the newest videos of the topic.
     drift_days
         Time constant of taste drift, in days (``0`` or ``inf``: no drift).
+    taste_alpha
+        Dirichlet concentration of tastes: smaller means viewers keep to fewer topics.
 
     Attributes
     ----------
@@ -131,6 +133,7 @@ class SyntheticStream:
         new_video_share: float = 0.2,
         fresh_share: float = 0.15,
         drift_days: float = 90.0,
+        taste_alpha: float = 0.05,
     ) -> None:
         if viewers < 1 or videos < 1 or events < 0:
             raise ValueError("viewers and videos must be >= 1 and events >= 0")
@@ -153,7 +156,7 @@ class SyntheticStream:
         self.start, self.span_days, self.clusters, self.zipf = start, span_days, clusters, zipf
         self.popular_share, self.stickiness, self.session_mean = popular_share, stickiness, session_mean
         self.new_viewer_share, self.new_video_share = new_viewer_share, new_video_share
-        self.fresh_share, self.drift_days = fresh_share, drift_days
+        self.fresh_share, self.drift_days, self.taste_alpha = fresh_share, drift_days, taste_alpha
         self._build_world(np.random.default_rng([seed, 0]))
 
     # -- the world: who exists, who likes what ------------------------------------------------
@@ -163,10 +166,10 @@ class SyntheticStream:
         self.viewer_ids = _youtube_like_ids(rng, self.viewers, 22, prefix="UC")
         self.video_ids = _youtube_like_ids(rng, self.videos, 11)
 
-        # Viewers: a sparse taste over topics, an activity level (a few heavy viewers, many
-        # light ones), a topic their taste drifts toward, and the point of the stream (0..1)
-        # where they join. Sorting by arrival makes "who has joined" a prefix of the arrays.
-        self.taste = rng.dirichlet(np.full(k, 0.15), size=self.viewers)
+        # Viewers: a sparse taste over topics (mostly one or two), an activity level (a few heavy
+        # viewers, many light ones), a topic their taste drifts toward, and the point of the stream
+        # (0..1) where they join. Sorting by arrival makes "who has joined" a prefix of the arrays.
+        self.taste = rng.dirichlet(np.full(k, self.taste_alpha), size=self.viewers)
         self.activity = rng.lognormal(0.0, 1.0, size=self.viewers)
         self.drift_topic = rng.integers(0, k, size=self.viewers)
         late = rng.random(self.viewers) < self.new_viewer_share
