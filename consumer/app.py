@@ -292,6 +292,8 @@ class StreamrecService:
             enable_auto_commit=False,
             auto_offset_reset=self.config.auto_offset_reset,
             max_poll_records=self.config.max_poll_records,
+            session_timeout_ms=self.config.session_timeout_ms,
+            heartbeat_interval_ms=min(3000, self.config.session_timeout_ms // 3),
             isolation_level="read_committed",
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )

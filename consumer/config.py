@@ -51,6 +51,9 @@ class ServiceConfig:
     shadow_baseline: bool = True
     max_poll_records: int = 500
     poll_timeout_ms: int = 100
+    #: How long the group waits for a silent worker (crashed, not stopped) before moving its
+    #: partitions; a worker restarted after a crash waits as long to get them back.
+    session_timeout_ms: int = 45_000
     #: Folder for checkpoints of model state and offsets; empty disables checkpointing.
     checkpoint_dir: str = ""
     checkpoint_interval_s: float = 30.0
@@ -77,6 +80,7 @@ class ServiceConfig:
         check(1 <= self.top_n <= 1000, f"top_n must be between 1 and 1000, got {self.top_n}")
         check(self.max_poll_records >= 1, "max_poll_records must be at least 1")
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
+        check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level is not a level")
@@ -125,6 +129,7 @@ _HELP = {
     "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
     "max_poll_records": "most events learned in one batch",
     "poll_timeout_ms": "how long one poll waits for events",
+    "session_timeout_ms": "how long the group waits for a crashed worker before moving its partitions",
     "checkpoint_dir": "folder for checkpoints of model state and offsets (empty: none)",
     "checkpoint_interval_s": "checkpoint at least this often, in seconds",
     "checkpoint_every_events": "checkpoint at least every this many events",
