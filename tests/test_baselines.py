@@ -226,3 +226,11 @@ def test_funk_mf_scores_are_rivers_own_predictions(stream):
     ours = m.score_videos(viewer, videos)
     river_scores = [m.funk.predict_one(viewer, v) for v in videos]
     np.testing.assert_allclose(ours, river_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_cooccurrence_refuses_a_catalogue_beyond_its_dense_limit():
+    m = CoOccurrenceKNN(max_videos=8)
+    m.learn_many([WatchEvent(t, "v", str(t)) for t in range(8)])
+    assert len(m.recommend("new", n=10).videos) == 8
+    with pytest.raises(MemoryError, match="more than its limit of 8"):
+        m.learn_many([WatchEvent(9, "v", "one too many")])

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.registry import DEFAULT_MODEL, names
+from model.baselines import CoOccurrenceKNN
+from model.registry import DEFAULT_MODEL, MODELS, names
 from streamrec.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +222,20 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().startswith("streamrec evaluate: error:")
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+class SmallKNN(CoOccurrenceKNN):
+    """Co-occurrence whose dense matrix may hold only a few videos."""
+
+    name = "small_knn"
+
+    def __init__(self) -> None:
+        super().__init__(max_videos=4)
+
+
+def test_a_model_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(MODELS, "small_knn", (f"{__name__}:SmallKNN", "test model"))
+    path = write(tmp_path / "u.data", "u.data", ratings(50))
+    code, _, err = run(capsys, str(path), "--model", "small_knn")
+    line = one_line_error(code, err)
+    assert "small_knn" in line and "out of memory" in line and "limit of 4" in line

@@ -14,9 +14,10 @@ all an unknown viewer gets: trending).
 
 The counts live in a dense float32 matrix that doubles in both dimensions as videos arrive:
 one update is two fancy-indexed additions, and a batch is scored by gathering ``history`` rows
-per event and one batched matrix product. Memory is ``4 * videos**2`` bytes (11 MB for
-ML-100K's 1,682 films, 55 MB for ML-1M's 3,706); catalogues beyond ~15,000 videos would need a
-sparse structure.
+per event and one batched matrix product. Memory is ``4 * capacity**2`` bytes, the capacity
+being the number of videos rounded up to a power of two (16 MB for ML-100K's 1,682 films,
+67 MB for ML-1M's 3,706, 1 GB for ML-10M's 10,677). Past ``max_videos`` (16,384) it stops with
+a clear :class:`MemoryError` rather than swap: a larger catalogue needs a sparse structure.
 
 >>> from model.events import WatchEvent
 >>> m = CoOccurrenceKNN()
@@ -39,7 +40,11 @@ from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos, viewer_keys
 from model.topk import top_n, top_n_with_rank
 
-__all__ = ["CoOccurrenceKNN", "CoCounts"]
+__all__ = ["CoOccurrenceKNN", "CoCounts", "CatalogueTooLarge"]
+
+
+class CatalogueTooLarge(MemoryError):
+    """More videos than a dense co-occurrence matrix may hold."""
 
 
 class CoCounts:
@@ -51,8 +56,9 @@ class CoCounts:
     [[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
     """
 
-    def __init__(self, capacity: int = 1024) -> None:
-        self._buffer = np.zeros((max(1, capacity),) * 2, dtype=np.float32)
+    def __init__(self, capacity: int = 1024, max_size: int = 16_384) -> None:
+        self.max_size = max_size
+        self._buffer = np.zeros((max(1, min(capacity, max_size)),) * 2, dtype=np.float32)
         self.size = 0
 
     @property
@@ -63,9 +69,14 @@ class CoCounts:
         if size <= self.size:
             return
         capacity = self._buffer.shape[0]
+        if size > self.max_size:
+            raise CatalogueTooLarge(
+                f"co-occurrence counts are a dense matrix: {size:,} videos is more than its limit of "
+                f"{self.max_size:,} ({4 * self.max_size**2 / 2**30:.0f} GiB)"
+            )
         if size > capacity:
             while capacity < size:
-                capacity *= 2
+                capacity = min(2 * capacity, self.max_size)
             grown = np.zeros((capacity, capacity), dtype=np.float32)
             grown[: self.size, : self.size] = self.array
             self._buffer = grown
@@ -95,6 +106,8 @@ class CoOccurrenceKNN(StreamRanker):
         counts every pair of the viewer's history.
     alpha
         Normalisation exponent: ``C[i, j] / (pop(i) * pop(j)) ** alpha``.
+    max_videos
+        Largest catalogue the dense count matrix may hold (``4 * max_videos**2`` bytes).
 
     The defaults were chosen on the first 80% of ML-100K (see ``bench/README.md``).
     """
@@ -102,7 +115,12 @@ class CoOccurrenceKNN(StreamRanker):
     name = "cooccurrence"
 
     def __init__(
-        self, history: int = 20, decay: float = 0.8, window: int | None = 20, alpha: float = 0.4
+        self,
+        history: int = 20,
+        decay: float = 0.8,
+        window: int | None = 20,
+        alpha: float = 0.4,
+        max_videos: int = 16_384,
     ) -> None:
         super().__init__(seed=None)
         if history < 1:
@@ -116,7 +134,8 @@ class CoOccurrenceKNN(StreamRanker):
         self.videos = IdIndex()
         self.viewers = IdIndex()
         self.seen = SeenVideos()  # in watch order, so its tail is the recent history
-        self.counts = CoCounts()
+        self.max_videos = max_videos
+        self.counts = CoCounts(max_size=max_videos)
         self._pop = GrowableTable(dim=0, dtype=np.float64)
         self._age_weights = decay ** np.arange(history, dtype=np.float64)
 

@@ -237,7 +237,14 @@ def run(args: argparse.Namespace) -> int:
         except UnknownModel as err:
             raise UserError(str(err)) from None
         progress = _ProgressBar(name, len(events)) if sys.stderr.isatty() else None
-        result = evaluate_model(model, events, batch_size=args.batch_size, tail=args.tail, progress=progress)
+        try:
+            result = evaluate_model(
+                model, events, batch_size=args.batch_size, tail=args.tail, progress=progress
+            )
+        except MemoryError as err:
+            if progress is not None:
+                sys.stderr.write("\n")
+            raise UserError(f"model {name!r} ran out of memory: {err or 'no detail'}") from None
         result["source"] = str(args.path)
         result["bad_rows_skipped"] = stats.bad_rows
         results.append(result)
