@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -110,6 +112,16 @@ def test_prometheus_scrapes_the_port_the_consumer_serves(compose):
     targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
     port = compose["services"]["consumer"]["environment"]["STREAMREC_METRICS_PORT"]
     assert f"consumer:{port}" in targets
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool comes with Prometheus (scripts/prometheus.sh)"
+)
+def test_prometheus_accepts_the_stacks_config():
+    result = subprocess.run(
+        ["promtool", "check", "config", str(MONITORING / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_grafana_provisioning_matches_the_dashboard(compose):

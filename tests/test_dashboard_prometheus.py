@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -99,6 +100,28 @@ def test_the_dashboard_reads_only_series_the_service_exposes():
         assert "$" not in promql, f"unresolved variable in {panel['title']!r}"
         for name in re.findall(r"\bstreamrec_[a-z0-9_]+", promql):
             assert name in exposed, f"{panel['title']!r} reads {name}, which the service does not expose"
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool comes with Prometheus (scripts/prometheus.sh)"
+)
+def test_every_panel_query_is_valid_promql(tmp_path):
+    # promtool parses recording rules offline: one rule per panel query checks them all.
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"panel:{i}", "expr": promql}
+                    for i, (_, _, promql) in enumerate(panel_queries(load_dashboard()))
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_dashboard_covers_what_the_issue_asks_for():
