@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 
 from model.base import Ranking, Recommendation, StreamRanker
+from model.cooc import CoCounts
 from model.events import WatchEvent
 from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex
@@ -79,6 +80,8 @@ class _Batch:
     U: np.ndarray  # (B, dim) viewer representation before each event
     cold: np.ndarray  # (B,) bool: no viewer state and no history (gets trending when ranked)
     exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
+    cooc: np.ndarray | None  # (B, n_videos_after) co-occurrence feature, when enabled
+    history: np.ndarray  # (B, history) video rows before each event, most recent first
 
 
 class EmbeddingRanker(StreamRanker):
@@ -120,15 +123,22 @@ class EmbeddingRanker(StreamRanker):
         dim: int = 32,
         history: int = 20,
         recency: float = 0.8,
-        lr: float = 0.2,
+        lr: float = 0.15,
         reg: float = 0.0,
         loss: str = "softmax",
         negatives: int = 20,
         sampling: str = "uniform",
-        viewer_vector: bool = True,
+        viewer_vector: bool = False,
         init_scale: float = 0.1,
         max_grad_norm: float = 10.0,
         trending_half_life: float = 2000.0,
+        cooc_window: int = 20,
+        cooc_terms: int = 12,
+        cooc_max_videos: int = 10_000,
+        cooc_weight: float = 10.0,
+        cooc_half_life: float = 0.0,
+        accum_decay: float = 1.0,
+        trend_feature: bool = False,
         seed: int | None = 0,
     ) -> None:
         super().__init__(seed=seed)
@@ -138,6 +148,8 @@ class EmbeddingRanker(StreamRanker):
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
         if dim < 1 or history < 1 or negatives < 1:
             raise ValueError("dim, history and negatives must be positive")
+        if not 0 <= cooc_window <= history or cooc_terms < 1:
+            raise ValueError("cooc_window must be in [0, history] and cooc_terms >= 1")
         if not 0.0 < recency <= 1.0:
             raise ValueError(f"recency must be in (0, 1], got {recency}")
         if lr <= 0 or reg < 0 or init_scale <= 0 or max_grad_norm <= 0 or trending_half_life <= 0:
@@ -154,6 +166,13 @@ class EmbeddingRanker(StreamRanker):
         self.init_scale = init_scale
         self.max_grad_norm = max_grad_norm
         self.trending_half_life = trending_half_life
+        self.cooc_window = cooc_window
+        self.cooc_terms = cooc_terms
+        self.cooc_max_videos = cooc_max_videos
+        self.cooc_weight = cooc_weight
+        self.cooc_half_life = cooc_half_life
+        self.accum_decay = accum_decay
+        self.trend_feature = trend_feature
         self.seed = seed
         self._init_state()
 
@@ -177,6 +196,12 @@ class EmbeddingRanker(StreamRanker):
         self._b = GrowableTable(0)
         self._b_acc = GrowableTable(0)
         self._counts = GrowableTable(0, dtype=np.float64)
+        self._cooc = CoCounts(half_life=self.cooc_half_life)
+        # The learned weight of the co-occurrence feature in the score, and its Adagrad state.
+        self._alpha = np.full(1, self.cooc_weight, dtype=np.float32)
+        self._alpha_acc = np.zeros(1, dtype=np.float32)
+        self._beta = np.zeros(1, dtype=np.float32)
+        self._beta_acc = np.zeros(1, dtype=np.float32)
         # Decayed popularity, stored multiplied by a growing scale so decay costs nothing.
         self._trend = GrowableTable(0, dtype=np.float64)
         self._trend_scale = 1.0
@@ -276,17 +301,44 @@ class EmbeddingRanker(StreamRanker):
             U[has_state] += self._P.array[viewer_rows[has_state]]
         cold = ~has_state & ~valid.any(axis=1)
         exclude = self._exclusion(viewer_rows, video_rows, n_viewers)
+        cooc = None
+        if self._use_cooc(n_after):
+            terms = min(self.cooc_terms, self.history)
+            cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_after)
         return _Batch(
-            viewer_rows, video_rows, n_viewers, n_videos, weights, mix, tuple(final), U, cold, exclude
+            viewer_rows,
+            video_rows,
+            n_viewers,
+            n_videos,
+            weights,
+            mix,
+            tuple(final),
+            U,
+            cold,
+            exclude,
+            cooc,
+            items,
         )
+
+    def _use_cooc(self, n_videos: int) -> bool:
+        return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
 
     @property
     def _decay(self) -> np.ndarray:
         return (self.recency ** np.arange(self.history)).astype(np.float32)
 
-    def _logits(self, U: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    def _logits(self, U: np.ndarray, lo: int, hi: int, cooc: np.ndarray | None = None) -> np.ndarray:
         """Scores of videos ``lo..hi-1`` for representations ``U``: one matrix product."""
-        return U @ self._E.array[lo:hi].T + self._b.array[lo:hi]
+        scores = U @ self._E.array[lo:hi].T + self._b.array[lo:hi]
+        if self.trend_feature:
+            scores += self._beta[0] * self._trend_z()[lo:hi]
+        if cooc is not None:
+            scores += self._alpha[0] * cooc[:, lo:hi]
+        return scores
+
+    def _trend_z(self) -> np.ndarray:
+        """log(1 + decayed watch count): how hot each video is right now."""
+        return np.log1p(self._trend.array / self._trend_scale).astype(np.float32)
 
     def _trending(self) -> np.ndarray:
         return (self._trend.array / self._trend_scale).astype(np.float32)
@@ -297,7 +349,7 @@ class EmbeddingRanker(StreamRanker):
         """Top-``n`` before each event, from the state before the batch (causal history)."""
         batch = self._batch(events)
         n_videos = batch.n_videos
-        scores = self._logits(batch.U, 0, n_videos)
+        scores = self._logits(batch.U, 0, n_videos, batch.cooc)
         targets = np.where(batch.video_rows < n_videos, batch.video_rows, -1)
         rows = np.arange(len(events))
         known = targets >= 0
@@ -354,15 +406,23 @@ class EmbeddingRanker(StreamRanker):
             rows, g = scatter_rows(viewer_rows, grad_u, n_viewers)
             if self.reg:
                 g += self.reg * self._P.array[rows]
-            self.guard_trips += adagrad_step(self._P.array, self._P_acc.array, rows, g, lr, clip)
+            self.guard_trips += adagrad_step(
+                self._P.array, self._P_acc.array, rows, g, lr, clip, self.accum_decay
+            )
         in_history = np.flatnonzero(batch.mix.any(axis=0))
         if in_history.size:
             g = batch.mix[:, in_history].T @ grad_u
             if self.reg:
                 g += self.reg * self._Q.array[in_history]
-            self.guard_trips += adagrad_step(self._Q.array, self._Q_acc.array, in_history, g, lr, clip)
+            self.guard_trips += adagrad_step(
+                self._Q.array, self._Q_acc.array, in_history, g, lr, clip, self.accum_decay
+            )
 
         self._recent.store(*batch.final)
+        if self._use_cooc(n_videos):
+            self._cooc.add(batch.history, video_rows, self.cooc_window)
+        elif self._cooc.rows:
+            self._cooc = CoCounts(half_life=self.cooc_half_life)  # past the cap: free it
         add = self.seen.add
         for v, i in zip(viewer_rows.tolist(), video_rows.tolist(), strict=True):
             add(v, i)
@@ -375,11 +435,11 @@ class EmbeddingRanker(StreamRanker):
         n_before, n_videos = batch.n_videos, len(self.videos)
         U = batch.U
         if known_logits is None:
-            logits = self._logits(U, 0, n_videos)
+            logits = self._logits(U, 0, n_videos, batch.cooc)
         else:
             logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
             logits[:, :n_before] = known_logits
-            logits[:, n_before:] = self._logits(U, n_before, n_videos)
+            logits[:, n_before:] = self._logits(U, n_before, n_videos, batch.cooc)
         rows = np.arange(U.shape[0])
         targets = batch.video_rows
         target_logit = logits[rows, targets].copy()
@@ -393,7 +453,13 @@ class EmbeddingRanker(StreamRanker):
         grad_E = grad.T @ U
         grad_b = grad.sum(axis=0)
         self._video_step(None, grad_E, grad_b, batch.video_rows)
+        if batch.cooc is not None:
+            self._alpha_step(float(np.vdot(grad, batch.cooc[:, :n_videos])))
         return grad_u
+
+    def _alpha_step(self, grad: float) -> None:
+        g = np.array([[grad]], dtype=np.float32)
+        self.guard_trips += adagrad_step(self._alpha, self._alpha_acc, None, g, self.lr, self.max_grad_norm)
 
     def _sampled_step(self, batch: _Batch) -> np.ndarray:
         n_videos, m = len(self.videos), self.negatives
@@ -408,6 +474,10 @@ class EmbeddingRanker(StreamRanker):
         cand = np.concatenate([batch.video_rows[:, None], negatives], axis=1)
         E = self._E.array[cand]  # (B, 1+m, k)
         scores = np.einsum("bk,bck->bc", batch.U, E) + self._b.array[cand]
+        feature = None
+        if batch.cooc is not None:
+            feature = np.take_along_axis(batch.cooc, cand, axis=1)
+            scores += self._alpha[0] * feature
         accidental = negatives == batch.video_rows[:, None]
         if self.loss == "sampled_softmax":
             if log_q is not None:
@@ -434,9 +504,22 @@ class EmbeddingRanker(StreamRanker):
         )
         _, grad_b = scatter_rows(cand.ravel(), grad.reshape(-1, 1), n_videos)
         self._video_step(rows, grad_E, grad_b[:, 0], batch.video_rows)
+        if feature is not None:
+            self._alpha_step(float(np.vdot(grad, feature)))
         return grad_u
 
     def _video_step(self, rows: np.ndarray | None, grad_E: np.ndarray, grad_b: np.ndarray, positives) -> None:
+        if self.trend_feature:
+            z = self._trend_z()
+            g_beta = float(np.dot(grad_b, z if rows is None else z[rows]))
+            self.guard_trips += adagrad_step(
+                self._beta,
+                self._beta_acc,
+                None,
+                np.array([[g_beta]], np.float32),
+                self.lr,
+                self.max_grad_norm,
+            )
         lr, clip = self.lr, self.max_grad_norm
         E = self._E.array
         if self.reg:
@@ -446,8 +529,10 @@ class EmbeddingRanker(StreamRanker):
             else:
                 where = np.searchsorted(rows, pos_rows)
                 grad_E[where] += self.reg * pos_counts[:, None] * E[pos_rows]
-        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip)
-        self.guard_trips += adagrad_step(self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip)
+        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip, self.accum_decay)
+        self.guard_trips += adagrad_step(
+            self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip, self.accum_decay
+        )
 
     def _add_trending(self, video_rows: np.ndarray) -> None:
         growth = 2.0 ** (1.0 / self.trending_half_life)
@@ -475,7 +560,11 @@ class EmbeddingRanker(StreamRanker):
             U = np.einsum("bl,blk->bk", mix_w, self._Q.array[np.where(valid, items, 0)])
             if self.viewer_vector:
                 U += self._P.array[rows]
-            scores[known] = self._logits(U, 0, n_videos)
+            cooc = None
+            if self._use_cooc(n_videos):
+                terms = min(self.cooc_terms, self.history)
+                cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_videos)
+            scores[known] = self._logits(U, 0, n_videos, cooc)
         if not known.all():
             scores[~known] = self._trending()
         return scores

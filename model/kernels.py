@@ -75,9 +75,13 @@ def adagrad_step(
     grad: np.ndarray,
     lr: float,
     max_norm: float,
+    decay: float = 1.0,
 ) -> int:
     """Adagrad on ``param[rows]`` (all rows when ``rows`` is None, else unique rows); returns
     how many rows were refused.
+
+    ``decay < 1`` forgets old squared gradients (RMSprop-style), so the step size does not
+    shrink forever on a drifting stream; ``decay = 1`` is plain Adagrad.
 
     Each gradient row is clipped to L2 norm ``max_norm`` first (large steps are how online
     models diverge). A row whose new parameters or accumulator would not be finite (a NaN
@@ -93,7 +97,9 @@ def adagrad_step(
         norm = np.sqrt(np.einsum("ij,ij->i", grad, grad))
         scale = np.where(norm > max_norm, max_norm / norm, 1.0).astype(grad.dtype)
         grad = grad * scale[:, None]
-        a = a + grad * grad  # new arrays: nothing is written before the check
+        a = (
+            a * decay if decay != 1.0 else a
+        ) + grad * grad  # new arrays: nothing is written before the check
         p = p - lr * grad / (np.sqrt(a) + _EPS)
     ok = np.isfinite(p).all(axis=1) & np.isfinite(a).all(axis=1)
     refused = int(n - ok.sum())

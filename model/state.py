@@ -34,7 +34,8 @@ FORMAT = "streamrec.embedding/1"
 
 _CONFIG = (
     *("dim", "history", "recency", "lr", "reg", "loss", "negatives", "sampling", "viewer_vector"),
-    *("init_scale", "max_grad_norm", "trending_half_life", "seed"),
+    *("init_scale", "max_grad_norm", "trending_half_life", "cooc_window", "cooc_terms"),
+    *("cooc_max_videos", "cooc_weight", "cooc_half_life", "accum_decay", "trend_feature", "seed"),
 )
 _VIEWER_TABLES = {"P": "_P", "P_acc": "_P_acc"}
 _VIDEO_TABLES = {
@@ -58,6 +59,7 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         "guard_trips": model.guard_trips,
         "loss_sum": model.loss_sum,
         "trend_scale": model._trend_scale,
+        "cooc_scale": model._cooc.scale,
         "version": model._version,
     }
     arrays: dict[str, np.ndarray] = {
@@ -71,6 +73,10 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         "viewer/history_items": model._recent.items.array,
         "viewer/history_weights": model._recent.weights.array,
         "video/ids": model.videos.to_array(),
+        "video/cooc": model._cooc.array,
+        "video/cooc_counts": model._cooc.counts,
+        "video/feature_weights": np.concatenate([model._alpha, model._beta]),
+        "video/feature_weights_acc": np.concatenate([model._alpha_acc, model._beta_acc]),
     }
     for key, attr in _VIEWER_TABLES.items():
         arrays[f"viewer/{key}"] = getattr(model, attr).array
@@ -138,5 +144,13 @@ def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> Embed
     model.guard_trips = int(counters["guard_trips"])
     model.loss_sum = float(counters["loss_sum"])
     model._trend_scale = float(counters["trend_scale"])
+    model._cooc.load(arrays["video/cooc"], arrays["video/cooc_counts"], float(counters["cooc_scale"]))
+    if model._cooc.rows not in (0, n_videos):
+        raise ValueError(f"co-occurrence covers {model._cooc.rows} videos, expected {n_videos}")
+    weights, acc = arrays["video/feature_weights"], arrays["video/feature_weights_acc"]
+    if weights.shape != (2,) or acc.shape != (2,) or not np.isfinite(weights).all():
+        raise ValueError("malformed feature weights")
+    model._alpha[:], model._beta[:] = weights[:1], weights[1:]
+    model._alpha_acc[:], model._beta_acc[:] = acc[:1], acc[1:]
     model._version = int(counters["version"])
     return model
