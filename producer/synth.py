@@ -10,7 +10,8 @@ model has something to find and popularity alone is a weak answer:
   low rank, which is what viewer and video embeddings learn;
 * **Zipf-like popularity**: inside a topic videos are picked in proportion to a Zipf weight
   (exponent ``zipf``), and a share ``popular_share`` of watches ignores taste altogether and
-  follows global popularity (what a trending shelf produces);
+  follows global popularity (what a trending shelf produces); a share ``stray_share`` are
+  stray clicks on anything at all;
 * **sessions**: viewers come back in sessions of a few videos in a row; consecutive videos of a
   session stay on the same topic with probability ``stickiness`` (bursts);
 * **arrivals**: a share of viewers and videos appears only part-way through the stream, and a
@@ -92,6 +93,9 @@ class SyntheticStream:
         Exponent of the Zipf popularity law (0 gives uniform popularity).
     popular_share
         Share of watches that follow global popularity instead of taste.
+    stray_share
+        Share of watches that are stray clicks: any available video, uniformly, mostly abandoned
+        early (autoplay, a misleading thumbnail). They are noise for what a viewer likes.
     stickiness
         Probability that the next video of a session stays on the session's topic.
     session_mean
@@ -127,6 +131,7 @@ class SyntheticStream:
         clusters: int = 20,
         zipf: float = 1.0,
         popular_share: float = 0.15,
+        stray_share: float = 0.1,
         stickiness: float = 0.7,
         session_mean: float = 6.0,
         new_viewer_share: float = 0.3,
@@ -141,6 +146,8 @@ class SyntheticStream:
             raise ValueError("clusters must be >= 1")
         for name, share in [
             ("popular_share", popular_share),
+            ("stray_share", stray_share),
+            ("popular_share + stray_share", popular_share + stray_share),
             ("stickiness", stickiness),
             ("new_viewer_share", new_viewer_share),
             ("new_video_share", new_video_share),
@@ -155,6 +162,7 @@ class SyntheticStream:
         self.viewers, self.videos, self.events, self.seed = viewers, videos, events, seed
         self.start, self.span_days, self.clusters, self.zipf = start, span_days, clusters, zipf
         self.popular_share, self.stickiness, self.session_mean = popular_share, stickiness, session_mean
+        self.stray_share = stray_share
         self.new_viewer_share, self.new_video_share = new_viewer_share, new_video_share
         self.fresh_share, self.drift_days, self.taste_alpha = fresh_share, drift_days, taste_alpha
         self._build_world(np.random.default_rng([seed, 0]))
@@ -204,14 +212,17 @@ class SyntheticStream:
     def __len__(self) -> int:
         return self.events
 
-    def _pick(self, rng: np.random.Generator, shelf, progress: float, fresh: bool) -> int:
+    def _pick(self, rng: np.random.Generator, shelf, progress: float, how: str = "popular") -> int:
+        """A video of ``shelf`` available at ``progress``: by popularity, among the newest, or any."""
         order, cum, arrival = shelf
         available = int(np.searchsorted(arrival, progress, side="right"))
         if available == 0:
             return -1
-        if fresh:
+        if how == "fresh":
             # One of the ten newest arrivals: new uploads get a burst of attention.
             return int(order[available - 1 - rng.integers(0, min(10, available))])
+        if how == "any":
+            return int(order[rng.integers(0, available)])
         return int(order[np.searchsorted(cum[:available], rng.random() * cum[available - 1], side="right")])
 
     def _stream(self, rng: np.random.Generator) -> Iterator[WatchEvent]:
@@ -263,24 +274,31 @@ class SyntheticStream:
                 session.topic = int(
                     np.searchsorted(cum_taste[viewer], rng.random() * cum_taste[viewer, -1], "right")
                 )
-            # Trending shelf or the session's topic; a fresh upload or by popularity.
-            if rng.random() < self.popular_share:
-                shelf, fresh = self._global_shelf, False
+            # The trending shelf, a stray click on anything, or the session's topic (a fresh
+            # upload or by popularity).
+            draw = rng.random()
+            if draw < self.popular_share:
+                shelf, how = self._global_shelf, "popular"
+            elif draw < self.popular_share + self.stray_share:
+                shelf, how = self._global_shelf, "any"
             else:
-                shelf, fresh = self._topic_shelf[session.topic], rng.random() < self.fresh_share
+                shelf = self._topic_shelf[session.topic]
+                how = "fresh" if rng.random() < self.fresh_share else "popular"
             video = -1
             # Avoid re-watches (no recommender should be asked to predict them): a few tries on
             # the chosen shelf, then on the trending one; a re-watch only if all are seen.
             for attempt in range(48):
                 if attempt == 32:
-                    shelf = self._global_shelf
-                candidate = self._pick(rng, shelf, progress, fresh and attempt == 0)
+                    shelf, how = self._global_shelf, "popular"
+                candidate = self._pick(rng, shelf, progress, how)
+                if how == "fresh":
+                    how = "popular"  # the newest are few: look further on the same shelf
                 if candidate >= 0:
                     video = candidate
                     if candidate not in seen[viewer]:
                         break
             if video < 0:  # nothing has arrived yet on either shelf
-                video = self._pick(rng, self._global_shelf, 1.0, fresh=False)
+                video = self._pick(rng, self._global_shelf, 1.0)
             seen[viewer].add(video)
 
             # Watch fraction: mean 0.15 off-taste up to 0.9 on the viewer's favourite topic.
