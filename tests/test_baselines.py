@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from model.baselines import ISGD, CoOccurrenceKNN, FunkMFRanker, MostPopular, RecentPopular
+from model.baselines.cooccurrence import CoCounts, TopCoCounts
 from model.baselines.isgd import plain_test_then_train
 from model.evaluate import evaluate
 from model.events import WatchEvent
@@ -228,9 +229,21 @@ def test_funk_mf_scores_are_rivers_own_predictions(stream):
     np.testing.assert_allclose(ours, river_scores, rtol=1e-5, atol=1e-6)
 
 
-def test_cooccurrence_refuses_a_catalogue_beyond_its_dense_limit():
-    m = CoOccurrenceKNN(max_videos=8)
-    m.learn_many([WatchEvent(t, "v", str(t)) for t in range(8)])
-    assert len(m.recommend("new", n=10).videos) == 8
-    with pytest.raises(MemoryError, match="more than its limit of 8"):
-        m.learn_many([WatchEvent(9, "v", "one too many")])
+def test_cooccurrence_moves_to_bounded_rows_past_its_dense_limit(stream):
+    dense = CoOccurrenceKNN()
+    switched = CoOccurrenceKNN(max_videos=10, slots=64)  # every row fits: nothing is dropped
+    dense.learn_many(stream)
+    switched.learn_many(stream)
+    assert isinstance(dense.counts, CoCounts) and isinstance(switched.counts, TopCoCounts)
+    for viewer in ("u0", "u3", "u9"):
+        assert switched.recommend(viewer, n=5).videos == dense.recommend(viewer, n=5).videos
+
+
+def test_bounded_rows_keep_the_pairs_that_recur():
+    counts = TopCoCounts(slots=2)
+    counts.ensure(5)
+    counts.add_pairs(4, np.array([0, 0, 1]))  # 0 twice, 1 once
+    counts.add_pairs(4, np.array([2]))  # evicts the lighter pair (4, 1)
+    counts.add_pairs(4, np.array([0]))
+    row = counts.weighted_rows(np.array([[4]]), np.array([[1.0]], dtype=np.float32))[0]
+    assert row.tolist() == [3.0, 0.0, 1.0, 0.0, 0.0]

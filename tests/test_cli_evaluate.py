@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.baselines import CoOccurrenceKNN
+from model.baselines import MostPopular
 from model.registry import DEFAULT_MODEL, MODELS, names
 from streamrec.cli import main
 
@@ -224,18 +224,18 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-class SmallKNN(CoOccurrenceKNN):
-    """Co-occurrence whose dense matrix may hold only a few videos."""
+class Greedy(MostPopular):
+    """A model that runs out of memory on its first batch, as a too-large catalogue can."""
 
-    name = "small_knn"
+    name = "greedy"
 
-    def __init__(self) -> None:
-        super().__init__(max_videos=4)
+    def learn_many(self, events):
+        raise MemoryError("cannot allocate 9 TiB")
 
 
 def test_a_model_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(MODELS, "small_knn", (f"{__name__}:SmallKNN", "test model"))
+    monkeypatch.setitem(MODELS, "greedy", (f"{__name__}:Greedy", "test model"))
     path = write(tmp_path / "u.data", "u.data", ratings(50))
-    code, _, err = run(capsys, str(path), "--model", "small_knn")
+    code, _, err = run(capsys, str(path), "--model", "greedy")
     line = one_line_error(code, err)
-    assert "small_knn" in line and "out of memory" in line and "limit of 4" in line
+    assert "greedy" in line and "out of memory" in line and "9 TiB" in line
