@@ -239,3 +239,56 @@ def test_a_model_out_of_memory_is_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run(capsys, str(path), "--model", "greedy")
     line = one_line_error(code, err)
     assert "greedy" in line and "out of memory" in line and "9 TiB" in line
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_progress_bar_only_on_a_terminal(tmp_path):
+    path = write(tmp_path / "u.data", "u.data", ratings(300))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "streamrec", "evaluate", str(path), "--model", "most_popular"]
+    master, slave = os.openpty()
+    try:
+        result = subprocess.run(command, stderr=slave, stdout=subprocess.PIPE, env=env, cwd=REPO, timeout=120)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal is closed once everything was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(master)
+    terminal = b"".join(chunks).decode()
+    assert result.returncode == 0
+    assert "most_popular" in terminal and "100%" in terminal and "300/300 events" in terminal
+    # The table goes to stdout, untouched by the bar.
+    assert b"\r" not in result.stdout and b"HR@10" in result.stdout
+
+
+def test_quality_bench_writes_a_table_and_json(tmp_path):
+    path = write(tmp_path / "u.data", "u.data", ratings(300))
+    out = tmp_path / "quality.json"
+    models = ",".join(BASELINES)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "quality.py"),
+            str(path),
+            "--models",
+            models,
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    assert [r["model"] for r in payload["results"]] == ["isgd (plain loop)", *BASELINES]
+    assert payload["results"][0]["vs_isgd"] == 1.0 and all(r["events"] == 300 for r in payload["results"])
+    assert "vs ISGD" in result.stdout
