@@ -40,7 +40,7 @@ from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStor
 from consumer.config import ServiceConfig
 from consumer.intake import Intake, decode
 from consumer.logs import fields
-from consumer.outputs import dead_letter_headers, recommendation_value
+from consumer.outputs import dead_letter_record, recommendation_value
 from model.base import StreamRanker
 from model.evaluate import StreamingEvaluator
 from model.events import WatchEvent
@@ -106,6 +106,7 @@ class StreamrecService:
         #: The list last published to each viewer, for the online hit rate.
         self.shown: dict[str, frozenset[str]] = {}
         self.batches = 0
+        self.dead_lettered = 0
         self._stop = threading.Event()
         self._events_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -386,7 +387,8 @@ class StreamrecService:
             self._learn(replayed)
         intake = decode(live_records)
         messages = self._test_learn_recommend(intake) if intake.events else []
-        messages.extend((self.config.dlq_topic, d.key, d.value, dead_letter_headers(d)) for d in intake.dead)
+        self.dead_lettered += len(intake.dead)
+        messages.extend((self.config.dlq_topic, *dead_letter_record(d)) for d in intake.dead)
         offsets = {
             tp: OffsetAndMetadata(records[-1].offset + 1, self._metadata, -1)
             for tp, records in polled.items()

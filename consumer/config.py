@@ -54,8 +54,9 @@ class ServiceConfig:
     #: How long the group waits for a silent worker (crashed, not stopped) before moving its
     #: partitions; a worker restarted after a crash waits as long to get them back.
     session_timeout_ms: int = 45_000
-    #: Folder for checkpoints of model state and offsets; empty disables checkpointing.
-    checkpoint_dir: str = ""
+    #: Folder for checkpoints of model state and offsets (one subfolder per worker);
+    #: "none" disables them, and then a restart starts from an empty model.
+    checkpoint_dir: str = ".streamrec/checkpoints"
     checkpoint_interval_s: float = 30.0
     checkpoint_every_events: int = 100_000
     #: Publish outputs and commit offsets in one Kafka transaction per batch.
@@ -91,7 +92,9 @@ class ServiceConfig:
 
     @property
     def checkpoint_path(self) -> Path | None:
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+        if self.checkpoint_dir.strip().lower() in ("", "none"):
+            return None
+        return Path(self.checkpoint_dir)
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> ServiceConfig:
@@ -130,7 +133,7 @@ _HELP = {
     "max_poll_records": "most events learned in one batch",
     "poll_timeout_ms": "how long one poll waits for events",
     "session_timeout_ms": "how long the group waits for a crashed worker before moving its partitions",
-    "checkpoint_dir": "folder for checkpoints of model state and offsets (empty: none)",
+    "checkpoint_dir": "folder for checkpoints of model state and offsets ('none': no checkpoints)",
     "checkpoint_interval_s": "checkpoint at least this often, in seconds",
     "checkpoint_every_events": "checkpoint at least every this many events",
     "exactly_once": "publish and commit offsets in one Kafka transaction per batch",

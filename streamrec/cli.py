@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "produce": ("produce", "send watch events to Kafka: replay a file, a synthetic stream, or one event"),
     "data": ("data", "download MovieLens data sets from GroupLens into a local cache"),
     "recs": ("recs", "print the recommendation lists the service publishes"),
+    "demo": ("demo", "run broker, service and a stream of events end to end (the quick start)"),
     "serve": ("serve", "learn from watch events and publish recommendations (the service)"),
     "report": ("report", "draw quality vs baseline, throughput and latency to a PNG"),
 }

@@ -1,0 +1,44 @@
+"""``streamrec demo``: the whole pipeline end to end on this machine (see :mod:`streamrec.demo`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run broker, service and a stream of events end to end, and show what was learned",
+        description="Start the local Kafka broker (unless --bootstrap-servers is given), run the "
+        "service, stream watch events into it and show live quality and sample recommendations.",
+    )
+    parser.add_argument("--events", type=int, default=30_000, help="events to send (default %(default)s)")
+    parser.add_argument("--rate", type=float, default=3000.0, help="events per second (default %(default)s)")
+    parser.add_argument("--viewers", type=int, default=2000, help="synthetic viewers (default %(default)s)")
+    parser.add_argument("--videos", type=int, default=2000, help="synthetic videos (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
+    parser.add_argument("--data", metavar="PATH", help="replay this MovieLens or JSON-lines file instead")
+    parser.add_argument("--bootstrap-servers", help="use this broker instead of starting the local one")
+    parser.add_argument(
+        "--metrics-port", type=int, default=8000, help="port of /metrics (default %(default)s)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamrec.cli import UserError
+    from streamrec.demo import DemoOptions, run_demo
+
+    if args.events <= 0 or args.rate <= 0:
+        raise UserError("--events and --rate must be positive")
+    options = DemoOptions(
+        events=args.events,
+        rate=args.rate,
+        viewers=args.viewers,
+        videos=args.videos,
+        seed=args.seed,
+        data=args.data,
+        bootstrap_servers=args.bootstrap_servers,
+        metrics_port=args.metrics_port,
+    )
+    return run_demo(options)
