@@ -14,6 +14,14 @@ can be fixed and replayed as they are; the reason travels in headers:
 * ``streamrec.error.detail``: a human-readable sentence;
 * ``streamrec.source``: ``topic/partition/offset`` of the original record.
 
+Two kinds of record cannot travel on as they came; they are altered as little as possible and a
+``streamrec.error.altered`` header says how (see :func:`dead_letter_record`):
+
+* ``null_record``: neither key nor value (other clients can write one; kafka-python cannot send
+  one), republished with an empty value;
+* ``truncated:<key bytes>,<value bytes>``: a record so large that with the headers it would not
+  fit in one request (1 MiB, just under the broker's default limit), cut to fit.
+
 >>> value = recommendation_value("a", ["x", "y"], [0.5, 0.25], "m", 10.0, 5.0, 0, 7)
 >>> orjson.loads(value)["items"]
 [{'video': 'x', 'score': 0.5}, {'video': 'y', 'score': 0.25}]
@@ -28,7 +36,13 @@ import orjson
 
 from consumer.intake import DeadLetter
 
-__all__ = ["recommendation_value", "dead_letter_headers"]
+__all__ = ["recommendation_value", "dead_letter_headers", "dead_letter_record", "MAX_RECORD_BYTES"]
+
+#: The largest record kafka-python sends (its default ``max_request_size``): a dead letter,
+#: headers included, must fit, or ``send`` raises and the batch can never be committed.
+MAX_RECORD_BYTES = 1_048_576
+#: The batch header (61 bytes) and each record's and header's framing, with room to spare.
+_FRAMING_BYTES = 256
 
 
 def recommendation_value(
@@ -61,3 +75,39 @@ def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
         ("streamrec.error.detail", dead.detail.encode()),
         ("streamrec.source", f"{dead.topic}/{dead.partition}/{dead.offset}".encode()),
     ]
+
+
+def dead_letter_record(
+    dead: DeadLetter, limit: int = MAX_RECORD_BYTES
+) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers of ``dead``'s dead letter: the original, unless it cannot be sent.
+
+    A record with neither key nor value gets an empty value; one too large for ``limit`` with
+    its headers is cut (the value first, then the key). Either way a ``streamrec.error.altered``
+    header says so, so a replay tool knows the original is not all there.
+
+    >>> d = DeadLetter("t", 0, 9, b"k", b"x" * 1000, "too_large", "big")
+    >>> key, value, headers = dead_letter_record(d, limit=600)
+    >>> key, len(value) < 1000, dict(headers)["streamrec.error.altered"]
+    (b'k', True, b'truncated:1,1000')
+    >>> dead_letter_record(d)[1] == d.value
+    True
+    >>> dead_letter_record(DeadLetter("t", 0, 9, None, None, "not_json", "null value"))[:2]
+    (None, b'')
+    """
+    headers = dead_letter_headers(dead)
+    key, value = dead.key, dead.value
+    if key is None and value is None:
+        return None, b"", [*headers, ("streamrec.error.altered", b"null_record")]
+    key_len, value_len = len(key or b""), len(value or b"")
+    altered = ("streamrec.error.altered", f"truncated:{key_len},{value_len}".encode())
+    overhead = _FRAMING_BYTES + sum(len(k) + len(v) + 8 for k, v in [*headers, altered])
+    if overhead + key_len + value_len <= limit:
+        return key, value, headers
+    room = max(0, limit - overhead)
+    if value is not None:
+        value = value[: max(0, room - key_len)]
+        room -= len(value)
+    if key is not None:
+        key = key[:room]
+    return key, value, [*headers, altered]
