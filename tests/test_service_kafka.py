@@ -215,20 +215,27 @@ def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
     checkpoints = tmp_path / "checkpoints"
     values = [(e.viewer.encode(), event_to_json(e)) for e in ml_slice]
 
-    def trickle() -> None:  # events keep arriving while the service is stopped and restarted
+    first_stopping = threading.Event()
+
+    def send() -> None:  # half now; the rest trickles in while the service stops and restarts
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        half = len(values) // 2
         for i, (key, value) in enumerate(values):
-            producer.send(names["input_topic"], key=key, value=value)
-            if i % 50 == 49:
+            if i == half:
                 producer.flush()
-                time.sleep(0.1)
+                first_stopping.wait(120)
+            producer.send(names["input_topic"], key=key, value=value)
+            if i > half and i % 50 == 0:
+                producer.flush()
+                time.sleep(0.3)
         producer.flush()
         producer.close()
 
-    sender = threading.Thread(target=trickle, daemon=True)
+    sender = threading.Thread(target=send, daemon=True)
     sender.start()
     first = serve_process(kafka_bootstrap, names, group, checkpoints)
     assert wait_for(lambda: len(read_all(kafka_bootstrap, names["output_topic"], expect=1, timeout=2)) > 0)
+    first_stopping.set()
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=60)
     assert first.returncode == 0, err
