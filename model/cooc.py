@@ -34,7 +34,8 @@ class CoCounts:
     the two videos' own decayed counts) is invariant to that common scale.
     """
 
-    def __init__(self, capacity: int = 256, half_life: float = 0.0) -> None:
+    def __init__(self, capacity: int = 256, half_life: float = 0.0, max_size: int | None = None) -> None:
+        self.max_size = max_size
         self._buffer = np.zeros((capacity, capacity), dtype=np.float32)
         self._counts = np.zeros(capacity, dtype=np.float32)
         self.rows = 0
@@ -50,6 +51,8 @@ class CoCounts:
             capacity = self._buffer.shape[0]
             while capacity < rows:
                 capacity *= 2
+            if self.max_size is not None:  # never reserve past the cap: memory is quadratic
+                capacity = max(rows, min(capacity, self.max_size))
             grown = np.zeros((capacity, capacity), dtype=np.float32)
             grown[: self.rows, : self.rows] = self.array
             self._buffer = grown
@@ -107,9 +110,12 @@ class CoCounts:
         valid = (history >= 0) & (history < rows)
         h = np.where(valid, history, 0)
         w = np.where(valid, mix * inv[h], 0.0).astype(np.float32)
-        gathered = self._buffer[h, :rows]  # (B, terms, rows)
-        out[:, :rows] = np.matmul(w[:, None, :], gathered)[:, 0]
-        out *= inv[None, :]
+        # One whole-row gather per history position (contiguous rows, no 3-D temporary): the
+        # cost is reading terms x capacity floats per event, the feature's whole price.
+        acc = out[:, :rows]
+        for a in range(h.shape[1]):
+            acc += w[:, a, None] * np.take(self._buffer, h[:, a], axis=0)[:, :rows]
+        acc *= inv[None, :rows]
         return out
 
     def nbytes(self) -> int:

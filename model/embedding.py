@@ -196,7 +196,7 @@ class EmbeddingRanker(StreamRanker):
         self._b = GrowableTable(0)
         self._b_acc = GrowableTable(0)
         self._counts = GrowableTable(0, dtype=np.float64)
-        self._cooc = CoCounts(half_life=self.cooc_half_life)
+        self._cooc = CoCounts(half_life=self.cooc_half_life, max_size=self.cooc_max_videos)
         # The learned weight of the co-occurrence feature in the score, and its Adagrad state.
         self._alpha = np.full(1, self.cooc_weight, dtype=np.float32)
         self._alpha_acc = np.zeros(1, dtype=np.float32)
@@ -421,8 +421,8 @@ class EmbeddingRanker(StreamRanker):
         self._recent.store(*batch.final)
         if self._use_cooc(n_videos):
             self._cooc.add(batch.history, video_rows, self.cooc_window)
-        elif self._cooc.rows:
-            self._cooc = CoCounts(half_life=self.cooc_half_life)  # past the cap: free it
+        elif self._cooc.rows:  # past the cap: free the counts
+            self._cooc = CoCounts(half_life=self.cooc_half_life, max_size=self.cooc_max_videos)
         add = self.seen.add
         for v, i in zip(viewer_rows.tolist(), video_rows.tolist(), strict=True):
             add(v, i)

@@ -241,3 +241,12 @@ def test_importing_model_loads_no_kafka_or_prometheus() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_cooccurrence_counts_are_dropped_past_their_cap() -> None:
+    events = _groups_stream(rounds=10)
+    capped = _trained(events, cooc_max_videos=6)  # 10 videos arrive: past the cap
+    assert capped._cooc.rows == 0 and capped._cooc.nbytes() == 0
+    capped.learn_one("newcomer", "b1")
+    assert all(v.startswith("b") for v in capped.recommend("newcomer", n=3).videos)
+    assert _trained(events)._cooc.rows == 10
