@@ -9,7 +9,8 @@ repository. Each model runs through the same progressive evaluator (``streamrec 
 code) with its batch size (``model.registry.DEFAULT_BATCH_SIZE`` unless overridden). The
 throughput reference is a plain per-event ISGD loop (:func:`model.baselines.isgd.plain_test_then_train`:
 k=10, lr 0.05, reg 0.01, watched videos excluded), measured in the same run; the ``vs ISGD``
-column is each model's events/s divided by it. The table goes to stdout and the JSON to
+column is each model's events/s divided by it. Models with ``memory_bytes()`` also report
+bytes per viewer and per video. The table goes to stdout and the JSON to
 ``bench/results/quality.json``.
 """
 
@@ -114,9 +115,16 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
     for r in results:
         r["vs_isgd"] = r["events_per_s"] / reference
+        memory = r.get("memory_bytes") or {}
+        r["bytes_per_viewer"], r["bytes_per_video"] = memory.get("per_viewer"), memory.get("per_video")
 
     print(f"{args.data} ({len(events):,} events)")
-    print(format_table(results, extra=[("vs ISGD", "vs_isgd", "{:.1f}x")]))
+    extra = [
+        ("vs ISGD", "vs_isgd", "{:.1f}x"),
+        ("B/viewer", "bytes_per_viewer", "{:,}"),
+        ("B/video", "bytes_per_video", "{:,}"),
+    ]
+    print(format_table(results, extra=extra))
     print(
         f"vs ISGD = events/s / the plain per-event ISGD loop's ({reference:,.0f} events/s) in this run; "
         f"tail = last {args.tail:.0%} of events."

@@ -102,3 +102,14 @@ def test_progress_sees_every_batch_and_the_end():
         MostPopular(), synthetic_stream(500), batch_size=64, progress=lambda r: seen.append(r.events)
     )
     assert seen[-1] == 500 and seen == sorted(seen) and len(seen) >= 500 // 64
+
+
+class Measured(MostPopular):
+    def memory_bytes(self) -> dict[str, int]:
+        return {"per_viewer": 8, "per_video": 8 * len(self.videos), "total": 0}
+
+
+def test_models_that_know_their_size_report_it():
+    assert Measured().name == "most_popular"
+    assert evaluate_model(Measured(), STREAM, batch_size=1)["memory_bytes"]["per_video"] == 8 * 3
+    assert "memory_bytes" not in evaluate_model(MostPopular(), STREAM, batch_size=1)

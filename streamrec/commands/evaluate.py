@@ -135,6 +135,10 @@ def evaluate_model(
             progress(report)
     assert report is not None
     out = report.to_json()
+    memory = getattr(model, "memory_bytes", None)
+    if callable(memory):
+        # Models that can say how big they are (bytes per viewer, per video, in total).
+        out["memory_bytes"] = memory()
     if cut is not None and snapshot is not None:
         start, evaluated, hits, ndcg_sum, rr_sum = snapshot
         tail_evaluated = report.evaluated - evaluated
