@@ -110,6 +110,5 @@ class Measured(MostPopular):
 
 
 def test_models_that_know_their_size_report_it():
-    assert Measured().name == "most_popular"
     assert evaluate_model(Measured(), STREAM, batch_size=1)["memory_bytes"]["per_video"] == 8 * 3
     assert "memory_bytes" not in evaluate_model(MostPopular(), STREAM, batch_size=1)
