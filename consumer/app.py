@@ -406,6 +406,12 @@ class StreamrecService:
             trips = getattr(self.model, "guard_trips", None)
             if trips is not None:
                 self.metrics.record_guard_trips(int(trips))
+            # The model keeps running loss totals; the metrics turn them into a moving average.
+            loss_sum = getattr(self.model, "loss_sum", None)
+            if loss_sum is not None:
+                self.metrics.record_loss_total(
+                    loss_sum, getattr(self.model, "events_learned", self.model_events)
+                )
 
     def _learn(self, events: list[WatchEvent]) -> None:
         self.model.learn_many(events)
@@ -455,8 +461,23 @@ class StreamrecService:
             self.metrics.record_published(len(lists))
             produced_at = np.fromiter((o[2] for o in intake.origins), dtype=np.float64, count=len(events))
             self.metrics.record_freshness(np.maximum(now - produced_at, 0.0))
-            self.metrics.record_recommended(self.model.name, ranking.top, None, ranking.catalogue)
+            self.metrics.record_recommended(
+                self.model.name, ranking.top, self._popularity(ranking), ranking.catalogue
+            )
         return messages
+
+    def _popularity(self, ranking) -> np.ndarray | None:
+        """Popularity percentile of each recommended video, for the popularity-bias metric.
+
+        From the watch counts per video row that the model keeps (``_counts``: EmbeddingRanker
+        and the popularity baselines); ``None`` for a model without them.
+        """
+        counts = getattr(self.model, "_counts", None)
+        if counts is None:
+            return None
+        from consumer.metrics import popularity_percentiles
+
+        return popularity_percentiles(counts.array[: ranking.catalogue], ranking.top)
 
     def _publish_and_commit(self, messages: list[Message], offsets: dict) -> None:
         producer, consumer = self._producer, self._consumer
