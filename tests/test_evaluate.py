@@ -112,3 +112,8 @@ class Measured(MostPopular):
 def test_models_that_know_their_size_report_it():
     assert evaluate_model(Measured(), STREAM, batch_size=1)["memory_bytes"]["per_video"] == 8 * 3
     assert "memory_bytes" not in evaluate_model(MostPopular(), STREAM, batch_size=1)
+
+
+def test_a_stream_shorter_than_a_batch_reports_no_tail():
+    out = evaluate_model(MostPopular(), STREAM, batch_size=64, tail=0.2)
+    assert "tail" not in out and out["events"] == len(STREAM)

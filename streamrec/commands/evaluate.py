@@ -139,7 +139,8 @@ def evaluate_model(
     if callable(memory):
         # Models that can say how big they are (bytes per viewer, per video, in total).
         out["memory_bytes"] = memory()
-    if cut is not None and snapshot is not None:
+    if cut is not None and snapshot is not None and snapshot[0] < report.events:
+        # (A stream shorter than one batch has no tail to speak of: none is reported.)
         start, evaluated, hits, ndcg_sum, rr_sum = snapshot
         tail_evaluated = report.evaluated - evaluated
         out["tail"] = {
