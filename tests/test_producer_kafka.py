@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -309,3 +311,45 @@ def test_recs_on_a_missing_topic_says_so(kafka_bootstrap, capsys):
     code = main(["recs", "--bootstrap-servers", kafka_bootstrap, "--topic", f"nothing-here-{os.getpid()}"])
     assert code == 2
     assert "does not exist yet" in capsys.readouterr().err
+
+
+def test_recs_follow_starts_at_the_end_and_sees_new_lists(kafka_bootstrap, new_topic):
+    from streamrec.commands.recs import ListReader
+
+    topic = new_topic("recs-follow")
+    publish_lists(kafka_bootstrap, topic, [rec_list("old", ["v0"], 0)])
+    with ListReader(kafka_bootstrap, topic, follow=True) as reader:
+        publish_lists(kafka_bootstrap, topic, [rec_list("new", ["v1"], 1)])
+        key, value = next(iter(reader))
+    assert key == b"new" and orjson.loads(value)["items"][0]["video"] == "v1"
+
+    with ListReader(kafka_bootstrap, topic, follow=True, from_beginning=True) as reader:
+        lists = iter(reader)
+        assert [next(lists)[0], next(lists)[0]] == [b"old", b"new"]
+        publish_lists(kafka_bootstrap, topic, [rec_list("newer", ["v2"], 2)])
+        assert next(lists)[0] == b"newer"  # following: it waits for what comes next
+
+
+def test_python_dash_m_producer_is_the_same_command():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producer",
+            "send",
+            "--viewer",
+            "a",
+            "--video",
+            "b",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--connect-timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("python -m producer: error: no Kafka broker answered at 127.0.0.1:1")

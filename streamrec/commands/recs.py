@@ -110,65 +110,84 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds < 172800 else f"{seconds / 86400:.0f} days"
 
 
-def read_lists(
-    bootstrap_servers: str,
-    topic: str,
-    *,
-    follow: bool = False,
-    from_beginning: bool = False,
-    viewer: str | None = None,
-    connect_timeout_s: float = 10.0,
-    poll_ms: int = 200,
-) -> Iterator[tuple[bytes | None, bytes | None]]:
-    """``(key, value)`` of the messages of ``topic`` (see the module docstring for which).
+class ListReader:
+    """The messages of ``topic`` as ``(key, value)`` pairs (see the module docstring for which).
 
-    Stops at the end of the topic as it was at the start unless ``follow``; the caller stops
-    a follow by closing the generator.
+    Positions are fixed when the reader is made (so "from the end" means the end at that
+    moment, and a missing topic is reported at once). Iterating stops at the end of the topic
+    as it was then, unless ``follow``; :meth:`close` stops a follow. A context manager.
     """
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaTimeoutError
 
-    from streamrec.cli import UserError
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        follow: bool = False,
+        from_beginning: bool = False,
+        viewer: str | None = None,
+        connect_timeout_s: float = 10.0,
+        poll_ms: int = 200,
+    ) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+        from kafka.errors import KafkaTimeoutError
 
-    try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            bootstrap_timeout_ms=int(connect_timeout_s * 1000),
-            client_id="streamrec-recs",
-        )
-    except KafkaTimeoutError as err:
-        raise UserError(
-            f"no Kafka broker answered at {bootstrap_servers} ({err}); "
-            "start one with `streamrec kafka up` or pass --bootstrap-servers"
-        ) from None
-    try:
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions:
-            if not follow:
-                raise UserError(f"topic {topic!r} does not exist yet (is `streamrec serve` running?)")
-            time.sleep(1.0)  # following a topic the service has not created yet: wait for it
-            partitions = consumer.partitions_for_topic(topic)
-        parts = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(parts)
-        if follow and not from_beginning:
-            consumer.seek_to_end(*parts)
-            end = None
-        else:
-            consumer.seek_to_beginning(*parts)
-            end = None if follow else consumer.end_offsets(parts)
-        wanted = viewer.encode() if viewer is not None else None
+        from streamrec.cli import UserError
+
+        self.poll_ms = poll_ms
+        self.wanted = viewer.encode() if viewer is not None else None
+        try:
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+                bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+                client_id="streamrec-recs",
+            )
+        except KafkaTimeoutError as err:
+            raise UserError(
+                f"no Kafka broker answered at {bootstrap_servers} ({err}); "
+                "start one with `streamrec kafka up` or pass --bootstrap-servers"
+            ) from None
+        try:
+            partitions = self.consumer.partitions_for_topic(topic)
+            while not partitions:
+                if not follow:
+                    raise UserError(f"topic {topic!r} does not exist yet (is `streamrec serve` running?)")
+                time.sleep(1.0)  # following a topic the service has not created yet: wait for it
+                partitions = self.consumer.partitions_for_topic(topic)
+            self.parts = [TopicPartition(topic, p) for p in sorted(partitions)]
+            self.consumer.assign(self.parts)
+            if follow and not from_beginning:
+                self.consumer.seek_to_end(*self.parts)
+            else:
+                self.consumer.seek_to_beginning(*self.parts)
+            for tp in self.parts:  # resolve the positions now, not at the first poll
+                self.consumer.position(tp)
+            self.end = None if follow else self.consumer.end_offsets(self.parts)
+        except BaseException:
+            self.consumer.close()
+            raise
+
+    def __iter__(self) -> Iterator[tuple[bytes | None, bytes | None]]:
+        consumer, end, wanted = self.consumer, self.end, self.wanted
         while True:
-            if end is not None and all(consumer.position(tp) >= end[tp] for tp in parts):
+            if end is not None and all(consumer.position(tp) >= end[tp] for tp in self.parts):
                 return
-            for records in consumer.poll(timeout_ms=poll_ms).values():
+            for records in consumer.poll(timeout_ms=self.poll_ms).values():
                 for record in records:
                     if wanted is None or record.key == wanted:
                         yield record.key, record.value
-    finally:
-        consumer.close()
+
+    def close(self) -> None:
+        self.consumer.close()
+
+    def __enter__(self) -> ListReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(format_list(message), flush=True)
 
-    lists = read_lists(
+    reader = ListReader(
         args.bootstrap_servers,
         args.topic,
         follow=args.follow,
@@ -205,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
         connect_timeout_s=args.connect_timeout,
     )
     try:
-        for key, value in lists:
+        for key, value in reader:
             if args.latest:
                 latest.pop(key, None)
                 latest[key] = value  # re-inserted, so the dict keeps publication order
@@ -217,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        lists.close()
+        reader.close()
     for value in list(latest.values())[: args.max]:
         show(value)
         shown += 1
