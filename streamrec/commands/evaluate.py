@@ -15,27 +15,18 @@ Example::
 
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-# One BLAS thread unless the user says otherwise, set before numpy loads OpenBLAS. The products
-# here are small ((batch x k) @ (k x videos)) and OpenBLAS's worker threads spin against any
-# other busy process: on a shared 2-core machine one (256 x 10) @ (10 x 1682) product took
-# 15-19 ms with the default threads and 0.14 ms with one (the embedding model ran 5x faster).
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from model.base import StreamRanker  # noqa: E402
-from model.evaluate import EvalReport, progressive_evaluate  # noqa: E402
-from model.events import WatchEvent  # noqa: E402
-from streamrec.cli import UserError  # noqa: E402
+from model.base import StreamRanker
+from model.evaluate import EvalReport, progressive_evaluate
+from model.events import WatchEvent
+from streamrec.cli import UserError
 
 __all__ = ["register", "run", "evaluate_model", "format_table"]
 
