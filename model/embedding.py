@@ -137,6 +137,7 @@ class EmbeddingRanker(StreamRanker):
         cooc_max_videos: int = 10_000,
         cooc_weight: float = 10.0,
         cooc_half_life: float = 0.0,
+        cooc_exponent: float = 0.45,
         accum_decay: float = 1.0,
         trend_feature: bool = False,
         seed: int | None = 0,
@@ -171,6 +172,7 @@ class EmbeddingRanker(StreamRanker):
         self.cooc_max_videos = cooc_max_videos
         self.cooc_weight = cooc_weight
         self.cooc_half_life = cooc_half_life
+        self.cooc_exponent = cooc_exponent
         self.accum_decay = accum_decay
         self.trend_feature = trend_feature
         self.seed = seed
@@ -304,7 +306,7 @@ class EmbeddingRanker(StreamRanker):
         cooc = None
         if self._use_cooc(n_after):
             terms = min(self.cooc_terms, self.history)
-            cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_after)
+            cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_after, self.cooc_exponent)
         return _Batch(
             viewer_rows,
             video_rows,
@@ -563,7 +565,7 @@ class EmbeddingRanker(StreamRanker):
             cooc = None
             if self._use_cooc(n_videos):
                 terms = min(self.cooc_terms, self.history)
-                cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_videos)
+                cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent)
             scores[known] = self._logits(U, 0, n_videos, cooc)
         if not known.all():
             scores[~known] = self._trending()

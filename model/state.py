@@ -35,7 +35,8 @@ FORMAT = "streamrec.embedding/1"
 _CONFIG = (
     *("dim", "history", "recency", "lr", "reg", "loss", "negatives", "sampling", "viewer_vector"),
     *("init_scale", "max_grad_norm", "trending_half_life", "cooc_window", "cooc_terms"),
-    *("cooc_max_videos", "cooc_weight", "cooc_half_life", "accum_decay", "trend_feature", "seed"),
+    *("cooc_max_videos", "cooc_weight", "cooc_half_life", "accum_decay", "trend_feature"),
+    *("cooc_exponent", "seed"),
 )
 _VIEWER_TABLES = {"P": "_P", "P_acc": "_P_acc"}
 _VIDEO_TABLES = {
