@@ -115,7 +115,9 @@ class CoCounts:
         # cost is reading terms x capacity floats per event, the feature's whole price.
         acc = out[:, :rows]
         for a in range(h.shape[1]):
-            acc += w[:, a, None] * np.take(self._buffer, h[:, a], axis=0)[:, :rows]
+            gathered = np.take(self._buffer, h[:, a], axis=0)[:, :rows]
+            gathered *= w[:, a, None]
+            acc += gathered
         acc *= inv[None, :rows]
         return out
 
