@@ -122,4 +122,5 @@ class CoCounts:
         return out
 
     def nbytes(self) -> int:
-        return self.rows * self.rows * 4
+        """Bytes reserved (the capacity, not just the rows in use); 0 once dropped."""
+        return self._buffer.nbytes + self._counts.nbytes if self.rows else 0
