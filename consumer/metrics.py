@@ -34,6 +34,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -41,6 +42,9 @@ from prometheus_client.core import HistogramMetricFamily
 
 from streamrec import __version__
 from streamrec.schema import REASONS
+
+if TYPE_CHECKING:
+    from model.evaluate import BatchQuality
 
 __all__ = [
     "ServiceMetrics",
@@ -332,6 +336,7 @@ class ServiceMetrics:
             self.checkpoints.labels(result)
         self.model_loss.set(float("nan"))
 
+        self.coverage_window = coverage_window
         self._windows = {m: _RecentWindow(coverage_window) for m in self.models}
         self._guard_seen = 0
         self._bias_known: set[str] = set()
@@ -360,7 +365,7 @@ class ServiceMetrics:
         """Recommendation lists published (and acknowledged) in this batch."""
         self.published.inc(count)
 
-    def record_quality(self, model: str, q) -> None:
+    def record_quality(self, model: str, q: BatchQuality) -> None:
         """Add one scored batch's :class:`model.evaluate.BatchQuality` for ``model``."""
         self.q_evaluated.labels(model).inc(q.evaluated)
         self.q_cold.labels(model).inc(q.events - q.evaluated)
@@ -405,8 +410,8 @@ class ServiceMetrics:
                 pct = pct[valid]
             pct = pct[np.isfinite(pct)]
         window = self._windows.get(model)
-        if window is None:
-            window = self._windows[model] = _RecentWindow(next(iter(self._windows.values())).size)
+        if window is None:  # a model not named at construction: it gets its window now
+            window = self._windows[model] = _RecentWindow(self.coverage_window)
         window.add(rows[valid].astype(np.int64), float(pct.sum()), int(pct.size))
         self.coverage.labels(model).set(min(1.0, window.distinct / catalogue) if catalogue > 0 else 0.0)
         if pct.size or model in self._bias_known:

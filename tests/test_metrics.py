@@ -246,3 +246,13 @@ def test_http_server_serves_the_registry(metrics):
     finally:
         server.shutdown()
     assert "streamrec_recommendations_published_total 4.0" in body
+
+
+def test_a_model_not_named_up_front_still_gets_its_series():
+    metrics = ServiceMetrics(models=(), registry=CollectorRegistry())
+    metrics.record_quality("ab_arm", BatchQuality(events=4, evaluated=4, hits=1, ndcg_sum=0.5, rr_sum=0.5))
+    metrics.record_recommended("ab_arm", np.array([[3, 4]]), np.array([[0.2, 0.4]]), catalogue=8)
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_quality_hits_total", model="ab_arm") == 1
+    assert value(samples, "streamrec_coverage_ratio", model="ab_arm") == pytest.approx(0.25)
+    assert value(samples, "streamrec_popularity_bias_ratio", model="ab_arm") == pytest.approx(0.3)
