@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.partitioner.default import murmur2
 
 from model.events import WatchEvent
 from producer.readers import read_events
@@ -138,6 +139,8 @@ def test_replay_creates_a_missing_topic_and_keeps_each_viewer_in_one_ordered_par
         for r in records:
             partitions_of.setdefault(r.key, set()).add(r.partition)
         assert all(len(p) == 1 for p in partitions_of.values())  # a viewer never spans partitions
+        # ...and it is the partition Kafka's Java client would pick (murmur2 of the key).
+        assert all(r.partition == (murmur2(r.key) & 0x7FFFFFFF) % 3 for r in records)
         for key in partitions_of:
             mine = [event_from_json(r.value).timestamp for r in records if r.key == key]
             assert mine == sorted(mine)
@@ -353,3 +356,16 @@ def test_python_dash_m_producer_is_the_same_command():
     )
     assert result.returncode == 2
     assert result.stderr.startswith("python -m producer: error: no Kafka broker answered at 127.0.0.1:1")
+
+
+def test_recs_on_a_topic_of_watch_events_says_it_is_the_wrong_topic(kafka_bootstrap, new_topic, capsys):
+    topic = new_topic("recs-wrong")
+    publish_lists(kafka_bootstrap, topic, [rec_list("alice", ["v1"], 0)])
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer.send(topic, key=b"bob", value=event_to_json(WatchEvent(1.0, "bob", "v9", 30.0)))
+    producer.flush()
+    producer.close()
+    assert main(["recs", "--bootstrap-servers", kafka_bootstrap, "--topic", topic]) == 0
+    out, err = capsys.readouterr()
+    assert "alice" in out and "bob" not in out
+    assert "not recommendation lists" in err and "skipped 1 messages" in err

@@ -199,21 +199,33 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max must be >= 1")
     if args.latest and args.follow:
         raise UserError("--latest prints the current lists and exits: it cannot be combined with --follow")
-    shown = 0
+    counts = {"shown": 0, "skipped": 0}
     latest: dict[bytes | None, bytes | None] = {}
 
-    def show(value: bytes | None) -> None:
-        if args.json:
-            print(value.decode("utf-8", "replace") if value is not None else "null", flush=True)
-            return
+    def as_list(value: bytes | None) -> dict | None:
         try:
             message = orjson.loads(value) if value is not None else None
         except orjson.JSONDecodeError:
-            message = None
-        if not isinstance(message, dict):
-            print(f"(a message that is not a recommendation list: {value[:80]!r})", flush=True)
-        else:
-            print(format_list(message), flush=True)
+            return None
+        ok = isinstance(message, dict) and isinstance(message.get("items"), list) and "viewer" in message
+        return message if ok else None
+
+    def show(value: bytes | None) -> None:
+        message = as_list(value)
+        if message is None:
+            if not counts["skipped"]:
+                print(
+                    f"streamrec recs: skipping messages of {args.topic} that are not recommendation lists "
+                    f"(first: {(value or b'')[:80]!r}); is --topic the service's output topic?",
+                    file=sys.stderr,
+                )
+            counts["skipped"] += 1
+            return
+        print(value.decode("utf-8", "replace") if args.json else format_list(message), flush=True)
+        counts["shown"] += 1
+
+    def done() -> bool:
+        return args.max is not None and counts["shown"] >= args.max
 
     reader = ListReader(
         args.bootstrap_servers,
@@ -226,21 +238,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         for key, value in reader:
             if args.latest:
-                latest.pop(key, None)
-                latest[key] = value  # re-inserted, so the dict keeps publication order
+                if as_list(value) is not None:
+                    latest.pop(key, None)
+                    latest[key] = value  # re-inserted, so the dict keeps publication order
+                else:
+                    show(value)  # counted and reported as skipped
                 continue
             show(value)
-            shown += 1
-            if args.max is not None and shown >= args.max:
+            if done():
                 break
     except KeyboardInterrupt:
         pass
     finally:
         reader.close()
-    for value in list(latest.values())[: args.max]:
+    for value in latest.values():
+        if done():
+            break
         show(value)
-        shown += 1
-    if shown == 0 and not args.follow:
+    if counts["skipped"]:
+        print(
+            f"streamrec recs: skipped {counts['skipped']:,} messages that are not recommendation lists",
+            file=sys.stderr,
+        )
+    if counts["shown"] == 0 and not args.follow:
         who = f" for viewer {args.viewer!r}" if args.viewer else ""
         print(f"no recommendation lists{who} in {args.topic} yet", file=sys.stderr)
     return 0
