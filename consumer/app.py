@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore
@@ -393,7 +393,11 @@ class StreamrecService:
             tp: OffsetAndMetadata(records[-1].offset + 1, self._metadata, -1)
             for tp, records in polled.items()
         }
-        self._publish_and_commit(messages, offsets)
+        try:
+            self._publish_and_commit(messages, offsets)
+        except CommitFailedError as err:
+            self._rollback(err)
+            return
         for tp, meta in offsets.items():
             self.learned[tp] = meta.offset
         self._uncommitted = False
@@ -412,6 +416,28 @@ class StreamrecService:
                 self.metrics.record_loss_total(
                     loss_sum, getattr(self.model, "events_learned", self.model_events)
                 )
+
+    def _rollback(self, err: CommitFailedError) -> None:
+        """Go back to the last checkpoint after a batch whose offsets could not be committed.
+
+        The group moved on without this worker (a rebalance, or a session that expired while
+        the brokers were away): the batch's offsets cannot be committed and its partitions may
+        be someone else's now. The model has learned a batch no commit covers, and the last
+        checkpoint agrees with the commits, so the model goes back to it; the next poll rejoins
+        the group and positions each partition from there. The batch's lists were published:
+        publishing them again is an overwrite. Without checkpoints the model is kept, so that
+        batch may be learned twice.
+        """
+        log.warning("commit failed: the group moved on; back to the last checkpoint", extra=fields(error=err))
+        self._uncommitted = False
+        if self.store is None:
+            return
+        self.model = self.model_factory()
+        self.shadow = self.shadow_factory() if self.shadow_factory else None
+        self.model_events = 0
+        self.learned, self.replay_until = {}, {}
+        self._events_since_checkpoint = 0
+        self.restore()
 
     def _learn(self, events: list[WatchEvent]) -> None:
         self.model.learn_many(events)
