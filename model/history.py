@@ -116,5 +116,26 @@ class RecentHistory:
         self.items.array[rows] = items
         self.weights.array[rows] = weights
 
+    def clear(self, rows: np.ndarray) -> None:
+        """Empty the histories of viewer ``rows`` (released viewers; a reused row starts empty)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < self.items.rows]
+        self.items.array[rows] = -1
+        self.weights.array[rows] = 0.0
+
+    def discard_videos(self, video_rows: np.ndarray) -> None:
+        """Blank released ``video_rows`` out of every history (empty slot, weight 0).
+
+        >>> h = RecentHistory(length=3); h.ensure(2)
+        >>> h.store(np.array([0, 1]), np.array([[4, 5, -1], [5, 6, 7]]), np.ones((2, 3), np.float32))
+        >>> h.discard_videos(np.array([5])); h.items.array.tolist()
+        [[4, -1, -1], [-1, 6, 7]]
+        """
+        items = self.items.array
+        hit = np.isin(items, np.asarray(video_rows, dtype=np.int64))
+        if hit.any():
+            items[hit] = -1
+            self.weights.array[hit] = 0.0
+
     def nbytes_per_viewer(self) -> int:
         return self.length * (8 + 4)

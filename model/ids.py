@@ -12,6 +12,16 @@ and there is no reallocation per event.
 >>> ids.get("nope") is None, len(ids), ids.id_of(1)
 (True, 2, 'abc')
 
+Rows can be released (an id that expired) and are then reused, last released first; ``len``
+stays the number of rows (the size tables must have), ``live`` counts the ids:
+
+>>> ids.remove_rows([0]).tolist(), "WK_Nr4" in ids, ids.live, len(ids)
+([0], False, 1, 2)
+>>> ids.next_rows(["new", "abc", "other", "new"]).tolist()   # what add_many would give; creates nothing
+[0, 1, 2, 0]
+>>> ids.add_many(["new", "abc", "other", "new"]).tolist(), len(ids)
+([0, 1, 2, 0], 3)
+
 >>> t = GrowableTable(dim=2, capacity=1)
 >>> t.ensure(3)
 >>> t.array.shape, t.capacity
@@ -21,7 +31,7 @@ and there is no reallocation per event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -34,14 +44,32 @@ def as_id(raw: Hashable) -> str:
 
 
 class IdIndex:
-    """A two-way map between ids and dense rows ``0..n-1``, in order of first arrival."""
+    """A two-way map between ids and dense rows ``0..n-1``, in order of first arrival.
+
+    Released rows (:meth:`remove_rows`) go on a free list and new ids take them (the most
+    recently released first) before any row is appended, so the number of rows stops growing
+    once as many ids leave as arrive. Without releases nothing changes: rows are handed out in
+    arrival order.
+    """
 
     def __init__(self) -> None:
         self._row_of: dict[str, int] = {}
         self._ids: list[str] = []
+        self._free: list[int] = []  # released rows, reused from the end (a stack)
 
     def __len__(self) -> int:
+        """The number of rows, released ones included: the size the row-indexed tables need."""
         return len(self._ids)
+
+    @property
+    def live(self) -> int:
+        """How many ids hold a row."""
+        return len(self._row_of)
+
+    @property
+    def free_rows(self) -> list[int]:
+        """Released rows waiting for reuse, the next one to be reused last (do not mutate)."""
+        return self._free
 
     def __contains__(self, id_: object) -> bool:
         return id_ in self._row_of
@@ -54,9 +82,13 @@ class IdIndex:
         """The row of ``id_``, creating it at the end when new."""
         row = self._row_of.get(id_)
         if row is None:
-            row = len(self._ids)
+            if self._free:
+                row = self._free.pop()
+                self._ids[row] = id_
+            else:
+                row = len(self._ids)
+                self._ids.append(id_)
             self._row_of[id_] = row
-            self._ids.append(id_)
         return row
 
     def add_many(self, ids: Iterable[str]) -> np.ndarray:
@@ -69,24 +101,80 @@ class IdIndex:
         get = self._row_of.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64)
 
+    def next_rows(self, ids: Sequence[str]) -> np.ndarray:
+        """The rows :meth:`add_many` would give ``ids`` (repeats share one), creating nothing."""
+        rows = self.get_many(ids)
+        unknown = np.flatnonzero(rows < 0)
+        if unknown.size:
+            fresh: dict[str, int] = {}
+            free, n = self._free, len(self._ids)
+            for i in unknown.tolist():
+                row = fresh.get(ids[i])
+                if row is None:
+                    k = len(fresh)
+                    row = free[-1 - k] if k < len(free) else n + k - len(free)
+                    fresh[ids[i]] = row
+                rows[i] = row
+        return rows
+
+    def remove_rows(self, rows: Iterable[int]) -> np.ndarray:
+        """Release ``rows`` (their ids become unknown); returns the rows actually released.
+
+        Rows already free or out of range are ignored. Released rows are reused by later
+        :meth:`add` calls, the last released first.
+        """
+        released = []
+        for row in rows:
+            row = int(row)
+            if 0 <= row < len(self._ids):
+                id_ = self._ids[row]
+                if self._row_of.get(id_) == row:
+                    del self._row_of[id_]
+                    self._ids[row] = ""
+                    self._free.append(row)
+                    released.append(row)
+        return np.asarray(released, dtype=np.int64)
+
+    def remove(self, id_: str) -> int | None:
+        """Release the row of ``id_``; returns it, or ``None`` when ``id_`` is unknown."""
+        row = self._row_of.get(id_)
+        if row is not None:
+            self.remove_rows([row])
+        return row
+
+    def live_mask(self) -> np.ndarray:
+        """``(len(self),)`` bool: which rows hold an id."""
+        mask = np.ones(len(self._ids), dtype=bool)
+        mask[self._free] = False
+        return mask
+
     def id_of(self, row: int) -> str:
         return self._ids[row]
 
     @property
     def ids(self) -> list[str]:
-        """All ids, in row order (do not mutate)."""
+        """All ids, in row order; released rows hold ``""`` (do not mutate)."""
         return self._ids
 
     def to_array(self) -> np.ndarray:
-        """The ids as a unicode array, for saving without pickle."""
+        """The ids as a unicode array, for saving without pickle (released rows: ``""``)."""
         return np.array(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1")
 
+    def free_array(self) -> np.ndarray:
+        """The free list as int64, in reuse order; see :meth:`from_array`."""
+        return np.asarray(self._free, dtype=np.int64)
+
     @classmethod
-    def from_array(cls, ids: np.ndarray) -> IdIndex:
+    def from_array(cls, ids: np.ndarray, free: np.ndarray | None = None) -> IdIndex:
+        """The index saved as ``to_array()`` (and ``free_array()`` when rows were released)."""
         index = cls()
         index._ids = [str(i) for i in ids.tolist()]
-        index._row_of = {id_: row for row, id_ in enumerate(index._ids)}
-        if len(index._row_of) != len(index._ids):
+        index._free = [] if free is None else [int(r) for r in free.tolist()]
+        free_set = set(index._free)
+        if len(free_set) != len(index._free) or any(not 0 <= r < len(index._ids) for r in free_set):
+            raise ValueError("malformed free rows in saved id index")
+        index._row_of = {id_: row for row, id_ in enumerate(index._ids) if row not in free_set}
+        if len(index._row_of) != len(index._ids) - len(free_set):
             raise ValueError("duplicate ids in saved id index")
         return index
 
@@ -132,6 +220,21 @@ class GrowableTable:
         if self._init is not None:
             self._buffer[self.rows : rows] = self._init(rows - self.rows)
         self.rows = rows
+
+    def reset(self, rows: np.ndarray) -> None:
+        """Give existing ``rows`` the values a new row gets (for rows released and reused).
+
+        >>> t = GrowableTable(dim=2); t.ensure(3); t.array[:] = 5.0
+        >>> t.reset(np.array([1])); t.array.tolist()
+        [[5.0, 5.0], [0.0, 0.0], [5.0, 5.0]]
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        if self._init is not None:
+            self._buffer[rows] = self._init(rows.size)
+        else:
+            self._buffer[rows] = 0
 
     def load(self, array: np.ndarray) -> None:
         """Replace the contents with ``array`` (used when restoring saved state)."""

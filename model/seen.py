@@ -14,7 +14,8 @@ a batch of one and a batch of many exclude exactly the same videos for each even
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -55,6 +56,38 @@ class SeenVideos:
         while viewer_row >= len(seen):
             seen.append([])
         seen[viewer_row].append(video_row)
+
+    def clear_rows(self, viewer_rows: Iterable[int]) -> None:
+        """Forget what ``viewer_rows`` watched (released viewers; a reused row starts empty)."""
+        seen = self._seen
+        for v in viewer_rows:
+            if 0 <= v < len(seen):
+                seen[v] = []
+
+    def discard_videos(self, video_rows: np.ndarray) -> int:
+        """Remove ``video_rows`` from every viewer's list (released videos); returns how many entries.
+
+        One vectorised membership test over all entries; only the lists that hold a released
+        video are rebuilt, so a reused video row is never excluded for someone who watched the
+        video that held it before.
+
+        >>> s = SeenVideos(); s.add(0, 1); s.add(0, 2); s.add(1, 2)
+        >>> s.discard_videos(np.array([2])), s.of(0), s.of(1)
+        (2, [1], [])
+        """
+        video_rows = np.asarray(video_rows, dtype=np.int64)
+        if video_rows.size == 0 or not self._seen:
+            return 0
+        lengths = np.fromiter(map(len, self._seen), dtype=np.int64, count=len(self._seen))
+        flat = np.fromiter(chain.from_iterable(self._seen), dtype=np.int64, count=int(lengths.sum()))
+        hit = np.isin(flat, video_rows)
+        if not hit.any():
+            return 0
+        owners = np.repeat(np.arange(len(self._seen)), lengths)[hit]
+        drop = set(video_rows.tolist())
+        for v in np.unique(owners).tolist():
+            self._seen[v] = [i for i in self._seen[v] if i not in drop]
+        return int(hit.sum())
 
     def of(self, viewer_row: int) -> list[int]:
         """Video rows watched by ``viewer_row`` (empty for an unknown row)."""

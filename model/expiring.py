@@ -1,0 +1,91 @@
+"""A dict that forgets keys not touched for ``ttl`` seconds of event time, or past ``max_size``.
+
+Per-id bookkeeping outside the model (which viewers and videos the evaluator has seen, the
+list last shown to each viewer) grows with every new id just as the model's tables did. This
+is its bounded form: each :meth:`ExpiringDict.touch` moves the key to the young end, and the
+oldest keys are dropped when they were last touched more than ``ttl`` before the newest time
+seen (event time, as in :mod:`model.lifecycle`) or when there are more than ``max_size`` keys
+(least recently touched first, as an LRU cache). With neither it is a plain dict.
+
+>>> d = ExpiringDict(ttl=10.0)
+>>> d.touch("a", 1, now=0.0); d.touch("b", 2, now=5.0); d.touch("a", 3, now=6.0)
+>>> d.touch("c", 4, now=15.5)          # "b" was last touched at 5.0 < 15.5 - 10
+>>> sorted(d.keys()), d.get("a"), "b" in d
+(['a', 'c'], 3, False)
+>>> lru = ExpiringDict(max_size=2)
+>>> for k in "xyzx": lru.touch(k, k.upper(), now=0.0)
+>>> list(lru.keys())
+['z', 'x']
+
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+__all__ = ["ExpiringDict"]
+
+
+class ExpiringDict:
+    """Key -> value, in order of last touch, bounded by event-time age and by size.
+
+    Eviction happens in :meth:`touch`, from the oldest end, and costs O(1) per evicted key.
+    Keys are ordered by touch, not by time: an event that arrives slightly out of order may
+    keep a key a little longer than ``ttl``, never evict one too early.
+    """
+
+    def __init__(self, ttl: float | None = None, max_size: int | None = None) -> None:
+        if ttl is not None and not ttl > 0:
+            raise ValueError(f"ttl must be positive or None, got {ttl}")
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be at least 1 or None, got {max_size}")
+        self.ttl = ttl
+        self.max_size = max_size
+        self.now = -math.inf
+        # OrderedDict, not dict: popping the oldest end of a plain dict rescans deleted slots.
+        self._data: OrderedDict[Hashable, tuple[Any, float]] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def keys(self) -> Iterator[Hashable]:
+        """Keys from the least to the most recently touched."""
+        return iter(self._data)
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        item = self._data.get(key)
+        return default if item is None else item[0]
+
+    def touch(self, key: Hashable, value: Any = None, now: float | None = None) -> None:
+        """Set ``key`` to ``value`` as seen at event time ``now`` (default: the newest time so far)."""
+        if now is None or math.isnan(now):  # as of the newest time seen
+            now = self.now
+        elif now > self.now:
+            self.now = now
+        data = self._data
+        data[key] = (value, now)
+        data.move_to_end(key)
+        if self.max_size is not None or self.ttl is not None:
+            self._evict()
+
+    def _evict(self) -> None:
+        data = self._data
+        if self.max_size is not None:
+            while len(data) > self.max_size:
+                data.popitem(last=False)
+                self.evicted += 1
+        if self.ttl is not None:
+            cutoff = self.now - self.ttl
+            while data:
+                key = next(iter(data))
+                if data[key][1] >= cutoff:
+                    break
+                data.popitem(last=False)
+                self.evicted += 1
