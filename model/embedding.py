@@ -476,6 +476,8 @@ class EmbeddingRanker(StreamRanker):
         U = batch.U
         if known_logits is None:
             logits = self._logits(U, 0, n_videos, batch.cooc)
+        elif n_before == n_videos:
+            logits = known_logits  # the usual case: no new video, reuse the ranking's matrix
         else:
             logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
             logits[:, :n_before] = known_logits
@@ -508,7 +510,9 @@ class EmbeddingRanker(StreamRanker):
             negatives = self._rng.integers(0, n_videos, (B, m))
             log_q = None
         else:
-            p = self._counts.array[:n_videos] / self._counts.array[:n_videos].sum()
+            # Add-one smoothing: videos new in this batch have no count yet but must be drawable.
+            counts = self._counts.array[:n_videos] + 1.0
+            p = counts / counts.sum()
             negatives = self._rng.choice(n_videos, size=(B, m), p=p)
             log_q = np.log(p * m).astype(np.float32)
         cand = np.concatenate([batch.video_rows[:, None], negatives], axis=1)

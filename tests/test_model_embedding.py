@@ -40,9 +40,17 @@ def _state(model: EmbeddingRanker) -> dict[str, np.ndarray]:
     return {a: getattr(model, a).array.copy() for a in attrs} | {"history": model._recent.items.array.copy()}
 
 
-@pytest.mark.parametrize("loss", ["softmax", "sampled_softmax", "bpr"])
-def test_known_answer_disjoint_groups(loss: str) -> None:
-    model = _trained(_groups_stream(), loss=loss)
+@pytest.mark.parametrize(
+    "loss, sampling",
+    [
+        ("softmax", "uniform"),
+        ("sampled_softmax", "uniform"),
+        ("sampled_softmax", "popularity"),
+        ("bpr", "uniform"),
+    ],
+)
+def test_known_answer_disjoint_groups(loss: str, sampling: str) -> None:
+    model = _trained(_groups_stream(), loss=loss, sampling=sampling, negatives=4)
     # A new viewer who watched one video of a group is shown that group's videos only.
     model.learn_one("newcomer", "a2")
     assert all(v.startswith("a") for v in model.recommend("newcomer", n=4).videos)
