@@ -524,7 +524,26 @@ class StreamrecService:
                 log.warning("publish failed; retrying", extra=fields(messages=len(pending), retry_in_s=delay))
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        consumer.commit(offsets)
+        self._commit(offsets)
+
+    def _commit(self, offsets: dict) -> None:
+        """Commit, retrying with backoff while the brokers cannot be reached.
+
+        kafka-python raises a retriable error (``KafkaConnectionError``) when the brokers go away
+        during a commit; the service waits for them instead of dying. A commit the group refuses
+        (``CommitFailedError``: it moved on without us) is not retriable and is raised.
+        """
+        delay = 0.2
+        while True:
+            try:
+                self._consumer.commit(offsets)
+                return
+            except KafkaError as err:
+                if not err.retriable:
+                    raise
+                log.warning("commit failed; retrying", extra=fields(error=err, retry_in_s=delay))
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _report_lag(self) -> None:
         if self.metrics is None or self._consumer is None:
