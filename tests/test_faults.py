@@ -1,0 +1,389 @@
+"""Faults the service must survive, on a real broker with the service as real processes.
+
+Each test runs ``python -m consumer`` as child processes against the session's broker and
+reads what they did from their ``/metrics`` endpoints (``streamrec_model_events``: events
+learned into the model state, restored from checkpoints across restarts), from the manifests
+of the checkpoints they wrote and from the topics they published to. Nothing is mocked.
+
+* ``kill -9`` ten times during one replay: every event learned exactly once, lists keep coming
+  after each restart, and the final model is statistically indistinguishable from a run
+  without kills (see that test for why not bit-for-bit equal).
+* The broker stopped for 12 s mid-stream and started again: the service waits, reconnects and
+  loses nothing.
+* A second worker joins the group and leaves again: the two workers' counts add up to the
+  events produced, so nothing is lost or learned twice across the handovers.
+* 10k hostile records mixed into a replay: no crash, every valid event learned, every
+  invalid one dead-lettered unchanged with a reason, the model's non-finite guard never fires.
+
+Every service runs with small polls, checkpoints every 0.25 s (so kills land both between and
+right after checkpoints) and a 6 s session timeout (the broker's minimum: a worker restarted
+after ``kill -9`` gets its partitions back once the group gives up on the dead member).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from model import registry
+from model.evaluate import evaluate
+from streamrec.schema import REASONS, event_to_json
+from tests.hostile import BROKER_MAX_MESSAGE_BYTES, hostile_corpus
+from tests.service_helpers import (
+    ServiceProcess,
+    end_offsets,
+    latest_manifest,
+    produce,
+    read_all,
+    replay_events,
+    topics,
+    wait_for,
+)
+
+pytestmark = pytest.mark.kafka
+
+SEED = 20261127
+FAST = [
+    "--max-poll-records",
+    "20",
+    "--poll-timeout-ms",
+    "50",
+    "--checkpoint-interval-s",
+    "0.25",
+    "--session-timeout-ms",
+    "6000",
+]
+
+
+def keyed(events) -> list[tuple[bytes, bytes]]:
+    return [(e.viewer.encode(), event_to_json(e)) for e in events]
+
+
+def tail_of(service: ServiceProcess, lines: int = 40) -> str:
+    return "\n".join(service.log().splitlines()[-lines:])
+
+
+def final_model(checkpoints: Path, worker: str):
+    folders = sorted(checkpoints.glob(f"{worker}/ckpt-*"))
+    return registry.load("streamrec", folders[-1] / "model.npz")
+
+
+def watched(model) -> dict[str, list[str]]:
+    """Each viewer's watched videos as the model holds them (its causal exclusion lists)."""
+    videos = model.videos.ids
+    return {v: sorted(videos[r] for r in model.seen.of(row)) for row, v in enumerate(model.viewers.ids)}
+
+
+# -- kill -9 ---------------------------------------------------------------------------------
+
+KILLS = 10
+N_STREAM = 3300
+N_TAIL = 1500
+
+
+@pytest.mark.slow
+def test_kill_9_ten_times_during_a_replay_learns_every_event_exactly_once(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Ten ``kill -9`` at seeded random points; then the counts, the lists and the model are checked.
+
+    The stream is cut into eleven chunks, one per life of the service, each produced before
+    that life starts, so every restarted process has new events to publish lists for. A life
+    is killed at a random event of its chunk plus a random delay of up to 0.5 s (two
+    checkpoint intervals), so some kills land right after a checkpoint and some lose
+    uncheckpointed learning that the next life must redo by replaying the committed events.
+
+    The final model is compared with one learned by a single uninterrupted service run.
+    Exact equality is not expected: ``learn_many`` learns every event of a batch from the
+    parameters before the batch, so the parameters depend on where batches start and end, and
+    each restart moves those boundaries (a replayed range is learned as batches of its own).
+    What must be *exactly* equal is what was learned: the number of events (the service's
+    count and the model's own), the viewers and videos, and every viewer's watched videos in
+    the model. The parameters must be *statistically indistinguishable*: both models go on to
+    be evaluated test-then-train on the same held-out tail, and their HR@10 may differ by no
+    more than three standard errors of a difference of two hit rates on that many events.
+    """
+    events, source = replay_events(N_STREAM + N_TAIL, seed=SEED)
+    stream, tail = events[:N_STREAM], events[N_STREAM:]
+    names = topics(new_topic)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "kill"
+    rng = random.Random(SEED)
+    bounds = [round(i * N_STREAM / (KILLS + 1)) for i in range(KILLS + 2)]
+    peak = 0  # the most events the model ever held: above what was produced means learned twice
+    kills = []
+    lists_before = 0
+    for life in range(KILLS + 1):
+        start, end = bounds[life], bounds[life + 1]
+        produce(kafka_bootstrap, names["input_topic"], keyed(stream[start:end]))
+        service = ServiceProcess(
+            kafka_bootstrap, names, group, checkpoints, tmp_path / f"life-{life}.log", extra=FAST
+        )
+        target = end if life == KILLS else rng.randint(start + 1, end)
+        seen = {"events": 0}
+
+        def learned_target(service=service, target=target, seen=seen, produced=end) -> bool:
+            nonlocal peak
+            found = service.metrics()
+            assert service.alive, f"the service died:\n{tail_of(service)}"
+            if found is None:
+                return False
+            seen["events"] = int(found.get("streamrec_model_events", 0))
+            peak = max(peak, seen["events"])
+            assert seen["events"] <= produced, "the model holds more events than were produced"
+            published = found.get("streamrec_recommendations_published_total", 0)
+            return seen["events"] >= target and published > 0
+
+        assert wait_for(learned_target, timeout=120, interval=0.05), (
+            f"life {life}: not at {target} events (at {seen['events']}):\n{tail_of(service)}"
+        )
+        if life == KILLS:
+            break
+        time.sleep(rng.uniform(0.0, 0.5))
+        last = service.model_events()  # one last look, as close to the kill as a scrape gets
+        service.kill()
+        kills.append((last or seen["events"], latest_manifest(checkpoints)["events_learned"]))
+        lists = end_offsets(kafka_bootstrap, names["output_topic"])
+        assert lists > lists_before, f"life {life} published no recommendations"
+        lists_before = lists
+
+    assert service.model_events() == N_STREAM
+    assert service.stop() == 0, tail_of(service)
+    assert "restored checkpoint" in service.log()
+    assert latest_manifest(checkpoints)["events_learned"] == N_STREAM
+    assert peak == N_STREAM
+    # The kills really cost learning that had to be redone (else this tested nothing).
+    assert any(at_kill > saved for at_kill, saved in kills), f"(learned, checkpointed) at kills: {kills}"
+
+    # Every chunk, so every life, got fresh lists: recommendations continued after each restart.
+    recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=3)
+    offsets = sorted(orjson.loads(r.value)["source"]["offset"] for r in recs)
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        assert any(start <= o < end for o in offsets), f"no list for events {start}..{end}"
+    assert offsets[-1] == N_STREAM - 1
+
+    # The same stream once more, without kills, for the comparison.
+    base_names = dict(names, output_topic=new_topic("recs-base"), dlq_topic=new_topic("dlq-base"))
+    base = ServiceProcess(
+        kafka_bootstrap, base_names, f"{group}-base", tmp_path / "base", tmp_path / "base.log", extra=FAST
+    )
+    assert wait_for(lambda: base.model_events() == N_STREAM, timeout=120), tail_of(base)
+    assert base.stop() == 0, tail_of(base)
+
+    killed, clean = final_model(checkpoints, group), final_model(tmp_path / "base", f"{group}-base")
+    assert killed.events_learned == clean.events_learned == N_STREAM
+    assert (killed.n_viewers, killed.n_videos) == (clean.n_viewers, clean.n_videos)
+    assert watched(killed) == watched(clean)
+    a, b = evaluate(killed, tail, batch_size=20), evaluate(clean, tail, batch_size=20)
+    assert a.evaluated == b.evaluated > 500
+    p = (a.hits + b.hits) / (a.evaluated + b.evaluated)
+    tolerance = 3 * math.sqrt(2 * p * (1 - p) / a.evaluated)
+    assert abs(a.hr - b.hr) <= tolerance, (
+        f"{source}: HR@10 after kills {a.hr:.4f}, without {b.hr:.4f}, tolerance {tolerance:.4f}"
+    )
+
+
+# -- broker outage ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_broker_down_for_12_s_mid_stream_loses_nothing(kafka_bootstrap, new_topic, local_broker, tmp_path):
+    """Events trickle in; the broker stops for 12 s and comes back; the service learns them all."""
+    events, _ = replay_events(3000, seed=SEED)
+    names = topics(new_topic)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    failed: list[BaseException] = []
+
+    def trickle() -> None:  # keeps sending through the outage: the producer buffers and retries
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+        futures = []
+        for i, (key, value) in enumerate(keyed(events)):
+            futures.append(producer.send(names["input_topic"], key=key, value=value))
+            if i % 50 == 49:
+                time.sleep(0.1)
+        producer.flush()
+        producer.close()
+        failed.extend(f.exception for f in futures if f.failed())
+
+    service = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "svc.log", extra=FAST)
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    assert wait_for(lambda: (service.model_events() or 0) >= 500, timeout=90), tail_of(service)
+    before = service.model_events()
+    local_broker.stop()
+    time.sleep(12)
+    assert service.alive, f"the service died while the broker was down:\n{tail_of(service)}"
+    local_broker.start()
+    sender.join(180)
+    assert not sender.is_alive() and not failed, f"the test's producer lost events: {failed[:3]}"
+    produced = end_offsets(kafka_bootstrap, names["input_topic"])
+    assert produced >= len(events)  # at least: a producer retry may write an event twice
+    assert wait_for(lambda: service.model_events() == produced, timeout=120), tail_of(service)
+    assert before < produced
+    assert service.stop() == 0, tail_of(service)
+    assert latest_manifest(checkpoints)["events_learned"] == produced
+    # Recommendations resumed after the outage, up to the last event.
+    recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=3)
+    offsets = {orjson.loads(r.value)["source"]["offset"] for r in recs}
+    assert produced - 1 in offsets
+    assert any(o > before for o in offsets)
+
+
+# -- rebalance -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_second_worker_joining_and_leaving_loses_and_duplicates_nothing(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Worker ``b`` joins ``a``'s group mid-stream, takes partitions, learns, and leaves again.
+
+    Each worker learns what arrives on its partitions while it owns them; a partition coming
+    back to ``a`` resumes at ``b``'s last commit. So the two final counts add up to the events
+    produced exactly when no event was skipped or learned twice during the two handovers.
+    """
+    events, _ = replay_events(3000, seed=SEED)
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+
+    def trickle() -> None:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=5)
+        for i, (key, value) in enumerate(keyed(events)):
+            producer.send(names["input_topic"], key=key, value=value)
+            if i % 50 == 49:
+                time.sleep(0.12)
+        producer.flush()
+        producer.close()
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    a = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", FAST)
+    sender.start()
+    assert wait_for(lambda: (a.model_events() or 0) > 0, timeout=90), tail_of(a)
+    b = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "b.log", "b", FAST)
+    assert wait_for(lambda: (b.model_events() or 0) >= 200, timeout=90), tail_of(b)
+    assert b.stop() == 0, tail_of(b)
+    learned_by_b = latest_manifest(checkpoints, "b")["events_learned"]
+    sender.join(120)
+    produced = end_offsets(kafka_bootstrap, names["input_topic"])
+    assert produced == len(events)
+    assert wait_for(lambda: a.model_events() + learned_by_b >= produced, timeout=120), tail_of(a)
+    assert a.stop() == 0, tail_of(a)
+    learned_by_a = latest_manifest(checkpoints, "a")["events_learned"]
+    assert learned_by_a > 0 and learned_by_b >= 200
+    assert learned_by_a + learned_by_b == produced, (learned_by_a, learned_by_b, produced)
+    # In the end ``a`` owns every partition again and its state reaches each one's end.
+    final = latest_manifest(checkpoints, "a")["offsets"]
+    assert len(final) == 4 and sum(offset for _, _, offset in final) == produced
+
+
+# -- a frozen worker -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_worker_frozen_longer_than_its_session_learns_nothing_twice(kafka_bootstrap, new_topic, tmp_path):
+    """SIGSTOP for longer than the session timeout (a long GC or VM pause), then SIGCONT, 3 times.
+
+    While the worker is frozen the group gives up on it. Woken in the middle of a batch, its
+    commit fails (kafka-python raises ``CommitFailedError``): the batch is learned but no
+    commit covers it, and the partitions are assigned afresh. The worker must neither die nor
+    keep that batch's learning (it reads the batch again after rejoining).
+    """
+    events, _ = replay_events(3000, seed=SEED)
+    names = topics(new_topic)
+    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    extra = [*FAST, "--max-poll-records", "200"]  # big batches: a freeze most likely lands in one
+    service = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "svc.log", extra=extra)
+    rng = random.Random(SEED)
+    for target in (600, 1400, 2200):
+        assert wait_for(lambda t=target: (service.model_events() or 0) >= t, timeout=90), tail_of(service)
+        time.sleep(rng.uniform(0.0, 0.1))
+        service.proc.send_signal(signal.SIGSTOP)
+        time.sleep(8)  # the session timeout is 6 s
+        service.proc.send_signal(signal.SIGCONT)
+    assert wait_for(lambda: service.model_events() == len(events), timeout=120), tail_of(service)
+    assert service.alive
+    assert service.stop() == 0, tail_of(service)
+    assert latest_manifest(checkpoints)["events_learned"] == len(events)
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+N_HOSTILE = 10_000
+
+
+@pytest.mark.slow
+def test_ten_thousand_hostile_records_in_a_replay(kafka_bootstrap, new_topic, tmp_path):
+    """No crash; every valid event learned; every invalid record dead-lettered unchanged, with why."""
+    rng = random.Random(SEED)
+    replay, _ = replay_events(2000, seed=SEED)
+    hostile = hostile_corpus(rng, N_HOSTILE)
+    mixed: list[tuple[bytes | None, bytes | None, bool]] = [(k, v, True) for k, v in keyed(replay)]
+    for record in hostile:
+        mixed.insert(rng.randrange(len(mixed) + 1), (record.key, record.value, record.valid))
+    valid = sum(ok for _, _, ok in mixed)
+    invalid = [(k, v) for k, v, ok in mixed if not ok]
+    assert any(v is not None and len(v) > BROKER_MAX_MESSAGE_BYTES - 1024 for _, v in invalid)
+    assert any(k is None and v is None for k, v in invalid)  # a record with neither key nor value
+
+    names = topics(new_topic)
+    produce(
+        kafka_bootstrap,
+        names["input_topic"],
+        [(k, v) for k, v, _ in mixed],
+        max_request_size=2 * BROKER_MAX_MESSAGE_BYTES,
+    )
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    extra = [*FAST, "--max-poll-records", "200"]  # the last flag wins: bigger polls, same checkpoints
+    service = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "svc.log", extra=extra)
+
+    def learned_all() -> bool:
+        assert service.alive, f"the service died:\n{tail_of(service)}"
+        return service.model_events() == valid
+
+    assert wait_for(learned_all, timeout=180), tail_of(service)
+    metrics = service.metrics()
+    assert service.stop() == 0, tail_of(service)
+    assert latest_manifest(checkpoints)["events_learned"] == valid
+    assert metrics["streamrec_model_guard_trips_total"] == 0
+    by_reason = {r: metrics.get(f'streamrec_events_dead_lettered_total{{reason="{r}"}}', 0) for r in REASONS}
+    assert sum(by_reason.values()) == len(invalid)
+
+    dead = read_all(kafka_bootstrap, names["dlq_topic"], expect=len(invalid), timeout=60)
+    assert len(dead) == len(invalid)
+    offsets = [i for i, (_, _, ok) in enumerate(mixed) if not ok]
+    reasons, altered = Counter(), Counter()
+    for d, (key, value), offset in zip(dead, invalid, offsets, strict=True):
+        headers = dict(d.headers)
+        reasons[headers["streamrec.error.reason"].decode()] += 1
+        assert headers["streamrec.error.detail"]
+        assert headers["streamrec.source"].decode() == f"{names['input_topic']}/0/{offset}"
+        how = headers.get("streamrec.error.altered", b"").decode()
+        if not how:  # the original record, unchanged
+            assert (d.key, d.value) == (key, value)
+            continue
+        # Only records that cannot be sent as they are may be altered, as documented.
+        altered[how.split(":")[0]] += 1
+        if how == "null_record":
+            assert (key, value, d.key, d.value) == (None, None, None, b"")
+        else:
+            assert how == f"truncated:{len(key or b'')},{len(value)}"
+            assert value.startswith(d.value) and (key or b"").startswith(d.key or b"")
+            assert len(key or b"") + len(value) > BROKER_MAX_MESSAGE_BYTES - 1024
+    assert set(reasons) <= set(REASONS) and reasons == {r: n for r, n in by_reason.items() if n}
+    assert reasons["too_large"] >= 4
+    assert altered["truncated"] == 2  # the value at the broker's limit and the enormous key
+    assert altered["null_record"] == sum(k is None and v is None for k, v in invalid)
+
+    # Every viewer of a valid event, odd ids included, got a list.
+    recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=5)
+    listed = {orjson.loads(r.value)["viewer"] for r in recs}
+    assert listed == {str(orjson.loads(v)["viewer"]) for _, v, ok in mixed if ok}
