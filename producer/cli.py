@@ -4,6 +4,7 @@ Three sources::
 
     streamrec produce replay PATH [--format F] [--rate N | --speedup X] [--limit N] [--loop N]
     streamrec produce synth [--viewers N] [--videos N] [--events N] [--seed S] [--rate N | --speedup X]
+    streamrec produce synth --output synth.jsonl ...   (a file for `streamrec evaluate`, no Kafka)
     streamrec produce send --viewer V --video W --watch-time S [--duration D] [--timestamp T]
 
 Common flags: ``--bootstrap-servers`` (env ``STREAMREC_BOOTSTRAP_SERVERS``, default the local
@@ -121,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="T",
         help="timestamp of the first event (default 2024-01-01T00:00:00Z)",
     )
+    synth.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="write the events to PATH as JSON lines instead of sending them (for `streamrec evaluate`)",
+    )
     _pacing(synth)
     _common(synth)
 
@@ -191,11 +198,29 @@ def _one_event(args: argparse.Namespace) -> WatchEvent:
         raise UserError(f"invalid event: {err}") from None
 
 
+def _write_jsonl(events: Iterable[WatchEvent], path: Path) -> int:
+    """Write ``events`` to ``path`` in the input topic's JSON, one per line."""
+    from streamrec.schema import event_to_json
+
+    try:
+        with path.open("wb") as out:
+            count = 0
+            for event in events:
+                out.write(event_to_json(event) + b"\n")
+                count += 1
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror}") from None
+    print(f"wrote {count:,} events to {path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Send the chosen source to Kafka; print the summary. Returns the exit code."""
     from producer.sink import BrokerUnavailable, KafkaSink
 
     events, total = _source(args)
+    if getattr(args, "output", None) is not None:
+        return _write_jsonl(events, args.output)
     try:
         sink = KafkaSink(
             args.bootstrap_servers,

@@ -140,3 +140,14 @@ def test_a_learning_model_beats_popularity_on_it():
     learned = evaluate(CoOccurrenceKNN(), events, batch_size=50)
     assert popular.evaluated > 10_000
     assert learned.hr > 1.5 * popular.hr
+
+
+def test_written_to_a_file_it_is_the_same_stream_for_the_evaluator(tmp_path, capsys):
+    from producer.readers import read_events
+    from streamrec.cli import main
+
+    path = tmp_path / "synth.jsonl"
+    args = ["produce", "synth", "--viewers", "20", "--videos", "40", "--events", "300", "--seed", "2"]
+    assert main([*args, "--output", str(path)]) == 0
+    assert "wrote 300 events" in capsys.readouterr().out
+    assert read_events(path) == list(SyntheticStream(viewers=20, videos=40, events=300, seed=2))
