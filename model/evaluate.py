@@ -38,6 +38,7 @@ import numpy as np
 
 from model.base import Ranking, StreamRanker
 from model.events import WatchEvent
+from model.expiring import ExpiringDict
 
 __all__ = ["StreamingEvaluator", "BatchQuality", "EvalReport", "progressive_evaluate", "evaluate"]
 
@@ -124,14 +125,34 @@ class StreamingEvaluator:
     The service feeds it each poll's :class:`~model.base.Ranking`; the offline evaluator feeds
     it the same. It tracks which viewers and videos the stream has shown so far (to skip cold
     events) and a sliding window of the last ``window`` evaluated events.
+
+    Those sets grow with every new id. A service facing endless new ids bounds them with
+    ``id_ttl`` (seconds of event time; match the model's TTLs, so that an id the model has
+    forgotten counts as cold again) and/or ``max_ids`` per set (least recently seen dropped
+    first). Coverage then covers the videos recommended and seen in that recent past. Both
+    ``None`` (the default) is the exact protocol above, which offline reports use.
+
+    >>> ev = StreamingEvaluator("m", id_ttl=10.0)
+    >>> stream = [WatchEvent(0.0, "a", "x"), WatchEvent(5.0, "a", "x"), WatchEvent(20.0, "a", "x")]
+    >>> ev.warm_mask(stream).tolist()  # at 20.0, "a" and "x" were last seen 15 s ago: cold again
+    [False, True, False]
     """
 
-    def __init__(self, model_name: str, n: int = 10, batch_size: int = 1, window: int = 5000) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        n: int = 10,
+        batch_size: int = 1,
+        window: int = 5000,
+        id_ttl: float | None = None,
+        max_ids: int | None = None,
+    ) -> None:
         self.n = n
         self.report = EvalReport(model=model_name, n=n, batch_size=batch_size)
-        self._viewers: set[str] = set()
-        self._videos: set[str] = set()
-        self._recommended: set[int] = set()
+        self.bounded = id_ttl is not None or max_ids is not None
+        self._viewers: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
+        self._videos: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
+        self._recommended: set[int] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         self._window_hits: deque[float] = deque(maxlen=window)
         self._window_gain: deque[float] = deque(maxlen=window)
         # 1/log2(rank+2) for ranks inside the list; precomputed once.
@@ -141,6 +162,13 @@ class StreamingEvaluator:
         """Which events are evaluable (viewer and video seen before), marking all as seen."""
         viewers, videos = self._viewers, self._videos
         warm = np.zeros(len(events), dtype=bool)
+        if self.bounded:
+            touch_viewer, touch_video = viewers.touch, videos.touch
+            for i, e in enumerate(events):
+                # Both touched whatever the first answers (no short circuit).
+                seen_viewer = touch_viewer(e.viewer, None, e.timestamp)
+                warm[i] = touch_video(e.video, None, e.timestamp) and seen_viewer
+            return warm
         for i, e in enumerate(events):
             warm[i] = e.viewer in viewers and e.video in videos
             viewers.add(e.viewer)
@@ -159,7 +187,13 @@ class StreamingEvaluator:
         rr = np.zeros(rank.shape[0])
         rr[finite] = 1.0 / (rank[finite] + 1.0)
         top = ranking.top[warm]
-        self._recommended.update(np.unique(top[top >= 0]).tolist())
+        recommended = np.unique(top[top >= 0]).tolist()
+        if self.bounded:
+            touch, now = self._recommended.touch, self._videos.now
+            for row in recommended:
+                touch(row, None, now)
+        else:
+            self._recommended.update(recommended)
         self._window_hits.extend(in_list.tolist())
         self._window_gain.extend(gains.tolist())
 

@@ -8,14 +8,15 @@ seen (event time, as in :mod:`model.lifecycle`) or when there are more than ``ma
 (least recently touched first, as an LRU cache). With neither it is a plain dict.
 
 >>> d = ExpiringDict(ttl=10.0)
->>> d.touch("a", 1, now=0.0); d.touch("b", 2, now=5.0); d.touch("a", 3, now=6.0)
+>>> d.touch("a", 1, now=0.0), d.touch("b", 2, now=5.0), d.touch("a", 3, now=6.0)  # was "a" there?
+(False, False, True)
 >>> d.touch("c", 4, now=15.5)          # "b" was last touched at 5.0 < 15.5 - 10
+False
 >>> sorted(d.keys()), d.get("a"), "b" in d
 (['a', 'c'], 3, False)
 >>> lru = ExpiringDict(max_size=2)
->>> for k in "xyzx": lru.touch(k, k.upper(), now=0.0)
->>> list(lru.keys())
-['z', 'x']
+>>> [lru.touch(k, k.upper(), now=0.0) for k in "xyzx"], list(lru.keys())
+([False, False, False, False], ['z', 'x'])
 
 """
 
@@ -63,17 +64,26 @@ class ExpiringDict:
         item = self._data.get(key)
         return default if item is None else item[0]
 
-    def touch(self, key: Hashable, value: Any = None, now: float | None = None) -> None:
-        """Set ``key`` to ``value`` as seen at event time ``now`` (default: the newest time so far)."""
+    def touch(self, key: Hashable, value: Any = None, now: float | None = None) -> bool:
+        """Set ``key`` to ``value`` as seen at event time ``now`` (default: the newest time so far).
+
+        Returns whether ``key`` was there, and not older than ``ttl``, just before: "seen
+        recently?" and "remember it" in one call.
+        """
         if now is None or math.isnan(now):  # as of the newest time seen
             now = self.now
         elif now > self.now:
             self.now = now
         data = self._data
+        old = data.get(key)
+        fresh = old is not None and (self.ttl is None or old[1] >= self.now - self.ttl)
+        if old is not None and old[1] > now:  # a late event does not make a key look older
+            now = old[1]
         data[key] = (value, now)
         data.move_to_end(key)
         if self.max_size is not None or self.ttl is not None:
             self._evict()
+        return fresh
 
     def _evict(self) -> None:
         data = self._data

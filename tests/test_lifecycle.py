@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from model.baselines.popular import MostPopular
+from model.evaluate import StreamingEvaluator, evaluate
+from model.events import WatchEvent
 from model.expiring import ExpiringDict
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory
@@ -249,3 +252,46 @@ def test_expiring_dict_without_bounds_is_a_dict():
     for i in range(1000):
         d.touch(i, None, now=-float(i))
     assert len(d) == 1000 and d.evicted == 0
+
+
+def test_touch_says_whether_the_key_was_seen_within_ttl():
+    d = ExpiringDict(ttl=10.0)
+    assert d.touch("a", now=0.0) is False
+    assert d.touch("a", now=10.0) is True  # exactly ttl old: still fresh
+    assert d.touch("a", now=20.5) is False  # 10.5 old
+    d.touch("a", now=15.0)  # a late event does not make "a" look older
+    assert d.touch("a", now=30.0) is True
+
+
+# -- The evaluator's bounded bookkeeping -----------------------------------------------------
+
+
+def _stream(n, new_every=1):
+    """Viewers and videos that keep coming: event t is viewer t // 3 watching video t // 2."""
+    return [WatchEvent(float(t), f"v{t // 3}", f"x{t // 2}") for t in range(0, n, new_every)]
+
+
+def test_bounded_evaluator_equals_the_exact_one_when_nothing_is_old_enough():
+    events = [WatchEvent(float(t), f"v{t % 7}", f"x{(t * 5) % 11}") for t in range(300)]
+    exact = evaluate(MostPopular(), events, batch_size=16)
+    model = MostPopular()
+    bounded = StreamingEvaluator(model.name, batch_size=16, id_ttl=1e9, max_ids=1000)
+    for i in range(0, len(events), 16):
+        batch = events[i : i + 16]
+        bounded.observe(batch, model.rank_events(batch))
+        model.learn_many(batch)
+    assert (bounded.report.evaluated, bounded.report.hits) == (exact.evaluated, exact.hits)
+    assert bounded.report.coverage == pytest.approx(exact.coverage)
+
+
+def test_bounded_evaluator_forgets_ids_under_endless_new_ones():
+    model = MostPopular()
+    ev = StreamingEvaluator(model.name, id_ttl=50.0)
+    events = _stream(4_000)
+    for i in range(0, len(events), 100):
+        batch = events[i : i + 100]
+        ev.observe(batch, model.rank_events(batch))
+        model.learn_many(batch)
+    # Only ids seen in the last 50 s of event time are remembered: a few dozen, not thousands.
+    assert len(ev._viewers) <= 51 // 3 + 2 and len(ev._videos) <= 51 // 2 + 2
+    assert ev.report.events == 4_000 and 0.0 <= ev.report.coverage <= 1.0
