@@ -18,8 +18,9 @@ Delivery and learning guarantees
   learned. Offsets are committed with this worker's name as commit metadata. When a partition is
   assigned and its last commit is ours, the service resumes from the checkpoint's offset and
   *replays* the events up to the committed offset learn-only (they were already published),
-  then continues normally; when someone else committed last, that worker learned those events,
-  so we start at the committed offset.
+  then continues normally; with no checkpoint yet (a crash before the first one), it replays
+  from the start of the partition, since the log is the state. When someone else committed
+  last, that worker learned those events, so we start at the committed offset.
 """
 
 from __future__ import annotations
@@ -315,7 +316,12 @@ class StreamrecService:
             polled.pop(tp, None)  # fetched before the pause took effect: read again after the seek
             committed = self._consumer.committed(tp, metadata=True)
             learned = self.learned.get(tp)
-            if committed is not None and committed.metadata == self._metadata and learned is not None:
+            ours = committed is not None and committed.metadata == self._metadata
+            if ours and learned is None and self.store is not None:
+                # We committed here but no checkpoint covers it (we crashed before the first one):
+                # the model's state is the log itself, so relearn it from its start.
+                learned = self._consumer.beginning_offsets([tp])[tp]
+            if ours and learned is not None:
                 # Our own commit: resume where the model's state ends; replay up to the commit.
                 if learned < committed.offset:
                     self.replay_until[tp] = committed.offset

@@ -6,26 +6,19 @@ as a consumer-group member, and the test reads what it published.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
+from service_helpers import ML100K, ServiceProcess, latest_manifest, produce, read_all, topics, wait_for
 
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from producer.readers import read_events
 from streamrec.schema import event_to_json
-
-REPO = Path(__file__).resolve().parents[1]
-ML100K = Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared" / "data" / "ml-100k" / "u.data"))
 
 needs_ml100k = pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
 
@@ -36,53 +29,13 @@ def ml_slice():
     return read_events(ML100K)[:1500]
 
 
-def produce(bootstrap: str, topic: str, values: list[tuple[bytes | None, bytes]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
-    for key, value in values:
-        producer.send(topic, key=key, value=value)
-    producer.flush()
-    producer.close()
-
-
-def read_all(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> list:
-    """Every record of ``topic`` once at least ``expect`` are there (or the timeout passes)."""
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        consumer_timeout_ms=1000,
-    )
-    records: list = []
-    deadline = time.monotonic() + timeout
-    while len(records) < expect and time.monotonic() < deadline:
-        records.extend(consumer)
-    consumer.close()
-    return records
-
-
-def topics(new_topic, partitions: int = 1) -> dict:
-    return {
-        "input_topic": new_topic("watch", partitions),
-        "output_topic": new_topic("recs"),
-        "dlq_topic": new_topic("dlq"),
-    }
+SMALL_BATCHES = ("--max-poll-records", "50")
 
 
 def run_in_thread(service):
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     return thread
-
-
-def wait_for(predicate, timeout: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 @needs_ml100k
@@ -175,37 +128,6 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_valid_ones_are_all_lea
         assert headers["streamrec.source"].decode().startswith(names["input_topic"] + "/0/")
 
 
-def serve_process(bootstrap: str, names: dict, group: str, checkpoints: Path) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "consumer",
-        "--bootstrap-servers",
-        bootstrap,
-        "--input-topic",
-        names["input_topic"],
-        "--output-topic",
-        names["output_topic"],
-        "--dlq-topic",
-        names["dlq_topic"],
-        "--group-id",
-        group,
-        "--metrics-port",
-        "0",
-        "--checkpoint-dir",
-        str(checkpoints),
-        "--max-poll-records",
-        "50",
-    ]
-    return subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True)
-
-
-def latest_manifest(checkpoints: Path) -> dict:
-    folders = sorted(checkpoints.glob("*/ckpt-*"))
-    assert folders, "no checkpoint was written"
-    return orjson.loads((folders[-1] / "MANIFEST.json").read_bytes())
-
-
 @needs_ml100k
 def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
     kafka_bootstrap, new_topic, ml_slice, tmp_path
@@ -233,16 +155,18 @@ def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
 
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    first = serve_process(kafka_bootstrap, names, group, checkpoints)
+    first = ServiceProcess(
+        kafka_bootstrap, names, group, checkpoints, tmp_path / "first.log", extra=SMALL_BATCHES
+    )
     assert wait_for(lambda: len(read_all(kafka_bootstrap, names["output_topic"], expect=1, timeout=2)) > 0)
     first_stopping.set()
-    first.send_signal(signal.SIGTERM)
-    _, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err
+    assert first.stop() == 0, first.log()
     stopped_at = latest_manifest(checkpoints)["events_learned"]
     assert 0 < stopped_at < len(ml_slice), "the first run should have stopped mid-stream"
 
-    second = serve_process(kafka_bootstrap, names, group, checkpoints)
+    second = ServiceProcess(
+        kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log", extra=SMALL_BATCHES
+    )
     sender.join(60)
 
     def published_last_event() -> bool:
@@ -250,9 +174,37 @@ def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
         return any(orjson.loads(r.value)["source"]["offset"] == len(ml_slice) - 1 for r in recs)
 
     assert wait_for(published_last_event)
-    second.send_signal(signal.SIGTERM)
-    _, err = second.communicate(timeout=60)
-    assert second.returncode == 0, err
-    assert "restored checkpoint" in err
+    assert second.stop() == 0, second.log()
+    assert "restored checkpoint" in second.log()
     # The final checkpoint counts every event exactly once: none lost, none learned twice.
     assert latest_manifest(checkpoints)["events_learned"] == len(ml_slice)
+
+
+def test_a_crash_before_the_first_checkpoint_relearns_from_the_log(kafka_bootstrap, new_topic, tmp_path):
+    names = topics(new_topic)
+    group = f"g-{names['input_topic']}"
+    checkpoints = tmp_path / "checkpoints"
+    values = [
+        (
+            f"u{i % 13}".encode(),
+            orjson.dumps({"timestamp": 1000 + i, "viewer": f"u{i % 13}", "video": f"v{i % 31}"}),
+        )
+        for i in range(400)
+    ]
+    produce(kafka_bootstrap, names["input_topic"], values)
+    never = ("--checkpoint-interval-s", "3600", "--checkpoint-every-events", "1000000")
+
+    def published_last_event() -> bool:
+        recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=2)
+        return any(orjson.loads(r.value)["source"]["offset"] == len(values) - 1 for r in recs)
+
+    first = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "first.log", extra=never)
+    assert wait_for(published_last_event), "the first run did not get through the stream"
+    first.kill()  # SIGKILL: no final checkpoint, but its offsets are committed
+    assert not list(checkpoints.glob("*/ckpt-*"))
+
+    second = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log", extra=never)
+    # Everything the first run learned is learned again from the log, once.
+    assert wait_for(lambda: second.model_events() == len(values), 60), second.log()
+    assert second.stop() == 0, second.log()
+    assert latest_manifest(checkpoints)["events_learned"] == len(values)
