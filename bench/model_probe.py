@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/model_probe.py [DATA] [--batch-sizes 64,256,1024] [--with-batch-1]
-                                          [--set key=value ...] [--synthetic]
+                                          [--set key=value ...] [--variant JSON ...] [--synthetic]
 
 For each batch size it runs ``streamrec``'s default model (plus any ``--set`` overrides)
 through the shared progressive evaluator and reports HR@10 / NDCG@10 over the whole stream,
@@ -11,7 +11,8 @@ over the first 80% (where defaults were tuned) and the last 20%, events/s, the r
 plain per-event ISGD loop (k=10, lr 0.05, reg 0.01, watched excluded) measured in the same
 run, and bytes per viewer / per video. ``--synthetic`` adds a sanity check on a generated
 stream (``producer.synth``), where defaults were never tuned, against the co-occurrence and
-most-popular baselines. Prints a table and writes ``bench/results/model_probe.json``.
+most-popular baselines; each ``--variant`` adds a run at batch 256 with other settings (the
+quality/speed frontier). Prints a table and writes ``bench/results/model_probe.json``.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-batch-1", action="store_true", help="also batch 1 (slow: minutes)")
     parser.add_argument("--set", action="append", default=[], help="model setting key=value")
     parser.add_argument("--synthetic", action="store_true", help="also a generated stream")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="JSON settings of an extra run at batch 256 (the quality/speed frontier)",
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/model_probe.json")
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -106,6 +113,13 @@ def main(argv: list[str] | None = None) -> int:
         model = EmbeddingRanker(**settings)
         result = evaluate_model(model, events, batch_size=size)
         rows.append(_row(f"streamrec {settings or 'defaults'}", result, ref_eps, model))
+        print(json.dumps(rows[-1]), flush=True)
+
+    for variant in args.variant:
+        extra = settings | json.loads(variant)
+        model = EmbeddingRanker(**extra)
+        result = evaluate_model(model, events, batch_size=256)
+        rows.append(_row(f"streamrec {extra}", result, ref_eps, model))
         print(json.dumps(rows[-1]), flush=True)
 
     if args.synthetic:
