@@ -39,6 +39,7 @@ import numpy as np
 from model.base import Ranking, StreamRanker
 from model.events import WatchEvent
 from model.expiring import ExpiringDict
+from model.lifecycle import EventClock
 
 __all__ = ["StreamingEvaluator", "BatchQuality", "EvalReport", "progressive_evaluate", "evaluate"]
 
@@ -132,10 +133,11 @@ class StreamingEvaluator:
     first). Coverage then covers the videos recommended and seen in that recent past. Both
     ``None`` (the default) is the exact protocol above, which offline reports use.
 
-    >>> ev = StreamingEvaluator("m", id_ttl=10.0)
-    >>> stream = [WatchEvent(0.0, "a", "x"), WatchEvent(5.0, "a", "x"), WatchEvent(20.0, "a", "x")]
-    >>> ev.warm_mask(stream).tolist()  # at 20.0, "a" and "x" were last seen 15 s ago: cold again
-    [False, True, False]
+    The clock is the robust event-time clock of :mod:`model.lifecycle`, read once per batch.
+
+    >>> ev = StreamingEvaluator("m", max_ids=2)  # "a" is forgotten when "c" and "d" come
+    >>> [ev.warm_mask([WatchEvent(0.0, v, "x")]).tolist() for v in ("a", "b", "a", "c", "d", "a")]
+    [[False], [False], [True], [False], [False], [False]]
     """
 
     def __init__(
@@ -150,6 +152,7 @@ class StreamingEvaluator:
         self.n = n
         self.report = EvalReport(model=model_name, n=n, batch_size=batch_size)
         self.bounded = id_ttl is not None or max_ids is not None
+        self._clock = EventClock()
         self._viewers: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         self._videos: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         self._recommended: set[int] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
@@ -163,11 +166,12 @@ class StreamingEvaluator:
         viewers, videos = self._viewers, self._videos
         warm = np.zeros(len(events), dtype=bool)
         if self.bounded:
+            now = self._clock.advance(np.fromiter((e.timestamp for e in events), np.float64, len(events)))
             touch_viewer, touch_video = viewers.touch, videos.touch
             for i, e in enumerate(events):
                 # Both touched whatever the first answers (no short circuit).
-                seen_viewer = touch_viewer(e.viewer, None, e.timestamp)
-                warm[i] = touch_video(e.video, None, e.timestamp) and seen_viewer
+                seen_viewer = touch_viewer(e.viewer, None, now)
+                warm[i] = touch_video(e.video, None, now) and seen_viewer
             return warm
         for i, e in enumerate(events):
             warm[i] = e.viewer in viewers and e.video in videos
@@ -189,7 +193,7 @@ class StreamingEvaluator:
         top = ranking.top[warm]
         recommended = np.unique(top[top >= 0]).tolist()
         if self.bounded:
-            touch, now = self._recommended.touch, self._videos.now
+            touch, now = self._recommended.touch, self._clock.now
             for row in recommended:
                 touch(row, None, now)
         else:

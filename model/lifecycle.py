@@ -5,16 +5,18 @@ row-indexed table forever. As in Monolith (Liu et al. 2022, "expirable embedding
 seen for ``ttl`` seconds is released: its row goes back on the :class:`~model.ids.IdIndex` free
 list and the next new id takes it, so the tables stop growing once as many ids leave as arrive.
 
-Time is **event time**: the clock is the largest event timestamp seen so far, never the wall
-clock, so replaying a day of events in a minute expires exactly what the live day would have.
-(An event stamped far in the future would move the clock and expire everyone; the intake is
-where absurd timestamps are rejected.) Expiry is amortised: it runs once every ``every``
-events, as one vectorised comparison over the last-seen array, never a per-event Python loop
-over all ids.
+Time is **event time**, never the wall clock, so replaying a day of events in a minute expires
+exactly what the live day would have. The clock (:class:`EventClock`) is robust: it is the
+``tolerate + 1``-th largest of the last ``window`` timestamps, never going back, so a few
+events stamped far in the future (the wire format accepts anything up to 2100) cannot move it
+and expire everyone; an event's last-seen time is capped at the clock for the same reason.
+The price is a lag of about ``tolerate`` events behind the newest timestamp. Expiry is
+amortised: it runs once every ``every`` events, as one vectorised comparison over the
+last-seen array, never a per-event Python loop over all ids.
 
 >>> from model.ids import IdIndex
 >>> viewers, videos = IdIndex(), IdIndex()
->>> life = Lifecycle(viewer_ttl=10.0, video_ttl=None, every=1)
+>>> life = Lifecycle(viewer_ttl=10.0, video_ttl=None, every=1, tolerate=0)
 >>> life.observe(viewers.add_many(["a", "b"]), videos.add_many(["x", "x"]), np.array([0.0, 8.0]))
 >>> life.observe(viewers.add_many(["b"]), videos.add_many(["y"]), np.array([15.0]))
 >>> life.due()
@@ -33,9 +35,59 @@ import numpy as np
 
 from model.ids import GrowableTable
 
-__all__ = ["Lifecycle", "LastSeen"]
+__all__ = ["Lifecycle", "LastSeen", "EventClock"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class EventClock:
+    """Event time that a few wrong timestamps cannot move.
+
+    ``now`` is the ``tolerate + 1``-th largest of the last ``window`` finite timestamps
+    (``tolerate=0``: the largest), and never goes back. Until more than ``tolerate`` have been
+    seen it is the smallest one seen; before any, ``-inf``.
+
+    >>> clock = EventClock(window=8, tolerate=1)
+    >>> clock.advance(np.array([10.0, 11.0, 4e9, 12.0]))   # one event from the year 2096
+    12.0
+    >>> clock.advance(np.array([5.0]))                    # never goes back
+    12.0
+    """
+
+    def __init__(self, window: int = 256, tolerate: int = 15) -> None:
+        if not 0 <= tolerate < window:
+            raise ValueError(f"tolerate must be in [0, window), got {tolerate} for window {window}")
+        self.window = window
+        self.tolerate = tolerate
+        self._ring = np.full(window, -np.inf, dtype=np.float64)
+        self._pos = 0
+        self._filled = 0
+        self.now = -math.inf
+
+    def advance(self, timestamps: np.ndarray) -> float:
+        """Take a batch of timestamps (in stream order) into account; returns the clock."""
+        t = np.asarray(timestamps, dtype=np.float64)
+        t = t[np.isfinite(t)][-self.window :]
+        if t.size:
+            idx = (self._pos + np.arange(t.size)) % self.window
+            self._ring[idx] = t
+            self._pos = int((self._pos + t.size) % self.window)
+            self._filled = min(self.window, self._filled + t.size)
+            # The ring fills from slot 0 and then wraps, so its first ``filled`` slots are data.
+            filled = self._ring[: self._filled]
+            k = max(0, self._filled - 1 - self.tolerate)
+            self.now = max(self.now, float(np.partition(filled, k)[k]))
+        return self.now
+
+    def to_array(self) -> np.ndarray:
+        """``[now, pos, filled, ring...]`` for saving; see :meth:`load_array`."""
+        return np.concatenate([[self.now, self._pos, self._filled], self._ring])
+
+    def load_array(self, array: np.ndarray) -> None:
+        if array.shape != (3 + self.window,):
+            raise ValueError(f"event clock has shape {array.shape}, expected {(3 + self.window,)}")
+        self.now, self._pos, self._filled = float(array[0]), int(array[1]), int(array[2])
+        self._ring[:] = array[3:]
 
 
 class LastSeen:
@@ -76,13 +128,20 @@ class Lifecycle:
     every
         Events between two expiry runs. Expiry costs one comparison per row, so running it
         every few thousand events keeps it a negligible share of learning.
+    tolerate
+        Wrong timestamps (far in the future) among the last 256 that the clock ignores; see
+        :class:`EventClock`.
 
     The model calls :meth:`observe` for every learned batch, and when :meth:`due` asks for
     :meth:`expired` rows, which it releases and resets.
     """
 
     def __init__(
-        self, viewer_ttl: float | None = None, video_ttl: float | None = None, every: int = 1000
+        self,
+        viewer_ttl: float | None = None,
+        video_ttl: float | None = None,
+        every: int = 1000,
+        tolerate: int = 15,
     ) -> None:
         for name, ttl in (("viewer_ttl", viewer_ttl), ("video_ttl", video_ttl)):
             if ttl is not None and not (ttl > 0 and math.isfinite(ttl)):
@@ -94,13 +153,17 @@ class Lifecycle:
         self.every = every
         self.viewers = LastSeen()
         self.videos = LastSeen()
-        #: The event-time clock: the largest timestamp observed.
-        self.now = -math.inf
+        self.clock = EventClock(tolerate=tolerate)
         #: Events observed since the last expiry run.
         self.since = 0
         #: Totals released so far (reported as metrics).
         self.expired_viewers = 0
         self.expired_videos = 0
+
+    @property
+    def now(self) -> float:
+        """The event-time clock (``-inf`` before the first event)."""
+        return self.clock.now
 
     @property
     def enabled(self) -> bool:
@@ -111,10 +174,11 @@ class Lifecycle:
         if timestamps.size == 0:
             return
         times = np.asarray(timestamps, dtype=np.float64)
-        finite = np.isfinite(times)
-        if not finite.all():  # a NaN time would never expire; treat it as "now"
-            times = np.where(finite, times, self.now if math.isfinite(self.now) else 0.0)
-        self.now = max(self.now, float(times.max()))
+        now = self.clock.advance(times)
+        if math.isfinite(now):
+            # Seen "now" at the latest: a future timestamp must not keep an id alive for years
+            # (and a NaN one, which never compares, counts as now too).
+            times = np.where(np.isnan(times), now, np.minimum(times, now))
         self.viewers.touch(np.asarray(viewer_rows, dtype=np.int64), times)
         self.videos.touch(np.asarray(video_rows, dtype=np.int64), times)
         self.since += int(times.size)
@@ -153,21 +217,22 @@ class Lifecycle:
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The state as plain arrays (no pickle); see :meth:`load_arrays`."""
-        counters = [self.now, self.since, self.expired_viewers, self.expired_videos]
+        counters = [self.since, self.expired_viewers, self.expired_videos]
         return {
             "viewer_last_seen": self.viewers.array.copy(),
             "video_last_seen": self.videos.array.copy(),
-            "counters": np.array(counters, dtype=np.float64),
+            "clock": self.clock.to_array(),
+            "counters": np.array(counters, dtype=np.int64),
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         counters = arrays["counters"]
-        if counters.shape != (4,):
-            raise ValueError(f"lifecycle counters have shape {counters.shape}, expected (4,)")
+        if counters.shape != (3,):
+            raise ValueError(f"lifecycle counters have shape {counters.shape}, expected (3,)")
         for key, last_seen in (("viewer_last_seen", self.viewers), ("video_last_seen", self.videos)):
             array = arrays[key]
             if array.ndim != 1 or np.isnan(array).any():
                 raise ValueError(f"malformed {key}")
             last_seen.table.load(array)
-        self.now = float(counters[0])
-        self.since, self.expired_viewers, self.expired_videos = (int(c) for c in counters[1:])
+        self.clock.load_array(arrays["clock"])
+        self.since, self.expired_viewers, self.expired_videos = (int(c) for c in counters)
