@@ -167,12 +167,8 @@ class StreamingEvaluator:
         warm = np.zeros(len(events), dtype=bool)
         if self.bounded:
             now = self._clock.advance(np.fromiter((e.timestamp for e in events), np.float64, len(events)))
-            touch_viewer, touch_video = viewers.touch, videos.touch
-            for i, e in enumerate(events):
-                # Both touched whatever the first answers (no short circuit).
-                seen_viewer = touch_viewer(e.viewer, None, now)
-                warm[i] = touch_video(e.video, None, now) and seen_viewer
-            return warm
+            seen_viewer = viewers.touch_many([e.viewer for e in events], now)
+            return videos.touch_many([e.video for e in events], now) & seen_viewer
         for i, e in enumerate(events):
             warm[i] = e.viewer in viewers and e.video in videos
             viewers.add(e.viewer)

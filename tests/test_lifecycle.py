@@ -321,3 +321,13 @@ def test_bounded_evaluator_forgets_ids_under_endless_new_ones():
     # of the 1,334 viewers and 2,000 videos.
     assert len(ev._viewers) <= (50 + 100) // 3 + 2 and len(ev._videos) <= (50 + 100) // 2 + 2
     assert ev.report.events == 4_000 and 0.0 <= ev.report.coverage <= 1.0
+
+
+def test_touch_many_answers_like_touch_one_by_one():
+    rng = np.random.default_rng(0)
+    one, many = ExpiringDict(ttl=30.0), ExpiringDict(ttl=30.0)
+    for now in np.arange(0.0, 200.0, 10.0):
+        keys = [f"k{k}" for k in rng.integers(0, 40, 25)]
+        expected = [one.touch(k, None, now) for k in keys]
+        assert many.touch_many(keys, now).tolist() == expected
+        assert list(many.keys()) == list(one.keys())
