@@ -9,16 +9,20 @@ Time is **event time**, never the wall clock, so replaying a day of events in a 
 exactly what the live day would have. The clock (:class:`EventClock`) is robust: it is the
 ``tolerate + 1``-th largest of the last ``window`` timestamps, never going back, so a few
 events stamped far in the future (the wire format accepts anything up to 2100) cannot move it
-and expire everyone; an event's last-seen time is capped at the clock for the same reason.
-The price is a lag of about ``tolerate`` events behind the newest timestamp. Expiry is
-amortised: it runs once every ``every`` events, as one vectorised comparison over the
-last-seen array, never a per-event Python loop over all ids.
+and expire everyone; the price is a lag of about ``tolerate`` events behind the newest
+timestamp. The ids of a learned batch are stamped with the clock, not with their own
+timestamps: in a stream in time order that is the same to within a batch, and a wrong
+timestamp can neither pin an id for decades (far future) nor have it expire as soon as it is
+learned (far past; a replay of old data into a model whose clock is already later learns
+normally, and simply expires nothing until its timestamps catch up). Expiry is amortised: it
+runs once every ``every`` events, as one vectorised comparison over the last-seen array, never
+a per-event Python loop over all ids.
 
 >>> from model.ids import IdIndex
 >>> viewers, videos = IdIndex(), IdIndex()
 >>> life = Lifecycle(viewer_ttl=10.0, video_ttl=None, every=1, tolerate=0)
->>> life.observe(viewers.add_many(["a", "b"]), videos.add_many(["x", "x"]), np.array([0.0, 8.0]))
->>> life.observe(viewers.add_many(["b"]), videos.add_many(["y"]), np.array([15.0]))
+>>> life.observe(viewers.add_many(["a"]), videos.add_many(["x"]), np.array([0.0]))
+>>> life.observe(viewers.add_many(["b", "b"]), videos.add_many(["x", "y"]), np.array([8.0, 15.0]))
 >>> life.due()
 True
 >>> old_viewers, old_videos = life.expired(viewers.live_mask(), videos.live_mask())
@@ -100,13 +104,12 @@ class LastSeen:
     def array(self) -> np.ndarray:
         return self.table.array
 
-    def touch(self, rows: np.ndarray, times: np.ndarray) -> None:
-        """Row ``rows[i]`` was seen at ``times[i]`` (rows are created as needed)."""
+    def touch(self, rows: np.ndarray, now: float) -> None:
+        """``rows`` were seen at ``now`` (rows are created as needed; the clock never goes back)."""
         if rows.size == 0:
             return
         self.table.ensure(int(rows.max()) + 1)
-        # maximum, not assignment: events inside a batch may be slightly out of order.
-        np.maximum.at(self.table.array, rows, times)
+        self.table.array[rows] = now
 
     def older_than(self, cutoff: float, live: np.ndarray) -> np.ndarray:
         """Live rows last seen strictly before ``cutoff``."""
@@ -170,17 +173,14 @@ class Lifecycle:
         return self.viewer_ttl is not None or self.video_ttl is not None
 
     def observe(self, viewer_rows: np.ndarray, video_rows: np.ndarray, timestamps: np.ndarray) -> None:
-        """A learned batch: its viewers and videos were seen at its events' timestamps."""
-        if timestamps.size == 0:
-            return
+        """A learned batch: the clock takes its timestamps, and its viewers and videos are seen now."""
         times = np.asarray(timestamps, dtype=np.float64)
+        if times.size == 0:
+            return
         now = self.clock.advance(times)
-        if math.isfinite(now):
-            # Seen "now" at the latest: a future timestamp must not keep an id alive for years
-            # (and a NaN one, which never compares, counts as now too).
-            times = np.where(np.isnan(times), now, np.minimum(times, now))
-        self.viewers.touch(np.asarray(viewer_rows, dtype=np.int64), times)
-        self.videos.touch(np.asarray(video_rows, dtype=np.int64), times)
+        if math.isfinite(now):  # -inf only when no timestamp so far was finite
+            self.viewers.touch(np.asarray(viewer_rows, dtype=np.int64), now)
+            self.videos.touch(np.asarray(video_rows, dtype=np.int64), now)
         self.since += int(times.size)
 
     def due(self) -> bool:
