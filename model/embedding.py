@@ -105,7 +105,8 @@ class _Batch:
     n_viewers: int  # viewers known before the batch
     n_videos: int  # videos known before the batch
     weights: np.ndarray  # (B,) watch weights
-    mix: np.ndarray  # (B, n_videos_after) history mixing weights (rows sum to 1 or 0)
+    mix: np.ndarray  # (B, D) mixing weights over ``in_history`` (rows sum to 1 or 0)
+    in_history: np.ndarray  # (D,) the distinct video rows in the batch's histories
     final: tuple[np.ndarray, np.ndarray, np.ndarray]  # per viewer history after the batch
     U: np.ndarray  # (B, dim) viewer representation before each event
     cold: np.ndarray  # (B,) bool: no viewer state and no history (gets trending when ranked)
@@ -339,11 +340,13 @@ class EmbeddingRanker(StreamRanker):
         norm = mix_w.sum(axis=1, keepdims=True)
         mix_w /= np.where(norm > 0, norm, 1.0)
         n_after = max(n_videos, int(video_rows.max()) + 1 if len(events) else 0)
-        mix = np.zeros((len(events), n_after), dtype=np.float32)
-        b_idx = np.nonzero(valid)
-        np.add.at(mix, (b_idx[0], items[valid]), mix_w[valid])
+        # The batch's histories share most of their videos (bursts): mix over the distinct ones.
+        in_history, slot = np.unique(items[valid], return_inverse=True)
+        mix = np.zeros((len(events), in_history.size), dtype=np.float32)
+        np.add.at(mix, (np.nonzero(valid)[0], slot), mix_w[valid])
         # New transition rows start at zero, so only the known part contributes.
-        U = mix[:, :n_videos] @ self._Q.array[:n_videos]
+        known = in_history < n_videos
+        U = mix[:, known] @ self._Q.array[in_history[known]]
         has_state = viewer_rows < n_viewers
         if self.viewer_vector and has_state.any():
             U[has_state] += self._P.array[viewer_rows[has_state]]
@@ -360,6 +363,7 @@ class EmbeddingRanker(StreamRanker):
             n_videos,
             weights,
             mix,
+            in_history,
             tuple(final),
             U,
             cold,
@@ -457,9 +461,9 @@ class EmbeddingRanker(StreamRanker):
             self.guard_trips += adagrad_step(
                 self._P.array, self._P_acc.array, rows, g, lr, clip, self.accum_decay
             )
-        in_history = np.flatnonzero(batch.mix.any(axis=0))
+        in_history = batch.in_history
         if in_history.size:
-            g = batch.mix[:, in_history].T @ grad_u
+            g = batch.mix.T @ grad_u
             if self.reg:
                 g += self.reg * self._Q.array[in_history]
             self.guard_trips += adagrad_step(
