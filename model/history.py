@@ -9,12 +9,12 @@ the same histories, and a viewer arriving in a burst is fresh at every event.
 
 >>> h = RecentHistory(length=3)
 >>> h.ensure(1)
->>> hist, _, final_rows, final_items, _ = h.for_batch(
+>>> hist, hist_weights, *final = h.for_batch(
 ...     viewers=np.array([0, 0, 0, 0]), videos=np.array([7, 8, 9, 5]),
 ...     weights=np.ones(4, dtype=np.float32))
 >>> hist.tolist()
 [[-1, -1, -1], [7, -1, -1], [8, 7, -1], [9, 8, 7]]
->>> h.store(final_rows, final_items, _); h.items.array.tolist()
+>>> h.store(*final); h.items.array.tolist()
 [[5, 9, 8]]
 
 """
