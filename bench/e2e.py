@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/e2e.py [--events 60000] [--viewers 5000] [--videos 10000]
-        [--rates 1000,5000] [--seconds 15] [--profile] [--bootstrap HOST:PORT]
+        [--rates 1000,5000] [--seconds 15] [--profile] [--model NAME] [--bootstrap HOST:PORT]
 
 Everything runs on this machine: the broker (``--bootstrap``, ``$KAFKA_BOOTSTRAP``, or a local
 broker started for the run), the producer and the service (the real
@@ -61,6 +61,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
+from model import registry  # noqa: E402
 from producer.pacing import paced  # noqa: E402
 from producer.sink import KafkaSink, ensure_topic  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
@@ -104,15 +105,17 @@ def raw_consume(bootstrap: str, topic: str, events: int, max_poll_records: int) 
 class Bench:
     """The service in a thread, with a stamp at the end of every batch."""
 
-    def __init__(self, bootstrap: str, topic: str, checkpoints: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, checkpoints: str, model: str) -> None:
         config = ServiceConfig(
+            model=model,
             bootstrap_servers=bootstrap,
             input_topic=topic,
             output_topic=f"{topic}-recs",
             dlq_topic=f"{topic}-dlq",
             group_id=f"bench-{uuid.uuid4().hex[:8]}",
             metrics_port=0,
-            checkpoint_dir=checkpoints,
+            # A model that cannot be saved (most_popular) runs without checkpoints.
+            checkpoint_dir=checkpoints if hasattr(registry.model_class(model), "save") else "none",
         )
         self.config = config
         self.service = build_service(config, with_metrics=False)
@@ -255,6 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", default="1000,5000", help="paced rates for freshness, events/s")
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each paced phase")
     parser.add_argument("--profile", action="store_true", help="cProfile the service's throughput phase")
+    parser.add_argument(
+        "--model",
+        default="streamrec",
+        help="model to serve (a cheap one, e.g. most_popular, shows the Kafka side)",
+    )
     parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",") if r]
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_s = time.perf_counter() - started
         print(f"produced {args.events:,} events in {produce_s:.1f} s", flush=True)
 
-        bench = Bench(bootstrap, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"))
+        bench = Bench(bootstrap, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), args.model)
         raw = raw_consume(bootstrap, topic, args.events, bench.config.max_poll_records)
         print(f"raw kafka-python consumption: {raw['events_per_s']:,.0f} events/s", flush=True)
 
