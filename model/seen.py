@@ -57,6 +57,14 @@ class SeenVideos:
             seen.append([])
         seen[viewer_row].append(video_row)
 
+    def entries(self) -> int:
+        """How many (viewer, video) watches the lists hold in all.
+
+        >>> s = SeenVideos(); s.add(0, 1); s.add(2, 1); s.entries()
+        2
+        """
+        return sum(map(len, self._seen))
+
     def clear_rows(self, viewer_rows: Iterable[int]) -> None:
         """Forget what ``viewer_rows`` watched (released viewers; a reused row starts empty)."""
         seen = self._seen
