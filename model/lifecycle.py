@@ -178,7 +178,9 @@ class Lifecycle:
         if times.size == 0:
             return
         now = self.clock.advance(times)
-        if math.isfinite(now):  # -inf only when no timestamp so far was finite
+        # The clock runs even with no TTL (it is cheap, and others read it); last-seen times
+        # are only kept when something can expire. now is -inf only before any finite timestamp.
+        if self.enabled and math.isfinite(now):
             self.viewers.touch(np.asarray(viewer_rows, dtype=np.int64), now)
             self.videos.touch(np.asarray(video_rows, dtype=np.int64), now)
         self.since += int(times.size)
