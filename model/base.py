@@ -24,9 +24,11 @@ import numpy as np
 from river.reco.base import Ranker
 
 from model.events import WatchEvent
-from model.ids import as_id
+from model.ids import IdIndex, as_id
+from model.seen import SeenVideos, viewer_keys
+from model.topk import top_n, top_n_with_rank
 
-__all__ = ["StreamRanker", "Ranking", "Recommendation"]
+__all__ = ["StreamRanker", "CatalogueScorer", "Ranking", "Recommendation", "recommendations"]
 
 
 class Ranking(NamedTuple):
@@ -113,3 +115,55 @@ class StreamRanker(Ranker, abc.ABC):
         scores = self.score_videos(as_id(user), [as_id(i) for i in items])
         order = np.argsort(-scores, kind="stable")
         return [items[i] for i in order]
+
+
+def recommendations(cols: np.ndarray, scores: np.ndarray, ids: Sequence[str]) -> list[Recommendation]:
+    """Top-n columns and scores (from :func:`model.topk.top_n`) as lists of ids, empty slots dropped."""
+    return [
+        Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
+        for row, s in zip(cols, scores, strict=True)
+    ]
+
+
+class CatalogueScorer(StreamRanker):
+    """A model that scores viewers against its whole catalogue: the ranking paths, written once.
+
+    A subclass keeps ``viewers`` and ``videos`` (:class:`~model.ids.IdIndex`) and ``seen``
+    (:class:`~model.seen.SeenVideos`) and implements :meth:`viewer_scores`. Models whose
+    viewer representation changes inside a batch (a history of recent watches) override
+    :meth:`event_scores` so each event is scored with its viewer's earlier events in the batch.
+    """
+
+    viewers: IdIndex
+    videos: IdIndex
+    seen: SeenVideos
+
+    @abc.abstractmethod
+    def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
+        """``(len(viewer_rows), videos)`` float32 scores; a row of ``-1`` is an unknown viewer."""
+
+    def event_scores(self, events: Sequence[WatchEvent]) -> np.ndarray:
+        """Scores for the test step of ``events``: by default each viewer's state before the batch."""
+        return self.viewer_scores(self.viewers.get_many(e.viewer for e in events))
+
+    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        targets = self.videos.get_many(e.video for e in events)
+        exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
+        top, rank = top_n_with_rank(self.event_scores(events), n, targets, exclude)
+        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
+
+    def recommend_many(
+        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        rows = self.viewers.get_many(viewers)
+        exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
+        cols, scores = top_n(self.viewer_scores(rows), n, exclude)
+        return recommendations(cols, scores, self.videos.ids)
+
+    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
+        cols = self.videos.get_many(videos)
+        out = np.full(len(cols), -np.inf, dtype=np.float32)
+        if len(self.videos):
+            scores = self.viewer_scores(self.viewers.get_many([viewer]))[0]
+            out[cols >= 0] = scores[cols[cols >= 0]]
+        return out

@@ -35,11 +35,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.base import Ranking, Recommendation, StreamRanker
+from model.base import CatalogueScorer
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
-from model.seen import SeenVideos, viewer_keys
-from model.topk import top_n, top_n_with_rank
+from model.seen import SeenVideos
 
 __all__ = ["CoOccurrenceKNN", "CoCounts", "TopCoCounts", "CatalogueTooLarge"]
 
@@ -173,7 +172,7 @@ class TopCoCounts:
         return out.reshape(a, self.size).astype(np.float32)
 
 
-class CoOccurrenceKNN(StreamRanker):
+class CoOccurrenceKNN(CatalogueScorer):
     """Recommend what co-occurred most with the viewer's recent watches.
 
     Parameters
@@ -276,6 +275,12 @@ class CoOccurrenceKNN(StreamRanker):
             scores[active] += sim * norm.astype(np.float32)[None, :]
         return scores
 
+    def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
+        return self._scores([self.seen.of(r)[-self.history :] for r in viewer_rows.tolist()])
+
+    def event_scores(self, events: Sequence[WatchEvent]) -> np.ndarray:
+        return self._scores(self._histories_for_events(events))
+
     def _histories_for_events(self, events: Sequence[WatchEvent]) -> list[list[int]]:
         # History before the batch plus the viewer's earlier events in it, exactly as causal
         # exclusion does: the state (counts) is from before the batch, the history is current.
@@ -290,31 +295,3 @@ class CoOccurrenceKNN(StreamRanker):
             if video is not None:
                 earlier.append(video)
         return histories
-
-    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
-        targets = self.videos.get_many(e.video for e in events)
-        exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
-        scores = self._scores(self._histories_for_events(events))
-        top, rank = top_n_with_rank(scores, n, targets, exclude)
-        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
-
-    def recommend_many(
-        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
-    ) -> list[Recommendation]:
-        rows = self.viewers.get_many(viewers).tolist()
-        scores = self._scores([self.seen.of(r)[-self.history :] for r in rows])
-        exclude = self.seen.exclusion_for_viewers(rows) if exclude_seen else None
-        cols, best = top_n(scores, n, exclude)
-        ids = self.videos.ids
-        return [
-            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
-            for row, s in zip(cols, best, strict=True)
-        ]
-
-    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
-        row = self.viewers.get(viewer)
-        scores = self._scores([self.seen.of(row)[-self.history :] if row is not None else []])[0]
-        cols = self.videos.get_many(videos)
-        out = np.full(len(cols), -np.inf, dtype=np.float32)
-        out[cols >= 0] = scores[cols[cols >= 0]]
-        return out

@@ -28,16 +28,15 @@ from collections.abc import Sequence
 import numpy as np
 from river import optim, reco
 
-from model.base import Ranking, Recommendation, StreamRanker
+from model.base import CatalogueScorer
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
-from model.seen import SeenVideos, viewer_keys
-from model.topk import top_n, top_n_with_rank
+from model.seen import SeenVideos
 
 __all__ = ["FunkMFRanker"]
 
 
-class FunkMFRanker(StreamRanker):
+class FunkMFRanker(CatalogueScorer):
     """Adapter: river ``FunkMF`` learns, numpy ranks.
 
     Parameters
@@ -87,7 +86,11 @@ class FunkMFRanker(StreamRanker):
             return np.zeros((0, self.k), dtype=np.float32)
         return np.stack([latents[v] for v in ids]).astype(np.float32)
 
-    def _scores(self, viewers: Sequence[str]) -> np.ndarray:
+    def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
+        ids = self.viewers.ids
+        return self._scores([ids[r] if r >= 0 else None for r in viewer_rows])
+
+    def _scores(self, viewers: Sequence[str | None]) -> np.ndarray:
         videos = self._video_matrix()
         latents = self.funk.u_latents
         scores = np.repeat(self._counts.array.astype(np.float32)[None, :], len(viewers), axis=0)
@@ -96,29 +99,3 @@ class FunkMFRanker(StreamRanker):
             users = np.stack([latents[viewers[b]] for b in known]).astype(np.float32)
             scores[known] = users @ videos.T
         return scores
-
-    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
-        targets = self.videos.get_many(e.video for e in events)
-        exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
-        scores = self._scores([e.viewer for e in events])
-        top, rank = top_n_with_rank(scores, n, targets, exclude)
-        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
-
-    def recommend_many(
-        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
-    ) -> list[Recommendation]:
-        rows = self.viewers.get_many(viewers)
-        exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
-        cols, best = top_n(self._scores(list(viewers)), n, exclude)
-        ids = self.videos.ids
-        return [
-            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
-            for row, s in zip(cols, best, strict=True)
-        ]
-
-    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
-        scores = self._scores([viewer])[0]
-        cols = self.videos.get_many(videos)
-        out = np.full(len(cols), -np.inf, dtype=np.float32)
-        out[cols >= 0] = scores[cols[cols >= 0]]
-        return out

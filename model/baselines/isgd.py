@@ -34,16 +34,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from model.base import Ranking, Recommendation, StreamRanker
+from model.base import CatalogueScorer
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
-from model.seen import SeenVideos, viewer_keys
-from model.topk import top_n, top_n_with_rank
+from model.seen import SeenVideos
 
 __all__ = ["ISGD", "plain_test_then_train"]
 
 
-class ISGD(StreamRanker):
+class ISGD(CatalogueScorer):
     """Incremental SGD matrix factorisation on positive-only feedback, one event at a time.
 
     Parameters
@@ -100,7 +99,7 @@ class ISGD(StreamRanker):
         for e in events:
             self.learn_event(e)
 
-    def scores_for_rows(self, viewer_rows: np.ndarray) -> np.ndarray:
+    def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         """``(len(viewer_rows), videos)`` float32 scores; a row of ``-1`` gets popularity."""
         videos = self.video_vectors.array
         scores = np.empty((len(viewer_rows), videos.shape[0]), dtype=np.float32)
@@ -111,33 +110,6 @@ class ISGD(StreamRanker):
         if (~known).any():
             scores[~known] = self._counts.array.astype(np.float32)
         return scores
-
-    def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
-        targets = self.videos.get_many(e.video for e in events)
-        exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
-        scores = self.scores_for_rows(self.viewers.get_many(e.viewer for e in events))
-        top, rank = top_n_with_rank(scores, n, targets, exclude)
-        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
-
-    def recommend_many(
-        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
-    ) -> list[Recommendation]:
-        rows = self.viewers.get_many(viewers)
-        exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
-        cols, best = top_n(self.scores_for_rows(rows), n, exclude)
-        ids = self.videos.ids
-        return [
-            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
-            for row, s in zip(cols, best, strict=True)
-        ]
-
-    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
-        row = self.viewers.get(viewer)
-        scores = self.scores_for_rows(np.array([-1 if row is None else row]))[0]
-        cols = self.videos.get_many(videos)
-        out = np.full(len(cols), -np.inf, dtype=np.float32)
-        out[cols >= 0] = scores[cols[cols >= 0]]
-        return out
 
 
 def plain_test_then_train(model: ISGD, events: Sequence[WatchEvent], n: int = 10) -> dict:
