@@ -103,9 +103,13 @@ def test_kill_9_ten_times_during_a_replay_learns_every_event_exactly_once(
     uncheckpointed learning that the next life must redo by replaying the committed events.
 
     The final model is compared with one learned by a single uninterrupted service run.
-    Exact equality is not expected: ``learn_many`` learns every event of a batch from the
-    parameters before the batch, so the parameters depend on where batches start and end, and
-    each restart moves those boundaries (a replayed range is learned as batches of its own).
+    Exact equality is not guaranteed: ``learn_many`` learns every event of a batch from the
+    parameters before the batch, so the parameters depend on where batches start and end, and a
+    restart can move those boundaries (a poll may return fewer records than the maximum, and
+    partitions interleave differently); a learn-only replay also computes its scores itself
+    instead of reusing ``rank_events``' matrix, which changes float32 rounding. (In the runs
+    here, one partition and full polls kept the boundaries on multiples of 20, and the two
+    models' parameters differed by at most 4e-6.)
     What must be *exactly* equal is what was learned: the number of events (the service's
     count and the model's own), the viewers and videos, and every viewer's watched videos in
     the model. The parameters must be *statistically indistinguishable*: both models go on to
