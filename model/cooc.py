@@ -22,6 +22,7 @@ stops using it above its ``cooc_max_videos``.
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 __all__ = ["CoCounts"]
 
@@ -120,6 +121,89 @@ class CoCounts:
         acc = out[:, :rows]
         np.matmul(weights, np.take(self._buffer, distinct, axis=0)[:, :rows], out=acc)
         acc *= inv[None, :rows]
+        return out
+
+    def batch_feature(
+        self,
+        history: np.ndarray,
+        mix: np.ndarray,
+        n_cols: int,
+        exponent: float,
+        videos: np.ndarray,
+        order: np.ndarray,
+        within: np.ndarray,
+        block: int = 8,
+    ) -> np.ndarray:
+        """:meth:`feature` for a batch of events whose histories continue inside the batch.
+
+        ``videos`` are the events' video rows and ``order``/``within`` their grouping by viewer
+        (:func:`model.history.group_positions`). The caller guarantees what
+        :meth:`model.history.RecentHistory.for_batch` builds: slot ``a < within`` of an event's
+        history is the video of its viewer's event ``a + 1`` back in the batch, and the other
+        slots are the viewer's stored history shifted by ``within``.
+
+        Why: :meth:`feature` multiplies a ``(batch, distinct videos)`` weight matrix that is
+        about 95% zeros (12 of ~260 columns per row) by ``(distinct, videos)`` rows of counts.
+        Sorted by viewer, the in-batch slots form a band (event ``p`` reads rows ``p-1 ..
+        p-terms``), so blocks of ``block`` events need only ``block + terms`` gathered rows,
+        read through an overlapping strided view (no copy); the stored slots are one small
+        ``(terms, terms)`` product per viewer. Same sums, about 10x fewer multiply-adds on
+        ML-100K (2.8 ms -> 0.7 ms a batch of 256). Equal to :meth:`feature` up to float rounding.
+
+        >>> c = CoCounts(); c.add(np.array([[-1, -1], [0, -1], [1, -1]]), np.array([0, 1, 2]), 2)
+        >>> h = np.array([[1, 0], [2, 1], [-1, -1]]); w = np.array([[.6, .4], [.5, .5], [0, 0]], np.float32)
+        >>> from model.history import group_positions
+        >>> order, _, within = group_positions(np.array([7, 7, 8]))
+        >>> fast = c.batch_feature(h, w, 3, 0.5, np.array([2, 1, 0]), order, within)
+        >>> bool(np.allclose(fast, c.feature(h, w, 3, 0.5)))
+        True
+        """
+        n, terms = history.shape
+        rows = min(self.rows, n_cols)
+        out = np.zeros((n, n_cols), dtype=np.float32)
+        if rows == 0 or n == 0:
+            return out
+        inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
+        h = history[order]
+        valid = (h >= 0) & (h < rows)
+        h = np.where(valid, h, 0)
+        w = np.where(valid, mix[order] * inv[h], 0.0).astype(np.float32)
+        in_batch = np.arange(terms)[None, :] < within[:, None]
+        # Rows are gathered whole (``take`` from a contiguous array is fast; from a column
+        # slice it first copies the whole matrix) and only their first ``rows`` columns read.
+        buffer, width = self._buffer, self._buffer.shape[1]
+        # In-batch slots: sorted event p reads padded row p + terms - 1 - a (the first ``terms``
+        # rows are zeros, for the slots of a viewer's first events that point before the batch).
+        blocks = -(-n // block)
+        padded = np.empty((blocks * block + terms, width), dtype=np.float32)
+        padded[:terms] = 0.0
+        padded[terms + n :] = 0.0
+        own = videos[order]
+        np.take(buffer, own, axis=0, out=padded[terms : terms + n], mode="clip")
+        band = np.zeros((blocks, block, block + terms), dtype=np.float32)
+        p, a = np.nonzero(in_batch & valid)
+        b, i = np.divmod(p, block)
+        band[b, i, i + terms - 1 - a] = w[p, a]
+        step = padded.strides[0]
+        windows = as_strided(padded, (blocks, block + terms, rows), (block * step, step, padded.strides[1]))
+        acc = np.empty((blocks * block, rows), dtype=np.float32)
+        np.matmul(band, windows, out=acc.reshape(blocks, block, rows))
+        # Stored slots: only a viewer's first ``terms`` events in the batch have any; the first
+        # event's history is the stored one, and event ``c`` reads it shifted by ``c``.
+        first = np.flatnonzero(within == 0)
+        group = np.cumsum(within == 0) - 1
+        p, a = np.nonzero(~in_batch & valid)
+        if p.size:
+            c = within[p]
+            mixing = np.zeros((first.size, terms, terms), dtype=np.float32)
+            mixing[group[p], c, a - c] = w[p, a]
+            stored = np.take(buffer, h[first].ravel(), axis=0).reshape(first.size, terms, width)[..., :rows]
+            part = np.matmul(mixing, stored)
+            reads = np.flatnonzero(within < terms)
+            acc[reads] += part[group[reads], within[reads]]
+        acc = acc[:n]
+        acc *= inv
+        out[order, :rows] = acc
         return out
 
     def nbytes(self) -> int:

@@ -355,7 +355,10 @@ class EmbeddingRanker(StreamRanker):
         cooc = None
         if self._use_cooc(n_after):
             terms = min(self.cooc_terms, self.history)
-            cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_after, self.cooc_exponent)
+            order, _, within = group_positions(viewer_rows)
+            cooc = self._cooc.batch_feature(
+                items[:, :terms], mix_w[:, :terms], n_after, self.cooc_exponent, video_rows, order, within
+            )
         return _Batch(
             viewer_rows,
             video_rows,
