@@ -28,9 +28,7 @@ time, and the report states the batch size.
 
 from __future__ import annotations
 
-import math
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -156,8 +154,13 @@ class StreamingEvaluator:
         self._viewers: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         self._videos: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         self._recommended: set[int] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
-        self._window_hits: deque[float] = deque(maxlen=window)
-        self._window_gain: deque[float] = deque(maxlen=window)
+        # The window is a ring of the last ``window`` evaluated events' hits and gains: summed
+        # with numpy per batch (a few µs), where ``math.fsum`` over deques cost 0.3 ms a batch.
+        self._window = window
+        self._window_hits = np.zeros(window, dtype=np.float64)
+        self._window_gain = np.zeros(window, dtype=np.float64)
+        self._window_len = 0
+        self._window_pos = 0
         # 1/log2(rank+2) for ranks inside the list; precomputed once.
         self._gain = 1.0 / np.log2(np.arange(n) + 2.0)
 
@@ -169,10 +172,21 @@ class StreamingEvaluator:
             now = self._clock.advance(np.fromiter((e.timestamp for e in events), np.float64, len(events)))
             seen_viewer = viewers.touch_many([e.viewer for e in events], now)
             return videos.touch_many([e.video for e in events], now) & seen_viewer
-        for i, e in enumerate(events):
-            warm[i] = e.viewer in viewers and e.video in videos
-            viewers.add(e.viewer)
-            videos.add(e.video)
+        # Membership before the batch for all events at once, then the few ids new in this batch:
+        # their later events in the same batch are warm (seen earlier in the stream).
+        viewer_ids = [e.viewer for e in events]
+        video_ids = [e.video for e in events]
+        known_viewer = list(map(viewers.__contains__, viewer_ids))
+        known_video = list(map(videos.__contains__, video_ids))
+        for ids, known in ((viewer_ids, known_viewer), (video_ids, known_video)):
+            if not all(known):
+                fresh: set[str] = set()
+                for i in [i for i, k in enumerate(known) if not k]:
+                    known[i] = ids[i] in fresh
+                    fresh.add(ids[i])
+        viewers.update(viewer_ids)
+        videos.update(video_ids)
+        np.logical_and(known_viewer, known_video, out=warm)
         return warm
 
     def observe(self, events: Sequence[WatchEvent], ranking: Ranking) -> BatchQuality:
@@ -194,8 +208,7 @@ class StreamingEvaluator:
                 touch(row, None, now)
         else:
             self._recommended.update(recommended)
-        self._window_hits.extend(in_list.tolist())
-        self._window_gain.extend(gains.tolist())
+        self._extend_window(in_list, gains)
 
         quality = BatchQuality(
             events=len(events),
@@ -211,10 +224,24 @@ class StreamingEvaluator:
         r.ndcg_sum += quality.ndcg_sum
         r.rr_sum += quality.rr_sum
         r.coverage = len(self._recommended) / max(1, len(self._videos))
-        if self._window_hits:
-            r.window_hr = math.fsum(self._window_hits) / len(self._window_hits)
-            r.window_ndcg = math.fsum(self._window_gain) / len(self._window_gain)
+        if self._window_len:
+            filled = self._window_len
+            r.window_hr = float(self._window_hits[:filled].sum()) / filled
+            r.window_ndcg = float(self._window_gain[:filled].sum()) / filled
         return quality
+
+    def _extend_window(self, hits: np.ndarray, gains: np.ndarray) -> None:
+        """Append to the ring (oldest overwritten); filled slots are always ``[:window_len]``."""
+        size, k = self._window, hits.shape[0]
+        if size == 0 or k == 0:
+            return
+        if k >= size:
+            hits, gains, k = hits[-size:], gains[-size:], size
+        where = (self._window_pos + np.arange(k)) % size
+        self._window_hits[where] = hits
+        self._window_gain[where] = gains
+        self._window_pos = (self._window_pos + k) % size
+        self._window_len = min(size, self._window_len + k)
 
 
 def _batches(events: Iterable[WatchEvent], size: int) -> Iterator[list[WatchEvent]]:
