@@ -34,13 +34,38 @@ UNRANKED = np.iinfo(np.int64).max
 
 def _prepare(scores: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     # NaN compares false with everything, so it would slip through selection; -inf never wins.
-    # (np.nan_to_num is several times slower than this mask on a big batch.)
-    bad = ~np.isfinite(scores)
-    if bad.any():
-        scores[bad] = -np.inf
-    if exclude is not None:
-        scores[exclude] = -np.inf
+    # The maximum is NaN or +inf exactly when some cell is, so one reduction clears the usual
+    # all-finite case; only then is the mask built (np.nan_to_num is slower still).
+    if scores.size and not scores.max() < np.inf:
+        scores[~np.isfinite(scores)] = -np.inf
+    if exclude is not None and exclude[0].size:
+        rows, cols = exclude
+        if scores.flags.c_contiguous:  # flat indices: 2-3x faster than a (rows, cols) scatter
+            scores.reshape(-1)[rows * scores.shape[1] + cols] = -np.inf
+        else:
+            scores[rows, cols] = -np.inf
     return scores
+
+
+def _block_max(scores: np.ndarray, blocks: int) -> np.ndarray:
+    """``(batch, blocks)`` maxima of the column classes ``col % blocks`` (``blocks`` a power-of-2
+    fraction of the row length or less, at most half of it).
+
+    Folding halves of the row onto each other keeps every ufunc call on long contiguous
+    stretches (a ``(batch, size, blocks)`` reshape-max runs ``batch * size`` tiny inner loops);
+    each level writes a new array, as an output overlapping its input makes numpy copy.
+    """
+    items = scores.shape[1]
+    width = blocks << ((items // blocks).bit_length() - 1)  # largest blocks * 2**j <= items
+    half = width // 2
+    out = np.maximum(scores[:, :half], scores[:, half:width])
+    for start in range(width, items, half):  # the tail: column width + r joins class r % half
+        stop = min(items, start + half)
+        np.maximum(out[:, : stop - start], scores[:, start:stop], out=out[:, : stop - start])
+    while half > blocks:
+        half //= 2
+        out = np.maximum(out[:, :half], out[:, half : 2 * half])
+    return out
 
 
 def _largest(scores: np.ndarray, k: int) -> np.ndarray:
@@ -54,14 +79,10 @@ def _largest(scores: np.ndarray, k: int) -> np.ndarray:
     """
     batch, items = scores.shape
     blocks = max(4 * k, 64)
-    size = items // blocks
-    if size < 4 or batch == 0:
+    if items < 4 * blocks or batch == 0:
         return np.argpartition(scores, items - k, axis=1)[:, items - k :]
-    block_max = scores[:, : blocks * size].reshape(batch, size, blocks).max(axis=1)
-    if blocks * size < items:
-        rest = scores[:, blocks * size :].max(axis=1, keepdims=True)
-        block_max = np.concatenate([block_max, rest], axis=1)
-    m = block_max.shape[1]
+    block_max = _block_max(scores, blocks)
+    m = blocks
     bound = np.partition(block_max, m - k, axis=1)[:, m - k]
     flat = np.flatnonzero(scores >= bound[:, None])
     rows, cols = np.divmod(flat, items)
@@ -137,7 +158,10 @@ def top_n_with_rank(
         target_scores = scores[known, targets[known]]
         rows = scores if known.size == batch else scores[known]
         # Pessimistic rank = cells above the target + ties other than itself, in one pass.
-        at_least = np.count_nonzero(rows >= target_scores[:, None], axis=1) - 1
+        # Summing the comparison's bytes into uint16 is twice as fast as count_nonzero(axis=1).
+        above = (rows >= target_scores[:, None]).view(np.uint8)
+        small = rows.shape[1] < np.iinfo(np.uint16).max
+        at_least = above.sum(axis=1, dtype=np.uint16 if small else np.int64).astype(np.int64) - 1
         ok = np.isfinite(target_scores)
         rank[known[ok]] = at_least[ok]
     cols, _ = top_n(scores, n, _prepared=True)
