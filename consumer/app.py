@@ -515,10 +515,17 @@ class StreamrecService:
         producer, consumer = self._producer, self._consumer
         if self.config.exactly_once:
             producer.begin_transaction()
-            for topic, key, value, headers in messages:
-                producer.send(topic, key=key, value=value, headers=headers)
-            producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
-            producer.commit_transaction()
+            try:
+                for topic, key, value, headers in messages:
+                    producer.send(topic, key=key, value=value, headers=headers)
+                producer.send_offsets_to_transaction(offsets, consumer.group_metadata())
+                producer.commit_transaction()
+            except KafkaError:
+                # Left open, the failed transaction puts the producer in an error state where
+                # every later begin_transaction raises. Aborted, no read_committed reader sees
+                # its lists; a CommitFailedError then rolls the model back (see process).
+                producer.abort_transaction()
+                raise
             return
         pending = messages
         delay = 0.2
