@@ -57,6 +57,30 @@ class SeenVideos:
             seen.append([])
         seen[viewer_row].append(video_row)
 
+    def add_many(self, viewer_rows: np.ndarray, video_rows: np.ndarray) -> None:
+        """:meth:`add` for a batch, in order: one list extension per distinct viewer.
+
+        Viewers arrive in bursts (about 8 distinct viewers in 256 ML-100K events), so this is a
+        handful of ``list.extend`` calls instead of one Python call per event.
+
+        >>> s = SeenVideos(); s.add_many(np.array([1, 0, 1]), np.array([7, 8, 9])); s.of(1), s.of(0)
+        ([7, 9], [8])
+        """
+        viewer_rows = np.asarray(viewer_rows, dtype=np.int64)
+        if viewer_rows.size == 0:
+            return
+        seen = self._seen
+        top = int(viewer_rows.max())
+        if top >= len(seen):
+            seen.extend([] for _ in range(top + 1 - len(seen)))
+        order = np.argsort(viewer_rows, kind="stable")
+        keys = viewer_rows[order]
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        bounds = np.r_[starts, keys.size].tolist()
+        videos = np.asarray(video_rows, dtype=np.int64)[order].tolist()
+        for v, a, b in zip(keys[starts].tolist(), bounds[:-1], bounds[1:], strict=True):
+            seen[v].extend(videos[a:b])
+
     def entries(self) -> int:
         """How many (viewer, video) watches the lists hold in all.
 
