@@ -151,15 +151,14 @@ class SeenVideos:
 
     def exclusion_for_viewers(self, viewer_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, cols)`` cells so that row ``i`` excludes all videos of ``viewer_rows[i]``."""
-        rows, cols = [], []
-        for i, v in enumerate(viewer_rows):
-            watched = self.of(v)
-            if watched:
-                rows.append(np.full(len(watched), i, dtype=np.int64))
-                cols.append(np.asarray(watched, dtype=np.int64))
-        if not rows:
+        # Two vectorised calls for the whole batch rather than two small arrays per viewer.
+        lists = [self.of(v) for v in viewer_rows]
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        total = int(lengths.sum())
+        if total == 0:
             return _EMPTY, _EMPTY
-        return np.concatenate(rows), np.concatenate(cols)
+        rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
+        return rows, np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=total)
 
     def exclusion_for_events(
         self, viewer_keys: Sequence[int], video_rows: Sequence[int]
