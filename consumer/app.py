@@ -509,7 +509,8 @@ class StreamrecService:
             return None
         from consumer.metrics import popularity_percentiles
 
-        return popularity_percentiles(counts.array[: ranking.catalogue], ranking.top)
+        counts = getattr(counts, "array", counts)  # a GrowableTable or a plain array
+        return popularity_percentiles(np.asarray(counts)[: ranking.catalogue], ranking.top)
 
     def _publish_and_commit(self, messages: list[Message], offsets: dict) -> None:
         producer, consumer = self._producer, self._consumer
