@@ -169,17 +169,18 @@ class CoCounts:
         h = np.where(valid, h, 0)
         w = np.where(valid, mix[order] * inv[h], 0.0).astype(np.float32)
         in_batch = np.arange(terms)[None, :] < within[:, None]
-        # Rows are gathered whole (``take`` from a contiguous array is fast; from a column
-        # slice it first copies the whole matrix) and only their first ``rows`` columns read.
-        buffer, width = self._buffer, self._buffer.shape[1]
+        # Only the first ``rows`` columns of each count row are gathered (fancy indexing with a
+        # slice; ``np.take`` on a column slice would first copy the whole matrix): gathering is
+        # memory-bound here, and the buffer's spare capacity would be read for nothing.
+        buffer = self._buffer
         # In-batch slots: sorted event p reads padded row p + terms - 1 - a (the first ``terms``
         # rows are zeros, for the slots of a viewer's first events that point before the batch).
         blocks = -(-n // block)
-        padded = np.empty((blocks * block + terms, width), dtype=np.float32)
+        padded = np.empty((blocks * block + terms, rows), dtype=np.float32)
         padded[:terms] = 0.0
         padded[terms + n :] = 0.0
         own = videos[order]
-        np.take(buffer, own, axis=0, out=padded[terms : terms + n], mode="clip")
+        padded[terms : terms + n] = buffer[np.minimum(own, rows - 1), :rows]
         band = np.zeros((blocks, block, block + terms), dtype=np.float32)
         p, a = np.nonzero(in_batch & valid)
         b, i = np.divmod(p, block)
@@ -197,7 +198,7 @@ class CoCounts:
             c = within[p]
             mixing = np.zeros((first.size, terms, terms), dtype=np.float32)
             mixing[group[p], c, a - c] = w[p, a]
-            stored = np.take(buffer, h[first].ravel(), axis=0).reshape(first.size, terms, width)[..., :rows]
+            stored = buffer[h[first].ravel(), :rows].reshape(first.size, terms, rows)
             part = np.matmul(mixing, stored)
             reads = np.flatnonzero(within < terms)
             acc[reads] += part[group[reads], within[reads]]
