@@ -201,7 +201,7 @@ class StreamingEvaluator:
         rr = np.zeros(rank.shape[0])
         rr[finite] = 1.0 / (rank[finite] + 1.0)
         top = ranking.top[warm]
-        recommended = np.unique(top[top >= 0]).tolist()
+        recommended = _distinct(top[top >= 0]).tolist()
         if self.bounded:
             touch, now = self._recommended.touch, self._clock.now
             for row in recommended:
@@ -242,6 +242,22 @@ class StreamingEvaluator:
         self._window_gain[where] = gains
         self._window_pos = (self._window_pos + k) % size
         self._window_len = min(size, self._window_len + k)
+
+
+def _distinct(rows: np.ndarray) -> np.ndarray:
+    """Sorted distinct non-negative ``rows``: a mark array when that is cheaper than a sort.
+
+    >>> _distinct(np.array([5, 1, 5, 0])).tolist()
+    [0, 1, 5]
+    """
+    if rows.size == 0:
+        return rows
+    top = int(rows.max()) + 1
+    if top > 64 * rows.size:  # a big catalogue and few rows: sorting is cheaper
+        return np.unique(rows)
+    mark = np.zeros(top, dtype=bool)
+    mark[rows] = True
+    return np.flatnonzero(mark)
 
 
 def _batches(events: Iterable[WatchEvent], size: int) -> Iterator[list[WatchEvent]]:
