@@ -302,7 +302,14 @@ class LocalBroker:
         """Format the storage once with a fresh cluster id (``kafka.tools.StorageTool``)."""
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         cmd = self._java_command(
-            java, libs, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path)
+            # "--cluster-id=" form: a base64 id may start with "-", which argparse4j reads as a flag.
+            java,
+            libs,
+            "kafka.tools.StorageTool",
+            "format",
+            f"--cluster-id={cluster_id}",
+            "-c",
+            str(self.config_path),
         )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
