@@ -314,9 +314,9 @@ class EmbeddingRanker(StreamRanker):
                 rows[i] = fresh.setdefault(ids[i], n + len(fresh))
         return rows
 
-    def _exclusion(self, viewer_rows: np.ndarray, video_rows: np.ndarray, n_viewers: int):
+    def _exclusion(self, viewer_rows: np.ndarray, video_rows: np.ndarray, n_viewers: int, grouping):
         """Causal exclusion cells: the viewer's watches before the batch and earlier in it."""
-        order, start, within = group_positions(viewer_rows)
+        order, start, within = grouping
         # Earlier events of the same viewer in this batch.
         total = int(within.sum())
         rows_in = np.repeat(order, within)
@@ -346,7 +346,8 @@ class EmbeddingRanker(StreamRanker):
         viewer_rows = self._provisional_rows(self.viewers, viewer_ids)
         video_rows = self._provisional_rows(self.videos, video_ids)
         weights = watch_weights([e.watch_time for e in events], [e.duration for e in events])
-        items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights)
+        grouping = group_positions(viewer_rows)  # shared by histories, exclusions, co-occurrence
+        items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights, grouping)
         # Mixing weights: recency ** age times the watch's weight, normalised per event.
         valid = items >= 0
         mix_w = np.where(valid, hist_w * self._decay[None, :], 0.0).astype(np.float32)
@@ -365,11 +366,11 @@ class EmbeddingRanker(StreamRanker):
         if self.viewer_vector and has_state.any():
             U[has_state] += self._P.array[viewer_rows[has_state]]
         cold = ~has_state & ~valid.any(axis=1)
-        exclude = self._exclusion(viewer_rows, video_rows, n_viewers)
+        exclude = self._exclusion(viewer_rows, video_rows, n_viewers, grouping)
         cooc = None
         if self._use_cooc(n_after):
             terms = min(self.cooc_terms, self.history)
-            order, _, within = group_positions(viewer_rows)
+            order, _, within = grouping
             cooc = self._cooc.batch_feature(
                 items[:, :terms], mix_w[:, :terms], n_after, self.cooc_exponent, video_rows, order, within
             )

@@ -77,7 +77,11 @@ class RecentHistory:
         return items, weights
 
     def for_batch(
-        self, viewers: np.ndarray, videos: np.ndarray, weights: np.ndarray
+        self,
+        viewers: np.ndarray,
+        videos: np.ndarray,
+        weights: np.ndarray,
+        grouping: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Causal histories for a batch, and each viewer's history after it.
 
@@ -85,10 +89,11 @@ class RecentHistory:
         video rows, ``weights`` their watch weights. Returns ``(items, weights)`` of shape
         ``(B, length)``, the history before each event (most recent first), then
         ``(final_rows, final_items, final_weights)``: one row per distinct viewer, to
-        :meth:`store` once the batch is learned.
+        :meth:`store` once the batch is learned. ``grouping`` is ``group_positions(viewers)``
+        when the caller has it already.
         """
         L, n = self.length, viewers.shape[0]
-        order, start, within = group_positions(viewers)
+        order, start, within = group_positions(viewers) if grouping is None else grouping
         pre_items, pre_weights = self.of_rows(viewers[order])
         vid_sorted, w_sorted = videos[order], weights[order]
         # An event's history at age a is its viewer's earlier in-batch event a+1 back when the
