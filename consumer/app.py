@@ -38,10 +38,11 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore
-from consumer.config import ServiceConfig
+from consumer.config import ConfigError, ServiceConfig
 from consumer.intake import Intake, decode
 from consumer.logs import fields
 from consumer.outputs import dead_letter_record, recommendation_value
+from consumer.topics import ensure_output_topics
 from model.base import StreamRanker
 from model.evaluate import StreamingEvaluator
 from model.events import WatchEvent
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: How long one connection attempt waits before the service logs and backs off.
 BOOTSTRAP_TIMEOUT_MS = 5000
+#: kafka-python backs off up to 30 s between reconnects; after a broker outage that delays
+#: recovery and lets the group session expire. Java's client caps it at 1 s.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
@@ -95,6 +99,11 @@ class StreamrecService:
             store = LocalCheckpointStore(config.checkpoint_path / config.worker)
         self.store = store
         self.model = model_factory()
+        if store is not None and not (hasattr(self.model, "save") and load_model is not None):
+            raise ConfigError(
+                f"model {self.model.name!r} cannot be saved, so it cannot be checkpointed; "
+                "run it with --checkpoint-dir none (a restart then starts from an empty model)"
+            )
         self.shadow = shadow_factory() if shadow_factory else None
         self.evaluator = StreamingEvaluator(self.model.name, n=config.top_n)
         self.shadow_evaluator = StreamingEvaluator("popular", n=config.top_n) if self.shadow else None
@@ -255,6 +264,7 @@ class StreamrecService:
         log.info("connecting to Kafka", extra=fields(bootstrap=self.config.bootstrap_servers))
         while not self._stop.is_set():
             try:
+                ensure_output_topics(self.config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
                 self._producer = self._make_producer()
                 self._consumer = self._make_consumer()
                 return
@@ -276,6 +286,7 @@ class StreamrecService:
             "linger_ms": 2,
             "compression_type": None,
             "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+            "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         }
         if self.config.exactly_once:
             options["transactional_id"] = f"streamrec-{self.config.worker}"
@@ -298,6 +309,7 @@ class StreamrecService:
             heartbeat_interval_ms=min(3000, self.config.session_timeout_ms // 3),
             isolation_level="read_committed",
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         consumer.subscribe([self.config.input_topic], listener=_Rebalance(self))
         return consumer

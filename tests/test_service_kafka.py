@@ -208,3 +208,43 @@ def test_a_crash_before_the_first_checkpoint_relearns_from_the_log(kafka_bootstr
     assert wait_for(lambda: second.model_events() == len(values), 60), second.log()
     assert second.stop() == 0, second.log()
     assert latest_manifest(checkpoints)["events_learned"] == len(values)
+
+
+def test_missing_output_topics_are_created_and_the_recommendations_topic_is_compacted(
+    kafka_bootstrap, new_topic
+):
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    suffix = new_topic("watch").rsplit("-", 1)[1]
+    names = {
+        "input_topic": f"watch-{suffix}",
+        "output_topic": f"fresh-recs-{suffix}",
+        "dlq_topic": f"fresh-dlq-{suffix}",
+    }
+    produce(kafka_bootstrap, names["input_topic"], [(b"a", b'{"timestamp": 1, "viewer": "a", "video": "v"}')])
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{suffix}",
+        metrics_port=0,
+        checkpoint_dir="none",
+        **names,
+    )
+    service = build_service(config, with_metrics=False)
+    thread = run_in_thread(service)
+    assert wait_for(lambda: service.model_events == 1)
+    service.stop()
+    thread.join(30)
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        assert {names["output_topic"], names["dlq_topic"]} <= set(admin.list_topics())
+        described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, names["output_topic"])])
+        (configs,) = next(iter(described.values())).values()
+        cleanup = configs["cleanup.policy"]
+        assert (cleanup["value"] if isinstance(cleanup, dict) else cleanup) == "compact"
+        (rec,) = read_all(kafka_bootstrap, names["output_topic"], expect=1, timeout=30)
+        assert rec.key == b"a"
+        admin.delete_topics([names["output_topic"], names["dlq_topic"]])
+    finally:
+        admin.close()

@@ -1,0 +1,58 @@
+"""The service's output topics, created when missing so a first run needs no setup.
+
+The recommendations topic is compacted: it is keyed by viewer, so compaction keeps each viewer's
+latest list and the topic stays the size of the audience, not of the history. The dead-letter
+topic keeps everything (delete policy, the broker's retention). The input topic belongs to the
+producers and is never created here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from consumer.config import ServiceConfig
+from consumer.logs import fields
+
+__all__ = ["ensure_output_topics"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> list[str]:
+    """Create the recommendations and dead-letter topics if they do not exist; the names created."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=config.bootstrap_servers,
+        client_id=f"streamrec-{config.worker}-admin",
+        bootstrap_timeout_ms=timeout_ms,
+    )
+    try:
+        existing = set(admin.list_topics())
+        wanted = {
+            config.output_topic: {"cleanup.policy": "compact"},
+            config.dlq_topic: {},
+        }
+        missing = [
+            NewTopic(name, num_partitions=1, replication_factor=-1, topic_configs=configs)
+            for name, configs in wanted.items()
+            if name not in existing
+        ]
+        created = []
+        for topic in missing:
+            try:
+                admin.create_topics([topic], timeout_ms=timeout_ms)
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it in between
+        if created:
+            log.info("created topics", extra=fields(topics=",".join(created)))
+        if config.input_topic not in existing:
+            log.warning(
+                "input topic does not exist yet; waiting for it", extra=fields(topic=config.input_topic)
+            )
+        return created
+    finally:
+        admin.close()
