@@ -45,13 +45,14 @@ gives the figures for the whole stream and the last 20%):
 * kept as options because they did not help: accumulator decay (RMSprop-style), a learned
   trending feature, decayed co-occurrence counts, the viewer vector.
 
-Speed (``bench/model_probe.py``, one BLAS thread, shared 2-core machine): about 24k events/s
-test+train at batch 256 on ML-100K, 1.1x a plain per-event numpy ISGD measured in the same
-run (its speed swings 11-22k/s with the machine's load; the ratio stays 1.0-1.15x). Batch 256
-is the sweet spot: at 1024 the ``(batch, videos)`` matrices leave the cache and it is slower.
-Every event costs a handful of passes over a row of all videos (score, rank, softmax,
-gradient) plus the co-occurrence rows; the frontier at batch 256: without co-occurrence 0.198
-at 1.7x ISGD, with it over 5 watches 0.207 at 1.16x, defaults 0.212 at 1.1x.
+Speed (``bench/model_probe.py``, one BLAS thread, shared 2-core machine): 29-35k events/s
+test+train at batch 256 on ML-100K, 1.5-1.8x a plain per-event numpy ISGD measured in the same
+run (its speed swings 16-23k/s with the machine's load). Batch 128 and 512 are no faster per
+event. Every event costs three ``dim``-wide products against all videos (score, and the two
+gradient products: together ~1 ms a batch, at the core's peak FLOP rate), a few passes over a
+row of all videos (rank, top-n, softmax) and the co-occurrence rows of its recent watches
+(memory-bound); the frontier at batch 256: without co-occurrence 0.198 at 2.1x ISGD, with it
+over 5 watches 0.207 at 1.76x, defaults 0.212 at 1.6x.
 
 No constant depends on the catalogue size: every count is relative (recency per watch,
 half-lives in events); the dense co-occurrence matrix is dropped past ``cooc_max_videos``.
