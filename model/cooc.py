@@ -160,9 +160,10 @@ class CoCounts:
         """
         n, terms = history.shape
         rows = min(self.rows, n_cols)
-        out = np.zeros((n, n_cols), dtype=np.float32)
+        # Every cell is written below unless some columns are videos without counts yet.
+        out = (np.empty if rows == n_cols else np.zeros)((n, n_cols), dtype=np.float32)
         if rows == 0 or n == 0:
-            return out
+            return np.zeros((n, n_cols), dtype=np.float32)
         inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
         h = history[order]
         valid = (h >= 0) & (h < rows)
