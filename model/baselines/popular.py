@@ -45,8 +45,20 @@ class MostPopular(CatalogueScorer):
         return np.repeat(self._video_scores()[None, :], len(viewer_rows), axis=0)
 
     def learn_many(self, events: Sequence[WatchEvent]) -> None:
-        for e in events:
-            video = self.videos.add(e.video)
-            self._counts.ensure(len(self.videos))
-            self._counts.array[video] += 1.0
-            self.seen.add(self.viewers.add(e.viewer), video)
+        chunk = self._max_chunk
+        if len(events) > chunk:
+            for start in range(0, len(events), chunk):
+                self.learn_many(events[start : start + chunk])
+            return
+        videos = self.videos.add_many(e.video for e in events)
+        viewers = self.viewers.add_many(e.viewer for e in events)
+        self._counts.ensure(len(self.videos))
+        np.add.at(self._counts.array, videos, self._watch_weights(len(events)))
+        self.seen.add_many(viewers, videos)
+
+    #: Most events one vectorised step takes (subclasses whose weights grow bound it).
+    _max_chunk = 1 << 62
+
+    def _watch_weights(self, n: int) -> np.ndarray | float:
+        """What each of the next ``n`` watches adds to its video's count."""
+        return 1.0

@@ -20,13 +20,9 @@ This is also what "trending" means for an unknown viewer in other models.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-
 import numpy as np
 
 from model.baselines.popular import MostPopular
-from model.events import WatchEvent
 
 __all__ = ["RecentPopular"]
 
@@ -54,18 +50,19 @@ class RecentPopular(MostPopular):
         super().__init__()
         self.half_life = half_life
         self._log2_increment = 0.0  # log2 of the weight of the next watch
+        # One step's weights grow by at most 2**256 past the rescale point: float64 holds them.
+        self._max_chunk = max(1, int(256 * half_life))
 
-    def learn_many(self, events: Sequence[WatchEvent]) -> None:
+    def _watch_weights(self, n: int) -> np.ndarray:
+        # The i-th next watch weighs 2 ** (i / half_life) relative to now, so older counts decay
+        # without touching them; rescale everything before the weights leave float64's range.
         step = 1.0 / self.half_life
-        for e in events:
-            if self._log2_increment > _RESCALE_BITS:
-                self._counts.array[:] *= 2.0**-self._log2_increment
-                self._log2_increment = 0.0
-            video = self.videos.add(e.video)
-            self._counts.ensure(len(self.videos))
-            self._counts.array[video] += math.exp2(self._log2_increment)
-            self._log2_increment += step
-            self.seen.add(self.viewers.add(e.viewer), video)
+        if self._log2_increment + n * step > _RESCALE_BITS:
+            self._counts.array[:] *= 2.0**-self._log2_increment
+            self._log2_increment = 0.0
+        weights = np.exp2(self._log2_increment + step * np.arange(n))
+        self._log2_increment += n * step
+        return weights
 
     def _video_scores(self) -> np.ndarray:
         # Scale into float32 range: only the order matters, and the kernel wants float32.
