@@ -47,9 +47,29 @@ def fields(**kwargs: object) -> dict:
     return {"fields": kwargs}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    ``logging.StreamHandler(sys.stderr)`` keeps the stream it was given; if that stream is later
+    replaced and closed (an embedding application, a test harness capturing output), every
+    record after that is a "Logging error" traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):  # noqa: D102 - logging.StreamHandler's attribute, resolved at emit time
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(level: str = "INFO") -> None:
     """Send logs to stderr in logfmt; quiet kafka-python's own INFO chatter."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(LogfmtFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

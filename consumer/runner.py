@@ -40,8 +40,8 @@ def build_service(config: ServiceConfig, with_metrics: bool = True) -> Streamrec
 
 def serve(config: ServiceConfig) -> int:
     """Run the service until SIGTERM/SIGINT; returns the process exit code."""
-    configure(config.log_level)
     service = build_service(config, with_metrics=config.metrics_port > 0)
+    configure(config.log_level)
     if config.metrics_port > 0:
         from consumer.metrics import start_http_server
 
