@@ -79,6 +79,15 @@ class CoCounts:
         self.rows = n
         self.scale = scale
 
+    def clear(self, rows: np.ndarray) -> None:
+        """Forget videos ``rows`` (released, to be reused): their counts, in both directions."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < self.rows]
+        if rows.size:
+            self._buffer[rows, :] = 0.0
+            self._buffer[:, rows] = 0.0
+            self._counts[rows] = 0.0
+
     def add(self, history: np.ndarray, videos: np.ndarray, window: int) -> None:
         """Count each event's video with the first ``window`` videos of its history, both ways."""
         self.ensure(int(max(videos.max(initial=-1), history.max(initial=-1))) + 1)

@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 __all__ = ["save_model", "load_model", "FORMAT"]
 
 #: Format marker stored in every file; bump the version when the layout changes.
-FORMAT = "streamrec.embedding/1"
+FORMAT = "streamrec.embedding/2"
+#: Older formats still read: /1 had no expiry or admission state (nothing expired, nothing counted).
+_READABLE = (FORMAT, "streamrec.embedding/1")
+#: Settings added with format /2, and their values for a file that predates them.
+_LIFECYCLE_CONFIG = {"viewer_ttl": None, "video_ttl": None, "expire_every": 1000, "min_events": 1}
 
 _CONFIG = (
     *("dim", "history", "recency", "lr", "reg", "loss", "negatives", "sampling", "viewer_vector"),
@@ -62,13 +66,16 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         "trend_scale": model._trend_scale,
         "cooc_scale": model._cooc.scale,
         "version": model._version,
+        "events_filtered": model.events_filtered,
     }
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
-        "config": np.array(json.dumps({k: getattr(model, k) for k in _CONFIG})),
+        "config": np.array(json.dumps({k: getattr(model, k) for k in (*_CONFIG, *_LIFECYCLE_CONFIG)})),
         "counters": np.array(json.dumps(counters)),
         "rng": np.array(json.dumps(model._rng.bit_generator.state)),
         "viewer/ids": model.viewers.to_array(),
+        "viewer/free": model.viewers.free_array(),
+        "video/free": model.videos.free_array(),
         "viewer/seen_indptr": indptr,
         "viewer/seen_videos": seen,
         "viewer/history_items": model._recent.items.array,
@@ -79,6 +86,12 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         "video/feature_weights": np.concatenate([model._alpha, model._beta]),
         "video/feature_weights_acc": np.concatenate([model._alpha_acc, model._beta_acc]),
     }
+    for key, array in model._life.to_arrays().items():
+        arrays[f"lifecycle/{key}"] = array
+    for side, admit in (("viewer", model._admit_viewers), ("video", model._admit_videos)):
+        if admit is not None:
+            for key, array in admit.to_arrays().items():
+                arrays[f"{side}/admit_{key}"] = array
     for key, attr in _VIEWER_TABLES.items():
         arrays[f"viewer/{key}"] = getattr(model, attr).array
     for key, attr in _VIDEO_TABLES.items():
@@ -105,7 +118,7 @@ def load_model(cls: type[EmbeddingRanker], path: str | Path) -> EmbeddingRanker:
         raise _not_ours(path, f"cannot read it as .npz ({err})") from None
     if not isinstance(arrays, dict) or "format" not in arrays:
         raise _not_ours(path, "no format marker")
-    if str(arrays["format"]) != FORMAT:
+    if str(arrays["format"]) not in _READABLE:
         raise _not_ours(path, f"format {str(arrays['format'])!r}, expected {FORMAT!r}")
     try:
         return _restore(cls, arrays)
@@ -115,11 +128,13 @@ def load_model(cls: type[EmbeddingRanker], path: str | Path) -> EmbeddingRanker:
 
 def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> EmbeddingRanker:
     config = json.loads(str(arrays["config"]))
-    model = cls(**{k: config[k] for k in _CONFIG})
+    model = cls(
+        **{k: config[k] for k in _CONFIG}, **{k: config.get(k, v) for k, v in _LIFECYCLE_CONFIG.items()}
+    )
     counters = json.loads(str(arrays["counters"]))
     model._rng.bit_generator.state = json.loads(str(arrays["rng"]))
-    model.viewers = IdIndex.from_array(arrays["viewer/ids"])
-    model.videos = IdIndex.from_array(arrays["video/ids"])
+    model.viewers = IdIndex.from_array(arrays["viewer/ids"], arrays.get("viewer/free"))
+    model.videos = IdIndex.from_array(arrays["video/ids"], arrays.get("video/free"))
     n_viewers, n_videos = len(model.viewers), len(model.videos)
     model.seen = SeenVideos.from_arrays(arrays["viewer/seen_indptr"], arrays["viewer/seen_videos"])
     expected = {f"viewer/{k}": (n_viewers, attr) for k, attr in _VIEWER_TABLES.items()}
@@ -154,4 +169,15 @@ def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> Embed
     model._alpha[:], model._beta[:] = weights[:1], weights[1:]
     model._alpha_acc[:], model._beta_acc[:] = acc[:1], acc[1:]
     model._version = int(counters["version"])
+    model.events_filtered = int(counters.get("events_filtered", 0))
+    if "lifecycle/counters" in arrays:
+        model._life.load_arrays(
+            {k.removeprefix("lifecycle/"): v for k, v in arrays.items() if k.startswith("lifecycle/")}
+        )
+        for last_seen, rows in ((model._life.viewers, n_viewers), (model._life.videos, n_videos)):
+            if last_seen.table.rows > rows:
+                raise ValueError("last-seen times for unknown rows")
+    for side, admit in (("viewer", model._admit_viewers), ("video", model._admit_videos)):
+        if admit is not None and f"{side}/admit_sketch" in arrays:
+            admit.load_arrays({k: arrays[f"{side}/admit_{k}"] for k in ("sketch", "since_decay")})
     return model
