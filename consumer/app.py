@@ -46,6 +46,7 @@ from consumer.topics import ensure_output_topics
 from model.base import StreamRanker
 from model.evaluate import StreamingEvaluator
 from model.events import WatchEvent
+from model.expiring import ExpiringDict
 
 __all__ = ["StreamrecService"]
 
@@ -105,8 +106,13 @@ class StreamrecService:
                 "run it with --checkpoint-dir none (a restart then starts from an empty model)"
             )
         self.shadow = shadow_factory() if shadow_factory else None
-        self.evaluator = StreamingEvaluator(self.model.name, n=config.top_n)
-        self.shadow_evaluator = StreamingEvaluator("popular", n=config.top_n) if self.shadow else None
+        # Per-id bookkeeping forgets on the model's clock and TTL, so memory stays bounded under
+        # endless new ids (None: the model never forgets, neither do these).
+        ttl = getattr(self.model, "viewer_ttl", None)
+        self.evaluator = StreamingEvaluator(self.model.name, n=config.top_n, id_ttl=ttl)
+        self.shadow_evaluator = (
+            StreamingEvaluator("popular", n=config.top_n, id_ttl=ttl) if self.shadow else None
+        )
         #: Events learned into the current model state, across restarts (restored from checkpoints).
         self.model_events = 0
         #: Per partition, the next offset the in-memory model has not learned.
@@ -114,7 +120,7 @@ class StreamrecService:
         #: Per partition, offsets below this are replayed learn-only (already published).
         self.replay_until: dict[TopicPartition, int] = {}
         #: The list last published to each viewer, for the online hit rate.
-        self.shown: dict[str, frozenset[str]] = {}
+        self.shown = ExpiringDict(ttl=ttl)
         self.batches = 0
         self.dead_lettered = 0
         self._stop = threading.Event()
@@ -495,7 +501,7 @@ class StreamrecService:
                 viewer, rec.videos, rec.scores, self.model.name, now, events[i].timestamp, partition, offset
             )
             messages.append((out, viewer.encode(), value, None))
-            self.shown[viewer] = frozenset(rec.videos)
+            self.shown.touch(viewer, frozenset(rec.videos), getattr(self.model, "now", None))
 
         if self.metrics is not None:
             self.metrics.record_quality(self.model.name, quality)
