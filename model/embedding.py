@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.base import Ranking, Recommendation, StreamRanker
+from model.base import CatalogueScorer, Ranking
 from model.cooc import CoCounts
 from model.events import WatchEvent
 from model.frequency import FrequencyFilter
@@ -90,7 +90,7 @@ from model.ids import GrowableTable, IdIndex
 from model.kernels import adagrad_step, scatter_rows, softmax_grad
 from model.lifecycle import Lifecycle
 from model.seen import SeenVideos
-from model.topk import top_n, top_n_with_rank
+from model.topk import top_n_with_rank
 from model.weighting import watch_weights
 
 __all__ = ["EmbeddingRanker"]
@@ -134,7 +134,7 @@ class _Batch:
     history: np.ndarray  # (B, history) video rows before each event, most recent first
 
 
-class EmbeddingRanker(StreamRanker):
+class EmbeddingRanker(CatalogueScorer):
     """Online FPMC-style embedding recommender trained by Adagrad on implicit watches.
 
     Parameters
@@ -773,8 +773,11 @@ class EmbeddingRanker(StreamRanker):
 
     # -- serving -----------------------------------------------------------------------------
 
-    def _viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
-        """Score rows for known viewer rows (``-1``: trending), from their stored history."""
+    def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
+        """Score rows for known viewer rows (``-1``: trending), from their stored history.
+
+        ``recommend_many`` and ``score_videos`` come from :class:`~model.base.CatalogueScorer`.
+        """
         n_videos = len(self.videos)
         known = viewer_rows >= 0
         scores = np.empty((viewer_rows.shape[0], n_videos), dtype=np.float32)
@@ -797,28 +800,6 @@ class EmbeddingRanker(StreamRanker):
             scores[~known] = self._trending()
         self._mask_free(scores)
         return scores
-
-    def recommend_many(
-        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
-    ) -> list[Recommendation]:
-        """Top-``n`` per viewer from one matrix product; unknown viewers get trending videos."""
-        rows = self.viewers.get_many(viewers)
-        exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
-        cols, scores = top_n(self._viewer_scores(rows), n, exclude)
-        ids = self.videos.ids
-        return [
-            Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
-            for row, s in zip(cols, scores, strict=True)
-        ]
-
-    def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
-        """Scores of ``videos`` for ``viewer`` (trending if unknown viewer; ``-inf``: unknown video)."""
-        rows = self.videos.get_many(videos)
-        out = np.full(len(rows), -np.inf, dtype=np.float32)
-        if len(self.videos):
-            scores = self._viewer_scores(self.viewers.get_many([viewer]))[0]
-            out[rows >= 0] = scores[rows[rows >= 0]]
-        return out
 
     # -- persistence -------------------------------------------------------------------------
 
