@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -27,12 +26,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-# Single-threaded BLAS, as the service runs (see bench/quality.py); set before numpy loads.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+
+# isort: split
 
 import numpy as np  # noqa: E402
 

@@ -36,12 +36,12 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-# One BLAS thread, as the service runs (see bench/quality.py for why). Before numpy loads.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+
+# isort: split
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 

@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    # Small products on a shared 2-core box: BLAS worker threads only spin (see bench/quality.py).
-    os.environ.setdefault(_var, "1")
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+
+# isort: split
 
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402

@@ -24,15 +24,12 @@ import sys
 import time
 from pathlib import Path
 
-# BLAS threads: these matrix products are small ((256 x k) @ (k x videos)), and on a shared
-# 2-core machine OpenBLAS's worker threads spin against other processes: measured here, one
-# (256 x 10) @ (10 x 1682) product took 15-19 ms with its default threads and 0.14 ms with one.
-# One thread per process is also how the service runs. Set before numpy is imported.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+
+# isort: split
 
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE, create, resolve  # noqa: E402
