@@ -32,7 +32,15 @@ from producer.progress import Progress
 from streamrec.cli import UserError
 from streamrec.kafka_local import DEFAULT_HOST, DEFAULT_PORT
 
-__all__ = ["add_arguments", "run", "main", "looped", "DEFAULT_BOOTSTRAP", "DEFAULT_TOPIC"]
+__all__ = [
+    "add_arguments",
+    "add_bootstrap_servers",
+    "run",
+    "main",
+    "looped",
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_TOPIC",
+]
 
 DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TOPIC = "watch-events"
@@ -52,14 +60,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    kafka = parser.add_argument_group("Kafka")
-    kafka.add_argument(
+def add_bootstrap_servers(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The ``--bootstrap-servers`` flag of every command that talks to Kafka."""
+    parser.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("STREAMREC_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
         metavar="HOST:PORT",
         help="broker address (env STREAMREC_BOOTSTRAP_SERVERS; default %(default)s)",
     )
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    kafka = parser.add_argument_group("Kafka")
+    add_bootstrap_servers(kafka)
     kafka.add_argument(
         "--topic",
         default=os.environ.get("STREAMREC_INPUT_TOPIC", DEFAULT_TOPIC),

@@ -33,7 +33,7 @@ DEFAULT_OUTPUT_TOPIC = "recommendations"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from producer.cli import DEFAULT_BOOTSTRAP
+    from producer.cli import add_bootstrap_servers
 
     parser = subparsers.add_parser(
         "recs",
@@ -48,12 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latest", action="store_true", help="print only the newest list of each viewer")
     parser.add_argument("--max", type=int, metavar="N", help="stop after N lists")
     parser.add_argument("--json", action="store_true", help="print each message's JSON value as it is")
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get("STREAMREC_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
-        metavar="HOST:PORT",
-        help="broker address (env STREAMREC_BOOTSTRAP_SERVERS; default %(default)s)",
-    )
+    add_bootstrap_servers(parser)
     parser.add_argument(
         "--topic",
         default=os.environ.get("STREAMREC_OUTPUT_TOPIC", DEFAULT_OUTPUT_TOPIC),
