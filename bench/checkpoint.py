@@ -29,9 +29,6 @@ the JSON to ``bench/results/checkpoint.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -48,6 +45,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 import numpy as np  # noqa: E402
 
+from bench.results import write_results  # noqa: E402
 from consumer.checkpoint import LocalCheckpointStore  # noqa: E402
 from model import registry  # noqa: E402
 from model.events import WatchEvent  # noqa: E402
@@ -160,19 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary['restore_s_per_million_viewers']:.2f} s, "
             f"{summary['bytes_per_million_viewers'] / 1e6:,.0f} MB"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "args": vars(args) | {"dir": str(base)},
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-                "rows": rows,
-                "summary": summary,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, {"args": vars(args) | {"dir": str(base)}, "rows": rows, "summary": summary})
     return 0
 
 

@@ -34,9 +34,7 @@ import argparse
 import bisect
 import cProfile
 import io
-import json
 import os
-import platform
 import pstats
 import sys
 import tempfile
@@ -58,6 +56,7 @@ import orjson  # noqa: E402
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
@@ -384,18 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in result:
         print("\nWhere the service's time goes (cProfile, its thread, throughput phase, by own time):")
         print(result["profile"])
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "args": vars(args) | {"bootstrap": bootstrap},
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-                **result,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, {"args": vars(args) | {"bootstrap": bootstrap}, **result})
     return 0
 
 

@@ -16,10 +16,8 @@ many ids expired. The table goes to stdout and JSON to ``bench/results/expiry_qu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import streamrec  # noqa: E402, F401  (single-threaded BLAS, set before numpy loads)
+from bench.results import write_results  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE  # noqa: E402
 from producer.readers import read_events  # noqa: E402
@@ -129,17 +128,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['events_per_s']:>7,.0f}",
             flush=True,
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    out = {
-        "data": args.data.name,
-        "events": len(events),
-        "span_days": span,
-        "batch_size": DEFAULT_BATCH_SIZE,
-        "python": platform.python_version(),
-        "results": rows,
-    }
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(
+        args.json,
+        {
+            "data": args.data.name,
+            "events": len(events),
+            "span_days": span,
+            "batch_size": DEFAULT_BATCH_SIZE,
+            "results": rows,
+        },
+    )
     return 0
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 import numpy as np  # noqa: E402
 
+from bench.results import write_results  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.evaluate import StreamingEvaluator  # noqa: E402
 from model.events import WatchEvent  # noqa: E402
@@ -165,16 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             f"expired {r['expired_viewers']:,} viewers / {r['expired_videos']:,} videos, "
             f"{r['expire_s']:.2f} s in expiry runs"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    out = {
-        "events": args.events,
-        "ttl_s": args.ttl,
-        "batch_size": DEFAULT_BATCH_SIZE,
-        "python": platform.python_version(),
-        "runs": runs,
-    }
-    args.json.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    write_results(
+        args.json, {"events": args.events, "ttl_s": args.ttl, "batch_size": DEFAULT_BATCH_SIZE, "runs": runs}
+    )
     return 0
 
 

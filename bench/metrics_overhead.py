@@ -25,9 +25,7 @@ The table goes to stdout and the JSON to ``bench/results/metrics_overhead.json``
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -45,6 +43,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics, start_http_server  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
@@ -208,19 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nthroughput on / off: {on / off:.3f}  (wall-clock cost {wall_cost:.1f} %, budget 5 %)")
     print(f"CPU per event on / off: {cpu_on / cpu_off:.3f}  (CPU cost {summary['cost_pct_cpu']:.1f} %)")
     print(f"time inside metrics calls: {100 * in_calls:.2f} % of batch processing time")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "args": vars(args) | {"bootstrap": bootstrap},
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-                "runs": runs,
-                "summary": summary,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {RESULTS.relative_to(REPO)}")
+    write_results(RESULTS, {"args": vars(args) | {"bootstrap": bootstrap}, "runs": runs, "summary": summary})
     return 0
 
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +30,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 # isort: split
 
+from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.registry import create  # noqa: E402
@@ -145,21 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             + " ".join(f"{c:>7}" for c in cells)
             + f" {r['events_per_s']:>8.0f} {r['vs_isgd']:>6.2f}"
         )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(
-        json.dumps(
-            {
-                "data": str(args.data),
-                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-                "settings": settings,
-                "reference_events_per_s": ref_eps,
-                "results": rows,
-            },
-            indent=1,
-        )
+    write_results(
+        args.json,
+        {"data": str(args.data), "settings": settings, "reference_events_per_s": ref_eps, "results": rows},
     )
-    print(f"wrote {args.json}")
     return 0
 
 

@@ -17,9 +17,7 @@ bytes per viewer and per video. The table goes to stdout and the JSON to
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 # isort: split
 
+from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE, create, resolve  # noqa: E402
 from producer.readers import read_events  # noqa: E402
@@ -126,22 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         f"vs ISGD = events/s / the plain per-event ISGD loop's ({reference:,.0f} events/s) in this run; "
         f"tail = last {args.tail:.0%} of events."
     )
-    payload = {
-        "data": str(args.data),
-        "events": len(events),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
+    write_results(
+        args.out,
+        {
+            "data": str(args.data),
+            "events": len(events),
+            "reference": PLAIN_ISGD,
+            "reference_events_per_s": reference,
+            "results": results,
         },
-        "reference": PLAIN_ISGD,
-        "reference_events_per_s": reference,
-        "results": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    )
     return 0
 
 
