@@ -142,6 +142,7 @@ class CoCounts:
         order: np.ndarray,
         within: np.ndarray,
         block: int = 8,
+        columns: np.ndarray | None = None,
     ) -> np.ndarray:
         """:meth:`feature` for a batch of events whose histories continue inside the batch.
 
@@ -159,6 +160,10 @@ class CoCounts:
         ``(terms, terms)`` product per viewer. Same sums, about 10x fewer multiply-adds on
         ML-100K (2.8 ms -> 0.7 ms a batch of 256). Equal to :meth:`feature` up to float rounding.
 
+        With ``columns`` (video rows, any order) only those columns are computed, in that order:
+        the cost follows the columns asked for, not the catalogue (rows without counts yet
+        give 0).
+
         >>> c = CoCounts(); c.add(np.array([[-1, -1], [0, -1], [1, -1]]), np.array([0, 1, 2]), 2)
         >>> h = np.array([[1, 0], [2, 1], [-1, -1]]); w = np.array([[.6, .4], [.5, .5], [0, 0]], np.float32)
         >>> from model.history import group_positions
@@ -166,39 +171,56 @@ class CoCounts:
         >>> fast = c.batch_feature(h, w, 3, 0.5, np.array([2, 1, 0]), order, within)
         >>> bool(np.allclose(fast, c.feature(h, w, 3, 0.5)))
         True
+        >>> cols = np.array([2, 0, 5])
+        >>> part = c.batch_feature(h, w, 3, 0.5, np.array([2, 1, 0]), order, within, columns=cols)
+        >>> bool(np.allclose(part, np.c_[fast[:, [2, 0]], np.zeros(3)]))
+        True
         """
         n, terms = history.shape
         rows = min(self.rows, n_cols)
-        # Every cell is written below unless some columns are videos without counts yet.
-        out = (np.empty if rows == n_cols else np.zeros)((n, n_cols), dtype=np.float32)
         if rows == 0 or n == 0:
-            return np.zeros((n, n_cols), dtype=np.float32)
+            return np.zeros((n, n_cols if columns is None else columns.shape[0]), dtype=np.float32)
+        width = rows if columns is None else columns.shape[0]  # the columns computed
         inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
+        # Only the first ``rows`` columns of each count row are read (fancy indexing with a
+        # slice; ``np.take`` on a column slice would first copy the whole matrix): gathering is
+        # memory-bound here, and the buffer's spare capacity would be read for nothing.
+        buffer = self._buffer
+        if columns is None:
+            col_scale = inv
+
+            def gather(index: np.ndarray) -> np.ndarray:
+                return buffer[index, :rows]
+
+        else:
+            counted = columns < rows
+            col_index = np.where(counted, columns, 0)
+            col_scale = np.where(counted, inv[col_index], 0.0).astype(np.float32)
+
+            def gather(index: np.ndarray) -> np.ndarray:
+                return np.take(buffer[index, :rows], col_index, axis=1)
+
         h = history[order]
         valid = (h >= 0) & (h < rows)
         h = np.where(valid, h, 0)
         w = np.where(valid, mix[order] * inv[h], 0.0).astype(np.float32)
         in_batch = np.arange(terms)[None, :] < within[:, None]
-        # Only the first ``rows`` columns of each count row are gathered (fancy indexing with a
-        # slice; ``np.take`` on a column slice would first copy the whole matrix): gathering is
-        # memory-bound here, and the buffer's spare capacity would be read for nothing.
-        buffer = self._buffer
         # In-batch slots: sorted event p reads padded row p + terms - 1 - a (the first ``terms``
         # rows are zeros, for the slots of a viewer's first events that point before the batch).
         blocks = -(-n // block)
-        padded = np.empty((blocks * block + terms, rows), dtype=np.float32)
+        padded = np.empty((blocks * block + terms, width), dtype=np.float32)
         padded[:terms] = 0.0
         padded[terms + n :] = 0.0
         own = videos[order]
-        padded[terms : terms + n] = buffer[np.minimum(own, rows - 1), :rows]
+        padded[terms : terms + n] = gather(np.minimum(own, rows - 1))
         band = np.zeros((blocks, block, block + terms), dtype=np.float32)
         p, a = np.nonzero(in_batch & valid)
         b, i = np.divmod(p, block)
         band[b, i, i + terms - 1 - a] = w[p, a]
         step = padded.strides[0]
-        windows = as_strided(padded, (blocks, block + terms, rows), (block * step, step, padded.strides[1]))
-        acc = np.empty((blocks * block, rows), dtype=np.float32)
-        np.matmul(band, windows, out=acc.reshape(blocks, block, rows))
+        windows = as_strided(padded, (blocks, block + terms, width), (block * step, step, padded.strides[1]))
+        acc = np.empty((blocks * block, width), dtype=np.float32)
+        np.matmul(band, windows, out=acc.reshape(blocks, block, width))
         # Stored slots: only a viewer's first ``terms`` events in the batch have any; the first
         # event's history is the stored one, and event ``c`` reads it shifted by ``c``.
         first = np.flatnonzero(within == 0)
@@ -208,12 +230,18 @@ class CoCounts:
             c = within[p]
             mixing = np.zeros((first.size, terms, terms), dtype=np.float32)
             mixing[group[p], c, a - c] = w[p, a]
-            stored = buffer[h[first].ravel(), :rows].reshape(first.size, terms, rows)
+            stored = gather(h[first].ravel()).reshape(first.size, terms, width)
             part = np.matmul(mixing, stored)
             reads = np.flatnonzero(within < terms)
             acc[reads] += part[group[reads], within[reads]]
         acc = acc[:n]
-        acc *= inv
+        acc *= col_scale
+        if columns is not None:
+            out = np.empty((n, width), dtype=np.float32)
+            out[order] = acc
+            return out
+        # Every cell is written unless some columns are videos without counts yet.
+        out = (np.empty if rows == n_cols else np.zeros)((n, n_cols), dtype=np.float32)
         out[order, :rows] = acc
         return out
 

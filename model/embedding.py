@@ -81,7 +81,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.base import CatalogueScorer, Ranking
+from model.base import CatalogueScorer, Ranking, Recommendation, recommendations
 from model.cooc import CoCounts
 from model.events import WatchEvent
 from model.frequency import FrequencyFilter
@@ -90,7 +90,7 @@ from model.ids import GrowableTable, IdIndex
 from model.kernels import adagrad_step, scatter_rows, softmax_grad
 from model.lifecycle import Lifecycle
 from model.seen import SeenVideos
-from model.topk import top_n_with_rank
+from model.topk import top_n, top_n_with_rank
 from model.weighting import watch_weights
 
 __all__ = ["EmbeddingRanker"]
@@ -132,6 +132,11 @@ class _Batch:
     exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
     cooc: np.ndarray | None  # (B, n_videos_after) co-occurrence feature, when enabled
     history: np.ndarray  # (B, history) video rows before each event, most recent first
+    # With a shortlist: the batch's columns (the shortlist first, then the batch's other videos),
+    # how many lead columns are the shortlist, and each video row's column (-1: none).
+    columns: np.ndarray | None = None
+    ranked: int = 0
+    column_of: np.ndarray | None = None
 
 
 class EmbeddingRanker(CatalogueScorer):
@@ -189,6 +194,13 @@ class EmbeddingRanker(CatalogueScorer):
         Learned events between two expiry runs (each is one vectorised pass over the rows); a
         run happens at the end of the batch that reaches the count, so batch sizes shift it
         slightly.
+    shortlist
+        How many videos are ranked for each batch and normalised over in its softmax: the
+        ``shortlist`` most watched lately (decayed popularity), plus, for learning, the
+        batch's own videos. The cost of an event then no longer grows with the catalogue (a
+        video outside the shortlist is not recommended until it gets watched into it).
+        ``None``: the whole catalogue. Applies to the full softmax; the sampled losses rank
+        the whole catalogue.
     min_events
         A viewer or video enters the model on its ``min_events``-th event; until then its
         events are only counted (:mod:`model.frequency`) and not learned. Default 1 (off): on
@@ -226,6 +238,7 @@ class EmbeddingRanker(CatalogueScorer):
         video_ttl: float | None = 180 * DAY,
         expire_every: int = 1000,
         min_events: int = 1,
+        shortlist: int | None = 1024,
         seed: int | None = 0,
     ) -> None:
         super().__init__(seed=seed)
@@ -262,6 +275,9 @@ class EmbeddingRanker(CatalogueScorer):
         self.accum_decay = accum_decay
         if not isinstance(min_events, int) or min_events < 1:
             raise ValueError(f"min_events must be an integer >= 1, got {min_events!r}")
+        if shortlist is not None and (not isinstance(shortlist, int) or shortlist < 1):
+            raise ValueError(f"shortlist must be None or an integer >= 1, got {shortlist!r}")
+        self.shortlist = shortlist
         self.trend_feature = trend_feature
         self.viewer_ttl = viewer_ttl
         self.video_ttl = video_ttl
@@ -420,12 +436,27 @@ class EmbeddingRanker(CatalogueScorer):
             U[has_state] += self._P.array[viewer_rows[has_state]]
         cold = ~has_state & ~valid.any(axis=1)
         exclude = self._exclusion(viewer_rows, video_rows, n_viewers, grouping)
+        columns, ranked, column_of = None, 0, None
+        shortlist = self._shortlist(n_videos) if self.loss == "softmax" else None
+        if shortlist is not None:
+            column_of = np.full(n_after, -1, dtype=np.int64)
+            column_of[shortlist] = np.arange(shortlist.size)
+            others = np.unique(video_rows[column_of[video_rows] < 0])
+            columns, ranked = np.concatenate([shortlist, others]), shortlist.size
+            column_of[others] = np.arange(ranked, columns.size)
         cooc = None
         if self._use_cooc(n_after):
             terms = min(self.cooc_terms, self.history)
             order, _, within = grouping
             cooc = self._cooc.batch_feature(
-                items[:, :terms], mix_w[:, :terms], n_after, self.cooc_exponent, video_rows, order, within
+                items[:, :terms],
+                mix_w[:, :terms],
+                n_after,
+                self.cooc_exponent,
+                video_rows,
+                order,
+                within,
+                columns=columns,
             )
         return _Batch(
             viewer_rows,
@@ -443,7 +474,26 @@ class EmbeddingRanker(CatalogueScorer):
             exclude,
             cooc,
             items,
+            columns,
+            ranked,
+            column_of,
         )
+
+    def _shortlist(self, n_videos: int) -> np.ndarray | None:
+        """The ``shortlist`` live video rows with the highest decayed popularity, sorted
+        (``None`` when the catalogue is no larger: everything is ranked).
+
+        One selection over the popularity vector per batch: O(catalogue) once per poll
+        instead of several passes over ``(batch, catalogue)`` matrices.
+        """
+        k = self.shortlist
+        if k is None or self.videos.live <= k:
+            return None
+        heat = self._trend.array[:n_videos].copy()
+        free = self.videos.free_rows
+        if free:  # released rows hold no video; live rows all have heat >= 0
+            heat[np.asarray(free, dtype=np.int64)] = -1.0
+        return np.sort(np.argpartition(heat, n_videos - k)[n_videos - k :])
 
     def _use_cooc(self, n_videos: int) -> bool:
         return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
@@ -462,12 +512,13 @@ class EmbeddingRanker(CatalogueScorer):
         return scores
 
     def _logits_at(self, U: np.ndarray, cols: np.ndarray, cooc: np.ndarray | None = None) -> np.ndarray:
-        """Scores of video rows ``cols`` (any order) for representations ``U``."""
+        """Scores of video rows ``cols`` (any order) for representations ``U``; ``cooc`` is the
+        co-occurrence feature of exactly those columns."""
         scores = U @ self._E.array[cols].T + self._b.array[cols]
         if self.trend_feature:
             scores += self._beta[0] * self._trend_z()[cols]
         if cooc is not None:
-            scores += self._alpha[0] * cooc[:, cols]
+            scores += self._alpha[0] * cooc
         return scores
 
     def _mask_free(self, scores: np.ndarray) -> None:
@@ -488,33 +539,50 @@ class EmbeddingRanker(CatalogueScorer):
     def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
         """Top-``n`` before each event, from the state before the batch (causal history)."""
         batch = self._batch(events)
-        n_videos = batch.n_videos
-        scores = self._logits(batch.U, 0, n_videos, batch.cooc)
-        targets = np.where(batch.video_known, batch.video_rows, -1)
+        if batch.columns is None:
+            ranked = None  # the whole catalogue, by row
+            scores = self._logits(batch.U, 0, batch.n_videos, batch.cooc)
+            targets = np.where(batch.video_known, batch.video_rows, -1)
+            ex_rows, ex_cols = batch.exclude
+            inside = ex_cols < batch.n_videos
+            exclude = (ex_rows[inside], ex_cols[inside])
+            # Released rows can never be recommended: -inf in place (learn_many rescores the
+            # ones this batch reuses for new videos).
+            self._mask_free(scores)
+        else:
+            # The shortlist, by column: a video outside it cannot be recommended (rank UNRANKED).
+            ranked = batch.columns[: batch.ranked]
+            cooc = None if batch.cooc is None else batch.cooc[:, : batch.ranked]
+            scores = self._logits_at(batch.U, ranked, cooc)
+            column = batch.column_of[batch.video_rows]
+            targets = np.where(batch.video_known & (column < batch.ranked), column, -1)
+            ex_rows, ex_cols = batch.exclude
+            ex_cols = batch.column_of[ex_cols]
+            inside = (ex_cols >= 0) & (ex_cols < batch.ranked)
+            exclude = (ex_rows[inside], ex_cols[inside])
         rows = np.arange(len(events))
         known = targets >= 0
         target_logit = scores[rows[known], targets[known]].copy()
-        ex_rows, ex_cols = batch.exclude
-        inside = ex_cols < n_videos
-        exclude = (ex_rows[inside], ex_cols[inside])
         # Ranked in place: top_n_with_rank sets excluded (and non-finite) cells to -inf, which
-        # is what the softmax needs anyway (learn_many then only adds new videos' cells); only
-        # the positives themselves must come back.
-        # Released rows can never be recommended: -inf in place (learn_many rescores the ones
-        # this batch reuses for new videos).
-        self._mask_free(scores)
+        # is what the softmax needs anyway (learn_many then only adds the cells of the columns
+        # it scores itself); only the positives themselves must come back.
         top, rank = top_n_with_rank(scores, n, targets, exclude)
         cold = np.flatnonzero(batch.cold)
         if cold.size:
             # Viewers the model knows nothing about see what is trending instead (learning
             # still starts from the model's own scores for them): re-rank just those rows.
-            trending = np.broadcast_to(self._trending(), (cold.size, n_videos)).copy()
-            self._mask_free(trending)
+            trending = self._trending()
+            trending = trending[: batch.n_videos] if ranked is None else trending[ranked]
+            trending = np.broadcast_to(trending, (cold.size, trending.size)).copy()
+            if ranked is None:
+                self._mask_free(trending)
             on_cold = batch.cold[exclude[0]]
             where = (np.cumsum(batch.cold) - 1)[exclude[0][on_cold]]
             top[cold], rank[cold] = top_n_with_rank(trending, n, targets[cold], (where, exclude[1][on_cold]))
         scores[rows[known], targets[known]] = target_logit
         self._cache = (events, self._version, batch, scores)
+        if ranked is not None:
+            top = np.where(top >= 0, ranked[np.maximum(top, 0)], -1)
         return Ranking(top=top, rank=rank, catalogue=self.videos.live)
 
     # -- train step --------------------------------------------------------------------------
@@ -636,6 +704,8 @@ class EmbeddingRanker(CatalogueScorer):
         self._version += 1
 
     def _full_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:
+        if batch.columns is not None:
+            return self._shortlist_softmax_step(batch, known_logits)
         n_before, n_videos = batch.n_videos, len(self.videos)
         U = batch.U
         if known_logits is None:
@@ -651,7 +721,8 @@ class EmbeddingRanker(CatalogueScorer):
             # Released rows this batch reused were masked when ranked: score them as new rows.
             reused = np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < n_before)])
             if reused.size:
-                logits[:, reused] = self._logits_at(U, reused, batch.cooc)
+                cooc = None if batch.cooc is None else batch.cooc[:, reused]
+                logits[:, reused] = self._logits_at(U, reused, cooc)
         self._mask_free(logits)
         rows = np.arange(U.shape[0])
         targets = batch.video_rows
@@ -674,6 +745,38 @@ class EmbeddingRanker(CatalogueScorer):
         self._video_step(None, grad_E, grad_b, batch.video_rows)
         if batch.cooc is not None:
             self._alpha_step(float(np.vdot(grad, batch.cooc[:, :n_videos])))
+        return grad_u
+
+    def _shortlist_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:
+        """The full softmax over the batch's columns: the shortlist and the batch's own videos.
+
+        ``known_logits`` are the shortlist's scores from ``rank_events`` (exclusions applied);
+        the batch's other videos are scored here, now that the new ones have rows.
+        """
+        columns, ranked, U, cooc = batch.columns, batch.ranked, batch.U, batch.cooc
+        if known_logits is None:
+            known_logits = self._logits_at(U, columns[:ranked], None if cooc is None else cooc[:, :ranked])
+            excluded_from = 0
+        else:
+            excluded_from = ranked  # rank_events excluded the shortlist's cells
+        others = self._logits_at(U, columns[ranked:], None if cooc is None else cooc[:, ranked:])
+        logits = np.concatenate([known_logits, others], axis=1)
+        rows = np.arange(U.shape[0])
+        targets = batch.column_of[batch.video_rows]
+        target_logit = logits[rows, targets].copy()
+        ex_rows, ex_cols = batch.exclude
+        ex_cols = batch.column_of[ex_cols]
+        keep = ex_cols >= excluded_from
+        logits.reshape(-1)[ex_rows[keep] * logits.shape[1] + ex_cols[keep]] = -np.inf
+        logits[rows, targets] = target_logit
+        grad, loss, skipped = softmax_grad(logits, targets, batch.weights)
+        self.guard_trips += skipped
+        if math.isfinite(loss):
+            self.loss_sum += loss
+        grad_u = grad @ self._E.array[columns]
+        self._video_step(columns, grad.T @ U, grad.sum(axis=0), batch.video_rows)
+        if cooc is not None:
+            self._alpha_step(float(np.vdot(grad, cooc)))
         return grad_u
 
     def _alpha_step(self, grad: float) -> None:
@@ -754,8 +857,9 @@ class EmbeddingRanker(CatalogueScorer):
             pos_rows, pos_counts = np.unique(positives, return_counts=True)
             if rows is None:
                 grad_E[pos_rows] += self.reg * pos_counts[:, None] * E[pos_rows]
-            else:
-                where = np.searchsorted(rows, pos_rows)
+            else:  # rows are unique, not necessarily sorted
+                by_row = np.argsort(rows)
+                where = by_row[np.searchsorted(rows, pos_rows, sorter=by_row)]
                 grad_E[where] += self.reg * pos_counts[:, None] * E[pos_rows]
         self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip, self.accum_decay)
         self.guard_trips += adagrad_step(
@@ -776,11 +880,45 @@ class EmbeddingRanker(CatalogueScorer):
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         """Score rows for known viewer rows (``-1``: trending), from their stored history.
 
-        ``recommend_many`` and ``score_videos`` come from :class:`~model.base.CatalogueScorer`.
+        ``score_videos`` comes from :class:`~model.base.CatalogueScorer`.
         """
+        return self._viewer_logits(viewer_rows)
+
+    def recommend_many(
+        self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
+        """Top-``n`` for each viewer from the shortlist, as :meth:`rank_events` ranks.
+
+        A viewer who has watched so much of the shortlist that fewer than ``n`` remain gets
+        a list from the whole catalogue.
+        """
+        shortlist = self._shortlist(len(self.videos)) if self.loss == "softmax" else None
+        if shortlist is None:
+            return super().recommend_many(viewers, n, exclude_seen)
+        rows = self.viewers.get_many(viewers)
+        exclude = None
+        if exclude_seen:
+            column_of = np.full(len(self.videos), -1, dtype=np.int64)
+            column_of[shortlist] = np.arange(shortlist.size)
+            ex_rows, ex_cols = self.seen.exclusion_for_viewers(rows.tolist())
+            ex_cols = column_of[ex_cols]
+            exclude = (ex_rows[ex_cols >= 0], ex_cols[ex_cols >= 0])
+        cols, scores = top_n(self._viewer_logits(rows, shortlist), n, exclude)
+        videos = np.where(cols >= 0, shortlist[np.maximum(cols, 0)], -1)
+        lists = recommendations(videos, scores, self.videos.ids)
+        short = np.flatnonzero((cols < 0).any(axis=1)).tolist()
+        if short:
+            whole = super().recommend_many([viewers[i] for i in short], n, exclude_seen)
+            for i, recommendation in zip(short, whole, strict=True):
+                lists[i] = recommendation
+        return lists
+
+    def _viewer_logits(self, viewer_rows: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+        """Scores of every video (or of video rows ``columns``) for stored viewers."""
         n_videos = len(self.videos)
         known = viewer_rows >= 0
-        scores = np.empty((viewer_rows.shape[0], n_videos), dtype=np.float32)
+        width = n_videos if columns is None else columns.size
+        scores = np.empty((viewer_rows.shape[0], width), dtype=np.float32)
         if known.any():
             rows = viewer_rows[known]
             items, hist_w = self._recent.of_rows(rows)
@@ -795,10 +933,15 @@ class EmbeddingRanker(CatalogueScorer):
             if self._use_cooc(n_videos):
                 terms = min(self.cooc_terms, self.history)
                 cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent)
-            scores[known] = self._logits(U, 0, n_videos, cooc)
+            if columns is None:
+                scores[known] = self._logits(U, 0, n_videos, cooc)
+            else:
+                scores[known] = self._logits_at(U, columns, None if cooc is None else cooc[:, columns])
         if not known.all():
-            scores[~known] = self._trending()
-        self._mask_free(scores)
+            trending = self._trending()
+            scores[~known] = trending if columns is None else trending[columns]
+        if columns is None:
+            self._mask_free(scores)
         return scores
 
     # -- persistence -------------------------------------------------------------------------

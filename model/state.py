@@ -33,8 +33,15 @@ __all__ = ["save_model", "load_model", "FORMAT"]
 FORMAT = "streamrec.embedding/2"
 #: Older formats still read: /1 had no expiry or admission state (nothing expired, nothing counted).
 _READABLE = (FORMAT, "streamrec.embedding/1")
-#: Settings added with format /2, and their values for a file that predates them.
-_LIFECYCLE_CONFIG = {"viewer_ttl": None, "video_ttl": None, "expire_every": 1000, "min_events": 1}
+#: Settings added after format /1, and their values for a file that predates them (``shortlist``
+#: came within /2: an older /2 file ranked the whole catalogue).
+_LATER_CONFIG = {
+    "viewer_ttl": None,
+    "video_ttl": None,
+    "expire_every": 1000,
+    "min_events": 1,
+    "shortlist": None,
+}
 
 _CONFIG = (
     *("dim", "history", "recency", "lr", "reg", "loss", "negatives", "sampling", "viewer_vector"),
@@ -70,7 +77,7 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
     }
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
-        "config": np.array(json.dumps({k: getattr(model, k) for k in (*_CONFIG, *_LIFECYCLE_CONFIG)})),
+        "config": np.array(json.dumps({k: getattr(model, k) for k in (*_CONFIG, *_LATER_CONFIG)})),
         "counters": np.array(json.dumps(counters)),
         "rng": np.array(json.dumps(model._rng.bit_generator.state)),
         "viewer/ids": model.viewers.to_array(),
@@ -128,9 +135,7 @@ def load_model(cls: type[EmbeddingRanker], path: str | Path) -> EmbeddingRanker:
 
 def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> EmbeddingRanker:
     config = json.loads(str(arrays["config"]))
-    model = cls(
-        **{k: config[k] for k in _CONFIG}, **{k: config.get(k, v) for k, v in _LIFECYCLE_CONFIG.items()}
-    )
+    model = cls(**{k: config[k] for k in _CONFIG}, **{k: config.get(k, v) for k, v in _LATER_CONFIG.items()})
     counters = json.loads(str(arrays["counters"]))
     model._rng.bit_generator.state = json.loads(str(arrays["rng"]))
     model.viewers = IdIndex.from_array(arrays["viewer/ids"], arrays.get("viewer/free"))

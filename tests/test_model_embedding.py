@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from model.embedding import EmbeddingRanker
 from model.evaluate import evaluate
 from model.events import WatchEvent
+from model.topk import UNRANKED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -258,3 +260,99 @@ def test_cooccurrence_counts_are_dropped_past_their_cap() -> None:
     capped.learn_one("newcomer", "b1")
     assert all(v.startswith("b") for v in capped.recommend("newcomer", n=3).videos)
     assert _trained(events)._cooc.rows == 10
+
+
+def _catalogue_stream(
+    videos: int = 60, events: int = 3000, viewers: int = 200, seed: int = 0
+) -> list[WatchEvent]:
+    """A synthetic stream: taste topics, Zipf-like popularity, sessions (:mod:`producer.synth`)."""
+    from producer.synth import SyntheticStream
+
+    return list(SyntheticStream(viewers=viewers, videos=videos, events=events, seed=seed))
+
+
+def _hottest(model: EmbeddingRanker, k: int) -> set[str]:
+    heat = model._trending()
+    return {model.videos.id_of(int(r)) for r in np.argsort(-heat, kind="stable")[:k]}
+
+
+def _watched(model: EmbeddingRanker, viewer: str) -> set[str]:
+    row = model.viewers.get(viewer)
+    return set() if row is None else {model.videos.id_of(v) for v in model.seen.of(row)}
+
+
+def test_shortlist_bounds_what_is_ranked_and_recommended() -> None:
+    events = _catalogue_stream()
+    model = _trained(events[:2000], batch=64, shortlist=12)
+    assert model.n_videos > 12
+    hot = _hottest(model, 12)
+    batch = events[2000:2064]
+    ranking = model.rank_events(batch, n=5)
+    ranked = {model.videos.id_of(int(r)) for r in ranking.top.ravel() if r >= 0}
+    assert ranked <= hot
+    for event, rank in zip(batch, ranking.rank.tolist(), strict=True):
+        if model.videos.get(event.video) is not None and event.video not in hot:
+            assert rank == UNRANKED  # outside the shortlist: cannot be a hit
+    # Published lists come from the same shortlist (unless the viewer watched nearly all of it).
+    viewers = sorted({e.viewer for e in batch if len(hot - _watched(model, e.viewer)) >= 5})
+    assert viewers
+    for rec in model.recommend_many(viewers, n=5):
+        assert len(rec.videos) == 5 and set(rec.videos) <= hot
+
+
+def test_shortlist_falls_back_to_the_catalogue_for_a_viewer_who_watched_it() -> None:
+    events = _catalogue_stream()
+    model = _trained(events, batch=64, shortlist=8)
+    for video in _hottest(model, 8):
+        model.learn_one("binger", video)
+    rec = model.recommend("binger", n=5)
+    assert len(rec.videos) == 5 and not set(rec.videos) & _hottest(model, 8)
+
+
+def test_videos_outside_the_shortlist_still_learn_and_can_rise_into_it() -> None:
+    events = _catalogue_stream()
+    model = _trained(events, batch=64, shortlist=10, trending_half_life=200.0)
+    cold = next(v for v in model.videos.ids if v not in _hottest(model, 10))
+    before = model._E.array[model.videos.get(cold)].copy()
+    t = events[-1].timestamp
+    burst = [WatchEvent(t + i, f"fan{i % 7}", cold) for i in range(60)]
+    for start in range(0, len(burst), 16):
+        model.learn_many(burst[start : start + 16])
+    assert not np.array_equal(model._E.array[model.videos.get(cold)], before)
+    assert cold in _hottest(model, 10)
+    assert cold in model.recommend("stranger", n=3).videos
+
+
+@pytest.mark.parametrize("shortlist", [None, 15])
+def test_shortlist_rank_then_learn_equals_learn_alone(shortlist: int | None) -> None:
+    events = _catalogue_stream(events=1500)
+    with_rank = EmbeddingRanker(seed=3, shortlist=shortlist)
+    for start in range(0, len(events), 50):
+        chunk = events[start : start + 50]
+        with_rank.rank_events(chunk)
+        with_rank.learn_many(chunk)
+    alone = _trained(events, batch=50, shortlist=shortlist)
+    for key, array in _state(alone).items():
+        np.testing.assert_allclose(array, _state(with_rank)[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_shortlist_keeps_quality_and_narrows_coverage_on_a_larger_catalogue() -> None:
+    # A shortlist of a quarter of 2,000 videos: the hits come from the popular quarter anyway.
+    events = _catalogue_stream(videos=2000, events=20000, viewers=1000, seed=2)
+    whole = evaluate(EmbeddingRanker(seed=1, shortlist=None), events, batch_size=128)
+    short = evaluate(EmbeddingRanker(seed=1, shortlist=500), events, batch_size=128)
+    assert short.hr >= 0.95 * whole.hr > 0.1
+    assert short.coverage < whole.coverage
+
+
+def test_shortlist_is_saved_and_older_files_rank_everything(tmp_path: Path) -> None:
+    path = tmp_path / "model.npz"
+    _trained(_groups_stream(rounds=5), shortlist=7).save(path)
+    assert EmbeddingRanker.load(path).shortlist == 7
+    with np.load(path) as arrays:
+        contents = dict(arrays)
+    config = json.loads(str(contents["config"]))
+    del config["shortlist"]  # a file written before the setting existed
+    contents["config"] = np.array(json.dumps(config))
+    np.savez(path, **contents)
+    assert EmbeddingRanker.load(path).shortlist is None
