@@ -410,10 +410,10 @@ class EmbeddingRanker(CatalogueScorer):
         video_ids = [e.video for e in events]
         n_viewers, n_videos = len(self.viewers), len(self.videos)
         # Rows learn_many will give new ids (released rows first), created only when learned.
-        viewer_rows = self.viewers.next_rows(viewer_ids)
-        video_rows = self.videos.next_rows(video_ids)
-        viewer_known = self.viewers.get_many(viewer_ids) >= 0
-        video_known = self.videos.get_many(video_ids) >= 0
+        viewer_now, video_now = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
+        viewer_rows = self.viewers.next_rows(viewer_ids, viewer_now)
+        video_rows = self.videos.next_rows(video_ids, video_now)
+        viewer_known, video_known = viewer_now >= 0, video_now >= 0
         weights = watch_weights([e.watch_time for e in events], [e.duration for e in events])
         grouping = group_positions(viewer_rows)  # shared by histories, exclusions, co-occurrence
         items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights, grouping)
@@ -604,13 +604,12 @@ class EmbeddingRanker(CatalogueScorer):
         viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
         # Create the new rows (the same numbers the batch was prepared with): adding only the
         # ids the index lacks gives the same rows, at a third of the cost of adding all.
-        for index, ids in (
-            (self.viewers, [e.viewer for e in events]),
-            (self.videos, [e.video for e in events]),
-        ):
-            fresh = np.flatnonzero(index.get_many(ids) < 0).tolist()
-            if fresh:
-                index.add_many([ids[i] for i in fresh])
+        fresh = np.flatnonzero(~batch.viewer_known).tolist()
+        if fresh:
+            self.viewers.add_many([events[i].viewer for i in fresh])
+        fresh = np.flatnonzero(~batch.video_known).tolist()
+        if fresh:
+            self.videos.add_many([events[i].video for i in fresh])
         n_viewers, n_videos = len(self.viewers), len(self.videos)
         for table in (self._P, self._P_acc):
             table.ensure(n_viewers)

@@ -101,9 +101,13 @@ class IdIndex:
         get = self._row_of.get
         return np.fromiter((get(i, -1) for i in ids), dtype=np.int64)
 
-    def next_rows(self, ids: Sequence[str]) -> np.ndarray:
-        """The rows :meth:`add_many` would give ``ids`` (repeats share one), creating nothing."""
-        rows = self.get_many(ids)
+    def next_rows(self, ids: Sequence[str], current: np.ndarray | None = None) -> np.ndarray:
+        """The rows :meth:`add_many` would give ``ids`` (repeats share one), creating nothing.
+
+        ``current`` is ``get_many(ids)`` when the caller already has it (one lookup per id
+        instead of two: this runs for every event).
+        """
+        rows = self.get_many(ids) if current is None else current.copy()
         unknown = np.flatnonzero(rows < 0)
         if unknown.size:
             fresh: dict[str, int] = {}
