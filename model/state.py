@@ -41,6 +41,7 @@ _LATER_CONFIG = {
     "expire_every": 1000,
     "min_events": 1,
     "shortlist": None,
+    "shortlist_share": 0.95,
 }
 
 _CONFIG = (

@@ -283,7 +283,7 @@ def _watched(model: EmbeddingRanker, viewer: str) -> set[str]:
 
 def test_shortlist_bounds_what_is_ranked_and_recommended() -> None:
     events = _catalogue_stream()
-    model = _trained(events[:2000], batch=64, shortlist=12)
+    model = _trained(events[:2000], batch=64, shortlist=12, shortlist_share=0.0)
     assert model.n_videos > 12
     hot = _hottest(model, 12)
     batch = events[2000:2064]
@@ -302,7 +302,7 @@ def test_shortlist_bounds_what_is_ranked_and_recommended() -> None:
 
 def test_shortlist_falls_back_to_the_catalogue_for_a_viewer_who_watched_it() -> None:
     events = _catalogue_stream()
-    model = _trained(events, batch=64, shortlist=8)
+    model = _trained(events, batch=64, shortlist=8, shortlist_share=0.0)
     for video in _hottest(model, 8):
         model.learn_one("binger", video)
     rec = model.recommend("binger", n=5)
@@ -311,7 +311,7 @@ def test_shortlist_falls_back_to_the_catalogue_for_a_viewer_who_watched_it() -> 
 
 def test_videos_outside_the_shortlist_still_learn_and_can_rise_into_it() -> None:
     events = _catalogue_stream()
-    model = _trained(events, batch=64, shortlist=10, trending_half_life=200.0)
+    model = _trained(events, batch=64, shortlist=10, shortlist_share=0.0, trending_half_life=200.0)
     cold = next(v for v in model.videos.ids if v not in _hottest(model, 10))
     before = model._E.array[model.videos.get(cold)].copy()
     t = events[-1].timestamp
@@ -326,12 +326,12 @@ def test_videos_outside_the_shortlist_still_learn_and_can_rise_into_it() -> None
 @pytest.mark.parametrize("shortlist", [None, 15])
 def test_shortlist_rank_then_learn_equals_learn_alone(shortlist: int | None) -> None:
     events = _catalogue_stream(events=1500)
-    with_rank = EmbeddingRanker(seed=3, shortlist=shortlist)
+    with_rank = EmbeddingRanker(seed=3, shortlist=shortlist, shortlist_share=0.0)
     for start in range(0, len(events), 50):
         chunk = events[start : start + 50]
         with_rank.rank_events(chunk)
         with_rank.learn_many(chunk)
-    alone = _trained(events, batch=50, shortlist=shortlist)
+    alone = _trained(events, batch=50, shortlist=shortlist, shortlist_share=0.0)
     for key, array in _state(alone).items():
         np.testing.assert_allclose(array, _state(with_rank)[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
@@ -340,9 +340,20 @@ def test_shortlist_keeps_quality_and_narrows_coverage_on_a_larger_catalogue() ->
     # A shortlist of a quarter of 2,000 videos: the hits come from the popular quarter anyway.
     events = _catalogue_stream(videos=2000, events=20000, viewers=1000, seed=2)
     whole = evaluate(EmbeddingRanker(seed=1, shortlist=None), events, batch_size=128)
-    short = evaluate(EmbeddingRanker(seed=1, shortlist=500), events, batch_size=128)
+    short = evaluate(EmbeddingRanker(seed=1, shortlist=500, shortlist_share=0.0), events, batch_size=128)
     assert short.hr >= 0.95 * whole.hr > 0.1
     assert short.coverage < whole.coverage
+
+
+def test_shortlist_grows_to_hold_most_recent_watches_when_popularity_is_flat() -> None:
+    # 400 videos, 200 viewers: watches spread over many videos. Exactly the 50 hottest would
+    # cost a third of the hits; 50 grown to hold 95% of recent watches costs almost nothing.
+    events = _catalogue_stream(videos=400, events=8000, seed=2)
+    whole = evaluate(EmbeddingRanker(seed=1, shortlist=None), events, batch_size=128)
+    fixed = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_share=0.0), events, batch_size=128)
+    grown = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_share=0.95), events, batch_size=128)
+    assert fixed.hr < 0.8 * whole.hr
+    assert grown.hr >= 0.95 * whole.hr
 
 
 def test_shortlist_is_saved_and_older_files_rank_everything(tmp_path: Path) -> None:
