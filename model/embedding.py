@@ -460,7 +460,7 @@ class EmbeddingRanker(CatalogueScorer):
         cold = ~has_state & ~valid.any(axis=1)
         exclude = self._exclusion(viewer_rows, video_rows, n_viewers, grouping)
         columns, ranked, column_of = None, 0, None
-        shortlist = self._shortlist(n_videos) if self.loss == "softmax" else None
+        shortlist = self._shortlist(n_videos)
         if shortlist is not None:
             column_of = np.full(n_after, -1, dtype=np.int64)
             column_of[shortlist] = np.arange(shortlist.size)
@@ -507,10 +507,10 @@ class EmbeddingRanker(CatalogueScorer):
         ``shortlist`` and as many as hold ``shortlist_share`` of it (``None``: rank everything).
 
         Once per batch: an O(catalogue) selection, and a sort only when the ``shortlist``
-        hottest hold less than the share.
+        hottest hold less than the share. The sampled losses rank everything.
         """
         k = self.shortlist
-        if k is None or self.videos.live <= k:
+        if k is None or self.loss != "softmax" or self.videos.live <= k:
             return None
         heat = self._trend.array[:n_videos].copy()
         free = self.videos.free_rows
@@ -923,7 +923,7 @@ class EmbeddingRanker(CatalogueScorer):
         A viewer who has watched so much of the shortlist that fewer than ``n`` remain gets
         a list from the whole catalogue.
         """
-        shortlist = self._shortlist(len(self.videos)) if self.loss == "softmax" else None
+        shortlist = self._shortlist(len(self.videos))
         if shortlist is None:
             return super().recommend_many(viewers, n, exclude_seen)
         rows = self.viewers.get_many(viewers)
