@@ -110,14 +110,22 @@ class CoCounts:
             self._counts[: self.rows] /= self.scale
             self.scale = 1.0
 
-    def feature(self, history: np.ndarray, mix: np.ndarray, n_cols: int, exponent: float = 0.5) -> np.ndarray:
-        """``(B, n_cols)`` cosine co-occurrence feature for histories ``(B, terms)`` weighted ``mix``."""
+    def feature(
+        self,
+        history: np.ndarray,
+        mix: np.ndarray,
+        n_cols: int,
+        exponent: float = 0.5,
+        columns: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``(B, n_cols)`` cosine co-occurrence feature for histories ``(B, terms)`` weighted ``mix``.
+
+        With ``columns`` (video rows, any order): only those columns, ``(B, len(columns))``.
+        """
         rows = min(self.rows, n_cols)
-        out = np.zeros((history.shape[0], n_cols), dtype=np.float32)
         if rows == 0:
-            return out
-        inv = np.zeros(n_cols, dtype=np.float32)
-        inv[:rows] = np.maximum(self._counts[:rows], self.scale) ** -exponent
+            return np.zeros((history.shape[0], n_cols if columns is None else columns.shape[0]), np.float32)
+        inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
         valid = (history >= 0) & (history < rows)
         h = np.where(valid, history, 0)
         w = np.where(valid, mix * inv[h], 0.0).astype(np.float32)
@@ -127,10 +135,32 @@ class CoCounts:
         distinct, slot = np.unique(h, return_inverse=True)
         weights = np.zeros((h.shape[0], distinct.size), dtype=np.float32)
         np.add.at(weights, (np.repeat(np.arange(h.shape[0]), h.shape[1]), slot.ravel()), w.ravel())
+        gather, col_scale = self._reader(rows, inv, columns)
+        if columns is not None:
+            acc = weights @ gather(distinct)
+            acc *= col_scale
+            return acc
+        out = np.zeros((history.shape[0], n_cols), dtype=np.float32)
         acc = out[:, :rows]
-        np.matmul(weights, np.take(self._buffer, distinct, axis=0)[:, :rows], out=acc)
-        acc *= inv[None, :rows]
+        np.matmul(weights, gather(distinct), out=acc)
+        acc *= col_scale
         return out
+
+    def _reader(self, rows: int, inv: np.ndarray, columns: np.ndarray | None):
+        """``(gather, scale)``: read count rows ``index`` (their first ``rows`` columns, or just
+        ``columns``, where a video without counts reads 0) and each column's normaliser.
+
+        Only the first ``rows`` columns of a count row are read (fancy indexing with a slice;
+        ``np.take`` on a column slice would first copy the whole matrix): gathering is
+        memory-bound, and the buffer's spare capacity would be read for nothing.
+        """
+        buffer = self._buffer
+        if columns is None:
+            return (lambda index: buffer[index, :rows]), inv
+        counted = columns < rows
+        col_index = np.where(counted, columns, 0)
+        scale = np.where(counted, inv[col_index], 0.0).astype(np.float32)
+        return (lambda index: np.take(buffer[index, :rows], col_index, axis=1)), scale
 
     def batch_feature(
         self,
@@ -182,24 +212,7 @@ class CoCounts:
             return np.zeros((n, n_cols if columns is None else columns.shape[0]), dtype=np.float32)
         width = rows if columns is None else columns.shape[0]  # the columns computed
         inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
-        # Only the first ``rows`` columns of each count row are read (fancy indexing with a
-        # slice; ``np.take`` on a column slice would first copy the whole matrix): gathering is
-        # memory-bound here, and the buffer's spare capacity would be read for nothing.
-        buffer = self._buffer
-        if columns is None:
-            col_scale = inv
-
-            def gather(index: np.ndarray) -> np.ndarray:
-                return buffer[index, :rows]
-
-        else:
-            counted = columns < rows
-            col_index = np.where(counted, columns, 0)
-            col_scale = np.where(counted, inv[col_index], 0.0).astype(np.float32)
-
-            def gather(index: np.ndarray) -> np.ndarray:
-                return np.take(buffer[index, :rows], col_index, axis=1)
-
+        gather, col_scale = self._reader(rows, inv, columns)
         h = history[order]
         valid = (h >= 0) & (h < rows)
         h = np.where(valid, h, 0)

@@ -963,11 +963,13 @@ class EmbeddingRanker(CatalogueScorer):
             cooc = None
             if self._use_cooc(n_videos):
                 terms = min(self.cooc_terms, self.history)
-                cooc = self._cooc.feature(items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent)
+                cooc = self._cooc.feature(
+                    items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent, columns=columns
+                )
             if columns is None:
                 scores[known] = self._logits(U, 0, n_videos, cooc)
             else:
-                scores[known] = self._logits_at(U, columns, None if cooc is None else cooc[:, columns])
+                scores[known] = self._logits_at(U, columns, cooc)
         if not known.all():
             trending = self._trending()
             scores[~known] = trending if columns is None else trending[columns]

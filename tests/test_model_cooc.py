@@ -33,6 +33,14 @@ def test_batch_feature_equals_plain_feature(seed: int, terms: int) -> None:
         plain = cooc.feature(history, mix, n_cols, 0.45)
         assert fast.shape == plain.shape == (size, n_cols)
         np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-6)
+        # Some columns only, in any order (the shortlist path), including videos without counts.
+        columns = rng.permutation(n_cols + 3)[: max(1, n_cols // 2)]
+        padded = np.pad(plain, ((0, 0), (0, 3)))
+        for part in (
+            cooc.batch_feature(history, mix, n_cols, 0.45, videos, order, within, columns=columns),
+            cooc.feature(history, mix, n_cols, 0.45, columns=columns),
+        ):
+            np.testing.assert_allclose(part, padded[:, columns], rtol=1e-5, atol=1e-6)
         nonzero += int(np.count_nonzero(plain))
         recent.store(*final)
         cooc.add(items, videos, window=terms)
