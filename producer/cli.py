@@ -29,12 +29,13 @@ from pathlib import Path
 from model.events import WatchEvent
 from producer.pacing import paced
 from producer.progress import Progress
-from streamrec.cli import UserError
+from streamrec.cli import UserError, positive_float, positive_int
 from streamrec.kafka_local import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = [
     "add_arguments",
     "add_bootstrap_servers",
+    "add_connect_timeout",
     "run",
     "main",
     "looped",
@@ -46,18 +47,15 @@ DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
 DEFAULT_TOPIC = "watch-events"
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+def add_connect_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The ``--connect-timeout`` flag of every command that talks to Kafka."""
+    parser.add_argument(
+        "--connect-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the broker to answer (default %(default)s)",
+    )
 
 
 def add_bootstrap_servers(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -80,26 +78,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     kafka.add_argument(
         "--partitions",
-        type=_positive_int,
+        type=positive_int,
         default=3,
         help="partitions when the topic has to be created (default %(default)s)",
     )
-    kafka.add_argument(
-        "--connect-timeout",
-        type=_positive_float,
-        default=10.0,
-        metavar="S",
-        help="seconds to wait for the broker to answer (default %(default)s)",
-    )
+    add_connect_timeout(kafka)
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
 def _pacing(parser: argparse.ArgumentParser) -> None:
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_positive_float, metavar="N", help="events per second")
+    pace.add_argument("--rate", type=positive_float, metavar="N", help="events per second")
     pace.add_argument(
         "--speedup",
-        type=_positive_float,
+        type=positive_float,
         metavar="X",
         help="replay the events' own timestamps X times faster (default: as fast as possible)",
     )
@@ -112,10 +104,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     replay = sub.add_parser("replay", help="send a file of events (MovieLens or JSON lines) in time order")
     replay.add_argument("path", type=Path, help="u.data, ratings.dat, ratings.csv, a .jsonl file or a folder")
     replay.add_argument("--format", default="auto", choices=("auto", "movielens", "jsonl"))
-    replay.add_argument("--limit", type=_positive_int, metavar="N", help="send only the first N events")
+    replay.add_argument("--limit", type=positive_int, metavar="N", help="send only the first N events")
     replay.add_argument(
         "--loop",
-        type=_positive_int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="send the file N times, each pass shifted after the previous one in time (default 1)",
@@ -124,9 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(replay)
 
     synth = sub.add_parser("synth", help="send a seeded synthetic stream with planted structure")
-    synth.add_argument("--viewers", type=_positive_int, default=2000, help="default %(default)s")
-    synth.add_argument("--videos", type=_positive_int, default=5000, help="default %(default)s")
-    synth.add_argument("--events", type=_positive_int, default=100_000, help="default %(default)s")
+    synth.add_argument("--viewers", type=positive_int, default=2000, help="default %(default)s")
+    synth.add_argument("--videos", type=positive_int, default=5000, help="default %(default)s")
+    synth.add_argument("--events", type=positive_int, default=100_000, help="default %(default)s")
     synth.add_argument("--seed", type=int, default=0, help="default %(default)s")
     synth.add_argument(
         "--start",

@@ -369,3 +369,21 @@ def test_recs_on_a_topic_of_watch_events_says_it_is_the_wrong_topic(kafka_bootst
     out, err = capsys.readouterr()
     assert "alice" in out and "bob" not in out
     assert "not recommendation lists" in err and "skipped 1 messages" in err
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["recs", "--connect-timeout", "-5"], "--connect-timeout"),
+        (["produce", "send", "--viewer", "a", "--video", "b", "--connect-timeout", "0"], "--connect-timeout"),
+        (["produce", "synth", "--events", "0"], "--events"),
+        (["produce", "synth", "--rate", "nan"], "--rate"),
+    ],
+)
+def test_timeouts_counts_and_rates_must_be_positive(argv, flag, capsys):
+    # Refused before any broker is contacted, with one line naming the flag.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected a positive" in err and "Traceback" not in err

@@ -26,21 +26,11 @@ from pathlib import Path
 from model.base import StreamRanker
 from model.evaluate import EvalReport, progressive_evaluate
 from model.events import WatchEvent
-from streamrec.cli import UserError
+from streamrec.cli import UserError, positive_int
 
 __all__ = ["register", "run", "evaluate_model", "format_table"]
 
 N = 10
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def _fraction(text: str) -> float:
@@ -76,10 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"model(s) to evaluate, repeatable or comma-separated: {', '.join(names())}, or all "
         f"(default: {DEFAULT_MODEL})",
     )
-    p.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N events (in time order)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="only the first N events (in time order)")
     p.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=positive_int,
         metavar="B",
         default=DEFAULT_BATCH_SIZE,
         help=f"events scored with the state before the batch, then learned (default: {DEFAULT_BATCH_SIZE})",

@@ -33,7 +33,7 @@ DEFAULT_OUTPUT_TOPIC = "recommendations"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from producer.cli import add_bootstrap_servers
+    from producer.cli import add_bootstrap_servers, add_connect_timeout
 
     parser = subparsers.add_parser(
         "recs",
@@ -54,9 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=os.environ.get("STREAMREC_OUTPUT_TOPIC", DEFAULT_OUTPUT_TOPIC),
         help="recommendations topic (env STREAMREC_OUTPUT_TOPIC; default %(default)s)",
     )
-    parser.add_argument(
-        "--connect-timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the broker"
-    )
+    add_connect_timeout(parser)
     parser.set_defaults(func=run)
 
 
