@@ -52,15 +52,16 @@ learns from its watches, and rises into the shortlist when people start watching
 is YouTube's two stages in their simplest form: the cost of an event follows how many videos
 are being watched, not the size of the catalogue. Catalogues up to 1,024 videos are ranked
 whole. Measured (``bench/model_probe.py``, batch 256): ML-100K (1,682 films) HR@10 unchanged
-(0.2120 -> 0.2119) and 1.1-1.3x faster; a synthetic stream of 10,000 videos (60k events) HR@10
+(0.2120 -> 0.2119) and speed unchanged within noise (0.98-1.15x: it ranks about 1,024 of the
+films anyway); a synthetic stream of 10,000 videos (60k events) HR@10
 0.171 -> 0.176 and 2x faster. The share is what makes it safe: exactly the 512 hottest films
 cost ML-100K 0.008 HR@10 (0.2038), 512 grown to 95% cost 0.0009; on a 400-video stream with flat
 popularity exactly the 50 hottest cost 40% of the hits and 50 grown to 95% cost 3%. With a
 share of 0.8, 10,000 synthetic videos run 2.6x faster at the same HR@10: 0.95 is the careful
 choice for catalogues not measured here.
 
-Speed (``bench/model_probe.py``, one BLAS thread, shared 2-core machine): 33-40k events/s
-test+train at batch 256 on ML-100K, 1.6-2.0x a plain per-event numpy ISGD measured in the same
+Speed (``bench/model_probe.py``, one BLAS thread, shared 2-core machine): 29-40k events/s
+test+train at batch 256 on ML-100K, 1.4-2.0x a plain per-event numpy ISGD measured in the same
 run (its speed swings 16-23k/s with the machine's load). Batch 128 and 512 are no faster per
 event. Every event costs three ``dim``-wide products against the shortlist (score, and the two
 gradient products: together ~1 ms a batch, at the core's peak FLOP rate), a few passes over a
