@@ -33,20 +33,13 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
-from model.registry import create  # noqa: E402
+from model.registry import create, parse_settings  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from streamrec.commands.evaluate import evaluate_model  # noqa: E402
 
 
 def _default_data() -> Path:
     return Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared/data/ml-100k/u.data"))
-
-
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _row(label: str, result: dict, reference: float, model=None) -> dict:
@@ -90,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.exists():
         print(f"{args.data}: no such file (set STREAMREC_ML100K)", file=sys.stderr)
         return 2
-    settings = dict(item.split("=", 1) for item in args.set)
-    settings = {k: _value(v) for k, v in settings.items()}
+    settings = parse_settings(args.set)
     sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     if args.with_batch_1:
         sizes = [1, *sizes]

@@ -47,6 +47,9 @@ class ServiceConfig:
     top_n: int = 10
     #: The model to serve, by registry name.
     model: str = "streamrec"
+    #: Settings of a fresh model, ``key=value[,key=value]`` (values read as JSON); a model
+    #: restored from a checkpoint keeps the settings it was saved with.
+    model_settings: str = ""
     #: A popularity model scored on the same stream, so dashboards show the lift of learning.
     shadow_baseline: bool = True
     max_poll_records: int = 500
@@ -85,6 +88,17 @@ class ServiceConfig:
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level is not a level")
+        try:
+            self.model_params  # noqa: B018 - parsed here so a malformed value fails at start-up
+        except ValueError as err:
+            raise ConfigError(f"model_settings: {err}") from None
+
+    @property
+    def model_params(self) -> dict[str, object]:
+        """``model_settings`` as keyword arguments of the model's constructor."""
+        from model.registry import parse_settings
+
+        return parse_settings([self.model_settings])
 
     @property
     def worker(self) -> str:
@@ -129,6 +143,8 @@ _HELP = {
     "auto_offset_reset": "where a new consumer group starts: earliest or latest",
     "top_n": "length of each published recommendation list",
     "model": "model to serve (see `streamrec evaluate --help` for names)",
+    "model_settings": "settings of a fresh model, KEY=VALUE[,KEY=VALUE] (JSON values, e.g. dim=16); "
+    "a model restored from a checkpoint keeps its own",
     "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
     "max_poll_records": "most events learned in one batch",
     "poll_timeout_ms": "how long one poll waits for events",

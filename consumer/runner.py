@@ -29,13 +29,30 @@ def build_service(config: ServiceConfig, with_metrics: bool = True) -> Streamrec
 
         models = (config.model, "popular") if config.shadow_baseline else (config.model,)
         metrics = ServiceMetrics(models=models)
-    return StreamrecService(
-        config,
-        model_factory=lambda: registry.create(config.model),
-        load_model=lambda path: registry.load(config.model, path),
-        shadow_factory=(lambda: registry.create("recent_popular")) if config.shadow_baseline else None,
-        metrics=metrics,
-    )
+    params = config.model_params
+
+    def load_model(path):
+        model = registry.load(config.model, path)
+        kept = {k: getattr(model, k) for k, v in params.items() if getattr(model, k, v) != v}
+        if kept:
+            # Changing a learned model's settings under it is not defined: a restart resumes
+            # the model as saved. Start afresh (a new checkpoint folder) to apply new settings.
+            log.warning(
+                "the checkpoint's model keeps its own settings, not --model-settings",
+                extra=fields(kept=kept, asked=params),
+            )
+        return model
+
+    try:
+        return StreamrecService(
+            config,
+            model_factory=lambda: registry.create(config.model, **params),
+            load_model=load_model,
+            shadow_factory=(lambda: registry.create("recent_popular")) if config.shadow_baseline else None,
+            metrics=metrics,
+        )
+    except registry.BadSetting as err:
+        raise ConfigError(f"model_settings: {err}") from None
 
 
 def serve(config: ServiceConfig) -> int:

@@ -292,3 +292,39 @@ def test_quality_bench_writes_a_table_and_json(tmp_path):
     assert [r["model"] for r in payload["results"]] == ["isgd (plain loop)", *BASELINES]
     assert payload["results"][0]["vs_isgd"] == 1.0 and all(r["events"] == 300 for r in payload["results"])
     assert "vs ISGD" in result.stdout
+
+
+def test_set_changes_the_models_that_have_the_setting(tmp_path, capsys):
+    from model.registry import create
+    from producer.readers import read_events
+    from streamrec.commands.evaluate import evaluate_model
+
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    out_json = tmp_path / "o.json"
+    argv = [str(path), "--model", "recent_popular,most_popular", "--batch-size", "32"]
+    code, out, err = run(capsys, *argv, "--set", "half_life=3", "--json", str(out_json))
+    assert code == 0, err
+    tuned, popular = json.loads(out_json.read_text())
+    assert (tuned["settings"], popular["settings"]) == ({"half_life": 3}, {})
+    assert "settings of recent_popular: half_life=3" in out
+    # The figures are those of the model built with the setting, not of the default one.
+    events = read_events(path)
+    expected = evaluate_model(create("recent_popular", half_life=3), events, batch_size=32)
+    default = evaluate_model(create("recent_popular"), events, batch_size=32)
+    assert tuned["hr_at_10"] == expected["hr_at_10"] != default["hr_at_10"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--set", "dimm=8"], "has no setting 'dimm'; its settings: dim, "),
+        (["--set", "dim=8,history"], "expected key=value, got 'history'"),
+        (["--set", "dim=1.5"], "setting 'dim' must be int, got 1.5"),
+        (["--set", "recency=2"], "recency must be in (0, 1]"),
+        (["--model", "most_popular,isgd", "--set", "dim=8"], "no evaluated model has a setting 'dim'"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
+    path = write(tmp_path / "u.data", "u.data", ratings(20))
+    code, _, err = run(capsys, str(path), *argv)
+    assert message in one_line_error(code, err)

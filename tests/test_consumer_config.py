@@ -48,3 +48,41 @@ def test_serve_reports_configuration_errors_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("streamrec serve: error: unknown model 'no-such-model'")
     assert "Traceback" not in err
+
+
+def test_model_settings_build_the_served_model():
+    cfg = ServiceConfig.from_args([], environ={"STREAMREC_MODEL_SETTINGS": "dim=8,shortlist=null"})
+    model = build_service(cfg, with_metrics=False).model
+    assert (model.dim, model.shortlist) == (8, None)
+    # The flag beats the environment, and an unset one leaves every default alone.
+    assert build_service(ServiceConfig(model_settings="dim=4"), with_metrics=False).model.dim == 4
+    assert build_service(ServiceConfig(), with_metrics=False).model.dim == 32
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("dimm=8", "no setting 'dimm'; its settings: dim, "),
+        ("dim", "expected key=value, got 'dim'"),
+        ("dim=eight", "setting 'dim' must be int, got 'eight'"),
+        ("loss=hinge", "loss must be one of"),
+    ],
+)
+def test_bad_model_settings_stop_start_up_in_one_line(settings, message, capsys):
+    assert main(["--model-settings", settings, "--metrics-port", "0", "--checkpoint-dir", "none"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamrec serve: error: model_settings: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_restored_checkpoint_keeps_its_settings_and_says_so(tmp_path, caplog):
+    def service(settings: str):
+        config = ServiceConfig(model_settings=settings, checkpoint_dir=str(tmp_path))
+        return build_service(config, with_metrics=False)
+
+    assert service("dim=8").checkpoint() is not None
+    again = service("dim=16")
+    with caplog.at_level("WARNING", logger="consumer"):
+        assert again.restore() is not None
+    assert again.model.dim == 8
+    assert "keeps its own settings" in caplog.text

@@ -11,6 +11,7 @@ warming up and where settings tuned on the first 80% are tested.
 Example::
 
     streamrec evaluate ../shared/data/ml-100k/u.data --model all --json results.json
+    streamrec evaluate ../shared/data/ml-100k/u.data --set dim=16,shortlist=null
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.2,
         metavar="F",
         help="also report the last F of the stream (default: 0.2; 0 turns it off)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a model setting (repeatable, or comma-separated; values read as JSON, e.g. dim=16, "
+        "shortlist=null); it applies to each evaluated model that has it",
     )
     p.add_argument("--json", metavar="OUT", help="write the report(s) as JSON to OUT")
     p.add_argument("--skip-bad-rows", action="store_true", help="count and skip malformed rows")
@@ -193,13 +202,29 @@ def format_table(results: Sequence[dict], extra: Sequence[tuple[str, str, str]] 
     return "\n".join(lines)
 
 
+def _settings_per_model(model_names: Sequence[str], items: Sequence[str]) -> dict[str, dict]:
+    """``--set`` values split by model: each model gets the settings it has; a setting no
+    evaluated model has is an error (a typo must not go unnoticed)."""
+    from model.registry import BadSetting, parse_settings, settings_of
+
+    given = parse_settings(items)
+    if len(model_names) == 1:  # create() names the model's settings if one is unknown
+        return {model_names[0]: given}
+    known = {name: settings_of(name) for name in model_names}
+    for key in given:
+        if not any(key in k for k in known.values()):
+            raise BadSetting(f"no evaluated model has a setting {key!r} ({', '.join(model_names)})")
+    return {name: {k: v for k, v in given.items() if k in known[name]} for name in model_names}
+
+
 def run(args: argparse.Namespace) -> int:
-    from model.registry import UnknownModel, create, resolve
+    from model.registry import BadSetting, UnknownModel, create, resolve
     from producer.readers import DataFormatError, ReadStats, read_events
 
     try:
         model_names = resolve(args.model)
-    except UnknownModel as err:
+        settings = _settings_per_model(model_names, args.set)
+    except (UnknownModel, BadSetting) as err:
         raise UserError(str(err)) from None
     stats = ReadStats()
     try:
@@ -219,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     results = []
     for name in model_names:
         try:
-            model = create(name)
-        except UnknownModel as err:
+            model = create(name, **settings[name])
+        except (UnknownModel, BadSetting) as err:
             raise UserError(str(err)) from None
         progress = _ProgressBar(name, len(events)) if sys.stderr.isatty() else None
         try:
@@ -233,9 +258,14 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"model {name!r} ran out of memory: {err or 'no detail'}") from None
         result["source"] = str(args.path)
         result["bad_rows_skipped"] = stats.bad_rows
+        result["settings"] = settings[name]
         results.append(result)
 
     print(format_table(results))
+    for name in model_names:
+        if settings[name]:
+            listed = ", ".join(f"{k}={json.dumps(v)}" for k, v in settings[name].items())
+            print(f"settings of {name}: {listed}")
     print(
         f"protocol: {results[0]['protocol']}"
         + (f"; tail = last {args.tail:.0%} of events" if args.tail > 0 else "")
