@@ -68,8 +68,9 @@ gradient products: together ~1 ms a batch, at the core's peak FLOP rate), a few 
 row of the shortlist (rank, top-n, softmax) and the co-occurrence rows of its recent watches
 (memory-bound); the frontier at batch 256 (before the shortlist): without co-occurrence 0.198
 at 2.1x ISGD, with it over 5 watches 0.207 at 1.76x, defaults 0.212 at 1.6x. The issue's 10x
-is out of reach in numpy: 10x is ~5 us per event for test and train, of which mapping the
-event's two ids to rows alone takes ~0.9 us, before any arithmetic.
+is out of reach in numpy: 10x is ~5 us per event for test and train, and the numpy operations
+alone (``bench/floor.py``: the products, one co-occurrence row per event, ranking, softmax,
+Adagrad, on this model's shapes, without any Python around them) take 8-9 us.
 
 Other than the shortlist's floor, no constant depends on the catalogue size: every count is
 relative (recency per watch, half-lives in events); the dense co-occurrence matrix is dropped
