@@ -294,6 +294,29 @@ def test_quality_bench_writes_a_table_and_json(tmp_path):
     assert "vs ISGD" in result.stdout
 
 
+def test_floor_bench_times_the_models_operations_at_its_shapes(tmp_path):
+    rows = ratings(600)
+    path = write(tmp_path / "u.data", "u.data", rows)
+    out = tmp_path / "floor.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "floor.py"), str(path), "--batch-size", "64"]
+        + ["--repeats", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(out.read_text())
+    # The floor is measured at the shapes the model really had on this stream.
+    assert payload["shapes"]["videos"] == len({item for _, item, _, _ in rows})
+    assert 0 < payload["shapes"]["columns"] <= payload["shapes"]["videos"]
+    floor = payload["floor_us_per_event"]
+    assert len(floor) == 7 and all(us > 0 for us in floor.values())
+    assert payload["budget_10x_isgd_us"] == pytest.approx(payload["isgd_us"] / 10)
+    assert "the floor" in result.stdout and "budget of 10x ISGD" in result.stdout
+
+
 def test_set_changes_the_models_that_have_the_setting(tmp_path, capsys):
     from model.registry import create
     from producer.readers import read_events
