@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import streamrec  # noqa: E402, F401  (single-threaded BLAS, set before numpy loads)
+from bench.data import ml100k  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE  # noqa: E402
@@ -62,11 +62,6 @@ GRIDS["full"] = GRIDS["default"] + [
 ]
 
 
-def default_data() -> Path:
-    env = os.environ.get("STREAMREC_ML100K")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
-
-
 def head_hr(result: dict) -> float:
     """HR@10 on the events before the tail (the part settings are chosen on)."""
     tail = result["tail"]
@@ -77,7 +72,7 @@ def head_hr(result: dict) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", nargs="?", type=Path, default=default_data())
+    parser.add_argument("data", nargs="?", type=Path, default=ml100k())
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--grid", choices=sorted(GRIDS), default="default")
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "expiry_quality.json")

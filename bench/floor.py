@@ -25,7 +25,6 @@ Prints a table and writes ``bench/results/floor.json``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 import numpy as np  # noqa: E402
 
+from bench.data import ml100k  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
@@ -46,10 +46,6 @@ from model.kernels import adagrad_step, softmax_grad  # noqa: E402
 from model.topk import top_n_with_rank  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from streamrec.commands.evaluate import evaluate_model  # noqa: E402
-
-
-def _default_data() -> Path:
-    return Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared/data/ml-100k/u.data"))
 
 
 def _shapes(model: EmbeddingRanker, events, batch_size: int) -> dict[str, int]:
@@ -117,7 +113,7 @@ def _floor(batch: int, history: int, columns: int, videos: int, dim: int, terms:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", nargs="?", type=Path, default=_default_data())
+    parser.add_argument("data", nargs="?", type=Path, default=ml100k())
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/floor.json")

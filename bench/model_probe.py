@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -30,16 +29,13 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 # isort: split
 
+from bench.data import ml100k  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.registry import create, parse_settings  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from streamrec.commands.evaluate import evaluate_model  # noqa: E402
-
-
-def _default_data() -> Path:
-    return Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared/data/ml-100k/u.data"))
 
 
 def _row(label: str, result: dict, reference: float, model=None) -> dict:
@@ -67,7 +63,7 @@ def _row(label: str, result: dict, reference: float, model=None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", nargs="?", type=Path, default=_default_data())
+    parser.add_argument("data", nargs="?", type=Path, default=ml100k())
     parser.add_argument("--batch-sizes", default="64,256,1024")
     parser.add_argument("--with-batch-1", action="store_true", help="also batch 1 (slow: minutes)")
     parser.add_argument("--set", action="append", default=[], help="model setting key=value")

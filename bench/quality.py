@@ -17,7 +17,6 @@ bytes per viewer and per video. The table goes to stdout and the JSON to
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 # isort: split
 
+from bench.data import ml100k  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.baselines.isgd import ISGD, plain_test_then_train  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE, create, resolve  # noqa: E402
@@ -36,11 +36,6 @@ from producer.readers import read_events  # noqa: E402
 from streamrec.commands.evaluate import evaluate_model, format_table  # noqa: E402
 
 PLAIN_ISGD = "isgd (plain loop)"
-
-
-def default_data() -> Path:
-    env = os.environ.get("STREAMREC_ML100K")
-    return Path(env) if env else REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
 
 
 def parse_batch_sizes(values: list[str]) -> dict[str, int]:
@@ -83,7 +78,7 @@ def plain_isgd(events, tail: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", nargs="?", type=Path, default=default_data())
+    parser.add_argument("data", nargs="?", type=Path, default=ml100k())
     parser.add_argument("--limit", type=int, help="only the first N events")
     parser.add_argument("--models", default="all", help="comma-separated names (default: all)")
     parser.add_argument(

@@ -268,26 +268,19 @@ def test_progress_bar_only_on_a_terminal(tmp_path):
     assert b"\r" not in result.stdout and b"HR@10" in result.stdout
 
 
+def run_bench(script: str, *argv) -> subprocess.CompletedProcess:
+    """Run ``bench/<script>`` as a user does; it must succeed."""
+    command = [sys.executable, str(REPO / "bench" / script), *map(str, argv)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_quality_bench_writes_a_table_and_json(tmp_path):
     path = write(tmp_path / "u.data", "u.data", ratings(300))
     out = tmp_path / "quality.json"
     models = ",".join(BASELINES)
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "quality.py"),
-            str(path),
-            "--models",
-            models,
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bench("quality.py", path, "--models", models, "--out", out)
     payload = json.loads(out.read_text())
     assert [r["model"] for r in payload["results"]] == ["isgd (plain loop)", *BASELINES]
     assert payload["results"][0]["vs_isgd"] == 1.0 and all(r["events"] == 300 for r in payload["results"])
@@ -298,15 +291,7 @@ def test_floor_bench_times_the_models_operations_at_its_shapes(tmp_path):
     rows = ratings(600)
     path = write(tmp_path / "u.data", "u.data", rows)
     out = tmp_path / "floor.json"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "floor.py"), str(path), "--batch-size", "64"]
-        + ["--repeats", "3", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bench("floor.py", path, "--batch-size", 64, "--repeats", 3, "--json", out)
     payload = json.loads(out.read_text())
     # The floor is measured at the shapes the model really had on this stream.
     assert payload["shapes"]["videos"] == len({item for _, item, _, _ in rows})
