@@ -101,18 +101,27 @@ def raw_consume(bootstrap: str, topic: str, events: int, max_poll_records: int) 
     }
 
 
+def service_config(bootstrap: str, topic: str, **settings) -> ServiceConfig:
+    """The service's defaults on ``topic`` (outputs beside it), a new group, no metrics port."""
+    return ServiceConfig(
+        bootstrap_servers=bootstrap,
+        input_topic=topic,
+        output_topic=f"{topic}-recs",
+        dlq_topic=f"{topic}-dlq",
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        metrics_port=0,
+        **settings,
+    )
+
+
 class Bench:
     """The service in a thread, with a stamp at the end of every batch."""
 
     def __init__(self, bootstrap: str, topic: str, checkpoints: str, model: str) -> None:
-        config = ServiceConfig(
+        config = service_config(
+            bootstrap,
+            topic,
             model=model,
-            bootstrap_servers=bootstrap,
-            input_topic=topic,
-            output_topic=f"{topic}-recs",
-            dlq_topic=f"{topic}-dlq",
-            group_id=f"bench-{uuid.uuid4().hex[:8]}",
-            metrics_port=0,
             # A model that cannot be saved (most_popular) runs without checkpoints.
             checkpoint_dir=checkpoints if hasattr(registry.model_class(model), "save") else "none",
         )

@@ -43,8 +43,8 @@ import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded befo
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.e2e import service_config  # noqa: E402
 from bench.results import write_results  # noqa: E402
-from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics, start_http_server  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
 from producer.sink import KafkaSink  # noqa: E402
@@ -86,14 +86,7 @@ def scrape_every(url: str, period: float, stop: threading.Event) -> None:
 
 
 def run_once(bootstrap: str, topic: str, events: int, with_metrics: bool) -> dict:
-    config = ServiceConfig(
-        bootstrap_servers=bootstrap,
-        input_topic=topic,
-        output_topic=f"{topic}-recs",
-        dlq_topic=f"{topic}-dlq",
-        group_id=f"bench-{uuid.uuid4().hex[:8]}",
-        metrics_port=0,
-    )
+    config = service_config(bootstrap, topic)
     service = build_service(config, with_metrics=False)
     timed = stop_scraping = server = None
     if with_metrics:

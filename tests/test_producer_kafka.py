@@ -247,21 +247,13 @@ def test_paced_synth_still_sends_everything(kafka_bootstrap, new_topic, capsys):
     assert len(read_topic(kafka_bootstrap, topic, 200)) == 200
 
 
+#: ``send`` one event to a port where no broker listens, giving up after a second.
+SEND_TO_NO_BROKER = ["send", "--viewer", "a", "--video", "b"]
+SEND_TO_NO_BROKER += ["--bootstrap-servers", "127.0.0.1:1", "--connect-timeout", "1"]
+
+
 def test_an_unreachable_broker_is_one_clear_line(capsys):
-    code = main(
-        [
-            "produce",
-            "send",
-            "--viewer",
-            "a",
-            "--video",
-            "b",
-            "--bootstrap-servers",
-            "127.0.0.1:1",
-            "--connect-timeout",
-            "1",
-        ]
-    )
+    code = main(["produce", *SEND_TO_NO_BROKER])
     err = capsys.readouterr().err
     assert code == 2
     assert len(err.strip().splitlines()) == 1
@@ -335,20 +327,7 @@ def test_recs_follow_starts_at_the_end_and_sees_new_lists(kafka_bootstrap, new_t
 
 def test_python_dash_m_producer_is_the_same_command():
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "producer",
-            "send",
-            "--viewer",
-            "a",
-            "--video",
-            "b",
-            "--bootstrap-servers",
-            "127.0.0.1:1",
-            "--connect-timeout",
-            "1",
-        ],
+        [sys.executable, "-m", "producer", *SEND_TO_NO_BROKER],
         capture_output=True,
         text=True,
         cwd=REPO,
