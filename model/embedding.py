@@ -95,7 +95,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -405,30 +404,6 @@ class EmbeddingRanker(CatalogueScorer):
 
     # -- batch preparation -------------------------------------------------------------------
 
-    def _exclusion(self, viewer_rows: np.ndarray, video_rows: np.ndarray, n_viewers: int, grouping):
-        """Causal exclusion cells: the viewer's watches before the batch and earlier in it."""
-        order, start, within = grouping
-        # Earlier events of the same viewer in this batch.
-        total = int(within.sum())
-        rows_in = np.repeat(order, within)
-        offsets = np.arange(total) - np.repeat(np.cumsum(within) - within, within)
-        cols_in = video_rows[order][np.repeat(start, within) + offsets]
-        # Everything the viewer watched before the batch.
-        known = viewer_rows < n_viewers
-        if not known.any():
-            return rows_in, cols_in
-        uniq, inverse = np.unique(viewer_rows[known], return_inverse=True)
-        lists = [self.seen.of(v) for v in uniq.tolist()]
-        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
-        first = np.cumsum(lengths) - lengths
-        counts = lengths[inverse]
-        events = np.flatnonzero(known)
-        rows_pre = np.repeat(events, counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols_pre = flat[np.repeat(first[inverse], counts) + offsets]
-        return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
-
     def _batch(self, events: Sequence[WatchEvent]) -> _Batch:
         """Map a batch to rows and build each event's representation from pre-batch state."""
         viewer_ids = [e.viewer for e in events]
@@ -460,7 +435,8 @@ class EmbeddingRanker(CatalogueScorer):
         if self.viewer_vector and has_state.any():
             U[has_state] += self._P.array[viewer_rows[has_state]]
         cold = ~has_state & ~valid.any(axis=1)
-        exclude = self._exclusion(viewer_rows, video_rows, n_viewers, grouping)
+        # New viewers' rows hold no seen list yet; new videos' rows are excluded in-batch too.
+        exclude = self.seen.exclusion_for_events(viewer_rows, video_rows, grouping)
         columns, ranked, column_of = None, 0, None
         shortlist = self._shortlist(n_videos)
         if shortlist is not None:

@@ -20,6 +20,7 @@ from itertools import chain
 import numpy as np
 
 from model.events import WatchEvent
+from model.history import group_positions
 from model.ids import IdIndex
 
 __all__ = ["SeenVideos", "viewer_keys"]
@@ -161,29 +162,42 @@ class SeenVideos:
         return rows, np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=total)
 
     def exclusion_for_events(
-        self, viewer_keys: Sequence[int], video_rows: Sequence[int]
+        self,
+        viewer_keys: Sequence[int] | np.ndarray,
+        video_rows: Sequence[int] | np.ndarray,
+        grouping: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Causal exclusion cells for a batch of events.
 
         ``viewer_keys[i]`` is the viewer row of event ``i``, or any negative number for a viewer
         the model does not know yet (events of the same unknown viewer must share the key);
         ``video_rows[i]`` is the event's video row, ``-1`` when unknown (nothing to exclude).
+        ``grouping`` is :func:`model.history.group_positions` of the keys, if the caller has it.
+
+        Vectorised for the whole batch (a viewer's burst of ``m`` events gives ``m (m - 1) / 2``
+        in-batch cells, built with a few array operations, not one per event).
         """
-        positions: dict[int, list[int]] = {}
-        for i, key in enumerate(viewer_keys):
-            positions.setdefault(int(key), []).append(i)
+        keys = np.asarray(viewer_keys, dtype=np.int64)
         video_rows = np.asarray(video_rows, dtype=np.int64)
-        rows, cols = [], []
-        for key, idxs in positions.items():
-            watched = self.of(key) if key >= 0 else []
-            if watched:
-                rows.append(np.repeat(np.asarray(idxs, dtype=np.int64), len(watched)))
-                cols.append(np.tile(np.asarray(watched, dtype=np.int64), len(idxs)))
-            for k in range(1, len(idxs)):
-                earlier = video_rows[idxs[:k]]
-                earlier = earlier[earlier >= 0]
-                rows.append(np.full(earlier.size, idxs[k], dtype=np.int64))
-                cols.append(earlier)
-        if not rows:
-            return _EMPTY, _EMPTY
-        return np.concatenate(rows), np.concatenate(cols)
+        order, start, within = group_positions(keys) if grouping is None else grouping
+        # Earlier events of the same viewer in this batch: sorted position p excludes the videos
+        # of sorted positions start[p] .. p - 1.
+        total = int(within.sum())
+        rows_in = np.repeat(order, within)
+        offsets = np.arange(total) - np.repeat(np.cumsum(within) - within, within)
+        cols_in = video_rows[order][np.repeat(start, within) + offsets]
+        counted = cols_in >= 0
+        rows_in, cols_in = rows_in[counted], cols_in[counted]
+        # Everything the viewer watched before the batch.
+        known = (keys >= 0) & (keys < len(self._seen))
+        if not known.any():
+            return rows_in, cols_in
+        uniq, inverse = np.unique(keys[known], return_inverse=True)
+        lists = [self._seen[v] for v in uniq.tolist()]
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
+        counts = lengths[inverse]
+        rows_pre = np.repeat(np.flatnonzero(known), counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols_pre = flat[np.repeat((np.cumsum(lengths) - lengths)[inverse], counts) + offsets]
+        return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
