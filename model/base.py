@@ -26,7 +26,7 @@ from river.reco.base import Ranker
 from model.events import WatchEvent
 from model.ids import IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
-from model.topk import top_n, top_n_with_rank
+from model.topk import shared_top_n_with_rank, top_n, top_n_with_rank
 
 __all__ = ["StreamRanker", "CatalogueScorer", "Ranking", "Recommendation", "recommendations"]
 
@@ -142,6 +142,13 @@ class CatalogueScorer(StreamRanker):
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         """``(len(viewer_rows), videos)`` float32 scores; a row of ``-1`` is an unknown viewer."""
 
+    def shared_scores(self) -> np.ndarray | None:
+        """The one score vector every viewer gets, for models that have one (popularity);
+        ``None`` by default. With it, ranking reads that vector's order once per batch instead
+        of a ``(batch, videos)`` matrix: the cost follows what viewers watched, not the
+        catalogue."""
+        return None
+
     def event_scores(self, events: Sequence[WatchEvent]) -> np.ndarray:
         """Scores for the test step of ``events``: by default each viewer's state before the batch."""
         return self.viewer_scores(self.viewers.get_many(e.viewer for e in events))
@@ -149,7 +156,11 @@ class CatalogueScorer(StreamRanker):
     def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
         targets = self.videos.get_many(e.video for e in events)
         exclude = self.seen.exclusion_for_events(viewer_keys(self.viewers, events), targets)
-        top, rank = top_n_with_rank(self.event_scores(events), n, targets, exclude)
+        shared = self.shared_scores()
+        if shared is None:
+            top, rank = top_n_with_rank(self.event_scores(events), n, targets, exclude)
+        else:
+            top, rank = shared_top_n_with_rank(shared, n, targets, exclude)
         return Ranking(top=top, rank=rank, catalogue=len(self.videos))
 
     def recommend_many(
@@ -157,7 +168,12 @@ class CatalogueScorer(StreamRanker):
     ) -> list[Recommendation]:
         rows = self.viewers.get_many(viewers)
         exclude = self.seen.exclusion_for_viewers(rows.tolist()) if exclude_seen else None
-        cols, scores = top_n(self.viewer_scores(rows), n, exclude)
+        shared = self.shared_scores()
+        if shared is None:
+            cols, scores = top_n(self.viewer_scores(rows), n, exclude)
+        else:
+            cols, _ = shared_top_n_with_rank(shared, n, np.full(len(rows), -1), exclude)
+            scores = np.where(cols >= 0, shared[np.maximum(cols, 0)], -np.inf).astype(np.float32)
         return recommendations(cols, scores, self.videos.ids)
 
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:

@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["top_n_with_rank", "top_n", "UNRANKED"]
+__all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "UNRANKED"]
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+#: Largest batch x catalogue counted with a bitmap (16 MB of bools) rather than a sort.
+_BITMAP_CELLS = 1 << 24
 
 #: The rank given to a target that cannot be recommended (unknown, excluded, or non-finite).
 UNRANKED = np.iinfo(np.int64).max
@@ -166,3 +170,76 @@ def top_n_with_rank(
         rank[known[ok]] = at_least[ok]
     cols, _ = top_n(scores, n, _prepared=True)
     return cols, rank
+
+
+def _distinct_per_row(rows: np.ndarray, cols: np.ndarray, batch: int, items: int) -> np.ndarray:
+    """How many distinct columns each row's cells hold (a video watched twice is excluded twice).
+
+    A bitmap of the batch when it is small (a scatter and a sum, ~20x faster than sorting the
+    cells on ML-100K), else a sort.
+    """
+    if batch * items <= _BITMAP_CELLS:
+        marked = np.zeros(batch * items, dtype=bool)
+        marked[rows * items + cols] = True
+        return marked.reshape(batch, items).sum(axis=1)
+    cells = np.unique(rows * items + cols)
+    return np.bincount(cells // items, minlength=batch)
+
+
+def shared_top_n_with_rank(
+    scores: np.ndarray,
+    n: int,
+    targets: np.ndarray,
+    exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_n_with_rank` for a batch whose rows all share one score vector ``scores``.
+
+    Popularity models give every viewer the same scores, minus what each has watched. Instead
+    of a ``(batch, items)`` matrix, this sorts the items once and reads, per row, only as far
+    down that order as its exclusions reach: the cost follows the exclusions, not the
+    catalogue. ``targets`` sets the batch size. Ranks are the same pessimistic ranks; among
+    tied scores, the lower column is listed first.
+
+    >>> s = np.array([0.1, 0.9, 0.5, 0.7], dtype=np.float32)
+    >>> top, rank = shared_top_n_with_rank(s, 2, np.array([2, 2]), (np.array([1]), np.array([1])))
+    >>> top.tolist(), rank.tolist()
+    ([[1, 3], [3, 2]], [2, 1])
+    """
+    batch, items = targets.shape[0], scores.shape[0]
+    scores = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32, copy=False)
+    order = np.argsort(-scores, kind="stable")
+    finite = int(np.isfinite(scores).sum())  # the first ``finite`` of ``order``
+    position = np.empty(items, dtype=np.int64)
+    position[order] = np.arange(items)
+    rows, cols = (_EMPTY, _EMPTY) if exclude is None else exclude
+
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    known = targets >= 0
+    target_score = np.full(batch, -np.inf, dtype=np.float32)
+    target_score[known] = scores[targets[known]]
+    target_out = np.zeros(batch, dtype=bool)  # the target itself is excluded for its row
+    target_out[rows[cols == np.where(known, targets, -1)[rows]]] = True
+    # Cells at or above the target, minus the row's excluded ones at or above it, minus itself.
+    at_least = items - np.searchsorted(scores[order[::-1]], target_score, side="left")
+    above = scores[cols] >= target_score[rows]
+    above_excluded = _distinct_per_row(rows[above], cols[above], batch, items)
+    ok = known & np.isfinite(target_score) & ~target_out
+    rank[ok] = (at_least - above_excluded - 1)[ok]
+
+    # Each row's first n items down the shared order that it does not exclude: read as far as
+    # n plus its exclusions above that point reach (grown until no row needs more).
+    depth = min(n, finite)
+    while True:
+        inside = position[cols] < depth
+        need = min(finite, n + int(np.bincount(rows[inside], minlength=batch).max(initial=0)))
+        if need <= depth:
+            break
+        depth = need
+    available = np.ones((batch, depth), dtype=bool)
+    inside = position[cols] < depth
+    available[rows[inside], position[cols[inside]]] = False
+    slot = np.cumsum(available, axis=1) - 1
+    r, p = np.nonzero(available & (slot < n))
+    top = np.full((batch, n), -1, dtype=np.int64)
+    top[r, slot[r, p]] = order[p]
+    return top, rank

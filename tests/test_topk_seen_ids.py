@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
-from model.topk import UNRANKED, top_n, top_n_with_rank
+from model.topk import UNRANKED, shared_top_n_with_rank, top_n, top_n_with_rank
 
 # -- top-n ---------------------------------------------------------------------------------------
 
@@ -69,6 +69,29 @@ def test_top_n_matches_a_brute_force_sort(case):
         assert np.all(chosen[len(valid) :] == -1)
         # ...and they are the best ones, best first.
         assert clean[row, valid].tolist() == want
+
+
+@settings(max_examples=150, deadline=None)
+@given(score_batches())
+def test_shared_scores_rank_like_the_whole_matrix(case):
+    """Popularity models rank one shared score vector: the same top lists and ranks as the
+    matrix of that vector repeated per row, ties listed lower column first."""
+    scores, n, targets, (rows, cols) = case
+    shared = scores[0]
+    # Some cells twice over, as a viewer who watched a video twice excludes it twice.
+    exclude = (np.concatenate([rows, rows[::3]]), np.concatenate([cols, cols[::3]]))
+    matrix = np.repeat(shared[None, :], len(scores), axis=0)
+    best, expected_rank = brute_force(matrix, n, targets, exclude)
+    top, rank = shared_top_n_with_rank(shared.copy(), n, targets, exclude)
+    np.testing.assert_array_equal(rank, expected_rank)
+    clean = np.where(np.isfinite(shared), shared, -np.inf)
+    for row, want in enumerate(best):
+        allowed = np.isfinite(clean)
+        allowed[exclude[1][exclude[0] == row]] = False
+        by_score = np.argsort(-clean, kind="stable")
+        expected = by_score[allowed[by_score]][:n].tolist()
+        assert top[row].tolist() == expected + [-1] * (n - len(expected))
+        assert clean[expected].tolist() == want
 
 
 def test_fewer_eligible_items_than_n_pads_with_minus_one():

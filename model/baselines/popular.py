@@ -41,6 +41,9 @@ class MostPopular(CatalogueScorer):
     def _video_scores(self) -> np.ndarray:
         return self._counts.array.astype(np.float32)
 
+    def shared_scores(self) -> np.ndarray:
+        return self._video_scores()
+
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         return np.repeat(self._video_scores()[None, :], len(viewer_rows), axis=0)
 
