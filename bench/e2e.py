@@ -122,7 +122,7 @@ class Bench:
             bootstrap,
             topic,
             model=model,
-            # A model that cannot be saved (most_popular) runs without checkpoints.
+            # A model that cannot be saved (isgd, say) runs without checkpoints.
             checkpoint_dir=checkpoints if hasattr(registry.model_class(model), "save") else "none",
         )
         self.config = config

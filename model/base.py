@@ -161,7 +161,7 @@ class CatalogueScorer(StreamRanker):
             top, rank = top_n_with_rank(self.event_scores(events), n, targets, exclude)
         else:
             top, rank = shared_top_n_with_rank(shared, n, targets, exclude)
-        return Ranking(top=top, rank=rank, catalogue=len(self.videos))
+        return Ranking(top=top, rank=rank, catalogue=self.videos.live)
 
     def recommend_many(
         self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True

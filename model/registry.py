@@ -18,10 +18,10 @@ text) and are checked against the model's constructor before it is built:
 {'dim': 16, 'shortlist': None, 'loss': 'softmax'}
 >>> create("recent_popular", half_life=500).half_life
 500.0
->>> create("recent_popular", half_lif=500)
+>>> create("recent_popular", half_lif=500)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-model.registry.BadSetting: model 'recent_popular' has no setting 'half_lif'; its settings: half_life
+model.registry.BadSetting: model 'recent_popular' has no setting 'half_lif'; its settings: half_life, ...
 
 """
 

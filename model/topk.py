@@ -3,9 +3,11 @@
 Models score a batch of viewers against their catalogue as a ``(batch, items)`` float32
 matrix; this module turns that matrix into top-n lists and, for evaluation, the rank of each
 event's video. Models that give every viewer the same scores (popularity) skip the matrix:
-:func:`shared_top_n_with_rank` ranks the one vector with each row's exclusions. Excluded cells (already-watched videos) and non-finite scores (a
-diverged model) are set to ``-inf`` *before* selection, so a NaN can never count as a hit and
-``n`` valid items come back whenever that many exist.
+:func:`shared_top_n_with_rank` ranks the one vector with each row's exclusions.
+
+Excluded cells (already-watched videos) and non-finite scores (a diverged model) are set to
+``-inf`` *before* selection, so a NaN can never count as a hit and ``n`` valid items come back
+whenever that many exist.
 
 Ranks are pessimistic: a target that ties with other items is ranked below all of them, so a
 model that scores everything equal (or zero) gets no credit.

@@ -247,3 +247,74 @@ def test_bounded_rows_keep_the_pairs_that_recur():
     counts.add_pairs(4, np.array([0]))
     row = counts.weighted_rows(np.array([[4]]), np.array([[1.0]], dtype=np.float32))[0]
     assert row.tolist() == [3.0, 0.0, 1.0, 0.0, 0.0]
+
+
+# -- the popularity models run as the service's shadow: bounded memory, saved with it ----------
+
+
+@pytest.mark.parametrize("cls", [MostPopular, RecentPopular])
+def test_popularity_memory_stays_flat_under_endless_new_viewers_and_videos(cls):
+    """One new viewer and one new video per second, forever: ids unseen for the TTL go, and
+    their rows are reused, so the tables stop growing."""
+    model = cls(viewer_ttl=100.0, video_ttl=100.0, expire_every=10)
+    rows = []
+    for start in range(0, 3000, 50):
+        model.learn_many([WatchEvent(float(t), f"v{t}", f"x{t}") for t in range(start, start + 50)])
+        rows.append((len(model.viewers), len(model.videos), model.seen.entries()))
+    assert rows[-1] == rows[len(rows) // 2]  # flat once as many leave as arrive
+    # Live ids: the TTL's worth, plus a batch, the clock's tolerance and the expiry interval.
+    assert max(rows[-1][:2]) <= 200 and model.viewers.live <= 100 + 50 + 15 + 10
+    assert model.expired[0] > 2500 and model.expired[1] > 2500
+
+
+@pytest.mark.parametrize("cls", [MostPopular, RecentPopular])
+def test_popularity_never_recommends_an_expired_video_and_forgets_expired_viewers(cls):
+    model = cls(viewer_ttl=50.0, video_ttl=50.0, expire_every=1)
+    model.learn_many([WatchEvent(float(t), "fan", "old-hit") for t in range(5)])
+    regulars = [WatchEvent(float(t), f"r{t % 3}", f"c{t % 4}") for t in range(5, 100)]
+    model.learn_many(regulars)
+    assert "old-hit" not in model.videos and "fan" not in model.viewers
+    lists = model.recommend_many(["r0", "nobody"], n=10, exclude_seen=False)
+    assert all(sorted(rec.videos) == ["c0", "c1", "c2", "c3"] for rec in lists)
+    ranking = model.rank_events([WatchEvent(100.0, "r1", "c2")])
+    assert not np.isin(ranking.top, model.videos.free_rows).any() and ranking.catalogue == 4
+    # The returning fan is new (only this watch is excluded for them), and the old hit counts
+    # from zero: its count is the weight of this one watch, not five watches more.
+    one_watch = 2.0 ** getattr(model, "_log2_increment", 0.0)
+    model.learn_many([WatchEvent(100.0, "fan", "old-hit")])
+    assert model._counts.array[model.videos.get("old-hit")] == pytest.approx(one_watch)
+    assert model.seen.of(model.viewers.get("fan")) == [model.videos.get("old-hit")]
+
+
+@pytest.mark.parametrize("cls", [MostPopular, RecentPopular])
+def test_popularity_save_and_load_continue_exactly(cls, stream, tmp_path):
+    first, rest = stream[: len(stream) // 2], stream[len(stream) // 2 :]
+    kwargs = {"half_life": 50.0} if cls is RecentPopular else {}
+    model = cls(viewer_ttl=30.0, video_ttl=60.0, expire_every=7, **kwargs)
+    model.learn_many(first)
+    model.save(tmp_path / "m.npz")
+    restored = cls.load(tmp_path / "m.npz")
+    for m in (model, restored):
+        for i in range(0, len(rest), 16):
+            m.learn_many(rest[i : i + 16])
+    assert restored.expired == model.expired and restored._life.now == model._life.now
+    np.testing.assert_array_equal(restored._counts.array, model._counts.array)
+    viewers = sorted({e.viewer for e in stream})
+    lists = [[r.videos for r in m.recommend_many(viewers)] for m in (model, restored)]
+    assert lists[0] == lists[1]
+
+
+def test_popularity_load_refuses_foreign_and_damaged_files(stream, tmp_path):
+    model = RecentPopular()
+    model.learn_many(stream)
+    model.save(tmp_path / "recent.npz")
+    with pytest.raises(ValueError, match="not a streamrec most_popular file"):
+        MostPopular.load(tmp_path / "recent.npz")  # another model's file
+    (tmp_path / "junk.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="cannot read it as .npz"):
+        RecentPopular.load(tmp_path / "junk.npz")
+    arrays = dict(np.load(tmp_path / "recent.npz"))
+    arrays["video/counts"] = arrays["video/counts"][:-1]
+    np.savez(tmp_path / "cut.npz", **arrays)
+    with pytest.raises(ValueError, match="damaged content"):
+        RecentPopular.load(tmp_path / "cut.npz")

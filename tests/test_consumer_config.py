@@ -38,8 +38,8 @@ def test_checkpoints_can_be_turned_off():
 
 def test_a_model_that_cannot_be_saved_is_refused_when_checkpoints_are_on(tmp_path):
     with pytest.raises(ConfigError, match="--checkpoint-dir none"):
-        build_service(ServiceConfig(model="most_popular", checkpoint_dir=str(tmp_path)), with_metrics=False)
-    service = build_service(ServiceConfig(model="most_popular", checkpoint_dir="none"), with_metrics=False)
+        build_service(ServiceConfig(model="isgd", checkpoint_dir=str(tmp_path)), with_metrics=False)
+    service = build_service(ServiceConfig(model="isgd", checkpoint_dir="none"), with_metrics=False)
     assert service.store is None
 
 
@@ -86,3 +86,19 @@ def test_a_restored_checkpoint_keeps_its_settings_and_says_so(tmp_path, caplog):
         assert again.restore() is not None
     assert again.model.dim == 8
     assert "keeps its own settings" in caplog.text
+
+
+def test_the_shadow_baseline_is_checkpointed_with_the_model(tmp_path):
+    """After a restart the dashboards' popularity baseline resumes where it was, instead of
+    starting again from nothing while the model does not."""
+    from model.events import WatchEvent
+
+    config = ServiceConfig(checkpoint_dir=str(tmp_path))
+    before = build_service(config, with_metrics=False)
+    before._learn([WatchEvent(float(t), f"u{t % 7}", f"v{t % 5}") for t in range(60)])
+    assert before.checkpoint() is not None
+    after = build_service(config, with_metrics=False)
+    assert after.shadow.videos.live == 0  # a fresh service has an empty baseline...
+    after.restore()
+    assert after.shadow.recommend("nobody").videos == before.shadow.recommend("nobody").videos
+    assert after.shadow.videos.live == 5 and after.model.events_learned == 60

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.baselines.popular import MostPopular
+from model.baselines.popular import DAY, MostPopular
 
 __all__ = ["RecentPopular"]
 
@@ -40,14 +40,22 @@ class RecentPopular(MostPopular):
         of 500, 1,000, 2,000, 5,000, 10,000, 20,000, 40,000 and 100,000 on the first 80% of
         ML-100K (HR@10 0.0782, against 0.0754 for undecayed counts; 0.061 at 500): a mild
         decay, about which films are "in season" rather than which are hot this minute.
+    viewer_ttl, video_ttl, expire_every
+        Expiry of ids not seen for a while, as in :class:`~model.baselines.popular.MostPopular`.
     """
 
     name = "recent_popular"
 
-    def __init__(self, half_life: float = 20_000.0) -> None:
+    def __init__(
+        self,
+        half_life: float = 20_000.0,
+        viewer_ttl: float | None = 180 * DAY,
+        video_ttl: float | None = 180 * DAY,
+        expire_every: int = 1000,
+    ) -> None:
         if not half_life > 0:
             raise ValueError(f"half_life must be positive, got {half_life}")
-        super().__init__()
+        super().__init__(viewer_ttl=viewer_ttl, video_ttl=video_ttl, expire_every=expire_every)
         self.half_life = half_life
         self._log2_increment = 0.0  # log2 of the weight of the next watch
         # One step's weights grow by at most 2**256 past the rescale point: float64 holds them.
@@ -69,3 +77,12 @@ class RecentPopular(MostPopular):
         counts = self._counts.array
         top = counts.max() if counts.size else 1.0
         return (counts / (top if top > 0 else 1.0)).astype(np.float32)
+
+    def _config(self) -> dict:
+        return super()._config() | {"half_life": self.half_life}
+
+    def _extra_state(self) -> dict:
+        return {"log2_increment": self._log2_increment}
+
+    def _load_extra_state(self, state: dict) -> None:
+        self._log2_increment = float(state["log2_increment"])
