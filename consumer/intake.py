@@ -62,6 +62,13 @@ def decode(records: Iterable) -> Intake:
                 DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, err.reason, err.detail)
             )
             continue
+        except Exception as err:  # noqa: BLE001 - a record that breaks the decoder itself
+            # must not stop the service in a crash loop on the same offset: it is dead-lettered
+            # like any bad record, under its own reason, and the decoder bug shows in the metric.
+            detail = f"the decoder failed: {type(err).__name__}: {err}"
+            dead = DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, "decode_error", detail)
+            intake.dead.append(dead)
+            continue
         events.append(event)
         origins.append((r.partition, r.offset, r.timestamp / 1000.0))
     return intake

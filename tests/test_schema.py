@@ -151,3 +151,30 @@ def test_any_json_object_decodes_or_gets_a_reason(body):
     if isinstance(result, WatchEvent):
         assert_usable(result)
         assert result.viewer == str(body["viewer"])
+
+
+# -- the service's intake: every record decodes or becomes a dead letter ----------------------
+
+
+def test_a_record_that_breaks_the_decoder_is_dead_lettered_not_fatal(monkeypatch):
+    """A bug in validation must not crash the service on the same offset forever."""
+    from kafka.consumer.fetcher import ConsumerRecord
+
+    import consumer.intake as intake
+
+    def record(offset: int, value: bytes) -> ConsumerRecord:
+        return ConsumerRecord("t", 0, 0, offset, 1000, 0, b"k", value, [], None, 1, len(value), -1)
+
+    real = intake.event_from_json
+
+    def buggy(raw):
+        if b"poison" in raw:
+            raise KeyError("a bug")
+        return real(raw)
+
+    monkeypatch.setattr(intake, "event_from_json", buggy)
+    good = b'{"timestamp": 1, "viewer": "a", "video": "v"}'
+    batch = intake.decode([record(0, good), record(1, b'{"poison": 1}'), record(2, b"oops"), record(3, good)])
+    assert [o[1] for o in batch.origins] == [0, 3]
+    assert [(d.offset, d.reason) for d in batch.dead] == [(1, "decode_error"), (2, "not_json")]
+    assert batch.dead[0].value == b'{"poison": 1}' and "KeyError" in batch.dead[0].detail
