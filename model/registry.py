@@ -147,8 +147,10 @@ def parse_settings(items: Iterable[str]) -> dict[str, object]:
 
 def _checked(cls: type, name: str, key: str, value: object) -> object:
     """``value`` as the type ``cls``'s constructor declares for ``key`` (ints are floats too)."""
-    hints = typing.get_type_hints(cls.__init__)
-    hint = hints.get(key)
+    try:
+        hint = typing.get_type_hints(cls.__init__).get(key)
+    except NameError:  # an annotation that cannot be resolved at run time: the constructor judges
+        return value
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in allowed:
         return value
