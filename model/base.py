@@ -173,7 +173,8 @@ class CatalogueScorer(StreamRanker):
             cols, scores = top_n(self.viewer_scores(rows), n, exclude)
         else:
             cols, _ = shared_top_n_with_rank(shared, n, np.full(len(rows), -1), exclude)
-            scores = np.where(cols >= 0, shared[np.maximum(cols, 0)], -np.inf).astype(np.float32)
+            scores = np.full(cols.shape, -np.inf, dtype=np.float32)
+            scores[cols >= 0] = shared[cols[cols >= 0]]
         return recommendations(cols, scores, self.videos.ids)
 
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:

@@ -13,6 +13,7 @@ from model.baselines.isgd import plain_test_then_train
 from model.evaluate import evaluate
 from model.events import WatchEvent
 from model.registry import create, names
+from model.topk import UNRANKED
 
 BASELINES = [n for n in names() if n != "streamrec"]
 
@@ -318,3 +319,13 @@ def test_popularity_load_refuses_foreign_and_damaged_files(stream, tmp_path):
     np.savez(tmp_path / "cut.npz", **arrays)
     with pytest.raises(ValueError, match="damaged content"):
         RecentPopular.load(tmp_path / "cut.npz")
+
+
+@pytest.mark.parametrize("name", names())
+def test_a_fresh_model_recommends_nothing_and_ranks_nothing(name):
+    """Asked before it learned anything (a river user might), a model answers, empty-handed."""
+    model = create(name)
+    assert model.recommend("anyone").videos == []
+    ranking = model.rank_events([WatchEvent(0.0, "a", "x")])
+    assert (ranking.top == -1).all() and ranking.rank.tolist() == [UNRANKED]
+    assert model.predict_one("a", "x") == -math.inf
