@@ -14,14 +14,13 @@ or malformed arrays) raises ``ValueError("<path> is not a streamrec model file: 
 from __future__ import annotations
 
 import json
-import os
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model.ids import IdIndex
+from model.npz import read_npz, write_npz
 from model.seen import SeenVideos
 
 if TYPE_CHECKING:
@@ -104,10 +103,7 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         arrays[f"viewer/{key}"] = getattr(model, attr).array
     for key, attr in _VIDEO_TABLES.items():
         arrays[f"video/{key}"] = getattr(model, attr).array
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    write_npz(path, arrays)
 
 
 def _not_ours(path: Path, why: str) -> ValueError:
@@ -117,14 +113,8 @@ def _not_ours(path: Path, why: str) -> ValueError:
 def load_model(cls: type[EmbeddingRanker], path: str | Path) -> EmbeddingRanker:
     """Read a model written by :func:`save_model`."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-        raise _not_ours(path, f"cannot read it as .npz ({err})") from None
-    if not isinstance(arrays, dict) or "format" not in arrays:
+    arrays = read_npz(path, lambda why: _not_ours(path, why))
+    if "format" not in arrays:
         raise _not_ours(path, "no format marker")
     if str(arrays["format"]) not in _READABLE:
         raise _not_ours(path, f"format {str(arrays['format'])!r}, expected {FORMAT!r}")

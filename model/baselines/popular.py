@@ -20,8 +20,6 @@ loads from one ``.npz`` file, so a restarted service resumes the baseline too.
 from __future__ import annotations
 
 import json
-import os
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from model.base import CatalogueScorer
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import Lifecycle
+from model.npz import read_npz, write_npz
 from model.seen import SeenVideos
 
 __all__ = ["MostPopular"]
@@ -150,10 +149,7 @@ class MostPopular(CatalogueScorer):
             "video/counts": self._counts.array,
         }
         arrays |= {f"lifecycle/{k}": v for k, v in self._life.to_arrays().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> MostPopular:
@@ -163,13 +159,7 @@ class MostPopular(CatalogueScorer):
         def not_ours(why: str) -> ValueError:
             return ValueError(f"{path} is not a streamrec {cls.name} file: {why}")
 
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            raise
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
-            raise not_ours(f"cannot read it as .npz ({err})") from None
+        arrays = read_npz(path, not_ours)
         if str(arrays.get("format")) != FORMAT or str(arrays.get("model")) != cls.name:
             raise not_ours(f"format {str(arrays.get('format'))!r} of {str(arrays.get('model'))!r}")
         try:
