@@ -26,7 +26,7 @@ from river.reco.base import Ranker
 from model.events import WatchEvent
 from model.ids import IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
-from model.topk import shared_top_n_with_rank, top_n, top_n_with_rank
+from model.topk import shared_top_n, shared_top_n_with_rank, top_n, top_n_with_rank
 
 __all__ = ["StreamRanker", "CatalogueScorer", "Ranking", "Recommendation", "recommendations"]
 
@@ -172,9 +172,7 @@ class CatalogueScorer(StreamRanker):
         if shared is None:
             cols, scores = top_n(self.viewer_scores(rows), n, exclude)
         else:
-            cols, _ = shared_top_n_with_rank(shared, n, np.full(len(rows), -1), exclude)
-            scores = np.full(cols.shape, -np.inf, dtype=np.float32)
-            scores[cols >= 0] = shared[cols[cols >= 0]]
+            cols, scores = shared_top_n(shared, n, len(rows), exclude)
         return recommendations(cols, scores, self.videos.ids)
 
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:

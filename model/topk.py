@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "UNRANKED"]
+__all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "shared_top_n", "UNRANKED"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 #: Largest batch x catalogue counted with a bitmap (16 MB of bools) rather than a sort.
@@ -189,6 +189,57 @@ def _distinct_per_row(rows: np.ndarray, cols: np.ndarray, batch: int, items: int
     return np.bincount(cells // items, minlength=batch)
 
 
+def _shared_order(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``scores`` with non-finite cells at ``-inf``, its best-first (stable) order, each item's
+    position in that order, and how many items are finite (the first ones of the order)."""
+    clean = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32, copy=False)
+    order = np.argsort(-clean, kind="stable")
+    position = np.empty(clean.shape[0], dtype=np.int64)
+    position[order] = np.arange(clean.shape[0])
+    return clean, order, position, int(np.isfinite(clean).sum())
+
+
+def _shared_top(order, position, finite: int, n: int, batch: int, rows, cols) -> np.ndarray:
+    """Each row's first ``n`` items down the shared order that it does not exclude."""
+    # Read as deep as n plus the row's exclusions above that depth reach, grown until no row
+    # needs more: the cost follows the exclusions, not the catalogue.
+    depth = min(n, finite)
+    while True:
+        inside = position[cols] < depth
+        need = min(finite, n + int(np.bincount(rows[inside], minlength=batch).max(initial=0)))
+        if need <= depth:
+            break
+        depth = need
+    available = np.ones((batch, depth), dtype=bool)
+    inside = position[cols] < depth
+    available[rows[inside], position[cols[inside]]] = False
+    slot = np.cumsum(available, axis=1) - 1
+    r, p = np.nonzero(available & (slot < n))
+    top = np.full((batch, n), -1, dtype=np.int64)
+    top[r, slot[r, p]] = order[p]
+    return top
+
+
+def shared_top_n(
+    scores: np.ndarray, n: int, batch: int, exclude: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_n` for ``batch`` rows that all share one score vector ``scores``: columns and
+    scores of each row's ``n`` best items it does not exclude, best first (ties: lower column
+    first; empty slots ``-1`` and ``-inf``).
+
+    >>> scores = np.array([0.25, 0.75, 0.5], np.float32)
+    >>> cols, best = shared_top_n(scores, 2, 2, exclude=(np.array([0]), np.array([1])))
+    >>> cols.tolist(), best.tolist()
+    ([[2, 0], [1, 2]], [[0.5, 0.25], [0.75, 0.5]])
+    """
+    clean, order, position, finite = _shared_order(scores)
+    rows, cols = (_EMPTY, _EMPTY) if exclude is None else exclude
+    top = _shared_top(order, position, finite, n, batch, rows, cols)
+    best = np.full(top.shape, -np.inf, dtype=np.float32)
+    best[top >= 0] = clean[top[top >= 0]]
+    return top, best
+
+
 def shared_top_n_with_rank(
     scores: np.ndarray,
     n: int,
@@ -209,40 +260,19 @@ def shared_top_n_with_rank(
     ([[1, 3], [3, 2]], [2, 1])
     """
     batch, items = targets.shape[0], scores.shape[0]
-    scores = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32, copy=False)
-    order = np.argsort(-scores, kind="stable")
-    finite = int(np.isfinite(scores).sum())  # the first ``finite`` of ``order``
-    position = np.empty(items, dtype=np.int64)
-    position[order] = np.arange(items)
+    clean, order, position, finite = _shared_order(scores)
     rows, cols = (_EMPTY, _EMPTY) if exclude is None else exclude
 
     rank = np.full(batch, UNRANKED, dtype=np.int64)
     known = targets >= 0
     target_score = np.full(batch, -np.inf, dtype=np.float32)
-    target_score[known] = scores[targets[known]]
+    target_score[known] = clean[targets[known]]
     target_out = np.zeros(batch, dtype=bool)  # the target itself is excluded for its row
     target_out[rows[cols == np.where(known, targets, -1)[rows]]] = True
     # Cells at or above the target, minus the row's excluded ones at or above it, minus itself.
-    at_least = items - np.searchsorted(scores[order[::-1]], target_score, side="left")
-    above = scores[cols] >= target_score[rows]
+    at_least = items - np.searchsorted(clean[order[::-1]], target_score, side="left")
+    above = clean[cols] >= target_score[rows]
     above_excluded = _distinct_per_row(rows[above], cols[above], batch, items)
     ok = known & np.isfinite(target_score) & ~target_out
     rank[ok] = (at_least - above_excluded - 1)[ok]
-
-    # Each row's first n items down the shared order that it does not exclude: read as far as
-    # n plus its exclusions above that point reach (grown until no row needs more).
-    depth = min(n, finite)
-    while True:
-        inside = position[cols] < depth
-        need = min(finite, n + int(np.bincount(rows[inside], minlength=batch).max(initial=0)))
-        if need <= depth:
-            break
-        depth = need
-    available = np.ones((batch, depth), dtype=bool)
-    inside = position[cols] < depth
-    available[rows[inside], position[cols[inside]]] = False
-    slot = np.cumsum(available, axis=1) - 1
-    r, p = np.nonzero(available & (slot < n))
-    top = np.full((batch, n), -1, dtype=np.int64)
-    top[r, slot[r, p]] = order[p]
-    return top, rank
+    return _shared_top(order, position, finite, n, batch, rows, cols), rank

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
-from model.topk import UNRANKED, shared_top_n_with_rank, top_n, top_n_with_rank
+from model.topk import UNRANKED, shared_top_n, shared_top_n_with_rank, top_n, top_n_with_rank
 
 # -- top-n ---------------------------------------------------------------------------------------
 
@@ -92,6 +92,10 @@ def test_shared_scores_rank_like_the_whole_matrix(case):
         expected = by_score[allowed[by_score]][:n].tolist()
         assert top[row].tolist() == expected + [-1] * (n - len(expected))
         assert clean[expected].tolist() == want
+    # Without targets (serving): the same lists, with their scores.
+    cols_only, best = shared_top_n(shared.copy(), n, len(scores), exclude)
+    np.testing.assert_array_equal(cols_only, top)
+    np.testing.assert_array_equal(best, np.where(top >= 0, clean[np.maximum(top, 0)], -np.inf))
 
 
 def test_fewer_eligible_items_than_n_pads_with_minus_one():
