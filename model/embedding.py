@@ -106,7 +106,7 @@ from model.frequency import FrequencyFilter
 from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex
 from model.kernels import adagrad_step, scatter_rows, softmax_grad
-from model.lifecycle import Lifecycle
+from model.lifecycle import DAY, Lifecycle
 from model.seen import SeenVideos
 from model.topk import top_n, top_n_with_rank
 from model.weighting import watch_weights
@@ -114,7 +114,6 @@ from model.weighting import watch_weights
 __all__ = ["EmbeddingRanker"]
 
 LOSSES = ("softmax", "sampled_softmax", "bpr")
-DAY = 86_400.0  # seconds
 SAMPLINGS = ("uniform", "popularity")
 
 
@@ -682,9 +681,7 @@ class EmbeddingRanker(CatalogueScorer):
 
     def _expire(self) -> None:
         """Release viewers and videos not seen for their TTL and reset their rows."""
-        old_viewers, old_videos = self._life.expired(self.viewers.live_mask(), self.videos.live_mask())
-        viewers = self.viewers.remove_rows(old_viewers)
-        videos = self.videos.remove_rows(old_videos)
+        viewers, videos = self._life.release(self.viewers, self.videos)
         if viewers.size:
             # A reused row must start exactly like a new one: no vector, history or seen list.
             for table in (self._P, self._P_acc):
@@ -709,7 +706,6 @@ class EmbeddingRanker(CatalogueScorer):
             # excluded for them and mixed into their history.
             self._recent.discard_videos(videos)
             self.seen.discard_videos(videos)
-        self._life.forget(viewers, videos)
         self._version += 1
 
     def _full_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:

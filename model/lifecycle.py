@@ -37,9 +37,12 @@ import math
 
 import numpy as np
 
-from model.ids import GrowableTable
+from model.ids import GrowableTable, IdIndex
 
-__all__ = ["Lifecycle", "LastSeen", "EventClock"]
+__all__ = ["Lifecycle", "LastSeen", "EventClock", "DAY"]
+
+#: Seconds in a day: TTLs are seconds of event time.
+DAY = 86_400.0
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -207,6 +210,14 @@ class Lifecycle:
             else self.videos.older_than(self.now - self.video_ttl, video_live)
         )
         return viewers, videos
+
+    def release(self, viewers: IdIndex, videos: IdIndex) -> tuple[np.ndarray, np.ndarray]:
+        """One expiry run: remove the expired ids from ``viewers`` and ``videos`` and return
+        the rows released, whose state the model must now reset."""
+        old_viewers, old_videos = self.expired(viewers.live_mask(), videos.live_mask())
+        released = viewers.remove_rows(old_viewers), videos.remove_rows(old_videos)
+        self.forget(*released)
+        return released
 
     def forget(self, viewer_rows: np.ndarray, video_rows: np.ndarray) -> None:
         """Released rows start as "never seen" if reused; counts them."""

@@ -28,13 +28,12 @@ import numpy as np
 from model.base import CatalogueScorer
 from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
-from model.lifecycle import Lifecycle
+from model.lifecycle import DAY, Lifecycle
 from model.npz import read_npz, write_npz
 from model.seen import SeenVideos
 
 __all__ = ["MostPopular"]
 
-DAY = 86_400.0  # seconds
 #: Format marker of the files :meth:`MostPopular.save` writes.
 FORMAT = "streamrec.popular/1"
 
@@ -75,17 +74,14 @@ class MostPopular(CatalogueScorer):
     def _video_scores(self) -> np.ndarray:
         return self._counts.array.astype(np.float32)
 
-    def _live_scores(self) -> np.ndarray:
+    def shared_scores(self) -> np.ndarray:
         scores = self._video_scores()
         if self.videos.free_rows:  # released rows hold no video: never recommended
             scores[np.asarray(self.videos.free_rows, dtype=np.int64)] = -np.inf
         return scores
 
-    def shared_scores(self) -> np.ndarray:
-        return self._live_scores()
-
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
-        return np.repeat(self._live_scores()[None, :], len(viewer_rows), axis=0)
+        return np.repeat(self.shared_scores()[None, :], len(viewer_rows), axis=0)
 
     def learn_many(self, events: Sequence[WatchEvent]) -> None:
         chunk = self._max_chunk
@@ -104,14 +100,11 @@ class MostPopular(CatalogueScorer):
             self._expire()
 
     def _expire(self) -> None:
-        old_viewers, old_videos = self._life.expired(self.viewers.live_mask(), self.videos.live_mask())
-        viewers = self.viewers.remove_rows(old_viewers)
-        videos = self.videos.remove_rows(old_videos)
+        viewers, videos = self._life.release(self.viewers, self.videos)
         self.seen.clear_rows(viewers.tolist())
         if videos.size:
             self._counts.reset(videos)
             self.seen.discard_videos(videos)
-        self._life.forget(viewers, videos)
 
     #: Most events one vectorised step takes (subclasses whose weights grow bound it).
     _max_chunk = 1 << 62

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.baselines.popular import DAY, MostPopular
+from model.baselines.popular import MostPopular
+from model.lifecycle import DAY
 
 __all__ = ["RecentPopular"]
 
