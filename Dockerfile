@@ -9,6 +9,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 # Only what the package needs: the code and its metadata (.dockerignore keeps the rest out).
 COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY model ./model
 COPY producer ./producer
 COPY consumer ./consumer

@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
 
 # isort: split
 
@@ -47,8 +47,8 @@ import numpy as np  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
 from consumer.checkpoint import LocalCheckpointStore  # noqa: E402
+from contract.events import WatchEvent  # noqa: E402
 from model import registry  # noqa: E402
-from model.events import WatchEvent  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "checkpoint.json"
 MODEL = "streamrec"

@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
 
 # isort: split
 
@@ -60,11 +60,11 @@ from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
+from contract.schema import event_to_json  # noqa: E402
 from model import registry  # noqa: E402
 from producer.pacing import paced  # noqa: E402
 from producer.sink import KafkaSink, ensure_topic  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
-from streamrec.schema import event_to_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "e2e.json"
 PARTITIONS = 3

@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import streamrec  # noqa: E402, F401  (single-threaded BLAS, set before numpy loads)
+import contract  # noqa: E402, F401  (single-threaded BLAS, set before numpy loads)
 from bench.data import ml100k  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402

@@ -28,16 +28,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
 
 # isort: split
 
 import numpy as np  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
+from contract.events import WatchEvent  # noqa: E402
 from model.embedding import EmbeddingRanker  # noqa: E402
 from model.evaluate import StreamingEvaluator  # noqa: E402
-from model.events import WatchEvent  # noqa: E402
 from model.registry import DEFAULT_BATCH_SIZE  # noqa: E402
 
 START = 1_704_067_200.0  # 2024-01-01, like the synthetic producer

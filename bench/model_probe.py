@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import streamrec  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
 
 # isort: split
 

@@ -2,7 +2,7 @@
 
 import sys
 
-import streamrec  # noqa: F401  (first: it sets single-threaded BLAS before numpy loads)
+import contract  # noqa: F401  (first: it sets single-threaded BLAS before numpy loads)
 from consumer.runner import main
 
 sys.exit(main())

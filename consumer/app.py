@@ -43,9 +43,9 @@ from consumer.intake import Intake, decode
 from consumer.logs import fields
 from consumer.outputs import dead_letter_record, recommendation_value
 from consumer.topics import ensure_output_topics
+from contract.events import WatchEvent
 from model.base import StreamRanker
 from model.evaluate import StreamingEvaluator
-from model.events import WatchEvent
 from model.expiring import ExpiringDict
 
 __all__ = ["StreamrecService"]

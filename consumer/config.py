@@ -22,10 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-__all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
+from contract.defaults import DEFAULT_BOOTSTRAP, DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
 
-# The local broker of `streamrec kafka up` (streamrec.kafka_local.DEFAULT_PORT).
-DEFAULT_BOOTSTRAP = "127.0.0.1:19092"
+__all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
 
 
 class ConfigError(ValueError):
@@ -37,9 +36,9 @@ class ServiceConfig:
     """Settings of ``streamrec serve``. Field names are the flag names with ``-`` for ``_``."""
 
     bootstrap_servers: str = DEFAULT_BOOTSTRAP
-    input_topic: str = "watch-events"
-    output_topic: str = "recommendations"
-    dlq_topic: str = "watch-events-dlq"
+    input_topic: str = INPUT_TOPIC
+    output_topic: str = OUTPUT_TOPIC
+    dlq_topic: str = DLQ_TOPIC
     group_id: str = "streamrec"
     metrics_port: int = 8000
     #: Where a new consumer group starts: "earliest" learns the history already in the topic.

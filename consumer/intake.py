@@ -1,6 +1,6 @@
 """Turning one poll's Kafka records into watch events, and the rest into dead letters.
 
-Decoding follows the wire contract in :mod:`streamrec.schema`. A record that breaks it is not
+Decoding follows the wire contract in :mod:`contract.schema`. A record that breaks it is not
 dropped: it becomes a :class:`DeadLetter` carrying the original key and value unchanged plus the
 reason, which the service publishes to the dead-letter topic.
 
@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from model.events import WatchEvent
-from streamrec.schema import EventError, event_from_json
+from contract.events import WatchEvent
+from contract.schema import EventError, event_from_json
 
 __all__ = ["DeadLetter", "Intake", "decode"]
 

@@ -40,8 +40,8 @@ import numpy as np
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import HistogramMetricFamily
 
-from streamrec import __version__
-from streamrec.schema import REASONS
+from contract import __version__
+from contract.schema import REASONS
 
 if TYPE_CHECKING:
     from model.evaluate import BatchQuality
@@ -218,7 +218,7 @@ class ServiceMetrics:
         )
         self.dead_lettered = Counter(
             "streamrec_events_dead_lettered",
-            "Events sent to the dead-letter topic, by reason (see streamrec.schema).",
+            "Events sent to the dead-letter topic, by reason (see contract.schema).",
             ["reason"],
             **kw,
         )

@@ -10,7 +10,7 @@ latest list per viewer::
 Dead letters (topic ``watch-events-dlq``) carry the original key and value *unchanged*, so they
 can be fixed and replayed as they are; the reason travels in headers:
 
-* ``streamrec.error.reason``: a code from :data:`streamrec.schema.REASONS`;
+* ``streamrec.error.reason``: a code from :data:`contract.schema.REASONS`;
 * ``streamrec.error.detail``: a human-readable sentence;
 * ``streamrec.source``: ``topic/partition/offset`` of the original record.
 

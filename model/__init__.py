@@ -3,9 +3,9 @@
 Imports numpy, the standard library and river only: never Kafka or Prometheus.
 """
 
+from contract.events import WatchEvent
 from model.base import Ranking, Recommendation, StreamRanker
 from model.evaluate import EvalReport, StreamingEvaluator, evaluate, progressive_evaluate
-from model.events import WatchEvent
 
 __all__ = [
     "EvalReport",

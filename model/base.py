@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 from river.reco.base import Ranker
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 from model.ids import IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
 from model.topk import shared_top_n, shared_top_n_with_rank, top_n, top_n_with_rank

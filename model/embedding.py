@@ -76,7 +76,7 @@ Other than the shortlist's floor, no constant depends on the catalogue size: eve
 relative (recency per watch, half-lives in events); the dense co-occurrence matrix is dropped
 past ``cooc_max_videos``.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = EmbeddingRanker(seed=1)
 >>> for t, (v, i) in enumerate([("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x"), ("c", "z")] * 20):
 ...     m.learn_many([WatchEvent(t, v, i)])
@@ -99,9 +99,9 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.events import WatchEvent
 from model.base import CatalogueScorer, Ranking, Recommendation, recommendations
 from model.cooc import CoCounts
-from model.events import WatchEvent
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex

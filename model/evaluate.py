@@ -17,7 +17,7 @@ exclusion, it uses), then learned in one go: this is how the service runs, one p
 time, and the report states the batch size.
 
 >>> from model.baselines import MostPopular
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> stream = [WatchEvent(t, v, i) for t, (v, i) in enumerate(
 ...     [("a", "x"), ("b", "x"), ("b", "y"), ("a", "y"), ("c", "x"), ("c", "y")])]
 >>> report = evaluate(MostPopular(), stream)
@@ -34,8 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from contract.events import WatchEvent
 from model.base import Ranking, StreamRanker
-from model.events import WatchEvent
 from model.expiring import ExpiringDict
 from model.lifecycle import EventClock
 

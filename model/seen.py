@@ -19,7 +19,7 @@ from itertools import chain
 
 import numpy as np
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 from model.history import group_positions
 from model.ids import IdIndex
 

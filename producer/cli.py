@@ -26,11 +26,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from model.events import WatchEvent
+from contract.arguments import positive_float, positive_int
+from contract.defaults import DEFAULT_BOOTSTRAP, INPUT_TOPIC
+from contract.errors import UserError
+from contract.events import WatchEvent
 from producer.pacing import paced
 from producer.progress import Progress
-from streamrec.cli import UserError, positive_float, positive_int
-from streamrec.kafka_local import DEFAULT_HOST, DEFAULT_PORT
 
 __all__ = [
     "add_arguments",
@@ -39,12 +40,7 @@ __all__ = [
     "run",
     "main",
     "looped",
-    "DEFAULT_BOOTSTRAP",
-    "DEFAULT_TOPIC",
 ]
-
-DEFAULT_BOOTSTRAP = f"{DEFAULT_HOST}:{DEFAULT_PORT}"
-DEFAULT_TOPIC = "watch-events"
 
 
 def add_connect_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -73,7 +69,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     add_bootstrap_servers(kafka)
     kafka.add_argument(
         "--topic",
-        default=os.environ.get("STREAMREC_INPUT_TOPIC", DEFAULT_TOPIC),
+        default=os.environ.get("STREAMREC_INPUT_TOPIC", INPUT_TOPIC),
         help="input topic (env STREAMREC_INPUT_TOPIC; default %(default)s)",
     )
     kafka.add_argument(
@@ -187,7 +183,7 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[WatchEvent], int]:
 
 
 def _one_event(args: argparse.Namespace) -> WatchEvent:
-    from streamrec.schema import EventError, event_from_json, event_to_json
+    from contract.schema import EventError, event_from_json, event_to_json
 
     event = WatchEvent(
         timestamp=time.time() if args.timestamp is None else args.timestamp,
@@ -205,7 +201,7 @@ def _one_event(args: argparse.Namespace) -> WatchEvent:
 
 def _write_jsonl(events: Iterable[WatchEvent], path: Path) -> int:
     """Write ``events`` to ``path`` in the input topic's JSON, one per line."""
-    from streamrec.schema import event_to_json
+    from contract.schema import event_to_json
 
     try:
         with path.open("wb") as out:

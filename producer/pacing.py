@@ -40,7 +40,7 @@ def schedule(
     >>> due = schedule(rate=4)
     >>> due(0, None, 0.0), due(2, None, 0.0)
     (0.0, 0.5)
-    >>> from model.events import WatchEvent
+    >>> from contract.events import WatchEvent
     >>> due = schedule(speedup=10)
     >>> due(5, WatchEvent(1030.0, "a", "v"), 1000.0)
     3.0
@@ -69,7 +69,7 @@ def paced(
 ) -> Iterator[T]:
     """Yield ``items`` no earlier than their due time (see :func:`schedule`).
 
-    With ``speedup`` the items must be :class:`~model.events.WatchEvent` (or anything with a
+    With ``speedup`` the items must be :class:`~contract.events.WatchEvent` (or anything with a
     ``timestamp``), in time order; an event earlier than the first is due at once.
     """
     due = schedule(rate, speedup)  # checks the arguments now, not at the first item

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 
 __all__ = ["DataFormatError", "ReadStats", "read_events", "detect_format", "FORMATS"]
 
@@ -92,7 +92,7 @@ def _parse_movielens(number: int, fields: list[str], path: Path) -> WatchEvent:
 
 def _parse_json(number: int, line: bytes, path: Path) -> WatchEvent:
     # The Kafka decoder owns the full validation rules; files share them.
-    from streamrec.schema import EventError, event_from_json
+    from contract.schema import EventError, event_from_json
 
     try:
         return event_from_json(line)

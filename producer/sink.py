@@ -1,7 +1,7 @@
 """Send watch events to a Kafka topic: the producer side of the wire contract.
 
 Each event becomes one message: key = the viewer id (UTF-8), so one viewer's events stay in one
-partition and in order; value = :func:`streamrec.schema.event_to_json`. The record timestamp is
+partition and in order; value = :func:`contract.schema.event_to_json`. The record timestamp is
 left to the producer (the send time): replayed files carry timestamps from years ago, and a
 broker would delete records that old at once under time-based retention.
 
@@ -25,8 +25,9 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
-from model.events import WatchEvent
-from streamrec.schema import event_to_json
+from contract.defaults import INPUT_TOPIC
+from contract.events import WatchEvent
+from contract.schema import event_to_json
 
 __all__ = ["KafkaSink", "BrokerUnavailable", "DeliveryStats", "ensure_topic"]
 
@@ -134,7 +135,7 @@ class KafkaSink:
     def __init__(
         self,
         bootstrap_servers: str,
-        topic: str = "watch-events",
+        topic: str = INPUT_TOPIC,
         *,
         partitions: int | None = 3,
         connect_timeout_s: float = 10.0,

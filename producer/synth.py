@@ -22,7 +22,7 @@ model has something to find and popularity alone is a weak answer:
   topic matches the viewer's taste and low otherwise (a popular off-taste video is abandoned
   early), so weighting by watch time separates liking from clicking.
 
-The stream is a plain iterator of :class:`~model.events.WatchEvent` in timestamp order; the
+The stream is a plain iterator of :class:`~contract.events.WatchEvent` in timestamp order; the
 same seed gives the same events, and iterating twice gives the same events twice.
 
 >>> stream = SyntheticStream(viewers=50, videos=80, events=500, seed=7)
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 
 __all__ = ["SyntheticStream", "synth_events", "DEFAULT_START"]
 

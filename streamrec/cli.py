@@ -12,7 +12,8 @@ import argparse
 import importlib
 import sys
 
-from streamrec import __version__
+from contract import __version__
+from contract.errors import UserError
 
 #: subcommand -> (module under streamrec.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,32 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "learn from watch events and publish recommendations (the service)"),
     "report": ("report", "draw quality vs baseline, throughput and latency to a PNG"),
 }
-
-
-class UserError(Exception):
-    """A problem the user can fix (bad path, bad flag, broker down): printed as one line, exit 2."""
-
-
-def positive_int(text: str) -> int:
-    """argparse type of every count flag: an integer >= 1, or a one-line usage error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type of every rate and duration flag: a number > 0, or a one-line usage error."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 
 TOPICS = {
     "input_topic": "streamrec-demo.watch-events",

@@ -40,16 +40,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamrec.cli import UserError
+from contract.defaults import DEFAULT_HOST, DEFAULT_PORT
+from contract.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 POM = REPO_ROOT / "deploy" / "kafka" / "pom.xml"
 LOG4J2_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
 JARS_SCRIPT = REPO_ROOT / "scripts" / "kafka-jars.sh"
 
-DEFAULT_HOST = "127.0.0.1"
-#: Not 9092, so a broker someone already runs on the usual port is left alone.
-DEFAULT_PORT = 19092
+# DEFAULT_PORT is not 9092, so a broker someone already runs on the usual port is left alone.
 #: The INFO line kafka.Kafka logs once the broker accepts requests (KafkaRaftServer.startup).
 READY_LINE = "Kafka Server started"
 

@@ -1,6 +1,6 @@
 """A seeded corpus of hostile watch-event records, each labelled valid or invalid *by construction*.
 
-The labels come from the documented wire rules (:mod:`streamrec.schema`), not from running the
+The labels come from the documented wire rules (:mod:`contract.schema`), not from running the
 decoder, so a test that compares them with what the service did checks the decoder too. Most
 records break a rule (malformed JSON, wrong types, missing fields, huge strings and numbers,
 NaN/Infinity, absurd watch times, timestamps outside 1970..2100, non-UTF-8 bytes, empty and

@@ -25,7 +25,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import Serializer
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 from streamrec.kafka_local import free_port
 
 __all__ = [

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.baselines import ISGD, CoOccurrenceKNN, FunkMFRanker, MostPopular, RecentPopular
 from model.baselines.cooccurrence import CoCounts, TopCoCounts
 from model.baselines.isgd import plain_test_then_train
 from model.evaluate import evaluate
-from model.events import WatchEvent
 from model.registry import create, names
 from model.topk import UNRANKED
 

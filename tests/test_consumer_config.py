@@ -91,7 +91,7 @@ def test_a_restored_checkpoint_keeps_its_settings_and_says_so(tmp_path, caplog):
 def test_the_shadow_baseline_is_checkpointed_with_the_model(tmp_path):
     """After a restart the dashboards' popularity baseline resumes where it was, instead of
     starting again from nothing while the model does not."""
-    from model.events import WatchEvent
+    from contract.events import WatchEvent
 
     config = ServiceConfig(checkpoint_dir=str(tmp_path))
     before = build_service(config, with_metrics=False)

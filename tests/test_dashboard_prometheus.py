@@ -203,8 +203,8 @@ def _replay(bootstrap: str, topic: str) -> int:
     """The first ``N_EVENTS`` ML-100K events in time order, keyed by viewer, malformed ones among them."""
     from kafka import KafkaProducer
 
+    from contract.schema import event_to_json
     from producer.readers import read_events
-    from streamrec.schema import event_to_json
 
     events = read_events(ML100K)[:N_EVENTS]
     bad_at = set(np.linspace(100, len(events) - 100, len(MALFORMED)).astype(int).tolist())

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.baselines import CoOccurrenceKNN, MostPopular
 from model.evaluate import evaluate
-from model.events import WatchEvent
 from streamrec.commands.evaluate import evaluate_model
 
 # viewer, video; comments give what MostPopular knows before each event.

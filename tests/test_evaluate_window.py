@@ -5,9 +5,9 @@ from collections import deque
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.base import Ranking
 from model.evaluate import StreamingEvaluator
-from model.events import WatchEvent
 
 
 @pytest.mark.parametrize("window", [1, 7, 50])

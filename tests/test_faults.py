@@ -34,9 +34,9 @@ import orjson
 import pytest
 from kafka import KafkaProducer
 
+from contract.schema import REASONS, event_to_json
 from model import registry
 from model.evaluate import evaluate
-from streamrec.schema import REASONS, event_to_json
 from tests.hostile import BROKER_MAX_MESSAGE_BYTES, hostile_corpus
 from tests.service_helpers import (
     ServiceProcess,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.baselines.popular import MostPopular
 from model.evaluate import StreamingEvaluator, evaluate
-from model.events import WatchEvent
 from model.expiring import ExpiringDict
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory

@@ -20,9 +20,9 @@ from consumer.metrics import (
     popularity_percentiles,
     start_http_server,
 )
+from contract.schema import REASONS
 from model.evaluate import BatchQuality
 from streamrec import __version__
-from streamrec.schema import REASONS
 
 
 def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:

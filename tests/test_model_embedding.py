@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.embedding import EmbeddingRanker
 from model.evaluate import evaluate
-from model.events import WatchEvent
 from model.topk import UNRANKED
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from contract.events import WatchEvent
 from model.embedding import EmbeddingRanker
-from model.events import WatchEvent
 from model.topk import UNRANKED
 
 CATALOGUE = [f"c{i}" for i in range(8)]

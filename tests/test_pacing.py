@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 from producer.pacing import paced
 
 

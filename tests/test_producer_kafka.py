@@ -18,11 +18,11 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
+from contract.schema import event_from_json, event_to_json
 from producer.readers import read_events
 from producer.synth import SyntheticStream
 from streamrec.cli import main
-from streamrec.schema import event_from_json, event_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared" / "data" / "ml-100k" / "u.data"))

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.events import WatchEvent
-from streamrec.schema import MAX_EVENT_BYTES, REASONS, EventError, event_from_json, event_to_json
+from contract.events import WatchEvent
+from contract.schema import MAX_EVENT_BYTES, REASONS, EventError, event_from_json, event_to_json
 
 
 def decode_or_reason(raw) -> WatchEvent | str:

@@ -17,8 +17,8 @@ from service_helpers import ML100K, ServiceProcess, latest_manifest, produce, re
 
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
+from contract.schema import event_to_json
 from producer.readers import read_events
-from streamrec.schema import event_to_json
 
 needs_ml100k = pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
 

@@ -8,8 +8,8 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
+from contract.schema import event_from_json, event_to_json
 from producer.synth import SyntheticStream
-from streamrec.schema import event_from_json, event_to_json
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 from model.ids import GrowableTable, IdIndex, as_id
 from model.seen import SeenVideos, viewer_keys
 from model.topk import UNRANKED, shared_top_n, shared_top_n_with_rank, top_n, top_n_with_rank

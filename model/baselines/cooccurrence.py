@@ -20,7 +20,7 @@ being the number of videos rounded up to a power of two (16 MB for ML-100K's 1,6
 move to :class:`TopCoCounts`, which keeps the heaviest ``slots`` (256) pairs of each video in
 ``8 * slots`` bytes per video: slightly weaker (see ``slots``) but bounded.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = CoOccurrenceKNN()
 >>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "a", "y"), WatchEvent(2, "b", "z"),
 ...               WatchEvent(3, "b", "w"), WatchEvent(4, "c", "z"), WatchEvent(5, "d", "x")])
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract.events import WatchEvent
 from model.base import CatalogueScorer
-from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 

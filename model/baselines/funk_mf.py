@@ -11,7 +11,7 @@ The defaults (``k=10``, SGD with learning rate 0.05, normal initialisation with 
 river's own, apart from the learning rate, which is the ISGD one so the two differ only in the
 update rule and the ranking.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = FunkMFRanker(seed=3)
 >>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "b", "y"), WatchEvent(2, "c", "x")])
 >>> sorted(m.recommend("a", n=5).videos), m.recommend("nobody", n=1).videos
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 from river import optim, reco
 
+from contract.events import WatchEvent
 from model.base import CatalogueScorer
-from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 

@@ -18,7 +18,7 @@ need.
 References: J. Vinagre, A. M. Jorge, J. Gama, "Fast incremental matrix factorization for
 recommendation with positive-only feedback", UMAP 2014.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = ISGD(seed=1)
 >>> m.learn_many([WatchEvent(t, "a", v) for t, v in enumerate("xyz")])
 >>> len(m.recommend("a", n=5).videos), len(m.recommend("new", n=2).videos)
@@ -34,8 +34,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract.events import WatchEvent
 from model.base import CatalogueScorer
-from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 
@@ -120,7 +120,7 @@ def plain_test_then_train(model: ISGD, events: Sequence[WatchEvent], n: int = 10
     rank; then learn the event. Returns ``events``, ``evaluated``, ``hits``, ``ndcg_sum``,
     ``rr_sum``, ``coverage`` and ``elapsed_s`` (scoring and learning only).
 
-    >>> from model.events import WatchEvent
+    >>> from contract.events import WatchEvent
     >>> stream = [WatchEvent(t, v, i) for t, (v, i) in enumerate(
     ...     [("a", "x"), ("b", "x"), ("b", "y"), ("a", "y"), ("c", "x"), ("c", "y")])]
     >>> out = plain_test_then_train(ISGD(seed=0), stream)

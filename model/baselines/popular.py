@@ -9,7 +9,7 @@ bounded the same way as the main model's: a viewer or video not seen for its TTL
 :mod:`model.lifecycle`) is released, and its row is reused by the next new id. It saves to and
 loads from one ``.npz`` file, so a restarted service resumes the baseline too.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = MostPopular()
 >>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "b", "x"), WatchEvent(2, "b", "y")])
 >>> m.recommend("c", n=2).videos, m.recommend("a", n=2).videos
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.events import WatchEvent
 from model.base import CatalogueScorer
-from model.events import WatchEvent
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import DAY, Lifecycle
 from model.npz import read_npz, write_npz

@@ -9,7 +9,7 @@ baseline independent of the stream's clock, which replays compress or stretch.
 
 This is also what "trending" means for an unknown viewer in other models.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> m = RecentPopular(half_life=1.0)
 >>> m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "b", "x"), WatchEvent(2, "c", "y"),
 ...               WatchEvent(3, "d", "y"), WatchEvent(4, "e", "z")])

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamrec.cli import UserError
+    from contract.errors import UserError
     from streamrec.datasets import LICENCE_NOTE, FetchError, fetch, print_progress
 
     progress = print_progress if sys.stderr.isatty() else None

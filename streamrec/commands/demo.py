@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from streamrec.cli import UserError
+    from contract.errors import UserError
     from streamrec.demo import DemoOptions, run_demo
 
     if args.events <= 0 or args.rate <= 0:

@@ -24,10 +24,11 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from contract.arguments import positive_int
+from contract.errors import UserError
+from contract.events import WatchEvent
 from model.base import StreamRanker
 from model.evaluate import EvalReport, progressive_evaluate
-from model.events import WatchEvent
-from streamrec.cli import UserError, positive_int
 
 __all__ = ["register", "run", "evaluate_model", "format_table"]
 

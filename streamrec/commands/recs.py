@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-DEFAULT_OUTPUT_TOPIC = "recommendations"
+from contract.defaults import OUTPUT_TOPIC
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_bootstrap_servers(parser)
     parser.add_argument(
         "--topic",
-        default=os.environ.get("STREAMREC_OUTPUT_TOPIC", DEFAULT_OUTPUT_TOPIC),
+        default=os.environ.get("STREAMREC_OUTPUT_TOPIC", OUTPUT_TOPIC),
         help="recommendations topic (env STREAMREC_OUTPUT_TOPIC; default %(default)s)",
     )
     add_connect_timeout(parser)
@@ -125,7 +125,7 @@ class ListReader:
         from kafka import KafkaConsumer, TopicPartition
         from kafka.errors import KafkaTimeoutError
 
-        from streamrec.cli import UserError
+        from contract.errors import UserError
 
         self.poll_ms = poll_ms
         self.wanted = viewer.encode() if viewer is not None else None
@@ -186,7 +186,7 @@ class ListReader:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from streamrec.cli import UserError
+    from contract.errors import UserError
 
     if args.max is not None and args.max < 1:
         raise UserError("--max must be >= 1")

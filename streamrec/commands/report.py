@@ -11,7 +11,7 @@ import argparse
 import re
 from pathlib import Path
 
-from streamrec.cli import UserError
+from contract.errors import UserError
 
 
 def _seconds(text: str) -> float:

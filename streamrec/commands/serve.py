@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from streamrec.cli import UserError
+from contract.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

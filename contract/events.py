@@ -3,7 +3,7 @@
 A watch event says that a viewer watched a video at some time, for some number of seconds.
 It is the unit the producer sends, the consumer decodes, and every model learns from.
 
->>> from model.events import WatchEvent
+>>> from contract.events import WatchEvent
 >>> e = WatchEvent(timestamp=1616963421.0, viewer="UC2nEn", video="WK_Nr4", watch_time=600.0)
 >>> e.viewer, e.duration
 ('UC2nEn', None)

@@ -23,7 +23,7 @@ WatchEvent(timestamp=10.0, viewer='42', video='v', watch_time=30.0, duration=Non
 >>> event_from_json(b'{"viewer": "a", "video": "v"}')
 Traceback (most recent call last):
 ...
-streamrec.schema.EventError: missing_field: 'timestamp' is required
+contract.schema.EventError: missing_field: 'timestamp' is required
 
 """
 
@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from model.events import WatchEvent
+from contract.events import WatchEvent
 
 __all__ = ["EventError", "event_from_json", "event_to_json", "REASONS", "MAX_EVENT_BYTES"]
 
