@@ -10,6 +10,15 @@ A :class:`StreamRanker` is a :class:`river.reco.base.Ranker` (``learn_one``, ``p
 * ``learn_many(events)``: the *train* step, for one poll's worth of events, in order.
 * ``recommend_many(viewers, n)``: fresh top-``n`` lists to publish.
 
+And what a service needs to run a model for months, also part of the contract so that nothing
+outside ``model/`` ever probes a model's attributes:
+
+* ``stats()``: a :class:`ModelStats` snapshot (size, memory, training totals) for the metrics;
+* ``clock``: the model's event time, on which it forgets ids after ``viewer_ttl`` seconds;
+* ``video_counts()``: watches per video row, for the popularity-bias metric;
+* ``save(path)`` / ``load(path)``: one pickle-free file (:mod:`model.persist`), assembled from
+  the parts the model lists in ``state_parts()``.
+
 Because the service runs several models side by side (a shadow baseline, A/B arms), nothing
 outside ``model/`` depends on a concrete class: only on this interface.
 """
@@ -18,17 +27,19 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, Self
 
 import numpy as np
 from river.reco.base import Ranker
 
 from contract.events import WatchEvent
 from model.ids import IdIndex, as_id
+from model.persist import Part, load_model, save_model
 from model.seen import SeenVideos, viewer_keys
 from model.topk import shared_top_n, shared_top_n_with_rank, top_n, top_n_with_rank
 
-__all__ = ["StreamRanker", "CatalogueScorer", "Ranking", "Recommendation", "recommendations"]
+__all__ = ["StreamRanker", "CatalogueScorer", "ModelStats", "Ranking", "Recommendation", "recommendations"]
 
 
 class Ranking(NamedTuple):
@@ -52,11 +63,66 @@ class Recommendation(NamedTuple):
     scores: np.ndarray
 
 
+class ModelStats(NamedTuple):
+    """A snapshot of a model for the service's metrics.
+
+    ``events_learned`` counts the events that went into the model's state; ``loss_sum`` is the
+    running total of its training loss (0 for a model that has none) and ``guard_trips`` how
+    often its update refused to write non-finite numbers.
+    """
+
+    events_learned: int
+    viewers: int
+    videos: int
+    memory_bytes: int
+    loss_sum: float = 0.0
+    guard_trips: int = 0
+
+
 class StreamRanker(Ranker, abc.ABC):
     """Base class: batched paths are abstract, river's per-event API is derived from them."""
 
     #: Short name used in reports, metrics labels and published messages.
     name: str = "model"
+    #: Bumped by a model when the arrays its parts write change shape or meaning.
+    state_version: int = 1
+    #: Seconds of event time after which a viewer not seen is forgotten (``None``: never). A
+    #: model with expiry takes it as a setting; the service forgets its own per-viewer
+    #: bookkeeping on the same clock and TTL.
+    viewer_ttl: float | None = None
+
+    # -- what a service needs -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def stats(self) -> ModelStats:
+        """Size, memory and training totals now."""
+
+    @property
+    @abc.abstractmethod
+    def clock(self) -> float | None:
+        """The model's event time: the newest timestamp it has learned (``None`` before any)."""
+
+    @abc.abstractmethod
+    def video_counts(self) -> np.ndarray | None:
+        """Watches per video row (the rows :class:`Ranking` uses), or ``None`` if not counted."""
+
+    def state_parts(self) -> dict[str, Part]:
+        """The parts whose arrays make up the model's learned state, by name (:mod:`model.persist`)."""
+        raise NotImplementedError(f"model {self.name!r} lists no state parts")
+
+    def check_state(self) -> None:
+        """After loading: raise ``ValueError`` where the parts disagree (rows, references)."""
+
+    def save(self, path: str | Path) -> None:
+        """Write the whole model to one ``.npz`` file at exactly ``path`` (no pickle)."""
+        save_model(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Self:
+        """Read a model :meth:`save` wrote; a foreign, older or damaged file raises ``ValueError``."""
+        return load_model(cls, path)
+
+    # -- the batched paths ---------------------------------------------------------------------
 
     @abc.abstractmethod
     def learn_many(self, events: Sequence[WatchEvent]) -> None:

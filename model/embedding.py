@@ -100,7 +100,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer, Ranking, Recommendation, recommendations
+from model.base import CatalogueScorer, ModelStats, Ranking, Recommendation, recommendations
 from model.cooc import CoCounts
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory, group_positions
@@ -360,13 +360,27 @@ class EmbeddingRanker(CatalogueScorer):
         return self.videos.live
 
     @property
-    def now(self) -> float:
-        """The model's event-time clock (robust to stray timestamps; ``-inf`` before any event).
+    def clock(self) -> float | None:
+        """The model's event-time clock (robust to stray timestamps; ``None`` before any event).
 
         Per-viewer bookkeeping outside the model (an :class:`~model.expiring.ExpiringDict`)
         can use it as its ``now``, so that it forgets on the same clock as the model.
         """
-        return self._life.now
+        now = self._life.now
+        return now if math.isfinite(now) else None
+
+    def stats(self) -> ModelStats:
+        return ModelStats(
+            events_learned=self.events_learned,
+            viewers=self.viewers.live,
+            videos=self.videos.live,
+            memory_bytes=self.memory_bytes()["total"],
+            loss_sum=self.loss_sum,
+            guard_trips=self.guard_trips,
+        )
+
+    def video_counts(self) -> np.ndarray:
+        return self._counts.array
 
     @property
     def expired(self) -> tuple[int, int]:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer
+from model.base import CatalogueScorer, ModelStats
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 
@@ -81,6 +81,9 @@ class CoCounts:
             grown[: self.size, : self.size] = self.array
             self._buffer = grown
         self.size = size
+
+    def nbytes(self) -> int:
+        return self._buffer.nbytes
 
     def add_pairs(self, video: int, others: np.ndarray, weight: float = 1.0) -> None:
         """Count ``video`` as co-occurring with each of ``others`` (both directions)."""
@@ -138,6 +141,9 @@ class TopCoCounts:
             self._cols.ensure(size)
             self._vals.ensure(size)
             self.size = size
+
+    def nbytes(self) -> int:
+        return self._cols.array.nbytes + self._vals.array.nbytes
 
     def add_pairs(self, video: int, others: np.ndarray, weight: float = 1.0) -> None:
         """Count ``video`` as co-occurring with each of ``others`` (both directions)."""
@@ -225,6 +231,17 @@ class CoOccurrenceKNN(CatalogueScorer):
         self.counts: CoCounts | TopCoCounts = CoCounts(max_size=max_videos)
         self._pop = GrowableTable(dim=0, dtype=np.float64)
         self._age_weights = decay ** np.arange(history, dtype=np.float64)
+        self.events_learned = 0
+
+    #: The co-occurrence kNN never forgets an id, so it keeps no clock.
+    clock = None
+
+    def stats(self) -> ModelStats:
+        memory = self.counts.nbytes() + self._pop.array.nbytes + 36 * self.seen.entries()
+        return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
+
+    def video_counts(self) -> np.ndarray:
+        return self._pop.array
 
     # -- learning ----------------------------------------------------------------------------
 
@@ -241,6 +258,7 @@ class CoOccurrenceKNN(CatalogueScorer):
                 others = earlier if window is None else earlier[-window:]
                 self.counts.add_pairs(video, np.asarray(others, dtype=np.int64))
             self.seen.add(viewer, video)
+        self.events_learned += len(events)
 
     def _ensure_counts(self, size: int) -> None:
         try:

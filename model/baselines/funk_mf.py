@@ -29,7 +29,7 @@ import numpy as np
 from river import optim, reco
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer
+from model.base import CatalogueScorer, ModelStats
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 
@@ -69,6 +69,18 @@ class FunkMFRanker(CatalogueScorer):
         self.videos = IdIndex()
         self.seen = SeenVideos()
         self._counts = GrowableTable(dim=0, dtype=np.float64)
+        self.events_learned = 0
+
+    #: FunkMF never forgets an id, so it keeps no clock.
+    clock = None
+
+    def stats(self) -> ModelStats:
+        # river keeps a k-vector per id (float64) in dicts; seen lists as everywhere else.
+        memory = 8 * self.k * (len(self.viewers) + len(self.videos)) + 36 * self.seen.entries()
+        return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
+
+    def video_counts(self) -> np.ndarray:
+        return self._counts.array
 
     def learn_many(self, events: Sequence[WatchEvent]) -> None:
         learn = self.funk.learn_one
@@ -78,6 +90,7 @@ class FunkMFRanker(CatalogueScorer):
             self._counts.ensure(len(self.videos))
             self._counts.array[video] += 1.0
             self.seen.add(self.viewers.add(e.viewer), video)
+        self.events_learned += len(events)
 
     def _video_matrix(self) -> np.ndarray:
         latents = self.funk.i_latents

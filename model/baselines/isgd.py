@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer
+from model.base import CatalogueScorer, ModelStats
 from model.ids import GrowableTable, IdIndex
 from model.seen import SeenVideos
 
@@ -76,6 +76,18 @@ class ISGD(CatalogueScorer):
         self.viewer_vectors = GrowableTable(k, init=self._init)
         self.video_vectors = GrowableTable(k, init=self._init)
         self._counts = GrowableTable(dim=0, dtype=np.float64)  # only for unknown viewers
+        self.events_learned = 0
+
+    #: ISGD never forgets an id, so it keeps no clock.
+    clock = None
+
+    def stats(self) -> ModelStats:
+        vectors = self.viewer_vectors.array.nbytes + self.video_vectors.array.nbytes
+        memory = vectors + self._counts.array.nbytes + 36 * self.seen.entries()
+        return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
+
+    def video_counts(self) -> np.ndarray:
+        return self._counts.array
 
     def _init(self, rows: int) -> np.ndarray:
         return self._rng.normal(0.0, self.init_std, size=(rows, self.k)).astype(np.float32)
@@ -98,6 +110,7 @@ class ISGD(CatalogueScorer):
     def learn_many(self, events: Sequence[WatchEvent]) -> None:
         for e in events:
             self.learn_event(e)
+        self.events_learned += len(events)
 
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         """``(len(viewer_rows), videos)`` float32 scores; a row of ``-1`` gets popularity."""

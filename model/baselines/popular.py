@@ -20,13 +20,14 @@ loads from one ``.npz`` file, so a restarted service resumes the baseline too.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer
+from model.base import CatalogueScorer, ModelStats
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import DAY, Lifecycle
 from model.npz import read_npz, write_npz
@@ -65,6 +66,21 @@ class MostPopular(CatalogueScorer):
         self.viewers = IdIndex()
         self.seen = SeenVideos()
         self._counts = GrowableTable(dim=0, dtype=np.float64)
+        self.events_learned = 0
+
+    @property
+    def clock(self) -> float | None:
+        now = self._life.now
+        return now if math.isfinite(now) else None
+
+    def stats(self) -> ModelStats:
+        # Per row: a count (8 bytes) and a last-seen time (8); per watch, its seen-list slot.
+        rows = len(self.viewers) + len(self.videos)
+        memory = 8 * len(self.videos) + 8 * rows + 36 * self.seen.entries()
+        return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
+
+    def video_counts(self) -> np.ndarray:
+        return self._counts.array
 
     @property
     def expired(self) -> tuple[int, int]:
@@ -96,6 +112,7 @@ class MostPopular(CatalogueScorer):
         self.seen.add_many(viewers, videos)
         times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
         self._life.observe(viewers, videos, times)
+        self.events_learned += len(events)
         if self._life.due():
             self._expire()
 
