@@ -8,7 +8,9 @@ A :class:`StreamRanker` is a :class:`river.reco.base.Ranker` (``learn_one``, ``p
   them. Scoring uses the model state from before the batch; what a model can know exactly
   inside the batch (the viewer's earlier watches in it, for exclusion and history) it uses.
 * ``learn_many(events)``: the *train* step, for one poll's worth of events, in order.
-* ``recommend_many(viewers, n)``: fresh top-``n`` lists to publish.
+* ``recommend_many(viewers, n)``: fresh top-``n`` lists to publish;
+* ``rank_and_learn(events, n)``: the test step then the train step on one batch, which a model
+  may do in one pass (the evaluator and the service call this).
 
 And what a service needs to run a model for months, also part of the contract so that nothing
 outside ``model/`` ever probes a model's attributes:
@@ -137,6 +139,14 @@ class StreamRanker(Ranker, abc.ABC):
         self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
     ) -> list[Recommendation]:
         """Top-``n`` for each viewer; unknown viewers get what is trending. Creates no state."""
+
+    def rank_and_learn(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        """Test, then train, on one batch: :meth:`rank_events` from the state before the batch,
+        then :meth:`learn_many`. A model whose learning step needs the very scores its test step
+        computed (a softmax over the catalogue) overrides this to compute them once."""
+        ranking = self.rank_events(events, n)
+        self.learn_many(events)
+        return ranking
 
     @abc.abstractmethod
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:

@@ -290,9 +290,7 @@ def progressive_evaluate(
     next_yield = step
     for batch in _batches(events, batch_size):
         start = time.perf_counter()
-        ranking = model.rank_events(batch, n)
-        evaluator.observe(batch, ranking)
-        model.learn_many(batch)
+        evaluator.observe(batch, model.rank_and_learn(batch, n))
         report.elapsed_s += time.perf_counter() - start
         if report.events >= next_yield:
             next_yield += step
