@@ -21,6 +21,8 @@ stops using it above its ``cooc_max_videos``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -68,12 +70,34 @@ class CoCounts:
         """Each video's own (decayed) count: the normaliser."""
         return self._counts[: self.rows]
 
-    def load(self, array: np.ndarray, counts: np.ndarray, scale: float) -> None:
-        n = array.shape[0]
-        if array.shape != (n, n) or counts.shape != (n,):
-            raise ValueError(f"co-occurrence shapes {array.shape} and {counts.shape} do not match")
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``pairs`` (the ``(rows, rows)`` counts), ``counts`` (each video's own) and ``scale``.
+
+        >>> c = CoCounts(); c.add(np.array([[1], [0]]), np.array([0, 1]), window=1)
+        >>> back = CoCounts(); back.load_arrays(c.to_arrays()); back.array.tolist()
+        [[0.0, 2.0], [2.0, 0.0]]
+        """
+        return {"pairs": self.array, "counts": self.counts, "scale": np.array(self.scale)}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
+        pairs, counts, scale = arrays["pairs"], arrays["counts"], arrays["scale"]
+        n = pairs.shape[0] if pairs.ndim == 2 else -1
+        if pairs.shape != (n, n) or counts.shape != (n,):
+            raise ValueError(f"co-occurrence shapes {pairs.shape} and {counts.shape} do not match")
+        if pairs.dtype != np.float32 or counts.dtype != np.float32 or scale.shape != ():
+            raise ValueError("co-occurrence counts must be float32 and the scale a number")
+        if self.max_size is not None and n > self.max_size:
+            raise ValueError(f"co-occurrence covers {n} videos, past its cap of {self.max_size}")
+        scale = float(scale)
+        if not (np.isfinite(pairs).all() and np.isfinite(counts).all() and math.isfinite(scale)):
+            raise ValueError("co-occurrence counts hold non-finite numbers")
+        if (pairs < 0).any() or (counts < 0).any() or scale < 1.0:
+            raise ValueError("co-occurrence counts are negative or their scale is below 1")
         self._buffer = np.zeros((max(1, n),) * 2, dtype=np.float32)
-        self._buffer[:n, :n] = array
+        self._buffer[:n, :n] = pairs
         self._counts = np.zeros(max(1, n), dtype=np.float32)
         self._counts[:n] = counts
         self.rows = n

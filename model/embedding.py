@@ -322,7 +322,7 @@ class EmbeddingRanker(CatalogueScorer):
         self._P_acc = GrowableTable(k)
         # Video state: shared by all viewers.
         self.videos = IdIndex()
-        self._E = GrowableTable(k, init=lambda n: self._rng.normal(0.0, self.init_scale, (n, k)))
+        self._E = GrowableTable(k)  # new rows get _random_vectors
         self._E_acc = GrowableTable(k)
         self._Q = GrowableTable(k)
         self._Q_acc = GrowableTable(k)
@@ -637,7 +637,10 @@ class EmbeddingRanker(CatalogueScorer):
         for table in (self._P, self._P_acc):
             table.ensure(n_viewers)
         self._recent.ensure(n_viewers)
-        for table in (self._E, self._E_acc, self._Q, self._Q_acc, self._b, self._b_acc, self._counts):
+        new = self._E.ensure(n_videos)
+        if len(new):
+            new[:] = self._random_vectors(len(new))
+        for table in (self._E_acc, self._Q, self._Q_acc, self._b, self._b_acc, self._counts):
             table.ensure(n_videos)
         self._trend.ensure(n_videos)
 
@@ -715,6 +718,7 @@ class EmbeddingRanker(CatalogueScorer):
             )
             for table in tables:
                 table.reset(videos)
+            self._E.array[videos] = self._random_vectors(videos.size)
             self._cooc.clear(videos)
             # Other viewers' references to a released video go too, or its next owner would be
             # excluded for them and mixed into their history.
@@ -884,6 +888,10 @@ class EmbeddingRanker(CatalogueScorer):
         self.guard_trips += adagrad_step(
             self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip, self.accum_decay
         )
+
+    def _random_vectors(self, n: int) -> np.ndarray:
+        """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""
+        return self._rng.normal(0.0, self.init_scale, (n, self.dim))
 
     def _add_trending(self, video_rows: np.ndarray) -> None:
         growth = 2.0 ** (1.0 / self.trending_half_life)

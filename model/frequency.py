@@ -146,8 +146,13 @@ class FrequencyFilter:
         return {"sketch": self.sketch, "since_decay": np.array(self.since_decay, dtype=np.int64)}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        sketch = arrays["sketch"]
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
+        sketch, since = arrays["sketch"], arrays["since_decay"]
         if sketch.shape != self.sketch.shape or sketch.dtype != np.uint8:
-            raise ValueError(f"frequency sketch has shape {sketch.shape}, expected {self.sketch.shape}")
+            raise ValueError(
+                f"frequency sketch is {sketch.dtype} {sketch.shape}, expected uint8 {self.sketch.shape}"
+            )
+        if since.shape != () or since.dtype.kind not in "iu" or not 0 <= int(since) < self.decay_every:
+            raise ValueError(f"frequency filter's events since decay must be in [0, {self.decay_every})")
         self.sketch = sketch.copy()
-        self.since_decay = int(arrays["since_decay"])
+        self.since_decay = int(since)

@@ -54,9 +54,7 @@ class RecentHistory:
 
     def __init__(self, length: int, capacity: int = 1024) -> None:
         self.length = length
-        self.items = GrowableTable(
-            dim=length, capacity=capacity, dtype=np.int64, init=lambda n: np.full((n, length), -1)
-        )
+        self.items = GrowableTable(dim=length, capacity=capacity, dtype=np.int64, fill=-1)
         self.weights = GrowableTable(dim=length, capacity=capacity, dtype=np.float32)
 
     def __len__(self) -> int:
@@ -144,3 +142,31 @@ class RecentHistory:
 
     def nbytes_per_viewer(self) -> int:
         return self.length * (8 + 4)
+
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``items`` and ``weights``, ``(viewer rows, length)`` each.
+
+        >>> h = RecentHistory(length=2); h.ensure(1)
+        >>> h.store(np.array([0]), np.array([[3, -1]]), np.ones((1, 2)))
+        >>> back = RecentHistory(length=2); back.load_arrays(h.to_arrays()); back.items.array.tolist()
+        [[3, -1]]
+        """
+        return {"items": self.items.array, "weights": self.weights.array}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed.
+
+        Whether the video rows exist is the model's to check (:meth:`max_video`)."""
+        items, weights = arrays["items"], arrays["weights"]
+        if items.shape != weights.shape:
+            raise ValueError(f"history items {items.shape} and weights {weights.shape} differ in shape")
+        self.items.load_arrays({"rows": items})
+        self.weights.load_arrays({"rows": weights})
+        if self.items.array.min(initial=-1) < -1:
+            raise ValueError("history holds negative video rows")
+
+    def max_video(self) -> int:
+        """The largest video row in any history (``-1`` when none): for checks after loading."""
+        return int(self.items.array.max(initial=-1))

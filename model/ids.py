@@ -23,7 +23,7 @@ stays the number of rows (the size tables must have), ``live`` counts the ids:
 ([0, 1, 2, 0], 3)
 
 >>> t = GrowableTable(dim=2, capacity=1)
->>> t.ensure(3)
+>>> _ = t.ensure(3)
 >>> t.array.shape, t.capacity
 ((3, 2), 4)
 
@@ -31,7 +31,7 @@ stays the number of rows (the size tables must have), ``live`` counts the ids:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
@@ -160,47 +160,61 @@ class IdIndex:
         """All ids, in row order; released rows hold ``""`` (do not mutate)."""
         return self._ids
 
-    def to_array(self) -> np.ndarray:
-        """The ids as a unicode array, for saving without pickle (released rows: ``""``)."""
-        return np.array(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1")
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
 
-    def free_array(self) -> np.ndarray:
-        """The free list as int64, in reuse order; see :meth:`from_array`."""
-        return np.asarray(self._free, dtype=np.int64)
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """``ids`` (unicode, in row order, ``""`` on released rows) and ``free`` (the free list
+        in reuse order), for saving without pickle.
 
-    @classmethod
-    def from_array(cls, ids: np.ndarray, free: np.ndarray | None = None) -> IdIndex:
-        """The index saved as ``to_array()`` (and ``free_array()`` when rows were released)."""
-        index = cls()
-        index._ids = [str(i) for i in ids.tolist()]
-        index._free = [] if free is None else [int(r) for r in free.tolist()]
-        free_set = set(index._free)
-        if len(free_set) != len(index._free) or any(not 0 <= r < len(index._ids) for r in free_set):
-            raise ValueError("malformed free rows in saved id index")
-        index._row_of = {id_: row for row, id_ in enumerate(index._ids) if row not in free_set}
-        if len(index._row_of) != len(index._ids) - len(free_set):
-            raise ValueError("duplicate ids in saved id index")
-        return index
+        >>> a = IdIndex(); _ = a.add_many(["x", "y", "z"]); _ = a.remove_rows([1])
+        >>> b = IdIndex(); b.load_arrays(a.to_arrays()); b.get("z"), b.get("y"), b.free_rows
+        (2, None, [1])
+        """
+        ids = np.array(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1")
+        return {"ids": ids, "free": np.asarray(self._free, dtype=np.int64)}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
+        ids, free = arrays["ids"], arrays["free"]
+        if ids.ndim != 1 or ids.dtype.kind != "U":
+            raise ValueError(f"ids must be a 1-d unicode array, got {ids.dtype} of shape {ids.shape}")
+        if free.ndim != 1 or free.dtype.kind not in "iu":
+            raise ValueError(f"free rows must be a 1-d integer array, got {free.dtype} of shape {free.shape}")
+        id_list = ids.tolist()
+        free_list = free.tolist()
+        free_set = set(free_list)
+        if len(free_set) != len(free_list) or any(not 0 <= r < len(id_list) for r in free_set):
+            raise ValueError("free rows repeat or are out of range")
+        row_of = {id_: row for row, id_ in enumerate(id_list) if row not in free_set}
+        if len(row_of) != len(id_list) - len(free_set):
+            raise ValueError("duplicate ids")
+        self._ids, self._free, self._row_of = id_list, free_list, row_of
 
 
 class GrowableTable:
-    """A float32 matrix of ``dim`` columns whose visible rows grow on demand.
+    """A matrix of ``dim`` columns (a vector when ``dim`` is 0) whose visible rows grow on demand.
 
     ``array`` is a view of the first ``rows`` rows of a buffer whose capacity doubles when full.
-    New rows are filled by ``init(n_rows) -> array`` (zeros by default).
+    New rows, and rows :meth:`reset`, hold ``fill`` (0 by default; ``-1`` for a table of row
+    references, ``-inf`` for times never seen). A model that starts rows otherwise (random
+    vectors) writes the new rows that :meth:`ensure` returns.
+
+    As a part (:mod:`model.persist`) it saves its visible rows, under ``rows``:
+
+    >>> t = GrowableTable(dim=2, fill=-1.0); t.ensure(2)[:] = 3.0; t.ensure(3).tolist()
+    [[-1.0, -1.0]]
+    >>> back = GrowableTable(dim=2, fill=-1.0); back.load_arrays(t.to_arrays()); back.array.tolist()
+    [[3.0, 3.0], [3.0, 3.0], [-1.0, -1.0]]
     """
 
-    def __init__(
-        self,
-        dim: int,
-        capacity: int = 1024,
-        init: Callable[[int], np.ndarray] | None = None,
-        dtype: type = np.float32,
-    ) -> None:
+    def __init__(self, dim: int, capacity: int = 1024, dtype: type = np.float32, fill: float = 0.0) -> None:
         self.dim = dim
-        self._init = init
-        self._buffer = np.zeros((max(1, capacity), dim) if dim else (max(1, capacity),), dtype=dtype)
+        self.fill = fill
+        self._buffer = np.full(self._shape(max(1, capacity)), fill, dtype=dtype)
         self.rows = 0
+
+    def _shape(self, rows: int) -> tuple[int, ...]:
+        return (rows, self.dim) if self.dim else (rows,)
 
     @property
     def capacity(self) -> int:
@@ -210,39 +224,50 @@ class GrowableTable:
     def array(self) -> np.ndarray:
         return self._buffer[: self.rows]
 
-    def ensure(self, rows: int) -> None:
-        """Make rows ``0..rows-1`` exist, initialising the new ones."""
-        if rows <= self.rows:
-            return
+    def ensure(self, rows: int) -> np.ndarray:
+        """Make rows ``0..rows-1`` exist; returns the rows just created (a view, holding ``fill``)."""
+        start = self.rows
+        if rows <= start:
+            return self._buffer[start:start]
         if rows > self.capacity:
             capacity = self.capacity
             while capacity < rows:
                 capacity *= 2
-            grown = np.zeros((capacity, *self._buffer.shape[1:]), dtype=self._buffer.dtype)
-            grown[: self.rows] = self._buffer[: self.rows]
+            grown = np.empty(self._shape(capacity), dtype=self._buffer.dtype)
+            grown[:start] = self._buffer[:start]
             self._buffer = grown
-        if self._init is not None:
-            self._buffer[self.rows : rows] = self._init(rows - self.rows)
+        self._buffer[start:rows] = self.fill
         self.rows = rows
+        return self._buffer[start:rows]
 
     def reset(self, rows: np.ndarray) -> None:
-        """Give existing ``rows`` the values a new row gets (for rows released and reused).
+        """Give existing ``rows`` the value a new row gets (for rows released and reused).
 
-        >>> t = GrowableTable(dim=2); t.ensure(3); t.array[:] = 5.0
+        >>> t = GrowableTable(dim=2); _ = t.ensure(3); t.array[:] = 5.0
         >>> t.reset(np.array([1])); t.array.tolist()
         [[5.0, 5.0], [0.0, 0.0], [5.0, 5.0]]
         """
         rows = np.asarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return
-        if self._init is not None:
-            self._buffer[rows] = self._init(rows.size)
-        else:
-            self._buffer[rows] = 0
+        if rows.size:
+            self._buffer[rows] = self.fill
 
-    def load(self, array: np.ndarray) -> None:
-        """Replace the contents with ``array`` (used when restoring saved state)."""
-        self._buffer = np.array(array, dtype=self._buffer.dtype, copy=True)
-        if self._buffer.shape[0] == 0:
-            self._buffer = np.zeros((1, *array.shape[1:]), dtype=self._buffer.dtype)
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"rows": self.array}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the rows with saved ones, in place; ``ValueError`` on another shape or dtype,
+        or on a non-finite number other than ``fill``."""
+        array = arrays["rows"]
+        dtype = self._buffer.dtype
+        if array.dtype != dtype or array.ndim != self._buffer.ndim or array.shape[1:] != self._shape(0)[1:]:
+            expected = f"(n, {self.dim})" if self.dim else "(n,)"
+            raise ValueError(f"table rows are {array.dtype} {array.shape}, expected {dtype} {expected}")
+        if dtype.kind == "f":
+            bad = ~np.isfinite(array) & (array != self.fill)
+            if bad.any():
+                raise ValueError("table rows hold non-finite numbers")
+        self._buffer = np.full(self._shape(max(1, array.shape[0])), self.fill, dtype=dtype)
+        self._buffer[: array.shape[0]] = array
         self.rows = array.shape[0]

@@ -91,9 +91,19 @@ class EventClock:
         return np.concatenate([[self.now, self._pos, self._filled], self._ring])
 
     def load_array(self, array: np.ndarray) -> None:
-        if array.shape != (3 + self.window,):
-            raise ValueError(f"event clock has shape {array.shape}, expected {(3 + self.window,)}")
-        self.now, self._pos, self._filled = float(array[0]), int(array[1]), int(array[2])
+        """Restore what :meth:`to_array` wrote; ``ValueError`` if it is malformed."""
+        if array.shape != (3 + self.window,) or array.dtype != np.float64:
+            raise ValueError(
+                f"event clock is {array.dtype} {array.shape}, expected float64 {(3 + self.window,)}"
+            )
+        now, pos, filled = array[:3].tolist()
+        if not (
+            0 <= pos < self.window and 0 <= filled <= self.window and pos.is_integer() and filled.is_integer()
+        ):
+            raise ValueError("event clock's ring position is out of range")
+        if np.isnan(array).any() or now == math.inf or np.isposinf(array[3:]).any():
+            raise ValueError("event clock holds NaN or +inf")
+        self.now, self._pos, self._filled = now, int(pos), int(filled)
         self._ring[:] = array[3:]
 
 
@@ -101,7 +111,7 @@ class LastSeen:
     """The event time each row was last seen (``-inf`` for a row never seen)."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self.table = GrowableTable(0, capacity, dtype=np.float64, init=lambda n: np.full(n, -np.inf))
+        self.table = GrowableTable(0, capacity, dtype=np.float64, fill=-np.inf)
 
     @property
     def array(self) -> np.ndarray:
@@ -239,13 +249,24 @@ class Lifecycle:
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed.
+
+        Whether the rows exist is the model's to check (:meth:`check_rows`)."""
         counters = arrays["counters"]
-        if counters.shape != (3,):
-            raise ValueError(f"lifecycle counters have shape {counters.shape}, expected (3,)")
+        if counters.shape != (3,) or counters.dtype.kind not in "iu" or counters.min() < 0:
+            raise ValueError(f"lifecycle counters must be 3 non-negative integers, got {counters!r}")
         for key, last_seen in (("viewer_last_seen", self.viewers), ("video_last_seen", self.videos)):
-            array = arrays[key]
-            if array.ndim != 1 or np.isnan(array).any():
-                raise ValueError(f"malformed {key}")
-            last_seen.table.load(array)
+            last_seen.table.load_arrays({"rows": arrays[key]})
         self.clock.load_array(arrays["clock"])
-        self.since, self.expired_viewers, self.expired_videos = (int(c) for c in counters)
+        self.since, self.expired_viewers, self.expired_videos = counters.tolist()
+
+    def check_rows(self, viewer_rows: int, video_rows: int) -> None:
+        """``ValueError`` when last-seen times cover more rows than the id indexes hold."""
+        for side, last_seen, rows in (
+            ("viewer", self.viewers, viewer_rows),
+            ("video", self.videos, video_rows),
+        ):
+            if last_seen.table.rows > rows:
+                raise ValueError(
+                    f"last-seen times for {last_seen.table.rows} {side} rows, but {rows} rows exist"
+                )

@@ -126,29 +126,38 @@ class SeenVideos:
         """Video rows watched by ``viewer_row`` (empty for an unknown row)."""
         return self._seen[viewer_row] if 0 <= viewer_row < len(self._seen) else []
 
-    def to_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """CSR form ``(indptr, videos)`` for saving without pickle; see :meth:`from_arrays`.
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The lists in CSR form: ``indptr`` (one more than the viewer rows) and ``videos``.
 
         >>> s = SeenVideos(); s.add(1, 4); s.add(1, 2)
-        >>> SeenVideos.from_arrays(*s.to_arrays()).of(1)
-        [4, 2]
+        >>> back = SeenVideos(); back.load_arrays(s.to_arrays()); back.of(1), len(back)
+        ([4, 2], 2)
         """
         lengths = np.fromiter(map(len, self._seen), dtype=np.int64, count=len(self._seen))
         indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        videos = np.fromiter((v for row in self._seen for v in row), dtype=np.int64, count=int(indptr[-1]))
-        return indptr, videos
+        videos = np.fromiter(chain.from_iterable(self._seen), dtype=np.int64, count=int(indptr[-1]))
+        return {"indptr": indptr, "videos": videos}
 
-    @classmethod
-    def from_arrays(cls, indptr: np.ndarray, videos: np.ndarray) -> SeenVideos:
-        if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != videos.size:
-            raise ValueError("inconsistent saved seen-video lists")
-        if np.any(np.diff(indptr) < 0):
-            raise ValueError("inconsistent saved seen-video lists")
-        seen = cls()
-        flat = videos.tolist()
-        bounds = indptr.tolist()
-        seen._seen = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-        return seen
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed.
+
+        Whether the video rows exist is the model's to check (:meth:`max_video`)."""
+        indptr, videos = arrays["indptr"], arrays["videos"]
+        for name, array in (("indptr", indptr), ("videos", videos)):
+            if array.ndim != 1 or array.dtype.kind not in "iu":
+                raise ValueError(f"seen {name} must be a 1-d integer array, got {array.dtype} {array.shape}")
+        if indptr.size < 1 or indptr[0] != 0 or indptr[-1] != videos.size or np.any(np.diff(indptr) < 0):
+            raise ValueError("seen indptr does not delimit the seen videos")
+        if videos.size and videos.min() < 0:
+            raise ValueError("seen lists hold negative video rows")
+        flat, bounds = videos.tolist(), indptr.tolist()
+        self._seen = [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def max_video(self) -> int:
+        """The largest video row in any list (``-1`` when none): for checks after loading."""
+        return max((max(row) for row in self._seen if row), default=-1)
 
     def exclusion_for_viewers(self, viewer_rows: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """``(rows, cols)`` cells so that row ``i`` excludes all videos of ``viewer_rows[i]``."""

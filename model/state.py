@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.ids import IdIndex
 from model.npz import read_npz, write_npz
-from model.seen import SeenVideos
 
 if TYPE_CHECKING:
     from model.embedding import EmbeddingRanker
@@ -65,7 +63,6 @@ _VIDEO_TABLES = {
 def save_model(model: EmbeddingRanker, path: str | Path) -> None:
     """Write ``model`` to ``path`` (exactly that name; no ``.npz`` is appended)."""
     path = Path(path)
-    indptr, seen = model.seen.to_arrays()
     counters = {
         "events_learned": model.events_learned,
         "guard_trips": model.guard_trips,
@@ -80,14 +77,14 @@ def save_model(model: EmbeddingRanker, path: str | Path) -> None:
         "config": np.array(json.dumps({k: getattr(model, k) for k in (*_CONFIG, *_LATER_CONFIG)})),
         "counters": np.array(json.dumps(counters)),
         "rng": np.array(json.dumps(model._rng.bit_generator.state)),
-        "viewer/ids": model.viewers.to_array(),
-        "viewer/free": model.viewers.free_array(),
-        "video/free": model.videos.free_array(),
-        "viewer/seen_indptr": indptr,
-        "viewer/seen_videos": seen,
+        "viewer/ids": model.viewers.to_arrays()["ids"],
+        "viewer/free": model.viewers.to_arrays()["free"],
+        "video/free": model.videos.to_arrays()["free"],
+        "viewer/seen_indptr": model.seen.to_arrays()["indptr"],
+        "viewer/seen_videos": model.seen.to_arrays()["videos"],
         "viewer/history_items": model._recent.items.array,
         "viewer/history_weights": model._recent.weights.array,
-        "video/ids": model.videos.to_array(),
+        "video/ids": model.videos.to_arrays()["ids"],
         "video/cooc": model._cooc.array,
         "video/cooc_counts": model._cooc.counts,
         "video/feature_weights": np.concatenate([model._alpha, model._beta]),
@@ -129,10 +126,11 @@ def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> Embed
     model = cls(**{k: config[k] for k in _CONFIG}, **{k: config.get(k, v) for k, v in _LATER_CONFIG.items()})
     counters = json.loads(str(arrays["counters"]))
     model._rng.bit_generator.state = json.loads(str(arrays["rng"]))
-    model.viewers = IdIndex.from_array(arrays["viewer/ids"], arrays.get("viewer/free"))
-    model.videos = IdIndex.from_array(arrays["video/ids"], arrays.get("video/free"))
+    none = np.zeros(0, dtype=np.int64)
+    model.viewers.load_arrays({"ids": arrays["viewer/ids"], "free": arrays.get("viewer/free", none)})
+    model.videos.load_arrays({"ids": arrays["video/ids"], "free": arrays.get("video/free", none)})
     n_viewers, n_videos = len(model.viewers), len(model.videos)
-    model.seen = SeenVideos.from_arrays(arrays["viewer/seen_indptr"], arrays["viewer/seen_videos"])
+    model.seen.load_arrays({"indptr": arrays["viewer/seen_indptr"], "videos": arrays["viewer/seen_videos"]})
     expected = {f"viewer/{k}": (n_viewers, attr) for k, attr in _VIEWER_TABLES.items()}
     expected |= {f"video/{k}": (n_videos, attr) for k, attr in _VIDEO_TABLES.items()}
     for key, (rows, attr) in expected.items():
@@ -142,21 +140,26 @@ def _restore(cls: type[EmbeddingRanker], arrays: dict[str, np.ndarray]) -> Embed
             raise ValueError(f"{key} has shape {array.shape}, expected {rows} rows")
         if not np.isfinite(array).all():
             raise ValueError(f"{key} holds non-finite numbers")
-        table.load(array)
+        table.load_arrays({"rows": array})
     items, weights = arrays["viewer/history_items"], arrays["viewer/history_weights"]
     if items.shape != (n_viewers, model.history) or weights.shape != items.shape:
         raise ValueError(f"history has shape {items.shape}, expected {(n_viewers, model.history)}")
     if items.size and (items.max() >= n_videos or items.min() < -1):
         raise ValueError("history refers to unknown videos")
-    model._recent.items.load(items)
-    model._recent.weights.load(weights)
+    model._recent.load_arrays({"items": items, "weights": weights})
     if len(model.seen) > n_viewers:
         raise ValueError("seen lists for unknown viewers")
     model.events_learned = int(counters["events_learned"])
     model.guard_trips = int(counters["guard_trips"])
     model.loss_sum = float(counters["loss_sum"])
     model._trend_scale = float(counters["trend_scale"])
-    model._cooc.load(arrays["video/cooc"], arrays["video/cooc_counts"], float(counters["cooc_scale"]))
+    model._cooc.load_arrays(
+        {
+            "pairs": arrays["video/cooc"],
+            "counts": arrays["video/cooc_counts"],
+            "scale": np.array(counters["cooc_scale"]),
+        }
+    )
     if model._cooc.rows not in (0, n_videos):
         raise ValueError(f"co-occurrence covers {model._cooc.rows} videos, expected {n_videos}")
     weights, acc = arrays["video/feature_weights"], arrays["video/feature_weights_acc"]

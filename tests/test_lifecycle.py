@@ -60,16 +60,24 @@ def test_ids_with_released_rows_round_trip_through_arrays():
     ids = IdIndex()
     ids.add_many(["a", "b", "c"])
     ids.remove_rows([0, 2])
-    back = IdIndex.from_array(ids.to_array(), ids.free_array())
+    back = IdIndex()
+    back.load_arrays(ids.to_arrays())
     assert (back.get("b"), back.get("a"), back.free_rows, len(back)) == (1, None, [0, 2], 3)
     assert back.add("n") == ids.add("n") == 2
 
 
-def test_ids_from_corrupt_arrays_fail_clearly():
-    with pytest.raises(ValueError, match="duplicate"):
-        IdIndex.from_array(np.array(["a", "a"]))
-    with pytest.raises(ValueError, match="free rows"):
-        IdIndex.from_array(np.array(["a"]), np.array([5]))
+@pytest.mark.parametrize(
+    "ids, free, message",
+    [
+        (["a", "a"], [], "duplicate"),
+        (["a"], [5], "free rows"),
+        (["a", ""], [1, 1], "free rows"),
+        ([1, 2], [], "unicode"),
+    ],
+)
+def test_ids_from_corrupt_arrays_fail_clearly(ids, free, message):
+    with pytest.raises(ValueError, match=message):
+        IdIndex().load_arrays({"ids": np.array(ids), "free": np.array(free, dtype=np.int64)})
 
 
 # -- Lifecycle: event-time expiry ------------------------------------------------------------
@@ -167,6 +175,26 @@ def test_lifecycle_state_round_trips():
     back.load_arrays(life.to_arrays())
     assert (back.now, back.since) == (9.0, 2)
     assert back.expired(viewers.live_mask(), videos.live_mask())[0].tolist() == [0]
+    back.check_rows(2, 2)
+    with pytest.raises(ValueError, match="last-seen times for 2 viewer rows"):
+        back.check_rows(1, 2)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("counters", np.array([1, -1, 0]), "counters"),
+        ("viewer_last_seen", np.array([np.nan, 3.0]), "non-finite"),
+        ("video_last_seen", np.array([1, 2]), "float64"),
+        ("clock", np.zeros(5), "event clock"),
+    ],
+)
+def test_lifecycle_refuses_malformed_arrays(key, value, message):
+    viewers, videos = IdIndex(), IdIndex()
+    life = Lifecycle(viewer_ttl=5.0)
+    _observe(life, viewers, videos, [("a", "x", 3.0), ("b", "y", 9.0)])
+    with pytest.raises(ValueError, match=message):
+        Lifecycle(viewer_ttl=5.0).load_arrays(life.to_arrays() | {key: value})
 
 
 def test_bad_ttls_are_refused():

@@ -189,25 +189,79 @@ def test_ints_and_strings_are_the_same_id():
     assert len(ids) == 1
 
 
-def test_id_index_round_trips_through_an_array():
+def test_id_index_round_trips_through_arrays():
     ids = IdIndex()
     ids.add_many(["WK_Nr4tUtl8", "é", "3"])
-    back = IdIndex.from_array(ids.to_array())
+    back = IdIndex()
+    back.load_arrays(ids.to_arrays())
     assert back.ids == ids.ids and back.get("é") == 1
 
 
 def test_id_index_rejects_duplicates_on_load():
     with pytest.raises(ValueError, match="duplicate"):
-        IdIndex.from_array(np.array(["a", "a"]))
+        IdIndex().load_arrays({"ids": np.array(["a", "a"]), "free": np.zeros(0, dtype=np.int64)})
 
 
 def test_growable_table_doubles_and_keeps_rows():
-    table = GrowableTable(dim=2, capacity=2, init=lambda n: np.ones((n, 2), dtype=np.float32))
+    table = GrowableTable(dim=2, capacity=2, fill=1.0)
     table.ensure(2)
     table.array[1] = [5.0, 6.0]
     buffer_before = table.capacity
-    table.ensure(3)
+    assert table.ensure(3).tolist() == [[1.0, 1.0]]  # the new rows, holding the fill
     assert table.capacity == 2 * buffer_before
     assert table.array.tolist() == [[1.0, 1.0], [5.0, 6.0], [1.0, 1.0]]
+    assert table.ensure(3).size == 0
     table.ensure(4)  # fits: no reallocation
     assert table.capacity == 4
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (np.zeros((2, 3), dtype=np.float32), "expected float32 \\(n, 2\\)"),
+        (np.zeros((2, 2), dtype=np.float64), "expected float32"),
+        (np.array([[1.0, np.inf]], dtype=np.float32), "non-finite"),
+    ],
+)
+def test_growable_table_refuses_malformed_rows(rows, message):
+    with pytest.raises(ValueError, match=message):
+        GrowableTable(dim=2).load_arrays({"rows": rows})
+
+
+def test_growable_table_keeps_a_non_finite_fill_and_grows_after_loading():
+    table = GrowableTable(dim=0, dtype=np.float64, fill=-np.inf)
+    table.ensure(2)[0] = 7.0
+    back = GrowableTable(dim=0, dtype=np.float64, fill=-np.inf)
+    back.load_arrays(table.to_arrays())
+    back.ensure(3)
+    assert back.array.tolist() == [7.0, -np.inf, -np.inf]
+
+
+def test_seen_lists_round_trip_and_refuse_malformed_arrays():
+    seen = SeenVideos()
+    seen.add_many(np.array([2, 0, 2]), np.array([5, 6, 7]))
+    back = SeenVideos()
+    back.load_arrays(seen.to_arrays())
+    assert (back.of(0), back.of(1), back.of(2), back.max_video()) == ([6], [], [5, 7], 7)
+    for bad in (
+        {"indptr": np.array([0, 2]), "videos": np.array([1])},
+        {"indptr": np.array([0, 1]), "videos": np.array([-3])},
+    ):
+        with pytest.raises(ValueError, match="seen"):
+            SeenVideos().load_arrays(bad)
+
+
+def test_components_pickle():
+    import pickle
+
+    from model.history import RecentHistory
+    from model.lifecycle import Lifecycle
+
+    history, life = RecentHistory(length=3), Lifecycle(viewer_ttl=5.0)
+    history.ensure(2)
+    life.observe(np.array([0]), np.array([0]), np.array([1.0]))
+    for part in (history, life, GrowableTable(dim=2, fill=-1.0)):
+        back = pickle.loads(pickle.dumps(part))
+        assert {k: v.tolist() for k, v in back.to_arrays().items()} == {
+            k: v.tolist() for k, v in part.to_arrays().items()
+        }
