@@ -37,7 +37,10 @@ import numpy as np
 
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats
+from model.baselines.rows import check_seen_rows, check_table_rows
 from model.ids import GrowableTable, IdIndex
+from model.parts import Counters
+from model.persist import Part
 from model.seen import SeenVideos
 
 __all__ = ["CoOccurrenceKNN", "CoCounts", "TopCoCounts", "CatalogueTooLarge"]
@@ -58,7 +61,8 @@ class CoCounts:
 
     def __init__(self, capacity: int = 1024, max_size: int = 16_384) -> None:
         self.max_size = max_size
-        self._buffer = np.zeros((max(1, min(capacity, max_size)),) * 2, dtype=np.float32)
+        self._capacity = max(1, min(capacity, max_size))
+        self._buffer = np.zeros((self._capacity,) * 2, dtype=np.float32)
         self.size = 0
 
     @property
@@ -84,6 +88,39 @@ class CoCounts:
 
     def nbytes(self) -> int:
         return self._buffer.nbytes
+
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The ``(size, size)`` counts, under ``dense``.
+
+        >>> c = CoCounts(); c.ensure(2); c.add_pairs(1, np.array([0]))
+        >>> back = CoCounts(); back.load_arrays(c.to_arrays()); back.array.tolist()
+        [[0.0, 1.0], [1.0, 0.0]]
+        """
+        return {"dense": self.array}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
+        dense = arrays["dense"]
+        n = dense.shape[0] if dense.ndim == 2 else -1
+        if dense.shape != (n, n) or dense.dtype != np.float32:
+            raise ValueError(
+                f"dense co-occurrence counts are {dense.dtype} {dense.shape}, expected square float32"
+            )
+        if n > self.max_size:
+            raise ValueError(
+                f"dense co-occurrence counts cover {n} videos, past their limit of {self.max_size}"
+            )
+        if not np.isfinite(dense).all() or (dense < 0).any():
+            raise ValueError("co-occurrence counts are negative or not finite")
+        # Grown from the first capacity as learning grew it, so the memory reported is the same.
+        self._buffer = np.zeros((self._capacity,) * 2, dtype=np.float32)
+        self.size = 0
+        self.ensure(n)
+        self._buffer[:n, :n] = dense
+
+    # -- counting and scoring ----------------------------------------------------------------
 
     def add_pairs(self, video: int, others: np.ndarray, weight: float = 1.0) -> None:
         """Count ``video`` as co-occurring with each of ``others`` (both directions)."""
@@ -115,9 +152,7 @@ class TopCoCounts:
 
     def __init__(self, slots: int = 256, capacity: int = 1024) -> None:
         self.slots = slots
-        self._cols = GrowableTable(
-            slots, capacity, init=lambda n: np.full((n, slots), -1, dtype=np.int32), dtype=np.int32
-        )
+        self._cols = GrowableTable(slots, capacity, dtype=np.int32, fill=-1)  # -1: an empty slot
         self._vals = GrowableTable(slots, capacity)
         self.size = 0
 
@@ -144,6 +179,33 @@ class TopCoCounts:
 
     def nbytes(self) -> int:
         return self._cols.array.nbytes + self._vals.array.nbytes
+
+    # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Each video's slots: ``cols`` (int32, ``-1`` when empty) and ``vals``, ``(size, slots)``.
+
+        >>> c = TopCoCounts(slots=2); c.ensure(3); c.add_pairs(2, np.array([0]))
+        >>> back = TopCoCounts(slots=2); back.load_arrays(c.to_arrays()); back._cols.array.tolist()
+        [[2, -1], [-1, -1], [0, -1]]
+        """
+        return {"cols": self._cols.array, "vals": self._vals.array}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
+        cols, vals = arrays["cols"], arrays["vals"]
+        if cols.shape != vals.shape:
+            raise ValueError(
+                f"co-occurrence slots {cols.shape} and their counts {vals.shape} differ in shape"
+            )
+        n = len(cols)
+        if cols.size and (cols.min() < -1 or cols.max() >= n):
+            raise ValueError(f"co-occurrence slots name columns outside the {n} videos")
+        if not np.isfinite(vals).all() or (vals < 0).any():
+            raise ValueError("co-occurrence counts are negative or not finite")
+        self._cols.load_arrays({"rows": cols})
+        self._vals.load_arrays({"rows": vals})
+        self.size = n
 
     def add_pairs(self, video: int, others: np.ndarray, weight: float = 1.0) -> None:
         """Count ``video`` as co-occurring with each of ``others`` (both directions)."""
@@ -268,6 +330,26 @@ class CoOccurrenceKNN(CatalogueScorer):
             self.counts = TopCoCounts.from_dense(self.counts, self.slots)
             self.counts.ensure(size)
 
+    # -- persistence (model.persist) -----------------------------------------------------------
+
+    def state_parts(self) -> dict[str, Part]:
+        return {
+            "viewers": self.viewers,
+            "videos": self.videos,
+            "seen": self.seen,
+            "counts": _Counts(self),
+            "popularity": self._pop,
+            "counters": Counters(self, ("events_learned",)),
+        }
+
+    def check_state(self) -> None:
+        if self.counts.size != len(self.videos):
+            raise ValueError(
+                f"co-occurrence counts cover {self.counts.size} videos, but {len(self.videos)} exist"
+            )
+        check_table_rows({"popularity": self._pop}, len(self.videos))
+        check_seen_rows(self.seen, self.viewers, self.videos)
+
     # -- scoring -----------------------------------------------------------------------------
 
     def _scores(self, histories: list[list[int]]) -> np.ndarray:
@@ -313,3 +395,24 @@ class CoOccurrenceKNN(CatalogueScorer):
             if video is not None:
                 earlier.append(video)
         return histories
+
+
+class _Counts:
+    """The model's co-occurrence counts as one part, dense or bounded: whichever it holds.
+
+    Loading puts the kind the file holds in place, so a model saved after it moved to
+    :class:`TopCoCounts` is loaded with bounded rows, and one saved before goes on with the
+    dense matrix (and moves when it grows past ``max_videos``, as the saved one would have).
+    """
+
+    def __init__(self, model: CoOccurrenceKNN) -> None:
+        self.model = model
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return self.model.counts.to_arrays()
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        model = self.model
+        counts = CoCounts(max_size=model.max_videos) if "dense" in arrays else TopCoCounts(model.slots)
+        counts.load_arrays(arrays)
+        model.counts = counts

@@ -19,6 +19,10 @@ update rule and the ranking.
 >>> "nobody" in m.funk.u_latents
 False
 
+It saves like every model (:mod:`model.persist`): river's latent vectors as two arrays in the
+order of the id indexes, with the state of river's initialiser, so nothing is pickled and a
+loaded model draws the same vectors for newcomers as the saved one would have.
+
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ from river import optim, reco
 
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats
+from model.baselines.rows import check_seen_rows, check_table_rows
 from model.ids import GrowableTable, IdIndex
+from model.parts import Counters
+from model.persist import Part, from_json_array, json_array
 from model.seen import SeenVideos
 
 __all__ = ["FunkMFRanker"]
@@ -92,6 +99,25 @@ class FunkMFRanker(CatalogueScorer):
             self.seen.add(self.viewers.add(e.viewer), video)
         self.events_learned += len(events)
 
+    # -- persistence (model.persist) -----------------------------------------------------------
+
+    def state_parts(self) -> dict[str, Part]:
+        # The id indexes come first: river's vectors are saved and restored in their order.
+        return {
+            "viewers": self.viewers,
+            "videos": self.videos,
+            "seen": self.seen,
+            "counts": self._counts,
+            "river": _RiverState(self),
+            "counters": Counters(self, ("events_learned",)),
+        }
+
+    def check_state(self) -> None:
+        check_table_rows({"counts": self._counts}, len(self.videos))
+        check_seen_rows(self.seen, self.viewers, self.videos)
+
+    # -- scoring -----------------------------------------------------------------------------
+
     def _video_matrix(self) -> np.ndarray:
         latents = self.funk.i_latents
         ids = self.videos.ids
@@ -112,3 +138,69 @@ class FunkMFRanker(CatalogueScorer):
             users = np.stack([latents[viewers[b]] for b in known]).astype(np.float32)
             scores[known] = users @ videos.T
         return scores
+
+
+class _RiverState:
+    """What river's ``FunkMF`` learned, as a part: no pickle, restored into river's own structures.
+
+    ``viewers`` and ``videos`` are the latent vectors (``u_latents``, ``i_latents``: float64
+    ``(ids, k)``, one row per id in the order of the model's id indexes, which hold exactly the
+    ids river has seen); ``rng_key`` and ``rng`` the state of the initialiser's generator;
+    ``steps`` the step counters of river's two optimisers (read by learning-rate schedules).
+    """
+
+    def __init__(self, model: FunkMFRanker) -> None:
+        self.model = model
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        model, funk = self.model, self.model.funk
+        state = funk.initializer._rng.get_state(legacy=False)
+        return {
+            "viewers": self._matrix(funk.u_latents, model.viewers.ids),
+            "videos": self._matrix(funk.i_latents, model.videos.ids),
+            "rng_key": state["state"]["key"],
+            "rng": json_array(
+                {"pos": state["state"]["pos"], "has_gauss": state["has_gauss"], "gauss": state["gauss"]}
+            ),
+            "steps": np.array([funk.u_optimizer.n_iterations, funk.i_optimizer.n_iterations], dtype=np.int64),
+        }
+
+    def _matrix(self, latents: dict, ids: list[str]) -> np.ndarray:
+        if not ids:
+            return np.zeros((0, self.model.k), dtype=np.float64)
+        return np.stack([latents[i] for i in ids]).astype(np.float64, copy=False)
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        model, funk = self.model, self.model.funk
+        latents = {}
+        for key, ids in (("viewers", model.viewers.ids), ("videos", model.videos.ids)):
+            matrix = arrays[key]
+            if matrix.dtype != np.float64 or matrix.shape != (len(ids), model.k):
+                raise ValueError(
+                    f"river's {key} vectors are {matrix.dtype} {matrix.shape}, "
+                    f"expected float64 ({len(ids)}, {model.k})"
+                )
+            if not np.isfinite(matrix).all():
+                raise ValueError(f"river's {key} vectors hold non-finite numbers")
+            latents[key] = matrix
+        key, rest, steps = arrays["rng_key"], from_json_array(arrays["rng"]), arrays["steps"]
+        if key.dtype != np.uint32 or key.shape != (624,) or not isinstance(rest, dict):
+            raise ValueError("the state of river's initialiser is not an MT19937 state")
+        if steps.shape != (2,) or steps.dtype.kind not in "iu" or steps.min() < 0:
+            raise ValueError("river's optimiser step counters must be 2 non-negative integers")
+        state = {
+            "bit_generator": "MT19937",
+            "state": {"key": key, "pos": int(rest["pos"])},
+            "has_gauss": int(rest["has_gauss"]),
+            "gauss": float(rest["gauss"]),
+        }
+        funk.initializer._rng.set_state(state)
+        # In river's own dicts (defaultdicts that draw newcomers), each vector its own array, as
+        # river's optimiser updates them in place.
+        for target, ids, matrix in (
+            (funk.u_latents, model.viewers.ids, latents["viewers"]),
+            (funk.i_latents, model.videos.ids, latents["videos"]),
+        ):
+            target.clear()
+            target.update(zip(ids, [row.copy() for row in matrix], strict=True))
+        funk.u_optimizer.n_iterations, funk.i_optimizer.n_iterations = steps.tolist()

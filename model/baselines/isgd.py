@@ -36,7 +36,10 @@ import numpy as np
 
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats
+from model.baselines.rows import check_seen_rows, check_table_rows
 from model.ids import GrowableTable, IdIndex
+from model.parts import Counters, RandomState
+from model.persist import Part
 from model.seen import SeenVideos
 
 __all__ = ["ISGD", "plain_test_then_train"]
@@ -73,8 +76,8 @@ class ISGD(CatalogueScorer):
         self.viewers = IdIndex()
         self.videos = IdIndex()
         self.seen = SeenVideos()
-        self.viewer_vectors = GrowableTable(k, init=self._init)
-        self.video_vectors = GrowableTable(k, init=self._init)
+        self.viewer_vectors = GrowableTable(k)
+        self.video_vectors = GrowableTable(k)
         self._counts = GrowableTable(dim=0, dtype=np.float64)  # only for unknown viewers
         self.events_learned = 0
 
@@ -89,15 +92,18 @@ class ISGD(CatalogueScorer):
     def video_counts(self) -> np.ndarray:
         return self._counts.array
 
-    def _init(self, rows: int) -> np.ndarray:
-        return self._rng.normal(0.0, self.init_std, size=(rows, self.k)).astype(np.float32)
+    def _grow(self, table: GrowableTable, rows: int) -> None:
+        """Make ``rows`` rows exist, the new ones random (``init_std``)."""
+        new = table.ensure(rows)
+        if len(new):
+            new[:] = self._rng.normal(0.0, self.init_std, size=new.shape)
 
     def learn_event(self, event: WatchEvent) -> None:
         """One SGD step for one watch (the per-event recipe; ``learn_many`` loops over it)."""
         u = self.viewers.add(event.viewer)
-        self.viewer_vectors.ensure(len(self.viewers))
+        self._grow(self.viewer_vectors, len(self.viewers))
         i = self.videos.add(event.video)
-        self.video_vectors.ensure(len(self.videos))
+        self._grow(self.video_vectors, len(self.videos))
         self._counts.ensure(len(self.videos))
         self._counts.array[i] += 1.0
         a = self.viewer_vectors.array[u]
@@ -111,6 +117,28 @@ class ISGD(CatalogueScorer):
         for e in events:
             self.learn_event(e)
         self.events_learned += len(events)
+
+    # -- persistence (model.persist) -----------------------------------------------------------
+
+    def state_parts(self) -> dict[str, Part]:
+        # The generator too: a loaded model draws the vectors of newcomers the saved one would.
+        return {
+            "viewers": self.viewers,
+            "videos": self.videos,
+            "seen": self.seen,
+            "viewer_vectors": self.viewer_vectors,
+            "video_vectors": self.video_vectors,
+            "counts": self._counts,
+            "rng": RandomState(self._rng),
+            "counters": Counters(self, ("events_learned",)),
+        }
+
+    def check_state(self) -> None:
+        check_table_rows({"viewer_vectors": self.viewer_vectors}, len(self.viewers))
+        check_table_rows({"video_vectors": self.video_vectors, "counts": self._counts}, len(self.videos))
+        check_seen_rows(self.seen, self.viewers, self.videos)
+
+    # -- scoring -----------------------------------------------------------------------------
 
     def viewer_scores(self, viewer_rows: np.ndarray) -> np.ndarray:
         """``(len(viewer_rows), videos)`` float32 scores; a row of ``-1`` gets popularity."""

@@ -7,7 +7,8 @@ do for every other model.
 It runs for as long as the service does (it is the service's shadow baseline), so its memory is
 bounded the same way as the main model's: a viewer or video not seen for its TTL (event time,
 :mod:`model.lifecycle`) is released, and its row is reused by the next new id. It saves to and
-loads from one ``.npz`` file, so a restarted service resumes the baseline too.
+loads from one ``.npz`` file like every model (:mod:`model.persist`), so a restarted service
+resumes the baseline too.
 
 >>> from contract.events import WatchEvent
 >>> m = MostPopular()
@@ -19,24 +20,21 @@ loads from one ``.npz`` file, so a restarted service resumes the baseline too.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats
+from model.baselines.rows import check_seen_rows, check_table_rows
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import DAY, Lifecycle
-from model.npz import read_npz, write_npz
+from model.parts import Counters
+from model.persist import Part
 from model.seen import SeenVideos
 
 __all__ = ["MostPopular"]
-
-#: Format marker of the files :meth:`MostPopular.save` writes.
-FORMAT = "streamrec.popular/1"
 
 
 class MostPopular(CatalogueScorer):
@@ -74,13 +72,18 @@ class MostPopular(CatalogueScorer):
         return now if math.isfinite(now) else None
 
     def stats(self) -> ModelStats:
-        # Per row: a count (8 bytes) and a last-seen time (8); per watch, its seen-list slot.
-        rows = len(self.viewers) + len(self.videos)
-        memory = 8 * len(self.videos) + 8 * rows + 36 * self.seen.entries()
+        # Per video its counts, per row a last-seen time (when ids expire); per watch, its slot
+        # in a seen list (a list slot and an int object, about 36 bytes).
+        tables = [*self._video_tables().values(), self._life.viewers.table, self._life.videos.table]
+        memory = sum(t.array.nbytes for t in tables) + 36 * self.seen.entries()
         return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
 
     def video_counts(self) -> np.ndarray:
         return self._counts.array
+
+    def _video_tables(self) -> dict[str, GrowableTable]:
+        """The tables with one row per video row, by part name (grown, reset and saved alike)."""
+        return {"counts": self._counts}
 
     @property
     def expired(self) -> tuple[int, int]:
@@ -107,8 +110,9 @@ class MostPopular(CatalogueScorer):
             return
         videos = self.videos.add_many(e.video for e in events)
         viewers = self.viewers.add_many(e.viewer for e in events)
-        self._counts.ensure(len(self.videos))
-        np.add.at(self._counts.array, videos, self._watch_weights(len(events)))
+        for table in self._video_tables().values():
+            table.ensure(len(self.videos))
+        self._count(videos)
         self.seen.add_many(viewers, videos)
         times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
         self._life.observe(viewers, videos, times)
@@ -120,8 +124,13 @@ class MostPopular(CatalogueScorer):
         viewers, videos = self._life.release(self.viewers, self.videos)
         self.seen.clear_rows(viewers.tolist())
         if videos.size:
-            self._counts.reset(videos)
+            for table in self._video_tables().values():
+                table.reset(videos)
             self.seen.discard_videos(videos)
+
+    def _count(self, videos: np.ndarray) -> None:
+        """Add the watches of ``videos`` (one row per event, in order) to the counts."""
+        np.add.at(self._counts.array, videos, self._watch_weights(len(videos)))
 
     #: Most events one vectorised step takes (subclasses whose weights grow bound it).
     _max_chunk = 1 << 62
@@ -130,62 +139,23 @@ class MostPopular(CatalogueScorer):
         """What each of the next ``n`` watches adds to its video's count."""
         return 1.0
 
-    # -- persistence -------------------------------------------------------------------------
+    # -- persistence (model.persist) -----------------------------------------------------------
 
-    def _config(self) -> dict:
-        return {"viewer_ttl": self.viewer_ttl, "video_ttl": self.video_ttl, "expire_every": self.expire_every}
+    def _counters(self) -> tuple[str, ...]:
+        """Scalar attributes saved with the model."""
+        return ("events_learned",)
 
-    def _extra_state(self) -> dict:
-        return {}
-
-    def _load_extra_state(self, state: dict) -> None:
-        pass
-
-    def save(self, path: str | Path) -> None:
-        """Write the whole model to ``path`` (one ``.npz``, no pickle; written then renamed)."""
-        path = Path(path)
-        indptr, seen = self.seen.to_arrays()
-        arrays = {
-            "format": np.array(FORMAT),
-            "model": np.array(self.name),
-            "config": np.array(json.dumps(self._config())),
-            "state": np.array(json.dumps(self._extra_state())),
-            "viewer/ids": self.viewers.to_array(),
-            "viewer/free": self.viewers.free_array(),
-            "viewer/seen_indptr": indptr,
-            "viewer/seen_videos": seen,
-            "video/ids": self.videos.to_array(),
-            "video/free": self.videos.free_array(),
-            "video/counts": self._counts.array,
+    def state_parts(self) -> dict[str, Part]:
+        return {
+            "viewers": self.viewers,
+            "videos": self.videos,
+            "seen": self.seen,
+            **self._video_tables(),
+            "lifecycle": self._life,
+            "counters": Counters(self, self._counters()),
         }
-        arrays |= {f"lifecycle/{k}": v for k, v in self._life.to_arrays().items()}
-        write_npz(path, arrays)
 
-    @classmethod
-    def load(cls, path: str | Path) -> MostPopular:
-        """Read a model :meth:`save` wrote; a foreign or damaged file raises ``ValueError``."""
-        path = Path(path)
-
-        def not_ours(why: str) -> ValueError:
-            return ValueError(f"{path} is not a streamrec {cls.name} file: {why}")
-
-        arrays = read_npz(path, not_ours)
-        if str(arrays.get("format")) != FORMAT or str(arrays.get("model")) != cls.name:
-            raise not_ours(f"format {str(arrays.get('format'))!r} of {str(arrays.get('model'))!r}")
-        try:
-            model = cls(**json.loads(str(arrays["config"])))
-            model.viewers = IdIndex.from_array(arrays["viewer/ids"], arrays["viewer/free"])
-            model.videos = IdIndex.from_array(arrays["video/ids"], arrays["video/free"])
-            model.seen = SeenVideos.from_arrays(arrays["viewer/seen_indptr"], arrays["viewer/seen_videos"])
-            counts = arrays["video/counts"]
-            if counts.shape != (len(model.videos),) or not np.isfinite(counts).all():
-                raise ValueError(f"counts have shape {counts.shape}, expected ({len(model.videos)},)")
-            if len(model.seen) > len(model.viewers):
-                raise ValueError("seen lists for unknown viewers")
-            model._counts.load(counts)
-            life = {k.removeprefix("lifecycle/"): v for k, v in arrays.items() if k.startswith("lifecycle/")}
-            model._life.load_arrays(life)
-            model._load_extra_state(json.loads(str(arrays["state"])))
-        except (KeyError, ValueError, TypeError, IndexError, json.JSONDecodeError) as err:
-            raise not_ours(f"damaged content ({type(err).__name__}: {err})") from None
-        return model
+    def check_state(self) -> None:
+        check_table_rows(self._video_tables(), len(self.videos))
+        check_seen_rows(self.seen, self.viewers, self.videos)
+        self._life.check_rows(len(self.viewers), len(self.videos))

@@ -7,7 +7,9 @@ shrinking every count keeps an update O(1); when the increment gets large, all c
 rescaled once (the order is unchanged). A half-life in events rather than seconds makes the
 baseline independent of the stream's clock, which replays compress or stretch.
 
-This is also what "trending" means for an unknown viewer in other models.
+This is also what "trending" means for an unknown viewer in other models. Plain watch counts
+are kept beside the decayed ones: they are what :meth:`~RecentPopular.video_counts` reports (the
+popularity-bias metric compares models on watches, not on each model's own scores).
 
 >>> from contract.events import WatchEvent
 >>> m = RecentPopular(half_life=1.0)
@@ -23,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from model.baselines.popular import MostPopular
+from model.ids import GrowableTable
 from model.lifecycle import DAY
 
 __all__ = ["RecentPopular"]
@@ -59,6 +62,7 @@ class RecentPopular(MostPopular):
         super().__init__(viewer_ttl=viewer_ttl, video_ttl=video_ttl, expire_every=expire_every)
         self.half_life = half_life
         self._log2_increment = 0.0  # log2 of the weight of the next watch
+        self._watches = GrowableTable(dim=0, dtype=np.float64)  # plain counts, for video_counts
         # One step's weights grow by at most 2**256 past the rescale point: float64 holds them.
         self._max_chunk = max(1, int(256 * half_life))
 
@@ -79,11 +83,15 @@ class RecentPopular(MostPopular):
         top = counts.max() if counts.size else 1.0
         return (counts / (top if top > 0 else 1.0)).astype(np.float32)
 
-    def _config(self) -> dict:
-        return super()._config() | {"half_life": self.half_life}
+    def video_counts(self) -> np.ndarray:
+        return self._watches.array
 
-    def _extra_state(self) -> dict:
-        return {"log2_increment": self._log2_increment}
+    def _video_tables(self) -> dict[str, GrowableTable]:
+        return super()._video_tables() | {"watches": self._watches}
 
-    def _load_extra_state(self, state: dict) -> None:
-        self._log2_increment = float(state["log2_increment"])
+    def _count(self, videos: np.ndarray) -> None:
+        super()._count(videos)
+        np.add.at(self._watches.array, videos, 1.0)
+
+    def _counters(self) -> tuple[str, ...]:
+        return (*super()._counters(), "_log2_increment")
