@@ -189,8 +189,6 @@ def create(name: str, **params) -> StreamRanker:
 
 
 def load(name: str, path: str | Path) -> StreamRanker:
-    """The model registered as ``name``, restored from a file its ``save`` wrote."""
-    cls = model_class(name)
-    if not hasattr(cls, "load"):
-        raise UnknownModel(f"model {name!r} cannot be saved and restored")
-    return cls.load(path)
+    """The model registered as ``name``, restored from a file its ``save`` wrote (every model
+    saves and loads, :mod:`model.persist`); a file that is not one raises ``ValueError``."""
+    return model_class(name).load(path)
