@@ -96,11 +96,14 @@ class CoCounts:
             raise ValueError("co-occurrence counts hold non-finite numbers")
         if (pairs < 0).any() or (counts < 0).any() or scale < 1.0:
             raise ValueError("co-occurrence counts are negative or their scale is below 1")
-        self._buffer = np.zeros((max(1, n),) * 2, dtype=np.float32)
+        # The capacity ensure() would have grown to, so that memory reads the same as before saving.
+        capacity = self._buffer.shape[0]
+        self._buffer = np.zeros((capacity, capacity), dtype=np.float32)
+        self._counts = np.zeros(capacity, dtype=np.float32)
+        self.rows = 0
+        self.ensure(n)
         self._buffer[:n, :n] = pairs
-        self._counts = np.zeros(max(1, n), dtype=np.float32)
         self._counts[:n] = counts
-        self.rows = n
         self.scale = scale
 
     def clear(self, rows: np.ndarray) -> None:

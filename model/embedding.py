@@ -95,7 +95,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -107,6 +106,8 @@ from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex
 from model.kernels import adagrad_step, scatter_rows, softmax_grad
 from model.lifecycle import DAY, Lifecycle
+from model.parts import Counters, FixedArrays, RandomState
+from model.persist import Part
 from model.seen import SeenVideos
 from model.topk import top_n, top_n_with_rank
 from model.weighting import watch_weights
@@ -415,6 +416,66 @@ class EmbeddingRanker(CatalogueScorer):
             "total": total,
         }
 
+    # -- parts (what model.persist saves) -----------------------------------------------------
+
+    def _viewer_tables(self) -> dict[str, GrowableTable]:
+        """The parameter tables with a row per viewer row, by part name."""
+        return {"viewer_vectors": self._P, "viewer_vectors_acc": self._P_acc}
+
+    def _video_tables(self) -> dict[str, GrowableTable]:
+        """The tables with a row per video row, by part name (grown, reset and saved alike)."""
+        return {
+            "video_vectors": self._E,
+            "video_vectors_acc": self._E_acc,
+            "transitions": self._Q,
+            "transitions_acc": self._Q_acc,
+            "video_bias": self._b,
+            "video_bias_acc": self._b_acc,
+            "watch_counts": self._counts,
+            "trending": self._trend,
+        }
+
+    def state_parts(self) -> dict[str, Part]:
+        parts: dict[str, Part] = {
+            "viewers": self.viewers,
+            "videos": self.videos,
+            "seen": self.seen,
+            "history": self._recent,
+            **self._viewer_tables(),
+            **self._video_tables(),
+            "cooccurrence": self._cooc,
+            "feature_weights": FixedArrays(
+                alpha=self._alpha, alpha_acc=self._alpha_acc, beta=self._beta, beta_acc=self._beta_acc
+            ),
+            "lifecycle": self._life,
+            "random": RandomState(self._rng),
+            "counters": Counters(
+                self,
+                ("events_learned", "events_filtered", "guard_trips", "loss_sum", "_trend_scale", "_version"),
+            ),
+        }
+        if self._admit_viewers is not None:
+            parts |= {"admit_viewers": self._admit_viewers, "admit_videos": self._admit_videos}
+        return parts
+
+    def check_state(self) -> None:
+        """Every table has a row per id row; histories, seen lists and counts name existing rows."""
+        n_viewers, n_videos = len(self.viewers), len(self.videos)
+        tables = [(name, t, n_viewers, "viewer") for name, t in self._viewer_tables().items()]
+        tables += [("history", self._recent.items, n_viewers, "viewer")]
+        tables += [(name, t, n_videos, "video") for name, t in self._video_tables().items()]
+        for name, table, rows, side in tables:
+            if table.rows != rows:
+                raise ValueError(f"{name} has {table.rows} rows, but {rows} {side} rows exist")
+        if len(self.seen) > n_viewers:
+            raise ValueError(f"seen lists for {len(self.seen)} viewer rows, but {n_viewers} rows exist")
+        for name, top in (("history", self._recent.max_video()), ("seen lists", self.seen.max_video())):
+            if top >= n_videos:
+                raise ValueError(f"{name} name video row {top}, but {n_videos} rows exist")
+        if self._cooc.rows not in (0, n_videos):
+            raise ValueError(f"co-occurrence covers {self._cooc.rows} videos, but {n_videos} rows exist")
+        self._life.check_rows(n_viewers, n_videos)
+
     # -- batch preparation -------------------------------------------------------------------
 
     def _batch(self, events: Sequence[WatchEvent]) -> _Batch:
@@ -634,15 +695,14 @@ class EmbeddingRanker(CatalogueScorer):
         if fresh:
             self.videos.add_many([events[i].video for i in fresh])
         n_viewers, n_videos = len(self.viewers), len(self.videos)
-        for table in (self._P, self._P_acc):
+        for table in self._viewer_tables().values():
             table.ensure(n_viewers)
         self._recent.ensure(n_viewers)
         new = self._E.ensure(n_videos)
         if len(new):
             new[:] = self._random_vectors(len(new))
-        for table in (self._E_acc, self._Q, self._Q_acc, self._b, self._b_acc, self._counts):
+        for table in self._video_tables().values():
             table.ensure(n_videos)
-        self._trend.ensure(n_videos)
 
         if self.loss == "softmax":
             grad_u = self._full_softmax_step(batch, known_logits)
@@ -701,22 +761,12 @@ class EmbeddingRanker(CatalogueScorer):
         viewers, videos = self._life.release(self.viewers, self.videos)
         if viewers.size:
             # A reused row must start exactly like a new one: no vector, history or seen list.
-            for table in (self._P, self._P_acc):
+            for table in self._viewer_tables().values():
                 table.reset(viewers)
             self._recent.clear(viewers)
             self.seen.clear_rows(viewers.tolist())
         if videos.size:
-            tables = (
-                self._E,
-                self._E_acc,
-                self._Q,
-                self._Q_acc,
-                self._b,
-                self._b_acc,
-                self._counts,
-                self._trend,
-            )
-            for table in tables:
+            for table in self._video_tables().values():
                 table.reset(videos)
             self._E.array[videos] = self._random_vectors(videos.size)
             self._cooc.clear(videos)
@@ -972,18 +1022,3 @@ class EmbeddingRanker(CatalogueScorer):
         if columns is None:
             self._mask_free(scores)
         return scores
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def save(self, path: str | Path) -> None:
-        """Write the whole model to one ``.npz`` file (no pickle); see :mod:`model.state`."""
-        from model.state import save_model
-
-        save_model(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> EmbeddingRanker:
-        """Read a model written by :meth:`save`; a foreign or corrupt file raises ``ValueError``."""
-        from model.state import load_model
-
-        return load_model(cls, path)

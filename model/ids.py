@@ -268,6 +268,9 @@ class GrowableTable:
             bad = ~np.isfinite(array) & (array != self.fill)
             if bad.any():
                 raise ValueError("table rows hold non-finite numbers")
-        self._buffer = np.full(self._shape(max(1, array.shape[0])), self.fill, dtype=dtype)
+        capacity = self.capacity
+        while capacity < array.shape[0]:  # as ensure() would have grown it
+            capacity *= 2
+        self._buffer = np.full(self._shape(capacity), self.fill, dtype=dtype)
         self._buffer[: array.shape[0]] = array
         self.rows = array.shape[0]

@@ -1,8 +1,8 @@
 """One ``.npz`` file per saved model: written atomically, read without pickle.
 
-Both model file formats (:mod:`model.state` for the embedding model, the popularity baselines'
-own) go through these two functions, so every saved model is replaced in one rename and every
-file that is not a readable ``.npz`` is refused with the same clear message.
+Every model file (:mod:`model.persist`) goes through these two functions, so every saved model
+is replaced in one rename and every file that is not a readable ``.npz`` is refused with the same
+clear message.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.npz"
