@@ -7,9 +7,10 @@ Three sources::
     streamrec produce synth --output synth.jsonl ...   (a file for `streamrec evaluate`, no Kafka)
     streamrec produce send --viewer V --video W --watch-time S [--duration D] [--timestamp T]
 
-Common flags: ``--bootstrap-servers`` (env ``STREAMREC_BOOTSTRAP_SERVERS``, default the local
-broker of ``streamrec kafka up``), ``--topic`` (env ``STREAMREC_INPUT_TOPIC``, default
-``watch-events``), ``--partitions`` (used only when the topic has to be created).
+Common flags: the connection flags of :mod:`contract.connection` (``--bootstrap-servers``,
+default the local broker of ``streamrec kafka up``; ``--security-protocol``, SASL and TLS),
+``--topic`` (env ``STREAMREC_INPUT_TOPIC``, default ``watch-events``), ``--partitions`` (used
+only when the topic has to be created).
 
 A progress bar goes to stderr when it is a terminal; the summary line goes to stdout (``--json``
 makes it one JSON object, for scripts and benchmarks). The exit code is 0 when every event was
@@ -27,7 +28,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from contract.arguments import positive_float, positive_int
-from contract.defaults import DEFAULT_BOOTSTRAP, INPUT_TOPIC
+from contract.connection import KafkaConnection, add_connection_arguments
+from contract.defaults import INPUT_TOPIC
 from contract.errors import UserError
 from contract.events import WatchEvent
 from producer.pacing import paced
@@ -35,7 +37,6 @@ from producer.progress import Progress
 
 __all__ = [
     "add_arguments",
-    "add_bootstrap_servers",
     "add_connect_timeout",
     "run",
     "main",
@@ -54,19 +55,9 @@ def add_connect_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     )
 
 
-def add_bootstrap_servers(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """The ``--bootstrap-servers`` flag of every command that talks to Kafka."""
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get("STREAMREC_BOOTSTRAP_SERVERS", DEFAULT_BOOTSTRAP),
-        metavar="HOST:PORT",
-        help="broker address (env STREAMREC_BOOTSTRAP_SERVERS; default %(default)s)",
-    )
-
-
 def _common(parser: argparse.ArgumentParser) -> None:
+    add_connection_arguments(parser)
     kafka = parser.add_argument_group("Kafka")
-    add_bootstrap_servers(kafka)
     kafka.add_argument(
         "--topic",
         default=os.environ.get("STREAMREC_INPUT_TOPIC", INPUT_TOPIC),
@@ -224,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
         return _write_jsonl(events, args.output)
     try:
         sink = KafkaSink(
-            args.bootstrap_servers,
+            KafkaConnection.from_arguments(args),
             args.topic,
             partitions=args.partitions,
             connect_timeout_s=args.connect_timeout,

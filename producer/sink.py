@@ -25,6 +25,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.partitioner.default import DefaultPartitioner
 from kafka.producer.future import FutureRecordMetadata
 
+from contract.connection import FailureWatch, KafkaConnection
 from contract.defaults import INPUT_TOPIC
 from contract.events import WatchEvent
 from contract.schema import event_to_json
@@ -73,28 +74,24 @@ class DeliveryStats:
     errors: list[str] = field(default_factory=list, repr=False)
 
 
-def _unreachable(bootstrap_servers: str, err: Exception) -> BrokerUnavailable:
-    return BrokerUnavailable(
-        f"no Kafka broker answered at {bootstrap_servers} ({err}); "
-        "start one with `streamrec kafka up` or pass --bootstrap-servers"
-    )
-
-
 def ensure_topic(
-    bootstrap_servers: str, topic: str, partitions: int = 3, *, timeout_s: float = 10.0, **configs
+    where: KafkaConnection | str, topic: str, partitions: int = 3, *, timeout_s: float = 10.0, **configs
 ) -> bool:
     """Create ``topic`` with ``partitions`` partitions unless it exists; True when created.
 
+    ``where`` is a :class:`~contract.connection.KafkaConnection` or a plain bootstrap address.
     The replication factor is the broker's default (a single local broker has one copy).
     """
+    connection = KafkaConnection.of(where)
+    FailureWatch.install()
     try:
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
+            **connection.client_options(),
             bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="streamrec-producer-admin",
         )
     except KafkaTimeoutError as err:
-        raise _unreachable(bootstrap_servers, err) from None
+        raise BrokerUnavailable(connection.unreachable(err)) from None
     try:
         if topic in admin.list_topics():
             return False
@@ -117,8 +114,8 @@ class KafkaSink:
 
     Parameters
     ----------
-    bootstrap_servers
-        ``host:port[,host:port...]``.
+    where
+        A :class:`~contract.connection.KafkaConnection`, or just ``host:port[,host:port...]``.
     topic
         The input topic of the service.
     partitions
@@ -134,7 +131,7 @@ class KafkaSink:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        where: KafkaConnection | str,
         topic: str = INPUT_TOPIC,
         *,
         partitions: int | None = 3,
@@ -144,17 +141,16 @@ class KafkaSink:
         delivery_timeout_s: float = 30.0,
         client_id: str = "streamrec-producer",
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.connection = connection = KafkaConnection.of(where)
+        self.bootstrap_servers = connection.bootstrap_servers
         self.topic = topic
         self.stats = DeliveryStats()
         if partitions is not None:
-            self.created_topic = ensure_topic(
-                bootstrap_servers, topic, partitions, timeout_s=connect_timeout_s
-            )
+            self.created_topic = ensure_topic(connection, topic, partitions, timeout_s=connect_timeout_s)
         request_ms = 15_000
         try:
             self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap_servers,
+                **connection.client_options(),
                 client_id=client_id,
                 partitioner=_MemoPartitioner(),
                 acks="all",
@@ -167,7 +163,7 @@ class KafkaSink:
                 bootstrap_timeout_ms=int(connect_timeout_s * 1000),
             )
         except KafkaTimeoutError as err:
-            raise _unreachable(bootstrap_servers, err) from None
+            raise BrokerUnavailable(connection.unreachable(err)) from None
 
     def _on_ack(self, _metadata) -> None:
         self.stats.acked += 1

@@ -8,10 +8,18 @@ The jars come from Maven Central (``scripts/kafka-jars.sh``, version pinned in
     <data dir>/broker.log          the broker's stdout and stderr (log4j2 writes to stdout)
     <data dir>/broker.json         pid, ports and start time of the running broker
     <data dir>/broker.pid          its pid alone, for scripts
+    <data dir>/tls/                with ``security="sasl_ssl"``: a self-signed CA (``ca.pem``) and
+                                   the broker's key and certificate (``broker.pem``), made by openssl
 
 The node is broker and KRaft controller at once, listens on 127.0.0.1 only, and is tuned for a
 small machine: a 512 MiB heap, internal topics of one partition with replication factor 1 (the
 first group join and the first transaction are then fast), no initial rebalance delay.
+
+With ``security="sasl_ssl"`` the client listener is SASL_SSL (TLS with a certificate from a
+self-signed CA written under the data folder, SCRAM-SHA-512 credentials for one user written
+into the metadata log when the storage is formatted) and there is no plain client listener: the
+broker talks to itself on the same SASL_SSL listener with the same user. Only the KRaft
+controller listener stays PLAINTEXT, on 127.0.0.1, where clients cannot produce or consume.
 
 Examples
 --------
@@ -33,6 +41,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -49,6 +58,8 @@ LOG4J2_CONFIG = REPO_ROOT / "deploy" / "kafka" / "log4j2.properties"
 JARS_SCRIPT = REPO_ROOT / "scripts" / "kafka-jars.sh"
 
 # DEFAULT_PORT is not 9092, so a broker someone already runs on the usual port is left alone.
+#: How the local broker's client listener can be secured.
+SECURITY_MODES = ("plaintext", "sasl_ssl")
 #: The INFO line kafka.Kafka logs once the broker accepts requests (KafkaRaftServer.startup).
 READY_LINE = "Kafka Server started"
 
@@ -70,10 +81,12 @@ def kafka_version() -> str:
     return node.text.strip()
 
 
-def default_data_dir() -> Path:
-    """``$STREAMREC_HOME/kafka`` when that variable is set, else ``.streamrec/kafka`` in the repo."""
+def default_data_dir(security: str = "plaintext") -> Path:
+    """``$STREAMREC_HOME/kafka`` when that variable is set, else ``.streamrec/kafka`` in the repo
+    (``kafka-sasl_ssl`` for a secured broker: a data folder keeps the security it was made with)."""
     home = os.environ.get("STREAMREC_HOME")
-    return (Path(home) if home else REPO_ROOT / ".streamrec") / "kafka"
+    name = "kafka" if security == "plaintext" else f"kafka-{security}"
+    return (Path(home) if home else REPO_ROOT / ".streamrec") / name
 
 
 def find_java() -> str:
@@ -133,8 +146,11 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def admin_ready(bootstrap: str, timeout: float = 30.0) -> bool:
-    """True once a real admin request (list topics) succeeds against ``bootstrap``."""
+def admin_ready(bootstrap: str, timeout: float = 30.0, **client_options: str) -> bool:
+    """True once a real admin request (list topics) succeeds against ``bootstrap``.
+
+    ``client_options`` are kafka-python's security settings (:meth:`LocalBroker.client_options`).
+    """
     # Imported here so that `streamrec kafka status` on a stopped broker stays cheap.
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
@@ -149,6 +165,7 @@ def admin_ready(bootstrap: str, timeout: float = 30.0) -> bool:
                 request_timeout_ms=5000,
                 bootstrap_timeout_ms=wait_ms,
                 client_id="streamrec-kafka-ready",
+                **client_options,
             )
             try:
                 admin.list_topics()
@@ -189,6 +206,11 @@ class LocalBroker:
         Linux only: the broker gets SIGTERM when the process that started it dies (test fixtures
         use this, so a crashed test run leaves no broker behind). Applies to starts from the main
         thread only.
+    security
+        ``"plaintext"`` (default) or ``"sasl_ssl"`` (see the module docstring); a data folder
+        keeps the mode it was formatted with.
+    user, password
+        The SCRAM-SHA-512 credentials of ``"sasl_ssl"`` (the broker uses them for itself too).
     """
 
     data_dir: Path | str = field(default_factory=default_data_dir)
@@ -197,18 +219,43 @@ class LocalBroker:
     controller_port: int | None = None
     heap: str = "512m"
     die_with_parent: bool = False
+    security: str = "plaintext"
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
         if self.controller_port is None:
             self.controller_port = self.port + 1
+        if self.security not in SECURITY_MODES:
+            raise BrokerError(f"security must be one of {', '.join(SECURITY_MODES)}, got {self.security!r}")
+
+    def _check_credentials(self) -> None:
+        if self.security != "sasl_ssl":
+            return
+        if not self.user or not self.password:
+            raise BrokerError("a sasl_ssl broker needs a user and a password")
+        if any(c in self.user + self.password for c in '",=[]\n'):
+            raise BrokerError('user and password may not contain " , = [ ] or a newline')
 
     # -- files ---------------------------------------------------------------------------------
     @property
     def bootstrap(self) -> str:
         """``host:port`` for clients."""
         return f"{self.host}:{self.port}"
+
+    def client_options(self) -> dict[str, str]:
+        """kafka-python settings a client needs to connect (the security part; empty in plaintext)."""
+        if self.security != "sasl_ssl":
+            return {}
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "sasl_plain_username": self.user,
+            "sasl_plain_password": self.password,
+            "ssl_cafile": str(self.ca_path),
+        }
 
     @property
     def config_path(self) -> Path:
@@ -230,19 +277,34 @@ class LocalBroker:
     def log_dirs(self) -> Path:
         return self.data_dir / "data"
 
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate clients trust (``sasl_ssl`` only)."""
+        return self.data_dir / "tls" / "ca.pem"
+
+    @property
+    def keystore_path(self) -> Path:
+        return self.data_dir / "tls" / "broker.pem"
+
+    @property
+    def security_marker(self) -> Path:
+        return self.data_dir / "security.json"
+
     def properties(self) -> dict[str, str]:
         """The broker's ``server.properties``: a single node that is broker and controller."""
         h, p, c = self.host, self.port, self.controller_port
+        client = "SASL_SSL" if self.security == "sasl_ssl" else "PLAINTEXT"
         return {
             "process.roles": "broker,controller",
             "node.id": "1",
             # Static quorum of one voter: format without --standalone.
             "controller.quorum.voters": f"1@{h}:{c}",
-            "listeners": f"PLAINTEXT://{h}:{p},CONTROLLER://{h}:{c}",
-            "advertised.listeners": f"PLAINTEXT://{h}:{p}",
+            "listeners": f"{client}://{h}:{p},CONTROLLER://{h}:{c}",
+            "advertised.listeners": f"{client}://{h}:{p}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": client,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{client}:{client}",
+            **(self._sasl_ssl_properties() if client == "SASL_SSL" else {}),
             "log.dirs": str(self.log_dirs),
             "num.partitions": "1",
             # One replica of everything: there is one node.
@@ -268,13 +330,52 @@ class LocalBroker:
             "auto.create.topics.enable": "true",
         }
 
+    def _sasl_ssl_properties(self) -> dict[str, str]:
+        login = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            # The broker's own (inter-broker) login on its only client listener.
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                f'{login} required username="{self.user}" password="{self.password}";'
+            ),
+            # PEM files (KIP-651): no Java keytool, and the same files Python clients read.
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore_path),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_path),
+        }
+
     def write_config(self) -> Path:
-        """Write ``server.properties`` (again: the port may differ from the last start)."""
+        """Write ``server.properties`` (again: the port may differ from the last start).
+
+        The file holds the SCRAM password in ``sasl_ssl`` mode, so only its owner may read it.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         lines = ["# Written by streamrec.kafka_local on every start; edit LocalBroker.properties instead."]
         lines += [f"{key}={value}" for key, value in self.properties().items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(self.config_path, 0o600)
         return self.config_path
+
+    def _check_security_mode(self) -> None:
+        """A data folder keeps the security mode (and SCRAM user) it was formatted with."""
+        if not self.is_formatted():
+            return
+        try:
+            formatted = json.loads(self.security_marker.read_text())
+        except (OSError, ValueError):
+            formatted = {"security": "plaintext", "user": None}
+        if (formatted.get("security"), formatted.get("user")) != (self.security, self.user):
+            was = formatted.get("security") + (
+                f" (user {formatted['user']})" if formatted.get("user") else ""
+            )
+            raise BrokerError(
+                f"{self.data_dir} holds a broker formatted as {was}: "
+                f"use another --data-dir for {self.security}, or remove that folder"
+            )
 
     # -- processes -----------------------------------------------------------------------------
     def _java_command(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
@@ -300,6 +401,10 @@ class LocalBroker:
     def format(self, java: str, libs: Path) -> None:
         """Format the storage once with a fresh cluster id (``kafka.tools.StorageTool``)."""
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        scram = []
+        if self.security == "sasl_ssl":
+            # KIP-900: SCRAM credentials go into the metadata log when the storage is formatted.
+            scram = ["--add-scram", f"SCRAM-SHA-512=[name={self.user},password={self.password}]"]
         cmd = self._java_command(
             # "--cluster-id=" form: a base64 id may start with "-", which argparse4j reads as a flag.
             java,
@@ -309,10 +414,15 @@ class LocalBroker:
             f"--cluster-id={cluster_id}",
             "-c",
             str(self.config_path),
+            *scram,
         )
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise BrokerError(f"formatting {self.log_dirs} failed: {(done.stderr or done.stdout).strip()}")
+            detail = (done.stderr or done.stdout).strip()
+            if self.password:
+                detail = detail.replace(self.password, "***")
+            raise BrokerError(f"formatting {self.log_dirs} failed: {detail}")
+        self.security_marker.write_text(json.dumps({"security": self.security, "user": self.user}) + "\n")
 
     def read_state(self) -> dict | None:
         try:
@@ -339,7 +449,9 @@ class LocalBroker:
             return BrokerStatus(False, False, None, None)
         state = self.read_state() or {}
         bootstrap = state.get("bootstrap", self.bootstrap)
-        return BrokerStatus(True, admin_ready(bootstrap, timeout=timeout), pid, bootstrap)
+        return BrokerStatus(
+            True, admin_ready(bootstrap, timeout=timeout, **self.client_options()), pid, bootstrap
+        )
 
     def start(self, timeout: float = 120.0) -> str:
         """Start the broker unless it already runs; wait until it serves requests.
@@ -352,14 +464,18 @@ class LocalBroker:
             state = self.read_state() or {}
             self.port = int(state.get("port", self.port))
             self.controller_port = int(state.get("controller_port", self.controller_port))
-            if not admin_ready(self.bootstrap, timeout=timeout):
+            if not admin_ready(self.bootstrap, timeout=timeout, **self.client_options()):
                 raise BrokerError(f"a broker runs (pid {pid}) but does not answer on {self.bootstrap}")
             return self.bootstrap
+        self._check_credentials()
         java = find_java()
         libs = ensure_jars()
         for port in (self.port, self.controller_port):
             if not _port_free(self.host, port):
                 raise BrokerError(f"port {self.host}:{port} is in use: choose another with --port")
+        self._check_security_mode()
+        if self.security == "sasl_ssl" and not (self.ca_path.is_file() and self.keystore_path.is_file()):
+            make_certificates(self.ca_path.parent, self.host)
         self.write_config()
         if not self.is_formatted():
             self.format(java, libs)
@@ -406,7 +522,9 @@ class LocalBroker:
                 self.stop()
                 raise BrokerError(f"the broker did not start within {timeout:.0f} s; see {self.log_path}")
             time.sleep(0.2)
-        if not admin_ready(self.bootstrap, timeout=max(5.0, deadline - time.monotonic())):
+        if not admin_ready(
+            self.bootstrap, timeout=max(5.0, deadline - time.monotonic()), **self.client_options()
+        ):
             self.stop()
             raise BrokerError(f"the broker logged '{READY_LINE}' but {self.bootstrap} does not answer")
 
@@ -455,6 +573,42 @@ class LocalBroker:
     def _reap(self) -> None:
         if self._proc is not None and self._proc.poll() is not None:
             self._proc = None
+
+
+def make_certificates(folder: Path, host: str = DEFAULT_HOST) -> None:
+    """A self-signed CA (``ca.pem``) and a broker key and certificate for ``host`` signed by it
+    (``broker.pem``: unencrypted PKCS#8 key, then the certificate, as Kafka's PEM keystore wants),
+    made with openssl. The CA's key is thrown away: nothing else will ever be signed with it."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise BrokerError("openssl is not installed: it makes the local broker's certificates")
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    san = f"subjectAltName=IP:{host},DNS:localhost" if host[0].isdigit() else f"subjectAltName=DNS:{host}"
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        work = Path(scratch)
+
+        def run(*args: str) -> None:
+            done = subprocess.run([openssl, *args], capture_output=True, text=True, check=False, cwd=work)
+            if done.returncode != 0:
+                raise BrokerError(f"openssl {args[0]} failed: {done.stderr.strip()}")
+
+        days = "3650"
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", days, "-subj", "/CN=streamrec local broker CA")  # fmt: skip
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "broker.key", "-out", "broker.csr",
+            "-subj", f"/CN={host}")  # fmt: skip
+        (work / "ext.cnf").write_text(
+            f"{san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+            "extendedKeyUsage=serverAuth,clientAuth\n"
+        )
+        run("x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "broker.crt", "-days", days, "-extfile", "ext.cnf")  # fmt: skip
+        run("pkcs8", "-topk8", "-nocrypt", "-in", "broker.key", "-out", "broker.pk8")
+        keystore = folder / "broker.pem"
+        keystore.write_bytes((work / "broker.pk8").read_bytes() + (work / "broker.crt").read_bytes())
+        os.chmod(keystore, 0o600)
+        shutil.copyfile(work / "ca.pem", folder / "ca.pem")
 
 
 def _alive(pid: int) -> bool:

@@ -4,12 +4,21 @@
 serves requests; its last output line is the bootstrap address ``host:port``, so scripts can do
 ``BOOTSTRAP=$(streamrec kafka up | tail -n1)``. ``status`` exits 0 when the broker answers and 3
 when it does not. ``down`` stops it (its data stays in the data folder for the next ``up``).
+
+``up --security sasl_ssl --user U --password-file F`` starts it with a SASL_SSL client listener
+only (SCRAM-SHA-512, a self-signed CA written under the data folder) and prints ``ca: PATH``
+before the bootstrap address; clients then connect with ``--security-protocol SASL_SSL
+--sasl-mechanism SCRAM-SHA-512 --sasl-username U --ssl-cafile PATH`` and the password in
+``STREAMREC_SASL_PASSWORD`` or ``--sasl-password-file F``. A data folder keeps the security it
+was first formatted with (the default folder for ``sasl_ssl`` is ``kafka-sasl_ssl``).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 #: Exit code of ``status`` when no broker answers (like ``systemctl status``).
 EXIT_DOWN = 3
@@ -33,6 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             help="folder for the broker's config, data and log "
             "(default: $STREAMREC_HOME/kafka, else .streamrec/kafka in the repo)",
         )
+        action.add_argument(
+            "--security",
+            choices=("plaintext", "sasl_ssl"),
+            default="plaintext",
+            help="plaintext (default) or sasl_ssl: TLS and SCRAM-SHA-512, no plain listener",
+        )
+        action.add_argument("--user", help="with sasl_ssl: the SCRAM user (the broker uses it too)")
+        action.add_argument(
+            "--password-file",
+            help="with sasl_ssl: file holding the user's password (or set $STREAMREC_SASL_PASSWORD)",
+        )
         if name == "up":
             action.add_argument("--port", type=int, help="client port on 127.0.0.1 (default 19092)")
             action.add_argument(
@@ -41,12 +61,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    from contract.errors import UserError
+
+    if args.security == "plaintext":
+        if args.user or args.password_file:
+            raise UserError("--user and --password-file go with --security sasl_ssl")
+        return None, None
+    if args.action == "down":
+        return args.user, None  # stopping needs no credentials
+    if not args.user:
+        raise UserError("--security sasl_ssl needs --user")
+    password = os.environ.get("STREAMREC_SASL_PASSWORD")
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as err:
+            raise UserError(f"--password-file {args.password_file}: {err.strerror or err}") from None
+    if not password:
+        raise UserError("--security sasl_ssl needs --password-file (or $STREAMREC_SASL_PASSWORD)")
+    return args.user, password
+
+
 def run(args: argparse.Namespace) -> int:
     from streamrec import kafka_local
 
-    data_dir = args.data_dir or kafka_local.default_data_dir()
+    user, password = _credentials(args)
+    data_dir = args.data_dir or kafka_local.default_data_dir(args.security)
     port = getattr(args, "port", None) or kafka_local.DEFAULT_PORT
-    broker = kafka_local.LocalBroker(data_dir, port=port)
+    broker = kafka_local.LocalBroker(
+        data_dir, port=port, security=args.security, user=user, password=password
+    )
     if args.action == "up":
         return _up(broker, args)
     if args.action == "down":
@@ -81,5 +126,7 @@ def _up(broker, args: argparse.Namespace) -> int:
         print(f"already up: pid {already}, data {broker.data_dir}")
     else:
         print(f"up: pid {broker.running_pid()}, data {broker.data_dir}")
+    if broker.security == "sasl_ssl":
+        print(f"ca: {broker.ca_path}")
     print(bootstrap)
     return 0

@@ -29,11 +29,13 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
+from contract.connection import FailureWatch, KafkaConnection
 from contract.defaults import OUTPUT_TOPIC
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from producer.cli import add_bootstrap_servers, add_connect_timeout
+    from contract.connection import add_connection_arguments
+    from producer.cli import add_connect_timeout
 
     parser = subparsers.add_parser(
         "recs",
@@ -48,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latest", action="store_true", help="print only the newest list of each viewer")
     parser.add_argument("--max", type=int, metavar="N", help="stop after N lists")
     parser.add_argument("--json", action="store_true", help="print each message's JSON value as it is")
-    add_bootstrap_servers(parser)
+    add_connection_arguments(parser)
     parser.add_argument(
         "--topic",
         default=os.environ.get("STREAMREC_OUTPUT_TOPIC", OUTPUT_TOPIC),
@@ -113,7 +115,7 @@ class ListReader:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        where: KafkaConnection | str,
         topic: str,
         *,
         follow: bool = False,
@@ -127,11 +129,13 @@ class ListReader:
 
         from contract.errors import UserError
 
+        connection = KafkaConnection.of(where)
+        FailureWatch.install()
         self.poll_ms = poll_ms
         self.wanted = viewer.encode() if viewer is not None else None
         try:
             self.consumer = KafkaConsumer(
-                bootstrap_servers=bootstrap_servers,
+                **connection.client_options(),
                 group_id=None,
                 enable_auto_commit=False,
                 isolation_level="read_committed",
@@ -139,10 +143,7 @@ class ListReader:
                 client_id="streamrec-recs",
             )
         except KafkaTimeoutError as err:
-            raise UserError(
-                f"no Kafka broker answered at {bootstrap_servers} ({err}); "
-                "start one with `streamrec kafka up` or pass --bootstrap-servers"
-            ) from None
+            raise UserError(connection.unreachable(err)) from None
         try:
             partitions = self.consumer.partitions_for_topic(topic)
             while not partitions:
@@ -221,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         return args.max is not None and counts["shown"] >= args.max
 
     reader = ListReader(
-        args.bootstrap_servers,
+        KafkaConnection.from_arguments(args),
         args.topic,
         follow=args.follow,
         from_beginning=args.from_beginning,
