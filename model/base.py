@@ -108,9 +108,9 @@ class StreamRanker(Ranker, abc.ABC):
     def video_counts(self) -> np.ndarray | None:
         """Watches per video row (the rows :class:`Ranking` uses), or ``None`` if not counted."""
 
+    @abc.abstractmethod
     def state_parts(self) -> dict[str, Part]:
         """The parts whose arrays make up the model's learned state, by name (:mod:`model.persist`)."""
-        raise NotImplementedError(f"model {self.name!r} lists no state parts")
 
     def check_state(self) -> None:
         """After loading: raise ``ValueError`` where the parts disagree (rows, references)."""
