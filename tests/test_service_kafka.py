@@ -8,28 +8,30 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import orjson
 import pytest
 from kafka import KafkaProducer
-from service_helpers import ML100K, ServiceProcess, latest_manifest, produce, read_all, topics, wait_for
 
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
-from contract.schema import event_to_json
-from producer.readers import read_events
+from contract.schema import event_from_json, event_to_json
+from tests.service_helpers import ServiceProcess, latest_manifest, produce, read_all, topics, wait_for
+from tests.streams import SOURCES, stream
 
-needs_ml100k = pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
 
-
-@pytest.fixture(scope="module")
-def ml_slice():
-    """The first 1,500 ML-100K events in time order (about 60 viewers, many with bursts)."""
-    return read_events(ML100K)[:1500]
+@pytest.fixture(scope="module", params=SOURCES)
+def replay(request):
+    """1,500 events in time order: the seeded synthetic stream (about 140 viewers), and the first
+    1,500 of ML-100K (about 60 viewers, many with bursts) when the file is here."""
+    return stream(request.param, 1500)
 
 
 SMALL_BATCHES = ("--max-poll-records", "50")
+#: The broker's minimum: a service restarted after ``kill -9`` gets its partition back once the
+#: group gives up on the dead member, 6 s later instead of the default 45 s.
+SHORT_SESSION = ("--session-timeout-ms", "6000")
 
 
 def run_in_thread(service):
@@ -38,41 +40,55 @@ def run_in_thread(service):
     return thread
 
 
-@needs_ml100k
-def test_every_watch_gets_a_fresh_list_that_reflects_it(kafka_bootstrap, new_topic, ml_slice, tmp_path):
+def test_every_watch_gets_a_fresh_list_that_reflects_it(kafka_bootstrap, new_topic, replay):
     names = topics(new_topic, partitions=2)
-    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in ml_slice])
+    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in replay])
     config = ServiceConfig(
         bootstrap_servers=kafka_bootstrap, group_id=f"g-{names['input_topic']}", metrics_port=0, **names
     )
     service = build_service(config, with_metrics=False)
     thread = run_in_thread(service)
-    assert wait_for(lambda: service.model_events >= len(ml_slice)), "the service did not learn every event"
+    assert wait_for(lambda: service.model_events >= len(replay)), "the service did not learn every event"
     service.stop()
     thread.join(30)
+    assert service.model_events == len(replay)
+
+    # Where each event landed (the producer partitions by viewer), to check each list's source.
+    inputs = read_all(kafka_bootstrap, names["input_topic"], expect=len(replay))
+    assert len(inputs) == len(replay)
+    at = {(r.partition, r.offset): event_from_json(r.value) for r in inputs}
 
     recs = read_all(kafka_bootstrap, names["output_topic"], expect=1)
     by_viewer = defaultdict(list)
+    answered = Counter()
     for r in recs:
         body = orjson.loads(r.value)
         assert r.key.decode() == body["viewer"]
+        where = body["source"]["partition"], body["source"]["offset"]
+        answered[where] += 1
+        # A list answers the watch it names: same viewer, that watch's time.
+        assert (at[where].viewer, at[where].timestamp) == (body["viewer"], body["event_timestamp"])
         by_viewer[body["viewer"]].append(body)
+    assert max(answered.values()) == 1, "a watch got two lists"
 
     watched = defaultdict(set)
-    for e in ml_slice:
+    last_offset = {}
+    for (partition, offset), e in sorted(at.items()):
         watched[e.viewer].add(e.video)
-    # Every viewer who watched something got lists; the last one covers their last event.
+        last_offset[e.viewer] = (partition, offset)
+    # Every viewer who watched something got lists; the last one answers their last watch.
     assert set(by_viewer) == set(watched)
     for viewer, lists in by_viewer.items():
         sources = [(b["source"]["partition"], b["source"]["offset"]) for b in lists]
         assert sources == sorted(sources), f"lists for {viewer} are out of order"
         final = lists[-1]
+        assert sources[-1] == last_offset[viewer], f"{viewer}'s last watch got no list"
         assert len(final["items"]) == config.top_n
-        recommended = {item["video"] for item in final["items"]}
-        assert not recommended & watched[viewer], "a list recommends a video its viewer already watched"
+        recommended = [item["video"] for item in final["items"]]
+        assert len(set(recommended)) == len(recommended), "a list names a video twice"
+        assert not set(recommended) & watched[viewer], "a list recommends a video its viewer already watched"
         scores = [item["score"] for item in final["items"]]
         assert scores == sorted(scores, reverse=True)
-    assert service.model_events == len(ml_slice)
 
 
 def test_malformed_events_go_to_the_dead_letter_topic_and_valid_ones_are_all_learned(
@@ -128,14 +144,13 @@ def test_malformed_events_go_to_the_dead_letter_topic_and_valid_ones_are_all_lea
         assert headers["streamrec.source"].decode().startswith(names["input_topic"] + "/0/")
 
 
-@needs_ml100k
 def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
-    kafka_bootstrap, new_topic, ml_slice, tmp_path
+    kafka_bootstrap, new_topic, replay, tmp_path
 ):
     names = topics(new_topic)
     group = f"g-{names['input_topic']}"
     checkpoints = tmp_path / "checkpoints"
-    values = [(e.viewer.encode(), event_to_json(e)) for e in ml_slice]
+    values = [(e.viewer.encode(), event_to_json(e)) for e in replay]
 
     first_stopping = threading.Event()
 
@@ -162,7 +177,7 @@ def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
     first_stopping.set()
     assert first.stop() == 0, first.log()
     stopped_at = latest_manifest(checkpoints)["events_learned"]
-    assert 0 < stopped_at < len(ml_slice), "the first run should have stopped mid-stream"
+    assert 0 < stopped_at < len(replay), "the first run should have stopped mid-stream"
 
     second = ServiceProcess(
         kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log", extra=SMALL_BATCHES
@@ -171,13 +186,38 @@ def test_sigterm_mid_stream_then_restart_loses_nothing_and_learns_nothing_twice(
 
     def published_last_event() -> bool:
         recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=2)
-        return any(orjson.loads(r.value)["source"]["offset"] == len(ml_slice) - 1 for r in recs)
+        return any(orjson.loads(r.value)["source"]["offset"] == len(replay) - 1 for r in recs)
 
     assert wait_for(published_last_event)
     assert second.stop() == 0, second.log()
     assert "restored checkpoint" in second.log()
     # The final checkpoint counts every event exactly once: none lost, none learned twice.
-    assert latest_manifest(checkpoints)["events_learned"] == len(ml_slice)
+    assert latest_manifest(checkpoints)["events_learned"] == len(replay)
+
+    # What viewers saw: a graceful stop republishes nothing, every watch is answered by a list
+    # at or after it, and a list made after the restart still leaves out what its viewer
+    # watched before it (the exclusions came back with the checkpoint).
+    recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=3)
+    lists = [orjson.loads(r.value) for r in recs]
+    offsets = [body["source"]["offset"] for body in lists]
+    assert len(offsets) == len(set(offsets)), "a graceful stop and restart published a list twice"
+    by_viewer = defaultdict(list)
+    for body in lists:
+        by_viewer[body["viewer"]].append(body)
+    watched_before = defaultdict(set)
+    after_restart = 0
+    for offset, e in enumerate(replay):
+        mine = [b["source"]["offset"] for b in by_viewer[e.viewer]]
+        assert any(o >= offset for o in mine), f"watch {offset} of {e.viewer} was never answered"
+        for body in by_viewer[e.viewer]:
+            if body["source"]["offset"] == offset and offset >= stopped_at:
+                after_restart += 1
+                recommended = {item["video"] for item in body["items"]}
+                assert not recommended & watched_before[e.viewer], (
+                    f"after the restart, {e.viewer} was recommended a video they had watched"
+                )
+        watched_before[e.viewer].add(e.video)
+    assert after_restart > 0
 
 
 def test_a_crash_before_the_first_checkpoint_relearns_from_the_log(kafka_bootstrap, new_topic, tmp_path):
@@ -198,12 +238,16 @@ def test_a_crash_before_the_first_checkpoint_relearns_from_the_log(kafka_bootstr
         recs = read_all(kafka_bootstrap, names["output_topic"], expect=10**9, timeout=2)
         return any(orjson.loads(r.value)["source"]["offset"] == len(values) - 1 for r in recs)
 
-    first = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "first.log", extra=never)
+    first = ServiceProcess(
+        kafka_bootstrap, names, group, checkpoints, tmp_path / "first.log", extra=(*never, *SHORT_SESSION)
+    )
     assert wait_for(published_last_event), "the first run did not get through the stream"
     first.kill()  # SIGKILL: no final checkpoint, but its offsets are committed
     assert not list(checkpoints.glob("*/ckpt-*"))
 
-    second = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log", extra=never)
+    second = ServiceProcess(
+        kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log", extra=(*never, *SHORT_SESSION)
+    )
     # Everything the first run learned is learned again from the log, once.
     assert wait_for(lambda: second.model_events() == len(values), 60), second.log()
     assert second.stop() == 0, second.log()
