@@ -20,12 +20,11 @@ from kafka.partitioner.default import murmur2
 
 from contract.events import WatchEvent
 from contract.schema import event_from_json, event_to_json
-from producer.readers import read_events
 from producer.synth import SyntheticStream
 from streamrec.cli import main
+from tests.streams import ML100K, SOURCES, stream
 
 REPO = Path(__file__).resolve().parents[1]
-ML100K = Path(os.environ.get("STREAMREC_ML100K", REPO.parent / "shared" / "data" / "ml-100k" / "u.data"))
 
 
 def read_topic(bootstrap: str, topic: str, expect: int, timeout: float = 60.0) -> list:
@@ -151,23 +150,19 @@ def test_replay_creates_a_missing_topic_and_keeps_each_viewer_in_one_ordered_par
         admin.close()
 
 
-@pytest.mark.skipif(not ML100K.exists(), reason=f"MovieLens 100K not found at {ML100K}")
-def test_replay_of_a_movielens_100k_slice(kafka_bootstrap, new_topic, capsys):
-    topic = new_topic("replay-ml100k")
-    code, summary = produce_cli(
-        capsys,
-        "replay",
-        str(ML100K),
-        "--limit",
-        "2000",
-        "--bootstrap-servers",
-        kafka_bootstrap,
-        "--topic",
-        topic,
-    )
+@pytest.mark.parametrize("source", SOURCES)
+def test_replay_of_the_first_2000_events_of_a_long_file(kafka_bootstrap, new_topic, tmp_path, capsys, source):
+    """The synthetic stream written to a file (and ML-100K's own u.data when it is here)."""
+    events = stream(source, 5000)
+    path = ML100K if source == "ml-100k" else write_jsonl(tmp_path / "synth.jsonl", events)
+    expected = events[:2000]
+    topic = new_topic("replay-long")
+    where = ["--bootstrap-servers", kafka_bootstrap, "--topic", topic]
+    code, summary = produce_cli(capsys, "replay", str(path), "--limit", "2000", *where)
     assert code == 0 and summary["sent"] == 2000
-    expected = read_events(ML100K)[:2000]
-    assert [event_from_json(r.value) for r in read_topic(kafka_bootstrap, topic, 2000)] == expected
+    records = read_topic(kafka_bootstrap, topic, 2000)
+    assert [event_from_json(r.value) for r in records] == expected
+    assert [r.key.decode() for r in records] == [e.viewer for e in expected]
 
 
 def test_send_one_event(kafka_bootstrap, new_topic, capsys):
@@ -225,8 +220,9 @@ def test_synth_to_kafka_is_the_seeded_stream(kafka_bootstrap, new_topic, capsys)
     assert [r.key.decode() for r in records] == [e.viewer for e in expected]
 
 
-def test_paced_synth_still_sends_everything(kafka_bootstrap, new_topic, capsys):
+def test_paced_synth_sends_the_same_stream_no_faster_than_asked(kafka_bootstrap, new_topic, capsys):
     topic = new_topic("synth-rate")
+    started = time.monotonic()
     code, summary = produce_cli(
         capsys,
         "synth",
@@ -243,8 +239,12 @@ def test_paced_synth_still_sends_everything(kafka_bootstrap, new_topic, capsys):
         "--topic",
         topic,
     )
+    took = time.monotonic() - started
     assert code == 0 and summary["sent"] == 200
-    assert len(read_topic(kafka_bootstrap, topic, 200)) == 200
+    # 200 events at 2,000 a second: the last is due 199 / 2000 s after the first.
+    assert took >= 199 / 2000
+    expected = list(SyntheticStream(viewers=20, videos=50, events=200, seed=0))
+    assert [event_from_json(r.value) for r in read_topic(kafka_bootstrap, topic, 200)] == expected
 
 
 #: ``send`` one event to a port where no broker listens, giving up after a second.
