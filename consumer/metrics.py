@@ -183,7 +183,8 @@ class ServiceMetrics:
     ----------
     models
         Model names, the ``model`` label values of the quality series: the learned model first,
-        then shadow baselines (``"popular"`` is the dashboard's reference for lift).
+        then shadow baselines, each by its own ``name`` (the dashboard's reference for lift is
+        ``"recent_popular"``, the service's shadow).
     registry
         Where the metrics are registered; the process-wide default registry when ``None``.
         Tests pass a fresh :class:`~prometheus_client.CollectorRegistry`.
@@ -199,7 +200,7 @@ class ServiceMetrics:
 
     def __init__(
         self,
-        models: Sequence[str] = ("streamrec", "popular"),
+        models: Sequence[str] = ("streamrec", "recent_popular"),
         registry: CollectorRegistry | None = None,
         *,
         n: int = 10,
@@ -425,7 +426,7 @@ class ServiceMetrics:
         self.lag.labels(str(partition)).set(max(0, lag))
 
     def set_model_stats(
-        self, events: int, viewers: int, videos: int, memory_bytes: int, loss: float | None
+        self, events: int, viewers: int, videos: int, memory_bytes: int, loss: float | None = None
     ) -> None:
         """The model's size, and its training loss if given (``None`` leaves the loss gauge alone:
         it may be fed by :meth:`record_loss_total` instead; NaN until either sets it)."""
@@ -441,12 +442,14 @@ class ServiceMetrics:
 
         The gauge becomes a moving average of the per-batch mean loss, each batch weighted by
         its updates, with a half-life of ``loss_half_life`` updates. Totals that go down (a
-        fresh or restored model) restart the average's baseline without a jump.
+        fresh or restored model) restart the average's baseline without a jump. A model without
+        a loss reports a total of 0 for ever: while the total has never moved from 0 the gauge
+        stays NaN.
         """
         last_sum, last_updates = self._loss_seen
         self._loss_seen = (loss_sum, updates)
         new = updates - last_updates
-        if new <= 0 or loss_sum < last_sum:
+        if new <= 0 or loss_sum < last_sum or (loss_sum == 0.0 and self._loss_avg is None):
             return
         mean = (loss_sum - last_sum) / new
         if not math.isfinite(mean):

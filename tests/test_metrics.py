@@ -51,7 +51,7 @@ def test_names_outside_checks_rely_on_exist_at_zero(metrics):
     assert value(samples, "streamrec_model_events") == 0
     for reason in REASONS:
         assert value(samples, "streamrec_events_dead_lettered_total", reason=reason) == 0
-    for model in ("streamrec", "popular"):
+    for model in ("streamrec", "recent_popular"):  # the served model and the service's shadow
         for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank"):
             assert value(samples, f"streamrec_quality_{name}_total", model=model) == 0
 
@@ -66,7 +66,7 @@ def test_every_name_has_the_prefix_and_counters_end_in_total(metrics):
 
 
 def test_build_info_names_version_and_model():
-    metrics = ServiceMetrics(models=("bpr", "popular"), registry=CollectorRegistry())
+    metrics = ServiceMetrics(models=("bpr", "recent_popular"), registry=CollectorRegistry())
     samples = scrape(metrics.registry)
     assert value(samples, "streamrec_build_info", version=__version__, model="bpr") == 1
 
@@ -103,18 +103,20 @@ def test_quality_counters_add_up_batches_per_model(metrics):
         "streamrec", BatchQuality(events=10, evaluated=8, hits=3, ndcg_sum=1.5, rr_sum=2.0)
     )
     metrics.record_quality("streamrec", BatchQuality(events=5, evaluated=5, hits=1, ndcg_sum=0.5, rr_sum=0.7))
-    metrics.record_quality("popular", BatchQuality(events=15, evaluated=13, hits=2, ndcg_sum=0.9, rr_sum=1.0))
+    metrics.record_quality(
+        "recent_popular", BatchQuality(events=15, evaluated=13, hits=2, ndcg_sum=0.9, rr_sum=1.0)
+    )
     samples = scrape(metrics.registry)
     q = {
         (name, model): value(samples, f"streamrec_quality_{name}_total", model=model)
         for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank")
-        for model in ("streamrec", "popular")
+        for model in ("streamrec", "recent_popular")
     }
     assert q[("evaluated", "streamrec")] == 13 and q[("cold", "streamrec")] == 2
-    assert q[("hits", "streamrec")] == 4 and q[("hits", "popular")] == 2
+    assert q[("hits", "streamrec")] == 4 and q[("hits", "recent_popular")] == 2
     assert q[("ndcg", "streamrec")] == pytest.approx(2.0)
     assert q[("reciprocal_rank", "streamrec")] == pytest.approx(2.7)
-    assert q[("cold", "popular")] == 2
+    assert q[("cold", "recent_popular")] == 2
 
 
 def test_online_hits(metrics):
@@ -160,7 +162,7 @@ def test_coverage_and_popularity_bias_over_the_recent_window():
     assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.01)
     assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.5)
     # The baseline published nothing: no coverage series for it rather than a false 0.
-    assert ("streamrec_coverage_ratio", (("model", "popular"),)) not in samples
+    assert ("streamrec_coverage_ratio", (("model", "recent_popular"),)) not in samples
 
 
 def test_coverage_without_popularity_leaves_bias_unset(metrics):
@@ -213,6 +215,15 @@ def test_loss_from_running_totals_is_a_moving_average_of_batch_means():
     metrics.record_loss_total(loss_sum=20.0, updates=10)  # a restored, smaller model: no jump
     assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(4.0)
     metrics.record_loss_total(loss_sum=20.0 + 1000 * 2.0, updates=1010)
+    assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(3.0)
+
+
+def test_a_model_without_a_loss_leaves_the_loss_gauge_nan(metrics):
+    """Every model reports a loss total; one that has no loss reports 0 for ever."""
+    metrics.record_loss_total(loss_sum=0.0, updates=100)
+    metrics.record_loss_total(loss_sum=0.0, updates=250)
+    assert np.isnan(value(scrape(metrics.registry), "streamrec_model_loss"))
+    metrics.record_loss_total(loss_sum=30.0, updates=260)  # a first loss: 3.0 over 10 updates
     assert value(scrape(metrics.registry), "streamrec_model_loss") == pytest.approx(3.0)
 
 
