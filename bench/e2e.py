@@ -61,7 +61,6 @@ from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
-from model import registry  # noqa: E402
 from producer.pacing import paced  # noqa: E402
 from producer.sink import KafkaSink, ensure_topic  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
@@ -118,16 +117,10 @@ class Bench:
     """The service in a thread, with a stamp at the end of every batch."""
 
     def __init__(self, bootstrap: str, topic: str, checkpoints: str, model: str) -> None:
-        config = service_config(
-            bootstrap,
-            topic,
-            model=model,
-            # A model that cannot be saved (isgd, say) runs without checkpoints.
-            checkpoint_dir=checkpoints if hasattr(registry.model_class(model), "save") else "none",
-        )
+        config = service_config(bootstrap, topic, model=model, checkpoint_dir=checkpoints)
         self.config = config
         self.service = build_service(config, with_metrics=False)
-        self.service.metrics = ServiceMetrics(models=(config.model, "popular"), registry=CollectorRegistry())
+        self.service.metrics = ServiceMetrics(models=self.service.model_names, registry=CollectorRegistry())
         self.stamps: list[tuple[float, int]] = []  # (end of batch, events learned so far)
         self.profiler: cProfile.Profile | None = None
         self.profile_until: int | None = None
@@ -221,9 +214,10 @@ def latencies(sent: list, received: list, skip_s: float) -> np.ndarray:
 STAGES = {
     "poll (kafka-python fetch + unpack)": "kafka/consumer/group.py:.*\\(poll\\)",
     "decode + validate": "consumer/intake.py:.*\\(decode\\)",
-    "score before learning (rank_events)": "model/embedding.py:.*\\(rank_events\\)",
-    "learn (learn_many, incl. shadow)": "consumer/app.py:.*\\(_learn\\)",
-    "recommend (recommend_many)": "model/embedding.py:.*\\(recommend_many\\)",
+    "test + learn (rank_and_learn, incl. shadow)": "consumer/app.py:.*\\(_test_and_learn\\)",
+    "  of which the test step (rank_events)": "model/.*\\(rank_events\\)",
+    "  of which the train step (learn_many)": "model/.*\\(learn_many\\)",
+    "recommend (recommend_many + messages)": "consumer/app.py:.*\\(_recommend\\)",
     "publish + commit": "consumer/app.py:.*\\(_publish_and_commit\\)",
     "  of which producer.flush (acks=all)": "kafka/producer/kafka.py:.*\\(flush\\)",
     "  of which consumer.commit": "kafka/consumer/group.py:.*\\(commit\\)",

@@ -90,8 +90,7 @@ def run_once(bootstrap: str, topic: str, events: int, with_metrics: bool) -> dic
     service = build_service(config, with_metrics=False)
     timed = stop_scraping = server = None
     if with_metrics:
-        models = (service.model.name, "popular")
-        timed = TimedMetrics(ServiceMetrics(models=models, registry=CollectorRegistry()))
+        timed = TimedMetrics(ServiceMetrics(models=service.model_names, registry=CollectorRegistry()))
         service.metrics = timed
         server, port = start_http_server(0, "127.0.0.1", timed._inner.registry)
         stop_scraping = threading.Event()

@@ -49,7 +49,8 @@ class ServiceConfig:
     #: Settings of a fresh model, ``key=value[,key=value]`` (values read as JSON); a model
     #: restored from a checkpoint keeps the settings it was saved with.
     model_settings: str = ""
-    #: A popularity model scored on the same stream, so dashboards show the lift of learning.
+    #: A popularity model (``recent_popular``) scored on the same stream, so dashboards show the
+    #: lift of learning; none when that baseline is the served model.
     shadow_baseline: bool = True
     max_poll_records: int = 500
     poll_timeout_ms: int = 100

@@ -12,9 +12,12 @@ from consumer.app import StreamrecService
 from consumer.config import ConfigError, ServiceConfig
 from consumer.logs import configure, fields
 
-__all__ = ["build_service", "serve"]
+__all__ = ["build_service", "serve", "SHADOW_BASELINE"]
 
 log = logging.getLogger("consumer")
+
+#: The baseline scored beside the served model when ``shadow_baseline`` is on (its registry name).
+SHADOW_BASELINE = "recent_popular"
 
 
 def build_service(config: ServiceConfig, with_metrics: bool = True) -> StreamrecService:
@@ -23,36 +26,22 @@ def build_service(config: ServiceConfig, with_metrics: bool = True) -> Streamrec
 
     if config.model not in registry.names():
         raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(registry.names())}")
-    metrics = None
-    if with_metrics:
-        from consumer.metrics import ServiceMetrics
-
-        models = (config.model, "popular") if config.shadow_baseline else (config.model,)
-        metrics = ServiceMetrics(models=models)
     params = config.model_params
-
-    def load_model(path):
-        model = registry.load(config.model, path)
-        kept = {k: getattr(model, k) for k, v in params.items() if getattr(model, k, v) != v}
-        if kept:
-            # Changing a learned model's settings under it is not defined: a restart resumes
-            # the model as saved. Start afresh (a new checkpoint folder) to apply new settings.
-            log.warning(
-                "the checkpoint's model keeps its own settings, not --model-settings",
-                extra=fields(kept=kept, asked=params),
-            )
-        return model
-
+    # A shadow is named for what it is; beside itself it would measure nothing (and share its labels).
+    shadow = config.shadow_baseline and config.model != SHADOW_BASELINE
     try:
-        return StreamrecService(
+        service = StreamrecService(
             config,
             model_factory=lambda: registry.create(config.model, **params),
-            load_model=load_model,
-            shadow_factory=(lambda: registry.create("recent_popular")) if config.shadow_baseline else None,
-            metrics=metrics,
+            shadow_factory=(lambda: registry.create(SHADOW_BASELINE)) if shadow else None,
         )
     except registry.BadSetting as err:
         raise ConfigError(f"model_settings: {err}") from None
+    if with_metrics:
+        from consumer.metrics import ServiceMetrics
+
+        service.metrics = ServiceMetrics(models=service.model_names)
+    return service
 
 
 def serve(config: ServiceConfig) -> int:

@@ -172,7 +172,9 @@ def run_demo(options: DemoOptions) -> int:
         worker = threading.Thread(target=service.run, name="streamrec-service", daemon=True)
         worker.start()
         _say(f"[2/4] Service: learning from {TOPICS['input_topic']}, publishing to {TOPICS['output_topic']}")
-        _say(f"      model {service.model.name!r} beside a popularity baseline; {metrics_note}")
+        shadow = service.shadow.name if service.shadow else None
+        beside = f"beside the {shadow!r} baseline" if shadow else "alone"
+        _say(f"      model {service.model.name!r} {beside}; {metrics_note}")
 
         events, what = _events(options)
         _say(
@@ -183,7 +185,8 @@ def run_demo(options: DemoOptions) -> int:
         producer = threading.Thread(target=_produce, args=(bootstrap, events, options, sent), daemon=True)
         started = time.monotonic()
         producer.start()
-        _say(f"{'time':>6} {'sent':>8} {'learned':>8} {'HR@10 model':>12} {'HR@10 popular':>14} {'dead':>5}")
+        baseline = f"HR@10 {shadow or 'baseline'}"
+        _say(f"{'time':>6} {'sent':>8} {'learned':>8} {'HR@10 model':>12} {baseline:>20} {'dead':>5}")
         last_print = 0.0
         while True:
             done = not producer.is_alive() and service.model_events >= sent[0]
@@ -191,10 +194,10 @@ def run_demo(options: DemoOptions) -> int:
             if now - last_print >= 2.0 or done:
                 last_print = now
                 model_hr = service.evaluator.report.window_hr
-                popular_hr = service.shadow_evaluator.report.window_hr if service.shadow_evaluator else 0.0
+                shadow_hr = service.shadow_evaluator.report.window_hr if service.shadow_evaluator else 0.0
                 _say(
                     f"{now:5.0f}s {sent[0]:8,} {service.model_events:8,} {model_hr:12.3f} "
-                    f"{popular_hr:14.3f} {service.dead_lettered:5}"
+                    f"{shadow_hr:20.3f} {service.dead_lettered:5}"
                 )
             if done or now > 600:
                 break
@@ -205,13 +208,13 @@ def run_demo(options: DemoOptions) -> int:
         service.stop()
         worker.join(30)
         report = service.evaluator.report
-        shadow = service.shadow_evaluator.report if service.shadow_evaluator else None
+        baseline_report = service.shadow_evaluator.report if service.shadow_evaluator else None
         _say(f"[4/4] Learned {service.model_events:,} events in {time.monotonic() - started:.1f} s.")
         _say(
             f"      test-then-train HR@10: {report.hr:.3f} for {service.model.name!r}"
             + (
-                f" vs {shadow.hr:.3f} for popularity ({report.hr / shadow.hr:.1f}x)"
-                if shadow and shadow.hr
+                f" vs {baseline_report.hr:.3f} for {shadow!r} ({report.hr / baseline_report.hr:.1f}x)"
+                if baseline_report and baseline_report.hr
                 else ""
             )
             + f", over {report.evaluated:,} evaluated events"

@@ -26,11 +26,15 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import Serializer
 
 from contract.events import WatchEvent
+from model.base import ModelStats, Ranking, Recommendation, StreamRanker
 from streamrec.kafka_local import free_port
 
 __all__ = [
     "REPO",
     "ML100K",
+    "ContractOnly",
+    "ContractOnlyModel",
+    "ContractOnlyShadow",
     "ServiceProcess",
     "end_offsets",
     "latest_manifest",
@@ -238,3 +242,78 @@ class ServiceProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class ContractOnly(StreamRanker):
+    """A real model (``inner``) reachable only through the :class:`~model.base.StreamRanker` contract.
+
+    Whatever else the service reaches for (a model's own attributes, with or without a default:
+    ``getattr(model, "n_viewers", 0)``, ``hasattr(model, "save")``) fails the test with an
+    ``AssertionError``, which neither ``getattr`` nor ``hasattr`` swallows.
+    """
+
+    inner: type[StreamRanker]
+
+    def __init__(self) -> None:
+        self._model = self.inner()
+        self.viewer_ttl = self._model.viewer_ttl
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AssertionError(f"the service reached for {name!r}, which is not in the model contract")
+
+    # -- what a service needs
+    def stats(self) -> ModelStats:
+        return self._model.stats()
+
+    @property
+    def clock(self) -> float | None:
+        return self._model.clock
+
+    def video_counts(self):
+        return self._model.video_counts()
+
+    def state_parts(self) -> dict:
+        return self._model.state_parts()
+
+    def save(self, path) -> None:
+        self._model.save(path)
+
+    @classmethod
+    def load(cls, path):
+        wrapper = cls()
+        wrapper._model = cls.inner.load(path)
+        wrapper.viewer_ttl = wrapper._model.viewer_ttl
+        return wrapper
+
+    # -- the batched paths
+    def learn_many(self, events) -> None:
+        self._model.learn_many(events)
+
+    def rank_events(self, events, n: int = 10) -> Ranking:
+        return self._model.rank_events(events, n)
+
+    def rank_and_learn(self, events, n: int = 10) -> Ranking:
+        return self._model.rank_and_learn(events, n)
+
+    def recommend_many(self, viewers, n: int = 10, exclude_seen: bool = True) -> list[Recommendation]:
+        return self._model.recommend_many(viewers, n, exclude_seen)
+
+    def score_videos(self, viewer, videos):
+        return self._model.score_videos(viewer, videos)
+
+
+def _contract_only(cls: type[StreamRanker]) -> type[ContractOnly]:
+    return type(f"ContractOnly{cls.__name__}", (ContractOnly,), {"inner": cls, "name": cls.name})
+
+
+def _registered(name: str) -> type[StreamRanker]:
+    from model.registry import model_class
+
+    return model_class(name)
+
+
+#: The served model and the service's shadow, each behind :class:`ContractOnly`.
+ContractOnlyModel = _contract_only(_registered("streamrec"))
+ContractOnlyShadow = _contract_only(_registered("recent_popular"))

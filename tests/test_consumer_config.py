@@ -36,11 +36,23 @@ def test_checkpoints_can_be_turned_off():
     assert ServiceConfig(checkpoint_dir="/var/lib/streamrec").checkpoint_path.name == "streamrec"
 
 
-def test_a_model_that_cannot_be_saved_is_refused_when_checkpoints_are_on(tmp_path):
-    with pytest.raises(ConfigError, match="--checkpoint-dir none"):
-        build_service(ServiceConfig(model="isgd", checkpoint_dir=str(tmp_path)), with_metrics=False)
-    service = build_service(ServiceConfig(model="isgd", checkpoint_dir="none"), with_metrics=False)
-    assert service.store is None
+def stream(n: int = 60):
+    from contract.events import WatchEvent
+
+    return [WatchEvent(float(t), f"u{t % 7}", f"v{t % 5}") for t in range(n)]
+
+
+def test_a_baseline_is_checkpointed_and_restored_like_the_model(tmp_path):
+    """Every model can be saved, so a baseline served with checkpoints on restarts where it was."""
+    config = ServiceConfig(model="isgd", checkpoint_dir=str(tmp_path))
+    before = build_service(config, with_metrics=False)
+    before._learn(stream())
+    checkpoint = before.checkpoint()
+    assert checkpoint is not None and checkpoint.extra["model"] == "isgd"
+    after = build_service(config, with_metrics=False)
+    assert after.restore().events_learned == 60 == after.model_events
+    assert after.model.stats() == before.model.stats()
+    assert after.model.recommend("u1").videos == before.model.recommend("u1").videos
 
 
 def test_serve_reports_configuration_errors_in_one_line(capsys):
@@ -88,17 +100,24 @@ def test_a_restored_checkpoint_keeps_its_settings_and_says_so(tmp_path, caplog):
     assert "keeps its own settings" in caplog.text
 
 
-def test_the_shadow_baseline_is_checkpointed_with_the_model(tmp_path):
+def test_the_shadow_baseline_is_checkpointed_with_the_model_under_its_own_name(tmp_path):
     """After a restart the dashboards' popularity baseline resumes where it was, instead of
     starting again from nothing while the model does not."""
-    from contract.events import WatchEvent
-
     config = ServiceConfig(checkpoint_dir=str(tmp_path))
     before = build_service(config, with_metrics=False)
-    before._learn([WatchEvent(float(t), f"u{t % 7}", f"v{t % 5}") for t in range(60)])
-    assert before.checkpoint() is not None
+    assert before.model_names == ("streamrec", "recent_popular")
+    before._learn(stream())
+    checkpoint = before.checkpoint()
+    assert (checkpoint.path / "recent_popular.npz").is_file()
+    assert checkpoint.extra == {"model": "streamrec", "shadow": "recent_popular"}
     after = build_service(config, with_metrics=False)
-    assert after.shadow.videos.live == 0  # a fresh service has an empty baseline...
+    assert after.shadow.stats().videos == 0  # a fresh service has an empty baseline...
     after.restore()
     assert after.shadow.recommend("nobody").videos == before.shadow.recommend("nobody").videos
-    assert after.shadow.videos.live == 5 and after.model.events_learned == 60
+    assert after.shadow.stats().videos == 5 and after.model.stats().events_learned == 60
+
+
+def test_the_shadow_baseline_is_not_run_beside_itself():
+    """Served as the model, the baseline gets no shadow: two series under one label would add up."""
+    service = build_service(ServiceConfig(model="recent_popular", checkpoint_dir="none"), with_metrics=False)
+    assert service.shadow is None and service.model_names == ("recent_popular",)

@@ -1,0 +1,109 @@
+"""The service's Kafka clients: one producer and one group consumer, made from the config.
+
+:func:`connect` makes both (and the output topics, if missing), waiting with
+:func:`consumer.backoff.retry` while the brokers cannot be reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from consumer.backoff import retry
+from consumer.config import ServiceConfig
+from consumer.logs import fields
+from consumer.topics import ensure_output_topics
+
+__all__ = ["connect", "make_producer", "make_consumer", "close_quietly", "BOOTSTRAP_TIMEOUT_MS"]
+
+log = logging.getLogger(__name__)
+
+#: How long one connection attempt waits before the service logs and backs off.
+BOOTSTRAP_TIMEOUT_MS = 5000
+#: kafka-python backs off up to 30 s between reconnects; after a broker outage that delays
+#: recovery and lets the group session expire. Java's client caps it at 1 s.
+RECONNECT_BACKOFF_MAX_MS = 1000
+#: The first wait before connecting again; later ones double (see :mod:`consumer.backoff`).
+CONNECT_FIRST_DELAY_S = 0.5
+
+
+def make_producer(config: ServiceConfig) -> KafkaProducer:
+    """``acks=all``; idempotent, or transactional (transactions initialised) with ``exactly_once``."""
+    options = {
+        "bootstrap_servers": config.bootstrap_servers,
+        "client_id": f"streamrec-{config.worker}",
+        "acks": "all",
+        "linger_ms": 2,
+        "compression_type": None,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
+    }
+    if config.exactly_once:
+        options["transactional_id"] = f"streamrec-{config.worker}"
+    else:
+        options["enable_idempotence"] = True
+    producer = KafkaProducer(**options)
+    if config.exactly_once:
+        producer.init_transactions()
+    return producer
+
+
+def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
+    """A group member subscribed to the input topic: manual commits, ``read_committed``."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers,
+        group_id=config.group_id,
+        client_id=f"streamrec-{config.worker}",
+        enable_auto_commit=False,
+        auto_offset_reset=config.auto_offset_reset,
+        max_poll_records=config.max_poll_records,
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=min(3000, config.session_timeout_ms // 3),
+        isolation_level="read_committed",
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+    )
+    consumer.subscribe([config.input_topic], listener=listener)
+    return consumer
+
+
+def close_quietly(*clients: KafkaProducer | KafkaConsumer | None) -> None:
+    """Close each client that exists; closing is best effort on the way out."""
+    for client in clients:
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a client that fails to close is gone anyway
+                log.debug("close failed", exc_info=True)
+
+
+def connect(
+    config: ServiceConfig, listener: ConsumerRebalanceListener, wait: Callable[[float], bool]
+) -> tuple[KafkaProducer, KafkaConsumer]:
+    """The output topics, then the producer and the consumer, retried while Kafka is unreachable.
+
+    ``wait(seconds)`` waits between attempts and returns true to give up (the service is
+    stopping): :class:`consumer.backoff.Interrupted` is raised then.
+    """
+
+    def attempt() -> tuple[KafkaProducer, KafkaConsumer]:
+        ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+        producer = make_producer(config)
+        try:
+            return producer, make_consumer(config, listener)
+        except KafkaError:
+            close_quietly(producer)
+            raise
+
+    log.info("connecting to Kafka", extra=fields(bootstrap=config.bootstrap_servers))
+    return retry(
+        attempt,
+        message="Kafka unreachable; retrying",
+        retriable=lambda err: True,
+        first=CONNECT_FIRST_DELAY_S,
+        wait=wait,
+        bootstrap=config.bootstrap_servers,
+    )
