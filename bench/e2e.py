@@ -215,8 +215,6 @@ STAGES = {
     "poll (kafka-python fetch + unpack)": "kafka/consumer/group.py:.*\\(poll\\)",
     "decode + validate": "consumer/intake.py:.*\\(decode\\)",
     "test + learn (rank_and_learn, incl. shadow)": "consumer/app.py:.*\\(_test_and_learn\\)",
-    "  of which the test step (rank_events)": "model/.*\\(rank_events\\)",
-    "  of which the train step (learn_many)": "model/.*\\(learn_many\\)",
     "recommend (recommend_many + messages)": "consumer/app.py:.*\\(_recommend\\)",
     "publish + commit": "consumer/app.py:.*\\(_publish_and_commit\\)",
     "  of which producer.flush (acks=all)": "kafka/producer/kafka.py:.*\\(flush\\)",
