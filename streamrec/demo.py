@@ -186,7 +186,7 @@ def run_demo(options: DemoOptions) -> int:
         started = time.monotonic()
         producer.start()
         baseline = f"HR@10 {shadow or 'baseline'}"
-        _say(f"{'time':>6} {'sent':>8} {'learned':>8} {'HR@10 model':>12} {baseline:>20} {'dead':>5}")
+        _say(f"{'time':>6} {'sent':>8} {'learned':>8} {'HR@10 model':>12} {baseline:>21} {'dead':>5}")
         last_print = 0.0
         while True:
             done = not producer.is_alive() and service.model_events >= sent[0]
@@ -197,7 +197,7 @@ def run_demo(options: DemoOptions) -> int:
                 shadow_hr = service.shadow_evaluator.report.window_hr if service.shadow_evaluator else 0.0
                 _say(
                     f"{now:5.0f}s {sent[0]:8,} {service.model_events:8,} {model_hr:12.3f} "
-                    f"{shadow_hr:20.3f} {service.dead_lettered:5}"
+                    f"{shadow_hr:21.3f} {service.dead_lettered:5}"
                 )
             if done or now > 600:
                 break
