@@ -77,7 +77,7 @@ def test_model_settings_build_the_served_model():
         ("dimm=8", "no setting 'dimm'; its settings: dim, "),
         ("dim", "expected key=value, got 'dim'"),
         ("dim=eight", "setting 'dim' must be int, got 'eight'"),
-        ("loss=hinge", "loss must be one of"),
+        ("recency=2", "recency must be in (0, 1], got 2"),  # a value the model itself refuses
     ],
 )
 def test_bad_model_settings_stop_start_up_in_one_line(settings, message, capsys):
