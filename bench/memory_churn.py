@@ -94,8 +94,7 @@ def run_setting(events: int, ttl: float | None, every: int, seed: int) -> dict:
         batch.append(e)
         if len(batch) < DEFAULT_BATCH_SIZE and seen + len(batch) < events:
             continue
-        evaluator.observe(batch, model.rank_events(batch))
-        model.learn_many(batch)
+        evaluator.observe(batch, model.rank_and_learn(batch))
         before, seen = seen, seen + len(batch)
         batch = []
         if seen // every > before // every or seen == events:

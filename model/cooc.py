@@ -21,8 +21,6 @@ stops using it above its ``cooc_max_videos``.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -30,21 +28,16 @@ __all__ = ["CoCounts"]
 
 
 class CoCounts:
-    """A square float32 count matrix over video rows that grows with the catalogue.
+    """A square float32 count matrix over video rows, and each video's own count.
 
-    With ``half_life`` (in events) counts decay exponentially, so old co-occurrences fade as
-    tastes drift. Decay is free: increments grow by ``2 ** (1 / half_life)`` per event instead
-    of old counts shrinking, and the cosine normalisation (co-counts over the square root of
-    the two videos' own decayed counts) is invariant to that common scale.
+    It grows with the catalogue, its capacity doubling but never reserved past ``max_size``.
     """
 
-    def __init__(self, capacity: int = 256, half_life: float = 0.0, max_size: int | None = None) -> None:
+    def __init__(self, capacity: int = 256, max_size: int | None = None) -> None:
         self.max_size = max_size
         self._buffer = np.zeros((capacity, capacity), dtype=np.float32)
         self._counts = np.zeros(capacity, dtype=np.float32)
         self.rows = 0
-        self.half_life = half_life
-        self.scale = 1.0
 
     @property
     def array(self) -> np.ndarray:
@@ -67,35 +60,34 @@ class CoCounts:
 
     @property
     def counts(self) -> np.ndarray:
-        """Each video's own (decayed) count: the normaliser."""
+        """Each video's own count: the normaliser."""
         return self._counts[: self.rows]
 
     # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """``pairs`` (the ``(rows, rows)`` counts), ``counts`` (each video's own) and ``scale``.
+        """``pairs`` (the ``(rows, rows)`` counts) and ``counts`` (each video's own).
 
         >>> c = CoCounts(); c.add(np.array([[1], [0]]), np.array([0, 1]), window=1)
         >>> back = CoCounts(); back.load_arrays(c.to_arrays()); back.array.tolist()
         [[0.0, 2.0], [2.0, 0.0]]
         """
-        return {"pairs": self.array, "counts": self.counts, "scale": np.array(self.scale)}
+        return {"pairs": self.array, "counts": self.counts}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
-        pairs, counts, scale = arrays["pairs"], arrays["counts"], arrays["scale"]
+        pairs, counts = arrays["pairs"], arrays["counts"]
         n = pairs.shape[0] if pairs.ndim == 2 else -1
         if pairs.shape != (n, n) or counts.shape != (n,):
             raise ValueError(f"co-occurrence shapes {pairs.shape} and {counts.shape} do not match")
-        if pairs.dtype != np.float32 or counts.dtype != np.float32 or scale.shape != ():
-            raise ValueError("co-occurrence counts must be float32 and the scale a number")
+        if pairs.dtype != np.float32 or counts.dtype != np.float32:
+            raise ValueError(f"co-occurrence counts are {pairs.dtype} and {counts.dtype}, expected float32")
         if self.max_size is not None and n > self.max_size:
             raise ValueError(f"co-occurrence covers {n} videos, past its cap of {self.max_size}")
-        scale = float(scale)
-        if not (np.isfinite(pairs).all() and np.isfinite(counts).all() and math.isfinite(scale)):
+        if not (np.isfinite(pairs).all() and np.isfinite(counts).all()):
             raise ValueError("co-occurrence counts hold non-finite numbers")
-        if (pairs < 0).any() or (counts < 0).any() or scale < 1.0:
-            raise ValueError("co-occurrence counts are negative or their scale is below 1")
+        if (pairs < 0).any() or (counts < 0).any():
+            raise ValueError("co-occurrence counts are negative")
         # The capacity ensure() would have grown to, so that memory reads the same as before saving.
         capacity = self._buffer.shape[0]
         self._buffer = np.zeros((capacity, capacity), dtype=np.float32)
@@ -104,7 +96,6 @@ class CoCounts:
         self.ensure(n)
         self._buffer[:n, :n] = pairs
         self._counts[:n] = counts
-        self.scale = scale
 
     def clear(self, rows: np.ndarray) -> None:
         """Forget videos ``rows`` (released, to be reused): their counts, in both directions."""
@@ -118,24 +109,13 @@ class CoCounts:
     def add(self, history: np.ndarray, videos: np.ndarray, window: int) -> None:
         """Count each event's video with the first ``window`` videos of its history, both ways."""
         self.ensure(int(max(videos.max(initial=-1), history.max(initial=-1))) + 1)
-        n = videos.shape[0]
-        step = np.ones(n, dtype=np.float64)
-        if self.half_life > 0:
-            step = self.scale * 2.0 ** (np.arange(n) / self.half_life)
-            self.scale *= 2.0 ** (n / self.half_life)
         h = history[:, :window]
         valid = (h >= 0) & (h != videos[:, None])
         j = h[valid]
         i = np.broadcast_to(videos[:, None], h.shape)[valid]
-        w = np.broadcast_to(step[:, None], h.shape)[valid].astype(np.float32)
         cap = self._buffer.shape[0]
-        flat = self._buffer.reshape(-1)
-        np.add.at(flat, np.concatenate([j * cap + i, i * cap + j]), np.concatenate([w, w]))
-        np.add.at(self._counts, videos, step.astype(np.float32))
-        if self.scale > 1e20:  # rescale long before float32 overflows (max ~3e38)
-            self._buffer[: self.rows, : self.rows] /= self.scale
-            self._counts[: self.rows] /= self.scale
-            self.scale = 1.0
+        np.add.at(self._buffer.reshape(-1), np.concatenate([j * cap + i, i * cap + j]), np.float32(1.0))
+        np.add.at(self._counts, videos, np.float32(1.0))
 
     def feature(
         self,
@@ -152,7 +132,7 @@ class CoCounts:
         rows = min(self.rows, n_cols)
         if rows == 0:
             return np.zeros((history.shape[0], n_cols if columns is None else columns.shape[0]), np.float32)
-        inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
+        inv = np.maximum(self._counts[:rows], 1.0) ** -exponent
         valid = (history >= 0) & (history < rows)
         h = np.where(valid, history, 0)
         w = np.where(valid, mix * inv[h], 0.0).astype(np.float32)
@@ -238,7 +218,7 @@ class CoCounts:
         if rows == 0 or n == 0:
             return np.zeros((n, n_cols if columns is None else columns.shape[0]), dtype=np.float32)
         width = rows if columns is None else columns.shape[0]  # the columns computed
-        inv = np.maximum(self._counts[:rows], self.scale) ** -exponent
+        inv = np.maximum(self._counts[:rows], 1.0) ** -exponent
         gather, col_scale = self._reader(rows, inv, columns)
         h = history[order]
         valid = (h >= 0) & (h < rows)

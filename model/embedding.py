@@ -1,80 +1,51 @@
-"""streamrec's main model: online embeddings whose viewer side is built from recent watches.
+"""streamrec's default model: online embeddings whose viewer side is built from recent watches.
 
 The score of video ``i`` for a viewer whose last watches are ``h_0, h_1, ...`` (most recent
 first) is
 
-    s(i) = (p_v + sum_a m_a q_{h_a}) . e_i + b_i + alpha * f(i)
+    s(i) = (sum_a m_a q_{h_a}) . e_i + b_i + alpha * f(i)
 
 * ``m_a``: mixing weights proportional to ``recency ** a`` times the watch weight of that watch
   (:func:`model.weighting.watch_weights`), normalised to sum to 1;
 * ``q``: *transition* vectors (what watching a video says about the next one), ``e``: video
-  vectors, ``b``: video bias, ``p_v``: an optional long-term viewer vector (off by default);
+  vectors, ``b``: video bias;
 * ``f(i)``: the co-occurrence of ``i`` with the ``cooc_terms`` most recent watches
   (:mod:`model.cooc`), weighted by the same ``m_a``; ``alpha`` is learned with everything else.
 
 This is FPMC-style (factorised personalised Markov chains, Rendle 2010) with YouTube's
-"viewer = average of watched videos" as the Markov part: a viewer who has watched one video
-already gets that video's neighbourhood, and recency is built in. The co-occurrence feature
-adds the full-rank item-to-item signal a 32-dimensional embedding cannot hold, and the
-embedding learns what co-occurrence misses (the softmax gradient flows through the sum).
+"viewer = average of watched videos" as the Markov part: a viewer is their recent history, so
+a viewer who has watched one video already gets that video's neighbourhood, and recency is
+built in. The co-occurrence feature adds the full-rank item-to-item signal a 32-dimensional
+embedding cannot hold, and the embedding learns what co-occurrence misses (the softmax
+gradient flows through the sum).
 
 Learning is implicit feedback: each watch is a positive, weighted by its watch time; the loss
-is a full softmax over all known videos (the viewer's already-watched videos left out of the
-denominator) by default, or a sampled softmax / BPR over ``negatives`` sampled videos (uniform
-or popularity-proportional with logQ correction). Adagrad; the update never writes non-finite
-numbers (see :mod:`model.kernels`), and ``guard_trips`` counts how often it refused.
+is a softmax over the ranked videos (below), the viewer's already-watched videos left out of
+the denominator. Adagrad; the update never writes non-finite numbers (see
+:mod:`model.kernels`), and ``guard_trips`` counts how often it refused.
 
 Batch semantics (``learn_many``): all events of a batch are learned from the parameters
-before the batch (new rows start at their initial values: zero viewer and transition vectors,
-small random video vectors, zero bias), their gradients are summed, and each touched row takes
+before the batch (new rows start at their initial values: zero transition vectors, small
+random video vectors, zero bias), their gradients are summed, and each touched row takes
 one Adagrad step. What the batch knows exactly it uses exactly: each event's *history* and
-*exclusions* include its viewer's earlier events in the same batch (ML-100K viewers arrive in
-bursts, so this is what keeps a large batch almost as good as a batch of one). A batch of one
-is exactly ``learn_one``. ``rank_events`` uses the very same representation, so a
-``rank_events`` / ``learn_many`` pair on the same batch computes the score matrix once.
-
-Defaults, chosen on the first 80% of ML-100K at batch 256 (HR@10 there; ``bench/model_probe.py``
-gives the figures for the whole stream and the last 20%):
-
-* full softmax over sampled losses, Adagrad (``lr`` 0.15; 0.1 and 0.3 worse), ``dim`` 32
-  (48 and 64 no better), ``history`` 20 with ``recency`` 0.8 (0.7, 0.9, 30/0.85 no better);
-* no long-term viewer vector: 0.1885 -> 0.1942 without it (inside a batch it is stale, the
-  history is not);
-* co-occurrence over 12 recent watches: 0.1942 -> 0.2046 (5 watches: 0.1970; 20: no better),
-  normalised by ``(n_j n_i) ** 0.45``: 0.2082 (0.5: 0.2053, 0.4: 0.2077, 0.3: 0.2022);
-* kept as options because they did not help: accumulator decay (RMSprop-style), a learned
-  trending feature, decayed co-occurrence counts, the viewer vector.
+*exclusions* include its viewer's earlier events in the same batch (viewers arrive in bursts,
+so this is what keeps a large batch almost as good as a batch of one). A batch of one is
+exactly ``learn_one``. ``rank_events`` uses the very same representation, so
+``rank_and_learn`` (the evaluator's and the service's call) learns from the score matrix its
+test step computed.
 
 What is ranked: the *shortlist*, the videos people are watching now (decayed popularity), as
-many as hold 95% of recent watches and at least 1,024, is ranked for each batch, and its
-softmax normalises over the shortlist plus the batch's own videos (so a tail video still
-learns from its watches, and rises into the shortlist when people start watching it). This
-is YouTube's two stages in their simplest form: the cost of an event follows how many videos
-are being watched, not the size of the catalogue. Catalogues up to 1,024 videos are ranked
-whole. Measured (``bench/model_probe.py``, batch 256): ML-100K (1,682 films) HR@10 unchanged
-(0.2120 -> 0.2119) and speed unchanged within noise (0.98-1.15x: it ranks about 1,024 of the
-films anyway); a synthetic stream of 10,000 videos (60k events) HR@10
-0.171 -> 0.176 and 2x faster. The share is what makes it safe: exactly the 512 hottest films
-cost ML-100K 0.008 HR@10 (0.2038), 512 grown to 95% cost 0.0009; on a 400-video stream with flat
-popularity exactly the 50 hottest cost 40% of the hits and 50 grown to 95% cost 3%. With a
-share of 0.8, 10,000 synthetic videos run 2.6x faster at the same HR@10: 0.95 is the careful
-choice for catalogues not measured here.
-
-Speed (``bench/model_probe.py``, one BLAS thread, shared 2-core machine): 29-40k events/s
-test+train at batch 256 on ML-100K, 1.4-2.0x a plain per-event numpy ISGD measured in the same
-run (its speed swings 16-23k/s with the machine's load). Batch 128 and 512 are no faster per
-event. Every event costs three ``dim``-wide products against the shortlist (score, and the two
-gradient products: together ~1 ms a batch, at the core's peak FLOP rate), a few passes over a
-row of the shortlist (rank, top-n, softmax) and the co-occurrence rows of its recent watches
-(memory-bound); the frontier at batch 256 (before the shortlist): without co-occurrence 0.198
-at 2.1x ISGD, with it over 5 watches 0.207 at 1.76x, defaults 0.212 at 1.6x. The issue's 10x
-is out of reach in numpy: 10x is ~5 us per event for test and train, and the numpy operations
-alone (``bench/floor.py``: the products, one co-occurrence row per event, ranking, softmax,
-Adagrad, on this model's shapes, without any Python around them) take 8-9 us.
+many as hold ``shortlist_share`` of recent watches and at least ``shortlist``, is ranked for
+each batch, and its softmax normalises over the shortlist plus the batch's own videos (so a
+tail video still learns from its watches, and rises into the shortlist when people start
+watching it). This is YouTube's two stages in their simplest form: the cost of an event
+follows how many videos are being watched, not the size of the catalogue. A catalogue of no
+more than ``shortlist`` videos is ranked whole.
 
 Other than the shortlist's floor, no constant depends on the catalogue size: every count is
 relative (recency per watch, half-lives in events); the dense co-occurrence matrix is dropped
-past ``cooc_max_videos``.
+past ``cooc_max_videos``. How the defaults were chosen, with the measurements, is in
+``bench/README.md``.
 
 >>> from contract.events import WatchEvent
 >>> m = EmbeddingRanker(seed=1)
@@ -95,6 +66,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -104,25 +76,25 @@ from model.cooc import CoCounts
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex
-from model.kernels import adagrad_step, scatter_rows, softmax_grad
+from model.kernels import adagrad_step, softmax_grad
 from model.lifecycle import DAY, Lifecycle
 from model.parts import Counters, FixedArrays, RandomState
 from model.persist import Part
 from model.seen import SeenVideos
-from model.topk import top_n, top_n_with_rank
+from model.topk import mask_scores, top_n, top_n_with_rank
 from model.weighting import watch_weights
 
 __all__ = ["EmbeddingRanker"]
 
-LOSSES = ("softmax", "sampled_softmax", "bpr")
-SAMPLINGS = ("uniform", "popularity")
+#: Video columns to score: every row (a slice) or some rows (an index array).
+Columns = slice | np.ndarray
 
 
 def _distinct(rows: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(rows, return_inverse=True)`` for rows in ``[0, bound)``.
 
     A mark-and-cumsum over ``bound`` cells instead of a sort when that is cheaper (a batch's
-    history rows number thousands, the catalogue is small): ~20 us instead of ~150 us here.
+    history rows number thousands, the catalogue is small).
     """
     if bound > 64 * max(rows.size, 1):
         return np.unique(rows, return_inverse=True)
@@ -135,26 +107,36 @@ def _distinct(rows: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
 class _Batch:
     """A batch mapped to rows, with each event's causal viewer representation."""
 
-    viewer_rows: np.ndarray  # (B,) rows, provisional (= the row learn_many will create) for new ids
+    viewer_rows: np.ndarray  # (B,) rows, provisional (= the row learning will create) for new ids
     video_rows: np.ndarray  # (B,) idem
-    n_viewers: int  # viewer rows before the batch
     n_videos: int  # video rows before the batch (released rows included)
     viewer_known: np.ndarray  # (B,) bool: the viewer held a row before the batch
     video_known: np.ndarray  # (B,) bool: the video held a row before the batch
     weights: np.ndarray  # (B,) watch weights
-    mix: np.ndarray  # (B, D) mixing weights over ``in_history`` (rows sum to 1 or 0)
-    in_history: np.ndarray  # (D,) the distinct video rows in the batch's histories
-    final: tuple[np.ndarray, np.ndarray, np.ndarray]  # per viewer history after the batch
-    U: np.ndarray  # (B, dim) viewer representation before each event
-    cold: np.ndarray  # (B,) bool: no viewer state and no history (gets trending when ranked)
-    exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
-    cooc: np.ndarray | None  # (B, n_videos_after) co-occurrence feature, when enabled
     history: np.ndarray  # (B, history) video rows before each event, most recent first
+    final: tuple[np.ndarray, np.ndarray, np.ndarray]  # per viewer history after the batch
+    in_history: np.ndarray  # (D,) the distinct video rows in the batch's histories
+    mix: np.ndarray  # (B, D) mixing weights over ``in_history`` (rows sum to 1 or 0)
+    U: np.ndarray  # (B, dim) viewer representation before each event
+    cold: np.ndarray  # (B,) bool: an unknown viewer without history (gets trending when ranked)
+    exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
+    cooc: np.ndarray | None  # (B, video rows after the batch, or columns) co-occurrence feature
     # With a shortlist: the batch's columns (the shortlist first, then the batch's other videos),
     # how many lead columns are the shortlist, and each video row's column (-1: none).
     columns: np.ndarray | None = None
     ranked: int = 0
     column_of: np.ndarray | None = None
+
+
+class _Logits(NamedTuple):
+    """What the softmax step learns from: logits over ``columns`` (with their co-occurrence
+    feature ``cooc``), each event's target column, and the exclusion cells still to apply."""
+
+    logits: np.ndarray
+    targets: np.ndarray
+    exclude: tuple[np.ndarray, np.ndarray]
+    columns: Columns
+    cooc: np.ndarray | None
 
 
 class EmbeddingRanker(CatalogueScorer):
@@ -165,69 +147,51 @@ class EmbeddingRanker(CatalogueScorer):
     dim
         Embedding size.
     history
-        How many recent watches form the viewer's short-term part.
+        How many recent watches make up the viewer's representation.
     recency
         Weight decay per step back in the history (``recency ** age``).
     lr
         Adagrad learning rate.
     reg
         L2 penalty on the rows an event touches.
-    loss
-        ``"softmax"`` (full, over all known videos), ``"sampled_softmax"`` or ``"bpr"``.
-    negatives, sampling
-        For the sampled losses: negatives per event, drawn ``"uniform"`` or by
-        ``"popularity"`` (with logQ correction for the sampled softmax).
-    viewer_vector
-        Learn a long-term vector per viewer (else the viewer is their history alone).
     init_scale
         Standard deviation of new video vectors.
     max_grad_norm
         Gradient rows are clipped to this L2 norm.
     trending_half_life
-        Half-life, in events, of the decayed popularity shown to unknown viewers.
+        Half-life, in events, of the decayed popularity that unknown viewers are shown and
+        that picks the shortlist.
     cooc_window, cooc_terms
         Two watches co-occur when at most ``cooc_window`` watches apart (0 disables the
         feature); the feature reads the ``cooc_terms`` most recent watches.
     cooc_max_videos
-        Past this many videos the dense co-occurrence counts are dropped (memory is
-        ``4 * videos**2`` bytes: 67 MB at the default 4,096, written into every checkpoint; at
-        10,000 videos they were 400 MB and a checkpoint stalled the service for seconds).
-    cooc_weight, cooc_exponent, cooc_half_life
-        Initial ``alpha``; normalisation exponent; half-life of the counts in events (0: none).
-    accum_decay
-        Adagrad accumulator decay per update (1: plain Adagrad; below 1: RMSprop-style).
-    trend_feature
-        Add a learned weight times ``log(1 + decayed popularity)`` to every score.
+        Past this many videos the dense co-occurrence counts are dropped: their memory is
+        ``4 * videos**2`` bytes (67 MB at the default 4,096), written into every checkpoint.
+    cooc_weight, cooc_exponent
+        Initial ``alpha``; the exponent of the feature's normalisation (:mod:`model.cooc`).
     viewer_ttl, video_ttl
         Seconds of *event time* after which a viewer or video not seen is forgotten and its row
         reused (Monolith-style expirable embeddings; ``None``: never), so memory stays flat
-        under endless new ids (``bench/memory_churn.py``). An expired viewer is unknown again
-        (trending until their next watch); an expired video is never recommended and starts
-        afresh if it comes back. See :mod:`model.lifecycle`. Default 180 days each: on ML-100K
-        (215 days) HR@10 is unchanged to four decimals, overall, on the first 80% and on the
-        last 20%, while 87 viewers and 14 videos expire; 90 days costs 0.0006, 30 days 0.002
-        and 7 days 0.021, mostly from viewers who come back and find their history gone
-        (``bench/expiry_quality.py``).
+        under endless new ids. An expired viewer is unknown again (trending until their next
+        watch); an expired video is never recommended and starts afresh if it comes back. See
+        :mod:`model.lifecycle`.
     expire_every
         Learned events between two expiry runs (each is one vectorised pass over the rows); a
         run happens at the end of the batch that reaches the count, so batch sizes shift it
         slightly.
+    min_events
+        A viewer or video enters the model on its ``min_events``-th event; until then its
+        events are only counted (:mod:`model.frequency`) and not learned. 1 (the default)
+        admits everything; more pays where most ids are one-offs.
     shortlist, shortlist_share
         Which videos are ranked for each batch and normalised over in its softmax: the most
         watched lately (decayed popularity), as many as hold ``shortlist_share`` of the recent
-        watches and at least ``shortlist``, plus, for learning, the batch's own videos. The
-        cost of an event then follows how many videos people are watching, not the catalogue
-        (a video outside the shortlist is not recommended until it gets watched into it).
+        watches and at least ``shortlist``, plus, for learning, the batch's own videos. A video
+        outside the shortlist is not recommended until it gets watched into it.
         ``shortlist_share=0``: exactly ``shortlist`` videos; ``shortlist=None``: the whole
-        catalogue. Applies to the full softmax; the sampled losses rank
-        the whole catalogue.
-    min_events
-        A viewer or video enters the model on its ``min_events``-th event; until then its
-        events are only counted (:mod:`model.frequency`) and not learned. Default 1 (off): on
-        ML-100K, where every film matters, 2 costs 0.0026 HR@10 and 3 costs 0.008; it pays
-        where most ids are one-offs.
+        catalogue.
     seed
-        Drives all randomness (video initialisation, negative sampling).
+        Drives all randomness (the initial video vectors).
     """
 
     name = "streamrec"
@@ -239,10 +203,6 @@ class EmbeddingRanker(CatalogueScorer):
         recency: float = 0.8,
         lr: float = 0.15,
         reg: float = 0.0,
-        loss: str = "softmax",
-        negatives: int = 20,
-        sampling: str = "uniform",
-        viewer_vector: bool = False,
         init_scale: float = 0.1,
         max_grad_norm: float = 10.0,
         trending_half_life: float = 2000.0,
@@ -250,10 +210,7 @@ class EmbeddingRanker(CatalogueScorer):
         cooc_terms: int = 12,
         cooc_max_videos: int = 4096,
         cooc_weight: float = 10.0,
-        cooc_half_life: float = 0.0,
         cooc_exponent: float = 0.45,
-        accum_decay: float = 1.0,
-        trend_feature: bool = False,
         viewer_ttl: float | None = 180 * DAY,
         video_ttl: float | None = 180 * DAY,
         expire_every: int = 1000,
@@ -263,27 +220,25 @@ class EmbeddingRanker(CatalogueScorer):
         seed: int | None = 0,
     ) -> None:
         super().__init__(seed=seed)
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        if dim < 1 or history < 1 or negatives < 1:
-            raise ValueError("dim, history and negatives must be positive")
+        if dim < 1 or history < 1:
+            raise ValueError("dim and history must be positive")
         if not 0 <= cooc_window <= history or cooc_terms < 1:
             raise ValueError("cooc_window must be in [0, history] and cooc_terms >= 1")
         if not 0.0 < recency <= 1.0:
             raise ValueError(f"recency must be in (0, 1], got {recency}")
         if lr <= 0 or reg < 0 or init_scale <= 0 or max_grad_norm <= 0 or trending_half_life <= 0:
             raise ValueError("lr, init_scale, max_grad_norm, trending_half_life must be > 0; reg >= 0")
+        if not isinstance(min_events, int) or min_events < 1:
+            raise ValueError(f"min_events must be an integer >= 1, got {min_events!r}")
+        if shortlist is not None and (not isinstance(shortlist, int) or shortlist < 1):
+            raise ValueError(f"shortlist must be None or an integer >= 1, got {shortlist!r}")
+        if not 0.0 <= shortlist_share <= 1.0:
+            raise ValueError(f"shortlist_share must be in [0, 1], got {shortlist_share!r}")
         self.dim = dim
         self.history = history
         self.recency = recency
         self.lr = lr
         self.reg = reg
-        self.loss = loss
-        self.negatives = negatives
-        self.sampling = sampling
-        self.viewer_vector = viewer_vector
         self.init_scale = init_scale
         self.max_grad_norm = max_grad_norm
         self.trending_half_life = trending_half_life
@@ -291,22 +246,13 @@ class EmbeddingRanker(CatalogueScorer):
         self.cooc_terms = cooc_terms
         self.cooc_max_videos = cooc_max_videos
         self.cooc_weight = cooc_weight
-        self.cooc_half_life = cooc_half_life
         self.cooc_exponent = cooc_exponent
-        self.accum_decay = accum_decay
-        if not isinstance(min_events, int) or min_events < 1:
-            raise ValueError(f"min_events must be an integer >= 1, got {min_events!r}")
-        if shortlist is not None and (not isinstance(shortlist, int) or shortlist < 1):
-            raise ValueError(f"shortlist must be None or an integer >= 1, got {shortlist!r}")
-        if not 0.0 <= shortlist_share <= 1.0:
-            raise ValueError(f"shortlist_share must be in [0, 1], got {shortlist_share!r}")
-        self.shortlist = shortlist
-        self.shortlist_share = shortlist_share
-        self.trend_feature = trend_feature
         self.viewer_ttl = viewer_ttl
         self.video_ttl = video_ttl
         self.expire_every = expire_every
         self.min_events = min_events
+        self.shortlist = shortlist
+        self.shortlist_share = shortlist_share
         self.seed = seed
         self._init_state()
 
@@ -315,12 +261,10 @@ class EmbeddingRanker(CatalogueScorer):
     def _init_state(self) -> None:
         self._rng = np.random.default_rng(self.seed)
         k = self.dim
-        # Viewer state: everything indexed by viewer row (movable with its viewers).
+        # Viewer state: everything indexed by viewer row.
         self.viewers = IdIndex()
         self.seen = SeenVideos()
         self._recent = RecentHistory(self.history)
-        self._P = GrowableTable(k)
-        self._P_acc = GrowableTable(k)
         # Video state: shared by all viewers.
         self.videos = IdIndex()
         self._E = GrowableTable(k)  # new rows get _random_vectors
@@ -330,12 +274,10 @@ class EmbeddingRanker(CatalogueScorer):
         self._b = GrowableTable(0)
         self._b_acc = GrowableTable(0)
         self._counts = GrowableTable(0, dtype=np.float64)
-        self._cooc = CoCounts(half_life=self.cooc_half_life, max_size=self.cooc_max_videos)
+        self._cooc = CoCounts(max_size=self.cooc_max_videos)
         # The learned weight of the co-occurrence feature in the score, and its Adagrad state.
         self._alpha = np.full(1, self.cooc_weight, dtype=np.float32)
         self._alpha_acc = np.zeros(1, dtype=np.float32)
-        self._beta = np.zeros(1, dtype=np.float32)
-        self._beta_acc = np.zeros(1, dtype=np.float32)
         # Decayed popularity, stored multiplied by a growing scale so decay costs nothing.
         self._trend = GrowableTable(0, dtype=np.float64)
         self._trend_scale = 1.0
@@ -347,8 +289,6 @@ class EmbeddingRanker(CatalogueScorer):
         self.events_learned = 0
         self.guard_trips = 0
         self.loss_sum = 0.0
-        self._version = 0
-        self._cache: tuple | None = None
 
     @property
     def n_viewers(self) -> int:
@@ -391,18 +331,18 @@ class EmbeddingRanker(CatalogueScorer):
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of model state: per viewer, per video, and in total (id strings excluded).
 
-        Per viewer: the long-term vector and its Adagrad state (float32, allocated even when
-        unused), the recent-history ring (int64 rows + float32 weights) and about 36 bytes per
-        watch in the seen list (a list slot and an int object; the average is used). Per video:
-        video and transition vectors with their Adagrad state, bias, counters, plus its share of
-        the dense co-occurrence counts (``cooccurrence``: ``4 * capacity**2`` bytes in all, so
-        the share grows with the catalogue).
+        Per viewer: the recent-history ring (int64 rows + float32 weights) and about 36 bytes
+        per watch in the seen list (a list slot and an int object; the average is used). Per
+        video: video and transition vectors with their Adagrad state, bias, counters, plus its
+        share of the dense co-occurrence counts (``cooccurrence``: ``4 * capacity**2`` bytes in
+        all, so the share grows with the catalogue). Each row, with expiry on, has a last-seen
+        time.
         """
         k = self.dim
         # Tables are sized by rows, released ones included (they wait for reuse).
         viewer_rows, video_rows = len(self.viewers), len(self.videos)
         clock = 8 if self._life.enabled else 0  # last-seen time per row
-        per_viewer = 2 * 4 * k + self._recent.nbytes_per_viewer() + clock
+        per_viewer = self._recent.nbytes_per_viewer() + clock
         seen = 36 * self.seen.entries()
         per_video = 4 * 4 * k + 2 * 4 + 2 * 8 + clock
         cooc = self._cooc.nbytes()
@@ -417,10 +357,6 @@ class EmbeddingRanker(CatalogueScorer):
         }
 
     # -- parts (what model.persist saves) -----------------------------------------------------
-
-    def _viewer_tables(self) -> dict[str, GrowableTable]:
-        """The parameter tables with a row per viewer row, by part name."""
-        return {"viewer_vectors": self._P, "viewer_vectors_acc": self._P_acc}
 
     def _video_tables(self) -> dict[str, GrowableTable]:
         """The tables with a row per video row, by part name (grown, reset and saved alike)."""
@@ -441,17 +377,13 @@ class EmbeddingRanker(CatalogueScorer):
             "videos": self.videos,
             "seen": self.seen,
             "history": self._recent,
-            **self._viewer_tables(),
             **self._video_tables(),
             "cooccurrence": self._cooc,
-            "feature_weights": FixedArrays(
-                alpha=self._alpha, alpha_acc=self._alpha_acc, beta=self._beta, beta_acc=self._beta_acc
-            ),
+            "feature_weights": FixedArrays(alpha=self._alpha, alpha_acc=self._alpha_acc),
             "lifecycle": self._life,
             "random": RandomState(self._rng),
             "counters": Counters(
-                self,
-                ("events_learned", "events_filtered", "guard_trips", "loss_sum", "_trend_scale", "_version"),
+                self, ("events_learned", "events_filtered", "guard_trips", "loss_sum", "_trend_scale")
             ),
         }
         if self._admit_viewers is not None:
@@ -461,8 +393,7 @@ class EmbeddingRanker(CatalogueScorer):
     def check_state(self) -> None:
         """Every table has a row per id row; histories, seen lists and counts name existing rows."""
         n_viewers, n_videos = len(self.viewers), len(self.videos)
-        tables = [(name, t, n_viewers, "viewer") for name, t in self._viewer_tables().items()]
-        tables += [("history", self._recent.items, n_viewers, "viewer")]
+        tables = [("history", self._recent.items, n_viewers, "viewer")]
         tables += [(name, t, n_videos, "video") for name, t in self._video_tables().items()]
         for name, table, rows, side in tables:
             if table.rows != rows:
@@ -476,14 +407,70 @@ class EmbeddingRanker(CatalogueScorer):
             raise ValueError(f"co-occurrence covers {self._cooc.rows} videos, but {n_videos} rows exist")
         self._life.check_rows(n_viewers, n_videos)
 
+    # -- scoring -----------------------------------------------------------------------------
+
+    def _mixing_weights(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """``m_a`` for histories ``items`` (``-1``: empty slot) of watch ``weights``:
+        ``recency ** a`` times the watch's weight, normalised per row (a row of 0 when empty)."""
+        decay = (self.recency ** np.arange(self.history)).astype(np.float32)
+        mix_w = np.where(items >= 0, weights * decay[None, :], 0.0).astype(np.float32)
+        norm = mix_w.sum(axis=1, keepdims=True)
+        mix_w /= np.where(norm > 0, norm, 1.0)
+        return mix_w
+
+    def _use_cooc(self, n_videos: int) -> bool:
+        return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
+
+    def _logits(self, U: np.ndarray, columns: Columns, cooc: np.ndarray | None) -> np.ndarray:
+        """Scores of video rows ``columns`` for representations ``U``: one matrix product, plus
+        ``alpha`` times ``cooc``, the co-occurrence feature of exactly those columns."""
+        scores = U @ self._E.array[columns].T + self._b.array[columns]
+        if cooc is not None:
+            scores += self._alpha[0] * cooc
+        return scores
+
+    def _mask_free(self, scores: np.ndarray) -> None:
+        """Released video rows can never be recommended (nor compete in the softmax)."""
+        free = np.asarray(self.videos.free_rows, dtype=np.int64)
+        if free.size:
+            scores[:, free[free < scores.shape[1]]] = -np.inf
+
+    def _trending(self) -> np.ndarray:
+        return (self._trend.array / self._trend_scale).astype(np.float32)
+
+    def _shortlist(self, n_videos: int) -> np.ndarray | None:
+        """The live video rows to rank, sorted: the hottest ones (decayed popularity), at least
+        ``shortlist`` and as many as hold ``shortlist_share`` of it (``None``: rank everything).
+
+        Once per batch: an O(catalogue) selection, and a sort only when the ``shortlist``
+        hottest hold less than the share.
+        """
+        k = self.shortlist
+        if k is None or self.videos.live <= k:
+            return None
+        heat = self._trend.array[:n_videos].copy()
+        free = self.videos.free_rows
+        if free:  # released rows hold no video; live rows all have heat >= 0
+            heat[np.asarray(free, dtype=np.int64)] = -1.0
+        hottest = np.argpartition(heat, n_videos - k)[n_videos - k :]
+        total = heat[heat > 0].sum()
+        if heat[hottest].sum() < self.shortlist_share * total:
+            by_heat = np.argsort(-heat)
+            held = np.cumsum(heat[by_heat])
+            k = int(np.searchsorted(held, self.shortlist_share * total)) + 1
+            if k >= self.videos.live:
+                return None
+            hottest = by_heat[:k]
+        return np.sort(hottest)
+
     # -- batch preparation -------------------------------------------------------------------
 
     def _batch(self, events: Sequence[WatchEvent]) -> _Batch:
         """Map a batch to rows and build each event's representation from pre-batch state."""
         viewer_ids = [e.viewer for e in events]
         video_ids = [e.video for e in events]
-        n_viewers, n_videos = len(self.viewers), len(self.videos)
-        # Rows learn_many will give new ids (released rows first), created only when learned.
+        n_videos = len(self.videos)
+        # Rows learning will give new ids (released rows first), created only when learned.
         viewer_now, video_now = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
         viewer_rows = self.viewers.next_rows(viewer_ids, viewer_now)
         video_rows = self.videos.next_rows(video_ids, video_now)
@@ -491,11 +478,8 @@ class EmbeddingRanker(CatalogueScorer):
         weights = watch_weights([e.watch_time for e in events], [e.duration for e in events])
         grouping = group_positions(viewer_rows)  # shared by histories, exclusions, co-occurrence
         items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights, grouping)
-        # Mixing weights: recency ** age times the watch's weight, normalised per event.
+        mix_w = self._mixing_weights(items, hist_w)
         valid = items >= 0
-        mix_w = np.where(valid, hist_w * self._decay[None, :], 0.0).astype(np.float32)
-        norm = mix_w.sum(axis=1, keepdims=True)
-        mix_w /= np.where(norm > 0, norm, 1.0)
         n_after = max(n_videos, int(video_rows.max()) + 1 if len(events) else 0)
         # The batch's histories share most of their videos (bursts): mix over the distinct ones.
         in_history, slot = _distinct(items[valid], n_after)
@@ -505,10 +489,8 @@ class EmbeddingRanker(CatalogueScorer):
         # New transition rows start at zero, so only the known part contributes.
         known = in_history < n_videos
         U = mix[:, known] @ self._Q.array[in_history[known]]
-        has_state = viewer_known  # a reused row is below n_viewers but holds no state
-        if self.viewer_vector and has_state.any():
-            U[has_state] += self._P.array[viewer_rows[has_state]]
-        cold = ~has_state & ~valid.any(axis=1)
+        # A reused row is below len(viewers) but holds no state: known means known before.
+        cold = ~viewer_known & ~valid.any(axis=1)
         # New viewers' rows hold no seen list yet; new videos' rows are excluded in-batch too.
         exclude = self.seen.exclusion_for_events(viewer_rows, video_rows, grouping)
         columns, ranked, column_of = None, 0, None
@@ -534,122 +516,96 @@ class EmbeddingRanker(CatalogueScorer):
                 columns=columns,
             )
         return _Batch(
-            viewer_rows,
-            video_rows,
-            n_viewers,
-            n_videos,
-            viewer_known,
-            video_known,
-            weights,
-            mix,
-            in_history,
-            tuple(final),
-            U,
-            cold,
-            exclude,
-            cooc,
-            items,
-            columns,
-            ranked,
-            column_of,
+            viewer_rows=viewer_rows,
+            video_rows=video_rows,
+            n_videos=n_videos,
+            viewer_known=viewer_known,
+            video_known=video_known,
+            weights=weights,
+            history=items,
+            final=tuple(final),
+            in_history=in_history,
+            mix=mix,
+            U=U,
+            cold=cold,
+            exclude=exclude,
+            cooc=cooc,
+            columns=columns,
+            ranked=ranked,
+            column_of=column_of,
         )
-
-    def _shortlist(self, n_videos: int) -> np.ndarray | None:
-        """The live video rows to rank, sorted: the hottest ones (decayed popularity), at least
-        ``shortlist`` and as many as hold ``shortlist_share`` of it (``None``: rank everything).
-
-        Once per batch: an O(catalogue) selection, and a sort only when the ``shortlist``
-        hottest hold less than the share. The sampled losses rank everything.
-        """
-        k = self.shortlist
-        if k is None or self.loss != "softmax" or self.videos.live <= k:
-            return None
-        heat = self._trend.array[:n_videos].copy()
-        free = self.videos.free_rows
-        if free:  # released rows hold no video; live rows all have heat >= 0
-            heat[np.asarray(free, dtype=np.int64)] = -1.0
-        hottest = np.argpartition(heat, n_videos - k)[n_videos - k :]
-        total = heat[heat > 0].sum()
-        if heat[hottest].sum() < self.shortlist_share * total:
-            by_heat = np.argsort(-heat)
-            held = np.cumsum(heat[by_heat])
-            k = int(np.searchsorted(held, self.shortlist_share * total)) + 1
-            if k >= self.videos.live:
-                return None
-            hottest = by_heat[:k]
-        return np.sort(hottest)
-
-    def _use_cooc(self, n_videos: int) -> bool:
-        return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
-
-    @property
-    def _decay(self) -> np.ndarray:
-        return (self.recency ** np.arange(self.history)).astype(np.float32)
-
-    def _logits(self, U: np.ndarray, lo: int, hi: int, cooc: np.ndarray | None = None) -> np.ndarray:
-        """Scores of videos ``lo..hi-1`` for representations ``U``: one matrix product."""
-        scores = U @ self._E.array[lo:hi].T + self._b.array[lo:hi]
-        if self.trend_feature:
-            scores += self._beta[0] * self._trend_z()[lo:hi]
-        if cooc is not None:
-            scores += self._alpha[0] * cooc[:, lo:hi]
-        return scores
-
-    def _logits_at(self, U: np.ndarray, cols: np.ndarray, cooc: np.ndarray | None = None) -> np.ndarray:
-        """Scores of video rows ``cols`` (any order) for representations ``U``; ``cooc`` is the
-        co-occurrence feature of exactly those columns."""
-        scores = U @ self._E.array[cols].T + self._b.array[cols]
-        if self.trend_feature:
-            scores += self._beta[0] * self._trend_z()[cols]
-        if cooc is not None:
-            scores += self._alpha[0] * cooc
-        return scores
-
-    def _mask_free(self, scores: np.ndarray) -> None:
-        """Released video rows can never be recommended (nor compete in the softmax)."""
-        free = np.asarray(self.videos.free_rows, dtype=np.int64)
-        if free.size:
-            scores[:, free[free < scores.shape[1]]] = -np.inf
-
-    def _trend_z(self) -> np.ndarray:
-        """log(1 + decayed watch count): how hot each video is right now."""
-        return np.log1p(self._trend.array / self._trend_scale).astype(np.float32)
-
-    def _trending(self) -> np.ndarray:
-        return (self._trend.array / self._trend_scale).astype(np.float32)
 
     # -- test step ---------------------------------------------------------------------------
 
     def rank_events(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
         """Top-``n`` before each event, from the state before the batch (causal history)."""
+        return self._test_step(self._batch(events), n)[0]
+
+    def rank_and_learn(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        """:meth:`rank_events`, then :meth:`learn_many` from the same prepared batch and score
+        matrix (the same result, computed once).
+
+        When the admission filter (``min_events``) holds events back, the batch learned is not
+        the batch ranked: it is prepared again.
+        """
         batch = self._batch(events)
+        ranking, scores = self._test_step(batch, n)
+        admitted = self._admitted(events)
+        if admitted is events:
+            self._learn(events, batch, scores)
+        elif admitted:
+            batch = self._batch(admitted)
+            self._learn(admitted, batch, self._test_step(batch, None)[1])
+        return ranking
+
+    def _test_step(self, batch: _Batch, n: int | None) -> tuple[Ranking | None, np.ndarray]:
+        """The test step of a prepared batch: the top-``n`` (``None``: no ranking, only the
+        scores) and the score matrix the learning step starts from, the model's scores from
+        before the batch with excluded and non-finite cells at ``-inf``, but each event's own."""
         if batch.columns is None:
             ranked = None  # the whole catalogue, by row
-            scores = self._logits(batch.U, 0, batch.n_videos, batch.cooc)
+            known_cols = slice(0, batch.n_videos)
+            cooc = None if batch.cooc is None else batch.cooc[:, known_cols]
+            scores = self._logits(batch.U, known_cols, cooc)
             targets = np.where(batch.video_known, batch.video_rows, -1)
             ex_rows, ex_cols = batch.exclude
             inside = ex_cols < batch.n_videos
             exclude = (ex_rows[inside], ex_cols[inside])
-            # Released rows can never be recommended: -inf in place (learn_many rescores the
+            # Released rows can never be recommended: -inf in place (learning rescores the
             # ones this batch reuses for new videos).
             self._mask_free(scores)
         else:
             # The shortlist, by column: a video outside it cannot be recommended (rank UNRANKED).
             ranked = batch.columns[: batch.ranked]
             cooc = None if batch.cooc is None else batch.cooc[:, : batch.ranked]
-            scores = self._logits_at(batch.U, ranked, cooc)
+            scores = self._logits(batch.U, ranked, cooc)
             column = batch.column_of[batch.video_rows]
             targets = np.where(batch.video_known & (column < batch.ranked), column, -1)
             ex_rows, ex_cols = batch.exclude
             ex_cols = batch.column_of[ex_cols]
             inside = (ex_cols >= 0) & (ex_cols < batch.ranked)
             exclude = (ex_rows[inside], ex_cols[inside])
-        rows = np.arange(len(events))
+        rows = np.arange(scores.shape[0])
         known = targets >= 0
         target_logit = scores[rows[known], targets[known]].copy()
-        # Ranked in place: top_n_with_rank sets excluded (and non-finite) cells to -inf, which
-        # is what the softmax needs anyway (learn_many then only adds the cells of the columns
-        # it scores itself); only the positives themselves must come back.
+        if n is None:
+            mask_scores(scores, exclude)
+            ranking = None
+        else:
+            ranking = self._ranking(batch, scores, n, targets, exclude, ranked)
+        scores[rows[known], targets[known]] = target_logit
+        return ranking, scores
+
+    def _ranking(
+        self,
+        batch: _Batch,
+        scores: np.ndarray,
+        n: int,
+        targets: np.ndarray,
+        exclude: tuple[np.ndarray, np.ndarray],
+        ranked: np.ndarray | None,
+    ) -> Ranking:
+        """Rank ``scores`` in place (masking them as :func:`~model.topk.mask_scores` does)."""
         top, rank = top_n_with_rank(scores, n, targets, exclude)
         cold = np.flatnonzero(batch.cold)
         if cold.size:
@@ -663,8 +619,6 @@ class EmbeddingRanker(CatalogueScorer):
             on_cold = batch.cold[exclude[0]]
             where = (np.cumsum(batch.cold) - 1)[exclude[0][on_cold]]
             top[cold], rank[cold] = top_n_with_rank(trending, n, targets[cold], (where, exclude[1][on_cold]))
-        scores[rows[known], targets[known]] = target_logit
-        self._cache = (events, self._version, batch, scores)
         if ranked is not None:
             top = np.where(top >= 0, ranked[np.maximum(top, 0)], -1)
         return Ranking(top=top, rank=rank, catalogue=self.videos.live)
@@ -673,18 +627,13 @@ class EmbeddingRanker(CatalogueScorer):
 
     def learn_many(self, events: Sequence[WatchEvent]) -> None:
         """Learn a batch (see the module docstring for the exact batch semantics)."""
-        if not events:
-            return
-        if self._admit_viewers is not None:
-            events = self._admitted(events)
-            if not events:
-                return
-        cached = self._cache
-        self._cache = None
-        if cached is not None and cached[0] is events and cached[1] == self._version:
-            _, _, batch, known_logits = cached
-        else:
-            batch, known_logits = self._batch(events), None
+        events = self._admitted(events)
+        if events:
+            batch = self._batch(events)
+            self._learn(events, batch, self._test_step(batch, None)[1])
+
+    def _learn(self, events: Sequence[WatchEvent], batch: _Batch, scores: np.ndarray) -> None:
+        """The train step of a prepared batch, from the score matrix of its test step."""
         viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
         # Create the new rows (the same numbers the batch was prepared with): adding only the
         # ids the index lacks gives the same rows, at a third of the cost of adding all.
@@ -695,8 +644,6 @@ class EmbeddingRanker(CatalogueScorer):
         if fresh:
             self.videos.add_many([events[i].video for i in fresh])
         n_viewers, n_videos = len(self.viewers), len(self.videos)
-        for table in self._viewer_tables().values():
-            table.ensure(n_viewers)
         self._recent.ensure(n_viewers)
         new = self._E.ensure(n_videos)
         if len(new):
@@ -704,226 +651,103 @@ class EmbeddingRanker(CatalogueScorer):
         for table in self._video_tables().values():
             table.ensure(n_videos)
 
-        if self.loss == "softmax":
-            grad_u = self._full_softmax_step(batch, known_logits)
-        else:
-            grad_u = self._sampled_step(batch)
-
-        # Viewer side: the long-term vector and the transition vectors of the history.
-        grad_u = grad_u.astype(np.float32, copy=False)
-        lr, clip = self.lr, self.max_grad_norm
-        if self.viewer_vector:
-            rows, g = scatter_rows(viewer_rows, grad_u, n_viewers)
-            if self.reg:
-                g += self.reg * self._P.array[rows]
-            self.guard_trips += adagrad_step(
-                self._P.array, self._P_acc.array, rows, g, lr, clip, self.accum_decay
-            )
+        grad_u = self._softmax_step(batch, scores).astype(np.float32, copy=False)
+        # Viewer side: the transition vectors of the histories.
         in_history = batch.in_history
         if in_history.size:
             g = batch.mix.T @ grad_u
             if self.reg:
                 g += self.reg * self._Q.array[in_history]
             self.guard_trips += adagrad_step(
-                self._Q.array, self._Q_acc.array, in_history, g, lr, clip, self.accum_decay
+                self._Q.array, self._Q_acc.array, in_history, g, self.lr, self.max_grad_norm
             )
 
         self._recent.store(*batch.final)
         if self._use_cooc(n_videos):
             self._cooc.add(batch.history, video_rows, self.cooc_window)
         elif self._cooc.rows:  # past the cap: free the counts
-            self._cooc = CoCounts(half_life=self.cooc_half_life, max_size=self.cooc_max_videos)
+            self._cooc = CoCounts(max_size=self.cooc_max_videos)
         self.seen.add_many(viewer_rows, video_rows)
         np.add.at(self._counts.array, video_rows, 1.0)
         self._add_trending(video_rows)
         self.events_learned += len(events)
-        self._version += 1
         times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
         self._life.observe(viewer_rows, video_rows, times)
         if self._life.due():
             self._expire()
 
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def _admitted(self, events: Sequence[WatchEvent]) -> Sequence[WatchEvent]:
-        """The events whose viewer and video both reached ``min_events`` (all are counted)."""
-        viewer_ids = [e.viewer for e in events]
-        video_ids = [e.video for e in events]
-        ok = self._admit_viewers.admit(viewer_ids, self.viewers.get_many(viewer_ids) >= 0)
-        ok &= self._admit_videos.admit(video_ids, self.videos.get_many(video_ids) >= 0)
-        if ok.all():
-            return events  # the same object: a rank_events cache still applies
-        self.events_filtered += int((~ok).sum())
-        return [e for e, keep in zip(events, ok.tolist(), strict=True) if keep]
-
-    def _expire(self) -> None:
-        """Release viewers and videos not seen for their TTL and reset their rows."""
-        viewers, videos = self._life.release(self.viewers, self.videos)
-        if viewers.size:
-            # A reused row must start exactly like a new one: no vector, history or seen list.
-            for table in self._viewer_tables().values():
-                table.reset(viewers)
-            self._recent.clear(viewers)
-            self.seen.clear_rows(viewers.tolist())
-        if videos.size:
-            for table in self._video_tables().values():
-                table.reset(videos)
-            self._E.array[videos] = self._random_vectors(videos.size)
-            self._cooc.clear(videos)
-            # Other viewers' references to a released video go too, or its next owner would be
-            # excluded for them and mixed into their history.
-            self._recent.discard_videos(videos)
-            self.seen.discard_videos(videos)
-        self._version += 1
-
-    def _full_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:
-        if batch.columns is not None:
-            return self._shortlist_softmax_step(batch, known_logits)
-        n_before, n_videos = batch.n_videos, len(self.videos)
-        U = batch.U
-        if known_logits is None:
-            logits = self._logits(U, 0, n_videos, batch.cooc)
-        elif n_before == n_videos:
-            logits = known_logits  # the usual case: no new video, reuse the ranking's matrix
-        else:
-            logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
-            logits[:, :n_before] = known_logits
-            logits[:, n_before:] = self._logits(U, n_before, n_videos, batch.cooc)
-        reused = np.zeros(0, dtype=np.int64)
-        if known_logits is not None:
-            # Released rows this batch reused were masked when ranked: score them as new rows.
-            reused = np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < n_before)])
-            if reused.size:
-                cooc = None if batch.cooc is None else batch.cooc[:, reused]
-                logits[:, reused] = self._logits_at(U, reused, cooc)
-        self._mask_free(logits)
-        rows = np.arange(U.shape[0])
-        targets = batch.video_rows
+    def _softmax_step(self, batch: _Batch, scores: np.ndarray) -> np.ndarray:
+        """One Adagrad step of the weighted softmax on the video side (vectors, bias and
+        ``alpha``), from the test step's ``scores``; returns the gradient of each event's ``U``."""
+        prepared = (self._catalogue_logits if batch.columns is None else self._shortlist_logits)(
+            batch, scores
+        )
+        logits, targets, (ex_rows, ex_cols), columns, cooc = prepared
+        # Leave out each viewer's watched videos, but never the event's own.
+        rows = np.arange(logits.shape[0])
         target_logit = logits[rows, targets].copy()
-        ex_rows, ex_cols = batch.exclude
-        if known_logits is not None:  # rank_events excluded the cells of the videos it knew
-            new = ex_cols >= n_before
-            if reused.size:  # and the reused rows' cells, rescored above
-                new |= np.isin(ex_cols, reused)
-            ex_rows, ex_cols = ex_rows[new], ex_cols[new]
-        logits.reshape(-1)[ex_rows * n_videos + ex_cols] = -np.inf
-        logits[rows, targets] = target_logit
-        grad, loss, skipped = softmax_grad(logits, targets, batch.weights)
-        self.guard_trips += skipped
-        if math.isfinite(loss):
-            self.loss_sum += loss
-        grad_u = grad @ self._E.array[:n_videos]
-        grad_E = grad.T @ U
-        grad_b = grad.sum(axis=0)
-        self._video_step(None, grad_E, grad_b, batch.video_rows)
-        if batch.cooc is not None:
-            self._alpha_step(float(np.vdot(grad, batch.cooc[:, :n_videos])))
-        return grad_u
-
-    def _shortlist_softmax_step(self, batch: _Batch, known_logits: np.ndarray | None) -> np.ndarray:
-        """The full softmax over the batch's columns: the shortlist and the batch's own videos.
-
-        ``known_logits`` are the shortlist's scores from ``rank_events`` (exclusions applied);
-        the batch's other videos are scored here, now that the new ones have rows.
-        """
-        columns, ranked, U, cooc = batch.columns, batch.ranked, batch.U, batch.cooc
-        if known_logits is None:
-            known_logits = self._logits_at(U, columns[:ranked], None if cooc is None else cooc[:, :ranked])
-            excluded_from = 0
-        else:
-            excluded_from = ranked  # rank_events excluded the shortlist's cells
-        others = self._logits_at(U, columns[ranked:], None if cooc is None else cooc[:, ranked:])
-        logits = np.concatenate([known_logits, others], axis=1)
-        rows = np.arange(U.shape[0])
-        targets = batch.column_of[batch.video_rows]
-        target_logit = logits[rows, targets].copy()
-        ex_rows, ex_cols = batch.exclude
-        ex_cols = batch.column_of[ex_cols]
-        keep = ex_cols >= excluded_from
-        logits.reshape(-1)[ex_rows[keep] * logits.shape[1] + ex_cols[keep]] = -np.inf
+        logits.reshape(-1)[ex_rows * logits.shape[1] + ex_cols] = -np.inf
         logits[rows, targets] = target_logit
         grad, loss, skipped = softmax_grad(logits, targets, batch.weights)
         self.guard_trips += skipped
         if math.isfinite(loss):
             self.loss_sum += loss
         grad_u = grad @ self._E.array[columns]
-        self._video_step(columns, grad.T @ U, grad.sum(axis=0), batch.video_rows)
+        whole = isinstance(columns, slice)
+        self._video_step(None if whole else columns, grad.T @ batch.U, grad.sum(axis=0), batch.video_rows)
         if cooc is not None:
-            self._alpha_step(float(np.vdot(grad, cooc)))
+            g = np.array([[np.vdot(grad, cooc)]], dtype=np.float32)
+            self.guard_trips += adagrad_step(
+                self._alpha, self._alpha_acc, None, g, self.lr, self.max_grad_norm
+            )
         return grad_u
 
-    def _alpha_step(self, grad: float) -> None:
-        g = np.array([[grad]], dtype=np.float32)
-        self.guard_trips += adagrad_step(self._alpha, self._alpha_acc, None, g, self.lr, self.max_grad_norm)
+    def _catalogue_logits(self, batch: _Batch, scores: np.ndarray) -> _Logits:
+        """:class:`_Logits` over every video row: the test step's ``scores`` of the rows that
+        existed before the batch, the new rows scored now that they exist."""
+        n_before, n_videos = batch.n_videos, len(self.videos)
+        U, cooc = batch.U, batch.cooc
 
-    def _sampled_step(self, batch: _Batch) -> np.ndarray:
-        n_videos, m = len(self.videos), self.negatives
-        B = batch.U.shape[0]
-        if self.sampling == "uniform":
-            if self.videos.free_rows:  # released rows are not videos: draw among live rows
-                live = np.flatnonzero(self.videos.live_mask())
-                negatives = live[self._rng.integers(0, live.size, (B, m))]
-            else:
-                negatives = self._rng.integers(0, n_videos, (B, m))
-            log_q = None
+        def feature(columns: Columns) -> np.ndarray | None:
+            return None if cooc is None else cooc[:, columns]
+
+        if n_before == n_videos:
+            logits = scores  # the usual case: no new video
         else:
-            # Add-one smoothing: videos new in this batch have no count yet but must be drawable.
-            counts = self._counts.array[:n_videos] + 1.0
-            if self.videos.free_rows:  # released rows are not videos: never drawn
-                counts[np.asarray(self.videos.free_rows, dtype=np.int64)] = 0.0
-            p = counts / counts.sum()
-            negatives = self._rng.choice(n_videos, size=(B, m), p=p)
-            with np.errstate(divide="ignore"):  # log(0) of released rows, which are never drawn
-                log_q = np.log(p * m).astype(np.float32)
-        cand = np.concatenate([batch.video_rows[:, None], negatives], axis=1)
-        E = self._E.array[cand]  # (B, 1+m, k)
-        scores = np.einsum("bk,bck->bc", batch.U, E) + self._b.array[cand]
-        feature = None
-        if batch.cooc is not None:
-            feature = np.take_along_axis(batch.cooc, cand, axis=1)
-            scores += self._alpha[0] * feature
-        accidental = negatives == batch.video_rows[:, None]
-        if self.loss == "sampled_softmax":
-            if log_q is not None:
-                scores[:, 1:] -= log_q[negatives]
-            scores[:, 1:][accidental] = -np.inf
-            grad, loss, skipped = softmax_grad(scores, np.zeros(B, dtype=np.int64), batch.weights)
-            self.guard_trips += skipped
-        else:  # BPR: -log sigmoid(s_pos - s_neg) for each negative
-            diff = scores[:, :1] - scores[:, 1:]
-            bad = ~np.isfinite(diff).all(axis=1)
-            self.guard_trips += int(bad.sum())
-            diff[bad] = 0.0
-            sig = 0.5 * (1.0 - np.tanh(0.5 * diff))  # sigmoid(-diff), overflow-free
-            sig[accidental | bad[:, None]] = 0.0
-            loss = float(np.sum(batch.weights[:, None] * np.logaddexp(0.0, -diff)[~accidental]))
-            grad = np.empty_like(scores)
-            grad[:, 1:] = sig * batch.weights[:, None]
-            grad[:, 0] = -grad[:, 1:].sum(axis=1)
-        if math.isfinite(loss):
-            self.loss_sum += loss
-        grad_u = np.einsum("bc,bck->bk", grad, E)
-        rows, grad_E = scatter_rows(
-            cand.ravel(), (grad[:, :, None] * batch.U[:, None, :]).reshape(-1, self.dim), n_videos
+            logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
+            logits[:, :n_before] = scores
+            new = slice(n_before, n_videos)
+            logits[:, new] = self._logits(U, new, feature(new))
+        # Released rows this batch reused were masked when ranked: score them as new rows.
+        reused = np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < n_before)])
+        if reused.size:
+            logits[:, reused] = self._logits(U, reused, feature(reused))
+        self._mask_free(logits)
+        # The test step excluded the cells of the rows it scored; those of new rows remain.
+        ex_rows, ex_cols = batch.exclude
+        todo = ex_cols >= n_before
+        if reused.size:
+            todo |= np.isin(ex_cols, reused)
+        whole = slice(0, n_videos)
+        return _Logits(logits, batch.video_rows, (ex_rows[todo], ex_cols[todo]), whole, feature(whole))
+
+    def _shortlist_logits(self, batch: _Batch, scores: np.ndarray) -> _Logits:
+        """:class:`_Logits` over the batch's columns: the shortlist, whose ``scores`` the test
+        step computed, then the batch's other videos, scored now that the new ones exist."""
+        columns, ranked, cooc = batch.columns, batch.ranked, batch.cooc
+        others = self._logits(batch.U, columns[ranked:], None if cooc is None else cooc[:, ranked:])
+        logits = np.concatenate([scores, others], axis=1)
+        # The test step excluded the shortlist's cells; those of the other columns remain.
+        ex_rows, ex_cols = batch.exclude
+        ex_cols = batch.column_of[ex_cols]
+        todo = ex_cols >= ranked
+        return _Logits(
+            logits, batch.column_of[batch.video_rows], (ex_rows[todo], ex_cols[todo]), columns, cooc
         )
-        _, grad_b = scatter_rows(cand.ravel(), grad.reshape(-1, 1), n_videos)
-        self._video_step(rows, grad_E, grad_b[:, 0], batch.video_rows)
-        if feature is not None:
-            self._alpha_step(float(np.vdot(grad, feature)))
-        return grad_u
 
     def _video_step(self, rows: np.ndarray | None, grad_E: np.ndarray, grad_b: np.ndarray, positives) -> None:
-        if self.trend_feature:
-            z = self._trend_z()
-            g_beta = float(np.dot(grad_b, z if rows is None else z[rows]))
-            self.guard_trips += adagrad_step(
-                self._beta,
-                self._beta_acc,
-                None,
-                np.array([[g_beta]], np.float32),
-                self.lr,
-                self.max_grad_norm,
-            )
+        """Adagrad on video vectors and biases: all rows (``rows`` None) or unique ``rows``;
+        ``reg`` applies to the ``positives``' vectors, once per event."""
         lr, clip = self.lr, self.max_grad_norm
         E = self._E.array
         if self.reg:
@@ -934,10 +758,8 @@ class EmbeddingRanker(CatalogueScorer):
                 by_row = np.argsort(rows)
                 where = by_row[np.searchsorted(rows, pos_rows, sorter=by_row)]
                 grad_E[where] += self.reg * pos_counts[:, None] * E[pos_rows]
-        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip, self.accum_decay)
-        self.guard_trips += adagrad_step(
-            self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip, self.accum_decay
-        )
+        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip)
+        self.guard_trips += adagrad_step(self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip)
 
     def _random_vectors(self, n: int) -> np.ndarray:
         """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""
@@ -951,6 +773,39 @@ class EmbeddingRanker(CatalogueScorer):
         if self._trend_scale > 1e100:  # renormalise long before float64 overflows
             self._trend.array[:] /= self._trend_scale
             self._trend_scale = 1.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _admitted(self, events: Sequence[WatchEvent]) -> Sequence[WatchEvent]:
+        """The events whose viewer and video both reached ``min_events`` (all are counted);
+        ``events`` itself when all did."""
+        if self._admit_viewers is None or not events:
+            return events
+        viewer_ids = [e.viewer for e in events]
+        video_ids = [e.video for e in events]
+        ok = self._admit_viewers.admit(viewer_ids, self.viewers.get_many(viewer_ids) >= 0)
+        ok &= self._admit_videos.admit(video_ids, self.videos.get_many(video_ids) >= 0)
+        if ok.all():
+            return events
+        self.events_filtered += int((~ok).sum())
+        return [e for e, keep in zip(events, ok.tolist(), strict=True) if keep]
+
+    def _expire(self) -> None:
+        """Release viewers and videos not seen for their TTL and reset their rows."""
+        viewers, videos = self._life.release(self.viewers, self.videos)
+        if viewers.size:
+            # A reused row must start exactly like a new one: no history or seen list.
+            self._recent.clear(viewers)
+            self.seen.clear_rows(viewers.tolist())
+        if videos.size:
+            for table in self._video_tables().values():
+                table.reset(videos)
+            self._E.array[videos] = self._random_vectors(videos.size)
+            self._cooc.clear(videos)
+            # Other viewers' references to a released video go too, or its next owner would be
+            # excluded for them and mixed into their history.
+            self._recent.discard_videos(videos)
+            self.seen.discard_videos(videos)
 
     # -- serving -----------------------------------------------------------------------------
 
@@ -997,25 +852,16 @@ class EmbeddingRanker(CatalogueScorer):
         width = n_videos if columns is None else columns.size
         scores = np.empty((viewer_rows.shape[0], width), dtype=np.float32)
         if known.any():
-            rows = viewer_rows[known]
-            items, hist_w = self._recent.of_rows(rows)
-            valid = items >= 0
-            mix_w = np.where(valid, hist_w * self._decay[None, :], 0.0).astype(np.float32)
-            norm = mix_w.sum(axis=1, keepdims=True)
-            mix_w /= np.where(norm > 0, norm, 1.0)
-            U = np.einsum("bl,blk->bk", mix_w, self._Q.array[np.where(valid, items, 0)])
-            if self.viewer_vector:
-                U += self._P.array[rows]
+            items, hist_w = self._recent.of_rows(viewer_rows[known])
+            mix_w = self._mixing_weights(items, hist_w)
+            U = np.einsum("bl,blk->bk", mix_w, self._Q.array[np.where(items >= 0, items, 0)])
             cooc = None
             if self._use_cooc(n_videos):
                 terms = min(self.cooc_terms, self.history)
                 cooc = self._cooc.feature(
                     items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent, columns=columns
                 )
-            if columns is None:
-                scores[known] = self._logits(U, 0, n_videos, cooc)
-            else:
-                scores[known] = self._logits_at(U, columns, cooc)
+            scores[known] = self._logits(U, slice(0, n_videos) if columns is None else columns, cooc)
         if not known.all():
             trending = self._trending()
             scores[~known] = trending if columns is None else trending[columns]

@@ -1,6 +1,6 @@
 """Each viewer's last ``L`` watches, and exact-causal histories for a batch of events.
 
-A viewer is represented partly by what they watched most recently, so the model keeps, per
+The default model represents a viewer by what they watched most recently, so it keeps, per
 viewer row, the last ``length`` video rows (most recent first, ``-1`` = empty slot) and the
 weight of each of those watches. For a batch, :meth:`RecentHistory.for_batch` gives every
 event the history its viewer had *just before that event*: the stored history shifted by the

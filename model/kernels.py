@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax_grad", "adagrad_step", "scatter_rows"]
+__all__ = ["softmax_grad", "adagrad_step"]
 
 _EPS = 1e-8
 
@@ -64,19 +64,6 @@ def softmax_grad(
     return logits, loss, skipped
 
 
-def scatter_rows(rows: np.ndarray, values: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum ``values`` rows that share a row index: ``(unique_rows, summed)``.
-
-    >>> r, v = scatter_rows(np.array([2, 0, 2]), np.array([[1.0], [2.0], [3.0]]), 3)
-    >>> r.tolist(), v.tolist()
-    ([0, 2], [[2.0], [4.0]])
-    """
-    unique, inverse = np.unique(rows, return_inverse=True)
-    summed = np.zeros((unique.shape[0], values.shape[1]), dtype=values.dtype)
-    np.add.at(summed, inverse, values)
-    return unique, summed
-
-
 def adagrad_step(
     param: np.ndarray,
     accum: np.ndarray,
@@ -84,13 +71,9 @@ def adagrad_step(
     grad: np.ndarray,
     lr: float,
     max_norm: float,
-    decay: float = 1.0,
 ) -> int:
     """Adagrad on ``param[rows]`` (all rows when ``rows`` is None, else unique rows); returns
     how many rows were refused.
-
-    ``decay < 1`` forgets old squared gradients (RMSprop-style), so the step size does not
-    shrink forever on a drifting stream; ``decay = 1`` is plain Adagrad.
 
     Each gradient row is clipped to L2 norm ``max_norm`` first (large steps are how online
     models diverge). A row whose new parameters or accumulator would not be finite (a NaN
@@ -116,7 +99,7 @@ def adagrad_step(
             grad[clip] *= scale[:, None]
             sq[clip] = grad[clip] * grad[clip]
         # New arrays (``sq`` is one): nothing is written before the check.
-        new_a = np.add(a, sq, out=sq) if decay == 1.0 else np.add(a * decay, sq, out=sq)
+        new_a = np.add(a, sq, out=sq)
         step = np.sqrt(new_a)
         step += _EPS
         np.divide(grad, step, out=step)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "shared_top_n", "UNRANKED"]
+__all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "shared_top_n", "mask_scores", "UNRANKED"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 #: Largest batch x catalogue counted with a bitmap (16 MB of bools) rather than a sort.
@@ -39,7 +39,9 @@ _BITMAP_CELLS = 1 << 24
 UNRANKED = np.iinfo(np.int64).max
 
 
-def _prepare(scores: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+def mask_scores(scores: np.ndarray, exclude: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Set the ``exclude`` cells and every non-finite score to ``-inf``, in place, and return
+    ``scores``: what :func:`top_n` and :func:`top_n_with_rank` do before selecting."""
     # NaN compares false with everything, so it would slip through selection; -inf never wins.
     # The maximum is NaN or +inf exactly when some cell is, so one reduction clears the usual
     # all-finite case; only then is the mask built (np.nan_to_num is slower still).
@@ -129,7 +131,7 @@ def top_n(
     column ``-1`` and score ``-inf``.
     """
     if not _prepared:
-        scores = _prepare(scores, exclude)
+        scores = mask_scores(scores, exclude)
     batch, items = scores.shape
     k = min(n, items)
     if k == 0:
@@ -157,7 +159,7 @@ def top_n_with_rank(
     A target of ``-1`` (unknown to the model), an excluded target, or a target with a
     non-finite score gets rank :data:`UNRANKED`. ``scores`` is modified in place.
     """
-    scores = _prepare(scores, exclude)
+    scores = mask_scores(scores, exclude)
     batch = scores.shape[0]
     rank = np.full(batch, UNRANKED, dtype=np.int64)
     known = np.flatnonzero(targets >= 0)
