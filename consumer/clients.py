@@ -16,10 +16,18 @@ from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.topics import ensure_output_topics
+from contract.connection import FailureWatch, explain_failure
 
 __all__ = ["connect", "make_producer", "make_consumer", "close_quietly", "BOOTSTRAP_TIMEOUT_MS"]
 
 log = logging.getLogger(__name__)
+
+
+class BrokerRefused(KafkaError):
+    """The brokers answered but refused this client (credentials, certificate, protocol)."""
+
+    retriable = True  # a password rotated or an ACL granted fixes it without a restart
+
 
 #: How long one connection attempt waits before the service logs and backs off.
 BOOTSTRAP_TIMEOUT_MS = 5000
@@ -33,7 +41,7 @@ CONNECT_FIRST_DELAY_S = 0.5
 def make_producer(config: ServiceConfig) -> KafkaProducer:
     """``acks=all``; idempotent, or transactional (transactions initialised) with ``exactly_once``."""
     options = {
-        "bootstrap_servers": config.bootstrap_servers,
+        **config.kafka.client_options(),
         "client_id": f"streamrec-{config.worker}",
         "acks": "all",
         "linger_ms": 2,
@@ -54,7 +62,7 @@ def make_producer(config: ServiceConfig) -> KafkaProducer:
 def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
     """A group member subscribed to the input topic: manual commits, ``read_committed``."""
     consumer = KafkaConsumer(
-        bootstrap_servers=config.bootstrap_servers,
+        **config.kafka.client_options(),
         group_id=config.group_id,
         client_id=f"streamrec-{config.worker}",
         enable_auto_commit=False,
@@ -89,16 +97,26 @@ def connect(
     stopping): :class:`consumer.backoff.Interrupted` is raised then.
     """
 
-    def attempt() -> tuple[KafkaProducer, KafkaConsumer]:
-        ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
-        producer = make_producer(config)
-        try:
-            return producer, make_consumer(config, listener)
-        except KafkaError:
-            close_quietly(producer)
-            raise
+    watch = FailureWatch.install()
 
-    log.info("connecting to Kafka", extra=fields(bootstrap=config.bootstrap_servers))
+    def attempt() -> tuple[KafkaProducer, KafkaConsumer]:
+        try:
+            ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+            producer = make_producer(config)
+            try:
+                return producer, make_consumer(config, listener)
+            except KafkaError:
+                close_quietly(producer)
+                raise
+        except KafkaError as err:
+            # kafka-python only logged why (a refused login, an untrusted certificate) and
+            # raised a time-out: say the reason in the service's own warning.
+            reason = explain_failure(config.kafka, watch.take())
+            if reason is None:
+                raise
+            raise BrokerRefused(reason) from err
+
+    log.info("connecting to Kafka", extra=fields(**config.kafka.describe()))
     return retry(
         attempt,
         message="Kafka unreachable; retrying",

@@ -2,7 +2,10 @@
 
 Every setting has a default, a flag and an environment variable ``STREAMREC_<NAME>``; a flag
 beats the environment, which beats the default. Values are validated when the config is
-built, so a bad value fails at start-up with a message naming the setting.
+built, so a bad value fails at start-up with a message naming the setting. How to reach a
+secured cluster (TLS, SASL) is :class:`contract.connection.KafkaConnection`, the same flags and
+variables as every other command; the SASL password is read from ``STREAMREC_SASL_PASSWORD`` or
+``--sasl-password-file``, never from a flag, and never shown (``describe()``).
 
 >>> cfg = ServiceConfig.from_args(["--input-topic", "views", "--top-n", "5"], environ={})
 >>> cfg.input_topic, cfg.top_n, cfg.output_topic
@@ -17,11 +20,13 @@ consumer.config.ConfigError: top_n must be between 1 and 1000, got 0
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from contract.connection import ConnectionSettingsError, KafkaConnection, add_connection_arguments
 from contract.defaults import DEFAULT_BOOTSTRAP, DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
 
 __all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
@@ -41,6 +46,11 @@ class ServiceConfig:
     dlq_topic: str = DLQ_TOPIC
     group_id: str = "streamrec"
     metrics_port: int = 8000
+    #: Address the /metrics endpoint binds to ("127.0.0.1": this machine only).
+    metrics_address: str = "0.0.0.0"
+    #: With both: /metrics is served over HTTPS with this certificate and key (PEM).
+    metrics_certfile: str = ""
+    metrics_keyfile: str = ""
     #: Where a new consumer group starts: "earliest" learns the history already in the topic.
     auto_offset_reset: str = "earliest"
     top_n: int = 10
@@ -67,6 +77,9 @@ class ServiceConfig:
     #: Names this worker in commit metadata and the transactional id; defaults to the group id.
     worker_id: str = ""
     log_level: str = "INFO"
+    #: TLS and SASL for every Kafka client of the service (``None``: plaintext); its bootstrap
+    #: address is ``bootstrap_servers``. Built from the connection flags by :meth:`from_args`.
+    security: KafkaConnection | None = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -88,6 +101,17 @@ class ServiceConfig:
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level is not a level")
+        check(
+            bool(self.metrics_certfile) == bool(self.metrics_keyfile),
+            "HTTPS for /metrics needs both metrics_certfile and metrics_keyfile",
+        )
+        for name in ("metrics_certfile", "metrics_keyfile"):
+            path = getattr(self, name)
+            check(not path or Path(path).is_file(), f"{name} {path}: no such file")
+        try:
+            self.kafka  # noqa: B018 - built here so conflicting settings fail at start-up
+        except ConnectionSettingsError as err:
+            raise ConfigError(str(err)) from None
         try:
             self.model_params  # noqa: B018 - parsed here so a malformed value fails at start-up
         except ValueError as err:
@@ -101,6 +125,17 @@ class ServiceConfig:
         return parse_settings([self.model_settings])
 
     @property
+    def kafka(self) -> KafkaConnection:
+        """How every Kafka client of the service connects (``client_options()`` for kafka-python)."""
+        base = self.security or KafkaConnection()
+        return dataclasses.replace(base, bootstrap_servers=self.bootstrap_servers)
+
+    def describe(self) -> dict[str, object]:
+        """Every setting for a log line or a config dump, the password shown only as ``***``."""
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "security"}
+        return shown | {"kafka": self.kafka.describe()}
+
+    @property
     def worker(self) -> str:
         return self.worker_id or self.group_id
 
@@ -111,15 +146,22 @@ class ServiceConfig:
         return Path(self.checkpoint_dir)
 
     @classmethod
-    def from_namespace(cls, args: argparse.Namespace) -> ServiceConfig:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+    def from_namespace(
+        cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    ) -> ServiceConfig:
+        try:
+            security = KafkaConnection.from_arguments(args, environ)
+        except ConnectionSettingsError as err:
+            raise ConfigError(str(err)) from None
+        settings = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        return cls(**settings | {"security": security})
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ServiceConfig:
         parser = argparse.ArgumentParser(prog="streamrec serve")
         add_arguments(parser, environ)
         try:
-            return cls.from_namespace(parser.parse_args(list(argv)))
+            return cls.from_namespace(parser.parse_args(list(argv)), environ)
         except TypeError as err:  # pragma: no cover - argparse already typed every value
             raise ConfigError(str(err)) from None
 
@@ -140,6 +182,9 @@ _HELP = {
     "dlq_topic": "dead-letter topic for events that cannot be used",
     "group_id": "Kafka consumer group",
     "metrics_port": "port of the Prometheus /metrics endpoint (0 disables it)",
+    "metrics_address": "address the /metrics endpoint binds to (127.0.0.1: this machine only)",
+    "metrics_certfile": "serve /metrics over HTTPS with this certificate (PEM; with --metrics-keyfile)",
+    "metrics_keyfile": "private key of --metrics-certfile (PEM)",
     "auto_offset_reset": "where a new consumer group starts: earliest or latest",
     "top_n": "length of each published recommendation list",
     "model": "model to serve (see `streamrec evaluate --help` for names)",
@@ -161,8 +206,11 @@ _HELP = {
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """Add one flag per setting, each defaulting to ``STREAMREC_<NAME>`` or the built-in default."""
     environ = os.environ if environ is None else environ
+    add_connection_arguments(parser, environ)  # --bootstrap-servers and TLS/SASL, as everywhere
     defaults = ServiceConfig.__dataclass_fields__
     for name, field in defaults.items():
+        if name in ("bootstrap_servers", "security"):
+            continue
         env = f"STREAMREC_{name.upper()}"
         kind = type(field.default)
         default = field.default

@@ -502,13 +502,19 @@ def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def start_http_server(
-    port: int, addr: str = "0.0.0.0", registry: CollectorRegistry | None = None
+    port: int,
+    addr: str = "0.0.0.0",
+    registry: CollectorRegistry | None = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> tuple[object, int]:
     """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns ``(server, bound_port)``.
 
-    ``port=0`` picks a free port (tests); call ``server.shutdown()`` to stop.
+    With ``certfile`` and ``keyfile`` it is HTTPS (prometheus-client's TLS). ``port=0`` picks a
+    free port (tests); call ``server.shutdown()`` to stop.
     """
     from prometheus_client import start_http_server as _start
 
-    server, _thread = _start(port, addr=addr, registry=REGISTRY if registry is None else registry)
+    registry = REGISTRY if registry is None else registry
+    server, _thread = _start(port, addr=addr, registry=registry, certfile=certfile, keyfile=keyfile)
     return server, server.server_port

@@ -51,8 +51,15 @@ def serve(config: ServiceConfig) -> int:
     if config.metrics_port > 0:
         from consumer.metrics import start_http_server
 
-        _, port = start_http_server(config.metrics_port)
-        log.info("metrics endpoint up", extra=fields(url=f"http://0.0.0.0:{port}/metrics"))
+        _, port = start_http_server(
+            config.metrics_port,
+            config.metrics_address,
+            certfile=config.metrics_certfile or None,
+            keyfile=config.metrics_keyfile or None,
+        )
+        scheme = "https" if config.metrics_certfile else "http"
+        url = f"{scheme}://{config.metrics_address}:{port}/metrics"
+        log.info("metrics endpoint up", extra=fields(url=url))
     service.install_signal_handlers()
     service.run()
     return 0

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> list[str]:
     """Create the recommendations and dead-letter topics if they do not exist; the names created."""
     admin = KafkaAdminClient(
-        bootstrap_servers=config.bootstrap_servers,
+        **config.kafka.client_options(),
         client_id=f"streamrec-{config.worker}-admin",
         bootstrap_timeout_ms=timeout_ms,
     )

@@ -207,15 +207,16 @@ class KafkaConnection:
                 ) from None
             if password is None:
                 raise ConnectionSettingsError("the file of --sasl-password-file is empty")
+        # An empty value (a variable set to "", as docker-compose passes unset ones) is unset.
         return cls(
             bootstrap_servers=args.bootstrap_servers,
-            security_protocol=args.security_protocol,
-            sasl_mechanism=args.sasl_mechanism,
-            sasl_username=args.sasl_username,
+            security_protocol=args.security_protocol or "PLAINTEXT",
+            sasl_mechanism=args.sasl_mechanism or None,
+            sasl_username=args.sasl_username or None,
             sasl_password=password,
-            ssl_cafile=args.ssl_cafile,
-            ssl_certfile=args.ssl_certfile,
-            ssl_keyfile=args.ssl_keyfile,
+            ssl_cafile=args.ssl_cafile or None,
+            ssl_certfile=args.ssl_certfile or None,
+            ssl_keyfile=args.ssl_keyfile or None,
         )
 
 

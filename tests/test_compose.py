@@ -80,7 +80,20 @@ def test_kafka_is_the_official_image_as_a_single_kraft_node(compose):
     assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 1  # a single node cannot hold 3 replicas
     advertised = env["KAFKA_ADVERTISED_LISTENERS"]
     assert "PLAINTEXT://kafka:9092" in advertised
-    assert compose["services"]["consumer"]["environment"]["STREAMREC_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    bootstrap = compose["services"]["consumer"]["environment"]["STREAMREC_BOOTSTRAP_SERVERS"]
+    assert expand_defaults(bootstrap) == "kafka:9092"
+
+
+def test_every_kafka_connection_setting_reaches_the_consumer_and_the_producer(compose):
+    from contract.connection import ENVIRONMENT
+
+    for name in ("consumer", "producer"):
+        env = compose["services"][name]["environment"]
+        missing = set(ENVIRONMENT.values()) - set(env)
+        assert not missing, f"{name} does not pass {sorted(missing)} through"
+        for variable in ENVIRONMENT.values():
+            # Passed through from the host, with an empty or a working default.
+            assert env[variable].startswith(f"${{{variable}:-"), variable
 
 
 def test_every_healthy_dependency_has_a_health_check(compose):

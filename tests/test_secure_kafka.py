@@ -12,10 +12,14 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from kafka import KafkaConsumer
+from service_helpers import ServiceProcess, wait_for
 
 from contract.connection import KafkaConnection
+from producer.sink import KafkaSink
+from producer.synth import synth_events
 from streamrec import kafka_local
 from streamrec.cli import main
 
@@ -177,3 +181,110 @@ def test_the_port_refuses_plain_kafka_but_speaks_tls(secured):
         context.wrap_socket(raw, server_hostname=secured.host) as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+def secure_topics(broker: kafka_local.LocalBroker, prefix: str) -> dict[str, str]:
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+
+    names = {
+        "input_topic": f"{prefix}-watch",
+        "output_topic": f"{prefix}-recs",
+        "dlq_topic": f"{prefix}-dlq",
+    }
+    admin = KafkaAdminClient(**connection(broker).client_options())
+    admin.create_topics([NewTopic(names["input_topic"], 2, 1)])
+    admin.close()
+    return names
+
+
+def service_flags(broker: kafka_local.LocalBroker, password_file: Path) -> list[str]:
+    flags = secure_flags(broker, password_file)
+    return flags[2:]  # ServiceProcess gives --bootstrap-servers itself
+
+
+def test_the_service_learns_and_publishes_over_sasl_ssl_and_never_writes_the_password(
+    secured, password_file, tmp_path
+):
+    names = secure_topics(secured, "svc")
+    events = list(synth_events(viewers=40, videos=150, events=800, seed=3))
+    sink = KafkaSink(connection(secured), names["input_topic"], partitions=None)
+    for e in events:
+        sink.send(e)
+    assert sink.close().acked == len(events)
+    checkpoints = tmp_path / "checkpoints"
+    service = ServiceProcess(
+        secured.bootstrap,
+        names,
+        group="secure-group",
+        checkpoints=checkpoints,
+        log=tmp_path / "service.log",
+        extra=[*service_flags(secured, password_file), "--log-level", "DEBUG"],
+    )
+    try:
+        assert wait_for(lambda: (service.model_events() or 0) >= len(events)), service.log()[-3000:]
+    finally:
+        assert service.stop() == 0
+    lists = read_topic(connection(secured), names["output_topic"], expect=1)
+    viewers = {orjson.loads(r.value)["viewer"] for r in lists}
+    assert viewers == {e.viewer for e in events}
+    # Nothing the service printed or wrote holds the password, in any encoding we would use.
+    written = [tmp_path / "service.log", *(p for p in checkpoints.rglob("*") if p.is_file())]
+    assert len(written) > 2, "the service wrote no checkpoint"
+    for path in written:
+        data = path.read_bytes()
+        assert PASSWORD.encode() not in data, f"{path} holds the password"
+    assert "SASL_SSL" in service.log()  # the connection was logged, without its secret
+
+
+def test_a_service_with_a_wrong_password_says_so_and_keeps_retrying(secured, tmp_path, monkeypatch):
+    names = {"input_topic": "wrong-pw-watch", "output_topic": "wrong-pw-recs", "dlq_topic": "wrong-pw-dlq"}
+    monkeypatch.setenv("STREAMREC_SASL_PASSWORD", "definitely-wrong-password")
+    flags = secure_flags(secured, Path("unused"))
+    at = flags.index("--sasl-password-file")
+    flags = flags[2:at] + flags[at + 2 :]  # the password comes from the environment here
+    service = ServiceProcess(
+        secured.bootstrap, names, group="wrong-pw", checkpoints=tmp_path / "c", log=tmp_path / "s.log",
+        extra=flags,
+    )  # fmt: skip
+    try:
+        refused = f"authentication failed for user {USER}"
+
+        def retried_twice() -> bool:
+            log = service.log()
+            return log.count("Kafka unreachable; retrying") >= 2 and (
+                refused in log or "closed the connection while" in log
+            )
+
+        assert wait_for(retried_twice, timeout=60), service.log()[-3000:]
+        assert service.alive, "the service gave up instead of retrying"
+    finally:
+        assert service.stop() == 0
+    log = service.log()
+    assert "Traceback" not in log
+    assert "definitely-wrong-password" not in log
+
+
+def test_metrics_can_be_served_over_https_on_a_chosen_address(secured):
+    import ssl
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from consumer.metrics import start_http_server
+
+    registry = CollectorRegistry()
+    Counter("streamrec_demo_total", "a counter", registry=registry).inc(3)
+    pem = str(secured.keystore_path)  # the broker's key and certificate, signed by its CA
+    server, port = start_http_server(0, "127.0.0.1", registry, certfile=pem, keyfile=pem)
+    try:
+        context = ssl.create_default_context(cafile=str(secured.ca_path))
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/metrics", context=context, timeout=5) as r:
+            assert "streamrec_demo_total 3.0" in r.read().decode()
+        with pytest.raises(OSError):  # plain HTTP gets no metrics from a TLS endpoint
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+    finally:
+        server.shutdown()

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from consumer.runner import serve
 
     try:
-        config = ServiceConfig.from_namespace(args)
+        config = ServiceConfig.from_namespace(args)  # the password: $STREAMREC_SASL_PASSWORD or a file
         return serve(config)
     except ConfigError as err:
         raise UserError(str(err)) from None
