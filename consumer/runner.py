@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from consumer.app import StreamrecService
 from consumer.config import ConfigError, ServiceConfig
 from consumer.logs import configure, fields
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["build_service", "serve", "SHADOW_BASELINE"]
 
@@ -20,8 +24,12 @@ log = logging.getLogger("consumer")
 SHADOW_BASELINE = "recent_popular"
 
 
-def build_service(config: ServiceConfig, with_metrics: bool = True) -> StreamrecService:
-    """The service for ``config``: model and shadow baseline from the registry, metrics if asked."""
+def build_service(
+    config: ServiceConfig, with_metrics: bool = True, registry: CollectorRegistry | None = None
+) -> StreamrecService:
+    """The service for ``config``: model and shadow baseline from the registry, metrics if asked
+    (in ``registry``, by default prometheus-client's global one: one service per process)."""
+    metrics_registry = registry
     from model import registry
 
     if config.model not in registry.names():
@@ -40,7 +48,7 @@ def build_service(config: ServiceConfig, with_metrics: bool = True) -> Streamrec
     if with_metrics:
         from consumer.metrics import ServiceMetrics
 
-        service.metrics = ServiceMetrics(models=service.model_names)
+        service.metrics = ServiceMetrics(models=service.model_names, registry=metrics_registry)
     return service
 
 

@@ -221,9 +221,14 @@ class KafkaConnection:
 
 
 def add_connection_arguments(
-    parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    environ: Mapping[str, str] | None = None,
+    default_bootstrap: str | None = DEFAULT_BOOTSTRAP,
 ) -> None:
-    """Add the connection flags (see the module docstring), each defaulting to its variable."""
+    """Add the connection flags (see the module docstring), each defaulting to its variable.
+
+    ``default_bootstrap=None`` leaves ``--bootstrap-servers`` unset unless given (the demo
+    starts its own broker then)."""
     env = os.environ if environ is None else environ
     group = parser.add_argument_group("Kafka connection")
 
@@ -233,8 +238,9 @@ def add_connection_arguments(
             flag, dest=name, default=env.get(variable, default), help=f"{help_} (${variable})", **kw
         )
 
-    add("--bootstrap-servers", "bootstrap_servers", f"host:port list (default {DEFAULT_BOOTSTRAP})",
-        DEFAULT_BOOTSTRAP, metavar="HOST:PORT")  # fmt: skip
+    default = f"default {default_bootstrap}" if default_bootstrap else "default: a local broker"
+    add("--bootstrap-servers", "bootstrap_servers", f"host:port list ({default})",
+        default_bootstrap, metavar="HOST:PORT")  # fmt: skip
     add("--security-protocol", "security_protocol", "PLAINTEXT (default), SSL, SASL_PLAINTEXT or SASL_SSL",
         "PLAINTEXT", type=str.upper, metavar="PROTOCOL")  # fmt: skip
     add("--sasl-mechanism", "sasl_mechanism", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",

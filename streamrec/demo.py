@@ -2,8 +2,9 @@
 
 ``streamrec demo`` (and ``make demo``) runs the whole pipeline on one machine:
 
-1. a Kafka broker: the local one from :mod:`streamrec.kafka_local` (started if needed), or any
-   broker given with ``--bootstrap-servers``;
+1. a Kafka broker: the local one from :mod:`streamrec.kafka_local` (started if needed; with
+   ``--secure``, a SASL_SSL one with a fresh user and password), or any broker given with
+   ``--bootstrap-servers`` and the connection flags of :mod:`contract.connection`;
 2. the service (:class:`consumer.app.StreamrecService`) in this process, with its ``/metrics``
    endpoint, on demo topics that are recreated empty on every run;
 3. a producer sending the synthetic stream (or a MovieLens/JSON-lines file) at a steady rate,
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from contract.connection import KafkaConnection
 from contract.events import WatchEvent
 
 TOPICS = {
@@ -46,7 +49,10 @@ class DemoOptions:
     videos: int = 2000
     seed: int = 0
     data: str | None = None
-    bootstrap_servers: str | None = None
+    #: A broker to use instead of the local one (with its TLS/SASL settings).
+    connection: KafkaConnection | None = None
+    #: Start the local broker with SASL_SSL only (a fresh user and password, a self-signed CA).
+    secure: bool = False
     metrics_port: int = 8000
     partitions: int = 3
     malformed_every: int = 1000
@@ -56,30 +62,45 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _broker(options: DemoOptions) -> tuple[str, object | None]:
-    """The bootstrap address, and the local broker when this demo started it (to stop it after)."""
-    if options.bootstrap_servers:
-        _say(f"[1/4] Kafka: using {options.bootstrap_servers}")
-        return options.bootstrap_servers, None
+def _broker(options: DemoOptions) -> tuple[KafkaConnection, object | None]:
+    """How to connect, and the local broker when this demo started it (to stop it after)."""
+    if options.connection is not None:
+        _say(f"[1/4] Kafka: using {options.connection.bootstrap_servers}")
+        return options.connection, None
     from streamrec import kafka_local
 
-    broker = kafka_local.LocalBroker(kafka_local.default_data_dir())
-    status = broker.status()
-    if status.ready:
-        _say(f"[1/4] Kafka: local broker already running at {status.bootstrap}")
-        return status.bootstrap, None
-    _say("[1/4] Kafka: starting a local broker (the first run fetches its jars with Maven)...")
+    if options.secure:
+        # A throwaway user for a throwaway broker: its folder is new on every run.
+        folder = tempfile.mkdtemp(prefix="streamrec-demo-kafka-")
+        user, password = "streamrec-demo", secrets.token_urlsafe(18)
+        broker = kafka_local.LocalBroker(
+            folder, port=kafka_local.free_port(pair=True), security="sasl_ssl", user=user, password=password
+        )
+        _say("[1/4] Kafka: starting a local SASL_SSL broker (TLS, SCRAM-SHA-512, no plain listener)...")
+    else:
+        broker = kafka_local.LocalBroker(kafka_local.default_data_dir())
+        status = broker.status()
+        if status.ready:
+            _say(f"[1/4] Kafka: local broker already running at {status.bootstrap}")
+            return KafkaConnection(status.bootstrap), None
+        _say("[1/4] Kafka: starting a local broker (the first run fetches its jars with Maven)...")
     started = time.monotonic()
     bootstrap = broker.start()
     _say(f"      up at {bootstrap} in {time.monotonic() - started:.1f} s (data in {broker.data_dir})")
-    return bootstrap, broker
+    if not options.secure:
+        return KafkaConnection(bootstrap), broker
+    _say(f"      ca: {broker.ca_path}; every client below connects over SASL_SSL as {broker.user!r}")
+    connection = KafkaConnection(
+        bootstrap, "SASL_SSL", "SCRAM-SHA-512", broker.user, broker.password, ssl_cafile=str(broker.ca_path)
+    )
+    return connection, broker
 
 
-def _fresh_topics(bootstrap: str, partitions: int) -> None:
+def _fresh_topics(connection: KafkaConnection, partitions: int) -> None:
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-demo")
+    admin = KafkaAdminClient(**connection.client_options(), client_id="streamrec-demo")
     try:
         existing = set(admin.list_topics()) & set(TOPICS.values())
         if existing:
@@ -113,11 +134,13 @@ def _events(options: DemoOptions) -> tuple[Iterator[WatchEvent], str]:
     )
 
 
-def _produce(bootstrap: str, events: Iterator[WatchEvent], options: DemoOptions, sent: list[int]) -> None:
+def _produce(
+    connection: KafkaConnection, events: Iterator[WatchEvent], options: DemoOptions, sent: list[int]
+) -> None:
     from producer.pacing import paced
     from producer.sink import KafkaSink
 
-    with KafkaSink(bootstrap, TOPICS["input_topic"], partitions=None) as sink:
+    with KafkaSink(connection, TOPICS["input_topic"], partitions=None) as sink:
         for i, event in enumerate(paced(events, rate=options.rate)):
             sink.send(event)
             if options.malformed_every and i % options.malformed_every == options.malformed_every - 1:
@@ -125,12 +148,12 @@ def _produce(bootstrap: str, events: Iterator[WatchEvent], options: DemoOptions,
             sent[0] = i + 1
 
 
-def _sample_lists(bootstrap: str, how_many: int = 3) -> list[dict]:
+def _sample_lists(connection: KafkaConnection, how_many: int = 3) -> list[dict]:
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(
         TOPICS["output_topic"],
-        bootstrap_servers=bootstrap,
+        **connection.client_options(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=2000,
@@ -144,30 +167,36 @@ def _sample_lists(bootstrap: str, how_many: int = 3) -> list[dict]:
 
 
 def run_demo(options: DemoOptions) -> int:
+    from prometheus_client import CollectorRegistry
+
     from consumer.config import ServiceConfig
     from consumer.logs import configure
     from consumer.metrics import start_http_server
     from consumer.runner import build_service
 
     configure(os.environ.get("STREAMREC_LOG_LEVEL", "WARNING"))
-    bootstrap, started_broker = _broker(options)
+    connection, started_broker = _broker(options)
+    server = None
     try:
-        _fresh_topics(bootstrap, options.partitions)
+        _fresh_topics(connection, options.partitions)
         config = ServiceConfig(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=connection.bootstrap_servers,
+            security=connection,
             group_id=f"streamrec-demo-{int(time.time())}",
             metrics_port=options.metrics_port,
             checkpoint_dir=tempfile.mkdtemp(prefix="streamrec-demo-"),
             **TOPICS,
         )
-        service = build_service(config, with_metrics=True)
+        # A registry of its own: a second demo in one process must not meet the first's metrics.
+        registry = CollectorRegistry()
+        service = build_service(config, with_metrics=True, registry=registry)
         metrics_note = "metrics off"
         if options.metrics_port:
             try:
-                _, port = start_http_server(options.metrics_port)
+                server, port = start_http_server(options.metrics_port, registry=registry)
                 metrics_note = f"metrics on http://127.0.0.1:{port}/metrics"
             except OSError:
-                _, port = start_http_server(0)
+                server, port = start_http_server(0, registry=registry)
                 metrics_note = f"port {options.metrics_port} busy; metrics on http://127.0.0.1:{port}/metrics"
         worker = threading.Thread(target=service.run, name="streamrec-service", daemon=True)
         worker.start()
@@ -182,7 +211,7 @@ def run_demo(options: DemoOptions) -> int:
             f"one malformed event in {options.malformed_every}"
         )
         sent = [0]
-        producer = threading.Thread(target=_produce, args=(bootstrap, events, options, sent), daemon=True)
+        producer = threading.Thread(target=_produce, args=(connection, events, options, sent), daemon=True)
         started = time.monotonic()
         producer.start()
         baseline = f"HR@10 {shadow or 'baseline'}"
@@ -219,14 +248,21 @@ def run_demo(options: DemoOptions) -> int:
             )
             + f", over {report.evaluated:,} evaluated events"
         )
-        for body in _sample_lists(bootstrap):
+        for body in _sample_lists(connection):
             videos = ", ".join(item["video"] for item in body["items"][:5])
             _say(f"      viewer {body['viewer']}: {videos}, ...")
-        _say(
-            f"      read them yourself: streamrec recs --topic {TOPICS['output_topic']} "
-            f"--bootstrap-servers {bootstrap}"
-        )
+        if started_broker is None or not options.secure:  # a secured demo broker stops now
+            _say(
+                f"      read them yourself: streamrec recs --topic {TOPICS['output_topic']} "
+                f"--bootstrap-servers {connection.bootstrap_servers}"
+            )
         return 0
     finally:
+        if server is not None:
+            server.shutdown()
         if started_broker is not None:
             started_broker.stop()
+            if options.secure:
+                import shutil
+
+                shutil.rmtree(started_broker.data_dir, ignore_errors=True)

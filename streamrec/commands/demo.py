@@ -6,6 +6,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from contract.connection import add_connection_arguments
+
     parser = sub.add_parser(
         "demo",
         help="run broker, service and a stream of events end to end, and show what was learned",
@@ -18,7 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--videos", type=int, default=2000, help="synthetic videos (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic stream")
     parser.add_argument("--data", metavar="PATH", help="replay this MovieLens or JSON-lines file instead")
-    parser.add_argument("--bootstrap-servers", help="use this broker instead of starting the local one")
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        help="start the local broker with SASL_SSL only (TLS, SCRAM-SHA-512) and connect through it",
+    )
+    add_connection_arguments(parser, default_bootstrap=None)
     parser.add_argument(
         "--metrics-port", type=int, default=8000, help="port of /metrics (default %(default)s)"
     )
@@ -26,11 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contract.connection import KafkaConnection
     from contract.errors import UserError
     from streamrec.demo import DemoOptions, run_demo
 
     if args.events <= 0 or args.rate <= 0:
         raise UserError("--events and --rate must be positive")
+    # A broker given with --bootstrap-servers (and its security flags) replaces the local one.
+    connection = KafkaConnection.from_arguments(args) if args.bootstrap_servers else None
+    if connection is not None and args.secure:
+        raise UserError("--secure starts a local broker: it cannot go with --bootstrap-servers")
     options = DemoOptions(
         events=args.events,
         rate=args.rate,
@@ -38,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
         videos=args.videos,
         seed=args.seed,
         data=args.data,
-        bootstrap_servers=args.bootstrap_servers,
+        connection=connection,
+        secure=args.secure,
         metrics_port=args.metrics_port,
     )
     return run_demo(options)
