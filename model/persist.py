@@ -14,7 +14,7 @@ rest for every model alike:
 * loading builds the model from those settings, then hands each part its arrays, then asks the
   model to check that the parts agree (:meth:`~model.base.StreamRanker.check_state`);
 * a file that is not ours, of another model, of another state version, or damaged raises
-  ``ValueError("<path> is not a streamrec <name> model file: ...")`` with the reason.
+  ``ValueError("<path> is not a file of the streamrec model <name>: ...")`` with the reason.
 
 >>> import tempfile, pathlib
 >>> from model.baselines.popular import MostPopular
@@ -99,7 +99,7 @@ def load_model(cls: type[M], path: str | Path) -> M:
     path = Path(path)
 
     def not_ours(why: str) -> ValueError:
-        return ValueError(f"{path} is not a streamrec {cls.name} model file: {why}")
+        return ValueError(f"{path} is not a file of the streamrec model {cls.name!r}: {why}")
 
     arrays = read_npz(path, not_ours)
     found = str(arrays["format"]) if "format" in arrays else None

@@ -460,7 +460,7 @@ def test_load_refuses_what_this_model_did_not_write_naming_the_file(name, damage
     assert zipfile.is_zipfile(path) or damage in ("truncated", "garbage", "empty")
     with pytest.raises(ValueError, match=re.escape(str(path))) as err:
         model_class(name).load(path)
-    assert f"is not a streamrec {name} model file" in str(err.value)
+    assert f"is not a file of the streamrec model {name!r}" in str(err.value)
     assert reason in str(err.value)
 
 

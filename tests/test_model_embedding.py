@@ -207,7 +207,7 @@ def test_corrupt_or_foreign_file_is_a_clear_error(tmp_path: Path, damage: str) -
         arrays["video_vectors/rows"] = arrays["video_vectors/rows"][:1]
         with open(path, "wb") as f:
             np.savez(f, **arrays)
-    with pytest.raises(ValueError, match=f"{path} is not a streamrec streamrec model file"):
+    with pytest.raises(ValueError, match=f"{path} is not a file of the streamrec model 'streamrec'"):
         EmbeddingRanker.load(path)
 
 
