@@ -53,10 +53,10 @@ class Intake:
 def decode(records: Iterable) -> Intake:
     """Decode Kafka ``ConsumerRecord`` s (anything with topic, partition, offset, timestamp, key, value)."""
     intake = Intake()
-    events, origins = intake.events, intake.origins
+    event, origin = intake.events.append, intake.origins.append
     for r in records:
         try:
-            event = event_from_json(r.value)
+            event(event_from_json(r.value))
         except EventError as err:
             intake.dead.append(
                 DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, err.reason, err.detail)
@@ -69,6 +69,5 @@ def decode(records: Iterable) -> Intake:
             dead = DeadLetter(r.topic, r.partition, r.offset, r.key, r.value, "decode_error", detail)
             intake.dead.append(dead)
             continue
-        events.append(event)
-        origins.append((r.partition, r.offset, r.timestamp / 1000.0))
+        origin((r.partition, r.offset, r.timestamp / 1000.0))
     return intake

@@ -16,7 +16,15 @@ Rules (an event breaking any of them is dead-lettered with the reason code in br
   seconds, finite, ``0 <= watch_time <= 7 days`` [``bad_type``, ``bad_value``];
 * ``duration`` (optional): the video's length in seconds, finite, ``0 < duration <= 7 days``;
 * ``event_id`` (optional): a string of at most 256 characters;
-* other fields are ignored, so producers can add context without breaking consumers.
+* other fields are ignored, so producers can add context without breaking consumers (a number
+  too large for a double there, ``"x": 1e400``, is still valid JSON: the event is used).
+
+Decoding is msgspec's typed decoder (:class:`_Wire`): one pass over the bytes that builds only
+the six fields above and skips the rest, at about a fifth of the cost of building a dict with
+orjson and checking it in Python (measured in ``bench/e2e.py``'s decode figure). Whatever that
+fast path does not accept outright is decoded again by the plain rules below (:func:`_checked`),
+which name the reason; so the reason codes come from one place, and the fast path can only
+say yes to an event the rules accept.
 
 >>> event_from_json(b'{"timestamp": 10, "viewer": 42, "video": "v", "watch_time": 30}')
 WatchEvent(timestamp=10.0, viewer='42', video='v', watch_time=30.0, duration=None, event_id=None)
@@ -32,6 +40,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+import msgspec
 import orjson
 
 from contract.events import WatchEvent
@@ -43,6 +52,9 @@ MAX_ID_CHARS = 256
 MAX_SECONDS = 7 * 24 * 3600
 MIN_TIMESTAMP = 0.0
 MAX_TIMESTAMP = 4102444800.0  # 2100-01-01T00:00:00Z
+#: The integers the JSON parser of :func:`_checked` keeps as integers (beyond them it yields a
+#: float, which is not an id): the fast path leaves others to it.
+_MIN_INT, _MAX_INT = -(2**63), 2**64 - 1
 
 #: Every reason code an event can be dead-lettered with (the ``reason`` metric label values).
 REASONS = ("not_json", "not_object", "too_large", "missing_field", "bad_type", "bad_value")
@@ -112,12 +124,78 @@ def _seconds(body: dict, name: str, allow_zero: bool) -> float | None:
     return value
 
 
+class _Wire(msgspec.Struct, gc=False):
+    """The fields of an event as they travel; msgspec checks the JSON types while it decodes."""
+
+    timestamp: float | str
+    viewer: str | int
+    video: str | int
+    watch_time: float | None = None
+    duration: float | None = None
+    event_id: str | None = None
+
+
+_decode_wire = msgspec.json.Decoder(_Wire).decode
+
+
 def event_from_json(raw: bytes | bytearray | memoryview | str | None) -> WatchEvent:
     """Decode and validate one event; raises :class:`EventError` with a reason code."""
     if raw is None:
         raise EventError("not_json", "empty message (null value)")
     if len(raw) > MAX_EVENT_BYTES:
         raise EventError("too_large", f"{len(raw)} bytes, the limit is {MAX_EVENT_BYTES}")
+    event = _fast(raw)
+    return event if event is not None else _checked(raw)
+
+
+def _fast(raw: bytes | bytearray | memoryview | str) -> WatchEvent | None:
+    """The event if it is plainly valid, else ``None`` (then :func:`_checked` says why, or accepts
+    what this path was too cautious for). It never accepts what the rules refuse."""
+    if not isinstance(raw, str):
+        if type(raw) is not bytes:
+            raw = bytes(raw)
+        if not raw.isascii():  # msgspec does not check the UTF-8 of fields it skips
+            try:
+                raw.decode()
+            except UnicodeDecodeError:
+                return None
+    try:
+        wire = _decode_wire(raw)
+    except Exception:  # noqa: BLE001 - any refusal (or a RecursionError on deep nesting): the rules decide
+        return None
+    timestamp, viewer, video = wire.timestamp, wire.viewer, wire.video
+    watch_time, duration, event_id = wire.watch_time, wire.duration, wire.event_id
+    if type(timestamp) is str:
+        try:
+            parsed = datetime.fromisoformat(timestamp)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            timestamp = parsed.timestamp()
+        except (ValueError, OverflowError):
+            return None
+    if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:  # NaN fails too
+        return None
+    if type(viewer) is not str:
+        if not _MIN_INT <= viewer <= _MAX_INT:
+            return None
+        viewer = str(viewer)
+    if type(video) is not str:
+        if not _MIN_INT <= video <= _MAX_INT:
+            return None
+        video = str(video)
+    if not (0 < len(viewer) <= MAX_ID_CHARS and 0 < len(video) <= MAX_ID_CHARS):
+        return None
+    if watch_time is not None and not 0.0 <= watch_time <= MAX_SECONDS:
+        return None
+    if duration is not None and not 0.0 < duration <= MAX_SECONDS:
+        return None
+    if event_id is not None and len(event_id) > MAX_ID_CHARS:
+        return None
+    return WatchEvent(timestamp, viewer, video, watch_time, duration, event_id)
+
+
+def _checked(raw: bytes | bytearray | memoryview | str) -> WatchEvent:
+    """The rules, one by one, on a dict from orjson: the reason for any event :func:`_fast` refused."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:
