@@ -1,10 +1,11 @@
 """The streamrec service: watch events in, learning, fresh recommendations out.
 
-One batch reads like the data flow (:meth:`StreamrecService.process`)::
+One poll reads like the data flow (:meth:`StreamrecService.process`)::
 
-    poll -> decode (bad records -> dead letters) -> test then learn (score before learning:
-         live quality) -> recommend for the batch's viewers -> publish + commit offsets
-         -> checkpoint when due
+    poll -> for each batch of the poll:
+                decode (bad records -> dead letters) -> test then learn (score before
+                learning: live quality) -> recommend for the batch's viewers -> send
+         -> wait for every acknowledgement, commit the poll's offsets -> checkpoint when due
 
 Three objects keep the promises below, each in its own module: :class:`consumer.ledger.OffsetLedger`
 (which offsets the model has learned, replay after a restart, when a checkpoint is due, rollback),
@@ -13,13 +14,39 @@ Three objects keep the promises below, each in its own module: :class:`consumer.
 a model for what every model offers (:class:`model.base.StreamRanker`): the batched paths,
 ``stats()``, ``clock``, ``video_counts()``, ``viewer_ttl``, ``save`` and ``load``.
 
+Batches follow the load
+-----------------------
+A poll takes what has arrived, without waiting for more: a caught-up service gets the few
+events that came in since its last poll and answers them at once (no timer runs out first: the
+poll returns as soon as a fetch brings records, and the producer's linger is cut short by the
+flush at the end of the poll). A service that is behind takes more per poll, which spreads the
+commit over more events, up to two bounds: ``max_poll_records``, and the number of events it
+processes in ``poll_budget_ms`` by its measured cost (per event, and per poll for the
+acknowledgements and the commit), so an event that arrives during a poll waits about that long
+for its turn however far behind the service is. A poll is learned in batches of at most
+``max_batch_events`` (256, ``streamrec evaluate``'s batch, so the live quality reads like the
+offline figure); each batch's lists are sent as soon as they are made and travel while the next
+batch is learned. The offsets of a poll are committed once every list of it is acknowledged.
+
+Where the time goes is counted per stage (:data:`consumer.metrics.STAGES`) in
+:attr:`StreamrecService.stage_seconds` and the ``streamrec_stage_seconds_total`` metric.
+
+Records that cannot be read
+---------------------------
+An error that would come back on the same offset at every restart must not become a crash loop.
+A record whose value cannot be used (malformed, invalid, or one that breaks the decoder) is
+dead-lettered. A record batch that kafka-python itself cannot read (a codec it has no library
+for, a batch that fails its checksum) cannot be: its records never reach the service. Then the
+service stops with one message that names the partition, the offset and what to do
+(:class:`UnreadableRecords`), after a clean checkpoint, without committing past it.
+
 Delivery and learning guarantees
 --------------------------------
 * **Outputs and offsets.** By default, recommendations and dead letters are acknowledged by the
-  brokers (``acks=all``) *before* the batch's offsets are committed: at-least-once. A crash
-  between the two republishes a batch's lists; each is an overwrite of the same viewer key, so a
+  brokers (``acks=all``) *before* the poll's offsets are committed: at-least-once. A crash
+  between the two republishes a poll's lists; each is an overwrite of the same viewer key, so a
   compacted topic and any reader that keeps the latest list per viewer see no difference. With
-  ``exactly_once``, outputs and offsets commit in one Kafka transaction per batch and readers
+  ``exactly_once``, outputs and offsets commit in one Kafka transaction per poll and readers
   that use ``isolation_level=read_committed`` see each list once.
 * **Learning.** The model learns each event exactly once across crashes and restarts. A
   checkpoint stores the model together with, per partition, the next offset it has *not*
@@ -29,8 +56,9 @@ Delivery and learning guarantees
   then continues normally; with no checkpoint yet (a crash before the first one), it replays
   from the start of the partition, since the log is the state. When someone else committed
   last, that worker learned those events, so we start at the committed offset. A commit the
-  group refuses (``CommitFailedError``) rolls the model back to the last checkpoint. The steps,
-  numbered, are in :mod:`consumer.ledger`.
+  group refuses (``CommitFailedError``) rolls the model back to the last checkpoint. Every poll
+  is committed before the next one, where rebalances happen, so no partition moves with lists in
+  flight. The steps, numbered, are in :mod:`consumer.ledger`.
 """
 
 from __future__ import annotations
@@ -45,7 +73,7 @@ from typing import NamedTuple
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, CorruptRecordError, UnsupportedCodecError
 from kafka.structs import TopicPartition
 
 from consumer.backoff import Interrupted
@@ -55,21 +83,33 @@ from consumer.config import ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger
 from consumer.logs import fields
-from consumer.metrics import popularity_percentiles
+from consumer.metrics import STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_value
 from consumer.publish import Message, Publisher
+from contract.errors import UserError
 from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, StreamRanker
 from model.evaluate import BatchQuality, StreamingEvaluator
 from model.expiring import ExpiringDict
 from model.persist import settings_of_instance
 
-__all__ = ["StreamrecService", "MODEL_FILE"]
+__all__ = ["StreamrecService", "MODEL_FILE", "UnreadableRecords"]
 
 log = logging.getLogger(__name__)
 
 #: The served model's file in a checkpoint; a shadow's is named after the shadow (``<name>.npz``).
 MODEL_FILE = "model.npz"
+
+
+#: Errors of kafka-python's poll that the same offset raises again at every restart.
+UNREADABLE = (UnsupportedCodecError, CorruptRecordError)
+#: Polls that may meet a checksum error before the service stops (a corrupted transfer reads
+#: well when fetched again; a corrupted log does not).
+CORRUPT_POLLS = 3
+
+
+class UnreadableRecords(UserError):
+    """kafka-python cannot read a record batch: the service stops instead of looping on it."""
 
 
 class Tested(NamedTuple):
@@ -147,6 +187,13 @@ class StreamrecService:
         self.shown = ExpiringDict(ttl=ttl)
         self.batches = 0
         self.dead_lettered = 0
+        #: Seconds spent in each stage of the loop since the service started (see the module).
+        self.stage_seconds: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+        # What a poll costs, from the last polls: decayed sums of batch seconds and events, and
+        # of the per-poll seconds (acknowledgements, commit); they size the next poll.
+        self._work = [0.0, 0.0]
+        self._per_poll = 0.0
+        self._corrupt_polls = 0
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -193,7 +240,9 @@ class StreamrecService:
                     self.process(polled)
                     self.batches += 1
                 if self.ledger.due():
+                    started = time.perf_counter()
                     self.checkpoint()
+                    self.stage_seconds["checkpoint"] += time.perf_counter() - started
                 self._report_lag()
                 if max_batches is not None and self.batches >= max_batches:
                     break
@@ -205,7 +254,12 @@ class StreamrecService:
             self._producer, self._consumer = connect(self.config, _Rebalance(self), wait=self._stop.wait)
         except Interrupted:
             raise SystemExit(0) from None
-        self._publisher = Publisher(self._producer, self._consumer, self.config.exactly_once)
+        self._publisher = Publisher(
+            self._producer,
+            self._consumer,
+            self.config.exactly_once,
+            latest_wins=frozenset({self.config.output_topic}),
+        )
 
     def _shutdown(self) -> None:
         try:
@@ -281,12 +335,83 @@ class StreamrecService:
     # -- partitions ------------------------------------------------------------------------
 
     def _poll(self) -> dict[TopicPartition, list]:
-        polled = self._consumer.poll(
-            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
-        )
+        started = time.perf_counter()
+        try:
+            polled = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.poll_size())
+        except UNREADABLE as err:
+            self._unreadable(err)
+            polled = {}
+        else:
+            self._corrupt_polls = 0
+        self.stage_seconds["poll" if polled else "idle"] += time.perf_counter() - started
         if self.ledger.has_pending:
             self._position_assigned(polled)
         return polled
+
+    def poll_size(self) -> int:
+        """How many records the next poll may take: as many as the service processes in
+        ``poll_budget_ms`` by its recent cost, within 1 and ``max_poll_records``."""
+        seconds, events = self._work
+        config = self.config
+        if events < 1:
+            return config.max_batch_events  # nothing measured yet: one batch
+        per_event = seconds / events
+        room = config.poll_budget_ms / 1000.0 - self._per_poll
+        return max(1, min(config.max_poll_records, int(room / per_event) if per_event > 0 else 1 << 30))
+
+    def _measured(self, batch_seconds: float, events: int, poll_seconds: float) -> None:
+        """One poll's cost: ``batch_seconds`` for its ``events``, ``poll_seconds`` once per poll."""
+        if events == 0:
+            return
+        decay = 0.8
+        self._work[0] = decay * self._work[0] + batch_seconds
+        self._work[1] = decay * self._work[1] + events
+        self._per_poll = decay * self._per_poll + (1 - decay) * poll_seconds if self.batches else poll_seconds
+
+    def _unreadable(self, err: Exception) -> None:
+        """kafka-python could not read a record batch: poll again after a checksum error (a
+        transfer can be corrupted), else stop with where and what to do (see the module)."""
+        if isinstance(err, CorruptRecordError):
+            self._corrupt_polls += 1
+            if self._corrupt_polls < CORRUPT_POLLS:
+                log.warning("a record batch failed its checksum; fetching it again", extra=fields(error=err))
+                return
+        where = self._unreadable_at(err)
+        if isinstance(err, UnsupportedCodecError):
+            todo = (
+                "install the codec library kafka-python needs (lz4, python-snappy and zstandard are "
+                "dependencies of streamrec: reinstall it), then restart: the service resumes at this offset"
+            )
+        else:
+            todo = (
+                "the record batch is damaged on the broker: restore the partition from a replica, or "
+                "skip the batch by committing a later offset for this group "
+                "(kafka-consumer-groups.sh --reset-offsets --to-offset), then restart"
+            )
+        message = f"cannot read the records at {where}: {type(err).__name__}: {err}; {todo}"
+        log.error("cannot read records; stopping", extra=fields(at=where, error=err, action=todo))
+        raise UnreadableRecords(message) from err
+
+    def _unreadable_at(self, err: Exception) -> str:
+        """Which partition and offset the poll could not read, found by polling one partition
+        at a time from the same positions (the service stops after this, committing nothing)."""
+        consumer = self._consumer
+        paused = set(consumer.paused())
+        assigned = sorted(set(consumer.assignment()) - paused, key=lambda tp: tp.partition)
+        positions = {tp: consumer.position(tp) for tp in assigned}
+        culprits = assigned
+        if len(assigned) > 1:
+            culprits = []
+            for tp in assigned:
+                consumer.pause(*(other for other in assigned if other != tp))
+                consumer.resume(tp)
+                try:
+                    consumer.poll(timeout_ms=1000, max_records=1)
+                except UNREADABLE:
+                    culprits.append(tp)
+                    break
+            culprits = culprits or assigned
+        return ", ".join(f"{tp.topic} partition {tp.partition} offset {positions[tp]}" for tp in culprits)
 
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         # Runs on kafka-python's IO thread, where blocking calls (reading committed offsets) are
@@ -341,20 +466,57 @@ class StreamrecService:
     # -- one batch -------------------------------------------------------------------------
 
     def process(self, polled: dict[TopicPartition, list]) -> None:
-        """Learn from one poll's records and publish what they change."""
+        """Learn one poll's records in batches, sending each batch's lists as soon as they are
+        made; then wait for every acknowledgement and commit the poll's offsets."""
+        stages = self.stage_seconds
+        poll = self.ledger.open(polled)
+        work = replay_seconds = 0.0
+        if poll.replay:  # replayed after a restart: learned only, published already
+            started = time.perf_counter()
+            replayed = decode(poll.replay).events
+            learning = time.perf_counter()
+            stages["decode"] += learning - started
+            self._learn(replayed)
+            replay_seconds = time.perf_counter() - started
+            work += replay_seconds
+            stages["test_learn"] += time.perf_counter() - learning
+        live, size, published = poll.live, self.config.max_batch_events, 0
+        for start in range(0, len(live), size):
+            started = time.perf_counter()
+            published += self._serve(live[start : start + size])
+            work += time.perf_counter() - started
+        delivering = self._publisher.seconds
+        before = delivering["acknowledge"] + delivering["commit"]
+        if not self._deliver(poll):
+            return
+        self._measured(work, poll.consumed, delivering["acknowledge"] + delivering["commit"] - before)
+        stages.update(delivering)
+        if self.metrics is not None:
+            started = time.perf_counter()
+            self._record_poll(poll, published, replay_seconds)
+            stages["metrics"] += time.perf_counter() - started
+
+    def _serve(self, records: list) -> int:
+        """One batch: decode, test then learn, recommend, send; the number of lists sent."""
+        stages = self.stage_seconds
         started = time.perf_counter()
-        batch = self.ledger.open(polled)
-        self._learn(decode(batch.replay).events)  # replayed after a restart: published already
-        intake = decode(batch.live)
+        intake = decode(records)
+        decoded = time.perf_counter()
+        stages["decode"] += decoded - started
         tested = recommended = None
         if intake.events:
             tested = self._test_and_learn(intake.events)
+            learned = time.perf_counter()
+            stages["test_learn"] += learned - decoded
             recommended = self._recommend(intake)
+            stages["recommend"] += time.perf_counter() - learned
         messages = [*(recommended.messages if recommended else ()), *self._dead_letters(intake.dead)]
-        if not self._publish_and_commit(messages, batch):
-            return
+        self._publisher.send(messages)
         if self.metrics is not None:
-            self._record(batch, intake, tested, recommended, time.perf_counter() - started)
+            recorded = time.perf_counter()
+            self._record(len(records), intake, tested, recommended, recorded - started)
+            stages["metrics"] += time.perf_counter() - recorded
+        return len(recommended.messages) if recommended else 0
 
     def _learn(self, events: list[WatchEvent]) -> None:
         """Learn only: events whose lists were published before a restart."""
@@ -404,14 +566,15 @@ class StreamrecService:
         self.dead_lettered += len(dead)
         return [(self.config.dlq_topic, *dead_letter_record(d)) for d in dead]
 
-    def _publish_and_commit(self, messages: list[Message], batch: Batch) -> bool:
-        """Deliver the batch (ledger steps 4 to 6); false when the group moved on and we rolled back."""
+    def _deliver(self, poll: Batch) -> bool:
+        """Acknowledge and commit the poll (ledger steps 4 to 6); false when the group moved on and
+        we rolled back."""
         try:
-            self._publisher.deliver(messages, batch.offsets)
+            self._publisher.deliver(poll.offsets)
         except CommitFailedError as err:
             self._rollback(err)
             return False
-        self.ledger.close(batch)
+        self.ledger.close(poll)
         return True
 
     def _rollback(self, err: CommitFailedError) -> None:
@@ -435,32 +598,39 @@ class StreamrecService:
 
     def _record(
         self,
-        batch: Batch,
+        consumed: int,
         intake: Intake,
         tested: Tested | None,
         recommended: Recommended | None,
         seconds: float,
     ) -> None:
-        """One committed batch in the metrics."""
+        """One batch in the metrics (its lists are counted once acknowledged, by :meth:`process`)."""
         metrics = self.metrics
-        metrics.record_batch(batch.consumed, len(intake.events), seconds)
+        metrics.record_batch(consumed, len(intake.events), seconds)
         if intake.dead:
             metrics.record_dead_letters([d.reason for d in intake.dead])
-        stats = self._record_model_size()
-        metrics.record_guard_trips(stats.guard_trips)
-        # The model keeps running loss totals; the metrics turn them into a moving average.
-        metrics.record_loss_total(stats.loss_sum, stats.events_learned)
         if tested is None:
             return
         metrics.record_quality(self.model.name, tested.quality)
         if tested.shadow_quality is not None:
             metrics.record_quality(self.shadow.name, tested.shadow_quality)
         metrics.record_online_hits(tested.shown, tested.hits)
-        metrics.record_published(len(recommended.messages))
         produced_at = np.fromiter((o[2] for o in intake.origins), dtype=np.float64, count=len(intake.events))
         metrics.record_freshness(np.maximum(recommended.generated_at - produced_at, 0.0))
         ranking = tested.ranking
         metrics.record_recommended(self.model.name, ranking.top, self._popularity(ranking), ranking.catalogue)
+
+    def _record_poll(self, poll: Batch, published: int, replay_seconds: float) -> None:
+        """One committed poll in the metrics: replayed records, lists acknowledged, the model, stages."""
+        metrics = self.metrics
+        if poll.replay:
+            metrics.record_batch(len(poll.replay), 0, replay_seconds)
+        metrics.record_published(published)
+        stats = self._record_model_size()
+        metrics.record_guard_trips(stats.guard_trips)
+        # The model keeps running loss totals; the metrics turn them into a moving average.
+        metrics.record_loss_total(stats.loss_sum, stats.events_learned)
+        metrics.record_stages(self.stage_seconds)
 
     def _record_model_size(self) -> ModelStats:
         stats = self.model.stats()

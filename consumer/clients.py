@@ -18,7 +18,14 @@ from consumer.logs import fields
 from consumer.topics import ensure_output_topics
 from contract.connection import FailureWatch, explain_failure
 
-__all__ = ["connect", "make_producer", "make_consumer", "close_quietly", "BOOTSTRAP_TIMEOUT_MS"]
+__all__ = [
+    "connect",
+    "make_producer",
+    "make_producer_options",
+    "make_consumer",
+    "close_quietly",
+    "BOOTSTRAP_TIMEOUT_MS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +43,28 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 RECONNECT_BACKOFF_MAX_MS = 1000
 #: The first wait before connecting again; later ones double (see :mod:`consumer.backoff`).
 CONNECT_FIRST_DELAY_S = 0.5
+#: How long the output producer lets a partition's records gather before it sends them, and
+#: the most bytes it sends as one batch. The service flushes at the end of every poll, so a
+#: caught-up service never waits this out; a busy one sends fewer, larger requests. Measured
+#: here with 590-byte lists, partition given, in one run: 59k lists/s with 20 ms and 512 KiB
+#: or 1 MiB, 47k/s with 256 KiB; in another, 44k/s with 5 ms and 256 KiB, and the defaults
+#: before (2 ms, kafka-python's 16 KiB, partition computed by kafka-python) 10k/s. 512 KiB
+#: stays well under the brokers' default limit of a batch (``message.max.bytes``, 1 MiB + 12).
+OUTPUT_LINGER_MS = 20
+OUTPUT_BATCH_BYTES = 512 * 1024
 
 
-def make_producer(config: ServiceConfig) -> KafkaProducer:
-    """``acks=all``; idempotent, or transactional (transactions initialised) with ``exactly_once``."""
+def make_producer_options(config: ServiceConfig) -> dict[str, object]:
+    """kafka-python settings of the output producer: ``acks=all``; idempotent, or transactional
+    with ``exactly_once``; ``output_compression``; batched by :data:`OUTPUT_LINGER_MS` and
+    :data:`OUTPUT_BATCH_BYTES`."""
     options = {
         **config.kafka.client_options(),
         "client_id": f"streamrec-{config.worker}",
         "acks": "all",
-        "linger_ms": 2,
-        "compression_type": None,
+        "linger_ms": OUTPUT_LINGER_MS,
+        "batch_size": OUTPUT_BATCH_BYTES,
+        "compression_type": None if config.output_compression == "none" else config.output_compression,
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
     }
@@ -53,7 +72,12 @@ def make_producer(config: ServiceConfig) -> KafkaProducer:
         options["transactional_id"] = f"streamrec-{config.worker}"
     else:
         options["enable_idempotence"] = True
-    producer = KafkaProducer(**options)
+    return options
+
+
+def make_producer(config: ServiceConfig) -> KafkaProducer:
+    """The output producer (:func:`make_producer_options`), transactions initialised under exactly-once."""
+    producer = KafkaProducer(**make_producer_options(config))
     if config.exactly_once:
         producer.init_transactions()
     return producer

@@ -7,6 +7,19 @@ secured cluster (TLS, SASL) is :class:`contract.connection.KafkaConnection`, the
 variables as every other command; the SASL password is read from ``STREAMREC_SASL_PASSWORD`` or
 ``--sasl-password-file``, never from a flag, and never shown (``describe()``).
 
+Batch sizes follow the load, within three settings (the whole story is in :mod:`consumer.app`):
+
+* ``max_batch_events`` (256): the most events scored, learned and published as one batch. A
+  caught-up service takes what has arrived, a few events, and answers them at once; a service
+  that is behind learns full batches. 256 is ``streamrec evaluate``'s batch, so the live
+  quality is measured as offline;
+* ``poll_budget_ms`` (100): one poll takes no more events than the service processes in this
+  time, by its measured cost per event and per commit, so an event that arrives while a poll is
+  processed waits about this long for its turn, however far behind the service is;
+* ``max_poll_records`` (4000): the most events of one poll whatever the budget says. A poll's
+  batches are published as they are made; its offsets are committed once, when every list is
+  acknowledged, so a larger poll spreads the cost of a commit over more events.
+
 >>> cfg = ServiceConfig.from_args(["--input-topic", "views", "--top-n", "5"], environ={})
 >>> cfg.input_topic, cfg.top_n, cfg.output_topic
 ('views', 5, 'recommendations')
@@ -29,7 +42,12 @@ from pathlib import Path
 from contract.connection import ConnectionSettingsError, KafkaConnection, add_connection_arguments
 from contract.defaults import DEFAULT_BOOTSTRAP, DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
 
-__all__ = ["ServiceConfig", "ConfigError", "add_arguments"]
+__all__ = ["ServiceConfig", "ConfigError", "add_arguments", "COMPRESSIONS", "OUTPUT_COMPRESSION"]
+
+#: Codecs of the output topics (kafka-python's ``compression_type``; ``none`` is no codec).
+COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
+#: The default output codec: MEASURED
+OUTPUT_COMPRESSION = "lz4"
 
 
 class ConfigError(ValueError):
@@ -62,8 +80,16 @@ class ServiceConfig:
     #: A popularity model (``recent_popular``) scored on the same stream, so dashboards show the
     #: lift of learning; none when that baseline is the served model.
     shadow_baseline: bool = True
-    max_poll_records: int = 500
+    #: Batches follow the load (see the module docstring): a poll takes what has arrived, up to
+    #: ``max_poll_records`` and no more than the service processes in ``poll_budget_ms``; it is
+    #: learned in batches of at most ``max_batch_events``, each published as soon as it is made,
+    #: and its offsets are committed once, when all its lists are acknowledged.
+    max_poll_records: int = 4000
+    max_batch_events: int = 256
+    poll_budget_ms: float = 100.0
     poll_timeout_ms: int = 100
+    #: Codec of the outputs (recommendations, dead letters): none, gzip, snappy, lz4 or zstd.
+    output_compression: str = OUTPUT_COMPRESSION
     #: How long the group waits for a silent worker (crashed, not stopped) before moving its
     #: partitions; a worker restarted after a crash waits as long to get them back.
     session_timeout_ms: int = 45_000
@@ -96,6 +122,12 @@ class ServiceConfig:
         )
         check(1 <= self.top_n <= 1000, f"top_n must be between 1 and 1000, got {self.top_n}")
         check(self.max_poll_records >= 1, "max_poll_records must be at least 1")
+        check(self.max_batch_events >= 1, "max_batch_events must be at least 1")
+        check(self.poll_budget_ms > 0, f"poll_budget_ms must be > 0, got {self.poll_budget_ms}")
+        check(
+            self.output_compression in COMPRESSIONS,
+            f"output_compression must be one of {', '.join(COMPRESSIONS)}, got {self.output_compression!r}",
+        )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
@@ -191,8 +223,14 @@ _HELP = {
     "model_settings": "settings of a fresh model, KEY=VALUE[,KEY=VALUE] (JSON values, e.g. dim=16); "
     "a model restored from a checkpoint keeps its own",
     "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
-    "max_poll_records": "most events learned in one batch",
-    "poll_timeout_ms": "how long one poll waits for events",
+    "max_poll_records": "most events taken by one poll: learned in batches, their lists acknowledged and "
+    "their offsets committed together",
+    "max_batch_events": "most events scored, learned and published as one batch (fewer when fewer "
+    "have arrived: a caught-up service answers each event at once)",
+    "poll_budget_ms": "a poll takes no more events than the service processes in this time (by its "
+    "measured cost per event), so an event that arrives meanwhile waits about this long for its turn",
+    "poll_timeout_ms": "how long one poll waits for events when none have arrived",
+    "output_compression": "codec of the published lists and dead letters: none, gzip, snappy, lz4, zstd",
     "session_timeout_ms": "how long the group waits for a crashed worker before moving its partitions",
     "checkpoint_dir": "folder for checkpoints of model state and offsets ('none': no checkpoints)",
     "checkpoint_interval_s": "checkpoint at least this often, in seconds",

@@ -24,29 +24,34 @@ When partitions are assigned (:meth:`~OffsetLedger.assigned`, then :meth:`~Offse
    d. no commit: start at the checkpoint's offset if there is one, else where
       ``auto_offset_reset`` says.
 
-For each batch (:meth:`~OffsetLedger.open`, then :meth:`~OffsetLedger.close`):
+For each poll (:meth:`~OffsetLedger.open`, then :meth:`~OffsetLedger.close`; a :class:`Batch`
+is one poll's records, which the service learns in smaller batches):
 
-2. Split the batch: records below their partition's replay mark are learned only; the rest are
+2. Split the poll: records below their partition's replay mark are learned only; the rest are
    tested, learned, recommended and published.
-3. The batch is *open* from then until its offsets are committed: the model holds events that
+3. The poll is *open* from then until its offsets are committed: the model holds events that
    no commit covers, so a checkpoint now would learn them twice after a restart. It is refused.
-4. The service publishes, then commits the next offset of each partition (in the same
-   transaction under exactly-once).
-5. Committed: each partition's learned offset moves to its commit, and the batch is closed.
+4. The service sends each batch's lists as soon as the batch is learned, without waiting for
+   the brokers; after the poll's last batch it waits until every message is acknowledged, then
+   commits the next offset of each partition (under exactly-once: the messages and the offsets
+   in one transaction, begun by the poll's first message). Nothing is committed whose lists are
+   not acknowledged, and the poll is closed before the next poll, the only place a rebalance
+   can move a partition: no partition moves with lists in flight.
+5. Committed: each partition's learned offset moves to its commit, and the poll is closed.
 6. The commit failed (``CommitFailedError``: the group moved on without us, after a rebalance
    or a session that expired while the brokers were away): :meth:`~OffsetLedger.rollback`.
-   The batch's partitions may be someone else's now, and the last checkpoint is the newest
+   The poll's partitions may be someone else's now, and the last checkpoint is the newest
    state that agrees with the commits: offsets and counts go back to it (so does the model),
    and the next poll rejoins the group and positions each partition by step 1. Without
-   checkpoints nothing is rolled back, and that batch may be learned twice.
+   checkpoints nothing is rolled back, and that poll may be learned twice.
 
 Checkpoints (:meth:`~OffsetLedger.due`, :meth:`~OffsetLedger.to_checkpoint`,
 :meth:`~OffsetLedger.checkpointed`, :meth:`~OffsetLedger.restored`):
 
 7. A checkpoint is due once something was learned since the last one and ``every_events``
    events or ``every_seconds`` seconds have passed; the service also writes one when
-   partitions are revoked (every polled batch is closed by then, so the checkpoint agrees with
-   the commits) and when it stops.
+   partitions are revoked (every poll is closed by then, so the checkpoint agrees with the
+   commits) and when it stops.
 8. It saves the model with :attr:`~OffsetLedger.learned` and the count of events learned;
    restoring one sets both back, and replay (step 1a) brings the model up to the commits.
 
@@ -85,7 +90,8 @@ class Start(NamedTuple):
 
 @dataclass(frozen=True)
 class Batch:
-    """One poll split by the ledger: records to learn only, records to serve, offsets to commit."""
+    """One poll split by the ledger: records to learn only, records to serve, offsets to commit
+    (the poll's records; the service learns them in batches of ``max_batch_events``)."""
 
     replay: list
     live: list
@@ -113,7 +119,7 @@ class OffsetLedger:
         self.events = 0
         #: Events learned since the last checkpoint.
         self.unsaved = 0
-        #: True between learning a batch and committing it (step 3).
+        #: True between learning a poll and committing it (step 3).
         self.is_open = False
         self._pending: set[TopicPartition] = set()
         self._last_checkpoint = time.monotonic()
@@ -162,7 +168,7 @@ class OffsetLedger:
     # -- steps 2 to 6: one batch -------------------------------------------------------------
 
     def open(self, polled: dict[TopicPartition, list]) -> Batch:
-        """Split ``polled`` into replayed and live records (step 2) and open the batch (step 3)."""
+        """Split ``polled`` into replayed and live records (step 2) and open the poll (step 3)."""
         self.is_open = True
         replay, live = [], []
         for tp, records in polled.items():
@@ -185,13 +191,13 @@ class OffsetLedger:
         self.unsaved += events
 
     def close(self, batch: Batch) -> None:
-        """The batch's offsets are committed (step 5)."""
+        """The poll's offsets are committed (step 5)."""
         for tp, committed in batch.offsets.items():
             self.learned[tp] = committed.offset
         self.is_open = False
 
     def rollback(self) -> None:
-        """The batch's commit failed (step 6): back to an empty ledger, for the last checkpoint."""
+        """The poll's commit failed (step 6): back to an empty ledger, for the last checkpoint."""
         self.is_open = False
         if self.checkpoints:
             self.learned, self.replay_until = {}, {}
@@ -207,7 +213,7 @@ class OffsetLedger:
         return waited >= self.every_seconds or self.unsaved >= self.every_events
 
     def to_checkpoint(self) -> Offsets | None:
-        """The offsets a checkpoint of the model now covers; ``None`` while a batch is open."""
+        """The offsets a checkpoint of the model now covers; ``None`` while a poll is open."""
         if self.is_open:
             return None
         return {(tp.topic, tp.partition): offset for tp, offset in self.learned.items()}

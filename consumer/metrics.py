@@ -51,6 +51,7 @@ __all__ = [
     "ArrayHistogram",
     "DEAD_LETTER_REASONS",
     "FRESHNESS_BUCKETS",
+    "STAGES",
     "popularity_percentiles",
     "start_http_server",
 ]
@@ -58,6 +59,27 @@ __all__ = [
 #: Reason label values of ``streamrec_events_dead_lettered_total``, created at zero. The schema's
 #: reasons, plus ``decode_error`` for anything that fails before validation (a bad key, say).
 DEAD_LETTER_REASONS: tuple[str, ...] = (*REASONS, "decode_error")
+
+#: Where a worker's time goes, the ``stage`` label values of ``streamrec_stage_seconds_total``:
+#: ``poll`` (kafka-python fetching and unpacking records, and waiting for them when a poll
+#: returns some), ``decode`` (validation, dead letters), ``test_learn`` (the model's test then
+#: train step, the shadow's too, and replay after a restart), ``recommend`` (fresh lists and
+#: their messages), ``publish`` (handing messages to the producer), ``acknowledge`` (waiting at
+#: the end of a poll for the brokers to acknowledge what is still in flight), ``commit``
+#: (offsets, or the transaction), ``metrics`` (the live quality and these metrics),
+#: ``checkpoint`` and ``idle`` (polls that found nothing).
+STAGES = (
+    "poll",
+    "decode",
+    "test_learn",
+    "recommend",
+    "publish",
+    "acknowledge",
+    "commit",
+    "metrics",
+    "checkpoint",
+    "idle",
+)
 
 #: Freshness (event time -> its viewer's list published): 1 ms to a minute.
 FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -243,6 +265,12 @@ class ServiceMetrics:
             FRESHNESS_BUCKETS,
             registry,
         )
+        self.stage_seconds = Counter(
+            "streamrec_stage_seconds",
+            "Seconds the worker spent in each stage of its loop (see consumer.metrics.STAGES).",
+            ["stage"],
+            **kw,
+        )
         self.lag = Gauge(
             "streamrec_consumer_lag_messages",
             "Messages in the input partition not yet consumed by this service.",
@@ -335,6 +363,9 @@ class ServiceMetrics:
                 counter.labels(model)
         for result in ("ok", "failed"):
             self.checkpoints.labels(result)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        self._stages_seen: dict[str, float] = {}
         self.model_loss.set(float("nan"))
 
         self.coverage_window = coverage_window
@@ -353,6 +384,16 @@ class ServiceMetrics:
         self.learned.inc(learned)
         self.batch_size.observe(consumed)
         self.batch_seconds.observe(seconds)
+
+    def record_stages(self, totals: dict[str, float]) -> None:
+        """The worker's running seconds per stage (``{stage: seconds since it started}``); the
+        counters follow them (a total lower than the last one, a restarted worker, starts over)."""
+        seen = self._stages_seen
+        for stage, total in totals.items():
+            added = total - seen.get(stage, 0.0)
+            if added > 0:
+                self.stage_seconds.labels(stage).inc(added)
+            seen[stage] = total
 
     def record_dead_letters(self, reasons: Sequence[str]) -> None:
         """One reason per dead-lettered event of the batch."""

@@ -1,21 +1,35 @@
-"""Delivering one batch: its recommendation lists and dead letters out, its input offsets committed.
+"""Publishing a poll's outputs while the next batch is learned, and committing its offsets once.
 
-:meth:`Publisher.deliver` keeps the service's delivery guarantee, in one of two modes:
+The service hands each batch's recommendation lists and dead letters to :meth:`Publisher.send`
+as soon as they are made; ``send`` does not wait for the brokers, so the producer's IO thread
+delivers them while the service learns the next batch of the same poll. At the end of the poll,
+:meth:`Publisher.deliver` waits for what is still in flight and commits the poll's offsets,
+keeping the service's delivery guarantee in one of two modes:
 
-* **at least once** (the default): every message is sent and acknowledged by the brokers
-  (``acks=all``), the unacknowledged ones sent again until none is left, and only then are the
-  offsets committed. A crash in between republishes the batch's lists, each an overwrite of
-  the same viewer's key;
-* **exactly once** (``exactly_once``): messages and offsets commit in one Kafka transaction;
-  readers with ``isolation_level=read_committed`` see each list once.
+* **at least once** (the default): every message is acknowledged by the brokers (``acks=all``),
+  the unacknowledged ones sent again until none is left, and only then are the offsets
+  committed. A crash in between republishes the poll's lists, each an overwrite of the same
+  viewer's key. A list sent again is dropped when a newer list of the same viewer was sent after
+  it (:attr:`Publisher.latest_wins`), so a retry never puts an older list on top;
+* **exactly once** (``exactly_once``): the poll's messages and offsets commit in one Kafka
+  transaction, begun by its first ``send``; readers with ``isolation_level=read_committed`` see
+  each list once.
+
+Sending is cheap because the partition of every message is computed for the whole batch at once
+(:func:`consumer.partitioner.partitions`, Kafka's default murmur2 partitioning, so each key lands
+where any client would put it) and passed to ``send``: kafka-python's own partitioner hashes
+each key in pure Python. Messages without a key are left to kafka-python.
 
 Brokers that cannot be reached are waited for (:func:`consumer.backoff.retry`). A commit the
 group refuses (``CommitFailedError``: it moved on without this worker) is raised to the service,
-which rolls its model back (see :mod:`consumer.ledger`).
+which rolls its model back (see :mod:`consumer.ledger`). The seconds spent handing messages over,
+waiting for acknowledgements and committing are kept in :attr:`Publisher.seconds` for the
+service's per-stage metric.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -23,6 +37,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.backoff import retry
+from consumer.partitioner import partitions
 
 __all__ = ["Message", "Publisher", "NotAcknowledged"]
 
@@ -31,50 +46,121 @@ Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
 class NotAcknowledged(KafkaError):
-    """Some messages of a batch were not acknowledged by the brokers; they are sent again."""
+    """Some messages of a poll were not acknowledged by the brokers; they are sent again."""
 
     retriable = True
 
 
 class Publisher:
-    """Sends a batch's messages with ``producer`` and commits its offsets for ``consumer``'s group."""
+    """Sends messages with ``producer`` as they come; commits offsets for ``consumer``'s group.
 
-    def __init__(self, producer: KafkaProducer, consumer: KafkaConsumer, exactly_once: bool) -> None:
+    ``latest_wins`` names the topics where a message replaces the earlier ones of its key (the
+    recommendations, keyed by viewer): a failed message there is not sent again when a later one
+    of the same key was sent after it.
+    """
+
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        consumer: KafkaConsumer,
+        exactly_once: bool,
+        latest_wins: frozenset[str] = frozenset(),
+    ) -> None:
         self.producer = producer
         self.consumer = consumer
         self.exactly_once = exactly_once
+        self.latest_wins = latest_wins
+        #: Seconds spent in ``send`` (``publish``), waiting for acknowledgements
+        #: (``acknowledge``) and committing (``commit``), summed since the start.
+        self.seconds = {"publish": 0.0, "acknowledge": 0.0, "commit": 0.0}
+        self._sent: list[tuple[Message, object]] = []
+        self._in_transaction = False
 
-    def deliver(self, messages: Sequence[Message], offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-        """Publish ``messages``, then commit ``offsets``: in one transaction, or acknowledged first."""
-        if self.exactly_once:
-            self._transaction(messages, offsets)
-        else:
-            self._send_until_acknowledged(messages)
-            self._commit(offsets)
+    @property
+    def pending(self) -> int:
+        """Messages sent since the last :meth:`deliver`."""
+        return len(self._sent)
 
-    def _transaction(self, messages: Sequence[Message], offsets: dict) -> None:
+    def send(self, messages: Sequence[Message]) -> None:
+        """Hand ``messages`` to the producer now; their acknowledgements are awaited by :meth:`deliver`."""
+        if not messages:
+            return
+        started = time.perf_counter()
+        if self.exactly_once and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
+        self._sent.extend(self._send(messages))
+        self.seconds["publish"] += time.perf_counter() - started
+
+    def _send(self, messages: Sequence[Message]) -> list[tuple[Message, object]]:
         producer = self.producer
-        producer.begin_transaction()
+        by_topic: dict[str, list[int]] = {}
+        for i, m in enumerate(messages):
+            if m[1] is not None:
+                by_topic.setdefault(m[0], []).append(i)
+        chosen: list[int | None] = [None] * len(messages)
+        for topic, indices in by_topic.items():
+            ids = sorted(producer.partitions_for(topic) or ())  # as kafka-python's DefaultPartitioner
+            if ids:
+                picked = partitions([messages[i][1] for i in indices], len(ids)).tolist()
+                for i, p in zip(indices, picked, strict=True):
+                    chosen[i] = ids[p]
+        send = producer.send
+        return [
+            (m, send(m[0], key=m[1], value=m[2], headers=m[3], partition=p))
+            for m, p in zip(messages, chosen, strict=True)
+        ]
+
+    def deliver(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Wait for every message sent since the last call, then commit ``offsets`` (ledger step 4):
+        in the transaction the sends began, or once every message is acknowledged."""
+        if self.exactly_once:
+            self._commit_transaction(offsets)
+        else:
+            started = time.perf_counter()
+            self._until_acknowledged()
+            self.seconds["acknowledge"] += time.perf_counter() - started
+            started = time.perf_counter()
+            self._commit(offsets)
+            self.seconds["commit"] += time.perf_counter() - started
+
+    def _commit_transaction(self, offsets: dict) -> None:
+        producer = self.producer
+        if not self._in_transaction:
+            producer.begin_transaction()
+            self._in_transaction = True
+        self._sent = []
         try:
-            for topic, key, value, headers in messages:
-                producer.send(topic, key=key, value=value, headers=headers)
+            started = time.perf_counter()
+            producer.flush()
+            self.seconds["acknowledge"] += time.perf_counter() - started
+            started = time.perf_counter()
             producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
             producer.commit_transaction()
+            self.seconds["commit"] += time.perf_counter() - started
         except KafkaError:
             # Left open, the failed transaction puts the producer in an error state where every
             # later begin_transaction raises. Aborted, no read_committed reader sees its lists;
             # a CommitFailedError then rolls the model back (see consumer.ledger).
             producer.abort_transaction()
             raise
+        finally:
+            self._in_transaction = False
 
-    def _send_until_acknowledged(self, messages: Sequence[Message]) -> None:
-        pending = list(messages)
+    def _until_acknowledged(self) -> None:
+        sent, self._sent = self._sent, []
+        if not sent:
+            return
+        self.producer.flush()
+        failed = [m for m, f in sent if f.failed()]
+        if not failed:
+            return
+        pending = self._still_wanted(failed, [m for m, _ in sent])
 
         def send_pending() -> None:
             nonlocal pending
-            producer = self.producer
-            futures = [(m, producer.send(m[0], key=m[1], value=m[2], headers=m[3])) for m in pending]
-            producer.flush()
+            futures = self._send(pending)
+            self.producer.flush()
             pending = [m for m, f in futures if f.failed()]
             if pending:
                 raise NotAcknowledged(f"{len(pending)} of {len(futures)} messages not acknowledged")
@@ -85,6 +171,13 @@ class Publisher:
                 message="publish failed; retrying",
                 retriable=lambda err: isinstance(err, NotAcknowledged),
             )
+
+    def _still_wanted(self, failed: list[Message], sent: list[Message]) -> list[Message]:
+        """The failed messages to send again: all, but for a later message of the same key in a
+        ``latest_wins`` topic, which replaces it (and is itself sent again if it failed)."""
+        last = {(m[0], m[1]): i for i, m in enumerate(sent) if m[0] in self.latest_wins}
+        index = {id(m): i for i, m in enumerate(sent)}
+        return [m for m in failed if m[0] not in self.latest_wins or last[(m[0], m[1])] == index[id(m)]]
 
     def _commit(self, offsets: dict) -> None:
         """Commit, waiting while the brokers cannot be reached.

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from consumer.app import StreamrecService
 from consumer.config import ConfigError, ServiceConfig
 from consumer.logs import configure, fields
+from contract.errors import UserError
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -83,6 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return serve(config)
-    except ConfigError as err:
+    except (ConfigError, UserError) as err:  # UserError: e.g. records kafka-python cannot read
         print(f"streamrec serve: error: {err}", file=sys.stderr)
         return 2

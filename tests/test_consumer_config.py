@@ -24,11 +24,24 @@ def test_flags_beat_environment_beat_defaults():
         (["--auto-offset-reset", "middle"], {}, "auto_offset_reset"),
         ([], {"STREAMREC_EXACTLY_ONCE": "perhaps"}, "STREAMREC_EXACTLY_ONCE"),
         ([], {"STREAMREC_METRICS_PORT": "eighty"}, "STREAMREC_METRICS_PORT"),
+        (["--output-compression", "brotli"], {}, "output_compression must be one of none, gzip"),
+        (["--max-batch-events", "0"], {}, "max_batch_events"),
+        (["--poll-budget-ms", "0"], {}, "poll_budget_ms"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_setting(argv, env, message):
     with pytest.raises(ConfigError, match=message):
         ServiceConfig.from_args(argv, environ=env)
+
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_the_output_codec_is_a_setting_with_an_environment_variable(codec):
+    from consumer.clients import make_producer_options
+
+    config = ServiceConfig.from_args([], environ={"STREAMREC_OUTPUT_COMPRESSION": codec})
+    assert config.output_compression == codec
+    assert make_producer_options(config)["compression_type"] == (None if codec == "none" else codec)
+    assert ServiceConfig.from_args(["--output-compression", codec], environ={}).output_compression == codec
 
 
 def test_checkpoints_can_be_turned_off():

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.metrics import (
     DEAD_LETTER_REASONS,
     FRESHNESS_BUCKETS,
+    STAGES,
     ServiceMetrics,
     popularity_percentiles,
     start_http_server,
@@ -54,6 +55,21 @@ def test_names_outside_checks_rely_on_exist_at_zero(metrics):
     for model in ("streamrec", "recent_popular"):  # the served model and the service's shadow
         for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank"):
             assert value(samples, f"streamrec_quality_{name}_total", model=model) == 0
+
+
+def test_seconds_per_stage_exist_at_zero_and_follow_the_workers_running_totals(metrics):
+    samples = scrape(metrics.registry)
+    for stage in STAGES:
+        assert value(samples, "streamrec_stage_seconds_total", stage=stage) == 0
+    metrics.record_stages({"decode": 0.5, "test_learn": 2.0})
+    metrics.record_stages({"decode": 0.75, "test_learn": 2.0, "commit": 0.25})
+    samples = scrape(metrics.registry)
+    assert value(samples, "streamrec_stage_seconds_total", stage="decode") == 0.75
+    assert value(samples, "streamrec_stage_seconds_total", stage="test_learn") == 2.0
+    assert value(samples, "streamrec_stage_seconds_total", stage="commit") == 0.25
+    metrics.record_stages({"decode": 0.1})  # a restarted worker: its totals start again
+    metrics.record_stages({"decode": 0.3})
+    assert value(scrape(metrics.registry), "streamrec_stage_seconds_total", stage="decode") == 0.95
 
 
 def test_every_name_has_the_prefix_and_counters_end_in_total(metrics):
