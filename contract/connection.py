@@ -40,10 +40,11 @@ contract.connection.ConnectionSettingsError: SASL_SSL needs --sasl-mechanism (PL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -58,6 +59,7 @@ __all__ = [
     "add_connection_arguments",
     "FailureWatch",
     "explain_failure",
+    "kafka_logs_held",
 ]
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -308,6 +310,21 @@ class FailureWatch(logging.Handler):
         watch = cls()
         logger.addHandler(watch)
         return watch
+
+
+@contextlib.contextmanager
+def kafka_logs_held() -> Iterator[FailureWatch]:
+    """For a command whose errors are one line of its own: kafka-python's connection logs are
+    read by the :class:`FailureWatch` but not printed, wherever the process's logging points.
+    The service does not use this: its log keeps them."""
+    logger = logging.getLogger("kafka")
+    watch = FailureWatch.install()
+    propagate = logger.propagate
+    logger.propagate = False
+    try:
+        yield watch
+    finally:
+        logger.propagate = propagate
 
 
 def explain_failure(connection: KafkaConnection, reason: str | None) -> str | None:

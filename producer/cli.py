@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from contract.arguments import positive_float, positive_int
-from contract.connection import KafkaConnection, add_connection_arguments
+from contract.connection import KafkaConnection, add_connection_arguments, kafka_logs_held
 from contract.defaults import INPUT_TOPIC
 from contract.errors import UserError
 from contract.events import WatchEvent
@@ -208,6 +208,11 @@ def _write_jsonl(events: Iterable[WatchEvent], path: Path) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Send the chosen source to Kafka; print the summary. Returns the exit code."""
+    with kafka_logs_held():  # errors are one line of ours, not kafka-python's connection logs
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from producer.sink import BrokerUnavailable, KafkaSink
 
     events, total = _source(args)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from contract.connection import FailureWatch, KafkaConnection
+from contract.connection import FailureWatch, KafkaConnection, kafka_logs_held
 from contract.defaults import OUTPUT_TOPIC
 
 
@@ -185,6 +185,11 @@ class ListReader:
 
 
 def run(args: argparse.Namespace) -> int:
+    with kafka_logs_held():  # errors are one line of ours, not kafka-python's connection logs
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import orjson
 
     from contract.errors import UserError
