@@ -195,9 +195,14 @@ class StreamRanker(Ranker, abc.ABC):
 
 def recommendations(cols: np.ndarray, scores: np.ndarray, ids: Sequence[str]) -> list[Recommendation]:
     """Top-n columns and scores (from :func:`model.topk.top_n`) as lists of ids, empty slots dropped."""
+    filled = (cols >= 0).sum(axis=1).tolist()  # empty slots come last
+    if all(k == cols.shape[1] for k in filled):
+        return [
+            Recommendation([ids[c] for c in row], s) for row, s in zip(cols.tolist(), scores, strict=True)
+        ]
     return [
-        Recommendation([ids[c] for c in row if c >= 0], s[row >= 0])
-        for row, s in zip(cols, scores, strict=True)
+        Recommendation([ids[c] for c in row if c >= 0], s[np.asarray(row) >= 0])
+        for row, s in zip(cols.tolist(), scores, strict=True)
     ]
 
 

@@ -22,7 +22,8 @@ stops using it above its ``cooc_max_videos``.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
+
+from model.compiled import cooc_add, cooc_feature
 
 __all__ = ["CoCounts"]
 
@@ -109,13 +110,7 @@ class CoCounts:
     def add(self, history: np.ndarray, videos: np.ndarray, window: int) -> None:
         """Count each event's video with the first ``window`` videos of its history, both ways."""
         self.ensure(int(max(videos.max(initial=-1), history.max(initial=-1))) + 1)
-        h = history[:, :window]
-        valid = (h >= 0) & (h != videos[:, None])
-        j = h[valid]
-        i = np.broadcast_to(videos[:, None], h.shape)[valid]
-        cap = self._buffer.shape[0]
-        np.add.at(self._buffer.reshape(-1), np.concatenate([j * cap + i, i * cap + j]), np.float32(1.0))
-        np.add.at(self._counts, videos, np.float32(1.0))
+        cooc_add(self._buffer, self._counts, history, videos, window)
 
     def feature(
         self,
@@ -169,101 +164,25 @@ class CoCounts:
         scale = np.where(counted, inv[col_index], 0.0).astype(np.float32)
         return (lambda index: np.take(buffer[index, :rows], col_index, axis=1)), scale
 
-    def batch_feature(
-        self,
-        history: np.ndarray,
-        mix: np.ndarray,
-        n_cols: int,
-        exponent: float,
-        videos: np.ndarray,
-        order: np.ndarray,
-        within: np.ndarray,
-        block: int = 8,
-        columns: np.ndarray | None = None,
+    def features(
+        self, items: np.ndarray, mix: np.ndarray, terms: int, exponent: float, columns: np.ndarray
     ) -> np.ndarray:
-        """:meth:`feature` for a batch of events whose histories continue inside the batch.
-
-        ``videos`` are the events' video rows and ``order``/``within`` their grouping by viewer
-        (:func:`model.history.group_positions`). The caller guarantees what
-        :meth:`model.history.RecentHistory.for_batch` builds: slot ``a < within`` of an event's
-        history is the video of its viewer's event ``a + 1`` back in the batch, and the other
-        slots are the viewer's stored history shifted by ``within``.
-
-        Why: :meth:`feature` multiplies a ``(batch, distinct videos)`` weight matrix that is
-        about 95% zeros (12 of ~260 columns per row) by ``(distinct, videos)`` rows of counts.
-        Sorted by viewer, the in-batch slots form a band (event ``p`` reads rows ``p-1 ..
-        p-terms``), so blocks of ``block`` events need only ``block + terms`` gathered rows,
-        read through an overlapping strided view (no copy); the stored slots are one small
-        ``(terms, terms)`` product per viewer. Same sums, about 10x fewer multiply-adds on
-        ML-100K (2.8 ms -> 0.7 ms a batch of 256). Equal to :meth:`feature` up to float rounding.
-
-        With ``columns`` (video rows, any order) only those columns are computed, in that order:
-        the cost follows the columns asked for, not the catalogue (rows without counts yet
-        give 0).
+        """:meth:`feature` of the first ``terms`` slots of histories ``items`` (``(B, L)``,
+        weighted ``mix``) at video rows ``columns`` (any order; rows without counts yet read
+        0), by the compiled kernel :func:`model.compiled.cooc_feature`: each distinct history
+        row's counts at the columns are read once, then every event sums its rows. The cost
+        follows the columns asked for, not the catalogue. Equal to :meth:`feature` up to float
+        rounding (the order of the sums).
 
         >>> c = CoCounts(); c.add(np.array([[-1, -1], [0, -1], [1, -1]]), np.array([0, 1, 2]), 2)
         >>> h = np.array([[1, 0], [2, 1], [-1, -1]]); w = np.array([[.6, .4], [.5, .5], [0, 0]], np.float32)
-        >>> from model.history import group_positions
-        >>> order, _, within = group_positions(np.array([7, 7, 8]))
-        >>> fast = c.batch_feature(h, w, 3, 0.5, np.array([2, 1, 0]), order, within)
-        >>> bool(np.allclose(fast, c.feature(h, w, 3, 0.5)))
-        True
         >>> cols = np.array([2, 0, 5])
-        >>> part = c.batch_feature(h, w, 3, 0.5, np.array([2, 1, 0]), order, within, columns=cols)
-        >>> bool(np.allclose(part, np.c_[fast[:, [2, 0]], np.zeros(3)]))
+        >>> fast = c.features(h, w, 2, 0.5, cols)
+        >>> bool(np.allclose(fast, c.feature(h, w, 3, 0.5, columns=cols)))
         True
         """
-        n, terms = history.shape
-        rows = min(self.rows, n_cols)
-        if rows == 0 or n == 0:
-            return np.zeros((n, n_cols if columns is None else columns.shape[0]), dtype=np.float32)
-        width = rows if columns is None else columns.shape[0]  # the columns computed
-        inv = np.maximum(self._counts[:rows], 1.0) ** -exponent
-        gather, col_scale = self._reader(rows, inv, columns)
-        h = history[order]
-        valid = (h >= 0) & (h < rows)
-        h = np.where(valid, h, 0)
-        w = np.where(valid, mix[order] * inv[h], 0.0).astype(np.float32)
-        in_batch = np.arange(terms)[None, :] < within[:, None]
-        # In-batch slots: sorted event p reads padded row p + terms - 1 - a (the first ``terms``
-        # rows are zeros, for the slots of a viewer's first events that point before the batch).
-        blocks = -(-n // block)
-        padded = np.empty((blocks * block + terms, width), dtype=np.float32)
-        padded[:terms] = 0.0
-        padded[terms + n :] = 0.0
-        own = videos[order]
-        padded[terms : terms + n] = gather(np.minimum(own, rows - 1))
-        band = np.zeros((blocks, block, block + terms), dtype=np.float32)
-        p, a = np.nonzero(in_batch & valid)
-        b, i = np.divmod(p, block)
-        band[b, i, i + terms - 1 - a] = w[p, a]
-        step = padded.strides[0]
-        windows = as_strided(padded, (blocks, block + terms, width), (block * step, step, padded.strides[1]))
-        acc = np.empty((blocks * block, width), dtype=np.float32)
-        np.matmul(band, windows, out=acc.reshape(blocks, block, width))
-        # Stored slots: only a viewer's first ``terms`` events in the batch have any; the first
-        # event's history is the stored one, and event ``c`` reads it shifted by ``c``.
-        first = np.flatnonzero(within == 0)
-        group = np.cumsum(within == 0) - 1
-        p, a = np.nonzero(~in_batch & valid)
-        if p.size:
-            c = within[p]
-            mixing = np.zeros((first.size, terms, terms), dtype=np.float32)
-            mixing[group[p], c, a - c] = w[p, a]
-            stored = gather(h[first].ravel()).reshape(first.size, terms, width)
-            part = np.matmul(mixing, stored)
-            reads = np.flatnonzero(within < terms)
-            acc[reads] += part[group[reads], within[reads]]
-        acc = acc[:n]
-        acc *= col_scale
-        if columns is not None:
-            out = np.empty((n, width), dtype=np.float32)
-            out[order] = acc
-            return out
-        # Every cell is written unless some columns are videos without counts yet.
-        out = (np.empty if rows == n_cols else np.zeros)((n, n_cols), dtype=np.float32)
-        out[order, :rows] = acc
-        return out
+        inv = (np.maximum(self._counts[: self.rows], 1.0) ** -exponent).astype(np.float32)
+        return cooc_feature(self._buffer, inv, items, mix, terms, columns)
 
     def nbytes(self) -> int:
         """Bytes reserved (the capacity, not just the rows in use); 0 once dropped."""

@@ -66,77 +66,63 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats, Ranking, Recommendation, recommendations
+from model.compiled import (
+    NO_BIAS,
+    NO_COLUMNS,
+    NO_FEATURE,
+    adagrad_rows,
+    history_grad,
+    mix_histories,
+    rank_top_n,
+    softmax_grad,
+)
 from model.cooc import CoCounts
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory, group_positions
 from model.ids import GrowableTable, IdIndex
-from model.kernels import adagrad_step, softmax_grad
 from model.lifecycle import DAY, Lifecycle
 from model.parts import Counters, FixedArrays, RandomState
 from model.persist import Part
 from model.seen import SeenVideos
-from model.topk import mask_scores, top_n, top_n_with_rank
 from model.weighting import watch_weights
 
 __all__ = ["EmbeddingRanker"]
-
-#: Video columns to score: every row (a slice) or some rows (an index array).
-Columns = slice | np.ndarray
-
-
-def _distinct(rows: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(rows, return_inverse=True)`` for rows in ``[0, bound)``.
-
-    A mark-and-cumsum over ``bound`` cells instead of a sort when that is cheaper (a batch's
-    history rows number thousands, the catalogue is small).
-    """
-    if bound > 64 * max(rows.size, 1):
-        return np.unique(rows, return_inverse=True)
-    mark = np.zeros(bound, dtype=bool)
-    mark[rows] = True
-    return np.flatnonzero(mark), (np.cumsum(mark) - 1)[rows]
 
 
 @dataclass
 class _Batch:
     """A batch mapped to rows, with each event's causal viewer representation."""
 
+    viewer_ids: Sequence[str]
+    video_ids: Sequence[str]
+    times: np.ndarray  # (B,) event timestamps
     viewer_rows: np.ndarray  # (B,) rows, provisional (= the row learning will create) for new ids
     video_rows: np.ndarray  # (B,) idem
     n_videos: int  # video rows before the batch (released rows included)
     viewer_known: np.ndarray  # (B,) bool: the viewer held a row before the batch
     video_known: np.ndarray  # (B,) bool: the video held a row before the batch
     weights: np.ndarray  # (B,) watch weights
+    grouping: tuple[np.ndarray, np.ndarray, np.ndarray]  # the batch by viewer (group_positions)
     history: np.ndarray  # (B, history) video rows before each event, most recent first
     final: tuple[np.ndarray, np.ndarray, np.ndarray]  # per viewer history after the batch
+    mix: np.ndarray  # (B, history) mixing weights of the history slots (rows sum to 1 or 0)
     in_history: np.ndarray  # (D,) the distinct video rows in the batch's histories
-    mix: np.ndarray  # (B, D) mixing weights over ``in_history`` (rows sum to 1 or 0)
+    slot: np.ndarray  # (B, history) each slot's index in ``in_history`` (-1: empty)
     U: np.ndarray  # (B, dim) viewer representation before each event
     cold: np.ndarray  # (B,) bool: an unknown viewer without history (gets trending when ranked)
-    exclude: tuple[np.ndarray, np.ndarray]  # causal exclusion cells (cols may be >= n_videos)
-    cooc: np.ndarray | None  # (B, video rows after the batch, or columns) co-occurrence feature
-    # With a shortlist: the batch's columns (the shortlist first, then the batch's other videos),
-    # how many lead columns are the shortlist, and each video row's column (-1: none).
-    columns: np.ndarray | None = None
-    ranked: int = 0
-    column_of: np.ndarray | None = None
-
-
-class _Logits(NamedTuple):
-    """What the softmax step learns from: logits over ``columns`` (with their co-occurrence
-    feature ``cooc``), each event's target column, and the exclusion cells still to apply."""
-
-    logits: np.ndarray
-    targets: np.ndarray
-    exclude: tuple[np.ndarray, np.ndarray]
-    columns: Columns
-    cooc: np.ndarray | None
+    exclude: tuple[np.ndarray, np.ndarray]  # causal exclusions, compressed rows (ptr, video rows)
+    # The video rows the batch scores, by column: the shortlist, then the batch's other videos
+    # (without a shortlist: every row after the batch); how many lead columns are ranked; each
+    # video row's column (-1: none; empty when columns are rows).
+    columns: np.ndarray
+    ranked: int
+    column_of: np.ndarray
+    cooc: np.ndarray | None  # (B, columns) co-occurrence feature
 
 
 class EmbeddingRanker(CatalogueScorer):
@@ -289,6 +275,8 @@ class EmbeddingRanker(CatalogueScorer):
         self.events_learned = 0
         self.guard_trips = 0
         self.loss_sum = 0.0
+        # The shortlist of the current state (computed once between two learned batches).
+        self._shortlist_memo: tuple[int, np.ndarray | None] | None = None
 
     @property
     def n_viewers(self) -> int:
@@ -409,31 +397,36 @@ class EmbeddingRanker(CatalogueScorer):
 
     # -- scoring -----------------------------------------------------------------------------
 
-    def _mixing_weights(self, items: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """``m_a`` for histories ``items`` (``-1``: empty slot) of watch ``weights``:
-        ``recency ** a`` times the watch's weight, normalised per row (a row of 0 when empty)."""
+    def _mixing(self, items: np.ndarray, weights: np.ndarray, bound: int):
+        """:func:`~model.compiled.mix_histories` of histories ``items`` with watch ``weights``:
+        ``m_a`` (``recency ** a`` times the watch's weight, normalised per row; a row of 0 when
+        empty), the viewer vectors, the distinct history rows (``< bound``) and each slot's
+        index among them."""
         decay = (self.recency ** np.arange(self.history)).astype(np.float32)
-        mix_w = np.where(items >= 0, weights * decay[None, :], 0.0).astype(np.float32)
-        norm = mix_w.sum(axis=1, keepdims=True)
-        mix_w /= np.where(norm > 0, norm, 1.0)
-        return mix_w
+        return mix_histories(items, weights, decay, self._Q.array, len(self.videos), bound)
 
     def _use_cooc(self, n_videos: int) -> bool:
         return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
 
-    def _logits(self, U: np.ndarray, columns: Columns, cooc: np.ndarray | None) -> np.ndarray:
-        """Scores of video rows ``columns`` for representations ``U``: one matrix product, plus
-        ``alpha`` times ``cooc``, the co-occurrence feature of exactly those columns."""
-        scores = U @ self._E.array[columns].T + self._b.array[columns]
+    def _feature(self, items: np.ndarray, mix: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """The co-occurrence feature of histories ``items`` (weights ``mix``) at video rows ``columns``."""
+        terms = min(self.cooc_terms, self.history)
+        return self._cooc.features(items, mix, terms, self.cooc_exponent, columns)
+
+    def _finish(self, scores: np.ndarray, rows: np.ndarray, cooc: np.ndarray | None) -> np.ndarray:
+        """``scores`` (dot products with video ``rows``) plus bias and ``alpha`` times ``cooc``,
+        in place: the arithmetic :func:`~model.compiled.rank_top_n` does while it ranks."""
+        scores += self._b.array[rows]
         if cooc is not None:
             scores += self._alpha[0] * cooc
         return scores
 
-    def _mask_free(self, scores: np.ndarray) -> None:
-        """Released video rows can never be recommended (nor compete in the softmax)."""
+    def _free_columns(self, column_of: np.ndarray) -> np.ndarray:
+        """Columns of released video rows (``column_of`` empty: columns are rows)."""
         free = np.asarray(self.videos.free_rows, dtype=np.int64)
-        if free.size:
-            scores[:, free[free < scores.shape[1]]] = -np.inf
+        if free.size and column_of.size:
+            free = column_of[free[free < column_of.size]]
+        return free[free >= 0]
 
     def _trending(self) -> np.ndarray:
         return (self._trend.array / self._trend_scale).astype(np.float32)
@@ -442,9 +435,18 @@ class EmbeddingRanker(CatalogueScorer):
         """The live video rows to rank, sorted: the hottest ones (decayed popularity), at least
         ``shortlist`` and as many as hold ``shortlist_share`` of it (``None``: rank everything).
 
-        Once per batch: an O(catalogue) selection, and a sort only when the ``shortlist``
-        hottest hold less than the share.
+        An O(catalogue) selection, and a sort only when the ``shortlist`` hottest hold less
+        than the share; once between two learned batches (the next batch's test step ranks the
+        shortlist the previous batch's recommendations were drawn from).
         """
+        memo = self._shortlist_memo
+        if memo is not None and memo[0] == n_videos:
+            return memo[1]
+        shortlist = self._select_shortlist(n_videos)
+        self._shortlist_memo = (n_videos, shortlist)
+        return shortlist
+
+    def _select_shortlist(self, n_videos: int) -> np.ndarray | None:
         k = self.shortlist
         if k is None or self.videos.live <= k:
             return None
@@ -463,76 +465,64 @@ class EmbeddingRanker(CatalogueScorer):
             hottest = by_heat[:k]
         return np.sort(hottest)
 
+    def _changed(self) -> None:
+        """The state changed: what was computed from it (the shortlist) is stale."""
+        self._shortlist_memo = None
+
     # -- batch preparation -------------------------------------------------------------------
 
     def _batch(self, events: Sequence[WatchEvent]) -> _Batch:
         """Map a batch to rows and build each event's representation from pre-batch state."""
-        viewer_ids = [e.viewer for e in events]
-        video_ids = [e.video for e in events]
+        times, viewer_ids, video_ids, watch_times, durations = _fields(events)
         n_videos = len(self.videos)
         # Rows learning will give new ids (released rows first), created only when learned.
         viewer_now, video_now = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
         viewer_rows = self.viewers.next_rows(viewer_ids, viewer_now)
         video_rows = self.videos.next_rows(video_ids, video_now)
         viewer_known, video_known = viewer_now >= 0, video_now >= 0
-        weights = watch_weights([e.watch_time for e in events], [e.duration for e in events])
-        grouping = group_positions(viewer_rows)  # shared by histories, exclusions, co-occurrence
+        weights = watch_weights(watch_times, durations)
+        grouping = group_positions(viewer_rows)  # shared by histories and exclusions
         items, hist_w, *final = self._recent.for_batch(viewer_rows, video_rows, weights, grouping)
-        mix_w = self._mixing_weights(items, hist_w)
-        valid = items >= 0
         n_after = max(n_videos, int(video_rows.max()) + 1 if len(events) else 0)
-        # The batch's histories share most of their videos (bursts): mix over the distinct ones.
-        in_history, slot = _distinct(items[valid], n_after)
-        cells = np.nonzero(valid)[0] * in_history.size + slot  # (event, distinct video) cells
-        mix = np.bincount(cells, mix_w[valid], len(events) * in_history.size)
-        mix = mix.astype(np.float32).reshape(len(events), in_history.size)
-        # New transition rows start at zero, so only the known part contributes.
-        known = in_history < n_videos
-        U = mix[:, known] @ self._Q.array[in_history[known]]
+        # New transition rows start at zero, so only the known rows make up U.
+        mix, U, in_history, slot = self._mixing(items, hist_w, n_after)
         # A reused row is below len(viewers) but holds no state: known means known before.
-        cold = ~viewer_known & ~valid.any(axis=1)
+        cold = ~viewer_known & (items < 0).all(axis=1)
         # New viewers' rows hold no seen list yet; new videos' rows are excluded in-batch too.
-        exclude = self.seen.exclusion_for_events(viewer_rows, video_rows, grouping)
-        columns, ranked, column_of = None, 0, None
+        exclude = self.seen.exclusions(viewer_rows, video_rows, grouping)
         shortlist = self._shortlist(n_videos)
-        if shortlist is not None:
+        if shortlist is None:
+            columns, ranked, column_of = np.arange(n_after), n_videos, NO_COLUMNS
+        else:
             column_of = np.full(n_after, -1, dtype=np.int64)
             column_of[shortlist] = np.arange(shortlist.size)
             others = np.unique(video_rows[column_of[video_rows] < 0])
             columns, ranked = np.concatenate([shortlist, others]), shortlist.size
             column_of[others] = np.arange(ranked, columns.size)
-        cooc = None
-        if self._use_cooc(n_after):
-            terms = min(self.cooc_terms, self.history)
-            order, _, within = grouping
-            cooc = self._cooc.batch_feature(
-                items[:, :terms],
-                mix_w[:, :terms],
-                n_after,
-                self.cooc_exponent,
-                video_rows,
-                order,
-                within,
-                columns=columns,
-            )
+        cooc = self._feature(items, mix, columns) if self._use_cooc(n_after) else None
         return _Batch(
+            viewer_ids=viewer_ids,
+            video_ids=video_ids,
+            times=np.array(times, dtype=np.float64),
             viewer_rows=viewer_rows,
             video_rows=video_rows,
             n_videos=n_videos,
             viewer_known=viewer_known,
             video_known=video_known,
             weights=weights,
+            grouping=grouping,
             history=items,
             final=tuple(final),
-            in_history=in_history,
             mix=mix,
+            in_history=in_history,
+            slot=slot,
             U=U,
             cold=cold,
             exclude=exclude,
-            cooc=cooc,
             columns=columns,
             ranked=ranked,
             column_of=column_of,
+            cooc=cooc,
         )
 
     # -- test step ---------------------------------------------------------------------------
@@ -555,73 +545,65 @@ class EmbeddingRanker(CatalogueScorer):
             self._learn(events, batch, scores)
         elif admitted:
             batch = self._batch(admitted)
-            self._learn(admitted, batch, self._test_step(batch, None)[1])
+            self._learn(admitted, batch, self._test_step(batch, 0)[1])
         return ranking
 
-    def _test_step(self, batch: _Batch, n: int | None) -> tuple[Ranking | None, np.ndarray]:
-        """The test step of a prepared batch: the top-``n`` (``None``: no ranking, only the
-        scores) and the score matrix the learning step starts from, the model's scores from
-        before the batch with excluded and non-finite cells at ``-inf``, but each event's own."""
-        if batch.columns is None:
-            ranked = None  # the whole catalogue, by row
-            known_cols = slice(0, batch.n_videos)
-            cooc = None if batch.cooc is None else batch.cooc[:, known_cols]
-            scores = self._logits(batch.U, known_cols, cooc)
-            targets = np.where(batch.video_known, batch.video_rows, -1)
-            ex_rows, ex_cols = batch.exclude
-            inside = ex_cols < batch.n_videos
-            exclude = (ex_rows[inside], ex_cols[inside])
-            # Released rows can never be recommended: -inf in place (learning rescores the
-            # ones this batch reuses for new videos).
-            self._mask_free(scores)
-        else:
-            # The shortlist, by column: a video outside it cannot be recommended (rank UNRANKED).
-            ranked = batch.columns[: batch.ranked]
-            cooc = None if batch.cooc is None else batch.cooc[:, : batch.ranked]
-            scores = self._logits(batch.U, ranked, cooc)
-            column = batch.column_of[batch.video_rows]
-            targets = np.where(batch.video_known & (column < batch.ranked), column, -1)
-            ex_rows, ex_cols = batch.exclude
-            ex_cols = batch.column_of[ex_cols]
-            inside = (ex_cols >= 0) & (ex_cols < batch.ranked)
-            exclude = (ex_rows[inside], ex_cols[inside])
-        rows = np.arange(scores.shape[0])
-        known = targets >= 0
-        target_logit = scores[rows[known], targets[known]].copy()
-        if n is None:
-            mask_scores(scores, exclude)
-            ranking = None
-        else:
-            ranking = self._ranking(batch, scores, n, targets, exclude, ranked)
-        scores[rows[known], targets[known]] = target_logit
-        return ranking, scores
+    def _test_step(self, batch: _Batch, n: int) -> tuple[Ranking, np.ndarray]:
+        """The test step of a prepared batch: the top-``n`` and the score matrix the learning
+        step starts from, ``(B, columns)``: the model's scores from before the batch, with
+        excluded, non-finite and released cells of the ranked columns at ``-inf`` but each
+        event's own. Columns of rows that do not exist yet are scored by :meth:`_learn`.
 
-    def _ranking(
-        self,
-        batch: _Batch,
-        scores: np.ndarray,
-        n: int,
-        targets: np.ndarray,
-        exclude: tuple[np.ndarray, np.ndarray],
-        ranked: np.ndarray | None,
-    ) -> Ranking:
-        """Rank ``scores`` in place (masking them as :func:`~model.topk.mask_scores` does)."""
-        top, rank = top_n_with_rank(scores, n, targets, exclude)
+        One matrix product, then one compiled pass per row (:func:`~model.compiled.rank_top_n`:
+        bias, feature, masks, rank and top-``n``). A video outside the ranked columns (the
+        shortlist) cannot be recommended: its rank is UNRANKED.
+        """
+        columns, ranked, column_of = batch.columns, batch.ranked, batch.column_of
+        rows = np.minimum(columns, batch.n_videos - 1)  # rows not created yet: rescored
+        scores = batch.U @ self._E.array[rows].T if batch.n_videos else np.zeros((len(batch.U), columns.size))
+        scores = scores.astype(np.float32, copy=False)
+        # Released rows can never be recommended: -inf (learning rescores those this batch reuses).
+        free = self._free_columns(column_of)
+        if free.size:
+            scores[:, free] = -np.inf
+        column = batch.video_rows if not column_of.size else column_of[batch.video_rows]
+        targets = np.where(batch.video_known & (column < ranked), column, -1)
+        bias = self._b.array[rows] if batch.n_videos else NO_BIAS
+        top, _, rank = rank_top_n(
+            scores,
+            ranked,
+            n,
+            targets,
+            *batch.exclude,
+            column_of,
+            bias,
+            self._alpha[0],
+            NO_FEATURE if batch.cooc is None else batch.cooc,
+            True,
+        )
         cold = np.flatnonzero(batch.cold)
         if cold.size:
             # Viewers the model knows nothing about see what is trending instead (learning
             # still starts from the model's own scores for them): re-rank just those rows.
-            trending = self._trending()
-            trending = trending[: batch.n_videos] if ranked is None else trending[ranked]
-            trending = np.broadcast_to(trending, (cold.size, trending.size)).copy()
-            if ranked is None:
-                self._mask_free(trending)
-            on_cold = batch.cold[exclude[0]]
-            where = (np.cumsum(batch.cold) - 1)[exclude[0][on_cold]]
-            top[cold], rank[cold] = top_n_with_rank(trending, n, targets[cold], (where, exclude[1][on_cold]))
-        if ranked is not None:
-            top = np.where(top >= 0, ranked[np.maximum(top, 0)], -1)
-        return Ranking(top=top, rank=rank, catalogue=self.videos.live)
+            trending = self._trending()[columns[:ranked]]
+            trending = np.broadcast_to(trending, (cold.size, ranked)).copy()
+            if free.size:
+                trending[:, free[free < ranked]] = -np.inf
+            ptr, videos = batch.exclude
+            top[cold], _, rank[cold] = rank_top_n(
+                trending,
+                ranked,
+                n,
+                targets[cold],
+                *_rows_of(ptr, videos, cold),
+                column_of,
+                NO_BIAS,
+                np.float32(0.0),
+                NO_FEATURE,
+                False,
+            )
+        top = _rows_at(columns, top)
+        return Ranking(top=top, rank=rank, catalogue=self.videos.live), scores
 
     # -- train step --------------------------------------------------------------------------
 
@@ -630,19 +612,19 @@ class EmbeddingRanker(CatalogueScorer):
         events = self._admitted(events)
         if events:
             batch = self._batch(events)
-            self._learn(events, batch, self._test_step(batch, None)[1])
+            self._learn(events, batch, self._test_step(batch, 0)[1])
 
     def _learn(self, events: Sequence[WatchEvent], batch: _Batch, scores: np.ndarray) -> None:
         """The train step of a prepared batch, from the score matrix of its test step."""
         viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
         # Create the new rows (the same numbers the batch was prepared with): adding only the
         # ids the index lacks gives the same rows, at a third of the cost of adding all.
-        fresh = np.flatnonzero(~batch.viewer_known).tolist()
-        if fresh:
-            self.viewers.add_many([events[i].viewer for i in fresh])
-        fresh = np.flatnonzero(~batch.video_known).tolist()
-        if fresh:
-            self.videos.add_many([events[i].video for i in fresh])
+        for index, ids, known in (
+            (self.viewers, batch.viewer_ids, batch.viewer_known),
+            (self.videos, batch.video_ids, batch.video_known),
+        ):
+            if not known.all():
+                index.add_many(dict.fromkeys(ids[i] for i in np.flatnonzero(~known).tolist()))
         n_viewers, n_videos = len(self.viewers), len(self.videos)
         self._recent.ensure(n_viewers)
         new = self._E.ensure(n_videos)
@@ -651,14 +633,14 @@ class EmbeddingRanker(CatalogueScorer):
         for table in self._video_tables().values():
             table.ensure(n_videos)
 
-        grad_u = self._softmax_step(batch, scores).astype(np.float32, copy=False)
+        grad_u = self._softmax_step(batch, scores)
         # Viewer side: the transition vectors of the histories.
         in_history = batch.in_history
         if in_history.size:
-            g = batch.mix.T @ grad_u
+            g = history_grad(batch.slot, batch.mix, grad_u, in_history.size)
             if self.reg:
                 g += self.reg * self._Q.array[in_history]
-            self.guard_trips += adagrad_step(
+            self.guard_trips += adagrad_rows(
                 self._Q.array, self._Q_acc.array, in_history, g, self.lr, self.max_grad_norm
             )
 
@@ -667,99 +649,73 @@ class EmbeddingRanker(CatalogueScorer):
             self._cooc.add(batch.history, video_rows, self.cooc_window)
         elif self._cooc.rows:  # past the cap: free the counts
             self._cooc = CoCounts(max_size=self.cooc_max_videos)
-        self.seen.add_many(viewer_rows, video_rows)
+        self.seen.add_many(viewer_rows, video_rows, batch.grouping)
         np.add.at(self._counts.array, video_rows, 1.0)
         self._add_trending(video_rows)
         self.events_learned += len(events)
-        times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
-        self._life.observe(viewer_rows, video_rows, times)
+        self._life.observe(viewer_rows, video_rows, batch.times)
         if self._life.due():
             self._expire()
+        self._changed()
 
     def _softmax_step(self, batch: _Batch, scores: np.ndarray) -> np.ndarray:
         """One Adagrad step of the weighted softmax on the video side (vectors, bias and
-        ``alpha``), from the test step's ``scores``; returns the gradient of each event's ``U``."""
-        prepared = (self._catalogue_logits if batch.columns is None else self._shortlist_logits)(
-            batch, scores
-        )
-        logits, targets, (ex_rows, ex_cols), columns, cooc = prepared
+        ``alpha``), from the test step's ``scores``; returns the gradient of each event's ``U``.
+
+        The softmax normalises over the batch's columns: the ranked ones, whose scores the test
+        step computed, and the batch's other videos (all rows, without a shortlist); the rows
+        created or reused for new videos since are scored now.
+        """
+        columns, column_of = batch.columns, batch.column_of
+        rescore = np.flatnonzero((columns >= batch.n_videos) | np.isin(columns, self._reused(batch)))
+        if rescore.size:
+            rows = columns[rescore]
+            cooc = None if batch.cooc is None else batch.cooc[:, rescore]
+            scores[:, rescore] = self._finish(batch.U @ self._E.array[rows].T, rows, cooc)
+        # Released rows not reused stay out of the softmax.
+        free = self._free_columns(column_of)
+        if free.size:
+            scores[:, free] = -np.inf
+        targets = batch.video_rows if not column_of.size else column_of[batch.video_rows]
         # Leave out each viewer's watched videos, but never the event's own.
-        rows = np.arange(logits.shape[0])
-        target_logit = logits[rows, targets].copy()
-        logits.reshape(-1)[ex_rows * logits.shape[1] + ex_cols] = -np.inf
-        logits[rows, targets] = target_logit
-        grad, loss, skipped = softmax_grad(logits, targets, batch.weights)
+        loss, skipped, grad_b, grad_alpha = softmax_grad(
+            scores,
+            targets,
+            batch.weights,
+            *batch.exclude,
+            column_of,
+            NO_FEATURE if batch.cooc is None else batch.cooc,
+        )
+        grad = scores
         self.guard_trips += skipped
         if math.isfinite(loss):
             self.loss_sum += loss
-        grad_u = grad @ self._E.array[columns]
-        whole = isinstance(columns, slice)
-        self._video_step(None if whole else columns, grad.T @ batch.U, grad.sum(axis=0), batch.video_rows)
-        if cooc is not None:
-            g = np.array([[np.vdot(grad, cooc)]], dtype=np.float32)
-            self.guard_trips += adagrad_step(
-                self._alpha, self._alpha_acc, None, g, self.lr, self.max_grad_norm
+        E = self._E.array
+        grad_u = grad @ E[columns]
+        grad_E = grad.T @ batch.U
+        lr, clip = self.lr, self.max_grad_norm
+        if self.reg:  # on the positives' vectors, once per event
+            positives, counts = np.unique(targets, return_counts=True)
+            grad_E[positives] += self.reg * counts[:, None] * E[columns[positives]]
+        self.guard_trips += adagrad_rows(E, self._E_acc.array, columns, grad_E, lr, clip)
+        self.guard_trips += adagrad_rows(
+            self._b.array.reshape(-1, 1),
+            self._b_acc.array.reshape(-1, 1),
+            columns,
+            grad_b.reshape(-1, 1),
+            lr,
+            clip,
+        )
+        if batch.cooc is not None:
+            g = np.full((1, 1), grad_alpha, dtype=np.float32)
+            self.guard_trips += adagrad_rows(
+                self._alpha.reshape(1, 1), self._alpha_acc.reshape(1, 1), NO_COLUMNS, g, lr, clip
             )
         return grad_u
 
-    def _catalogue_logits(self, batch: _Batch, scores: np.ndarray) -> _Logits:
-        """:class:`_Logits` over every video row: the test step's ``scores`` of the rows that
-        existed before the batch, the new rows scored now that they exist."""
-        n_before, n_videos = batch.n_videos, len(self.videos)
-        U, cooc = batch.U, batch.cooc
-
-        def feature(columns: Columns) -> np.ndarray | None:
-            return None if cooc is None else cooc[:, columns]
-
-        if n_before == n_videos:
-            logits = scores  # the usual case: no new video
-        else:
-            logits = np.empty((U.shape[0], n_videos), dtype=np.float32)
-            logits[:, :n_before] = scores
-            new = slice(n_before, n_videos)
-            logits[:, new] = self._logits(U, new, feature(new))
-        # Released rows this batch reused were masked when ranked: score them as new rows.
-        reused = np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < n_before)])
-        if reused.size:
-            logits[:, reused] = self._logits(U, reused, feature(reused))
-        self._mask_free(logits)
-        # The test step excluded the cells of the rows it scored; those of new rows remain.
-        ex_rows, ex_cols = batch.exclude
-        todo = ex_cols >= n_before
-        if reused.size:
-            todo |= np.isin(ex_cols, reused)
-        whole = slice(0, n_videos)
-        return _Logits(logits, batch.video_rows, (ex_rows[todo], ex_cols[todo]), whole, feature(whole))
-
-    def _shortlist_logits(self, batch: _Batch, scores: np.ndarray) -> _Logits:
-        """:class:`_Logits` over the batch's columns: the shortlist, whose ``scores`` the test
-        step computed, then the batch's other videos, scored now that the new ones exist."""
-        columns, ranked, cooc = batch.columns, batch.ranked, batch.cooc
-        others = self._logits(batch.U, columns[ranked:], None if cooc is None else cooc[:, ranked:])
-        logits = np.concatenate([scores, others], axis=1)
-        # The test step excluded the shortlist's cells; those of the other columns remain.
-        ex_rows, ex_cols = batch.exclude
-        ex_cols = batch.column_of[ex_cols]
-        todo = ex_cols >= ranked
-        return _Logits(
-            logits, batch.column_of[batch.video_rows], (ex_rows[todo], ex_cols[todo]), columns, cooc
-        )
-
-    def _video_step(self, rows: np.ndarray | None, grad_E: np.ndarray, grad_b: np.ndarray, positives) -> None:
-        """Adagrad on video vectors and biases: all rows (``rows`` None) or unique ``rows``;
-        ``reg`` applies to the ``positives``' vectors, once per event."""
-        lr, clip = self.lr, self.max_grad_norm
-        E = self._E.array
-        if self.reg:
-            pos_rows, pos_counts = np.unique(positives, return_counts=True)
-            if rows is None:
-                grad_E[pos_rows] += self.reg * pos_counts[:, None] * E[pos_rows]
-            else:  # rows are unique, not necessarily sorted
-                by_row = np.argsort(rows)
-                where = by_row[np.searchsorted(rows, pos_rows, sorter=by_row)]
-                grad_E[where] += self.reg * pos_counts[:, None] * E[pos_rows]
-        self.guard_trips += adagrad_step(E, self._E_acc.array, rows, grad_E, lr, clip)
-        self.guard_trips += adagrad_step(self._b.array, self._b_acc.array, rows, grad_b[:, None], lr, clip)
+    def _reused(self, batch: _Batch) -> np.ndarray:
+        """Released rows this batch gave to new videos (masked when ranked: rescored to learn)."""
+        return np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < batch.n_videos)])
 
     def _random_vectors(self, n: int) -> np.ndarray:
         """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""
@@ -814,57 +770,123 @@ class EmbeddingRanker(CatalogueScorer):
 
         ``score_videos`` comes from :class:`~model.base.CatalogueScorer`.
         """
-        return self._viewer_logits(viewer_rows)
+        n_videos = len(self.videos)
+        scores = np.empty((viewer_rows.shape[0], n_videos), dtype=np.float32)
+        known = viewer_rows >= 0
+        if known.any():
+            items, hist_w = self._recent.of_rows(viewer_rows[known])
+            mix, U, _, _ = self._mixing(items, hist_w, n_videos)
+            columns = np.arange(n_videos)
+            cooc = self._feature(items, mix, columns) if self._use_cooc(n_videos) else None
+            scores[known] = self._finish(U @ self._E.array.T, columns, cooc)
+        if not known.all():
+            scores[~known] = self._trending()
+        free = self._free_columns(NO_COLUMNS)
+        if free.size:
+            scores[:, free] = -np.inf
+        return scores
 
     def recommend_many(
         self, viewers: Sequence[str], n: int = 10, exclude_seen: bool = True
     ) -> list[Recommendation]:
         """Top-``n`` for each viewer from the shortlist, as :meth:`rank_events` ranks.
 
-        A viewer who has watched so much of the shortlist that fewer than ``n`` remain gets
-        a list from the whole catalogue.
+        One matrix product for the viewers the model knows and one compiled pass per row
+        (:func:`~model.compiled.rank_top_n`); viewers it does not know share one list of
+        what is trending. A viewer who has watched so much of the shortlist that fewer than
+        ``n`` remain gets a list from the whole catalogue.
         """
-        shortlist = self._shortlist(len(self.videos))
-        if shortlist is None:
-            return super().recommend_many(viewers, n, exclude_seen)
         rows = self.viewers.get_many(viewers)
-        exclude = None
-        if exclude_seen:
-            column_of = np.full(len(self.videos), -1, dtype=np.int64)
-            column_of[shortlist] = np.arange(shortlist.size)
-            ex_rows, ex_cols = self.seen.exclusion_for_viewers(rows.tolist())
-            ex_cols = column_of[ex_cols]
-            exclude = (ex_rows[ex_cols >= 0], ex_cols[ex_cols >= 0])
-        cols, scores = top_n(self._viewer_logits(rows, shortlist), n, exclude)
-        videos = np.where(cols >= 0, shortlist[np.maximum(cols, 0)], -1)
-        lists = recommendations(videos, scores, self.videos.ids)
-        short = np.flatnonzero((cols < 0).any(axis=1)).tolist()
-        if short:
-            whole = super().recommend_many([viewers[i] for i in short], n, exclude_seen)
-            for i, recommendation in zip(short, whole, strict=True):
-                lists[i] = recommendation
-        return lists
+        shortlist = self._shortlist(len(self.videos))
+        top, best = self._top_n(rows, n, exclude_seen, shortlist)
+        if shortlist is not None:
+            short = np.flatnonzero((top < 0).any(axis=1))
+            if short.size:
+                top[short], best[short] = self._top_n(rows[short], n, exclude_seen, None)
+        return recommendations(top, best, self.videos.ids)
 
-    def _viewer_logits(self, viewer_rows: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
-        """Scores of every video (or of video rows ``columns``) for stored viewers."""
+    def _top_n(
+        self, rows: np.ndarray, n: int, exclude_seen: bool, shortlist: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` video rows and scores of viewer ``rows`` (``-1``: unknown) among the
+        ``shortlist`` (``None``: every row), best first; ``-1`` and ``-inf`` in empty slots."""
         n_videos = len(self.videos)
-        known = viewer_rows >= 0
-        width = n_videos if columns is None else columns.size
-        scores = np.empty((viewer_rows.shape[0], width), dtype=np.float32)
-        if known.any():
-            items, hist_w = self._recent.of_rows(viewer_rows[known])
-            mix_w = self._mixing_weights(items, hist_w)
-            U = np.einsum("bl,blk->bk", mix_w, self._Q.array[np.where(items >= 0, items, 0)])
-            cooc = None
-            if self._use_cooc(n_videos):
-                terms = min(self.cooc_terms, self.history)
-                cooc = self._cooc.feature(
-                    items[:, :terms], mix_w[:, :terms], n_videos, self.cooc_exponent, columns=columns
-                )
-            scores[known] = self._logits(U, slice(0, n_videos) if columns is None else columns, cooc)
-        if not known.all():
-            trending = self._trending()
-            scores[~known] = trending if columns is None else trending[columns]
-        if columns is None:
-            self._mask_free(scores)
-        return scores
+        columns = np.arange(n_videos) if shortlist is None else shortlist
+        column_of = NO_COLUMNS
+        if shortlist is not None:
+            column_of = np.full(n_videos, -1, dtype=np.int64)
+            column_of[shortlist] = np.arange(shortlist.size)
+        free = self._free_columns(column_of)
+        top = np.full((rows.shape[0], n), -1, dtype=np.int64)
+        best = np.full((rows.shape[0], n), -np.inf, dtype=np.float32)
+        known = np.flatnonzero(rows >= 0)
+        unknown = np.flatnonzero(rows < 0)
+        if known.size:
+            items, hist_w = self._recent.of_rows(rows[known])
+            mix, U, _, _ = self._mixing(items, hist_w, n_videos)
+            cooc = self._feature(items, mix, columns) if self._use_cooc(n_videos) else None
+            scores = U @ self._E.array[columns].T
+            if free.size:
+                scores[:, free] = -np.inf
+            exclude = self.seen.exclusions_of(rows[known]) if exclude_seen else _NO_EXCLUSIONS(known.size)
+            no_targets = np.full(known.size, -1, dtype=np.int64)
+            top[known], best[known], _ = rank_top_n(
+                scores,
+                columns.size,
+                n,
+                no_targets,
+                *exclude,
+                column_of,
+                self._b.array[columns],
+                self._alpha[0],
+                NO_FEATURE if cooc is None else cooc,
+                False,
+            )
+        if unknown.size:  # all get what is trending
+            trending = self._trending()[columns][None, :]
+            if free.size:
+                trending[:, free] = -np.inf
+            t, b, _ = rank_top_n(
+                trending,
+                columns.size,
+                n,
+                np.full(1, -1, dtype=np.int64),
+                *_NO_EXCLUSIONS(1),
+                column_of,
+                NO_BIAS,
+                np.float32(0.0),
+                NO_FEATURE,
+                False,
+            )
+            top[unknown], best[unknown] = t[0], b[0]
+        return _rows_at(columns, top), best
+
+
+def _NO_EXCLUSIONS(rows: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802
+    """Compressed exclusion rows that exclude nothing."""
+    return np.zeros(rows + 1, dtype=np.int64), NO_COLUMNS
+
+
+def _fields(events: Sequence[WatchEvent]) -> tuple[Sequence, ...]:
+    """Timestamps, viewers, videos, watch times and durations of ``events``, each a tuple
+    (one transposition in C instead of a Python loop per field)."""
+    if not events:
+        return (), (), (), (), ()
+    return tuple(zip(*events, strict=True))[:5]
+
+
+def _rows_at(columns: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """The video rows of top-n columns (``-1`` stays ``-1``)."""
+    rows = np.full_like(top, -1)
+    chosen = top >= 0
+    rows[chosen] = columns[top[chosen]]
+    return rows
+
+
+def _rows_of(ptr: np.ndarray, videos: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Compressed rows ``rows`` of ``(ptr, videos)``, as compressed rows of their own."""
+    lengths = ptr[rows + 1] - ptr[rows]
+    sub = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(lengths, out=sub[1:])
+    index = np.repeat(ptr[rows] - sub[:-1], lengths) + np.arange(sub[-1])
+    return sub, videos[index]

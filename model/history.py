@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model.compiled import batch_histories
 from model.ids import GrowableTable
 
 __all__ = ["RecentHistory", "group_positions"]
@@ -90,29 +91,16 @@ class RecentHistory:
         :meth:`store` once the batch is learned. ``grouping`` is ``group_positions(viewers)``
         when the caller has it already.
         """
-        L, n = self.length, viewers.shape[0]
-        order, start, within = group_positions(viewers) if grouping is None else grouping
-        pre_items, pre_weights = self.of_rows(viewers[order])
-        vid_sorted, w_sorted = videos[order], weights[order]
-        # An event's history at age a is its viewer's earlier in-batch event a+1 back when the
-        # batch has that many, else the stored history shifted by the in-batch count.
-        last = np.ones(n, dtype=bool)
-        last[:-1] = start[1:] != start[:-1]
-        # Rows 0..n-1 are the events; rows n.. are "one past the last event" of each viewer.
-        pos = np.concatenate([np.arange(n), np.flatnonzero(last) + 1])
-        cnt = np.concatenate([within, within[last] + 1])
-        src = np.concatenate([np.arange(n), np.flatnonzero(last)])
-        age = np.arange(L)[None, :]
-        in_batch = age < cnt[:, None]
-        idx_in = np.clip(pos[:, None] - 1 - age, 0, max(n - 1, 0))
-        idx_pre = np.clip(age - cnt[:, None], 0, L - 1)
-        items = np.where(in_batch, vid_sorted[idx_in], np.take_along_axis(pre_items[src], idx_pre, axis=1))
-        hw = np.where(in_batch, w_sorted[idx_in], np.take_along_axis(pre_weights[src], idx_pre, axis=1))
-        hist_items = np.empty((n, L), dtype=np.int64)
-        hist_w = np.empty((n, L), dtype=np.float32)
-        hist_items[order] = items[:n]
-        hist_w[order] = hw[:n]
-        return hist_items, hist_w, viewers[order][last], items[n:], hw[n:].astype(np.float32)
+        order, start, _ = group_positions(viewers) if grouping is None else grouping
+        return batch_histories(
+            self.items.array,
+            self.weights.array,
+            viewers,
+            videos,
+            weights.astype(np.float32, copy=False),
+            order,
+            start,
+        )
 
     def store(self, rows: np.ndarray, items: np.ndarray, weights: np.ndarray) -> None:
         """Write the histories returned by :meth:`for_batch` (rows must exist)."""

@@ -1,9 +1,17 @@
-"""The hot numpy functions of the embedding model: softmax gradient and a guarded Adagrad step.
+"""Plain numpy versions of the model's compiled kernels (:mod:`model.compiled`): the references.
 
-Everything here works on whole batches (no per-event numpy calls), so its cost is a few
-matrix products per poll. The Adagrad step is the one place parameters are written, and it
-refuses to write non-finite numbers: a diverging update is clipped, and a row whose gradient
-is still not finite is skipped and counted.
+The model runs the compiled kernels; these are what each kernel is held to, on random inputs,
+in ``tests/test_kernels.py`` (to float rounding: where numpy sums pairwise or in BLAS order, a
+loop sums in its own order), and what ``bench/floor.py`` times as the numpy floor. Each is
+written for clarity, from whole-array numpy operations, as the model computed it before the
+kernels:
+
+* :func:`softmax_grad` and :func:`adagrad_step`, the training step's two hot functions (the
+  Adagrad step is the one place parameters are written, and it refuses to write non-finite
+  numbers: a diverging update is clipped, and a row whose gradient is still not finite is
+  skipped and counted);
+* :func:`rank_top_n`, :func:`softmax_step`, :func:`mix_histories`, :func:`history_grad`,
+  :func:`batch_histories`: the references of the kernels of the same names.
 
 >>> import numpy as np
 >>> p, acc = np.ones((3, 2), dtype=np.float32), np.zeros((3, 2), dtype=np.float32)
@@ -19,7 +27,17 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["softmax_grad", "adagrad_step"]
+from model.topk import UNRANKED
+
+__all__ = [
+    "adagrad_step",
+    "batch_histories",
+    "history_grad",
+    "mix_histories",
+    "rank_top_n",
+    "softmax_grad",
+    "softmax_step",
+]
 
 _EPS = 1e-8
 
@@ -84,6 +102,8 @@ def adagrad_step(
     the whole video table every batch.
     """
     n = grad.shape[0]
+    if n == 0:
+        return 0
     grad = grad.reshape(n, -1)
     whole = rows is None
     p = param.reshape(n, -1) if whole else param[rows].reshape(n, -1)
@@ -123,3 +143,119 @@ def adagrad_step(
         param[rows] = new_p.reshape((-1, *shape))
         accum[rows] = new_a.reshape((-1, *shape))
     return refused
+
+
+def _cells(ptr: np.ndarray, videos: np.ndarray, column_of: np.ndarray, width: int):
+    """Compressed exclusion rows as ``(rows, cols)`` cells in ``[0, width)``."""
+    rows = np.repeat(np.arange(ptr.size - 1), np.diff(ptr))
+    cols = videos.astype(np.int64)
+    if column_of.size:
+        inside = (cols >= 0) & (cols < column_of.size)
+        cols = np.where(inside, column_of[np.where(inside, cols, 0)], -1)
+    keep = (cols >= 0) & (cols < width)
+    return rows[keep], cols[keep]
+
+
+def rank_top_n(scores, width, n, targets, ex_ptr, ex_videos, column_of, bias, alpha, feature, keep_targets):
+    """:func:`model.compiled.rank_top_n`: finish (bias, ``alpha`` times feature), mask the
+    ranked columns (exclusions, non-finite), rank the targets pessimistically and take the
+    top-``n`` by a stable sort (ties: lower column first); ``scores`` changed in place alike."""
+    batch, cols = scores.shape
+    width = max(0, min(width, cols))
+    if bias.shape[0] == cols:
+        scores += bias
+    if feature.shape == scores.shape:
+        scores += np.float32(alpha) * feature
+    rows = np.arange(batch)
+    valid = (targets >= 0) & (targets < cols)
+    kept = scores[rows[valid], targets[valid]].copy()
+    ranked = scores[:, :width]
+    ranked[~np.isfinite(ranked)] = -np.inf
+    ranked[_cells(ex_ptr, ex_videos, column_of, width)] = -np.inf
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    inside = np.flatnonzero((targets >= 0) & (targets < width))
+    target = ranked[inside, targets[inside]]
+    ok = np.isfinite(target)
+    rank[inside[ok]] = (ranked[inside[ok]] >= target[ok, None]).sum(axis=1) - 1
+    order = np.argsort(-ranked, axis=1, kind="stable")[:, :n]
+    best = np.take_along_axis(ranked, order, axis=1)
+    top = np.where(np.isfinite(best), order, -1)
+    pad = n - top.shape[1]
+    top = np.pad(top, ((0, 0), (0, pad)), constant_values=-1)
+    best = np.pad(
+        np.where(top[:, : best.shape[1]] >= 0, best, -np.inf), ((0, 0), (0, pad)), constant_values=-np.inf
+    )
+    if keep_targets:
+        back = valid & (targets < width)
+        scores[rows[back], targets[back]] = kept[back[valid]]
+    return top, best.astype(np.float32), rank
+
+
+def softmax_step(logits, targets, weights, ex_ptr, ex_videos, column_of, feature):
+    """:func:`model.compiled.softmax_grad`: exclusions but the target to ``-inf``, then
+    :func:`softmax_grad`, the column sums and the feature's gradient; ``logits`` in place."""
+    rows = np.arange(logits.shape[0])
+    kept = logits[rows, targets].copy()
+    logits[_cells(ex_ptr, ex_videos, column_of, logits.shape[1])] = -np.inf
+    logits[rows, targets] = kept
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad, loss, skipped = softmax_grad(logits, targets, weights)
+    sums = grad.sum(axis=0)
+    feature_grad = float(np.vdot(grad, feature)) if feature.shape == grad.shape else 0.0
+    return loss, skipped, sums, feature_grad
+
+
+def mix_histories(items, hist_w, decay, Q, known, bound):
+    """:func:`model.compiled.mix_histories`: mixing weights, viewer vectors by a matrix
+    product over the distinct history rows, the distinct rows (sorted here) and each slot's
+    index among them."""
+    mix = np.where(items >= 0, hist_w * decay[None, :], 0.0).astype(np.float32)
+    norm = mix.sum(axis=1, keepdims=True)
+    mix /= np.where(norm > 0, norm, 1.0)
+    rows, slot = np.unique(items[items >= 0], return_inverse=True)
+    slots = np.full(items.shape, -1, dtype=np.int64)
+    slots[items >= 0] = slot
+    dense = np.zeros((items.shape[0], rows.size), dtype=np.float32)
+    np.add.at(dense, (np.nonzero(items >= 0)[0], slot), mix[items >= 0])
+    U = (
+        dense[:, rows < known] @ Q[rows[rows < known]]
+        if rows.size
+        else np.zeros((items.shape[0], Q.shape[1]))
+    )
+    return mix, U.astype(np.float32), rows, slots
+
+
+def history_grad(slot, mix, grad_u, distinct):
+    """:func:`model.compiled.history_grad`: the transposed product, through a dense matrix."""
+    dense = np.zeros((slot.shape[0], distinct), dtype=np.float32)
+    np.add.at(dense, (np.nonzero(slot >= 0)[0], slot[slot >= 0]), mix[slot >= 0])
+    return dense.T @ grad_u
+
+
+def batch_histories(stored_items, stored_weights, viewers, videos, weights, order, start):
+    """:func:`model.compiled.batch_histories`, in whole-array numpy (what
+    :meth:`model.history.RecentHistory.for_batch` computed before the kernel)."""
+    L, n = stored_items.shape[1], viewers.shape[0]
+    known = (viewers[order] >= 0) & (viewers[order] < stored_items.shape[0])
+    pre_items = np.full((n, L), -1, dtype=np.int64)
+    pre_weights = np.zeros((n, L), dtype=np.float32)
+    pre_items[known] = stored_items[viewers[order][known]]
+    pre_weights[known] = stored_weights[viewers[order][known]]
+    vid_sorted, w_sorted = videos[order], weights[order]
+    within = np.arange(n) - start
+    last = np.ones(n, dtype=bool)
+    last[:-1] = start[1:] != start[:-1]
+    pos = np.concatenate([np.arange(n), np.flatnonzero(last) + 1])
+    cnt = np.concatenate([within, within[last] + 1])
+    src = np.concatenate([np.arange(n), np.flatnonzero(last)])
+    age = np.arange(L)[None, :]
+    in_batch = age < cnt[:, None]
+    idx_in = np.clip(pos[:, None] - 1 - age, 0, max(n - 1, 0))
+    idx_pre = np.clip(age - cnt[:, None], 0, L - 1)
+    items = np.where(in_batch, vid_sorted[idx_in], np.take_along_axis(pre_items[src], idx_pre, axis=1))
+    hw = np.where(in_batch, w_sorted[idx_in], np.take_along_axis(pre_weights[src], idx_pre, axis=1))
+    hist_items = np.empty((n, L), dtype=np.int64)
+    hist_w = np.empty((n, L), dtype=np.float32)
+    hist_items[order] = items[:n]
+    hist_w[order] = hw[:n]
+    return hist_items, hist_w, viewers[order][last], items[n:], hw[n:].astype(np.float32)

@@ -20,6 +20,7 @@ from itertools import chain
 import numpy as np
 
 from contract.events import WatchEvent
+from model.compiled import exclusion_cells
 from model.history import group_positions
 from model.ids import IdIndex
 
@@ -58,7 +59,12 @@ class SeenVideos:
             seen.append([])
         seen[viewer_row].append(video_row)
 
-    def add_many(self, viewer_rows: np.ndarray, video_rows: np.ndarray) -> None:
+    def add_many(
+        self,
+        viewer_rows: np.ndarray,
+        video_rows: np.ndarray,
+        grouping: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """:meth:`add` for a batch, in order: one list extension per distinct viewer.
 
         Viewers arrive in bursts (about 8 distinct viewers in 256 ML-100K events), so this is a
@@ -74,9 +80,14 @@ class SeenVideos:
         top = int(viewer_rows.max())
         if top >= len(seen):
             seen.extend([] for _ in range(top + 1 - len(seen)))
-        order = np.argsort(viewer_rows, kind="stable")
-        keys = viewer_rows[order]
-        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        if grouping is None:
+            order = np.argsort(viewer_rows, kind="stable")
+            keys = viewer_rows[order]
+            starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        else:  # group_positions(viewer_rows), which the caller had
+            order, _, within = grouping
+            keys = viewer_rows[order]
+            starts = np.flatnonzero(within == 0)
         bounds = np.r_[starts, keys.size].tolist()
         videos = np.asarray(video_rows, dtype=np.int64)[order].tolist()
         for v, a, b in zip(keys[starts].tolist(), bounds[:-1], bounds[1:], strict=True):
@@ -169,6 +180,46 @@ class SeenVideos:
             return _EMPTY, _EMPTY
         rows = np.repeat(np.arange(len(lists), dtype=np.int64), lengths)
         return rows, np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=total)
+
+    def exclusions_of(self, viewer_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`exclusion_for_viewers` excludes, as compressed rows ``(ptr, videos)``:
+        row ``i`` excludes ``videos[ptr[i]:ptr[i+1]]`` (the compiled kernels' form).
+
+        >>> s = SeenVideos(); s.add(1, 4); s.add(1, 2)
+        >>> [a.tolist() for a in s.exclusions_of(np.array([1, -1, 0]))]
+        [[0, 2, 2, 2], [4, 2]]
+        """
+        lists = [self.of(v) for v in viewer_rows.tolist()]
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=ptr[1:])
+        return ptr, np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(ptr[-1]))
+
+    def exclusions(
+        self,
+        viewer_keys: np.ndarray,
+        video_rows: np.ndarray,
+        grouping: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """What :meth:`exclusion_for_events` excludes, as compressed rows ``(ptr, videos)``
+        (:func:`model.compiled.exclusion_cells`): the lists of the batch's distinct viewers
+        are read once, the in-batch cells come from the grouping.
+
+        >>> seen = SeenVideos(); seen.add(0, 5); seen.add(0, 7)
+        >>> ptr, videos = seen.exclusions(np.array([0, 0, -2]), np.array([9, 3, 5]))
+        >>> [sorted(videos[a:b].tolist()) for a, b in zip(ptr[:-1], ptr[1:])]
+        [[5, 7], [5, 7, 9], []]
+        """
+        keys = np.asarray(viewer_keys, dtype=np.int64)
+        order, start, _ = group_positions(keys) if grouping is None else grouping
+        known = np.flatnonzero((keys >= 0) & (keys < len(self._seen)))
+        list_of = np.full(keys.shape[0], -1, dtype=np.int64)
+        if known.size:
+            distinct, list_of[known] = np.unique(keys[known], return_inverse=True)
+            ptr, flat = self.exclusions_of(distinct)
+        else:
+            ptr, flat = np.zeros(1, dtype=np.int64), _EMPTY
+        return exclusion_cells(order, start, np.asarray(video_rows, dtype=np.int64), flat, ptr, list_of)
 
     def exclusion_for_events(
         self,

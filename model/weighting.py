@@ -32,6 +32,8 @@ def watch_weights(
     saturation_s: float = 300.0,
 ) -> np.ndarray:
     """Per-event weights in ``[floor, 1]`` (float32); see the module docstring for the curve."""
+    if watch_time.count(None) == len(watch_time):  # ratings, clicks: plain positives (common)
+        return np.ones(len(watch_time), dtype=np.float32)
     wt = np.array([np.nan if w is None else w for w in watch_time], dtype=np.float64)
     du = np.array([np.nan if d is None else d for d in duration], dtype=np.float64)
     out = np.ones(wt.shape[0], dtype=np.float64)

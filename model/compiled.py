@@ -1,0 +1,793 @@
+"""The default model's hot loops, compiled with numba: each replaces a chain of numpy calls.
+
+One batch of the model is a few dense matrix products (BLAS, left to numpy) and, around them,
+passes over ``(batch, columns)`` score matrices and small per-event loops. In numpy each of
+those is a dozen calls with a temporary array each; here each is one loop that reads a score
+row while it is in cache. The kernels, and the numpy code each one replaced (kept as its
+reference in :mod:`model.kernels`, and tested against it on random inputs in
+``tests/test_kernels.py``):
+
+* :func:`rank_top_n`: a score matrix's bias and co-occurrence feature added, exclusions and
+  non-finite cells set to ``-inf``, each target's pessimistic rank and the top-``n`` in one
+  pass per row (no sort, no partition); replaces ``_logits`` + ``model.topk.top_n_with_rank``;
+* :func:`softmax_grad`: the weighted softmax cross-entropy gradient in place, with the
+  remaining exclusions, the non-finite guard, the column sums (the bias gradient) and the
+  gradient of the feature weight; replaces ``model.kernels.softmax_grad`` and the masking,
+  concatenation and sums around it;
+* :func:`adagrad_rows`: Adagrad with clipping on given rows, refusing a row whose new values
+  would not be finite; replaces ``model.kernels.adagrad_step``;
+* :func:`mix_histories` and :func:`history_grad`: each event's mixing weights over its recent
+  watches, the viewer vector they mix, and the transposed product for the gradient; replace
+  ``_mixing_weights``, ``_distinct``, a ``bincount`` and two matrix products;
+* :func:`cooc_feature` and :func:`cooc_add`: the co-occurrence feature at given columns and
+  the count update; replace ``CoCounts.batch_feature``/``feature`` and an ``np.add.at``;
+* :func:`exclusion_cells`: each event's excluded videos (what its viewer watched before the
+  batch and earlier in it) as compressed rows; replaces ``SeenVideos.exclusion_for_events``'
+  array arithmetic.
+
+Exclusions are compressed rows (``ptr``, ``videos``): row ``i`` excludes
+``videos[ptr[i]:ptr[i+1]]``, video rows mapped to score columns by ``column_of`` (empty: a
+video's row is its column; ``-1`` or out of range: not a column, ignored).
+
+Arithmetic is float32 as in numpy, in the same order where numpy's order is a plain loop;
+sums numpy does pairwise (the softmax's row sums, squared norms) are summed here in float64 or
+sequentially, so results agree with the references to float rounding, not bit for bit. No
+kernel uses ``fastmath``: ``-inf`` and NaN are values these loops must see. ``exp`` is a
+Cephes-style polynomial (within 2 ulp of numpy's) that the compiler vectorises; the libm call
+numba would make costs 5x more.
+
+Compiled functions are cached on disk (``cache=True``: beside this file, or under
+``NUMBA_CACHE_DIR`` or the user's cache directory when the install is read-only). Everything
+here is a module-level function of arrays, so models that call them stay picklable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+__all__ = [
+    "NO_BIAS",
+    "NO_COLUMNS",
+    "NO_FEATURE",
+    "UNRANKED",
+    "adagrad_rows",
+    "cooc_add",
+    "cooc_feature",
+    "exclusion_cells",
+    "history_grad",
+    "mix_histories",
+    "rank_top_n",
+    "softmax_grad",
+]
+
+#: The rank of a target that cannot be recommended (as :data:`model.topk.UNRANKED`).
+UNRANKED = np.iinfo(np.int64).max
+#: "No bias", "no feature", "columns are video rows": the empty arrays kernels take for them.
+NO_BIAS = np.zeros(0, dtype=np.float32)
+NO_FEATURE = np.zeros((0, 0), dtype=np.float32)
+NO_COLUMNS = np.zeros(0, dtype=np.int64)
+
+_NEG_INF = np.float32(-np.inf)
+_POS_INF = np.float32(np.inf)
+_ZERO = np.float32(0.0)
+_ONE = np.float32(1.0)
+_EPS = np.float32(1e-8)
+
+# exp(x) = 2**k * exp(r), k = round(x / ln 2), r = x - k ln 2 in two parts (Cody-Waite), exp(r)
+# by a degree-7 polynomial (Cephes' expf); 2**k from its exponent bits.
+_LOG2E = np.float32(1.44269504088896341)
+_LN2_HI = np.float32(0.693359375)
+_LN2_LO = np.float32(-2.12194440e-4)
+_ROUND = np.float32(12582912.0)  # 1.5 * 2**23: adding it rounds a float32 to an integer
+_EXP_FLOOR = np.float32(-87.0)  # below it exp is under 1.7e-38: taken as 0
+_P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
+_P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
+
+_JIT = {"cache": True, "nogil": True}
+
+
+@njit(**_JIT)
+def _fill(x: np.ndarray, value: np.float32) -> None:
+    """``x[:] = value`` as a loop (numba's slice assignment, inside a kernel's row loop, made
+    that whole loop 3x slower)."""
+    for j in range(x.shape[0]):
+        x[j] = value
+
+
+@njit(**_JIT)
+def _exclude(
+    row: np.ndarray, width: int, videos: np.ndarray, start: int, stop: int, column_of: np.ndarray
+) -> None:
+    """``row[column] = -inf`` for the columns of ``videos[start:stop]`` below ``width``
+    (``column_of``: video row to column, ``-1`` none; empty: a row is its column)."""
+    mapped = column_of.shape[0]
+    for k in range(start, stop):
+        c = videos[k]
+        if mapped:
+            c = column_of[c] if 0 <= c < mapped else -1
+        if 0 <= c < width:
+            row[c] = _NEG_INF
+
+
+@njit(**_JIT)
+def _scan_row(row: np.ndarray) -> tuple[int, np.float32]:
+    """How many cells of a float32 row are NaN or ``+inf``, and the row's maximum (meaningful
+    only when none is): one vectorised pass, the maximum taken over integers that order like
+    the floats (float maxima that must respect NaN do not vectorise)."""
+    keys = row.view(np.int32)
+    bad = 0
+    top = np.int32(-(2**31))
+    for j in range(row.shape[0]):
+        x = row[j]
+        bad += (x != x) | (x == _POS_INF)
+        k = keys[j]
+        k = k ^ ((k >> 31) & np.int32(0x7FFFFFFF))
+        top = k if k > top else top
+    out = np.empty(1, dtype=np.int32)
+    out[0] = top ^ ((top >> 31) & np.int32(0x7FFFFFFF))  # the map is its own inverse
+    return bad, out.view(np.float32)[0] if row.shape[0] else _NEG_INF
+
+
+@njit(**_JIT)
+def _exp_shifted(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
+    """``row[:] = exp(row - shift)`` for rows whose cells are at most ``shift`` or ``-inf``
+    (softmax rows); ``bits`` is int32 scratch of the row's length. Two loops the compiler
+    vectorises."""
+    scale = bits.view(np.float32)
+    for j in range(row.shape[0]):
+        v = row[j] - shift
+        low = not v >= _EXP_FLOOR  # -inf and the underflow range
+        v = max(v, _EXP_FLOOR)
+        k = (v * _LOG2E + _ROUND) - _ROUND
+        r = v - k * _LN2_HI - k * _LN2_LO
+        y = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        row[j] = y * (r * r) + r + _ONE
+        bits[j] = 0 if low else (np.int32(k) + np.int32(127)) << 23
+    for j in range(row.shape[0]):
+        row[j] = row[j] * scale[j]
+
+
+@njit(**_JIT)
+def exp_shifted(x: np.ndarray, shift: float) -> np.ndarray:
+    """``exp(x - shift)`` for a float32 vector ``x <= shift`` (``-inf`` allowed), as the
+    softmax computes it: a new array (the kernels work in place)."""
+    out = x.copy()
+    _exp_shifted(out, np.float32(shift), np.empty(x.shape[0], dtype=np.int32))
+    return out
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _sum64(x: np.ndarray) -> float:
+    """A float64 sum in any order (vectorised)."""
+    total = 0.0
+    for j in range(x.shape[0]):
+        total += x[j]
+    return total
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _scale_row(
+    row: np.ndarray, scale: np.float32, t: int, w: np.float32, sums: np.ndarray, feature: np.ndarray
+) -> float:
+    """``row = row * scale``, then ``- w`` at the target ``t``; the new row added into
+    ``sums`` and, when ``feature`` has the row's length, ``sum(row * feature)`` in float64 (in
+    any order: the one sum ``reassoc`` is for; each cell's arithmetic is exact IEEE)."""
+    dot = 0.0
+    if feature.shape[0] == row.shape[0]:
+        for j in range(row.shape[0]):
+            g = row[j] * scale - (w if j == t else _ZERO)
+            row[j] = g
+            sums[j] += g
+            dot += float(g) * float(feature[j])
+    else:
+        for j in range(row.shape[0]):
+            g = row[j] * scale - (w if j == t else _ZERO)
+            row[j] = g
+            sums[j] += g
+    return dot
+
+
+#: Cells per block of the top-n search (a constant: each block's maximum is one vector).
+_BLOCK = 16
+
+
+@njit(inline="always", **_JIT)
+def _finished(
+    x: np.float32, j: int, bias: np.ndarray, alpha: np.float32, f: np.ndarray, mode: int
+) -> np.float32:
+    """A dot product plus ``bias[j]`` (``mode`` 1 or 3) plus ``alpha * f[j]`` (``mode`` 2 or 3)."""
+    if mode & 1:
+        x = x + bias[j]
+    if mode & 2:
+        x = x + alpha * f[j]
+    return x
+
+
+@njit(**_JIT)
+def _select_top_n(
+    row: np.ndarray,
+    width: int,
+    n: int,
+    block_max: np.ndarray,
+    groups: np.ndarray,
+    cand: np.ndarray,
+    cand_cols: np.ndarray,
+    top: np.ndarray,
+    best: np.ndarray,
+) -> None:
+    """The ``n`` largest of ``row[:width]`` (no NaN; ``block_max`` holds the maxima of its
+    blocks of :data:`_BLOCK` cells) into ``top``/``best``, best first; ties: lower column first;
+    ``-inf`` cells are never chosen (their slots keep ``-1``/``-inf``).
+
+    The blocks are dealt into ``4 n`` groups; the ``n``-th largest group maximum is a lower
+    bound on the row's ``n``-th largest cell (``n`` disjoint groups each hold a cell at least
+    that large), so only the cells of blocks that reach it are candidates: usually a few more
+    than ``n``, sorted by insertion. ``groups``, ``cand`` and ``cand_cols`` are scratch.
+    """
+    if n == 0:
+        return
+    blocks = (width + _BLOCK - 1) // _BLOCK
+    count = groups.shape[0]
+    _fill(groups, _NEG_INF)
+    for b in range(blocks):
+        g = b % count
+        m = block_max[b]
+        groups[g] = m if m > groups[g] else groups[g]
+    # The n-th largest group maximum: insertion into n slots kept in ascending order (best is
+    # scratch here; it is filled below).
+    bound = _NEG_INF
+    if count > n:
+        _fill(best, _NEG_INF)
+        for g in range(count):
+            m = groups[g]
+            if m > best[0]:
+                p = 0
+                while p + 1 < n and best[p + 1] < m:
+                    best[p] = best[p + 1]
+                    p += 1
+                best[p] = m
+        bound = best[0]
+        _fill(best, _NEG_INF)
+    k = 0
+    for b in range(blocks):
+        if block_max[b] >= bound and block_max[b] > _NEG_INF:
+            for j in range(b * _BLOCK, min(width, (b + 1) * _BLOCK)):
+                x = row[j]
+                if x >= bound and x > _NEG_INF:
+                    cand[k] = x
+                    cand_cols[k] = j
+                    k += 1
+    # Candidates come in column order; a cell moves up only past strictly smaller ones.
+    filled = 0
+    for a in range(k):
+        x = cand[a]
+        if filled == n and not x > best[n - 1]:
+            continue
+        p = min(filled, n - 1)
+        while p > 0 and best[p - 1] < x:
+            best[p] = best[p - 1]
+            top[p] = top[p - 1]
+            p -= 1
+        best[p] = x
+        top[p] = cand_cols[a]
+        filled = min(filled + 1, n)
+
+
+@njit(**_JIT)
+def rank_top_n(
+    scores: np.ndarray,
+    width: int,
+    n: int,
+    targets: np.ndarray,
+    ex_ptr: np.ndarray,
+    ex_videos: np.ndarray,
+    column_of: np.ndarray,
+    bias: np.ndarray,
+    alpha: np.float32,
+    feature: np.ndarray,
+    keep_targets: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores finished, masked and ranked in place: ``(top, best, rank)``.
+
+    ``scores`` is ``(B, W)`` float32 (dot products, C-contiguous). Every cell first becomes
+    ``scores + bias[col]`` (when ``bias`` has ``W`` values) ``+ alpha * feature`` (when
+    ``feature`` is ``(B, W)``), as :meth:`EmbeddingRanker._finish` computes it. Only the first
+    ``width`` columns are ranked: there, excluded cells (``ex_ptr``/``ex_videos`` through
+    ``column_of``) and non-finite cells become ``-inf``, as :func:`model.topk.mask_scores` does.
+
+    ``top`` is ``(B, n)`` int64 columns best first (ties: lower column first; ``-1`` where
+    fewer than ``n`` finite cells remain), ``best`` their scores (``-inf`` there), ``rank``
+    the pessimistic rank of ``targets[i]`` among row ``i``'s cells (cells at or above it, other
+    than itself), :data:`UNRANKED` for a target ``-1``, excluded or non-finite. With
+    ``keep_targets`` each target cell gets back its finished value (masking excepted): the
+    softmax learns from it.
+
+    One pass per row finishes, masks, counts the cells at or above the target and takes the
+    maxima of blocks of cells; the top-``n`` then reads only the blocks that can hold it
+    (:func:`_select_top_n`).
+    """
+    batch, cols = scores.shape
+    width = max(0, min(width, cols))
+    mode = (1 if bias.shape[0] == cols else 0) + (
+        2 if feature.shape[0] == batch and feature.shape[1] == cols else 0
+    )
+    top = np.full((batch, n), -1, dtype=np.int64)
+    best = np.full((batch, n), _NEG_INF, dtype=np.float32)
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    blocks = (width + _BLOCK - 1) // _BLOCK
+    block_max = np.empty(blocks, dtype=np.float32)
+    groups = np.empty(4 * n, dtype=np.float32)
+    cand = np.empty(width, dtype=np.float32)
+    cand_cols = np.empty(width, dtype=np.int64)
+    no_feature = np.zeros(0, dtype=np.float32)
+    for i in range(batch):
+        row = scores[i]
+        f = feature[i] if mode & 2 else no_feature
+        t = targets[i]
+        kept = _finished(row[t], t, bias, alpha, f, mode) if 0 <= t < cols else _ZERO
+        # Excluded cells first: -inf stays -inf through the additions.
+        _exclude(row, width, ex_videos, ex_ptr[i], ex_ptr[i + 1], column_of)
+        target = _POS_INF  # counts nothing
+        if 0 <= t < width:
+            target = _finished(row[t], t, bias, alpha, f, mode)
+            if target - target != _ZERO:  # excluded or not finite (NaN != 0 too): not ranked
+                target = _POS_INF
+        # Finish every cell; in the ranked ones, NaN and +-inf become -inf (x - x is 0 only
+        # for finite x). Then count the cells at or above the target, and take each block's
+        # maximum: three loops the compiler vectorises (fused into one, it does not).
+        if mode == 3:
+            for j in range(cols):
+                row[j] = (row[j] + bias[j]) + alpha * f[j]
+        elif mode == 1:
+            for j in range(cols):
+                row[j] = row[j] + bias[j]
+        elif mode == 2:
+            for j in range(cols):
+                row[j] = row[j] + alpha * f[j]
+        for j in range(width):
+            x = row[j]
+            row[j] = x if x - x == _ZERO else _NEG_INF
+        at_least = 0
+        if target < _POS_INF:
+            for j in range(width):
+                at_least += row[j] >= target
+        for b in range(blocks):
+            start = b * _BLOCK
+            m = _NEG_INF
+            if start + _BLOCK <= width:
+                for c in range(_BLOCK):
+                    x = row[start + c]
+                    m = x if x > m else m
+            else:
+                for j in range(start, width):
+                    x = row[j]
+                    m = x if x > m else m
+            block_max[b] = m
+        if target < _POS_INF:
+            rank[i] = at_least - 1
+        _select_top_n(row, width, n, block_max, groups, cand, cand_cols, top[i], best[i])
+        if keep_targets and 0 <= t < width:
+            row[t] = kept
+    return top, best, rank
+
+
+@njit(**_JIT)
+def softmax_grad(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    ex_ptr: np.ndarray,
+    ex_videos: np.ndarray,
+    column_of: np.ndarray,
+    feature: np.ndarray,
+) -> tuple[float, int, np.ndarray, float]:
+    """Gradient of the weighted softmax cross-entropy with respect to ``logits``, in place.
+
+    ``logits`` is ``(B, W)`` float32; ``targets[i]`` is row ``i``'s positive column. First the
+    excluded cells (``ex_ptr``/``ex_videos`` through ``column_of``) other than the target are
+    set to ``-inf`` (left out of the denominator). Then, as :func:`model.kernels.softmax_grad`:
+    each row becomes ``weights[i] * (softmax(row) - onehot(target))``; a row with a NaN or
+    ``+inf`` anywhere, or a non-finite target, is zero and counted as skipped.
+
+    Returns ``(loss, skipped, column_sums, feature_grad)``: the weighted loss of the rows not
+    skipped, their count, the gradient summed over rows (float32, row by row as numpy sums an
+    axis-0 reduction), and ``sum(grad * feature)`` (0 without a ``(B, W)`` ``feature``).
+    """
+    batch, cols = logits.shape
+    has_feature = feature.shape[0] == batch and feature.shape[1] == cols
+    no_feature = np.zeros(0, dtype=np.float32)
+    bits = np.empty(cols, dtype=np.int32)
+    column_sums = np.zeros(cols, dtype=np.float32)
+    loss = 0.0
+    skipped = 0
+    feature_grad = 0.0
+    for i in range(batch):
+        row = logits[i]
+        t = targets[i]
+        kept = row[t]
+        _exclude(row, cols, ex_videos, ex_ptr[i], ex_ptr[i + 1], column_of)
+        row[t] = kept
+        bad, top = _scan_row(row)
+        if bad or kept - kept != _ZERO:
+            skipped += 1
+            _fill(row, _ZERO)
+            continue
+        _exp_shifted(row, top, bits)
+        total = np.float32(_sum64(row))
+        w = weights[i]
+        loss += float(w) * (float(np.log(total)) - (float(kept) - float(top)))
+        feature_grad += _scale_row(
+            row, w / total, t, w, column_sums, feature[i] if has_feature else no_feature
+        )
+    return loss, skipped, column_sums, feature_grad
+
+
+@njit(**_JIT)
+def adagrad_rows(
+    param: np.ndarray,
+    accum: np.ndarray,
+    rows: np.ndarray,
+    grad: np.ndarray,
+    lr: float,
+    max_norm: float,
+) -> int:
+    """Adagrad on rows ``rows`` of ``(R, K)`` float32 ``param`` and ``accum`` (all ``R`` rows
+    in order when ``rows`` is empty), from ``(len(rows), K)`` ``grad``; returns how many rows
+    were refused.
+
+    As :func:`model.kernels.adagrad_step`: a gradient row is clipped to L2 norm ``max_norm``;
+    a row whose new parameters or accumulator would not be finite is not written at all.
+    Rows must be distinct.
+    """
+    n, dim = grad.shape
+    whole = rows.shape[0] == 0
+    lr32, limit = np.float32(lr), np.float32(max_norm)
+    g = np.empty(dim, dtype=np.float32)
+    new_p = np.empty(dim, dtype=np.float32)
+    new_a = np.empty(dim, dtype=np.float32)
+    refused = 0
+    for i in range(n):
+        r = i if whole else rows[i]
+        norm2 = _ZERO
+        for k in range(dim):
+            g[k] = grad[i, k]
+            norm2 += g[k] * g[k]
+        if not norm2 <= limit * limit:
+            norm = np.sqrt(norm2)
+            if norm > limit:
+                s = limit / norm
+                for k in range(dim):
+                    g[k] = g[k] * s
+        finite = True
+        for k in range(dim):
+            a = accum[r, k] + g[k] * g[k]
+            p = param[r, k] - (g[k] / (np.sqrt(a) + _EPS)) * lr32
+            new_a[k] = a
+            new_p[k] = p
+            finite &= (a - a == _ZERO) & (p - p == _ZERO)
+        if finite:
+            for k in range(dim):
+                accum[r, k] = new_a[k]
+                param[r, k] = new_p[k]
+        else:
+            refused += 1
+    return refused
+
+
+@njit(**_JIT)
+def mix_histories(
+    items: np.ndarray, hist_w: np.ndarray, decay: np.ndarray, Q: np.ndarray, known: int, bound: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each event's mixing weights and viewer vector from its history.
+
+    ``items``/``hist_w`` are ``(B, L)`` histories (video rows, ``-1`` empty; watch weights).
+    ``mix[e, a] = decay[a] * hist_w[e, a]`` over non-empty slots, normalised to sum to 1 (a
+    row of 0 when empty); ``U[e] = sum_a mix[e, a] * Q[items[e, a]]`` over rows ``< known``
+    (newer rows start at zero). Also the distinct history rows (``< bound``), in order of
+    first appearance, and each slot's index among them (``-1`` empty): the rows the
+    transition gradient (:func:`history_grad`) goes to. Returns ``(mix, U, rows, slot)``.
+    """
+    batch, length = items.shape
+    dim = Q.shape[1]
+    mix = np.zeros((batch, length), dtype=np.float32)
+    U = np.zeros((batch, dim), dtype=np.float32)
+    slot = np.full((batch, length), -1, dtype=np.int64)
+    index = np.full(bound, -1, dtype=np.int64)
+    rows = np.empty(batch * length, dtype=np.int64)
+    distinct = 0
+    for e in range(batch):
+        norm = _ZERO
+        for a in range(length):
+            if items[e, a] >= 0:
+                mix[e, a] = hist_w[e, a] * decay[a]
+                norm += mix[e, a]
+        if norm > _ZERO:
+            for a in range(length):
+                mix[e, a] = mix[e, a] / norm
+        for a in range(length):
+            v = items[e, a]
+            if v < 0:
+                continue
+            if index[v] < 0:
+                index[v] = distinct
+                rows[distinct] = v
+                distinct += 1
+            slot[e, a] = index[v]
+            if v < known:
+                m = mix[e, a]
+                for k in range(dim):
+                    U[e, k] += m * Q[v, k]
+    return mix, U, rows[:distinct].copy(), slot
+
+
+@njit(**_JIT)
+def history_grad(slot: np.ndarray, mix: np.ndarray, grad_u: np.ndarray, distinct: int) -> np.ndarray:
+    """``(distinct, K)``: the gradient of each distinct history row, ``sum_e,a mix[e, a] *
+    grad_u[e]`` over the slots that hold it (the transpose of :func:`mix_histories`' ``U``)."""
+    batch, length = slot.shape
+    dim = grad_u.shape[1]
+    out = np.zeros((distinct, dim), dtype=np.float32)
+    for e in range(batch):
+        for a in range(length):
+            d = slot[e, a]
+            if d >= 0:
+                m = mix[e, a]
+                for k in range(dim):
+                    out[d, k] += m * grad_u[e, k]
+    return out
+
+
+@njit(**_JIT)
+def cooc_feature(
+    counts: np.ndarray, inv: np.ndarray, items: np.ndarray, mix: np.ndarray, terms: int, columns: np.ndarray
+) -> np.ndarray:
+    """``(B, C)`` co-occurrence feature of the first ``terms`` slots of histories ``items``
+    (``(B, L)``, weighted ``mix``) at video rows ``columns``, as
+    :meth:`model.cooc.CoCounts.feature`: ``f[e, c] = sum_a mix[e, a] inv[h] counts[h, col]
+    inv[col]`` with ``h = items[e, a]``.
+
+    ``counts`` is the square count matrix (any capacity), ``inv`` its first ``R`` rows'
+    normalisers ``max(n, 1) ** -exponent``; history rows and columns outside ``[0, R)`` read
+    0. Each distinct history row's counts at ``columns`` are gathered once (a batch's
+    histories share most of their videos), then every event adds its rows four at a time.
+    """
+    batch = items.shape[0]
+    terms = min(terms, items.shape[1])
+    width = columns.shape[0]
+    counted = inv.shape[0]
+    index = np.full(counted, -1, dtype=np.int64)
+    rows = np.empty(batch * terms, dtype=np.int64)
+    distinct = 0
+    for e in range(batch):
+        for a in range(terms):
+            v = items[e, a]
+            if 0 <= v < counted and index[v] < 0:
+                index[v] = distinct
+                rows[distinct] = v
+                distinct += 1
+    safe = np.empty(width, dtype=np.int64)  # a column without counts reads row 0, scaled by 0
+    scale = np.empty(width, dtype=np.float32)
+    for c in range(width):
+        col = columns[c]
+        inside = 0 <= col < counted
+        safe[c] = col if inside else 0
+        scale[c] = inv[col] if inside else _ZERO
+    gathered = np.empty((distinct, width), dtype=np.float32)
+    for d in range(distinct):
+        _gather(counts[rows[d]], safe, gathered[d])
+    out = np.zeros((batch, width), dtype=np.float32)
+    weight = np.empty(terms, dtype=np.float32)
+    source = np.empty(terms, dtype=np.int64)
+    for e in range(batch):
+        k = 0
+        for a in range(terms):
+            v = items[e, a]
+            if 0 <= v < counted:
+                weight[k] = mix[e, a] * inv[v]
+                source[k] = index[v]
+                k += 1
+        _mix_rows(out[e], gathered, weight, source, k, scale)
+    return out
+
+
+@njit(**_JIT)
+def _gather(source: np.ndarray, columns: np.ndarray, out: np.ndarray) -> None:
+    for c in range(columns.shape[0]):
+        out[c] = source[columns[c]]
+
+
+@njit(**_JIT)
+def _mix_rows(
+    acc: np.ndarray, rows: np.ndarray, weight: np.ndarray, source: np.ndarray, k: int, scale: np.ndarray
+) -> None:
+    """``acc = scale * sum_q weight[q] * rows[source[q]]`` over ``q < k``, four rows a pass."""
+    q = 0
+    while q + 4 <= k:
+        _add4(
+            acc,
+            weight[q],
+            rows[source[q]],
+            weight[q + 1],
+            rows[source[q + 1]],
+            weight[q + 2],
+            rows[source[q + 2]],
+            weight[q + 3],
+            rows[source[q + 3]],
+        )
+        q += 4
+    while q < k:
+        _add1(acc, weight[q], rows[source[q]])
+        q += 1
+    _scale(acc, scale)
+
+
+@njit(**_JIT)
+def _add4(acc, w0, g0, w1, g1, w2, g2, w3, g3) -> None:  # noqa: ANN001
+    for c in range(acc.shape[0]):
+        acc[c] += (w0 * g0[c] + w1 * g1[c]) + (w2 * g2[c] + w3 * g3[c])
+
+
+@njit(**_JIT)
+def _add1(acc: np.ndarray, w: np.float32, g: np.ndarray) -> None:
+    for c in range(acc.shape[0]):
+        acc[c] += w * g[c]
+
+
+@njit(**_JIT)
+def _scale(acc: np.ndarray, scale: np.ndarray) -> None:
+    for c in range(acc.shape[0]):
+        acc[c] = acc[c] * scale[c]
+
+
+@njit(**_JIT)
+def cooc_add(
+    counts: np.ndarray, own: np.ndarray, history: np.ndarray, videos: np.ndarray, window: int
+) -> None:
+    """Count each event's video with the first ``window`` videos of its history, both ways, and
+    each video once in ``own`` (as :meth:`model.cooc.CoCounts.add`'s ``np.add.at``)."""
+    batch = videos.shape[0]
+    reach = min(window, history.shape[1])
+    for e in range(batch):
+        i = videos[e]
+        for a in range(reach):
+            j = history[e, a]
+            if j >= 0 and j != i:
+                counts[j, i] += _ONE
+                counts[i, j] += _ONE
+        own[i] += _ONE
+
+
+@njit(**_JIT)
+def exclusion_cells(
+    order: np.ndarray,
+    start: np.ndarray,
+    video_rows: np.ndarray,
+    lists: np.ndarray,
+    list_ptr: np.ndarray,
+    list_of: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Causal exclusions of a batch as compressed rows ``(ptr, videos)``.
+
+    Event ``i`` excludes its viewer's list ``lists[list_ptr[l]:list_ptr[l+1]]`` with
+    ``l = list_of[i]`` (``-1``: none; what the viewer watched before the batch), then the
+    videos (``>= 0``) of the viewer's earlier events in the batch: with the batch grouped by
+    viewer (:func:`model.history.group_positions`' ``order`` and ``start``), sorted position
+    ``p`` excludes the videos at sorted positions ``start[p] .. p - 1``.
+    """
+    batch = order.shape[0]
+    position = np.empty(batch, dtype=np.int64)
+    for p in range(batch):
+        position[order[p]] = p
+    ptr = np.zeros(batch + 1, dtype=np.int64)
+    for i in range(batch):
+        l = list_of[i]  # noqa: E741
+        own = list_ptr[l + 1] - list_ptr[l] if l >= 0 else 0
+        p = position[i]
+        ptr[i + 1] = ptr[i] + own + (p - start[p])
+    out = np.empty(ptr[batch], dtype=np.int64)
+    for i in range(batch):
+        at = ptr[i]
+        l = list_of[i]  # noqa: E741
+        if l >= 0:
+            for k in range(list_ptr[l], list_ptr[l + 1]):
+                out[at] = lists[k]
+                at += 1
+        p = position[i]
+        for q in range(start[p], p):
+            out[at] = video_rows[order[q]]
+            at += 1
+    return ptr, out
+
+
+@njit(**_JIT)
+def batch_histories(
+    stored_items: np.ndarray,
+    stored_weights: np.ndarray,
+    viewers: np.ndarray,
+    videos: np.ndarray,
+    weights: np.ndarray,
+    order: np.ndarray,
+    start: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each event's history just before it, and each viewer's after the batch (as
+    :meth:`model.history.RecentHistory.for_batch`).
+
+    ``stored_items``/``stored_weights`` are the ``(R, L)`` stored histories (viewer rows
+    ``>= R`` start empty); the batch is grouped by viewer (``order``, ``start``: sorted
+    position ``p``'s group starts at ``start[p]``). Slot ``a`` of an event's history is its
+    viewer's event ``a + 1`` back in the batch when there is one, else the stored history
+    shifted by the events before it. Returns ``(items, hist_weights)`` ``(B, L)`` and
+    ``(final_rows, final_items, final_weights)``, one row per distinct viewer, in sorted order.
+    """
+    batch = order.shape[0]
+    stored, length = stored_items.shape
+    items = np.full((batch, length), -1, dtype=np.int64)
+    hist_w = np.zeros((batch, length), dtype=np.float32)
+    groups = 0
+    for p in range(batch):
+        groups += p + 1 == batch or start[p + 1] != start[p]
+    final_rows = np.empty(groups, dtype=np.int64)
+    final_items = np.full((groups, length), -1, dtype=np.int64)
+    final_w = np.zeros((groups, length), dtype=np.float32)
+    g = 0
+    for p in range(batch + 1):
+        # p < batch: the event at sorted position p; then "one past" each group's last event.
+        last = p == batch or (p > 0 and start[p] != start[p - 1])
+        if p > 0 and last:
+            q = p - 1  # the group's last event: its viewer's history after the batch
+            _history_row(
+                stored_items,
+                stored_weights,
+                viewers[order[q]],
+                videos,
+                weights,
+                order,
+                start[q],
+                p,
+                final_items[g],
+                final_w[g],
+            )
+            final_rows[g] = viewers[order[q]]
+            g += 1
+        if p < batch:
+            i = order[p]
+            _history_row(
+                stored_items,
+                stored_weights,
+                viewers[i],
+                videos,
+                weights,
+                order,
+                start[p],
+                p,
+                items[i],
+                hist_w[i],
+            )
+    return items, hist_w, final_rows, final_items, final_w
+
+
+@njit(**_JIT)
+def _history_row(
+    stored_items: np.ndarray,
+    stored_weights: np.ndarray,
+    viewer: int,
+    videos: np.ndarray,
+    weights: np.ndarray,
+    order: np.ndarray,
+    first: int,
+    p: int,
+    out_items: np.ndarray,
+    out_w: np.ndarray,
+) -> None:
+    """The history before sorted position ``p`` of a group starting at ``first``."""
+    length = out_items.shape[0]
+    before = p - first  # the viewer's events earlier in the batch
+    for a in range(min(before, length)):
+        e = order[p - 1 - a]
+        out_items[a] = videos[e]
+        out_w[a] = weights[e]
+    if before < length and 0 <= viewer < stored_items.shape[0]:
+        for a in range(before, length):
+            out_items[a] = stored_items[viewer, a - before]
+            out_w[a] = stored_weights[viewer, a - before]
