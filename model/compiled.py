@@ -134,16 +134,8 @@ def _exp_shifted(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
     """``row[:] = exp(row - shift)`` for rows whose cells are at most ``shift`` or ``-inf``
     (softmax rows); ``bits`` is int32 scratch of the row's length. Two loops the compiler
     vectorises."""
+    _exp_poly(row, shift, bits)
     scale = bits.view(np.float32)
-    for j in range(row.shape[0]):
-        v = row[j] - shift
-        low = not v >= _EXP_FLOOR  # -inf and the underflow range
-        v = max(v, _EXP_FLOOR)
-        k = (v * _LOG2E + _ROUND) - _ROUND
-        r = v - k * _LN2_HI - k * _LN2_LO
-        y = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
-        row[j] = y * (r * r) + r + _ONE
-        bits[j] = 0 if low else (np.int32(k) + np.int32(127)) << 23
     for j in range(row.shape[0]):
         row[j] = row[j] * scale[j]
 
@@ -155,6 +147,38 @@ def exp_shifted(x: np.ndarray, shift: float) -> np.ndarray:
     out = x.copy()
     _exp_shifted(out, np.float32(shift), np.empty(x.shape[0], dtype=np.int32))
     return out
+
+
+@njit(**_JIT)
+def _exp_shifted_sum(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> float:
+    """:func:`_exp_shifted`, returning the row's float64 sum (taken in its second loop)."""
+    _exp_poly(row, shift, bits)
+    return _scale_sum(row, bits.view(np.float32))
+
+
+@njit(**_JIT)
+def _exp_poly(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
+    """The first loop of :func:`_exp_shifted`: ``exp(r)`` in ``row``, ``2**k``'s bits in ``bits``."""
+    for j in range(row.shape[0]):
+        v = row[j] - shift
+        low = not v >= _EXP_FLOOR  # -inf and the underflow range
+        v = max(v, _EXP_FLOOR)
+        k = (v * _LOG2E + _ROUND) - _ROUND
+        r = v - k * _LN2_HI - k * _LN2_LO
+        y = ((((_P0 * r + _P1) * r + _P2) * r + _P3) * r + _P4) * r + _P5
+        row[j] = y * (r * r) + r + _ONE
+        bits[j] = 0 if low else (np.int32(k) + np.int32(127)) << 23
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def _scale_sum(row: np.ndarray, scale: np.ndarray) -> float:
+    """``row *= scale`` (exact IEEE products), returning the float64 sum in any order."""
+    total = 0.0
+    for j in range(row.shape[0]):
+        y = row[j] * scale[j]
+        row[j] = y
+        total += y
+    return total
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc"})
@@ -230,10 +254,11 @@ def _select_top_n(
     blocks = (width + _BLOCK - 1) // _BLOCK
     count = groups.shape[0]
     _fill(groups, _NEG_INF)
-    for b in range(blocks):
-        g = b % count
+    g = 0
+    for b in range(blocks):  # block b joins group b % count (no division in the loop)
         m = block_max[b]
         groups[g] = m if m > groups[g] else groups[g]
+        g = g + 1 if g + 1 < count else 0
     # The n-th largest group maximum: insertion into n slots kept in ascending order (best is
     # scratch here; it is filled below).
     bound = _NEG_INF
@@ -272,6 +297,37 @@ def _select_top_n(
         best[p] = x
         top[p] = cand_cols[a]
         filled = min(filled + 1, n)
+
+
+@njit(**_JIT)
+def _finish_row(
+    row: np.ndarray, width: int, bias: np.ndarray, alpha: np.float32, f: np.ndarray, mode: int
+) -> None:
+    """Add ``bias`` (``mode`` 1, 3) and ``alpha * f`` (``mode`` 2, 3) to every cell; in the
+    first ``width`` cells, NaN and +-inf become ``-inf`` (``x - x`` is 0 only for finite ``x``)."""
+    cols = row.shape[0]
+    if mode == 3:
+        for j in range(width):
+            x = (row[j] + bias[j]) + alpha * f[j]
+            row[j] = x if x - x == _ZERO else _NEG_INF
+        for j in range(width, cols):
+            row[j] = (row[j] + bias[j]) + alpha * f[j]
+    elif mode == 1:
+        for j in range(width):
+            x = row[j] + bias[j]
+            row[j] = x if x - x == _ZERO else _NEG_INF
+        for j in range(width, cols):
+            row[j] = row[j] + bias[j]
+    elif mode == 2:
+        for j in range(width):
+            x = row[j] + alpha * f[j]
+            row[j] = x if x - x == _ZERO else _NEG_INF
+        for j in range(width, cols):
+            row[j] = row[j] + alpha * f[j]
+    else:
+        for j in range(width):
+            x = row[j]
+            row[j] = x if x - x == _ZERO else _NEG_INF
 
 
 @njit(**_JIT)
@@ -336,18 +392,7 @@ def rank_top_n(
         # Finish every cell; in the ranked ones, NaN and +-inf become -inf (x - x is 0 only
         # for finite x). Then count the cells at or above the target, and take each block's
         # maximum: three loops the compiler vectorises (fused into one, it does not).
-        if mode == 3:
-            for j in range(cols):
-                row[j] = (row[j] + bias[j]) + alpha * f[j]
-        elif mode == 1:
-            for j in range(cols):
-                row[j] = row[j] + bias[j]
-        elif mode == 2:
-            for j in range(cols):
-                row[j] = row[j] + alpha * f[j]
-        for j in range(width):
-            x = row[j]
-            row[j] = x if x - x == _ZERO else _NEG_INF
+        _finish_row(row, width, bias, alpha, f, mode)
         at_least = 0
         if target < _POS_INF:
             for j in range(width):
@@ -413,8 +458,7 @@ def softmax_grad(
             skipped += 1
             _fill(row, _ZERO)
             continue
-        _exp_shifted(row, top, bits)
-        total = np.float32(_sum64(row))
+        total = np.float32(_exp_shifted_sum(row, top, bits))
         w = weights[i]
         loss += float(w) * (float(np.log(total)) - (float(kept) - float(top)))
         feature_grad += _scale_row(
@@ -791,3 +835,35 @@ def _history_row(
         for a in range(before, length):
             out_items[a] = stored_items[viewer, a - before]
             out_w[a] = stored_weights[viewer, a - before]
+
+
+_warm = False
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) every kernel for the argument types the model
+    passes, by one call each on tiny arrays: a model constructed pays this once per process,
+    at start-up, instead of its first batch (the first run after an install compiles for a
+    few seconds; later ones load the cache in a fraction of a second)."""
+    global _warm
+    if _warm:
+        return
+    f32, i64 = np.float32, np.int64
+    scores = np.zeros((1, 2), dtype=f32)
+    ptr, none = np.zeros(2, dtype=i64), np.zeros(0, dtype=i64)
+    targets = np.zeros(1, dtype=i64)
+    rank_top_n(
+        scores, 2, 1, targets, ptr, none, none, np.zeros(2, f32), f32(0.0), np.zeros((1, 2), f32), True
+    )
+    softmax_grad(np.zeros((1, 2), f32), targets, np.ones(1, f32), ptr, none, none, np.zeros((1, 2), f32))
+    adagrad_rows(np.zeros((2, 2), f32), np.zeros((2, 2), f32), targets, np.zeros((1, 2), f32), 0.1, 1.0)
+    items, weights = np.zeros((1, 2), dtype=i64), np.ones((1, 2), dtype=f32)
+    _, U, rows, slot = mix_histories(items, weights, np.ones(2, f32), np.zeros((1, 2), f32), 1, 1)
+    history_grad(slot, weights, U, rows.shape[0])
+    counts = np.zeros((2, 2), dtype=f32)
+    cooc_feature(counts, np.ones(1, f32), items, weights, 1, targets)
+    cooc_add(counts, np.zeros(2, f32), items, targets, 1)
+    exclusion_cells(targets, targets, targets, none, np.zeros(1, i64), np.full(1, -1, i64))
+    batch_histories(items, weights, targets, targets, np.ones(1, f32), targets, targets)
+    exp_shifted(np.zeros(1, f32), 0.0)
+    _warm = True

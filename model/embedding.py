@@ -80,6 +80,7 @@ from model.compiled import (
     mix_histories,
     rank_top_n,
     softmax_grad,
+    warm_up,
 )
 from model.cooc import CoCounts
 from model.frequency import FrequencyFilter
@@ -240,6 +241,7 @@ class EmbeddingRanker(CatalogueScorer):
         self.shortlist = shortlist
         self.shortlist_share = shortlist_share
         self.seed = seed
+        warm_up()  # the compiled kernels, once per process: at start-up, not in the first batch
         self._init_state()
 
     # -- state -------------------------------------------------------------------------------
@@ -589,13 +591,15 @@ class EmbeddingRanker(CatalogueScorer):
             trending = np.broadcast_to(trending, (cold.size, ranked)).copy()
             if free.size:
                 trending[:, free[free < ranked]] = -np.inf
+            # Their exclusions: none, unless a caller ranks an unknown viewer's events twice.
             ptr, videos = batch.exclude
+            excluded = (ptr[cold + 1] - ptr[cold]).any()
             top[cold], _, rank[cold] = rank_top_n(
                 trending,
                 ranked,
                 n,
                 targets[cold],
-                *_rows_of(ptr, videos, cold),
+                *(_rows_of(ptr, videos, cold) if excluded else _NO_EXCLUSIONS(cold.size)),
                 column_of,
                 NO_BIAS,
                 np.float32(0.0),
@@ -667,8 +671,9 @@ class EmbeddingRanker(CatalogueScorer):
         created or reused for new videos since are scored now.
         """
         columns, column_of = batch.columns, batch.column_of
-        rescore = np.flatnonzero((columns >= batch.n_videos) | np.isin(columns, self._reused(batch)))
-        if rescore.size:
+        fresh = batch.video_rows[~batch.video_known]  # rows created, or released and reused
+        if fresh.size:
+            rescore = np.unique(fresh if not column_of.size else column_of[fresh])
             rows = columns[rescore]
             cooc = None if batch.cooc is None else batch.cooc[:, rescore]
             scores[:, rescore] = self._finish(batch.U @ self._E.array[rows].T, rows, cooc)
@@ -712,10 +717,6 @@ class EmbeddingRanker(CatalogueScorer):
                 self._alpha.reshape(1, 1), self._alpha_acc.reshape(1, 1), NO_COLUMNS, g, lr, clip
             )
         return grad_u
-
-    def _reused(self, batch: _Batch) -> np.ndarray:
-        """Released rows this batch gave to new videos (masked when ranked: rescored to learn)."""
-        return np.unique(batch.video_rows[~batch.video_known & (batch.video_rows < batch.n_videos)])
 
     def _random_vectors(self, n: int) -> np.ndarray:
         """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""

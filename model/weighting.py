@@ -34,8 +34,8 @@ def watch_weights(
     """Per-event weights in ``[floor, 1]`` (float32); see the module docstring for the curve."""
     if watch_time.count(None) == len(watch_time):  # ratings, clicks: plain positives (common)
         return np.ones(len(watch_time), dtype=np.float32)
-    wt = np.array([np.nan if w is None else w for w in watch_time], dtype=np.float64)
-    du = np.array([np.nan if d is None else d for d in duration], dtype=np.float64)
+    wt = np.array(_none_to_nan(watch_time), dtype=np.float64)
+    du = np.array(_none_to_nan(duration), dtype=np.float64)
     out = np.ones(wt.shape[0], dtype=np.float64)
     known = np.isfinite(wt)
     if not known.any():
@@ -47,3 +47,10 @@ def watch_weights(
     strength = np.where(np.isfinite(fraction), fraction, saturating)
     out[known] = floor + (1.0 - floor) * strength[known]
     return out.astype(np.float32)
+
+
+def _none_to_nan(values: Sequence[float | None]) -> Sequence[float]:
+    """``values`` with ``None`` as NaN (the sequence itself when it holds none)."""
+    if values.count(None) == 0:
+        return values
+    return [np.nan if v is None else v for v in values]
