@@ -57,6 +57,7 @@ __all__ = [
     "exclusion_cells",
     "history_grad",
     "mix_histories",
+    "rank_softmax",
     "rank_top_n",
     "softmax_grad",
 ]
@@ -331,6 +332,65 @@ def _finish_row(
 
 
 @njit(**_JIT)
+def _rank_row(
+    row: np.ndarray,
+    width: int,
+    n: int,
+    t: int,
+    bias: np.ndarray,
+    alpha: np.float32,
+    f: np.ndarray,
+    mode: int,
+    ex_videos: np.ndarray,
+    ex_start: int,
+    ex_stop: int,
+    column_of: np.ndarray,
+    keep_target: bool,
+    block_max: np.ndarray,
+    groups: np.ndarray,
+    cand: np.ndarray,
+    cand_cols: np.ndarray,
+    top: np.ndarray,
+    best: np.ndarray,
+) -> int:
+    """One row of :func:`rank_top_n`: finish, mask, rank target ``t``, top-``n``; returns the rank."""
+    cols = row.shape[0]
+    kept = _finished(row[t], t, bias, alpha, f, mode) if 0 <= t < cols else _ZERO
+    # Excluded cells first: -inf stays -inf through the additions.
+    _exclude(row, width, ex_videos, ex_start, ex_stop, column_of)
+    target = _POS_INF  # counts nothing
+    if 0 <= t < width:
+        target = _finished(row[t], t, bias, alpha, f, mode)
+        if target - target != _ZERO:  # excluded or not finite (NaN != 0 too): not ranked
+            target = _POS_INF
+    # Finish every cell; in the ranked ones, NaN and +-inf become -inf (x - x is 0 only for
+    # finite x). Then count the cells at or above the target, and take each block's maximum:
+    # loops the compiler vectorises (fused into one, it does not).
+    _finish_row(row, width, bias, alpha, f, mode)
+    at_least = 0
+    if target < _POS_INF:
+        for j in range(width):
+            at_least += row[j] >= target
+    blocks = (width + _BLOCK - 1) // _BLOCK
+    for b in range(blocks):
+        start = b * _BLOCK
+        m = _NEG_INF
+        if start + _BLOCK <= width:
+            for c in range(_BLOCK):
+                x = row[start + c]
+                m = x if x > m else m
+        else:
+            for j in range(start, width):
+                x = row[j]
+                m = x if x > m else m
+        block_max[b] = m
+    _select_top_n(row, width, n, block_max, groups, cand, cand_cols, top, best)
+    if keep_target and 0 <= t < width:
+        row[t] = kept
+    return at_least - 1 if target < _POS_INF else UNRANKED
+
+
+@njit(**_JIT)
 def rank_top_n(
     scores: np.ndarray,
     width: int,
@@ -380,41 +440,37 @@ def rank_top_n(
     for i in range(batch):
         row = scores[i]
         f = feature[i] if mode & 2 else no_feature
-        t = targets[i]
-        kept = _finished(row[t], t, bias, alpha, f, mode) if 0 <= t < cols else _ZERO
-        # Excluded cells first: -inf stays -inf through the additions.
-        _exclude(row, width, ex_videos, ex_ptr[i], ex_ptr[i + 1], column_of)
-        target = _POS_INF  # counts nothing
-        if 0 <= t < width:
-            target = _finished(row[t], t, bias, alpha, f, mode)
-            if target - target != _ZERO:  # excluded or not finite (NaN != 0 too): not ranked
-                target = _POS_INF
-        # Finish every cell; in the ranked ones, NaN and +-inf become -inf (x - x is 0 only
-        # for finite x). Then count the cells at or above the target, and take each block's
-        # maximum: three loops the compiler vectorises (fused into one, it does not).
-        _finish_row(row, width, bias, alpha, f, mode)
-        at_least = 0
-        if target < _POS_INF:
-            for j in range(width):
-                at_least += row[j] >= target
-        for b in range(blocks):
-            start = b * _BLOCK
-            m = _NEG_INF
-            if start + _BLOCK <= width:
-                for c in range(_BLOCK):
-                    x = row[start + c]
-                    m = x if x > m else m
-            else:
-                for j in range(start, width):
-                    x = row[j]
-                    m = x if x > m else m
-            block_max[b] = m
-        if target < _POS_INF:
-            rank[i] = at_least - 1
-        _select_top_n(row, width, n, block_max, groups, cand, cand_cols, top[i], best[i])
-        if keep_targets and 0 <= t < width:
-            row[t] = kept
+        rank[i] = _rank_row(
+            row, width, n, targets[i], bias, alpha, f, mode, ex_videos, ex_ptr[i], ex_ptr[i + 1],
+            column_of, keep_targets, block_max, groups, cand, cand_cols, top[i], best[i],
+        )  # fmt: skip
     return top, best, rank
+
+
+@njit(**_JIT)
+def _softmax_row(
+    row: np.ndarray,
+    t: int,
+    w: np.float32,
+    ex_videos: np.ndarray,
+    ex_start: int,
+    ex_stop: int,
+    column_of: np.ndarray,
+    bits: np.ndarray,
+    column_sums: np.ndarray,
+    f: np.ndarray,
+) -> tuple[float, int, float]:
+    """One row of :func:`softmax_grad`: ``(loss, skipped, feature_grad)`` of the row."""
+    kept = row[t]
+    _exclude(row, row.shape[0], ex_videos, ex_start, ex_stop, column_of)
+    row[t] = kept
+    bad, top = _scan_row(row)
+    if bad or kept - kept != _ZERO:
+        _fill(row, _ZERO)
+        return 0.0, 1, 0.0
+    total = np.float32(_exp_shifted_sum(row, top, bits))
+    loss = float(w) * (float(np.log(total)) - (float(kept) - float(top)))
+    return loss, 0, _scale_row(row, w / total, t, w, column_sums, f)
 
 
 @njit(**_JIT)
@@ -448,23 +504,78 @@ def softmax_grad(
     skipped = 0
     feature_grad = 0.0
     for i in range(batch):
-        row = logits[i]
-        t = targets[i]
-        kept = row[t]
-        _exclude(row, cols, ex_videos, ex_ptr[i], ex_ptr[i + 1], column_of)
-        row[t] = kept
-        bad, top = _scan_row(row)
-        if bad or kept - kept != _ZERO:
-            skipped += 1
-            _fill(row, _ZERO)
-            continue
-        total = np.float32(_exp_shifted_sum(row, top, bits))
-        w = weights[i]
-        loss += float(w) * (float(np.log(total)) - (float(kept) - float(top)))
-        feature_grad += _scale_row(
-            row, w / total, t, w, column_sums, feature[i] if has_feature else no_feature
+        f = feature[i] if has_feature else no_feature
+        loss_i, skip, grad_f = _softmax_row(
+            logits[i],
+            targets[i],
+            weights[i],
+            ex_videos,
+            ex_ptr[i],
+            ex_ptr[i + 1],
+            column_of,
+            bits,
+            column_sums,
+            f,
         )
+        loss += loss_i
+        skipped += skip
+        feature_grad += grad_f
     return loss, skipped, column_sums, feature_grad
+
+
+@njit(**_JIT)
+def rank_softmax(
+    scores: np.ndarray,
+    width: int,
+    n: int,
+    rank_targets: np.ndarray,
+    learn_targets: np.ndarray,
+    weights: np.ndarray,
+    ex_ptr: np.ndarray,
+    ex_videos: np.ndarray,
+    column_of: np.ndarray,
+    bias: np.ndarray,
+    alpha: np.float32,
+    feature: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int, np.ndarray, float]:
+    """:func:`rank_top_n` (targets ``rank_targets``, keeping them) then :func:`softmax_grad`
+    (targets ``learn_targets``) on each row while it is in cache: the same arithmetic in the
+    same order, so the same results, in one pass over the matrix instead of two.
+
+    ``scores`` must hold every column's dot product (the rows of new videos included).
+    Returns ``(top, best, rank, loss, skipped, column_sums, feature_grad)``.
+    """
+    batch, cols = scores.shape
+    width = max(0, min(width, cols))
+    mode = (1 if bias.shape[0] == cols else 0) + (
+        2 if feature.shape[0] == batch and feature.shape[1] == cols else 0
+    )
+    top = np.full((batch, n), -1, dtype=np.int64)
+    best = np.full((batch, n), _NEG_INF, dtype=np.float32)
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    block_max = np.empty((width + _BLOCK - 1) // _BLOCK, dtype=np.float32)
+    groups = np.empty(4 * n, dtype=np.float32)
+    cand = np.empty(width, dtype=np.float32)
+    cand_cols = np.empty(width, dtype=np.int64)
+    bits = np.empty(cols, dtype=np.int32)
+    column_sums = np.zeros(cols, dtype=np.float32)
+    no_feature = np.zeros(0, dtype=np.float32)
+    loss, skipped, feature_grad = 0.0, 0, 0.0
+    for i in range(batch):
+        row = scores[i]
+        f = feature[i] if mode & 2 else no_feature
+        start, stop = ex_ptr[i], ex_ptr[i + 1]
+        rank[i] = _rank_row(
+            row, width, n, rank_targets[i], bias, alpha, f, mode, ex_videos, start, stop,
+            column_of, True, block_max, groups, cand, cand_cols, top[i], best[i],
+        )  # fmt: skip
+        loss_i, skip, grad_f = _softmax_row(
+            row, learn_targets[i], weights[i], ex_videos, start, stop, column_of, bits, column_sums, f
+        )
+        loss += loss_i
+        skipped += skip
+        feature_grad += grad_f
+    return top, best, rank, loss, skipped, column_sums, feature_grad
 
 
 @njit(**_JIT)
@@ -856,6 +967,10 @@ def warm_up() -> None:
         scores, 2, 1, targets, ptr, none, none, np.zeros(2, f32), f32(0.0), np.zeros((1, 2), f32), True
     )
     softmax_grad(np.zeros((1, 2), f32), targets, np.ones(1, f32), ptr, none, none, np.zeros((1, 2), f32))
+    rank_softmax(
+        np.zeros((1, 2), f32), 2, 1, targets, targets, np.ones(1, f32), ptr, none, none,
+        np.zeros(2, f32), f32(0.0), np.zeros((1, 2), f32),
+    )  # fmt: skip
     adagrad_rows(np.zeros((2, 2), f32), np.zeros((2, 2), f32), targets, np.zeros((1, 2), f32), 0.1, 1.0)
     items, weights = np.zeros((1, 2), dtype=i64), np.ones((1, 2), dtype=f32)
     _, U, rows, slot = mix_histories(items, weights, np.ones(2, f32), np.zeros((1, 2), f32), 1, 1)

@@ -78,6 +78,7 @@ from model.compiled import (
     adagrad_rows,
     history_grad,
     mix_histories,
+    rank_softmax,
     rank_top_n,
     softmax_grad,
     warm_up,
@@ -537,18 +538,35 @@ class EmbeddingRanker(CatalogueScorer):
         """:meth:`rank_events`, then :meth:`learn_many` from the same prepared batch and score
         matrix (the same result, computed once).
 
-        When the admission filter (``min_events``) holds events back, the batch learned is not
-        the batch ranked: it is prepared again.
+        With a shortlist, ranking and the softmax take one compiled pass per row
+        (:func:`~model.compiled.rank_softmax`): the batch's new rows are created first, which
+        ranking never reads. When the admission filter (``min_events``) holds events back, the
+        batch learned is not the batch ranked: it is prepared again.
         """
         batch = self._batch(events)
-        ranking, scores = self._test_step(batch, n)
         admitted = self._admitted(events)
+        if admitted is events and batch.column_of.size:
+            return self._rank_and_learn_at_once(events, batch, n)
+        ranking, scores = self._test_step(batch, n)
         if admitted is events:
             self._learn(events, batch, scores)
         elif admitted:
             batch = self._batch(admitted)
             self._learn(admitted, batch, self._test_step(batch, 0)[1])
         return ranking
+
+    def _dots(self, batch: _Batch) -> np.ndarray:
+        """``U @ E.T`` at the batch's columns (rows not created yet read the last row: rescored)."""
+        if not batch.n_videos:
+            return np.zeros((len(batch.U), batch.columns.size), dtype=np.float32)
+        rows = np.minimum(batch.columns, batch.n_videos - 1)
+        return batch.U @ self._E.array[rows].T
+
+    def _targets(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Each event's column: to rank (``-1``: an unknown video or one outside the ranked
+        columns) and to learn (always a column)."""
+        column = batch.video_rows if not batch.column_of.size else batch.column_of[batch.video_rows]
+        return np.where(batch.video_known & (column < batch.ranked), column, -1), column
 
     def _test_step(self, batch: _Batch, n: int) -> tuple[Ranking, np.ndarray]:
         """The test step of a prepared batch: the top-``n`` and the score matrix the learning
@@ -561,16 +579,13 @@ class EmbeddingRanker(CatalogueScorer):
         shortlist) cannot be recommended: its rank is UNRANKED.
         """
         columns, ranked, column_of = batch.columns, batch.ranked, batch.column_of
-        rows = np.minimum(columns, batch.n_videos - 1)  # rows not created yet: rescored
-        scores = batch.U @ self._E.array[rows].T if batch.n_videos else np.zeros((len(batch.U), columns.size))
-        scores = scores.astype(np.float32, copy=False)
+        scores = self._dots(batch)
         # Released rows can never be recommended: -inf (learning rescores those this batch reuses).
         free = self._free_columns(column_of)
         if free.size:
             scores[:, free] = -np.inf
-        column = batch.video_rows if not column_of.size else column_of[batch.video_rows]
-        targets = np.where(batch.video_known & (column < ranked), column, -1)
-        bias = self._b.array[rows] if batch.n_videos else NO_BIAS
+        targets, _ = self._targets(batch)
+        bias = self._b.array[np.minimum(columns, batch.n_videos - 1)] if batch.n_videos else NO_BIAS
         top, _, rank = rank_top_n(
             scores,
             ranked,
@@ -583,31 +598,34 @@ class EmbeddingRanker(CatalogueScorer):
             NO_FEATURE if batch.cooc is None else batch.cooc,
             True,
         )
+        self._rank_cold(batch, n, targets, free, self._trending(), top, rank)
+        return Ranking(top=_rows_at(columns, top), rank=rank, catalogue=self.videos.live), scores
+
+    def _rank_cold(self, batch, n, targets, free, trending, top, rank) -> None:  # noqa: ANN001
+        """Viewers the model knows nothing about see what is trending instead (learning still
+        starts from the model's own scores for them): re-rank just those rows, in place."""
         cold = np.flatnonzero(batch.cold)
-        if cold.size:
-            # Viewers the model knows nothing about see what is trending instead (learning
-            # still starts from the model's own scores for them): re-rank just those rows.
-            trending = self._trending()[columns[:ranked]]
-            trending = np.broadcast_to(trending, (cold.size, ranked)).copy()
-            if free.size:
-                trending[:, free[free < ranked]] = -np.inf
-            # Their exclusions: none, unless a caller ranks an unknown viewer's events twice.
-            ptr, videos = batch.exclude
-            excluded = (ptr[cold + 1] - ptr[cold]).any()
-            top[cold], _, rank[cold] = rank_top_n(
-                trending,
-                ranked,
-                n,
-                targets[cold],
-                *(_rows_of(ptr, videos, cold) if excluded else _NO_EXCLUSIONS(cold.size)),
-                column_of,
-                NO_BIAS,
-                np.float32(0.0),
-                NO_FEATURE,
-                False,
-            )
-        top = _rows_at(columns, top)
-        return Ranking(top=top, rank=rank, catalogue=self.videos.live), scores
+        if not cold.size:
+            return
+        ranked, column_of = batch.ranked, batch.column_of
+        trending = np.broadcast_to(trending[batch.columns[:ranked]], (cold.size, ranked)).copy()
+        if free.size:
+            trending[:, free[free < ranked]] = -np.inf
+        # Their exclusions: none (an unknown viewer's first event in the batch), but checked.
+        ptr, videos = batch.exclude
+        excluded = (ptr[cold + 1] - ptr[cold]).any()
+        top[cold], _, rank[cold] = rank_top_n(
+            trending,
+            ranked,
+            n,
+            targets[cold],
+            *(_rows_of(ptr, videos, cold) if excluded else _NO_EXCLUSIONS(cold.size)),
+            column_of,
+            NO_BIAS,
+            np.float32(0.0),
+            NO_FEATURE,
+            False,
+        )
 
     # -- train step --------------------------------------------------------------------------
 
@@ -619,86 +637,109 @@ class EmbeddingRanker(CatalogueScorer):
             self._learn(events, batch, self._test_step(batch, 0)[1])
 
     def _learn(self, events: Sequence[WatchEvent], batch: _Batch, scores: np.ndarray) -> None:
-        """The train step of a prepared batch, from the score matrix of its test step."""
-        viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
-        # Create the new rows (the same numbers the batch was prepared with): adding only the
-        # ids the index lacks gives the same rows, at a third of the cost of adding all.
+        """The train step of a prepared batch, from the score matrix of its test step.
+
+        The softmax normalises over the batch's columns: the ranked ones, whose scores the test
+        step computed, and the batch's other videos (all rows, without a shortlist); the rows
+        created or reused for new videos are scored once they exist.
+        """
+        self._grow(batch)
+        rescore = self._fresh_columns(batch)
+        if rescore.size:
+            rows = batch.columns[rescore]
+            cooc = None if batch.cooc is None else batch.cooc[:, rescore]
+            scores[:, rescore] = self._finish(batch.U @ self._E.array[rows].T, rows, cooc)
+        # Released rows not reused stay out of the softmax.
+        free = self._free_columns(batch.column_of)
+        if free.size:
+            scores[:, free] = -np.inf
+        _, targets = self._targets(batch)
+        # Leave out each viewer's watched videos, but never the event's own.
+        softmax = softmax_grad(
+            scores,
+            targets,
+            batch.weights,
+            *batch.exclude,
+            batch.column_of,
+            NO_FEATURE if batch.cooc is None else batch.cooc,
+        )
+        self._update(events, batch, scores, targets, *softmax)
+
+    def _rank_and_learn_at_once(self, events: Sequence[WatchEvent], batch: _Batch, n: int) -> Ranking:
+        """:meth:`_test_step` then :meth:`_learn` of a shortlisted batch, with the same
+        arithmetic, and ranking and softmax in one pass per row (the new videos' rows, which
+        ranking never reads, are created first)."""
+        catalogue, trending = self.videos.live, self._trending()
+        free = self._free_columns(batch.column_of)  # before new videos reuse some
+        scores = self._dots(batch)
+        self._grow(batch)
+        if free.size:
+            scores[:, free] = -np.inf
+        rescore = self._fresh_columns(batch)
+        if rescore.size:  # the new videos' dot products; rank_softmax adds bias and feature
+            scores[:, rescore] = batch.U @ self._E.array[batch.columns[rescore]].T
+        rank_targets, targets = self._targets(batch)
+        top, _, rank, *softmax = rank_softmax(
+            scores,
+            batch.ranked,
+            n,
+            rank_targets,
+            targets,
+            batch.weights,
+            *batch.exclude,
+            batch.column_of,
+            self._b.array[batch.columns],
+            self._alpha[0],
+            NO_FEATURE if batch.cooc is None else batch.cooc,
+        )
+        self._rank_cold(batch, n, rank_targets, free, trending, top, rank)
+        ranking = Ranking(top=_rows_at(batch.columns, top), rank=rank, catalogue=catalogue)
+        self._update(events, batch, scores, targets, *softmax)
+        return ranking
+
+    def _grow(self, batch: _Batch) -> None:
+        """Create the batch's new rows (the same numbers it was prepared with): adding only the
+        ids the index lacks gives the same rows, at a third of the cost of adding all."""
         for index, ids, known in (
             (self.viewers, batch.viewer_ids, batch.viewer_known),
             (self.videos, batch.video_ids, batch.video_known),
         ):
             if not known.all():
                 index.add_many(dict.fromkeys(ids[i] for i in np.flatnonzero(~known).tolist()))
-        n_viewers, n_videos = len(self.viewers), len(self.videos)
-        self._recent.ensure(n_viewers)
+        n_videos = len(self.videos)
+        self._recent.ensure(len(self.viewers))
         new = self._E.ensure(n_videos)
         if len(new):
             new[:] = self._random_vectors(len(new))
         for table in self._video_tables().values():
             table.ensure(n_videos)
 
-        grad_u = self._softmax_step(batch, scores)
-        # Viewer side: the transition vectors of the histories.
-        in_history = batch.in_history
-        if in_history.size:
-            g = history_grad(batch.slot, batch.mix, grad_u, in_history.size)
-            if self.reg:
-                g += self.reg * self._Q.array[in_history]
-            self.guard_trips += adagrad_rows(
-                self._Q.array, self._Q_acc.array, in_history, g, self.lr, self.max_grad_norm
-            )
+    def _fresh_columns(self, batch: _Batch) -> np.ndarray:
+        """Columns of the rows created, or released and reused, for the batch's new videos."""
+        fresh = batch.video_rows[~batch.video_known]
+        return np.unique(fresh if not batch.column_of.size else batch.column_of[fresh])
 
-        self._recent.store(*batch.final)
-        if self._use_cooc(n_videos):
-            self._cooc.add(batch.history, video_rows, self.cooc_window)
-        elif self._cooc.rows:  # past the cap: free the counts
-            self._cooc = CoCounts(max_size=self.cooc_max_videos)
-        self.seen.add_many(viewer_rows, video_rows, batch.grouping)
-        np.add.at(self._counts.array, video_rows, 1.0)
-        self._add_trending(video_rows)
-        self.events_learned += len(events)
-        self._life.observe(viewer_rows, video_rows, batch.times)
-        if self._life.due():
-            self._expire()
-        self._changed()
-
-    def _softmax_step(self, batch: _Batch, scores: np.ndarray) -> np.ndarray:
-        """One Adagrad step of the weighted softmax on the video side (vectors, bias and
-        ``alpha``), from the test step's ``scores``; returns the gradient of each event's ``U``.
-
-        The softmax normalises over the batch's columns: the ranked ones, whose scores the test
-        step computed, and the batch's other videos (all rows, without a shortlist); the rows
-        created or reused for new videos since are scored now.
-        """
-        columns, column_of = batch.columns, batch.column_of
-        fresh = batch.video_rows[~batch.video_known]  # rows created, or released and reused
-        if fresh.size:
-            rescore = np.unique(fresh if not column_of.size else column_of[fresh])
-            rows = columns[rescore]
-            cooc = None if batch.cooc is None else batch.cooc[:, rescore]
-            scores[:, rescore] = self._finish(batch.U @ self._E.array[rows].T, rows, cooc)
-        # Released rows not reused stay out of the softmax.
-        free = self._free_columns(column_of)
-        if free.size:
-            scores[:, free] = -np.inf
-        targets = batch.video_rows if not column_of.size else column_of[batch.video_rows]
-        # Leave out each viewer's watched videos, but never the event's own.
-        loss, skipped, grad_b, grad_alpha = softmax_grad(
-            scores,
-            targets,
-            batch.weights,
-            *batch.exclude,
-            column_of,
-            NO_FEATURE if batch.cooc is None else batch.cooc,
-        )
-        grad = scores
+    def _update(
+        self,
+        events: Sequence[WatchEvent],
+        batch: _Batch,
+        grad: np.ndarray,
+        targets: np.ndarray,
+        loss: float,
+        skipped: int,
+        grad_b: np.ndarray,
+        grad_alpha: float,
+    ) -> None:
+        """Everything learning writes, from the softmax gradient ``grad`` over the batch's
+        columns: one Adagrad step of video vectors, bias, ``alpha`` and the histories'
+        transition vectors, then the histories, counts, seen lists and clocks."""
         self.guard_trips += skipped
         if math.isfinite(loss):
             self.loss_sum += loss
-        E = self._E.array
+        columns, E = batch.columns, self._E.array
+        lr, clip = self.lr, self.max_grad_norm
         grad_u = grad @ E[columns]
         grad_E = grad.T @ batch.U
-        lr, clip = self.lr, self.max_grad_norm
         if self.reg:  # on the positives' vectors, once per event
             positives, counts = np.unique(targets, return_counts=True)
             grad_E[positives] += self.reg * counts[:, None] * E[columns[positives]]
@@ -716,7 +757,28 @@ class EmbeddingRanker(CatalogueScorer):
             self.guard_trips += adagrad_rows(
                 self._alpha.reshape(1, 1), self._alpha_acc.reshape(1, 1), NO_COLUMNS, g, lr, clip
             )
-        return grad_u
+        # Viewer side: the transition vectors of the histories.
+        in_history = batch.in_history
+        if in_history.size:
+            g = history_grad(batch.slot, batch.mix, grad_u, in_history.size)
+            if self.reg:
+                g += self.reg * self._Q.array[in_history]
+            self.guard_trips += adagrad_rows(self._Q.array, self._Q_acc.array, in_history, g, lr, clip)
+
+        viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
+        self._recent.store(*batch.final)
+        if self._use_cooc(len(self.videos)):
+            self._cooc.add(batch.history, video_rows, self.cooc_window)
+        elif self._cooc.rows:  # past the cap: free the counts
+            self._cooc = CoCounts(max_size=self.cooc_max_videos)
+        self.seen.add_many(viewer_rows, video_rows, batch.grouping)
+        np.add.at(self._counts.array, video_rows, 1.0)
+        self._add_trending(video_rows)
+        self.events_learned += len(events)
+        self._life.observe(viewer_rows, video_rows, batch.times)
+        if self._life.due():
+            self._expire()
+        self._changed()
 
     def _random_vectors(self, n: int) -> np.ndarray:
         """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""

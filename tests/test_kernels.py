@@ -238,3 +238,38 @@ def test_a_read_only_install_compiles_into_the_user_cache(tmp_path):
     assert out.stdout.strip() == "[[1, 2]]"
     assert not list((copy / "model").rglob("*.nbi"))
     assert list(cache.rglob("*rank_top_n*.nbi"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(softmax_cases(), st.sampled_from([0, 1, 5]), st.integers(0, 2**32 - 1))
+def test_rank_softmax_is_rank_top_n_then_softmax_grad_exactly(case, n, seed):
+    """The fused pass does the same arithmetic in the same order: bit-identical results."""
+    logits, learn_targets, weights, ex_ptr, ex_videos, column_of, feature = case
+    rng = np.random.default_rng(seed)
+    cols = logits.shape[1]
+    width = int(rng.integers(0, cols + 1))
+    rank_targets = np.where(learn_targets < width, learn_targets, -1)
+    bias = rng.standard_normal(cols).astype(np.float32)
+    alpha = np.float32(0.3)
+    ours, theirs = logits.copy(), logits.copy()
+    fused = compiled.rank_softmax(
+        ours,
+        width,
+        n,
+        rank_targets,
+        learn_targets,
+        weights,
+        ex_ptr,
+        ex_videos,
+        column_of,
+        bias,
+        alpha,
+        feature,
+    )
+    ranked = compiled.rank_top_n(
+        theirs, width, n, rank_targets, ex_ptr, ex_videos, column_of, bias, alpha, feature, True
+    )
+    learned = compiled.softmax_grad(theirs, learn_targets, weights, ex_ptr, ex_videos, column_of, feature)
+    for a, b in zip(fused, (*ranked, *learned), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(ours, theirs)

@@ -372,6 +372,18 @@ def test_shortlist_rank_and_learn_is_rank_events_then_learn_many(shortlist: int 
     _rank_and_learn_agrees(_catalogue_stream(events=1500), 50, shortlist=shortlist, shortlist_share=0.0)
 
 
+@pytest.mark.parametrize("shortlist", [None, 15])
+def test_rank_and_learn_agrees_while_rows_expire_and_are_reused(shortlist: int | None) -> None:
+    # With a shortlist, rank_and_learn ranks and learns in one pass per row, creating the new
+    # videos' rows first: released rows reused by new videos must rank and learn alike.
+    events = _catalogue_stream(events=1500)
+    span = events[-1].timestamp - events[0].timestamp
+    settings = {"viewer_ttl": span / 8, "video_ttl": span / 8, "expire_every": 50}
+    _rank_and_learn_agrees(events, 50, shortlist=shortlist, shortlist_share=0.0, **settings)
+    model = _trained(events, batch=50, shortlist=shortlist, shortlist_share=0.0, **settings)
+    assert model.expired[1] > 0 and len(model.videos) < len({e.video for e in events})  # rows reused
+
+
 def test_shortlist_keeps_quality_and_narrows_coverage_on_a_larger_catalogue() -> None:
     # A shortlist of a quarter of 2,000 videos: the hits come from the popular quarter anyway.
     events = _catalogue_stream(videos=2000, events=20000, viewers=1000, seed=2)
