@@ -67,6 +67,7 @@ from prometheus_client import CollectorRegistry  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
+from consumer.partitioner import partitions  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from producer.pacing import paced  # noqa: E402
@@ -171,7 +172,7 @@ class Bench:
 
 
 def follow(bootstrap: str, topic: str, stop, out: list, ready=None) -> None:
-    """Read the output topic as it grows: (receive time, viewer, partition, offset) per list."""
+    """Read the output topic as it grows: (receive time, viewer, partition, offset, made at) per list."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -192,23 +193,33 @@ def follow(bootstrap: str, topic: str, stop, out: list, ready=None) -> None:
         for records in polled.values():
             for r in records:
                 body = orjson.loads(r.value)
-                out.append((now, body["viewer"], body["source"]["partition"], body["source"]["offset"]))
+                source = body["source"]
+                out.append((now, body["viewer"], source["partition"], source["offset"], body["generated_at"]))
     consumer.close()
 
 
-def paced_phase(bootstrap: str, topic: str, events: list, rate: float) -> list[tuple[str, float, int, int]]:
-    """Send ``events`` at ``rate`` per second; (viewer, send time, partition, offset) per event."""
+#: One event sent: viewer, send time, partition, offset, the broker's append time.
+Sent = tuple[str, float, int, int, float]
+
+
+def paced_phase(bootstrap: str, topic: str, events: list, rate: float) -> list[Sent]:
+    """Send ``events`` at ``rate`` per second; (viewer, send time, partition, offset, broker
+    append time) per event. Each partition is Kafka's default one for the viewer, computed
+    ahead (:mod:`consumer.partitioner`), so the producer spends its time sending."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, enable_idempotence=True)
+    keys = [e.viewer.encode() for e in events]
+    where = partitions(keys, len(producer.partitions_for(topic))).tolist()
+    values = [event_to_json(e) for e in events]
     sent = []
-    for e in paced(events, rate=rate):
+    for i in paced(range(len(events)), rate=rate):
         t = time.time()
-        sent.append((e.viewer, t, producer.send(topic, key=e.viewer.encode(), value=event_to_json(e))))
+        sent.append((t, producer.send(topic, key=keys[i], value=values[i], partition=where[i])))
     producer.flush()
     producer.close()
     out = []
-    for viewer, t, future in sent:
-        meta = future.get(timeout=30)
-        out.append((viewer, t, meta.partition, meta.offset))
+    for e, (t, future) in zip(events, sent, strict=True):
+        meta = future.get(timeout=30)  # the input topic stamps records when the broker appends them
+        out.append((e.viewer, t, meta.partition, meta.offset, meta.timestamp / 1000.0))
     return out
 
 
@@ -246,7 +257,7 @@ class LoadProcesses:
         if not self.ready.wait(60):
             raise RuntimeError("the output reader did not start")
 
-    def send(self, events: list, rate: float) -> list[tuple[str, float, int, int]]:
+    def send(self, events: list, rate: float) -> list[Sent]:
         results, child = self.context.Pipe(duplex=False)
         producer = self.context.Process(
             target=_paced_process, args=(self.bootstrap, self.topic, events, rate, child), daemon=True
@@ -264,25 +275,35 @@ class LoadProcesses:
 
 
 def latencies(sent: list, received: list, skip_s: float) -> np.ndarray:
-    """Per event: seconds from its send to the first list that reflects it (NaN: never seen)."""
-    lists: dict[tuple[str, int], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
-    for t, viewer, partition, offset in received:
-        offsets, times = lists[(viewer, partition)]
-        offsets.append(offset)
-        times.append(t)
-    for offsets, times in lists.values():  # first arrival of a list at or after each offset
-        order = np.argsort(offsets, kind="stable")
-        offsets[:] = np.asarray(offsets)[order].tolist()
-        times[:] = np.minimum.accumulate(np.asarray(times)[order][::-1])[::-1].tolist()
+    """Per event, seconds from its send to the first list that reflects it: in all, until the
+    service made that list, from then until the reader had it, and from the send until the
+    broker appended the event (rows; NaN: never seen)."""
+    lists: dict[tuple[str, int], list] = defaultdict(list)
+    for t, viewer, partition, offset, made in received:
+        lists[(viewer, partition)].append((offset, t, made))
+    index = {}
+    for key, found in lists.items():  # the first arrival of a list at or after each offset
+        found.sort()
+        offsets = [f[0] for f in found]
+        best, j = [0] * len(found), len(found) - 1  # the suffix's earliest arrival, by position
+        for i in range(len(found) - 1, -1, -1):
+            if found[i][1] <= found[j][1]:
+                j = i
+            best[i] = j
+        index[key] = (offsets, [found[b] for b in best])
     start = sent[0][1] + skip_s
     out = []
-    for viewer, t_send, partition, offset in sent:
+    for viewer, t_send, partition, offset, appended in sent:
         if t_send < start:
             continue
-        offsets, times = lists.get((viewer, partition), ([], []))
+        offsets, firsts = index.get((viewer, partition), ([], []))
         i = bisect.bisect_left(offsets, offset)
-        out.append(times[i] - t_send if i < len(offsets) else np.nan)
-    return np.asarray(out)
+        if i < len(offsets):
+            _, t, made = firsts[i]
+            out.append((t - t_send, made - t_send, t - made, appended - t_send))
+        else:
+            out.append((np.nan, np.nan, np.nan, appended - t_send))
+    return np.asarray(out).reshape(-1, 4)
 
 
 #: The service's stages, as the functions that carry them (matched against ``file:line(function)``).
@@ -390,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
         for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
-            ensure_topic(bootstrap, name, PARTITIONS if name == topic else 1)
+            # The input topic is stamped by the broker (LogAppendTime), so the bench can tell
+            # the producer's delay from the service's.
+            configs = {"message.timestamp.type": "LogAppendTime"} if name == topic else {}
+            ensure_topic(bootstrap, name, PARTITIONS if name == topic else 1, **configs)
         started = time.perf_counter()
         with KafkaSink(bootstrap, topic, partitions=None) as sink:
             sink.send_many(stream[: args.events])
@@ -424,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             offset += n
             bench.wait_learned(offset, timeout=300)
             time.sleep(1.0)  # the last lists reach the reader
-            lat = latencies(sent, load.read(), skip_s=1.0)
+            parts = latencies(sent, load.read(), skip_s=1.0)
+            lat, made, delivered, appended = parts[:, 0], parts[:, 1], parts[:, 2], parts[:, 3]
             seen = lat[~np.isnan(lat)]
             polls = bench.stamps[batch_before - 1 :]
             stages[f"{rate:.0f}/s"] = bench.stage_table(batch_before - 1, len(bench.stamps) - 1)
@@ -438,11 +463,24 @@ def main(argv: list[str] | None = None) -> int:
                 "p90_ms": 1000 * float(np.percentile(seen, 90)),
                 "p99_ms": 1000 * float(np.percentile(seen, 99)),
                 "max_ms": 1000 * float(seen.max()),
+                # The same latency in two parts: until the service made the list (the
+                # producer, the broker, the service's wait and work), and its delivery to the
+                # reader (the service's producer, the broker, the reader's fetch).
+                "made_p50_ms": 1000 * float(np.nanpercentile(made, 50)),
+                "made_p99_ms": 1000 * float(np.nanpercentile(made, 99)),
+                "delivered_p50_ms": 1000 * float(np.nanpercentile(delivered, 50)),
+                "delivered_p99_ms": 1000 * float(np.nanpercentile(delivered, 99)),
+                "appended_p50_ms": 1000 * float(np.nanpercentile(appended, 50)),
+                "appended_p99_ms": 1000 * float(np.nanpercentile(appended, 99)),
                 "mean_poll_events": (polls[-1][1] - polls[0][1]) / max(1, len(polls) - 1),
             }
             phases.append(phase)
             print(
-                f"paced {rate:,.0f}/s: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms",
+                f"paced {rate:,.0f}/s: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms "
+                f"(list made: p50 {phase['made_p50_ms']:.1f}, p99 {phase['made_p99_ms']:.1f}; delivered: "
+                f"p50 {phase['delivered_p50_ms']:.1f}, p99 {phase['delivered_p99_ms']:.1f}; of the list "
+                f"made, the event reached the broker: p50 {phase['appended_p50_ms']:.1f}, "
+                f"p99 {phase['appended_p99_ms']:.1f})",
                 flush=True,
             )
         bench.service.stop()

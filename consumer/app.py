@@ -84,7 +84,7 @@ from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger
 from consumer.logs import fields
 from consumer.metrics import STAGES, popularity_percentiles
-from consumer.outputs import dead_letter_record, recommendation_value
+from consumer.outputs import dead_letter_record, recommendation_values
 from consumer.publish import Message, Publisher
 from contract.errors import UserError
 from contract.events import WatchEvent
@@ -194,6 +194,10 @@ class StreamrecService:
         self._work = [0.0, 0.0]
         self._per_poll = 0.0
         self._corrupt_polls = 0
+        # Set by the rebalance callbacks during a poll: partitions may have moved since the
+        # commits in flight were sent; and a checkpoint the revocation could not write.
+        self._rebalanced = False
+        self._checkpoint_after_poll = False
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -239,7 +243,7 @@ class StreamrecService:
                 if polled:
                     self.process(polled)
                     self.batches += 1
-                if self.ledger.due():
+                if self.ledger.due() and self._settle(wait=True):
                     started = time.perf_counter()
                     self.checkpoint()
                     self.stage_seconds["checkpoint"] += time.perf_counter() - started
@@ -263,7 +267,7 @@ class StreamrecService:
 
     def _shutdown(self) -> None:
         try:
-            if self._consumer is not None and self.ledger.unsaved:
+            if self._consumer is not None and self._settle(wait=True) and self.ledger.unsaved:
                 self.checkpoint()
         finally:
             close_quietly(self._consumer, self._producer)
@@ -336,6 +340,7 @@ class StreamrecService:
 
     def _poll(self) -> dict[TopicPartition, list]:
         started = time.perf_counter()
+        self._rebalanced = False
         try:
             polled = self._consumer.poll(timeout_ms=self.config.poll_timeout_ms, max_records=self.poll_size())
         except UNREADABLE as err:
@@ -344,9 +349,29 @@ class StreamrecService:
         else:
             self._corrupt_polls = 0
         self.stage_seconds["poll" if polled else "idle"] += time.perf_counter() - started
+        # The answers to the commits sent before this poll, before anything is positioned: a
+        # rebalance in the poll came after them (ledger step 5).
+        if not self._settle(wait=self._rebalanced):
+            return {}  # rolled back: the next poll positions every partition again
+        if self._checkpoint_after_poll:
+            self._checkpoint_after_poll = False
+            if self.ledger.unsaved:
+                self.checkpoint()
         if self.ledger.has_pending:
             self._position_assigned(polled)
         return polled
+
+    def _settle(self, wait: bool = False) -> bool:
+        """Close the polls whose commits are confirmed (``wait``: all of them); false when a
+        commit was refused and the model rolled back to the last checkpoint."""
+        if self._publisher is None:
+            return True
+        try:
+            self.ledger.confirmed(self._publisher.settle(wait=wait, rebalanced=self._rebalanced))
+        except CommitFailedError as err:
+            self._rollback(err)
+            return False
+        return True
 
     def poll_size(self) -> int:
         """How many records the next poll may take: as many as the service processes in
@@ -416,6 +441,7 @@ class StreamrecService:
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         # Runs on kafka-python's IO thread, where blocking calls (reading committed offsets) are
         # not allowed: pause the partitions and position them right after the poll.
+        self._rebalanced = True
         if assigned:
             self.ledger.assigned(assigned)
             self._consumer.pause(*assigned)
@@ -446,13 +472,18 @@ class StreamrecService:
             consumer.resume(*partitions)
 
     def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Every polled batch is processed and committed before the next poll, where this runs,
-        # so no batch is open: a checkpoint keeps our state's offsets in step with the commits.
+        # Every poll is processed and its commit sent before the next poll, where this runs; a
+        # checkpoint keeps our state's offsets in step with the commits, once they are
+        # confirmed: here, or right after this poll (the answers are read on this IO thread).
+        self._rebalanced = True
         self.ledger.revoked(revoked)
         if revoked:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
             if self.ledger.unsaved:
-                self.checkpoint()
+                if self.ledger.settled:
+                    self.checkpoint()
+                else:
+                    self._checkpoint_after_poll = True
 
     def _report_lag(self) -> None:
         if self.metrics is None or self._consumer is None:
@@ -550,16 +581,23 @@ class StreamrecService:
         last_of_viewer = {e.viewer: i for i, e in enumerate(events)}
         viewers = list(last_of_viewer)
         lists = self.model.recommend_many(viewers, n=self.config.top_n)
-        now, clock, name, out = time.time(), self.model.clock, self.model.name, self.config.output_topic
-        messages: list[Message] = []
+        now, clock, out = time.time(), self.model.clock, self.config.output_topic
+        last = list(last_of_viewer.values())
+        origins = intake.origins
+        values = recommendation_values(
+            viewers,
+            lists,
+            self.model.name,
+            now,
+            [events[i].timestamp for i in last],
+            [origins[i][:2] for i in last],
+        )
+        touch = self.shown.touch
         for viewer, rec in zip(viewers, lists, strict=True):
-            i = last_of_viewer[viewer]
-            partition, offset, _ = intake.origins[i]
-            value = recommendation_value(
-                viewer, rec.videos, rec.scores, name, now, events[i].timestamp, partition, offset
-            )
-            messages.append((out, viewer.encode(), value, None))
-            self.shown.touch(viewer, frozenset(rec.videos), clock)
+            touch(viewer, rec.videos, clock)  # a list of 10: `in` is as quick as a set's
+        messages: list[Message] = [
+            (out, viewer.encode(), value, None) for viewer, value in zip(viewers, values, strict=True)
+        ]
         return Recommended(messages, now)
 
     def _dead_letters(self, dead: list[DeadLetter]) -> list[Message]:
@@ -567,27 +605,34 @@ class StreamrecService:
         return [(self.config.dlq_topic, *dead_letter_record(d)) for d in dead]
 
     def _deliver(self, poll: Batch) -> bool:
-        """Acknowledge and commit the poll (ledger steps 4 to 6); false when the group moved on and
-        we rolled back."""
+        """Acknowledge the poll and commit it (ledger steps 4 to 6): in its transaction, or sent
+        and confirmed after the next poll; false when the group moved on and we rolled back."""
         try:
-            self._publisher.deliver(poll.offsets)
+            committed = self._publisher.deliver(poll.offsets)
         except CommitFailedError as err:
             self._rollback(err)
             return False
-        self.ledger.close(poll)
+        if committed:
+            self.ledger.close(poll)
+        else:
+            self.ledger.delivered(poll)
         return True
 
     def _rollback(self, err: CommitFailedError) -> None:
-        """Go back to the last checkpoint after a batch whose offsets could not be committed.
+        """Go back to the last checkpoint after a poll whose offsets could not be committed.
 
-        The model has learned a batch no commit covers, and the last checkpoint agrees with the
-        commits, so the model goes back to it; the next poll rejoins the group and positions
-        each partition from there (ledger step 6). The batch's lists were published:
+        The model has learned a poll no commit covers, and the last checkpoint agrees with the
+        commits, so the model goes back to it; every assigned partition is positioned again
+        from there by the next poll (ledger step 6). The poll's lists were published:
         publishing them again is an overwrite. Without checkpoints the model is kept, so that
-        batch may be learned twice.
+        poll may be learned twice.
         """
         log.warning("commit failed: the group moved on; back to the last checkpoint", extra=fields(error=err))
         self.ledger.rollback()
+        assigned = self._consumer.assignment() if self._consumer is not None else set()
+        if assigned and self.store is not None:  # positioned again, from the checkpoint, after the next poll
+            self.ledger.assigned(assigned)
+            self._consumer.pause(*assigned)
         if self.store is None:
             return
         self.model = self.model_factory()

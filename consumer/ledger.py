@@ -29,15 +29,20 @@ is one poll's records, which the service learns in smaller batches):
 
 2. Split the poll: records below their partition's replay mark are learned only; the rest are
    tested, learned, recommended and published.
-3. The poll is *open* from then until its offsets are committed: the model holds events that
-   no commit covers, so a checkpoint now would learn them twice after a restart. It is refused.
+3. The poll is *open* from then until its commit is confirmed: the model holds events that no
+   commit covers, so a checkpoint now would learn them twice after a restart. It is refused
+   (the service waits for the answers of the commits in flight before it writes one).
 4. The service sends each batch's lists as soon as the batch is learned, without waiting for
    the brokers; after the poll's last batch it waits until every message is acknowledged, then
-   commits the next offset of each partition (under exactly-once: the messages and the offsets
-   in one transaction, begun by the poll's first message). Nothing is committed whose lists are
-   not acknowledged, and the poll is closed before the next poll, the only place a rebalance
-   can move a partition: no partition moves with lists in flight.
-5. Committed: each partition's learned offset moves to its commit, and the poll is closed.
+   sends the commit of the next offset of each partition (:meth:`~OffsetLedger.delivered`).
+   Nothing is committed whose lists are not acknowledged, and the commit goes out before the
+   next poll, the only place a rebalance can move a partition, so the brokers apply it (or
+   refuse it) before any partition moves. Under exactly-once, the messages and the offsets
+   commit in one transaction, begun by the poll's first message, before the next poll.
+5. Committed: the brokers' answer arrives during the next poll (or the transaction is
+   committed); each partition's learned offset moves to its commit, and the poll is closed
+   (:meth:`~OffsetLedger.confirmed`, :meth:`~OffsetLedger.close`). The answer is read right
+   after that poll, before newly assigned partitions are positioned (step 1).
 6. The commit failed (``CommitFailedError``: the group moved on without us, after a rebalance
    or a session that expired while the brokers were away): :meth:`~OffsetLedger.rollback`.
    The poll's partitions may be someone else's now, and the last checkpoint is the newest
@@ -119,8 +124,10 @@ class OffsetLedger:
         self.events = 0
         #: Events learned since the last checkpoint.
         self.unsaved = 0
-        #: True between learning a poll and committing it (step 3).
+        #: True between learning a poll and sending its commit (step 3).
         self.is_open = False
+        #: Polls whose commit was sent but not confirmed yet, oldest first (step 4).
+        self.unconfirmed: list[Batch] = []
         self._pending: set[TopicPartition] = set()
         self._last_checkpoint = time.monotonic()
 
@@ -196,9 +203,25 @@ class OffsetLedger:
             self.learned[tp] = committed.offset
         self.is_open = False
 
+    def delivered(self, batch: Batch) -> None:
+        """The poll's lists are acknowledged and its commit is sent, not confirmed (step 4)."""
+        self.is_open = False
+        self.unconfirmed.append(batch)
+
+    def confirmed(self, polls: int) -> None:
+        """The oldest ``polls`` delivered polls are committed (step 5)."""
+        for _ in range(polls):
+            self.close(self.unconfirmed.pop(0))
+
+    @property
+    def settled(self) -> bool:
+        """No poll is open and every commit is confirmed: the model agrees with the commits."""
+        return not self.is_open and not self.unconfirmed
+
     def rollback(self) -> None:
         """The poll's commit failed (step 6): back to an empty ledger, for the last checkpoint."""
         self.is_open = False
+        self.unconfirmed = []
         if self.checkpoints:
             self.learned, self.replay_until = {}, {}
             self.events = self.unsaved = 0
@@ -213,8 +236,9 @@ class OffsetLedger:
         return waited >= self.every_seconds or self.unsaved >= self.every_events
 
     def to_checkpoint(self) -> Offsets | None:
-        """The offsets a checkpoint of the model now covers; ``None`` while a poll is open."""
-        if self.is_open:
+        """The offsets a checkpoint of the model now covers; ``None`` while a poll is open or a
+        commit is not confirmed."""
+        if not self.settled:
             return None
         return {(tp.topic, tp.partition): offset for tp, offset in self.learned.items()}
 

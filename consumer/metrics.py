@@ -533,12 +533,12 @@ def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     rows = np.asarray(rows)
     ordered = np.sort(counts)
-    below = np.searchsorted(ordered, counts, side="left")
-    upto = np.searchsorted(ordered, counts, side="right")
-    per_row = (below + 0.5 * (upto - below)) / max(1, counts.size)
     out = np.full(rows.shape, np.nan)
     valid = (rows >= 0) & (rows < counts.size)
-    out[valid] = per_row[rows[valid]]
+    wanted = counts[rows[valid]]  # only the recommended rows: a batch names far fewer than the catalogue
+    below = np.searchsorted(ordered, wanted, side="left")
+    upto = np.searchsorted(ordered, wanted, side="right")
+    out[valid] = (below + 0.5 * (upto - below)) / max(1, counts.size)
     return out
 
 

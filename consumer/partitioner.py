@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from kafka.partitioner.default import murmur2
 
-__all__ = ["murmur2_many", "partitions"]
+__all__ = ["murmur2_many", "partitions", "SMALL_BATCH"]
 
 _SEED = np.uint32(0x9747B28C)
 _M = np.uint32(0x5BD1E995)
@@ -67,8 +68,15 @@ def murmur2_many(keys: Sequence[bytes]) -> np.ndarray:
     return h
 
 
+#: Below this many keys, the per-key hash is cheaper than the whole-array operations' setup
+#: (about 45 us for any batch; 3.6 us a key for the plain hash).
+SMALL_BATCH = 12
+
+
 def partitions(keys: Sequence[bytes], count: int) -> np.ndarray:
     """Kafka's default partition of each key among ``count`` partitions (``int64``)."""
     if count == 1:
         return np.zeros(len(keys), dtype=np.int64)
+    if len(keys) < SMALL_BATCH:
+        return np.asarray([(murmur2(k) & 0x7FFFFFFF) % count for k in keys], dtype=np.int64)
     return (murmur2_many(keys) & np.uint32(0x7FFFFFFF)).astype(np.int64) % count

@@ -10,7 +10,18 @@ keeping the service's delivery guarantee in one of two modes:
   the unacknowledged ones sent again until none is left, and only then are the offsets
   committed. A crash in between republishes the poll's lists, each an overwrite of the same
   viewer's key. A list sent again is dropped when a newer list of the same viewer was sent after
-  it (:attr:`Publisher.latest_wins`), so a retry never puts an older list on top;
+  it (:attr:`Publisher.latest_wins`), so a retry never puts an older list on top.
+
+  The commit is *sent* before the next poll but not waited for: the brokers take 5 ms or more
+  to answer one (Kafka 4's group coordinator lingers 5 ms before it writes offsets; 6-7 ms
+  measured here), which the service spends learning the next poll instead.
+  :meth:`Publisher.settle`, right after that poll, says which polls are now committed. This
+  keeps the rule that no partition moves with lists in flight: the commit goes out before the
+  poll in which a rebalance could start, on the same connection as the group's JoinGroup, so
+  the brokers apply it (or refuse it, under the old generation) before the partitions move. A
+  commit that failed for a reason that passes (brokers away) is made again, synchronously,
+  unless a rebalance happened meanwhile: then, as for a commit the group refused, the service
+  rolls back;
 * **exactly once** (``exactly_once``): the poll's messages and offsets commit in one Kafka
   transaction, begun by its first ``send``; readers with ``isolation_level=read_committed`` see
   each list once.
@@ -29,11 +40,14 @@ service's per-stage metric.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.backoff import retry
@@ -43,6 +57,19 @@ __all__ = ["Message", "Publisher", "NotAcknowledged"]
 
 #: One record to publish: topic, key, value, headers.
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
+
+
+#: How long :meth:`Publisher.settle` waits for a commit's answer before it commits again itself.
+COMMIT_ANSWER_TIMEOUT_S = 30.0
+
+
+class _Commit(NamedTuple):
+    """A commit in flight: the polls it covers (up to ``sequence``), its future, a done flag."""
+
+    sequence: int
+    offsets: dict
+    future: object
+    done: threading.Event
 
 
 class NotAcknowledged(KafkaError):
@@ -75,6 +102,11 @@ class Publisher:
         self.seconds = {"publish": 0.0, "acknowledge": 0.0, "commit": 0.0}
         self._sent: list[tuple[Message, object]] = []
         self._in_transaction = False
+        # Delivered polls whose commit is not confirmed yet (sequence, offsets), and the
+        # commits in flight, oldest first.
+        self._delivered: deque[tuple[int, dict]] = deque()
+        self._commits: deque[_Commit] = deque()
+        self._sequence = 0
 
     @property
     def pending(self) -> int:
@@ -111,18 +143,93 @@ class Publisher:
             for m, p in zip(messages, chosen, strict=True)
         ]
 
-    def deliver(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+    @property
+    def unconfirmed(self) -> int:
+        """Delivered polls whose commit is not confirmed yet."""
+        return len(self._delivered)
+
+    def deliver(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> bool:
         """Wait for every message sent since the last call, then commit ``offsets`` (ledger step 4):
-        in the transaction the sends began, or once every message is acknowledged."""
+        in the transaction the sends began (true: committed), or once every message is
+        acknowledged, sent and not waited for (false: :meth:`settle` confirms it)."""
         if self.exactly_once:
             self._commit_transaction(offsets)
-        else:
-            started = time.perf_counter()
-            self._until_acknowledged()
-            self.seconds["acknowledge"] += time.perf_counter() - started
-            started = time.perf_counter()
-            self._commit(offsets)
+            return True
+        started = time.perf_counter()
+        self._until_acknowledged()
+        self.seconds["acknowledge"] += time.perf_counter() - started
+        started = time.perf_counter()
+        self._sequence += 1
+        self._delivered.append((self._sequence, offsets))
+        # Every poll not confirmed yet, merged: a commit covers those before it, should they fail.
+        merged: dict = {}
+        for _, polled in self._delivered:
+            merged.update(polled)
+        done = threading.Event()
+        future = self.consumer.commit_async(merged, callback=_ignore)
+        future.add_both(lambda _: done.set())
+        self._commits.append(_Commit(self._sequence, merged, future, done))
+        self.seconds["commit"] += time.perf_counter() - started
+        return False
+
+    def settle(self, wait: bool = False, rebalanced: bool = False) -> int:
+        """How many delivered polls are confirmed committed since the last call, oldest first.
+
+        With ``wait``, until every commit is answered. A commit that failed for a reason that
+        passes is made again synchronously (waiting while the brokers are away), unless
+        ``rebalanced`` says the group may have moved since it was sent: then, as when the group
+        refuses a commit, ``CommitFailedError`` is raised and nothing more is confirmed.
+        """
+        started = time.perf_counter()
+        before = self._confirmed_up_to()
+        try:
+            while self._commits:
+                commit = self._commits[0]
+                if not commit.done.is_set() and not (wait and commit.done.wait(COMMIT_ANSWER_TIMEOUT_S)):
+                    if wait:  # no answer in time: commit again, synchronously
+                        self._recommit(commit, rebalanced, TimeoutError("no answer to a commit"))
+                    break
+                self._commits.popleft()
+                if commit.future.succeeded():
+                    self._confirm(commit.sequence)
+                    continue
+                self._recommit(commit, rebalanced, commit.future.exception)
+        finally:
             self.seconds["commit"] += time.perf_counter() - started
+        return self._confirmed_up_to() - before
+
+    def _recommit(self, commit: _Commit, rebalanced: bool, err: BaseException | None) -> None:
+        """A commit failed: commit every delivered poll again, or raise when that is not safe."""
+        if isinstance(err, CommitFailedError):
+            self._forget()
+            raise err
+        retriable = isinstance(err, TimeoutError) or getattr(err, "retriable", False)
+        if rebalanced or not retriable:
+            self._forget()
+            why = f"{type(err).__name__}: {err}"
+            raise CommitFailedError(f"a commit failed ({why}) and the group may have moved since")
+        merged: dict = {}
+        for _, polled in self._delivered:
+            merged.update(polled)
+        try:
+            self._commit(merged)
+        except CommitFailedError:
+            self._forget()
+            raise
+        self._commits.clear()
+        self._confirm(self._sequence)
+
+    def _confirmed_up_to(self) -> int:
+        return self._sequence - len(self._delivered)
+
+    def _confirm(self, sequence: int) -> None:
+        while self._delivered and self._delivered[0][0] <= sequence:
+            self._delivered.popleft()
+
+    def _forget(self) -> None:
+        """After a refused commit: the service rolls back; no delivered poll counts any more."""
+        self._delivered.clear()
+        self._commits.clear()
 
     def _commit_transaction(self, offsets: dict) -> None:
         producer = self.producer
@@ -179,7 +286,7 @@ class Publisher:
         index = {id(m): i for i, m in enumerate(sent)}
         return [m for m in failed if m[0] not in self.latest_wins or last[(m[0], m[1])] == index[id(m)]]
 
-    def _commit(self, offsets: dict) -> None:
+    def _commit(self, offsets: dict) -> None:  # synchronous, for a commit made again
         """Commit, waiting while the brokers cannot be reached.
 
         kafka-python raises a retriable error (``KafkaConnectionError``) when the brokers go
@@ -187,3 +294,7 @@ class Publisher:
         retriable and is raised.
         """
         retry(lambda: self.consumer.commit(offsets), message="commit failed; retrying")
+
+
+def _ignore(_offsets, _response) -> None:
+    """kafka-python's callback of an asynchronous commit: :meth:`Publisher.settle` reads the future."""
