@@ -413,30 +413,41 @@ class StreamrecService:
                 "skip the batch by committing a later offset for this group "
                 "(kafka-consumer-groups.sh --reset-offsets --to-offset), then restart"
             )
-        message = f"cannot read the records at {where}: {type(err).__name__}: {err}; {todo}"
+        said = str(err)  # kafka-python's errors name their class already
+        said = said if said.startswith(type(err).__name__) else f"{type(err).__name__}: {said}"
+        message = f"cannot read the records at {where}: {said}; {todo}"
         log.error("cannot read records; stopping", extra=fields(at=where, error=err, action=todo))
         raise UnreadableRecords(message) from err
 
     def _unreadable_at(self, err: Exception) -> str:
-        """Which partition and offset the poll could not read, found by polling one partition
-        at a time from the same positions (the service stops after this, committing nothing)."""
+        """Which partition and offset the poll could not read: each assigned partition is read
+        from this worker's position by a probe consumer of its own (the service's consumer is
+        not polled again: its fetch state after such an error is not to be trusted)."""
         consumer = self._consumer
         paused = set(consumer.paused())
         assigned = sorted(set(consumer.assignment()) - paused, key=lambda tp: tp.partition)
         positions = {tp: consumer.position(tp) for tp in assigned}
-        culprits = assigned
-        if len(assigned) > 1:
-            culprits = []
-            for tp in assigned:
-                consumer.pause(*(other for other in assigned if other != tp))
-                consumer.resume(tp)
-                try:
-                    consumer.poll(timeout_ms=1000, max_records=1)
-                except UNREADABLE:
-                    culprits.append(tp)
-                    break
-            culprits = culprits or assigned
+        culprits = [tp for tp in assigned if self._unreadable_from(tp, positions[tp])] or assigned
         return ", ".join(f"{tp.topic} partition {tp.partition} offset {positions[tp]}" for tp in culprits)
+
+    def _unreadable_from(self, tp: TopicPartition, offset: int) -> bool:
+        """Whether kafka-python fails to read ``tp`` from ``offset`` (a fresh, group-less consumer)."""
+        probe = KafkaConsumer(
+            **self.config.kafka.client_options(),
+            client_id=f"streamrec-{self.config.worker}-probe",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            group_id=None,
+        )
+        try:
+            probe.assign([tp])
+            probe.seek(tp, offset)
+            probe.poll(timeout_ms=2000, max_records=1)
+            return False
+        except UNREADABLE:
+            return True
+        finally:
+            close_quietly(probe)
 
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         # Runs on kafka-python's IO thread, where blocking calls (reading committed offsets) are

@@ -128,6 +128,11 @@ class ServiceConfig:
             self.output_compression in COMPRESSIONS,
             f"output_compression must be one of {', '.join(COMPRESSIONS)}, got {self.output_compression!r}",
         )
+        check(
+            codec_available(self.output_compression),
+            f"output_compression {self.output_compression}: kafka-python finds no library for it "
+            "(lz4, python-snappy and zstandard are dependencies of streamrec: reinstall it)",
+        )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
@@ -196,6 +201,14 @@ class ServiceConfig:
             return cls.from_namespace(parser.parse_args(list(argv)), environ)
         except TypeError as err:  # pragma: no cover - argparse already typed every value
             raise ConfigError(str(err)) from None
+
+
+def codec_available(codec: str) -> bool:
+    """Whether kafka-python can compress with ``codec`` here (its library is installed)."""
+    from kafka import codec as codecs
+
+    checks = {"gzip": codecs.has_gzip, "snappy": codecs.has_snappy, "lz4": codecs.has_lz4}
+    return codec == "none" or (checks | {"zstd": codecs.has_zstd})[codec]()
 
 
 def _to_bool(text: str) -> bool:

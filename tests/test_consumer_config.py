@@ -44,6 +44,16 @@ def test_the_output_codec_is_a_setting_with_an_environment_variable(codec):
     assert ServiceConfig.from_args(["--output-compression", codec], environ={}).output_compression == codec
 
 
+def test_an_output_codec_without_its_library_stops_start_up_in_one_line(monkeypatch, capsys):
+    from kafka import codec
+
+    monkeypatch.setattr(codec, "has_zstd", lambda: False)
+    with pytest.raises(ConfigError, match="output_compression zstd: kafka-python finds no library for it"):
+        ServiceConfig(output_compression="zstd")
+    assert main(["--output-compression", "zstd", "--metrics-port", "0", "--checkpoint-dir", "none"]) == 2
+    assert "reinstall it" in capsys.readouterr().err
+
+
 def test_checkpoints_can_be_turned_off():
     assert ServiceConfig(checkpoint_dir="none").checkpoint_path is None
     assert ServiceConfig(checkpoint_dir="/var/lib/streamrec").checkpoint_path.name == "streamrec"
