@@ -14,11 +14,15 @@ reference in :mod:`model.kernels`, and tested against it on random inputs in
   remaining exclusions, the non-finite guard, the column sums (the bias gradient) and the
   gradient of the feature weight; replaces ``model.kernels.softmax_grad`` and the masking,
   concatenation and sums around it;
+* :func:`rank_softmax`: the two above on each row while it is in cache, bit-identical to
+  calling them one after the other;
 * :func:`adagrad_rows`: Adagrad with clipping on given rows, refusing a row whose new values
   would not be finite; replaces ``model.kernels.adagrad_step``;
 * :func:`mix_histories` and :func:`history_grad`: each event's mixing weights over its recent
   watches, the viewer vector they mix, and the transposed product for the gradient; replace
   ``_mixing_weights``, ``_distinct``, a ``bincount`` and two matrix products;
+* :func:`batch_histories`: each event's history just before it and each viewer's after the
+  batch; replaces :meth:`model.history.RecentHistory.for_batch`'s index arithmetic;
 * :func:`cooc_feature` and :func:`cooc_add`: the co-occurrence feature at given columns and
   the count update; replace ``CoCounts.batch_feature``/``feature`` and an ``np.add.at``;
 * :func:`exclusion_cells`: each event's excluded videos (what its viewer watched before the
@@ -32,9 +36,11 @@ video's row is its column; ``-1`` or out of range: not a column, ignored).
 Arithmetic is float32 as in numpy, in the same order where numpy's order is a plain loop;
 sums numpy does pairwise (the softmax's row sums, squared norms) are summed here in float64 or
 sequentially, so results agree with the references to float rounding, not bit for bit. No
-kernel uses ``fastmath``: ``-inf`` and NaN are values these loops must see. ``exp`` is a
-Cephes-style polynomial (within 2 ulp of numpy's) that the compiler vectorises; the libm call
-numba would make costs 5x more.
+kernel uses ``fastmath`` (``-inf`` and NaN are values these loops must see) but for three
+float64 sums, free to reassociate (``reassoc`` only). ``exp`` is a Cephes-style polynomial
+(within 2 ulp of numpy's) that the compiler vectorises; the libm call numba would make costs
+3x more. Each row's work is a function of its own: inlined into a kernel's row loop, a slice
+assignment or an array-taking helper made the whole loop 3x to 20x slower.
 
 Compiled functions are cached on disk (``cache=True``: beside this file, or under
 ``NUMBA_CACHE_DIR`` or the user's cache directory when the install is read-only). Everything

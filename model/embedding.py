@@ -22,7 +22,7 @@ gradient flows through the sum).
 Learning is implicit feedback: each watch is a positive, weighted by its watch time; the loss
 is a softmax over the ranked videos (below), the viewer's already-watched videos left out of
 the denominator. Adagrad; the update never writes non-finite numbers (see
-:mod:`model.kernels`), and ``guard_trips`` counts how often it refused.
+:func:`model.compiled.adagrad_rows`), and ``guard_trips`` counts how often it refused.
 
 Batch semantics (``learn_many``): all events of a batch are learned from the parameters
 before the batch (new rows start at their initial values: zero transition vectors, small
@@ -33,6 +33,15 @@ so this is what keeps a large batch almost as good as a batch of one). A batch o
 exactly ``learn_one``. ``rank_events`` uses the very same representation, so
 ``rank_and_learn`` (the evaluator's and the service's call) learns from the score matrix its
 test step computed.
+
+How it is computed: a batch is a few matrix products (numpy's BLAS) and, around them, the
+compiled kernels of :mod:`model.compiled` (numba), each held to a plain numpy reference
+(:mod:`model.kernels`) by the tests: one pass per score row ranks it and takes its softmax
+gradient. ``recommend_many`` scores its viewers against the shortlist in one product and one
+pass per row; it cannot reuse the batch's scores, as every shortlisted video's vector moved
+(the softmax gradient is dense). The kernels compile on first use after an install (seconds)
+and load from numba's disk cache afterwards; a model constructed loads them
+(:func:`model.compiled.warm_up`), so the first batch does not.
 
 What is ranked: the *shortlist*, the videos people are watching now (decayed popularity), as
 many as hold ``shortlist_share`` of recent watches and at least ``shortlist``, is ranked for
