@@ -61,7 +61,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
@@ -274,6 +274,28 @@ class LoadProcesses:
         return received
 
 
+def topic_bytes(bootstrap: str, topic: str) -> tuple[int, int]:
+    """Bytes ``topic`` takes on the brokers' disks, and the records in it."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        size = sum(
+            partition["partition_size"]
+            for broker in admin.describe_log_dirs([topic])
+            for log_dir in broker["log_dirs"]
+            for t in log_dir["topics"]
+            if t["name"] == topic
+            for partition in t["partitions"]
+        )
+    finally:
+        admin.close()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        ends = consumer.end_offsets([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
+    finally:
+        consumer.close()
+    return size, sum(ends.values())
+
+
 def latencies(sent: list, received: list, skip_s: float) -> np.ndarray:
     """Per event, seconds from its send to the first list that reflects it: in all, until the
     service made that list, from then until the reader had it, and from the send until the
@@ -371,6 +393,53 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
+def quality_replay(bootstrap: str, path: str | None, model: str, settings: dict) -> dict:
+    """The service's live HR@10 on a replay against ``streamrec evaluate``'s on the same events.
+
+    The events (``path``, as ``streamrec evaluate`` reads it, or the seeded synthetic stream)
+    go in time order into a one-partition topic; the service learns the topic from its start
+    (a backlog: full batches of ``max_batch_events``), and its quality counters give HR@10.
+    The offline figure is :func:`model.evaluate.evaluate` at batch 256 on the same list.
+    """
+    from model import registry
+    from model.evaluate import evaluate
+
+    if path:
+        from producer.readers import read_events
+
+        events, source = read_events(Path(path)), path
+    else:
+        events, source = list(synth_events(2000, 5000, 60_000, seed=1)), "synthetic (2k viewers, 5k videos)"
+    topic = f"bench-quality-{uuid.uuid4().hex[:8]}"
+    for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
+        ensure_topic(bootstrap, name, 1)
+    with KafkaSink(bootstrap, topic, partitions=None) as sink:
+        sink.send_many(events)
+    bench = Bench(bootstrap, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
+    bench.thread.start()
+    bench.wait_learned(len(events))
+    bench.service.stop()
+    bench.thread.join(60)
+    metrics = bench.service.metrics.registry
+
+    def counter(name: str) -> float:
+        return metrics.get_sample_value(f"streamrec_quality_{name}_total", {"model": model}) or 0.0
+
+    live = counter("hits") / max(1.0, counter("evaluated"))
+    offline = evaluate(registry.create(model), events, n=10, batch_size=256)
+    return {
+        "source": source,
+        "events": len(events),
+        "model": model,
+        "service_hr_at_10": live,
+        "service_evaluated": int(counter("evaluated")),
+        "offline_hr_at_10": offline.hr,
+        "offline_evaluated": offline.evaluated,
+        "offline_batch_size": 256,
+        "difference": live - offline.hr,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=60_000, help="events for the throughput phase")
@@ -392,6 +461,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a service setting other than its default (consumer.config.ServiceConfig field)",
     )
+    parser.add_argument(
+        "--quality",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="instead: the service's live HR@10 on a replay of PATH (or the synthetic stream) "
+        "against streamrec evaluate's figure at batch 256",
+    )
     args = parser.parse_args(argv)
     settings = parse_settings(args.set)
     rates = [float(r) for r in args.rates.split(",") if r]
@@ -405,6 +483,20 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.mkdtemp(prefix="streamrec-bench-kafka-"), port=kafka_local.free_port(pair=True)
         )
         bootstrap = broker.start()
+    if args.quality is not None:
+        try:
+            quality = quality_replay(bootstrap, args.quality or None, args.model, settings)
+        finally:
+            if broker is not None:
+                broker.stop()
+        print(
+            f"{quality['source']}, {quality['events']:,} events, {quality['model']}: live HR@10 of the "
+            f"service {quality['service_hr_at_10']:.4f} ({quality['service_evaluated']:,} evaluated), "
+            f"streamrec evaluate at batch 256 {quality['offline_hr_at_10']:.4f} "
+            f"({quality['offline_evaluated']:,}); difference {quality['difference']:+.4f}"
+        )
+        write_results(RESULTS.with_name("e2e_quality.json"), {"args": vars(args), **quality})
+        return 0
     paced_total = int(sum(rates) * args.seconds)
     stream = list(synth_events(args.viewers, args.videos, args.events + paced_total, seed=0))
     result: dict = {}
@@ -436,6 +528,14 @@ def main(argv: list[str] | None = None) -> int:
         service = {"events": n1 - n0, "seconds": t1 - t0, "events_per_s": (n1 - n0) / (t1 - t0)}
         print(f"service end to end: {service['events_per_s']:,.0f} events/s", flush=True)
         stages = {"throughput": bench.stage_table(0, len(bench.stamps) - 1)}
+        size, lists = topic_bytes(bootstrap, f"{topic}-recs")
+        service["output_bytes_per_list"] = size / max(1, lists)
+        service["output_compression"] = bench.config.output_compression
+        print(
+            f"output topic: {lists:,} lists, {size / max(1, lists):.0f} bytes a list on disk "
+            f"({bench.config.output_compression})",
+            flush=True,
+        )
 
         phases = []
         offset = args.events

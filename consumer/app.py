@@ -375,14 +375,18 @@ class StreamrecService:
 
     def poll_size(self) -> int:
         """How many records the next poll may take: as many as the service processes in
-        ``poll_budget_ms`` by its recent cost, within 1 and ``max_poll_records``."""
+        ``poll_budget_ms`` by its recent cost, within 1 and ``max_poll_records``; whole batches
+        when that is more than one, so a backlog is learned in full batches."""
         seconds, events = self._work
         config = self.config
         if events < 1:
             return config.max_batch_events  # nothing measured yet: one batch
         per_event = seconds / events
         room = config.poll_budget_ms / 1000.0 - self._per_poll
-        return max(1, min(config.max_poll_records, int(room / per_event) if per_event > 0 else 1 << 30))
+        size = max(1, min(config.max_poll_records, int(room / per_event) if per_event > 0 else 1 << 30))
+        if size > config.max_batch_events:
+            size -= size % config.max_batch_events
+        return size
 
     def _measured(self, batch_seconds: float, events: int, poll_seconds: float) -> None:
         """One poll's cost: ``batch_seconds`` for its ``events``, ``poll_seconds`` once per poll."""
