@@ -24,7 +24,8 @@ reference in :mod:`model.kernels`, and tested against it on random inputs in
 * :func:`batch_histories`: each event's history just before it and each viewer's after the
   batch; replaces :meth:`model.history.RecentHistory.for_batch`'s index arithmetic;
 * :func:`cooc_feature` and :func:`cooc_add`: the co-occurrence feature at given columns and
-  the count update; replace ``CoCounts.batch_feature``/``feature`` and an ``np.add.at``;
+  the count update; replace ``CoCounts.batch_feature`` (``CoCounts.feature`` stays: the
+  reference) and an ``np.add.at``;
 * :func:`exclusion_cells`: each event's excluded videos (what its viewer watched before the
   batch and earlier in it) as compressed rows; replaces ``SeenVideos.exclusion_for_events``'
   array arithmetic.
