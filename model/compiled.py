@@ -92,7 +92,25 @@ _EXP_FLOOR = np.float32(-87.0)  # below it exp is under 1.7e-38: taken as 0
 _P0, _P1, _P2 = np.float32(1.9875691500e-4), np.float32(1.3981999507e-3), np.float32(8.3334519073e-3)
 _P3, _P4, _P5 = np.float32(4.1665795894e-2), np.float32(1.6666665459e-1), np.float32(5.0000001201e-1)
 
-_JIT = {"cache": True, "nogil": True}
+
+def _can_cache() -> bool:
+    """Whether numba finds a writable place for this module's cache (``NUMBA_CACHE_DIR``,
+    ``__pycache__`` beside it, or the user's cache directory), asked the way numba asks it.
+
+    With none, ``cache=True`` would make this module fail at import ("no locator available"):
+    the kernels then compile at every start instead (seconds), and still run."""
+    try:
+        from numba.core.caching import FunctionCache
+    except ImportError:  # numba moved it: let numba decide
+        return True
+    try:
+        FunctionCache(_can_cache)
+    except RuntimeError:
+        return False
+    return True
+
+
+_JIT = {"cache": _can_cache(), "nogil": True}
 
 
 @njit(**_JIT)
@@ -178,7 +196,7 @@ def _exp_poly(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
         bits[j] = 0 if low else (np.int32(k) + np.int32(127)) << 23
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
+@njit(**_JIT, fastmath={"reassoc"})
 def _scale_sum(row: np.ndarray, scale: np.ndarray) -> float:
     """``row *= scale`` (exact IEEE products), returning the float64 sum in any order."""
     total = 0.0
@@ -189,7 +207,7 @@ def _scale_sum(row: np.ndarray, scale: np.ndarray) -> float:
     return total
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
+@njit(**_JIT, fastmath={"reassoc"})
 def _sum64(x: np.ndarray) -> float:
     """A float64 sum in any order (vectorised)."""
     total = 0.0
@@ -198,7 +216,7 @@ def _sum64(x: np.ndarray) -> float:
     return total
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc"})
+@njit(**_JIT, fastmath={"reassoc"})
 def _scale_row(
     row: np.ndarray, scale: np.float32, t: int, w: np.float32, sums: np.ndarray, feature: np.ndarray
 ) -> float:
