@@ -124,6 +124,7 @@ def connect(
     watch = FailureWatch.install()
 
     def attempt() -> tuple[KafkaProducer, KafkaConsumer]:
+        watch.take()  # a reason from an earlier attempt is not this one's
         try:
             ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
             producer = make_producer(config)

@@ -276,7 +276,8 @@ class FailureWatch(logging.Handler):
     """
 
     _MARKERS = ("SaslAuthenticationFailed", "CERTIFICATE_VERIFY_FAILED", "certificate verify failed",
-                "Handshake failed", "socket disconnected", "UnsupportedSaslMechanism")  # fmt: skip
+                "Handshake failed", "socket disconnected", "UnsupportedSaslMechanism",
+                "ECONNREFUSED", "Connection refused")  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__(level=logging.WARNING)
@@ -296,9 +297,18 @@ class FailureWatch(logging.Handler):
                     self.last = text
 
     def take(self) -> str | None:
+        """The last reason seen, forgotten as it is read."""
         with self._lock:
             last, self.last = self.last, None
             return last
+
+    @classmethod
+    def fresh(cls) -> FailureWatch:
+        """The process's watch, emptied: call it right before a connection attempt, so that a
+        reason left by an earlier client of the process is never taken for this one's."""
+        watch = cls.install()
+        watch.take()
+        return watch
 
     @classmethod
     def install(cls) -> FailureWatch:

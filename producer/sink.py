@@ -83,7 +83,7 @@ def ensure_topic(
     The replication factor is the broker's default (a single local broker has one copy).
     """
     connection = KafkaConnection.of(where)
-    FailureWatch.install()
+    FailureWatch.fresh()
     try:
         admin = KafkaAdminClient(
             **connection.client_options(),
@@ -148,6 +148,7 @@ class KafkaSink:
         if partitions is not None:
             self.created_topic = ensure_topic(connection, topic, partitions, timeout_s=connect_timeout_s)
         request_ms = 15_000
+        FailureWatch.fresh()
         try:
             self._producer = KafkaProducer(
                 **connection.client_options(),

@@ -288,3 +288,13 @@ def test_metrics_can_be_served_over_https_on_a_chosen_address(secured):
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     finally:
         server.shutdown()
+
+
+def test_a_reason_left_by_an_earlier_client_is_not_taken_for_a_later_one(secured, capsys):
+    # A client that skipped TLS leaves "socket disconnected" behind; the next command, against
+    # a port where nothing listens, must say that no broker answered, not blame TLS.
+    skip_tls = ["produce", "send", "--viewer", "a", "--video", "b", "--topic", "t", "--connect-timeout", "2"]
+    assert main([*skip_tls, "--bootstrap-servers", secured.bootstrap]) == 2
+    assert "closed the connection" in one_line_error(capsys)
+    assert main([*skip_tls, "--bootstrap-servers", "127.0.0.1:1"]) == 2
+    assert "no Kafka broker answered at 127.0.0.1:1" in one_line_error(capsys)

@@ -130,7 +130,7 @@ class ListReader:
         from contract.errors import UserError
 
         connection = KafkaConnection.of(where)
-        FailureWatch.install()
+        FailureWatch.fresh()
         self.poll_ms = poll_ms
         self.wanted = viewer.encode() if viewer is not None else None
         try:
