@@ -139,7 +139,8 @@ class Bench:
         def process_and_stamp(polled):
             process(polled)
             service = self.service
-            self.stamps.append((time.perf_counter(), service.model_events, dict(service.stage_seconds)))
+            stages = dict(getattr(service, "stage_seconds", {}))  # (older services count none)
+            self.stamps.append((time.perf_counter(), service.model_events, stages))
             if self.profiler is not None and self.service.model_events >= (self.profile_until or 0):
                 self.profiler.disable()
 
@@ -371,6 +372,8 @@ def profile_tables(profiler: cProfile.Profile, top: int = 20) -> tuple[dict, str
 
 def print_stages(phases: dict[str, dict]) -> None:
     names = list(phases)
+    if not next(iter(phases.values())):
+        return
     print(f"{'stage (service thread)':<24}" + "".join(f"{n:>22}" for n in names))
     print(f"{'':<24}" + "".join(f"{'share':>10}{'us/event':>12}" for _ in names))
     for stage in next(iter(phases.values())):
@@ -530,10 +533,10 @@ def main(argv: list[str] | None = None) -> int:
         stages = {"throughput": bench.stage_table(0, len(bench.stamps) - 1)}
         size, lists = topic_bytes(bootstrap, f"{topic}-recs")
         service["output_bytes_per_list"] = size / max(1, lists)
-        service["output_compression"] = bench.config.output_compression
+        codec = getattr(bench.config, "output_compression", "none")
+        service["output_compression"] = codec
         print(
-            f"output topic: {lists:,} lists, {size / max(1, lists):.0f} bytes a list on disk "
-            f"({bench.config.output_compression})",
+            f"output topic: {lists:,} lists, {size / max(1, lists):.0f} bytes a list on disk ({codec})",
             flush=True,
         )
 

@@ -527,9 +527,13 @@ class StreamrecService:
             work += replay_seconds
             stages["test_learn"] += time.perf_counter() - learning
         live, size, published = poll.live, self.config.max_batch_events, 0
+        last = None  # the last batch's metrics wait until its lists are on their way
         for start in range(0, len(live), size):
             started = time.perf_counter()
-            published += self._serve(live[start : start + size])
+            if last is not None:
+                self._record(*last)  # while the batch it measures travels to the brokers
+            count, last = self._serve(live[start : start + size])
+            published += count
             work += time.perf_counter() - started
         delivering = self._publisher.seconds
         before = delivering["acknowledge"] + delivering["commit"]
@@ -538,12 +542,15 @@ class StreamrecService:
         self._measured(work, poll.consumed, delivering["acknowledge"] + delivering["commit"] - before)
         stages.update(delivering)
         if self.metrics is not None:
+            if last is not None:
+                self._record(*last)
             started = time.perf_counter()
             self._record_poll(poll, published, replay_seconds)
             stages["metrics"] += time.perf_counter() - started
 
-    def _serve(self, records: list) -> int:
-        """One batch: decode, test then learn, recommend, send; the number of lists sent."""
+    def _serve(self, records: list) -> tuple[int, tuple | None]:
+        """One batch: decode, test then learn, recommend, send; the number of lists sent, and the
+        arguments of :meth:`_record` for its metrics (``None`` without metrics)."""
         stages = self.stage_seconds
         started = time.perf_counter()
         intake = decode(records)
@@ -558,11 +565,10 @@ class StreamrecService:
             stages["recommend"] += time.perf_counter() - learned
         messages = [*(recommended.messages if recommended else ()), *self._dead_letters(intake.dead)]
         self._publisher.send(messages)
-        if self.metrics is not None:
-            recorded = time.perf_counter()
-            self._record(len(records), intake, tested, recommended, recorded - started)
-            stages["metrics"] += time.perf_counter() - recorded
-        return len(recommended.messages) if recommended else 0
+        count = len(recommended.messages) if recommended else 0
+        if self.metrics is None:
+            return count, None
+        return count, (len(records), intake, tested, recommended, time.perf_counter() - started)
 
     def _learn(self, events: list[WatchEvent]) -> None:
         """Learn only: events whose lists were published before a restart."""
@@ -665,6 +671,18 @@ class StreamrecService:
         seconds: float,
     ) -> None:
         """One batch in the metrics (its lists are counted once acknowledged, by :meth:`process`)."""
+        started = time.perf_counter()
+        self._record_batch(consumed, intake, tested, recommended, seconds)
+        self.stage_seconds["metrics"] += time.perf_counter() - started
+
+    def _record_batch(
+        self,
+        consumed: int,
+        intake: Intake,
+        tested: Tested | None,
+        recommended: Recommended | None,
+        seconds: float,
+    ) -> None:
         metrics = self.metrics
         metrics.record_batch(consumed, len(intake.events), seconds)
         if intake.dead:

@@ -106,34 +106,47 @@ def served(kafka_bootstrap, new_topic):
         polls.append((time.perf_counter() - started, sum(len(r) for r in polled.values())))
 
     service.process = stamped
-    thread = threading.Thread(target=service.run, daemon=True)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run()
+        except BaseException as err:  # a dead service thread must fail the test, loudly
+            failed.append(err)
+            raise
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    service.failed = failed
     yield service, names, polls
     service.stop()
     thread.join(30)
+    assert not failed, failed
 
 
 def test_batches_follow_the_load_and_lists_land_in_their_keys_partition(kafka_bootstrap, served):
     service, names, polls = served
     backlog = list(synth_events(viewers=400, videos=2000, events=6000, seed=11))
     produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in backlog])
-    assert wait_for(lambda: service.model_events >= len(backlog), 180), "the backlog was not learned"
+    assert wait_for(lambda: service.model_events >= len(backlog), 180), ("not learned", service.failed)
 
     # Behind: polls larger than one batch, each kept near the budget by the measured cost.
     behind = list(polls)
     assert max(n for _, n in behind) > service.config.max_batch_events
-    settled = behind[3:]  # the first polls are sized before anything was measured
-    # (generous: the machine is shared, and one slow poll measured makes the next ones smaller)
-    assert settled and max(seconds for seconds, _ in settled) < 8 * 0.050, sorted(settled)[-3:]
+    settled = sorted(seconds for seconds, _ in behind[3:])  # the first are sized before any measure
+    # The median, not the slowest: the machine is shared, and a poll slowed by another process
+    # is measured, which makes the next ones smaller.
+    assert settled and settled[len(settled) // 2] < 2 * 0.050, settled
 
-    # Caught up: each event is answered in a poll of its own (or with a few others).
+    # Caught up: most events are answered in a poll of their own (or with one other).
     polls.clear()
     trickle = list(synth_events(viewers=50, videos=2000, events=20, seed=12))
     for e in trickle:
         produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e))])
         time.sleep(0.05)
     assert wait_for(lambda: service.model_events >= len(backlog) + len(trickle), 60)
-    assert max(n for _, n in polls) <= 5, polls
+    sizes = sorted(n for _, n in polls)
+    assert sizes[len(sizes) // 2] <= 2 and sizes[-1] < 10, sizes
 
     # Every list is in the partition Kafka's default partitioner gives its viewer.
     lists = read_all(kafka_bootstrap, names["output_topic"], expect=1000, timeout=30)
@@ -147,7 +160,7 @@ def test_time_per_stage_is_counted_and_exported(kafka_bootstrap, served):
     events = list(synth_events(viewers=100, videos=500, events=1500, seed=13))
     values = [(e.viewer.encode(), event_to_json(e)) for e in events]
     produce(kafka_bootstrap, names["input_topic"], values + [(b"junk", b"not json")] * 5)
-    assert wait_for(lambda: service.model_events >= len(events), 120)
+    assert wait_for(lambda: service.model_events >= len(events), 120), (service.model_events, service.failed)
     assert wait_for(lambda: service.stage_seconds["commit"] > 0, 10)
     seconds = dict(service.stage_seconds)
     assert set(seconds) == set(STAGES)
