@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import tempfile
@@ -175,6 +176,9 @@ def run_demo(options: DemoOptions) -> int:
     from consumer.runner import build_service
 
     configure(os.environ.get("STREAMREC_LOG_LEVEL", "WARNING"))
+    # kafka-python warns when its network thread waited on a batch's compute (the GIL) over
+    # 100 ms: telemetry for an operator's log, noise between the demo's table rows.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
     connection, started_broker = _broker(options)
     server = None
     try:
