@@ -41,6 +41,8 @@ BOOTSTRAP_TIMEOUT_MS = 5000
 #: kafka-python backs off up to 30 s between reconnects; after a broker outage that delays
 #: recovery and lets the group session expire. Java's client caps it at 1 s.
 RECONNECT_BACKOFF_MAX_MS = 1000
+#: How often the consumer refreshes the topics' metadata (new topics, new partitions).
+METADATA_MAX_AGE_MS = 5000
 #: The first wait before connecting again; later ones double (see :mod:`consumer.backoff`).
 CONNECT_FIRST_DELAY_S = 0.5
 #: How long the output producer lets a partition's records gather before it sends them, and
@@ -97,6 +99,10 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
         isolation_level="read_committed",
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
+        # A group member learns of a topic's partitions from its metadata: kafka-python refreshes
+        # it every 5 minutes by default, so a service started before its input topic existed (or
+        # whose first metadata missed a just-created topic) sat idle that long. Now seconds.
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
     )
     consumer.subscribe([config.input_topic], listener=listener)
     return consumer
