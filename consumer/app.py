@@ -672,31 +672,25 @@ class StreamrecService:
     ) -> None:
         """One batch in the metrics (its lists are counted once acknowledged, by :meth:`process`)."""
         started = time.perf_counter()
-        self._record_batch(consumed, intake, tested, recommended, seconds)
-        self.stage_seconds["metrics"] += time.perf_counter() - started
-
-    def _record_batch(
-        self,
-        consumed: int,
-        intake: Intake,
-        tested: Tested | None,
-        recommended: Recommended | None,
-        seconds: float,
-    ) -> None:
-        metrics = self.metrics
-        metrics.record_batch(consumed, len(intake.events), seconds)
-        if intake.dead:
-            metrics.record_dead_letters([d.reason for d in intake.dead])
-        if tested is None:
-            return
-        metrics.record_quality(self.model.name, tested.quality)
-        if tested.shadow_quality is not None:
-            metrics.record_quality(self.shadow.name, tested.shadow_quality)
-        metrics.record_online_hits(tested.shown, tested.hits)
-        produced_at = np.fromiter((o[2] for o in intake.origins), dtype=np.float64, count=len(intake.events))
-        metrics.record_freshness(np.maximum(recommended.generated_at - produced_at, 0.0))
-        ranking = tested.ranking
-        metrics.record_recommended(self.model.name, ranking.top, self._popularity(ranking), ranking.catalogue)
+        try:
+            metrics = self.metrics
+            metrics.record_batch(consumed, len(intake.events), seconds)
+            if intake.dead:
+                metrics.record_dead_letters([d.reason for d in intake.dead])
+            if tested is None:
+                return
+            metrics.record_quality(self.model.name, tested.quality)
+            if tested.shadow_quality is not None:
+                metrics.record_quality(self.shadow.name, tested.shadow_quality)
+            metrics.record_online_hits(tested.shown, tested.hits)
+            origins = (o[2] for o in intake.origins)
+            produced_at = np.fromiter(origins, dtype=np.float64, count=len(intake.events))
+            metrics.record_freshness(np.maximum(recommended.generated_at - produced_at, 0.0))
+            ranking = tested.ranking
+            popularity = self._popularity(ranking)
+            metrics.record_recommended(self.model.name, ranking.top, popularity, ranking.catalogue)
+        finally:
+            self.stage_seconds["metrics"] += time.perf_counter() - started
 
     def _record_poll(self, poll: Batch, published: int, replay_seconds: float) -> None:
         """One committed poll in the metrics: replayed records, lists acknowledged, the model, stages."""
