@@ -3,13 +3,20 @@
 Usage::
 
     .venv/bin/python bench/e2e.py [--events 60000] [--viewers 5000] [--videos 10000]
-        [--rates 1000,5000] [--seconds 15] [--profile] [--model NAME] [--bootstrap HOST:PORT]
+        [--rates 1000,5000] [--seconds 15] [--profile] [--model NAME]
         [--set NAME=VALUE ...]   # any service setting, e.g. --set output_compression=zstd
+        [--bootstrap-servers HOST:PORT --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512
+         --sasl-username U --sasl-password-file F --ssl-cafile CA.pem]   # the service's flags
+    .venv/bin/python bench/e2e.py --compare-security [--events 60000] [--rounds 2]
+    .venv/bin/python bench/e2e.py --ml100k ../shared/data/ml-100k/u.data [--partitions 4]
+    .venv/bin/python bench/e2e.py --quality [PATH]
 
-Everything runs on this machine: the broker (``--bootstrap``, ``$KAFKA_BOOTSTRAP``, or a local
-broker started for the run), the producer and the service (the real
-:class:`consumer.app.StreamrecService` with its default settings, metrics on, checkpoints to a
-temporary folder) in this process.
+Everything runs on this machine: the broker (``--bootstrap-servers`` or its older name
+``--bootstrap``, with the project's connection flags for TLS and SASL, see
+:mod:`bench.brokers`; ``$KAFKA_BOOTSTRAP``; or a local plaintext broker started for the run),
+the producer and the service (the real :class:`consumer.app.StreamrecService` with its default
+settings, metrics on, checkpoints to a temporary folder) in this process. Every Kafka client of
+the run, the service's included, connects with the same settings.
 
 1. **Throughput.** A seeded synthetic stream (10k videos) is produced into a fresh 3-partition
    topic. The *baseline* is raw kafka-python consumption of that topic (poll, nothing else;
@@ -28,6 +35,19 @@ temporary folder) in this process.
    its batch). The first second of each phase is left out (warm-up). Targets: p99 <= 100 ms at
    5k events/s, p50 <= 20 ms at 1k events/s.
 
+Other measures, one per run:
+
+* ``--compare-security``: the cost of TLS and SASL. The throughput phase (producing, raw
+  consumption, the service) on a plaintext broker and on a SASL_SSL one (TLS, SCRAM-SHA-512),
+  both started locally, or the secured cluster of the connection flags and
+  ``--plaintext-bootstrap``; ``--rounds`` rounds, the order alternating; ratios secured /
+  plaintext inside each round, their median in ``bench/results/e2e_security.json``.
+* ``--ml100k PATH``: issue 11's measure, a MovieLens replay through one worker (a topic of
+  ``--partitions`` partitions keyed by viewer) against raw consumption of the same topic, with
+  the live HR@10 (``bench/results/e2e_ml100k.json``; target: service >= 0.30 of raw).
+* ``--quality [PATH]``: the live HR@10 of a replay through a one-partition topic against
+  ``streamrec evaluate``'s (``bench/results/e2e_quality.json``).
+
 Where the service's time goes is read from its own per-stage counters
 (``StreamrecService.stage_seconds``, exported as ``streamrec_stage_seconds_total``) for each
 phase: seconds, share of the phase, and microseconds per event (``stages`` in the JSON).
@@ -43,7 +63,6 @@ import bisect
 import cProfile
 import io
 import multiprocessing
-import os
 import pstats
 import sys
 import tempfile
@@ -65,11 +84,14 @@ import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.partitioner import partitions  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
+from contract.connection import KafkaConnection  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from producer.pacing import paced  # noqa: E402
 from producer.sink import KafkaSink, ensure_topic  # noqa: E402
@@ -79,11 +101,11 @@ RESULTS = REPO / "bench" / "results" / "e2e.json"
 PARTITIONS = 3
 
 
-def raw_consume(bootstrap: str, topic: str, events: int, max_poll_records: int) -> dict:
+def raw_consume(where: KafkaConnection | str, topic: str, events: int, max_poll_records: int) -> dict:
     """kafka-python alone: poll the whole topic, touch nothing. The baseline."""
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **KafkaConnection.of(where).client_options(),
         group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -110,10 +132,13 @@ def raw_consume(bootstrap: str, topic: str, events: int, max_poll_records: int) 
     }
 
 
-def service_config(bootstrap: str, topic: str, **settings) -> ServiceConfig:
-    """The service's defaults on ``topic`` (outputs beside it), a new group, no metrics port."""
+def service_config(where: KafkaConnection | str, topic: str, **settings) -> ServiceConfig:
+    """The service's defaults on ``topic`` (outputs beside it), a new group, no metrics port;
+    connected as ``where`` says (a :class:`KafkaConnection` or a plain bootstrap address)."""
+    connection = KafkaConnection.of(where)
     return ServiceConfig(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=connection.bootstrap_servers,
+        security=connection,
         input_topic=topic,
         output_topic=f"{topic}-recs",
         dlq_topic=f"{topic}-dlq",
@@ -126,8 +151,10 @@ def service_config(bootstrap: str, topic: str, **settings) -> ServiceConfig:
 class Bench:
     """The service in a thread, with a stamp at the end of every poll."""
 
-    def __init__(self, bootstrap: str, topic: str, checkpoints: str, model: str, **settings) -> None:
-        config = service_config(bootstrap, topic, model=model, checkpoint_dir=checkpoints, **settings)
+    def __init__(
+        self, where: KafkaConnection | str, topic: str, checkpoints: str, model: str, **settings
+    ) -> None:
+        config = service_config(where, topic, model=model, checkpoint_dir=checkpoints, **settings)
         self.config = config
         self.service = build_service(config, with_metrics=False)
         self.service.metrics = ServiceMetrics(models=self.service.model_names, registry=CollectorRegistry())
@@ -173,11 +200,11 @@ class Bench:
             time.sleep(0.05)
 
 
-def follow(bootstrap: str, topic: str, stop, out: list, ready=None) -> None:
+def follow(where: KafkaConnection | str, topic: str, stop, out: list, ready=None) -> None:
     """Read the output topic as it grows: (receive time, viewer, partition, offset, made at) per list."""
     consumer = KafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **KafkaConnection.of(where).client_options(),
         auto_offset_reset="latest",
         enable_auto_commit=False,
         fetch_max_wait_ms=5,
@@ -204,11 +231,13 @@ def follow(bootstrap: str, topic: str, stop, out: list, ready=None) -> None:
 Sent = tuple[str, float, int, int, float]
 
 
-def paced_phase(bootstrap: str, topic: str, events: list, rate: float) -> list[Sent]:
+def paced_phase(where: KafkaConnection | str, topic: str, events: list, rate: float) -> list[Sent]:
     """Send ``events`` at ``rate`` per second; (viewer, send time, partition, offset, broker
     append time) per event. Each partition is Kafka's default one for the viewer, computed
     ahead (:mod:`consumer.partitioner`), so the producer spends its time sending."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1, enable_idempotence=True)
+    producer = KafkaProducer(
+        **KafkaConnection.of(where).client_options(), acks="all", linger_ms=1, enable_idempotence=True
+    )
     keys = [e.viewer.encode() for e in events]
     where = partitions(keys, len(producer.partitions_for(topic))).tolist()
     values = [event_to_json(e) for e in events]
@@ -225,15 +254,15 @@ def paced_phase(bootstrap: str, topic: str, events: list, rate: float) -> list[S
     return out
 
 
-def _follow_process(bootstrap: str, topic: str, ready, stop, conn) -> None:
+def _follow_process(where: KafkaConnection, topic: str, ready, stop, conn) -> None:
     received: list = []
-    follow(bootstrap, topic, stop, received, ready)
+    follow(where, topic, stop, received, ready)
     conn.send(received)
     conn.close()
 
 
-def _paced_process(bootstrap: str, topic: str, events: list, rate: float, conn) -> None:
-    conn.send(paced_phase(bootstrap, topic, events, rate))
+def _paced_process(where: KafkaConnection, topic: str, events: list, rate: float, conn) -> None:
+    conn.send(paced_phase(where, topic, events, rate))
     conn.close()
 
 
@@ -244,15 +273,15 @@ class LoadProcesses:
     and add their own work to every latency; the service runs alone in production.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, where: KafkaConnection, topic: str) -> None:
         self.context = multiprocessing.get_context("spawn")
-        self.bootstrap = bootstrap
+        self.where = where
         self.topic = topic
         self.ready, self.stop = self.context.Event(), self.context.Event()
         self.received, child = self.context.Pipe(duplex=False)
         self.reader = self.context.Process(
             target=_follow_process,
-            args=(bootstrap, f"{topic}-recs", self.ready, self.stop, child),
+            args=(where, f"{topic}-recs", self.ready, self.stop, child),
             daemon=True,
         )
         self.reader.start()
@@ -262,7 +291,7 @@ class LoadProcesses:
     def send(self, events: list, rate: float) -> list[Sent]:
         results, child = self.context.Pipe(duplex=False)
         producer = self.context.Process(
-            target=_paced_process, args=(self.bootstrap, self.topic, events, rate, child), daemon=True
+            target=_paced_process, args=(self.where, self.topic, events, rate, child), daemon=True
         )
         producer.start()
         sent = results.recv()
@@ -276,9 +305,10 @@ class LoadProcesses:
         return received
 
 
-def topic_bytes(bootstrap: str, topic: str) -> tuple[int, int]:
+def topic_bytes(where: KafkaConnection | str, topic: str) -> tuple[int, int]:
     """Bytes ``topic`` takes on the brokers' disks, and the records in it."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    options = KafkaConnection.of(where).client_options()
+    admin = KafkaAdminClient(**options)
     try:
         size = sum(
             partition["partition_size"]
@@ -290,7 +320,7 @@ def topic_bytes(bootstrap: str, topic: str) -> tuple[int, int]:
         )
     finally:
         admin.close()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = KafkaConsumer(**options, enable_auto_commit=False)
     try:
         ends = consumer.end_offsets([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)])
     finally:
@@ -397,7 +427,89 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
-def quality_replay(bootstrap: str, path: str | None, model: str, settings: dict) -> dict:
+def measure_throughput(
+    where: KafkaConnection,
+    events: list,
+    model: str,
+    settings: dict,
+    *,
+    partitions: int = PARTITIONS,
+    profile: bool = False,
+    indent: str = "",
+) -> tuple[dict, Bench]:
+    """The throughput phase: ``events`` into a fresh topic of ``partitions`` partitions (keyed by
+    viewer), raw consumption of it (median of three reads), then the service learning it all.
+
+    Returns the figures (``topic``, ``produce_seconds``, ``raw``, ``service``, ``stages``) and
+    the :class:`Bench`, whose service still runs: the caller stops it (or goes on with it).
+    """
+    topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
+    for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
+        # The input topic is stamped by the broker (LogAppendTime), so the bench can tell
+        # the producer's delay from the service's.
+        configs = {"message.timestamp.type": "LogAppendTime"} if name == topic else {}
+        ensure_topic(where, name, partitions if name == topic else 1, **configs)
+    started = time.perf_counter()
+    with KafkaSink(where, topic, partitions=None) as sink:
+        sink.send_many(events)
+    produce_s = time.perf_counter() - started
+    if sink.stats.acked != len(events):
+        raise RuntimeError(
+            f"{sink.stats.acked} of {len(events)} events acknowledged: {sink.stats.first_error}"
+        )
+    print(f"{indent}produced {len(events):,} events in {produce_s:.1f} s", flush=True)
+
+    bench = Bench(where, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
+    # Three reads of the whole topic, each by a new group; the median is the baseline (on a
+    # shared machine one read alone has swung between 48k and 163k events/s).
+    reads = [raw_consume(where, topic, len(events), bench.config.max_poll_records) for _ in range(3)]
+    raw = sorted(reads, key=lambda r: r["events_per_s"])[1] | {
+        "runs_events_per_s": [r["events_per_s"] for r in reads]
+    }
+    print(
+        f"{indent}raw kafka-python consumption: {raw['events_per_s']:,.0f} events/s (median of "
+        + ", ".join(f"{r:,.0f}" for r in raw["runs_events_per_s"])
+        + ")",
+        flush=True,
+    )
+
+    if profile:
+        bench.profiler = cProfile.Profile()
+        bench.profile_until = len(events)
+    bench.thread.start()
+    bench.wait_learned(len(events))
+    (t0, n0, _), (t1, n1, _) = bench.stamps[0], bench.stamps[-1]
+    service = {"events": n1 - n0, "seconds": t1 - t0, "events_per_s": (n1 - n0) / (t1 - t0)}
+    print(f"{indent}service end to end: {service['events_per_s']:,.0f} events/s", flush=True)
+    stages = {"throughput": bench.stage_table(0, len(bench.stamps) - 1)}
+    size, lists = topic_bytes(where, f"{topic}-recs")
+    service["output_bytes_per_list"] = size / max(1, lists)
+    codec = getattr(bench.config, "output_compression", "none")
+    service["output_compression"] = codec
+    print(
+        f"{indent}output topic: {lists:,} lists, {size / max(1, lists):.0f} bytes a list on disk ({codec})",
+        flush=True,
+    )
+    figures = {"topic": topic, "produce_seconds": produce_s, "raw": raw, "service": service, "stages": stages}
+    return figures, bench
+
+
+def stop(bench: Bench) -> None:
+    bench.service.stop()
+    bench.thread.join(60)
+
+
+def quality_counters(bench: Bench, model: str) -> tuple[float, int]:
+    """The service's live HR@10 of ``model`` and the events it evaluated, from its metrics."""
+    metrics = bench.service.metrics.registry
+
+    def counter(name: str) -> float:
+        return metrics.get_sample_value(f"streamrec_quality_{name}_total", {"model": model}) or 0.0
+
+    return counter("hits") / max(1.0, counter("evaluated")), int(counter("evaluated"))
+
+
+def quality_replay(where: KafkaConnection, path: str | None, model: str, settings: dict) -> dict:
     """The service's live HR@10 on a replay against ``streamrec evaluate``'s on the same events.
 
     The events (``path``, as ``streamrec evaluate`` reads it, or the seeded synthetic stream)
@@ -416,32 +528,210 @@ def quality_replay(bootstrap: str, path: str | None, model: str, settings: dict)
         events, source = list(synth_events(2000, 5000, 60_000, seed=1)), "synthetic (2k viewers, 5k videos)"
     topic = f"bench-quality-{uuid.uuid4().hex[:8]}"
     for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
-        ensure_topic(bootstrap, name, 1)
-    with KafkaSink(bootstrap, topic, partitions=None) as sink:
+        ensure_topic(where, name, 1)
+    with KafkaSink(where, topic, partitions=None) as sink:
         sink.send_many(events)
-    bench = Bench(bootstrap, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
+    bench = Bench(where, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
     bench.thread.start()
     bench.wait_learned(len(events))
-    bench.service.stop()
-    bench.thread.join(60)
-    metrics = bench.service.metrics.registry
-
-    def counter(name: str) -> float:
-        return metrics.get_sample_value(f"streamrec_quality_{name}_total", {"model": model}) or 0.0
-
-    live = counter("hits") / max(1.0, counter("evaluated"))
+    stop(bench)
+    live, evaluated = quality_counters(bench, model)
     offline = evaluate(registry.create(model), events, n=10, batch_size=256)
     return {
         "source": source,
         "events": len(events),
         "model": model,
         "service_hr_at_10": live,
-        "service_evaluated": int(counter("evaluated")),
+        "service_evaluated": evaluated,
         "offline_hr_at_10": offline.hr,
         "offline_evaluated": offline.evaluated,
         "offline_batch_size": 256,
         "difference": live - offline.hr,
     }
+
+
+#: Issue 11's target for a MovieLens replay through one worker.
+ML100K_TARGET = 0.30
+
+
+def ml100k_replay(where: KafkaConnection, path: str, model: str, settings: dict, partitions: int) -> dict:
+    """Issue 11's measure: a MovieLens file replayed through one worker against raw consumption.
+
+    The file's events (ML-100K: 100,000) go in time order into a fresh topic of ``partitions``
+    partitions keyed by viewer; raw kafka-python consumption of that topic (median of three
+    reads) is the baseline; then the service learns the whole topic from its start. Both rates
+    are from the end of the first poll to the end of the last (:func:`measure_throughput`).
+    Also: the service's live HR@10 on that replay (the partitions interleave the viewers, so
+    the order differs a little from the file's) and ``streamrec evaluate``'s at batch 256.
+    """
+    from model import registry
+    from model.evaluate import evaluate
+    from producer.readers import read_events
+
+    events = read_events(Path(path))
+    figures, bench = measure_throughput(where, events, model, settings, partitions=partitions)
+    stop(bench)
+    live, evaluated = quality_counters(bench, model)
+    offline = evaluate(registry.create(model), events, n=10, batch_size=256)
+    ratio = figures["service"]["events_per_s"] / figures["raw"]["events_per_s"]
+    return {
+        "source": path,
+        "events": len(events),
+        "partitions": partitions,
+        "model": model,
+        **{k: figures[k] for k in ("produce_seconds", "raw", "service", "stages")},
+        "service_hr_at_10": live,
+        "service_evaluated": evaluated,
+        "offline_hr_at_10": offline.hr,
+        "offline_batch_size": 256,
+        "summary": {
+            "service_vs_raw": ratio,
+            "target": ML100K_TARGET,
+            "target_met": ratio >= ML100K_TARGET,
+            "service_events_per_s": figures["service"]["events_per_s"],
+            "raw_events_per_s": figures["raw"]["events_per_s"],
+            "service_hr_at_10": live,
+        },
+    }
+
+
+def print_ml100k(result: dict) -> None:
+    s = result["summary"]
+    print()
+    print(
+        f"{result['source']}: {result['events']:,} events, {result['partitions']} partitions keyed by "
+        f"viewer, model {result['model']}"
+    )
+    print(f"{'throughput':<34}{'events/s':>12}{'vs raw':>10}{'target':>10}")
+    print(f"{'raw kafka-python consume-only':<34}{s['raw_events_per_s']:>12,.0f}{1.0:>10.2f}")
+    print(
+        f"{'streamrec service end to end':<34}{s['service_events_per_s']:>12,.0f}"
+        f"{s['service_vs_raw']:>10.2f}{'>= ' + format(ML100K_TARGET, '.2f'):>10}"
+    )
+    print(
+        f"live HR@10 of the service {result['service_hr_at_10']:.4f} ({result['service_evaluated']:,} "
+        f"evaluated); streamrec evaluate at batch 256 {result['offline_hr_at_10']:.4f}"
+    )
+    print()
+    print_stages(result["stages"])
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def compare_security(plain: KafkaConnection, secured: KafkaConnection, events: list, args, settings) -> dict:
+    """The throughput phase on a plaintext and on a secured broker, ``args.rounds`` times.
+
+    Each round measures both (a fresh topic on each, the same events), the order alternating
+    from one round to the next so that neither side always runs on a warmer machine. The
+    ratios secured / plaintext (service, raw consumption, producing) are taken inside each
+    round; the summary is their median over the rounds.
+    """
+    sides = {"plaintext": plain, "secured": secured}
+    rounds = []
+    for r in range(args.rounds):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        measured = {}
+        for name in order:
+            where = sides[name]
+            print(
+                f"round {r + 1}, {name} ({where.security_protocol} at {where.bootstrap_servers}):", flush=True
+            )
+            figures, bench = measure_throughput(where, events, args.model, settings, indent="  ")
+            stop(bench)
+            measured[name] = {k: figures[k] for k in ("produce_seconds", "raw", "service", "stages")}
+            measured[name]["service_vs_raw"] = (
+                figures["service"]["events_per_s"] / figures["raw"]["events_per_s"]
+            )
+        p, s = measured["plaintext"], measured["secured"]
+        ratios = {
+            "service": s["service"]["events_per_s"] / p["service"]["events_per_s"],
+            "raw": s["raw"]["events_per_s"] / p["raw"]["events_per_s"],
+            "produce": p["produce_seconds"] / s["produce_seconds"],
+        }
+        rounds.append({"order": order, **measured, "secured_vs_plaintext": ratios})
+    summary = {
+        "secured_vs_plaintext_service": median([r["secured_vs_plaintext"]["service"] for r in rounds]),
+        "secured_vs_plaintext_raw": median([r["secured_vs_plaintext"]["raw"] for r in rounds]),
+        "secured_vs_plaintext_produce": median([r["secured_vs_plaintext"]["produce"] for r in rounds]),
+        "service_vs_raw_plaintext": median([r["plaintext"]["service_vs_raw"] for r in rounds]),
+        "service_vs_raw_secured": median([r["secured"]["service_vs_raw"] for r in rounds]),
+    }
+    return {
+        "events": len(events),
+        "plaintext": plain.describe(),
+        "secured": secured.describe(),
+        "rounds": rounds,
+        "summary": summary,
+    }
+
+
+def print_security(result: dict) -> None:
+    secured = result["secured"]
+    mechanism = f" ({secured['sasl_mechanism']})" if secured.get("sasl_mechanism") else ""
+    print()
+    print(
+        f"cost of {secured['security_protocol']}{mechanism} against PLAINTEXT: throughput phase, "
+        f"{result['events']:,} events; ratios secured / plaintext inside each round"
+    )
+    head = ["first", "raw plain", "raw secured", "ratio", "svc plain", "svc secured", "ratio", "produce"]
+    print(f"{'round':<7}{head[0]:<11}" + "".join(f"{h:>12}" for h in head[1:]))
+    for i, r in enumerate(result["rounds"], 1):
+        p, s, q = r["plaintext"], r["secured"], r["secured_vs_plaintext"]
+        print(
+            f"{i:<7}{r['order'][0]:<11}{p['raw']['events_per_s']:>12,.0f}{s['raw']['events_per_s']:>12,.0f}"
+            f"{q['raw']:>12.2f}{p['service']['events_per_s']:>12,.0f}{s['service']['events_per_s']:>12,.0f}"
+            f"{q['service']:>12.2f}{q['produce']:>12.2f}"
+        )
+    m = result["summary"]
+    print(
+        f"{'median':<18}{'':>36}{m['secured_vs_plaintext_raw']:>12.2f}{'':>24}"
+        f"{m['secured_vs_plaintext_service']:>12.2f}{m['secured_vs_plaintext_produce']:>12.2f}"
+    )
+    print(
+        f"service / raw (median): plaintext {m['service_vs_raw_plaintext']:.2f}, "
+        f"secured {m['service_vs_raw_secured']:.2f}"
+    )
+    # Where the secured side's extra time goes: the service's stages, us per event, mean of rounds.
+    stages = list(result["rounds"][0]["plaintext"]["stages"]["throughput"])
+    print(f"\n{'stage, us per event':<24}{'plaintext':>12}{'secured':>12}")
+    for stage in stages:
+        row = [
+            np.mean([r[side]["stages"]["throughput"][stage]["us_per_event"] for r in result["rounds"]])
+            for side in ("plaintext", "secured")
+        ]
+        print(f"{stage:<24}{row[0]:>12.1f}{row[1]:>12.1f}")
+
+
+def run_security(args, connection: KafkaConnection | None, settings: dict, started: list) -> int:
+    """``--compare-security``: two local brokers, or the given secured one and ``--plaintext-bootstrap``."""
+    if connection is None:
+        print("starting a plaintext and a SASL_SSL local broker...", flush=True)
+        for security in ("plaintext", "sasl_ssl"):
+            broker, where = local_broker(security)
+            started.append(broker)
+            if security == "plaintext":
+                plain = where
+            else:
+                secured = where
+    else:
+        if not (connection.uses_tls or connection.uses_sasl):
+            raise UserError(
+                "--compare-security with --bootstrap-servers needs the secured cluster's settings"
+            )
+        if not args.plaintext_bootstrap:
+            raise UserError(
+                "--compare-security with a cluster given needs --plaintext-bootstrap to compare with"
+            )
+        plain, secured = KafkaConnection(args.plaintext_bootstrap), connection
+    events = list(synth_events(args.viewers, args.videos, args.events, seed=0))
+    result = compare_security(plain, secured, events, args, settings)
+    print_security(result)
+    write_results(
+        RESULTS.with_name("e2e_security.json"), {"args": vars(args), "settings": settings, **result}
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -457,7 +747,6 @@ def main(argv: list[str] | None = None) -> int:
         default="streamrec",
         help="model to serve (a cheap one, e.g. most_popular, shows the Kafka side)",
     )
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
     parser.add_argument(
         "--set",
         action="append",
@@ -465,153 +754,149 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="a service setting other than its default (consumer.config.ServiceConfig field)",
     )
-    parser.add_argument(
+    modes = parser.add_argument_group("other measures (one at a time, instead of the default)")
+    modes.add_argument(
         "--quality",
         nargs="?",
         const="",
         default=None,
         metavar="PATH",
-        help="instead: the service's live HR@10 on a replay of PATH (or the synthetic stream) "
+        help="the service's live HR@10 on a replay of PATH (or the synthetic stream) "
         "against streamrec evaluate's figure at batch 256",
     )
+    modes.add_argument(
+        "--compare-security",
+        action="store_true",
+        help="the throughput phase on a plaintext and on a SASL_SSL broker (both started locally, "
+        "or the cluster of the connection flags and --plaintext-bootstrap), --rounds times",
+    )
+    modes.add_argument(
+        "--plaintext-bootstrap",
+        metavar="HOST:PORT",
+        help="with --compare-security and a secured cluster given: the plaintext side",
+    )
+    modes.add_argument(
+        "--rounds", type=int, default=2, help="with --compare-security: rounds, the order alternating"
+    )
+    modes.add_argument(
+        "--ml100k",
+        metavar="PATH",
+        help="issue 11's measure: replay PATH (MovieLens) through one worker against raw consumption "
+        "of the same topic, with the live HR@10",
+    )
+    modes.add_argument(
+        "--partitions", type=int, default=4, help="with --ml100k: partitions of the topic (default 4)"
+    )
+    add_broker_arguments(parser)
     args = parser.parse_args(argv)
+    if sum([args.quality is not None, args.compare_security, args.ml100k is not None]) > 1:
+        parser.error("--quality, --compare-security and --ml100k are separate runs: give one")
+    if args.plaintext_bootstrap and not args.compare_security:
+        parser.error("--plaintext-bootstrap goes with --compare-security")
     settings = parse_settings(args.set)
     rates = [float(r) for r in args.rates.split(",") if r]
+    try:
+        connection = connection_from(args)
+    except UserError as err:
+        parser.error(str(err))
 
-    broker = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        from streamrec import kafka_local
+    started: list = []  # the local brokers this run started, stopped at the end
+    try:
+        if args.compare_security:
+            return run_security(args, connection, settings, started)
+        if connection is None:
+            broker, connection = local_broker()
+            started.append(broker)
+        if args.quality is not None:
+            quality = quality_replay(connection, args.quality or None, args.model, settings)
+            print(
+                f"{quality['source']}, {quality['events']:,} events, {quality['model']}: live HR@10 of the "
+                f"service {quality['service_hr_at_10']:.4f} ({quality['service_evaluated']:,} evaluated), "
+                f"streamrec evaluate at batch 256 {quality['offline_hr_at_10']:.4f} "
+                f"({quality['offline_evaluated']:,}); difference {quality['difference']:+.4f}"
+            )
+            write_results(RESULTS.with_name("e2e_quality.json"), {"args": vars(args), **quality})
+            return 0
+        if args.ml100k is not None:
+            result = ml100k_replay(connection, args.ml100k, args.model, settings, args.partitions)
+            print_ml100k(result)
+            write_results(
+                RESULTS.with_name("e2e_ml100k.json"),
+                {"args": vars(args), "kafka": connection.describe(), "settings": settings, **result},
+            )
+            return 0
+        return run_e2e(args, connection, settings, rates)
+    finally:
+        for broker in started:
+            broker.stop()
 
-        broker = kafka_local.LocalBroker(
-            tempfile.mkdtemp(prefix="streamrec-bench-kafka-"), port=kafka_local.free_port(pair=True)
-        )
-        bootstrap = broker.start()
-    if args.quality is not None:
-        try:
-            quality = quality_replay(bootstrap, args.quality or None, args.model, settings)
-        finally:
-            if broker is not None:
-                broker.stop()
-        print(
-            f"{quality['source']}, {quality['events']:,} events, {quality['model']}: live HR@10 of the "
-            f"service {quality['service_hr_at_10']:.4f} ({quality['service_evaluated']:,} evaluated), "
-            f"streamrec evaluate at batch 256 {quality['offline_hr_at_10']:.4f} "
-            f"({quality['offline_evaluated']:,}); difference {quality['difference']:+.4f}"
-        )
-        write_results(RESULTS.with_name("e2e_quality.json"), {"args": vars(args), **quality})
-        return 0
+
+def run_e2e(args, connection: KafkaConnection, settings: dict, rates: list[float]) -> int:
+    """The default run: the throughput phase, then freshness at each paced rate."""
     paced_total = int(sum(rates) * args.seconds)
     stream = list(synth_events(args.viewers, args.videos, args.events + paced_total, seed=0))
-    result: dict = {}
-    try:
-        topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
-        for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
-            # The input topic is stamped by the broker (LogAppendTime), so the bench can tell
-            # the producer's delay from the service's.
-            configs = {"message.timestamp.type": "LogAppendTime"} if name == topic else {}
-            ensure_topic(bootstrap, name, PARTITIONS if name == topic else 1, **configs)
-        started = time.perf_counter()
-        with KafkaSink(bootstrap, topic, partitions=None) as sink:
-            sink.send_many(stream[: args.events])
-        produce_s = time.perf_counter() - started
-        print(f"produced {args.events:,} events in {produce_s:.1f} s", flush=True)
+    figures, bench = measure_throughput(
+        connection, stream[: args.events], args.model, settings, profile=args.profile
+    )
+    topic, stages = figures["topic"], figures["stages"]
 
-        bench = Bench(
-            bootstrap, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), args.model, **settings
-        )
-        # Three reads of the whole topic, each by a new group; the median is the baseline (on a
-        # shared machine one read alone has swung between 48k and 163k events/s).
-        reads = [raw_consume(bootstrap, topic, args.events, bench.config.max_poll_records) for _ in range(3)]
-        raw = sorted(reads, key=lambda r: r["events_per_s"])[1] | {
-            "runs_events_per_s": [r["events_per_s"] for r in reads]
+    phases = []
+    offset = args.events
+    for rate in rates:
+        n = int(rate * args.seconds)
+        batch_before = len(bench.stamps)
+        load = LoadProcesses(connection, topic)
+        sent = load.send(stream[offset : offset + n], rate)
+        achieved = n / (sent[-1][1] - sent[0][1]) if n > 1 else float(n)
+        offset += n
+        bench.wait_learned(offset, timeout=300)
+        time.sleep(1.0)  # the last lists reach the reader
+        parts = latencies(sent, load.read(), skip_s=1.0)
+        lat, made, delivered, appended = parts[:, 0], parts[:, 1], parts[:, 2], parts[:, 3]
+        seen = lat[~np.isnan(lat)]
+        polls = bench.stamps[batch_before - 1 :]
+        stages[f"{rate:.0f}/s"] = bench.stage_table(batch_before - 1, len(bench.stamps) - 1)
+        phase = {
+            "rate": rate,
+            "achieved_rate": achieved,
+            "events": n,
+            "measured": int(seen.size),
+            "unmatched": int(np.isnan(lat).sum()),
+            "p50_ms": 1000 * float(np.percentile(seen, 50)),
+            "p90_ms": 1000 * float(np.percentile(seen, 90)),
+            "p99_ms": 1000 * float(np.percentile(seen, 99)),
+            "max_ms": 1000 * float(seen.max()),
+            # The same latency in two parts: until the service made the list (the
+            # producer, the broker, the service's wait and work), and its delivery to the
+            # reader (the service's producer, the broker, the reader's fetch).
+            "made_p50_ms": 1000 * float(np.nanpercentile(made, 50)),
+            "made_p99_ms": 1000 * float(np.nanpercentile(made, 99)),
+            "delivered_p50_ms": 1000 * float(np.nanpercentile(delivered, 50)),
+            "delivered_p99_ms": 1000 * float(np.nanpercentile(delivered, 99)),
+            "appended_p50_ms": 1000 * float(np.nanpercentile(appended, 50)),
+            "appended_p99_ms": 1000 * float(np.nanpercentile(appended, 99)),
+            "mean_poll_events": (polls[-1][1] - polls[0][1]) / max(1, len(polls) - 1),
         }
+        phases.append(phase)
         print(
-            f"raw kafka-python consumption: {raw['events_per_s']:,.0f} events/s (median of "
-            + ", ".join(f"{r:,.0f}" for r in raw["runs_events_per_s"])
-            + ")",
+            f"paced {rate:,.0f}/s: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms "
+            f"(list made: p50 {phase['made_p50_ms']:.1f}, p99 {phase['made_p99_ms']:.1f}; delivered: "
+            f"p50 {phase['delivered_p50_ms']:.1f}, p99 {phase['delivered_p99_ms']:.1f}; of the list "
+            f"made, the event reached the broker: p50 {phase['appended_p50_ms']:.1f}, "
+            f"p99 {phase['appended_p99_ms']:.1f})",
             flush=True,
         )
-
-        if args.profile:
-            bench.profiler = cProfile.Profile()
-            bench.profile_until = args.events
-        bench.thread.start()
-        bench.wait_learned(args.events)
-        (t0, n0, _), (t1, n1, _) = bench.stamps[0], bench.stamps[-1]
-        service = {"events": n1 - n0, "seconds": t1 - t0, "events_per_s": (n1 - n0) / (t1 - t0)}
-        print(f"service end to end: {service['events_per_s']:,.0f} events/s", flush=True)
-        stages = {"throughput": bench.stage_table(0, len(bench.stamps) - 1)}
-        size, lists = topic_bytes(bootstrap, f"{topic}-recs")
-        service["output_bytes_per_list"] = size / max(1, lists)
-        codec = getattr(bench.config, "output_compression", "none")
-        service["output_compression"] = codec
-        print(
-            f"output topic: {lists:,} lists, {size / max(1, lists):.0f} bytes a list on disk ({codec})",
-            flush=True,
-        )
-
-        phases = []
-        offset = args.events
-        for rate in rates:
-            n = int(rate * args.seconds)
-            batch_before = len(bench.stamps)
-            load = LoadProcesses(bootstrap, topic)
-            sent = load.send(stream[offset : offset + n], rate)
-            achieved = n / (sent[-1][1] - sent[0][1]) if n > 1 else float(n)
-            offset += n
-            bench.wait_learned(offset, timeout=300)
-            time.sleep(1.0)  # the last lists reach the reader
-            parts = latencies(sent, load.read(), skip_s=1.0)
-            lat, made, delivered, appended = parts[:, 0], parts[:, 1], parts[:, 2], parts[:, 3]
-            seen = lat[~np.isnan(lat)]
-            polls = bench.stamps[batch_before - 1 :]
-            stages[f"{rate:.0f}/s"] = bench.stage_table(batch_before - 1, len(bench.stamps) - 1)
-            phase = {
-                "rate": rate,
-                "achieved_rate": achieved,
-                "events": n,
-                "measured": int(seen.size),
-                "unmatched": int(np.isnan(lat).sum()),
-                "p50_ms": 1000 * float(np.percentile(seen, 50)),
-                "p90_ms": 1000 * float(np.percentile(seen, 90)),
-                "p99_ms": 1000 * float(np.percentile(seen, 99)),
-                "max_ms": 1000 * float(seen.max()),
-                # The same latency in two parts: until the service made the list (the
-                # producer, the broker, the service's wait and work), and its delivery to the
-                # reader (the service's producer, the broker, the reader's fetch).
-                "made_p50_ms": 1000 * float(np.nanpercentile(made, 50)),
-                "made_p99_ms": 1000 * float(np.nanpercentile(made, 99)),
-                "delivered_p50_ms": 1000 * float(np.nanpercentile(delivered, 50)),
-                "delivered_p99_ms": 1000 * float(np.nanpercentile(delivered, 99)),
-                "appended_p50_ms": 1000 * float(np.nanpercentile(appended, 50)),
-                "appended_p99_ms": 1000 * float(np.nanpercentile(appended, 99)),
-                "mean_poll_events": (polls[-1][1] - polls[0][1]) / max(1, len(polls) - 1),
-            }
-            phases.append(phase)
-            print(
-                f"paced {rate:,.0f}/s: p50 {phase['p50_ms']:.1f} ms, p99 {phase['p99_ms']:.1f} ms "
-                f"(list made: p50 {phase['made_p50_ms']:.1f}, p99 {phase['made_p99_ms']:.1f}; delivered: "
-                f"p50 {phase['delivered_p50_ms']:.1f}, p99 {phase['delivered_p99_ms']:.1f}; of the list "
-                f"made, the event reached the broker: p50 {phase['appended_p50_ms']:.1f}, "
-                f"p99 {phase['appended_p99_ms']:.1f})",
-                flush=True,
-            )
-        bench.service.stop()
-        bench.thread.join(60)
-        result = {
-            "raw": raw,
-            "service": service,
-            "freshness": phases,
-            "stages": stages,
-            "settings": settings,
-            "produce_seconds": produce_s,
-        }
-        if bench.profiler is not None:
-            result["profile_stages"], result["profile"] = profile_tables(bench.profiler)
-    finally:
-        if broker is not None:
-            broker.stop()
+    stop(bench)
+    result = {
+        "raw": figures["raw"],
+        "service": figures["service"],
+        "freshness": phases,
+        "stages": stages,
+        "settings": settings,
+        "produce_seconds": figures["produce_seconds"],
+    }
+    if bench.profiler is not None:
+        result["profile_stages"], result["profile"] = profile_tables(bench.profiler)
 
     ratio = result["service"]["events_per_s"] / result["raw"]["events_per_s"]
     print()
@@ -652,7 +937,11 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in result:
         print("\nWhere the service's time goes (cProfile, its thread, throughput phase, by own time):")
         print(result["profile"])
-    write_results(RESULTS, {"args": vars(args) | {"bootstrap": bootstrap}, **result})
+    payload = {
+        "args": vars(args) | {"bootstrap": connection.bootstrap_servers},
+        "kafka": connection.describe(),
+    }
+    write_results(RESULTS, payload | result)
     return 0
 
 

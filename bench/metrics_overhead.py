@@ -3,10 +3,13 @@
 Usage::
 
     .venv/bin/python bench/metrics_overhead.py [--events 30000] [--videos 10000] [--rounds 1]
-        [--bootstrap HOST:PORT]
+        [--bootstrap-servers HOST:PORT] [--security-protocol SASL_SSL --sasl-mechanism M
+        --sasl-username U --sasl-password-file F --ssl-cafile CA.pem ...]
 
 One synthetic stream (10k videos, seeded) is produced once into a fresh 3-partition topic on a
-real broker (``--bootstrap``, ``$KAFKA_BOOTSTRAP``, or a local broker started for the run).
+real broker (``--bootstrap-servers`` or its older name ``--bootstrap``, with the project's
+connection flags for TLS and SASL, see :mod:`bench.brokers`; ``$KAFKA_BOOTSTRAP``; or a local
+broker started for the run).
 Then the service (the real :class:`consumer.app.StreamrecService`, in this process) learns the
 whole topic from the start under a new consumer group, once with metrics off and once with
 metrics on, alternating for ``--rounds`` rounds. With metrics on, a thread scrapes ``/metrics``
@@ -25,9 +28,7 @@ The table goes to stdout and the JSON to ``bench/results/metrics_overhead.json``
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -43,10 +44,13 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
+from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
 from bench.e2e import service_config  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.metrics import ServiceMetrics, start_http_server  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
+from contract.connection import KafkaConnection  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from producer.sink import KafkaSink  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
@@ -85,8 +89,8 @@ def scrape_every(url: str, period: float, stop: threading.Event) -> None:
             pass
 
 
-def run_once(bootstrap: str, topic: str, events: int, with_metrics: bool) -> dict:
-    config = service_config(bootstrap, topic)
+def run_once(where: KafkaConnection, topic: str, events: int, with_metrics: bool) -> dict:
+    config = service_config(where, topic)
     service = build_service(config, with_metrics=False)
     timed = stop_scraping = server = None
     if with_metrics:
@@ -141,26 +145,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=2000)
     parser.add_argument("--videos", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=1, help="off/on pairs, alternating (default 1)")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP"))
+    add_broker_arguments(parser)
     args = parser.parse_args(argv)
+    try:
+        connection = connection_from(args)
+    except UserError as err:
+        parser.error(str(err))
 
     broker = None
-    bootstrap = args.bootstrap
-    if not bootstrap:
-        from streamrec import kafka_local
-
-        broker = kafka_local.LocalBroker(
-            tempfile.mkdtemp(prefix="streamrec-bench-kafka-"), port=kafka_local.free_port()
-        )
-        bootstrap = broker.start()
+    if connection is None:
+        broker, connection = local_broker()
     try:
         topic = f"bench-watch-{uuid.uuid4().hex[:8]}"
-        with KafkaSink(bootstrap, topic, partitions=3) as sink:
+        with KafkaSink(connection, topic, partitions=3) as sink:
             sink.send_many(synth_events(args.viewers, args.videos, args.events, seed=0))
         runs = []
         for _ in range(args.rounds):
             for with_metrics in (False, True):
-                runs.append(run_once(bootstrap, topic, args.events, with_metrics))
+                runs.append(run_once(connection, topic, args.events, with_metrics))
                 print(
                     f"  metrics {runs[-1]['metrics']:>3}: {runs[-1]['events_per_s']:,.0f} events/s",
                     flush=True,
@@ -199,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nthroughput on / off: {on / off:.3f}  (wall-clock cost {wall_cost:.1f} %, budget 5 %)")
     print(f"CPU per event on / off: {cpu_on / cpu_off:.3f}  (CPU cost {summary['cost_pct_cpu']:.1f} %)")
     print(f"time inside metrics calls: {100 * in_calls:.2f} % of batch processing time")
-    write_results(RESULTS, {"args": vars(args) | {"bootstrap": bootstrap}, "runs": runs, "summary": summary})
+    write_results(
+        RESULTS,
+        {"args": vars(args), "kafka": connection.describe(), "runs": runs, "summary": summary},
+    )
     return 0
 
 
