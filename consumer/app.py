@@ -67,7 +67,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,6 +76,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, CorruptRecordError, UnsupportedCodecError
 from kafka.structs import TopicPartition
 
+from consumer.arms import Arm, Arms
 from consumer.backoff import Interrupted
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore
 from consumer.clients import close_quietly, connect
@@ -83,7 +84,7 @@ from consumer.config import ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger
 from consumer.logs import fields
-from consumer.metrics import STAGES, popularity_percentiles
+from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
 from consumer.publish import Message, Publisher
 from contract.errors import UserError
@@ -112,15 +113,24 @@ class UnreadableRecords(UserError):
     """kafka-python cannot read a record batch: the service stops instead of looping on it."""
 
 
+class Online(NamedTuple):
+    """Of one arm's viewers' events in a batch: those whose viewer had a list published before
+    (``shown``), those watched from it (``hits``), and their watch seconds."""
+
+    shown: int
+    hits: int
+    shown_watch: float
+    hit_watch: float
+
+
 class Tested(NamedTuple):
     """What the test step found before the batch was learned, for the live metrics."""
 
-    ranking: Ranking
-    quality: BatchQuality
+    #: Per arm that learned the batch: its ranking of the events it learned, and their quality.
+    arms: dict[str, tuple[Ranking, BatchQuality]]
     shadow_quality: BatchQuality | None
-    #: Events whose viewer had a list published before, and of those, the ones watched from it.
-    shown: int
-    hits: int
+    #: Per arm, the online hit counts of its viewers' events.
+    online: dict[str, Online]
 
 
 class Recommended(NamedTuple):
@@ -146,8 +156,10 @@ class _Rebalance(ConsumerRebalanceListener):
 class StreamrecService:
     """One worker of a consumer group: learns from its partitions and publishes recommendations.
 
-    ``model_factory`` makes a fresh model; a checkpoint is read back with that model's own
-    ``load``. ``shadow_factory`` makes an optional baseline scored on the same stream (for the
+    ``model_factory`` makes a fresh model (the control's); a checkpoint is read back with that
+    model's own ``load``. ``arm_factories`` makes the models of a live experiment's other arms,
+    by arm name (see :mod:`consumer.arms`; ``config.arm_specs`` names them, the control first).
+    ``shadow_factory`` makes an optional baseline scored on the same stream (for the
     dashboards), checkpointed with the model. ``metrics`` is a
     :class:`consumer.metrics.ServiceMetrics` or ``None``; ``store`` replaces the local
     checkpoint folder of ``config``.
@@ -160,15 +172,27 @@ class StreamrecService:
         shadow_factory: Callable[[], StreamRanker] | None = None,
         metrics=None,
         store: CheckpointStore | None = None,
+        arm_factories: Mapping[str, Callable[[], StreamRanker]] | None = None,
     ) -> None:
         self.config = config
-        self.model_factory = model_factory
         self.shadow_factory = shadow_factory
         self.metrics = metrics
         if store is None and config.checkpoint_path is not None:
             store = LocalCheckpointStore(config.checkpoint_path / config.worker)
         self.store = store
-        self.model = model_factory()
+        specs = config.arm_specs
+        factories = {specs[0].name: model_factory, **(arm_factories or {})}
+        missing = [s.name for s in specs if s.name not in factories]
+        if missing:
+            raise ValueError(f"no model factory for arm(s) {missing}")
+        #: The arms serving viewers, the control first (one, ``control``, without an experiment).
+        self.arms = Arms(
+            specs,
+            lambda spec: factories[spec.name],
+            salt=config.experiment_salt,
+            learn_from=config.arms_learn_from,
+            n=config.top_n,
+        )
         self.shadow = shadow_factory() if shadow_factory else None
         self.ledger = OffsetLedger(
             config.worker,
@@ -179,7 +203,6 @@ class StreamrecService:
         # Per-id bookkeeping forgets on the model's clock and TTL, so memory stays bounded under
         # endless new ids (None: the model never forgets, neither do these).
         ttl = self.model.viewer_ttl
-        self.evaluator = StreamingEvaluator(self.model.name, n=config.top_n, id_ttl=ttl)
         self.shadow_evaluator = (
             StreamingEvaluator(self.shadow.name, n=config.top_n, id_ttl=ttl) if self.shadow else None
         )
@@ -204,6 +227,20 @@ class StreamrecService:
         self._publisher: Publisher | None = None
 
     @property
+    def model(self) -> StreamRanker:
+        """The control's model: the served model when there is no experiment."""
+        return self.arms.control.model
+
+    @model.setter
+    def model(self, model: StreamRanker) -> None:
+        self.arms.control.model = model
+
+    @property
+    def evaluator(self) -> StreamingEvaluator:
+        """The control's test-then-train evaluator."""
+        return self.arms.control.evaluator
+
+    @property
     def model_events(self) -> int:
         """Events learned into the current model state, across restarts."""
         return self.ledger.events
@@ -212,6 +249,11 @@ class StreamrecService:
     def model_names(self) -> tuple[str, ...]:
         """The ``model`` label values of the quality metrics: the served model, then the shadow."""
         return (self.model.name, self.shadow.name) if self.shadow else (self.model.name,)
+
+    @property
+    def arm_labels(self) -> tuple[tuple[str, str, float], ...]:
+        """``(arm, model, share of viewers)`` of every arm, for the metrics."""
+        return tuple((a.name, a.model.name, self.arms.shares[a.name]) for a in self.arms)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -235,6 +277,7 @@ class StreamrecService:
                 group=self.config.group_id,
                 model=self.model.name,
                 exactly_once=self.config.exactly_once,
+                **({"experiment": self.arms.describe()} if self.arms.experiment else {}),
             ),
         )
         try:
@@ -287,6 +330,8 @@ class StreamrecService:
             log.info("no checkpoint; starting with a fresh model", extra=fields(store=str(self.store.root)))
             return None
         self.model = _restored(self.model, checkpoint.path / MODEL_FILE)
+        for arm in self.arms.arms[1:]:
+            arm.model = _restored_arm(arm, checkpoint.path / arm.file)
         if self.shadow is not None:
             shadow_file = checkpoint.path / _shadow_file(self.shadow)
             if shadow_file.exists():  # a checkpoint written without this shadow leaves it fresh
@@ -315,11 +360,14 @@ class StreamrecService:
         started = time.perf_counter()
 
         def write(folder: Path) -> None:
-            self.model.save(folder / MODEL_FILE)
+            for arm in self.arms:
+                arm.model.save(folder / arm.file)
             if self.shadow is not None:
                 self.shadow.save(folder / _shadow_file(self.shadow))
 
         extra = {"model": self.model.name} | ({"shadow": self.shadow.name} if self.shadow else {})
+        if self.arms.experiment:
+            extra["arms"] = {a.name: a.model.name for a in self.arms}
         checkpoint = self.store.save(write, offsets, self.ledger.events, extra=extra)
         seconds = time.perf_counter() - started
         self.ledger.checkpointed()
@@ -574,52 +622,130 @@ class StreamrecService:
         """Learn only: events whose lists were published before a restart."""
         if not events:
             return
-        self.model.learn_many(events)
+        split = self.arms.split(events) if self.arms.learn_from == "own" else {}
+        for arm in self.arms:
+            learns = self.arms.learns(arm, events, split)
+            if learns:
+                self._guarded(arm, lambda arm=arm, learns=learns: arm.model.learn_many(learns))
         if self.shadow is not None:
             self.shadow.learn_many(events)
         self.ledger.count(len(events))
 
     def _test_and_learn(self, events: list[WatchEvent]) -> Tested:
-        """What each viewer would have been shown just before each event (the live quality), then learn."""
-        shown = hits = 0
-        for e in events:
-            previous = self.shown.get(e.viewer)
-            if previous is not None:
-                shown += 1
-                hits += e.video in previous
+        """What each viewer would have been shown just before each event (the live quality), then
+        learn: every arm's model on the events it learns from (:meth:`consumer.arms.Arms.learns`)."""
+        arms = self.arms
+        split = arms.split(events)
+        online = {name: self._online([events[i] for i in at]) for name, at in split.items()}
         n = self.config.top_n
-        ranking = self.model.rank_and_learn(events, n)
-        quality = self.evaluator.observe(events, ranking)
+        tested: dict[str, tuple[Ranking, BatchQuality]] = {}
+        for arm in arms:
+            learns = arms.learns(arm, events, split)
+            if not learns:
+                continue
+            ranking = self._guarded(arm, lambda a=arm, e=learns: a.model.rank_and_learn(e, n))
+            if ranking is not None:
+                tested[arm.name] = (ranking, arm.evaluator.observe(learns, ranking))
         shadow_quality = None
         if self.shadow is not None:
             shadow_quality = self.shadow_evaluator.observe(events, self.shadow.rank_and_learn(events, n))
         self.ledger.count(len(events))
-        return Tested(ranking, quality, shadow_quality, shown, hits)
+        return Tested(tested, shadow_quality, online)
+
+    def _online(self, events: Sequence[WatchEvent]) -> Online:
+        """Of ``events``, those whose viewer was shown a list before, and those watched from it."""
+        shown = hits = 0
+        shown_watch = hit_watch = 0.0
+        last_list = self.shown.get
+        for e in events:
+            previous = last_list(e.viewer)
+            if previous is not None:
+                watched = e.watch_time or 0.0
+                shown += 1
+                shown_watch += watched
+                if e.video in previous:
+                    hits += 1
+                    hit_watch += watched
+        return Online(shown, hits, shown_watch, hit_watch)
+
+    def _guarded(self, arm: Arm, step: Callable[[], object]) -> object | None:
+        """``step`` of ``arm``'s model; for an arm other than the control, an exception marks it
+        failed (its viewers get the control's lists until a restart) and gives ``None``. The
+        control's exceptions stop the service as before: there is nothing to fall back to."""
+        if arm.is_control:
+            return step()
+        try:
+            return step()
+        except Exception as err:  # noqa: BLE001 - any failure of a treatment must not stop the service
+            arm.healthy = False
+            log.error(
+                "arm failed: its viewers get the control's lists until a restart",
+                extra=fields(arm=arm.name, model=arm.model.name, error=f"{type(err).__name__}: {err}"),
+                exc_info=True,
+            )
+            return None
+
+    def _fell_back(self, arm: Arm, reason: str, lists: int) -> None:
+        """``lists`` lists for ``arm``'s viewers were made by the control's model, for ``reason``."""
+        arm.fallbacks[reason] = arm.fallbacks.get(reason, 0) + lists
+        if self.metrics is not None:
+            self.metrics.record_fallback(arm.name, reason, lists, arm.healthy)
 
     def _recommend(self, intake: Intake) -> Recommended:
-        """A fresh list for each viewer of the batch, sourced from their last event in it."""
+        """A fresh list for each viewer of the batch, sourced from their last event in it, made by
+        the viewer's arm (the control's when that arm has failed)."""
         events = intake.events
         last_of_viewer = {e.viewer: i for i, e in enumerate(events)}
-        viewers = list(last_of_viewer)
-        lists = self.model.recommend_many(viewers, n=self.config.top_n)
-        now, clock, out = time.time(), self.model.clock, self.config.output_topic
-        last = list(last_of_viewer.values())
+        now, out, n = time.time(), self.config.output_topic, self.config.top_n
         origins = intake.origins
-        values = recommendation_values(
-            viewers,
-            lists,
-            self.model.name,
-            now,
-            [events[i].timestamp for i in last],
-            [origins[i][:2] for i in last],
-        )
         touch = self.shown.touch
-        for viewer, rec in zip(viewers, lists, strict=True):
-            touch(viewer, rec.videos, clock)  # a list of 10: `in` is as quick as a set's
-        messages: list[Message] = [
-            (out, viewer.encode(), value, None) for viewer, value in zip(viewers, values, strict=True)
-        ]
+        messages: list[Message] = []
+        control = self.arms.control
+        for arm, viewers in self._viewers_by_arm(last_of_viewer):
+            lists = None
+            if arm is not control and arm.healthy and not self._guard_tripped(arm):
+                lists = self._guarded(arm, lambda a=arm, v=viewers: a.model.recommend_many(v, n=n))
+            source = arm if lists is not None else control
+            if lists is None:
+                if arm is not control:
+                    self._fell_back(arm, "exception" if not arm.healthy else "guard", len(viewers))
+                lists = control.model.recommend_many(viewers, n=n)
+            last = [last_of_viewer[v] for v in viewers]
+            values = recommendation_values(
+                viewers,
+                lists,
+                source.model.name,
+                now,
+                [events[i].timestamp for i in last],
+                [origins[i][:2] for i in last],
+                arm=arm.name,
+            )
+            clock = source.model.clock
+            for viewer, rec in zip(viewers, lists, strict=True):
+                touch(viewer, rec.videos, clock)  # a list of 10: `in` is as quick as a set's
+            messages += [(out, v.encode(), value, None) for v, value in zip(viewers, values, strict=True)]
         return Recommended(messages, now)
+
+    def _viewers_by_arm(self, viewers: Mapping[str, int]) -> list[tuple[Arm, list[str]]]:
+        if not self.arms.experiment:
+            return [(self.arms.control, list(viewers))]
+        groups: dict[str, list[str]] = {}
+        arm_of = self.arms.assignment.arm_of
+        for viewer in viewers:
+            groups.setdefault(arm_of(viewer), []).append(viewer)
+        return [(arm, groups[arm.name]) for arm in self.arms if arm.name in groups]
+
+    def _guard_tripped(self, arm: Arm) -> bool:
+        """Whether ``arm``'s model refused non-finite updates since the last batch (asked of
+        treatments only: the control's trips are counted, and it serves on)."""
+        trips = arm.model.stats().guard_trips
+        tripped, arm.guard_seen = trips > arm.guard_seen, trips
+        if tripped:
+            log.warning(
+                "arm's model refused non-finite updates: its viewers get the control's lists this batch",
+                extra=fields(arm=arm.name, trips=trips),
+            )
+        return tripped
 
     def _dead_letters(self, dead: list[DeadLetter]) -> list[Message]:
         self.dead_lettered += len(dead)
@@ -656,7 +782,7 @@ class StreamrecService:
             self._consumer.pause(*assigned)
         if self.store is None:
             return
-        self.model = self.model_factory()
+        self.arms.fresh()
         self.shadow = self.shadow_factory() if self.shadow_factory else None
         self.restore()
 
@@ -679,16 +805,22 @@ class StreamrecService:
                 metrics.record_dead_letters([d.reason for d in intake.dead])
             if tested is None:
                 return
-            metrics.record_quality(self.model.name, tested.quality)
+            for arm in self.arms:
+                if arm.name in tested.arms:
+                    ranking, quality = tested.arms[arm.name]
+                    metrics.record_quality(arm.model.name, quality, arm.name)
+                    popularity = self._popularity(arm.model, ranking)
+                    metrics.record_recommended(
+                        arm.model.name, ranking.top, popularity, ranking.catalogue, arm.name
+                    )
+                online = tested.online.get(arm.name)
+                if online is not None:
+                    metrics.record_online_hits(*online[:2], arm.name, *online[2:])
             if tested.shadow_quality is not None:
-                metrics.record_quality(self.shadow.name, tested.shadow_quality)
-            metrics.record_online_hits(tested.shown, tested.hits)
+                metrics.record_quality(self.shadow.name, tested.shadow_quality, SHADOW_ARM)
             origins = (o[2] for o in intake.origins)
             produced_at = np.fromiter(origins, dtype=np.float64, count=len(intake.events))
             metrics.record_freshness(np.maximum(recommended.generated_at - produced_at, 0.0))
-            ranking = tested.ranking
-            popularity = self._popularity(ranking)
-            metrics.record_recommended(self.model.name, ranking.top, popularity, ranking.catalogue)
         finally:
             self.stage_seconds["metrics"] += time.perf_counter() - started
 
@@ -709,10 +841,10 @@ class StreamrecService:
         self.metrics.set_model_stats(self.model_events, stats.viewers, stats.videos, stats.memory_bytes)
         return stats
 
-    def _popularity(self, ranking: Ranking) -> np.ndarray | None:
+    def _popularity(self, model: StreamRanker, ranking: Ranking) -> np.ndarray | None:
         """Popularity percentile of each recommended video, from the model's watches per video
         row (``None`` for a model that does not count them), for the popularity-bias metric."""
-        counts = self.model.video_counts()
+        counts = model.video_counts()
         if counts is None:
             return None
         return popularity_percentiles(np.asarray(counts)[: ranking.catalogue], ranking.top)
@@ -721,6 +853,19 @@ class StreamrecService:
 def _shadow_file(shadow: StreamRanker) -> str:
     """A shadow's file in a checkpoint, named for what it is (``recent_popular.npz``)."""
     return f"{shadow.name}.npz"
+
+
+def _restored_arm(arm: Arm, path: Path) -> StreamRanker:
+    """An experiment arm's model from a checkpoint: a fresh one when the checkpoint has none for
+    this arm (the experiment started after it) or holds another model (the arm changed model)."""
+    if not path.exists():
+        log.info("arm starts with a fresh model: none in the checkpoint", extra=fields(arm=arm.name))
+        return arm.model
+    try:
+        return _restored(arm.model, path)
+    except ValueError as err:
+        log.warning("arm starts with a fresh model", extra=fields(arm=arm.name, reason=str(err)))
+        return arm.model
 
 
 def _restored(fresh: StreamRanker, path: Path) -> StreamRanker:

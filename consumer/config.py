@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from consumer.arms import LEARN_FROM, ArmSpec, parse_arms
 from contract.connection import ConnectionSettingsError, KafkaConnection, add_connection_arguments
 from contract.defaults import DEFAULT_BOOTSTRAP, DLQ_TOPIC, INPUT_TOPIC, OUTPUT_TOPIC
 
@@ -82,6 +83,19 @@ class ServiceConfig:
     #: Settings of a fresh model, ``key=value[,key=value]`` (values read as JSON); a model
     #: restored from a checkpoint keeps the settings it was saved with.
     model_settings: str = ""
+    #: A live experiment (see :mod:`consumer.arms`): ``NAME=MODEL[,NAME=MODEL...]``, the first
+    #: arm the control; empty: one arm, ``control``, serving ``model`` with ``model_settings``.
+    arms: str = ""
+    #: Each arm's share of the viewers, ``W,W`` in arm order or ``NAME=W,...``; empty: equal.
+    arm_weights: str = ""
+    #: ``NAME:KEY=VALUE[,KEY=VALUE]`` settings of one arm's fresh model (the flag repeats; the
+    #: environment variable separates them with ``;``).
+    arm_settings: tuple[str, ...] = ()
+    #: Names the experiment in the viewers' assignment: a new salt reshuffles every viewer.
+    experiment_salt: str = "streamrec"
+    #: ``all``: every arm learns every event (compares models); ``own``: each arm learns from its
+    #: own viewers only (compares feedback loops).
+    arms_learn_from: str = "all"
     #: A popularity model (``recent_popular``) scored on the same stream, so dashboards show the
     #: lift of learning; none when that baseline is the served model.
     shadow_baseline: bool = True
@@ -158,6 +172,15 @@ class ServiceConfig:
             self.model_params  # noqa: B018 - parsed here so a malformed value fails at start-up
         except ValueError as err:
             raise ConfigError(f"model_settings: {err}") from None
+        check(
+            self.arms_learn_from in LEARN_FROM,
+            f"arms_learn_from must be one of {', '.join(LEARN_FROM)}, got {self.arms_learn_from!r}",
+        )
+        check(bool(self.experiment_salt), "experiment_salt must not be empty")
+        try:
+            self.arm_specs  # noqa: B018 - parsed here so a malformed experiment fails at start-up
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
     @property
     def model_params(self) -> dict[str, object]:
@@ -165,6 +188,11 @@ class ServiceConfig:
         from model.registry import parse_settings
 
         return parse_settings([self.model_settings])
+
+    @property
+    def arm_specs(self) -> list[ArmSpec]:
+        """The arms to serve (one, ``control``, without ``arms``), the control first."""
+        return parse_arms(self.arms, self.arm_weights, self.arm_settings, self.model, self.model_params)
 
     @property
     def kafka(self) -> KafkaConnection:
@@ -240,6 +268,12 @@ _HELP = {
     "model": "model to serve (see `streamrec evaluate --help` for names)",
     "model_settings": "settings of a fresh model, KEY=VALUE[,KEY=VALUE] (JSON values, e.g. dim=16); "
     "a model restored from a checkpoint keeps its own",
+    "arms": "a live experiment: NAME=MODEL[,NAME=MODEL...], the first arm the control (see README)",
+    "arm_weights": "each arm's share of the viewers: W,W in arm order or NAME=W,... (default: equal)",
+    "arm_settings": "settings of one arm's fresh model, NAME:KEY=VALUE[,KEY=VALUE] (repeatable)",
+    "experiment_salt": "names the experiment in the viewers' assignment to arms (a new salt reshuffles them)",
+    "arms_learn_from": "all: every arm learns every event (compares models); own: each arm learns only "
+    "from its viewers (compares feedback loops)",
     "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
     "max_poll_records": "most events taken by one poll: learned in batches, their lists acknowledged and "
     "their offsets committed together",
@@ -259,6 +293,16 @@ _HELP = {
 }
 
 
+class _Extend(argparse.Action):
+    """Each use of the flag adds a value to the tuple; the first replaces the default."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        before = getattr(namespace, self.dest)
+        fresh = getattr(namespace, f"_{self.dest}_given", False)
+        setattr(namespace, self.dest, (*before, value) if fresh else (value,))
+        setattr(namespace, f"_{self.dest}_given", True)
+
+
 def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
     """Add one flag per setting, each defaulting to ``STREAMREC_<NAME>`` or the built-in default."""
     environ = os.environ if environ is None else environ
@@ -273,12 +317,17 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         if env in environ:
             raw = environ[env]
             try:
-                default = _to_bool(raw) if kind is bool else kind(raw)
+                if kind is tuple:  # repeatable: the environment separates values with ';'
+                    default = tuple(v for v in raw.split(";") if v.strip())
+                else:
+                    default = _to_bool(raw) if kind is bool else kind(raw)
             except ValueError as err:
                 raise ConfigError(f"{env}={raw!r}: {err}") from None
         flag = "--" + name.replace("_", "-")
         help_ = f"{_HELP[name]} (env {env}; default: {default!r})"
         if kind is bool:
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
+        elif kind is tuple:
+            parser.add_argument(flag, default=default, action=_Extend, metavar=name.upper(), help=help_)
         else:
             parser.add_argument(flag, default=default, type=kind, metavar=name.upper(), help=help_)

@@ -4,7 +4,12 @@ The service owns one :class:`ServiceMetrics` and calls it once per poll batch (n
 the per-event work (freshness of every published list, coverage of every recommended video) is
 done with numpy on whole arrays. All names share the ``streamrec_`` prefix, use base units
 (seconds, bytes, ratios in ``[0, 1]``), and counters end in ``_total``. Labels are of low
-cardinality only (``model``, ``reason``, ``partition``, ``result``); never a viewer or video id.
+cardinality only (``model``, ``arm``, ``reason``, ``partition``, ``result``); never a viewer or
+video id.
+
+Every quality series carries the ``arm`` of a live experiment (:mod:`consumer.arms`) beside the
+``model``: ``control`` when there is no experiment, the empty string for a shadow baseline
+(which serves no one). The experiment's readout reads the online counters by arm.
 
 Quality is exported as counters, not ratios, so PromQL computes it over any window, e.g.
 HR@10 of the last five minutes::
@@ -52,9 +57,18 @@ __all__ = [
     "DEAD_LETTER_REASONS",
     "FRESHNESS_BUCKETS",
     "STAGES",
+    "CONTROL",
+    "SHADOW_ARM",
+    "FALLBACK_REASONS",
     "popularity_percentiles",
     "start_http_server",
 ]
+
+#: The ``arm`` label of a service without an experiment (its one arm), and of shadow baselines.
+CONTROL = "control"
+SHADOW_ARM = ""
+#: Reasons an arm's viewers get the control's lists (``streamrec_experiment_fallback_lists_total``).
+FALLBACK_REASONS = ("exception", "guard")
 
 #: Reason label values of ``streamrec_events_dead_lettered_total``, created at zero. The schema's
 #: reasons, plus ``decode_error`` for anything that fails before validation (a bad key, say).
@@ -204,9 +218,12 @@ class ServiceMetrics:
     Parameters
     ----------
     models
-        Model names, the ``model`` label values of the quality series: the learned model first,
+        Model names, the ``model`` label values of the quality series: the served model first,
         then shadow baselines, each by its own ``name`` (the dashboard's reference for lift is
         ``"recent_popular"``, the service's shadow).
+    arms
+        The arms that serve viewers, ``(arm, model, share of viewers)``, the control first;
+        by default one, ``control``, serving ``models[0]``.
     registry
         Where the metrics are registered; the process-wide default registry when ``None``.
         Tests pass a fresh :class:`~prometheus_client.CollectorRegistry`.
@@ -225,12 +242,16 @@ class ServiceMetrics:
         models: Sequence[str] = ("streamrec", "recent_popular"),
         registry: CollectorRegistry | None = None,
         *,
+        arms: Sequence[tuple[str, str, float]] | None = None,
         n: int = 10,
         coverage_window: int = 10_000,
         loss_half_life: float = 5_000.0,
     ) -> None:
         registry = REGISTRY if registry is None else registry
         self.models = tuple(models)
+        self.arms = tuple(arms) if arms else ((CONTROL, self.models[0] if self.models else "", 1.0),)
+        #: ``(model, arm)`` label pairs of the quality series: every arm's, then the shadows'.
+        self.series = (*((m, a) for a, m, _ in self.arms), *((m, SHADOW_ARM) for m in self.models[1:]))
         self.registry = registry
         kw = {"registry": registry}
 
@@ -280,7 +301,7 @@ class ServiceMetrics:
 
         # -- quality (test-then-train on the live stream) --------------------------------------
         def quality(name: str, doc: str) -> Counter:
-            return Counter(f"streamrec_quality_{name}", doc, ["model"], **kw)
+            return Counter(f"streamrec_quality_{name}", doc, ["model", "arm"], **kw)
 
         self.q_evaluated = quality(
             "evaluated", "Events evaluated: viewer and video seen before, so the model was asked first."
@@ -295,24 +316,59 @@ class ServiceMetrics:
         )
         self.online_shown = Counter(
             "streamrec_online_shown_events",
-            "Watch events whose viewer had a recommendation list published before the event.",
+            "Watch events whose viewer had a recommendation list published before the event, by "
+            "the viewer's arm.",
+            ["arm"],
             **kw,
         )
         self.online_hits = Counter(
             "streamrec_online_hit_events",
             "Of those, events whose video was in the viewer's last published list.",
+            ["arm"],
+            **kw,
+        )
+        self.online_shown_watch = Counter(
+            "streamrec_online_shown_watch_seconds",
+            "Watch time of the events counted by streamrec_online_shown_events (0 when unknown).",
+            ["arm"],
+            **kw,
+        )
+        self.online_hit_watch = Counter(
+            "streamrec_online_hit_watch_seconds",
+            "Watch time that came from shown lists: of the events counted by streamrec_online_hit_events.",
+            ["arm"],
+            **kw,
+        )
+        self.arm_share = Gauge(
+            "streamrec_experiment_arm_share_ratio",
+            "Each arm's share of the viewers, by its model (one arm, control, without an experiment).",
+            ["arm", "model"],
+            **kw,
+        )
+        self.arm_healthy = Gauge(
+            "streamrec_experiment_arm_healthy",
+            "1 while the arm's model serves its viewers, 0 once it raised (the control's lists serve them).",
+            ["arm"],
+            **kw,
+        )
+        self.arm_fallbacks = Counter(
+            "streamrec_experiment_fallback_lists",
+            "Lists for an arm's viewers made by the control's model because the arm's model failed, "
+            "by reason (exception: it raised, and serves no one until a restart; guard: it refused "
+            "non-finite updates in the batch).",
+            ["arm", "reason"],
             **kw,
         )
         self.coverage = Gauge(
             "streamrec_coverage_ratio",
             f"Distinct videos in the last {coverage_window} recommended slots, as a share of the catalogue.",
-            ["model"],
+            ["model", "arm"],
             **kw,
         )
         self.popularity_bias = Gauge(
             "streamrec_popularity_bias_ratio",
             "Mean popularity percentile of recently recommended videos (1 = only the most watched).",
-            ["model"],
+            ["model", "arm"],
             **kw,
         )
 
@@ -358,9 +414,18 @@ class ServiceMetrics:
         # popularity bias appear with the first published lists: a 0 before them would be false.
         for reason in DEAD_LETTER_REASONS:
             self.dead_lettered.labels(reason)
-        for model in self.models:
+        for model, arm in self.series:
             for counter in (self.q_evaluated, self.q_cold, self.q_hits, self.q_ndcg, self.q_rr):
-                counter.labels(model)
+                counter.labels(model, arm)
+        for arm, model, share in self.arms:
+            for online in (self.online_shown, self.online_hits):
+                online.labels(arm)
+            for watch in (self.online_shown_watch, self.online_hit_watch):
+                watch.labels(arm)
+            for reason in FALLBACK_REASONS:
+                self.arm_fallbacks.labels(arm, reason)
+            self.arm_share.labels(arm, model).set(share)
+            self.arm_healthy.labels(arm).set(1)
         for result in ("ok", "failed"):
             self.checkpoints.labels(result)
         for stage in STAGES:
@@ -369,7 +434,7 @@ class ServiceMetrics:
         self.model_loss.set(float("nan"))
 
         self.coverage_window = coverage_window
-        self._windows = {m: _RecentWindow(coverage_window) for m in self.models}
+        self._windows = {pair: _RecentWindow(coverage_window) for pair in self.series}
         self._guard_seen = 0
         self._bias_known: set[str] = set()
         self.loss_half_life = loss_half_life
@@ -407,18 +472,33 @@ class ServiceMetrics:
         """Recommendation lists published (and acknowledged) in this batch."""
         self.published.inc(count)
 
-    def record_quality(self, model: str, q: BatchQuality) -> None:
-        """Add one scored batch's :class:`model.evaluate.BatchQuality` for ``model``."""
-        self.q_evaluated.labels(model).inc(q.evaluated)
-        self.q_cold.labels(model).inc(q.events - q.evaluated)
-        self.q_hits.labels(model).inc(q.hits)
-        self.q_ndcg.labels(model).inc(q.ndcg_sum)
-        self.q_rr.labels(model).inc(q.rr_sum)
+    def record_quality(self, model: str, q: BatchQuality, arm: str = CONTROL) -> None:
+        """Add one scored batch's :class:`model.evaluate.BatchQuality` for ``model`` in ``arm``
+        (:data:`SHADOW_ARM` for a shadow)."""
+        self.q_evaluated.labels(model, arm).inc(q.evaluated)
+        self.q_cold.labels(model, arm).inc(q.events - q.evaluated)
+        self.q_hits.labels(model, arm).inc(q.hits)
+        self.q_ndcg.labels(model, arm).inc(q.ndcg_sum)
+        self.q_rr.labels(model, arm).inc(q.rr_sum)
 
-    def record_online_hits(self, shown: int, hits: int) -> None:
-        """``shown`` events had a previously published list for their viewer; ``hits`` watched from it."""
-        self.online_shown.inc(shown)
-        self.online_hits.inc(hits)
+    def record_online_hits(
+        self, shown: int, hits: int, arm: str = CONTROL, shown_watch: float = 0.0, hit_watch: float = 0.0
+    ) -> None:
+        """Of ``arm``'s viewers' events, ``shown`` had a previously published list for their
+        viewer and ``hits`` were watched from it; ``shown_watch`` and ``hit_watch`` are their
+        watch seconds."""
+        self.online_shown.labels(arm).inc(shown)
+        self.online_hits.labels(arm).inc(hits)
+        if shown_watch:
+            self.online_shown_watch.labels(arm).inc(shown_watch)
+        if hit_watch:
+            self.online_hit_watch.labels(arm).inc(hit_watch)
+
+    def record_fallback(self, arm: str, reason: str, lists: int, healthy: bool) -> None:
+        """``lists`` lists for ``arm``'s viewers were the control's, for ``reason``; ``healthy``:
+        whether the arm's model still serves."""
+        self.arm_fallbacks.labels(arm, reason).inc(lists)
+        self.arm_healthy.labels(arm).set(1 if healthy else 0)
 
     def record_freshness(self, seconds: np.ndarray) -> None:
         """Per event of the batch: seconds from its Kafka timestamp to its list being published.
@@ -433,6 +513,7 @@ class ServiceMetrics:
         video_rows: np.ndarray,
         popularity_percentile: np.ndarray | None,
         catalogue: int,
+        arm: str = CONTROL,
     ) -> None:
         """Lists just published by ``model``: coverage and popularity bias over the recent window.
 
@@ -451,14 +532,14 @@ class ServiceMetrics:
             if pct.size == rows.size:
                 pct = pct[valid]
             pct = pct[np.isfinite(pct)]
-        window = self._windows.get(model)
+        window = self._windows.get((model, arm))
         if window is None:  # a model not named at construction: it gets its window now
-            window = self._windows[model] = _RecentWindow(self.coverage_window)
+            window = self._windows[model, arm] = _RecentWindow(self.coverage_window)
         window.add(rows[valid].astype(np.int64), float(pct.sum()), int(pct.size))
-        self.coverage.labels(model).set(min(1.0, window.distinct / catalogue) if catalogue > 0 else 0.0)
-        if pct.size or model in self._bias_known:
-            self._bias_known.add(model)
-            self.popularity_bias.labels(model).set(window.popularity)
+        self.coverage.labels(model, arm).set(min(1.0, window.distinct / catalogue) if catalogue > 0 else 0.0)
+        if pct.size or (model, arm) in self._bias_known:
+            self._bias_known.add((model, arm))
+            self.popularity_bias.labels(model, arm).set(window.popularity)
 
     # -- state ---------------------------------------------------------------------------------
 

@@ -4,8 +4,11 @@ Recommendations (topic ``recommendations``), keyed by viewer id so a compacted t
 latest list per viewer::
 
     {"viewer": "UC2n", "items": [{"video": "WK_N", "score": 0.93}, ...], "model": "streamrec",
-     "generated_at": 1700000000.123, "event_timestamp": 1616963421.0,
+     "arm": "control", "generated_at": 1700000000.123, "event_timestamp": 1616963421.0,
      "source": {"partition": 0, "offset": 41}}
+
+``model`` made the list; ``arm`` is the viewer's arm of a live experiment (``control`` when
+there is none). They differ only when the arm's model failed and the control's list stood in.
 
 Dead letters (topic ``watch-events-dlq``) carry the original key and value *unchanged*, so they
 can be fixed and replayed as they are; the reason travels in headers:
@@ -61,6 +64,7 @@ def recommendation_value(
     event_timestamp: float,
     partition: int,
     offset: int,
+    arm: str = "control",
 ) -> bytes:
     """The JSON value of one published recommendation list."""
     return orjson.dumps(
@@ -68,6 +72,7 @@ def recommendation_value(
             "viewer": viewer,
             "items": [{"video": v, "score": round(float(s), 6)} for v, s in zip(videos, scores, strict=True)],
             "model": model,
+            "arm": arm,
             "generated_at": generated_at,
             "event_timestamp": event_timestamp,
             "source": {"partition": partition, "offset": offset},
@@ -82,6 +87,7 @@ def recommendation_values(
     generated_at: float,
     event_timestamps: Sequence[float],
     sources: Sequence[tuple[int, int]],
+    arm: str = "control",
 ) -> list[bytes]:
     """:func:`recommendation_value` of each viewer's list (``lists``: ``videos`` and ``scores``
     each), the scores of the whole batch rounded at once: 4.6 us a list against 8.2 us one by one.
@@ -108,6 +114,7 @@ def recommendation_values(
                 "viewer": viewer,
                 "items": [{"video": v, "score": s} for v, s in zip(rec.videos, row, strict=True)],
                 "model": model,
+                "arm": arm,
                 "generated_at": generated_at,
                 "event_timestamp": timestamp,
                 "source": {"partition": source[0], "offset": source[1]},

@@ -35,21 +35,27 @@ def build_service(
 
     if config.model not in registry.names():
         raise ConfigError(f"unknown model {config.model!r}; choose one of {', '.join(registry.names())}")
-    params = config.model_params
+    control, *others = config.arm_specs
     # A shadow is named for what it is; beside itself it would measure nothing (and share its labels).
-    shadow = config.shadow_baseline and config.model != SHADOW_BASELINE
+    shadow = config.shadow_baseline and control.model != SHADOW_BASELINE
     try:
         service = StreamrecService(
             config,
-            model_factory=lambda: registry.create(config.model, **params),
+            model_factory=lambda: registry.create(control.model, **control.settings),
             shadow_factory=(lambda: registry.create(SHADOW_BASELINE)) if shadow else None,
+            arm_factories={
+                spec.name: (lambda spec=spec: registry.create(spec.model, **spec.settings)) for spec in others
+            },
         )
     except registry.BadSetting as err:
-        raise ConfigError(f"model_settings: {err}") from None
+        flag = "arm_settings" if config.arms else "model_settings"
+        raise ConfigError(f"{flag}: {err}") from None
     if with_metrics:
         from consumer.metrics import ServiceMetrics
 
-        service.metrics = ServiceMetrics(models=service.model_names, registry=metrics_registry)
+        service.metrics = ServiceMetrics(
+            models=service.model_names, registry=metrics_registry, arms=service.arm_labels
+        )
     return service
 
 

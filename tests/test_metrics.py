@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer.metrics import (
     DEAD_LETTER_REASONS,
     FRESHNESS_BUCKETS,
+    SHADOW_ARM,
     STAGES,
     ServiceMetrics,
     popularity_percentiles,
@@ -52,9 +53,13 @@ def test_names_outside_checks_rely_on_exist_at_zero(metrics):
     assert value(samples, "streamrec_model_events") == 0
     for reason in REASONS:
         assert value(samples, "streamrec_events_dead_lettered_total", reason=reason) == 0
-    for model in ("streamrec", "recent_popular"):  # the served model and the service's shadow
+    # The served model in the one arm, control, and the service's shadow, in none.
+    for model, arm in (("streamrec", "control"), ("recent_popular", "")):
         for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank"):
-            assert value(samples, f"streamrec_quality_{name}_total", model=model) == 0
+            assert value(samples, f"streamrec_quality_{name}_total", model=model, arm=arm) == 0
+    for name in ("online_shown_events", "online_hit_events", "experiment_fallback_lists"):
+        assert any(key[0] == f"streamrec_{name}_total" and ("arm", "control") in key[1] for key in samples)
+    assert value(samples, "streamrec_experiment_arm_share_ratio", model="streamrec", arm="control") == 1
 
 
 def test_seconds_per_stage_exist_at_zero_and_follow_the_workers_running_totals(metrics):
@@ -120,13 +125,13 @@ def test_quality_counters_add_up_batches_per_model(metrics):
     )
     metrics.record_quality("streamrec", BatchQuality(events=5, evaluated=5, hits=1, ndcg_sum=0.5, rr_sum=0.7))
     metrics.record_quality(
-        "recent_popular", BatchQuality(events=15, evaluated=13, hits=2, ndcg_sum=0.9, rr_sum=1.0)
+        "recent_popular", BatchQuality(events=15, evaluated=13, hits=2, ndcg_sum=0.9, rr_sum=1.0), SHADOW_ARM
     )
     samples = scrape(metrics.registry)
     q = {
-        (name, model): value(samples, f"streamrec_quality_{name}_total", model=model)
+        (name, model): value(samples, f"streamrec_quality_{name}_total", model=model, arm=arm)
         for name in ("evaluated", "cold", "hits", "ndcg", "reciprocal_rank")
-        for model in ("streamrec", "recent_popular")
+        for model, arm in (("streamrec", "control"), ("recent_popular", SHADOW_ARM))
     }
     assert q[("evaluated", "streamrec")] == 13 and q[("cold", "streamrec")] == 2
     assert q[("hits", "streamrec")] == 4 and q[("hits", "recent_popular")] == 2
@@ -135,11 +140,45 @@ def test_quality_counters_add_up_batches_per_model(metrics):
     assert q[("cold", "recent_popular")] == 2
 
 
-def test_online_hits(metrics):
-    metrics.record_online_hits(shown=40, hits=7)
+def test_online_hits_and_their_watch_time_per_arm():
+    arms = (("control", "streamrec", 0.5), ("treatment", "most_popular", 0.5))
+    metrics = ServiceMetrics(registry=CollectorRegistry(), arms=arms)
+    metrics.record_online_hits(shown=40, hits=7, shown_watch=4000.0, hit_watch=900.0)
+    metrics.record_online_hits(shown=30, hits=2, arm="treatment")
+    metrics.record_online_hits(shown=10, hits=1, arm="treatment", shown_watch=50.0, hit_watch=5.0)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_online_shown_events_total") == 40
-    assert value(samples, "streamrec_online_hit_events_total") == 7
+    got = {
+        (name, arm): value(samples, f"streamrec_online_{name}_total", arm=arm)
+        for name in ("shown_events", "hit_events", "shown_watch_seconds", "hit_watch_seconds")
+        for arm in ("control", "treatment")
+    }
+    assert got == {
+        ("shown_events", "control"): 40,
+        ("hit_events", "control"): 7,
+        ("shown_watch_seconds", "control"): 4000,
+        ("hit_watch_seconds", "control"): 900,
+        ("shown_events", "treatment"): 40,
+        ("hit_events", "treatment"): 3,
+        ("shown_watch_seconds", "treatment"): 50,
+        ("hit_watch_seconds", "treatment"): 5,
+    }
+    for arm, model, share in arms:
+        assert value(samples, "streamrec_experiment_arm_share_ratio", arm=arm, model=model) == share
+        assert value(samples, "streamrec_experiment_arm_healthy", arm=arm) == 1
+
+
+def test_fallbacks_count_lists_per_arm_and_reason_and_mark_a_failed_arm():
+    arms = (("control", "streamrec", 0.5), ("treatment", "isgd", 0.5))
+    metrics = ServiceMetrics(registry=CollectorRegistry(), arms=arms)
+    metrics.record_fallback("treatment", "guard", 3, healthy=True)
+    metrics.record_fallback("treatment", "exception", 5, healthy=False)
+    samples = scrape(metrics.registry)
+    fallbacks = "streamrec_experiment_fallback_lists_total"
+    assert value(samples, fallbacks, arm="treatment", reason="guard") == 3
+    assert value(samples, fallbacks, arm="treatment", reason="exception") == 5
+    assert value(samples, fallbacks, arm="control", reason="exception") == 0
+    assert value(samples, "streamrec_experiment_arm_healthy", arm="treatment") == 0
+    assert value(samples, "streamrec_experiment_arm_healthy", arm="control") == 1
 
 
 def test_freshness_histogram_bins_a_whole_batch_like_prometheus(metrics):
@@ -162,30 +201,36 @@ def test_coverage_and_popularity_bias_over_the_recent_window():
     rows = np.arange(20).reshape(2, 10)
     metrics.record_recommended("streamrec", rows, np.full(rows.shape, 0.9), catalogue=100)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.20)
-    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.9)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control") == pytest.approx(0.20)
+    assert value(
+        samples, "streamrec_popularity_bias_ratio", model="streamrec", arm="control"
+    ) == pytest.approx(0.9)
     padded = np.array([[0, 1, -1, -1]])
     metrics.record_recommended("streamrec", padded, np.array([[0.1, 0.1, np.nan, np.nan]]), catalogue=100)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.20)
-    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(
-        (20 * 0.9 + 2 * 0.1) / 22
-    )
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control") == pytest.approx(0.20)
+    assert value(
+        samples, "streamrec_popularity_bias_ratio", model="streamrec", arm="control"
+    ) == pytest.approx((20 * 0.9 + 2 * 0.1) / 22)
     # 50 more slots of one video push the older ones out of the 40-slot window.
     for _ in range(5):
         metrics.record_recommended("streamrec", np.full((1, 10), 7), np.full((1, 10), 0.5), catalogue=100)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.01)
-    assert value(samples, "streamrec_popularity_bias_ratio", model="streamrec") == pytest.approx(0.5)
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control") == pytest.approx(0.01)
+    assert value(
+        samples, "streamrec_popularity_bias_ratio", model="streamrec", arm="control"
+    ) == pytest.approx(0.5)
     # The baseline published nothing: no coverage series for it rather than a false 0.
-    assert ("streamrec_coverage_ratio", (("model", "recent_popular"),)) not in samples
+    assert not any(
+        key[0] == "streamrec_coverage_ratio" and ("model", "recent_popular") in key[1] for key in samples
+    )
 
 
 def test_coverage_without_popularity_leaves_bias_unset(metrics):
     metrics.record_recommended("streamrec", np.array([[0, 1, 2, -1]]), None, catalogue=6)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_coverage_ratio", model="streamrec") == pytest.approx(0.5)
-    assert ("streamrec_popularity_bias_ratio", (("model", "streamrec"),)) not in samples
+    assert value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control") == pytest.approx(0.5)
+    assert not any(key[0] == "streamrec_popularity_bias_ratio" for key in samples)
 
 
 def test_popularity_percentiles_rank_videos_by_watch_count():
@@ -280,6 +325,8 @@ def test_a_model_not_named_up_front_still_gets_its_series():
     metrics.record_quality("ab_arm", BatchQuality(events=4, evaluated=4, hits=1, ndcg_sum=0.5, rr_sum=0.5))
     metrics.record_recommended("ab_arm", np.array([[3, 4]]), np.array([[0.2, 0.4]]), catalogue=8)
     samples = scrape(metrics.registry)
-    assert value(samples, "streamrec_quality_hits_total", model="ab_arm") == 1
-    assert value(samples, "streamrec_coverage_ratio", model="ab_arm") == pytest.approx(0.25)
-    assert value(samples, "streamrec_popularity_bias_ratio", model="ab_arm") == pytest.approx(0.3)
+    assert value(samples, "streamrec_quality_hits_total", model="ab_arm", arm="control") == 1
+    assert value(samples, "streamrec_coverage_ratio", model="ab_arm", arm="control") == pytest.approx(0.25)
+    assert value(samples, "streamrec_popularity_bias_ratio", model="ab_arm", arm="control") == pytest.approx(
+        0.3
+    )
