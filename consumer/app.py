@@ -115,12 +115,17 @@ class UnreadableRecords(UserError):
 
 class Online(NamedTuple):
     """Of one arm's viewers' events in a batch: those whose viewer had a list published before
-    (``shown``), those watched from it (``hits``), and their watch seconds."""
+    (``shown``), those watched from it (``hits``), their watch seconds, and what the batch added
+    to the per-viewer sums of the readout's variance (:class:`consumer.experiment.Counts`)."""
 
     shown: int
     hits: int
     shown_watch: float
     hit_watch: float
+    shown_squares: int
+    hit_squares: int
+    products: int
+    viewers: int
 
 
 class Tested(NamedTuple):
@@ -208,6 +213,8 @@ class StreamrecService:
         )
         #: The list last published to each viewer, for the online hit rate.
         self.shown = ExpiringDict(ttl=ttl)
+        #: Per viewer: events shown a list and hits so far, ``[shown, hits]`` (the readout's units).
+        self.viewer_hits = ExpiringDict(ttl=ttl)
         self.batches = 0
         self.dead_lettered = 0
         #: Seconds spent in each stage of the loop since the service started (see the module).
@@ -653,20 +660,35 @@ class StreamrecService:
         return Tested(tested, shadow_quality, online)
 
     def _online(self, events: Sequence[WatchEvent]) -> Online:
-        """Of ``events``, those whose viewer was shown a list before, and those watched from it."""
-        shown = hits = 0
+        """Of ``events``, those whose viewer was shown a list before, and those watched from it;
+        each viewer's running counts grow the per-viewer sums by their increments."""
+        shown = hits = squares = hit_squares = products = viewers = 0
         shown_watch = hit_watch = 0.0
-        last_list = self.shown.get
+        last_list, counts, clock = self.shown.get, self.viewer_hits, self.model.clock
         for e in events:
             previous = last_list(e.viewer)
-            if previous is not None:
-                watched = e.watch_time or 0.0
-                shown += 1
-                shown_watch += watched
-                if e.video in previous:
-                    hits += 1
-                    hit_watch += watched
-        return Online(shown, hits, shown_watch, hit_watch)
+            if previous is None:
+                continue
+            watched = e.watch_time or 0.0
+            hit = e.video in previous
+            mine = counts.get(e.viewer)
+            if mine is None:
+                mine = [0, 0]
+                viewers += 1
+            counts.touch(e.viewer, mine, clock)
+            before_shown, before_hits = mine
+            # (s + 1)**2 - s**2 = 2 s + 1, and likewise for hits and for the product.
+            squares += 2 * before_shown + 1
+            products += before_hits + (before_shown + 1) * hit
+            mine[0] = before_shown + 1
+            shown += 1
+            shown_watch += watched
+            if hit:
+                hit_squares += 2 * before_hits + 1
+                mine[1] = before_hits + 1
+                hits += 1
+                hit_watch += watched
+        return Online(shown, hits, shown_watch, hit_watch, squares, hit_squares, products, viewers)
 
     def _guarded(self, arm: Arm, step: Callable[[], object]) -> object | None:
         """``step`` of ``arm``'s model; for an arm other than the control, an exception marks it
@@ -815,7 +837,7 @@ class StreamrecService:
                     )
                 online = tested.online.get(arm.name)
                 if online is not None:
-                    metrics.record_online_hits(*online[:2], arm.name, *online[2:])
+                    metrics.record_online(arm.name, online)
             if tested.shadow_quality is not None:
                 metrics.record_quality(self.shadow.name, tested.shadow_quality, SHADOW_ARM)
             origins = (o[2] for o in intake.origins)

@@ -25,9 +25,24 @@ alpha says; the mSPRT's p-value ``min(1, 1/Lambda_n)`` is valid at any stopping 
 inequality), so a dashboard can show it live and a reader may stop the moment it drops below
 their alpha. The price is power: it needs more events than a test run once at a fixed size.
 
-With ``theta`` the difference of the two hit rates, ``V`` the variance of its estimate (each
-arm's ``p (1 - p) / n`` summed) and ``tau**2`` the variance of the normal mixture over effect
-sizes (:data:`TAU`, the size of difference the test is tuned to find fastest)::
+**Viewers are the units.** Viewers, not events, are assigned to arms, and one viewer's events
+are not independent (a viewer the model reads well hits again and again). A variance that
+counts events as independent (``p (1 - p) / events``) is too small: replaying the seeded
+synthetic stream (300 viewers, 20,000 events) as an A/A experiment under 40 salts, watched
+after every batch of 256, it declared a difference at alpha 0.05 in 15 of 40, not 2. So each
+arm's hit rate ``R = H / S`` (hits over shown events) gets the cluster-robust (delta-method)
+variance over viewers, from per-viewer sums that add up across batches and workers::
+
+    var(R) = sum_v (h_v - R s_v)**2 / S**2 * n / (n - 1)
+           = (sum h_v**2 - 2 R sum h_v s_v + R**2 sum s_v**2) / S**2 * n / (n - 1)
+
+with ``s_v``, ``h_v`` a viewer's shown events and hits and ``n`` the viewers (:class:`Counts`;
+the service exports each sum as a counter). The same A/A replay then declares 0 of 40, and
+streamrec against most-popular is still found (p < 0.01) after about 9,000 events.
+
+With ``theta`` the difference of the two hit rates, ``V`` the variance of its estimate (the
+arms' variances summed) and ``tau**2`` the variance of the normal mixture over effect sizes
+(:data:`TAU`, the size of difference the test is tuned to find fastest)::
 
     Lambda_n = sqrt(V / (V + tau**2)) * exp(tau**2 * theta**2 / (2 V (V + tau**2)))
     interval = theta +- sqrt(V (V + tau**2) / tau**2 * (ln((V + tau**2) / V) + 2 ln(1 / alpha)))
@@ -93,14 +108,33 @@ class Assignment:
 
 
 class Counts(NamedTuple):
-    """Events whose viewer had been shown a list (``shown``), and those whose video was in it."""
+    """Events whose viewer had been shown a list (``shown``), those whose video was in it
+    (``hits``), and the per-viewer sums the variance needs: ``shown_squares`` is the sum over
+    viewers of their shown events squared, ``hit_squares`` of their hits squared,
+    ``products`` of shown times hits, ``viewers`` how many viewers. Left out, each event counts
+    as its own viewer (the binomial variance).
+
+    >>> Counts(shown=10, hits=3).units
+    (10, 3, 3, 10)
+    """
 
     shown: int
     hits: int
+    shown_squares: float | None = None
+    hit_squares: float | None = None
+    products: float | None = None
+    viewers: int | None = None
 
     @property
     def rate(self) -> float:
         return self.hits / self.shown if self.shown else 0.0
+
+    @property
+    def units(self) -> tuple[float, float, float, int]:
+        """``(shown_squares, hit_squares, products, viewers)``, events as units where not given."""
+        if self.shown_squares is None:
+            return self.shown, self.hits, self.hits, self.shown
+        return self.shown_squares, self.hit_squares, self.products, self.viewers
 
 
 class Interval(NamedTuple):
@@ -126,9 +160,16 @@ class Comparison:
 
 
 def _variance(counts: Counts) -> float:
-    # A pseudo-count keeps the variance away from 0 when an arm has only hits or only misses.
+    """The variance of ``counts.rate`` over viewers (see the module docstring)."""
+    shown = max(counts.shown, 1)
+    r = counts.rate
+    shown_squares, hit_squares, products, viewers = counts.units
+    spread = max(hit_squares - 2.0 * r * products + r * r * shown_squares, 0.0)
+    clustered = spread / (shown * shown) * viewers / max(viewers - 1, 1)
+    # Floor: the binomial variance with a pseudo-count, so an arm of only hits or only misses
+    # (early on) does not claim certainty.
     p = (counts.hits + 0.5) / (counts.shown + 1.0)
-    return p * (1.0 - p) / max(counts.shown, 1)
+    return max(clustered, p * (1.0 - p) / shown)
 
 
 def _half_width(variance: float, alpha: float, tau: float) -> float:

@@ -339,6 +339,31 @@ class ServiceMetrics:
             ["arm"],
             **kw,
         )
+        # The readout's variance treats viewers as the units (consumer.experiment): per-viewer sums.
+        self.online_viewers = Counter(
+            "streamrec_online_viewers",
+            "Viewers with at least one event counted by streamrec_online_shown_events.",
+            ["arm"],
+            **kw,
+        )
+        self.online_shown_squares = Counter(
+            "streamrec_online_shown_squares",
+            "Sum over viewers of the square of their events counted by streamrec_online_shown_events.",
+            ["arm"],
+            **kw,
+        )
+        self.online_hit_squares = Counter(
+            "streamrec_online_hit_squares",
+            "Sum over viewers of the square of their events counted by streamrec_online_hit_events.",
+            ["arm"],
+            **kw,
+        )
+        self.online_products = Counter(
+            "streamrec_online_shown_hit_products",
+            "Sum over viewers of their shown events times their hits (with the squares: the variance).",
+            ["arm"],
+            **kw,
+        )
         self.arm_share = Gauge(
             "streamrec_experiment_arm_share_ratio",
             "Each arm's share of the viewers, by its model (one arm, control, without an experiment).",
@@ -420,8 +445,15 @@ class ServiceMetrics:
         for arm, model, share in self.arms:
             for online in (self.online_shown, self.online_hits):
                 online.labels(arm)
-            for watch in (self.online_shown_watch, self.online_hit_watch):
-                watch.labels(arm)
+            for other in (
+                self.online_shown_watch,
+                self.online_hit_watch,
+                self.online_viewers,
+                self.online_shown_squares,
+                self.online_hit_squares,
+                self.online_products,
+            ):
+                other.labels(arm)
             for reason in FALLBACK_REASONS:
                 self.arm_fallbacks.labels(arm, reason)
             self.arm_share.labels(arm, model).set(share)
@@ -493,6 +525,14 @@ class ServiceMetrics:
             self.online_shown_watch.labels(arm).inc(shown_watch)
         if hit_watch:
             self.online_hit_watch.labels(arm).inc(hit_watch)
+
+    def record_online(self, arm: str, online) -> None:
+        """One batch of ``arm``'s viewers' events: a :class:`consumer.app.Online`."""
+        self.record_online_hits(online.shown, online.hits, arm, online.shown_watch, online.hit_watch)
+        self.online_viewers.labels(arm).inc(online.viewers)
+        self.online_shown_squares.labels(arm).inc(online.shown_squares)
+        self.online_hit_squares.labels(arm).inc(online.hit_squares)
+        self.online_products.labels(arm).inc(online.products)
 
     def record_fallback(self, arm: str, reason: str, lists: int, healthy: bool) -> None:
         """``lists`` lists for ``arm``'s viewers were the control's, for ``reason``; ``healthy``:
