@@ -94,7 +94,7 @@ from model.evaluate import BatchQuality, StreamingEvaluator
 from model.expiring import ExpiringDict
 from model.persist import settings_of_instance
 
-__all__ = ["StreamrecService", "MODEL_FILE", "UnreadableRecords"]
+__all__ = ["StreamrecService", "Answer", "MODEL_FILE", "UnreadableRecords"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,16 @@ class Recommended(NamedTuple):
 
     messages: list[Message]
     generated_at: float
+
+
+class Answer(NamedTuple):
+    """What one batch of records comes to: the messages to publish (lists, dead letters), and
+    what the metrics are made of."""
+
+    messages: list[Message]
+    intake: Intake
+    tested: Tested | None
+    recommended: Recommended | None
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -604,8 +614,21 @@ class StreamrecService:
             stages["metrics"] += time.perf_counter() - started
 
     def _serve(self, records: list) -> tuple[int, tuple | None]:
-        """One batch: decode, test then learn, recommend, send; the number of lists sent, and the
-        arguments of :meth:`_record` for its metrics (``None`` without metrics)."""
+        """One batch: :meth:`answer` it, then send; the number of lists sent, and the arguments of
+        :meth:`_record` for its metrics (``None`` without metrics)."""
+        started = time.perf_counter()
+        answer = self.answer(records)
+        self._publisher.send(answer.messages)
+        count = len(answer.recommended.messages) if answer.recommended else 0
+        if self.metrics is None:
+            return count, None
+        seconds = time.perf_counter() - started
+        return count, (len(records), answer.intake, answer.tested, answer.recommended, seconds)
+
+    def answer(self, records: Sequence) -> Answer:
+        """One batch of consumer records, everything but Kafka: decode (bad records become dead
+        letters), test then learn, recommend. Counts the events as learned (the ledger's step
+        that the poll's offsets then commit); the benchmarks drive the service through it."""
         stages = self.stage_seconds
         started = time.perf_counter()
         intake = decode(records)
@@ -619,11 +642,7 @@ class StreamrecService:
             recommended = self._recommend(intake)
             stages["recommend"] += time.perf_counter() - learned
         messages = [*(recommended.messages if recommended else ()), *self._dead_letters(intake.dead)]
-        self._publisher.send(messages)
-        count = len(recommended.messages) if recommended else 0
-        if self.metrics is None:
-            return count, None
-        return count, (len(records), intake, tested, recommended, time.perf_counter() - started)
+        return Answer(messages, intake, tested, recommended)
 
     def _learn(self, events: list[WatchEvent]) -> None:
         """Learn only: events whose lists were published before a restart."""
