@@ -6,11 +6,20 @@ The Prometheus source is exercised against a real Prometheus in test_dashboard_p
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
 from streamrec.cli import main
-from streamrec.report import from_eval_json, load_eval_json
+from streamrec.report import (
+    CONTROL,
+    Report,
+    from_eval_json,
+    load_eval_json,
+    readout,
+    readout_table,
+    render,
+)
 
 pytest.importorskip("matplotlib", reason="streamrec report needs the [report] extra (matplotlib)")
 
@@ -71,3 +80,95 @@ def test_an_unreachable_prometheus_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", "--prometheus", url, "--out", str(tmp_path / "r.png")]) == 2
     err = capsys.readouterr().err
     assert "does not answer" in err and len(err.strip().splitlines()) == 1
+
+
+# -- the readout of a live experiment ------------------------------------------------------------
+
+#: Per-arm totals as from_prometheus reads them (ARM_TOTALS' keys): a decided three-arm experiment.
+TOTALS = {
+    "shown": {"control": 20_000, "treatment": 20_000, "cold": 900},
+    "hits": {"control": 2_000, "treatment": 2_400, "cold": 99},
+    "shown_squares": {"control": 2_100_000, "treatment": 2_050_000, "cold": 9_000},
+    "hit_squares": {"control": 22_000, "treatment": 30_000, "cold": 130},
+    "products": {"control": 210_000, "treatment": 250_000, "cold": 1_000},
+    "viewers": {"control": 200, "treatment": 200, "cold": 90},
+    "shown_watch_s": {"control": 4e5, "treatment": 4e5},
+    "hit_watch_s": {"control": 5e4, "treatment": 7e4},
+    "evaluated": {"control": 19_000, "treatment": 19_000},
+    "hr_hits": {"control": 3_800, "treatment": 2_000},
+    "coverage": {"control": 0.4, "treatment": 0.05},
+    "share": {"control": 0.45, "treatment": 0.45, "cold": 0.1},
+    "healthy": {"control": 1, "treatment": 1, "cold": 0},
+    "fallbacks": {"control": 0, "treatment": 0, "cold": 12},
+}
+MODELS = {"control": "streamrec", "treatment": "most_popular", "cold": "isgd"}
+
+
+def test_the_readout_compares_every_arm_with_the_control_on_its_per_viewer_counts():
+    from consumer.experiment import Counts, compare, rate_interval
+
+    arms = readout(TOTALS, MODELS)
+    assert [a.arm for a in arms] == ["control", "cold", "treatment"]  # the control first, then by name
+    by_arm = {a.arm: a for a in arms}
+    control = Counts(20_000, 2_000, 2_100_000, 22_000, 210_000, 200)
+    treatment = Counts(20_000, 2_400, 2_050_000, 30_000, 250_000, 200)
+    assert by_arm["control"].online == control and by_arm["control"].versus_control is None
+    assert by_arm["treatment"].hit_rate == rate_interval(treatment)
+    assert by_arm["treatment"].versus_control == compare(control, treatment)
+    assert by_arm["treatment"].hr_at_10 == pytest.approx(2_000 / 19_000)
+    cold = by_arm["cold"]
+    assert (cold.model, cold.healthy, cold.fallbacks, cold.share) == ("isgd", False, 12, 0.1)
+    assert math.isnan(cold.hr_at_10) and math.isnan(cold.coverage) and math.isnan(cold.popularity_bias)
+
+
+def test_without_the_per_viewer_sums_the_readout_counts_events_as_units():
+    # A service from before the sums were exported: the binomial variance, not a crash.
+    from consumer.experiment import Counts, compare
+
+    totals = {"shown": {"control": 500, "b": 500}, "hits": {"control": 50, "b": 80}}
+    _, b = readout(totals)
+    assert b.online == Counts(500, 80)
+    assert b.versus_control == compare(Counts(500, 50), Counts(500, 80))
+
+
+def test_the_readout_table_reads_in_a_terminal():
+    text = readout_table(readout(TOTALS, MODELS))
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("arm "))
+    arms = lines[header + 1 : header + 4]
+    assert [line.split()[0] for line in arms] == ["control", "cold", "treatment"]
+    assert "(falling back)" in arms[1] and "isgd" in arms[1]
+    assert "10.00% [" in arms[0] and "12.00% [" in arms[2]
+    assert "50,000 (12.5%)" in arms[0]  # watch seconds from lists, and their share of the watch time
+    versus = {line.split()[0]: line for line in lines if line.startswith(("cold ", "treatment "))}
+    assert "+2.00 pp [" in versus["treatment"] and "yes: treatment is higher" in versus["treatment"]
+    assert "+1.00 pp [" in versus["cold"] and versus["cold"].rstrip().endswith(" no")
+    assert max(map(len, lines)) <= 160
+
+
+def test_without_an_arm_named_control_the_table_says_how_to_compare():
+    totals = {"shown": {"a": 100, "b": 100}, "hits": {"a": 10, "b": 12}}
+    assert all(a.versus_control is None for a in readout(totals))
+    assert "--control" in readout_table(readout(totals))
+    # Naming the control compares the other arm with it.
+    arms = readout(totals, control="b")
+    assert [a.arm for a in arms] == ["b", "a"] and arms[1].versus_control is not None
+    assert "vs b" in readout_table(arms, control="b")
+
+
+def test_a_report_with_an_experiment_draws_the_readout(tmp_path):
+    report = Report(source="prometheus", title="streamrec, an experiment", experiment=readout(TOTALS, MODELS))
+    width, height = png_size(render(report, tmp_path / "r.png"))
+    assert width >= 1300 and height >= 1500  # the service's four panels, then the readout below
+    # Without the control among the arms the picture still draws, and says what is missing.
+    report.experiment, report.control = readout(TOTALS, MODELS, control="other"), "other"
+    assert png_size(render(report, tmp_path / "other.png"))[1] >= 1500
+
+
+def test_report_names_the_control_with_a_flag():
+    from streamrec.cli import build_parser
+
+    args = build_parser().parse_args(["report", "--prometheus", "http://x:9090"])
+    assert args.control == CONTROL
+    args = build_parser().parse_args(["report", "--prometheus", "http://x:9090", "--control", "baseline"])
+    assert args.control == "baseline"

@@ -2,7 +2,8 @@
 
 From a running service's Prometheus (``--prometheus http://localhost:9090``) or from the JSON
 of ``streamrec evaluate --json`` (``--from-json eval.json``). Needs matplotlib, the optional
-extra ``pip install 'streamrec[report]'``.
+extra ``pip install 'streamrec[report]'``. When the service runs a live experiment (``serve
+--arms``), the readout of each arm against the control is printed as a table too, and drawn.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="with --prometheus: rate window of each point (default 1m)",
     )
+    parser.add_argument(
+        "--control",
+        default="control",  # streamrec.report.CONTROL (imported only when the command runs)
+        metavar="ARM",
+        help="with --prometheus and a live experiment: the arm the others are compared with "
+        "(default %(default)s, the name of a service's first arm when it runs no experiment)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -61,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("drawing needs matplotlib: pip install 'streamrec[report]'") from None
     if args.prometheus:
         try:
-            report = rep.from_prometheus(args.prometheus, since_s=args.since, window=args.window)
+            report = rep.from_prometheus(
+                args.prometheus, since_s=args.since, window=args.window, control=args.control
+            )
         except (ConnectionError, ValueError) as err:
             raise UserError(str(err)) from None
         if report.is_empty():
@@ -77,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise UserError(str(err)) from None
         report = rep.from_eval_json(reports, title=f"streamrec evaluation ({args.from_json.name})")
+    if report.experiment:
+        print(rep.readout_table(report.experiment, control=report.control), end="\n\n")
     out = rep.render(report, args.out)
     print(out)
     return 0
