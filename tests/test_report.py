@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +18,12 @@ from streamrec.report import (
     from_eval_json,
     load_eval_json,
     readout,
+    readout_promql,
     readout_table,
     render,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytest.importorskip("matplotlib", reason="streamrec report needs the [report] extra (matplotlib)")
 
@@ -163,6 +167,15 @@ def test_a_report_with_an_experiment_draws_the_readout(tmp_path):
     # Without the control among the arms the picture still draws, and says what is missing.
     report.experiment, report.control = readout(TOTALS, MODELS, control="other"), "other"
     assert png_size(render(report, tmp_path / "other.png"))[1] >= 1500
+
+
+def test_the_dashboard_carries_the_readout_promql_verbatim():
+    # The Experiment row's queries are readout_promql()'s: rebuild them there, not by hand.
+    dashboard = json.loads((REPO / "monitoring/grafana/dashboards/streamrec.json").read_text())
+    exprs = {t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    missing = [key for key, promql in readout_promql().items() if promql not in exprs]
+    assert not missing, f"the dashboard's readout is not readout_promql()'s: {missing}"
+    assert CONTROL == "control"  # consumer.arms.CONTROL, the arm the PromQL compares with
 
 
 def test_report_names_the_control_with_a_flag():
