@@ -691,7 +691,8 @@ def _totals(ax, report: Report) -> None:
     hr = {k.split(" ", 1)[1]: v for k, v in report.totals.items() if k.startswith("HR@10 ")}
     if report.source == "evaluation":
         hr = {name: m.get("HR@10", math.nan) for name, m in report.models.items()}
-    base_name = next((k for k in hr if "popular" in k), None)
+    # The service's shadow baseline first: an experiment may serve a popularity model as an arm.
+    base_name = "recent_popular" if "recent_popular" in hr else next((k for k in hr if "popular" in k), None)
     base = hr.get(base_name)
     for name, value in hr.items():
         if base and "popular" not in name:
