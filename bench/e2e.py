@@ -21,9 +21,9 @@ the run, the service's included, connects with the same settings.
 1. **Throughput.** A seeded synthetic stream (10k videos) is produced into a fresh 3-partition
    topic. The *baseline* is raw kafka-python consumption of that topic (poll, nothing else;
    same ``max_poll_records`` as the service), measured in the same run: the median of three
-   reads of the whole topic. Then the service
-   learns the whole topic from the start: decode, score, learn, recommend, publish with
-   ``acks=all``, commit. Both are timed from the end of the first poll to the end of the last,
+   reads of the whole topic that did not stall at a partition's end (:func:`raw_baseline`).
+   Then the service learns the whole topic from the start: decode, score, learn, recommend,
+   publish with ``acks=all``, commit. Both are timed from the end of the first poll to the end of the last,
    so connecting and the group's first rebalance are left out. Target: service >= 25 % of the
    raw rate (issue 9; raw kafka-python consumption alone is the ceiling of one worker).
 2. **Freshness.** With the service caught up, the stream continues, paced at each ``--rates``
