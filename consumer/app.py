@@ -63,6 +63,7 @@ Delivery and learning guarantees
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -78,7 +79,7 @@ from kafka.structs import TopicPartition
 
 from consumer.arms import Arm, Arms
 from consumer.backoff import Interrupted
-from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore
+from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
 from consumer.clients import close_quietly, connect
 from consumer.config import ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
@@ -189,11 +190,20 @@ class StreamrecService:
         store: CheckpointStore | None = None,
         arm_factories: Mapping[str, Callable[[], StreamRanker]] | None = None,
     ) -> None:
-        self.config = config
         self.shadow_factory = shadow_factory
         self.metrics = metrics
+        #: This process's hold on its checkpoint folder (``None`` without a local folder).
+        self.claim: WorkerClaim | None = None
         if store is None and config.checkpoint_path is not None:
-            store = LocalCheckpointStore(config.checkpoint_path / config.worker)
+            self.claim = claim_worker(config.checkpoint_path, config.worker, fixed=bool(config.worker_id))
+            if self.claim.name != config.worker:
+                log.info(
+                    "checkpoint folder held by another running worker: this one takes the next",
+                    extra=fields(held=config.worker, worker=self.claim.name),
+                )
+                config = dataclasses.replace(config, worker_id=self.claim.name)
+            store = LocalCheckpointStore(self.claim.folder)
+        self.config = config
         self.store = store
         specs = config.arm_specs
         factories = {specs[0].name: model_factory, **(arm_factories or {})}
@@ -332,6 +342,8 @@ class StreamrecService:
         finally:
             close_quietly(self._consumer, self._producer)
             self._consumer = self._producer = self._publisher = None
+            if self.claim is not None:
+                self.claim.release()
             log.info("stopped", extra=fields(batches=self.batches, model_events=self.model_events))
 
     # -- state -----------------------------------------------------------------------------

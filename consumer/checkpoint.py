@@ -35,7 +35,17 @@ from pathlib import Path
 
 import orjson
 
-__all__ = ["Checkpoint", "CheckpointStore", "LocalCheckpointStore", "CorruptCheckpoint"]
+from contract.errors import UserError
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointStore",
+    "LocalCheckpointStore",
+    "CorruptCheckpoint",
+    "FolderTaken",
+    "WorkerClaim",
+    "claim_worker",
+]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,80 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FolderTaken(UserError):
+    """Another live process holds the checkpoint folder this worker was told to use."""
+
+
+class WorkerClaim:
+    """This process's exclusive hold on one worker's checkpoint folder: a ``flock`` on
+    ``<root>/<name>.lock``, released when the process ends however it ends (kill -9 included),
+    so a restarted worker claims its folder again at once."""
+
+    def __init__(self, root: Path, name: str, fd: int) -> None:
+        self.root, self.name, self._fd = root, name, fd
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self.name
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = -1
+
+    def __del__(self) -> None:  # a service dropped without running or stopping lets go too
+        self.release()
+
+
+def _try_lock(path: Path) -> int | None:
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 256) -> WorkerClaim:
+    """Claim the checkpoint folder of worker ``name`` under ``root`` for this process.
+
+    Workers started side by side from one folder must not share a checkpoint folder: their
+    writes and clean-ups would collide, and each would restore the other's model. When
+    ``name``'s folder is held by another live process, the next free of ``name-2``,
+    ``name-3``, ... is claimed (the worker is then named for it, in its commits and
+    transactional id too); a restarted worker gets the first free one, its own after a crash.
+    With ``fixed`` (the user named the worker), a held folder is an error instead. The lock is
+    a local ``flock``: workers on several machines sharing one network folder need a
+    ``--worker-id`` each.
+
+    >>> import tempfile
+    >>> root = tempfile.mkdtemp()
+    >>> first, second = claim_worker(root, "streamrec"), claim_worker(root, "streamrec")
+    >>> first.name, second.name
+    ('streamrec', 'streamrec-2')
+    >>> first.release(); claim_worker(root, "streamrec").name
+    'streamrec'
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    candidates = [name] if fixed else [name, *(f"{name}-{i}" for i in range(2, slots + 1))]
+    for candidate in candidates:
+        fd = _try_lock(root / f"{candidate}.lock")
+        if fd is not None:
+            return WorkerClaim(root, candidate, fd)
+    if fixed:
+        raise FolderTaken(
+            f"worker {name!r}: another running process holds its checkpoint folder {root / name}; "
+            "give each worker its own --worker-id (or --checkpoint-dir), or stop the other one"
+        )
+    raise FolderTaken(f"all {slots} worker folders under {root} are held by running processes")
 
 
 class LocalCheckpointStore(CheckpointStore):

@@ -182,3 +182,12 @@ def new_topic(kafka_bootstrap: str, kafka_broker: Broker) -> Iterator[Callable[.
         pass
     finally:
         admin.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_service_outlives_its_test() -> Iterator[None]:
+    """A test that fails before stopping its service children must not leave them running."""
+    yield
+    from tests.service_helpers import kill_leftovers
+
+    kill_leftovers()

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -163,6 +164,21 @@ def latest_manifest(checkpoints: Path, worker: str = "*") -> dict:
     return orjson.loads((folders[-1] / "MANIFEST.json").read_bytes())
 
 
+#: Every service child started by a test: one a failed test left running is killed after it
+#: (see ``kill_leftovers``), or it would go on loading the machine and the broker for the rest
+#: of the run, and spin once its topics are deleted.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+def kill_leftovers() -> int:
+    """Kill -9 the service children still running; how many there were."""
+    left = [p for p in list(_RUNNING) if p.alive]
+    for service in left:
+        service.kill()
+    _RUNNING.clear()
+    return len(left)
+
+
 class ServiceProcess:
     """``python -m consumer`` as a child process with its own metrics port and a log file.
 
@@ -205,6 +221,7 @@ class ServiceProcess:
         ]
         self._log = open(log, "ab")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(args, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        _RUNNING.add(self)
 
     @property
     def alive(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from consumer.checkpoint import FolderTaken
 from consumer.config import ConfigError, ServiceConfig
 from consumer.runner import build_service, main
 
@@ -72,6 +73,7 @@ def test_a_baseline_is_checkpointed_and_restored_like_the_model(tmp_path):
     before._learn(stream())
     checkpoint = before.checkpoint()
     assert checkpoint is not None and checkpoint.extra["model"] == "isgd"
+    before.claim.release()  # the first process has ended: the restarted one gets its folder
     after = build_service(config, with_metrics=False)
     assert after.restore().events_learned == 60 == after.model_events
     assert after.model.stats() == before.model.stats()
@@ -133,6 +135,7 @@ def test_the_shadow_baseline_is_checkpointed_with_the_model_under_its_own_name(t
     checkpoint = before.checkpoint()
     assert (checkpoint.path / "recent_popular.npz").is_file()
     assert checkpoint.extra == {"model": "streamrec", "shadow": "recent_popular"}
+    before.claim.release()  # the first process has ended: the restarted one gets its folder
     after = build_service(config, with_metrics=False)
     assert after.shadow.stats().videos == 0  # a fresh service has an empty baseline...
     after.restore()
@@ -144,3 +147,20 @@ def test_the_shadow_baseline_is_not_run_beside_itself():
     """Served as the model, the baseline gets no shadow: two series under one label would add up."""
     service = build_service(ServiceConfig(model="recent_popular", checkpoint_dir="none"), with_metrics=False)
     assert service.shadow is None and service.model_names == ("recent_popular",)
+
+
+def test_workers_started_side_by_side_from_one_folder_never_share_a_checkpoint_folder(tmp_path):
+    config = ServiceConfig(checkpoint_dir=str(tmp_path), shadow_baseline=False)
+    first, second = build_service(config, with_metrics=False), build_service(config, with_metrics=False)
+    assert (first.config.worker, second.config.worker) == ("streamrec", "streamrec-2")
+    assert first.store.root != second.store.root
+    first.claim.release()  # the first stopped (or crashed): a restarted worker takes its folder
+    assert build_service(config, with_metrics=False).config.worker == "streamrec"
+
+
+def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_error(tmp_path):
+    config = ServiceConfig(checkpoint_dir=str(tmp_path), worker_id="w1", shadow_baseline=False)
+    held = build_service(config, with_metrics=False)
+    with pytest.raises(FolderTaken, match="another running process holds its checkpoint folder"):
+        build_service(config, with_metrics=False)
+    assert held.config.worker == "w1"
