@@ -103,6 +103,9 @@ log = logging.getLogger(__name__)
 MODEL_FILE = "model.npz"
 
 
+#: The experiment's readout state in a checkpoint (with more than one arm).
+EXPERIMENT_FILE = "experiment.npz"
+
 #: Errors of kafka-python's poll that the same offset raises again at every restart.
 UNREADABLE = (UnsupportedCodecError, CorruptRecordError)
 #: Polls that may meet a checksum error before the service stops (a corrupted transfer reads
@@ -235,6 +238,9 @@ class StreamrecService:
         self.shown = ExpiringDict(ttl=ttl)
         #: Per viewer: events shown a list and hits so far, ``[shown, hits]`` (the readout's units).
         self.viewer_hits = ExpiringDict(ttl=ttl)
+        #: Per arm, the experiment's totals since it began, in the order of :class:`Online`;
+        #: checkpointed (``experiment.npz``) so the readout survives restarts.
+        self.tallies: dict[str, np.ndarray] = {arm.name: np.zeros(len(Online._fields)) for arm in self.arms}
         self.batches = 0
         self.dead_lettered = 0
         #: Seconds spent in each stage of the loop since the service started (see the module).
@@ -361,6 +367,8 @@ class StreamrecService:
         self.model = _restored(self.model, checkpoint.path / MODEL_FILE)
         for arm in self.arms.arms[1:]:
             arm.model = _restored_arm(arm, checkpoint.path / arm.file)
+        if self.arms.experiment:
+            self._restore_experiment(checkpoint.path / EXPERIMENT_FILE)
         if self.shadow is not None:
             shadow_file = checkpoint.path / _shadow_file(self.shadow)
             if shadow_file.exists():  # a checkpoint written without this shadow leaves it fresh
@@ -391,6 +399,8 @@ class StreamrecService:
         def write(folder: Path) -> None:
             for arm in self.arms:
                 arm.model.save(folder / arm.file)
+            if self.arms.experiment:
+                self._save_experiment(folder / EXPERIMENT_FILE)
             if self.shadow is not None:
                 self.shadow.save(folder / _shadow_file(self.shadow))
 
@@ -412,6 +422,42 @@ class StreamrecService:
             ),
         )
         return checkpoint
+
+    def _save_experiment(self, path: Path) -> None:
+        """The readout's state: each arm's totals and each viewer's counts (the units)."""
+        counts = self.viewer_hits
+        viewers = list(counts.keys())
+        with path.open("wb") as f:
+            np.savez(
+                f,
+                salt=np.array(self.arms.salt),
+                arms=np.array([arm.name for arm in self.arms]),
+                tallies=np.array([self.tallies[arm.name] for arm in self.arms]),
+                viewers=np.array(viewers, dtype=str),
+                viewer_counts=np.array([counts.get(v) for v in viewers], dtype=np.int64).reshape(-1, 2),
+            )
+
+    def _restore_experiment(self, path: Path) -> None:
+        """The readout's state from a checkpoint of the same experiment (same salt; totals of the
+        arms it had), so the readout goes on where it was; a new experiment starts from zero."""
+        if not path.exists():
+            return
+        with np.load(path, allow_pickle=False) as saved:
+            if str(saved["salt"]) != self.arms.salt:
+                log.info("a new experiment (another salt): its readout starts from zero")
+                return
+            self.viewer_hits = ExpiringDict(ttl=self.model.viewer_ttl)  # a rollback: the saved ones
+            for name, totals in zip(saved["arms"].tolist(), saved["tallies"], strict=True):
+                if name in self.tallies:
+                    self.tallies[name] = totals.astype(np.float64)
+            clock = self.model.clock
+            for viewer, (shown, hits) in zip(
+                saved["viewers"].tolist(), saved["viewer_counts"].tolist(), strict=True
+            ):
+                self.viewer_hits.touch(viewer, [shown, hits], clock)
+        if self.metrics is not None:
+            for name, totals in self.tallies.items():
+                self.metrics.set_experiment(name, totals)
 
     # -- partitions ------------------------------------------------------------------------
 
@@ -675,6 +721,8 @@ class StreamrecService:
         arms = self.arms
         split = arms.split(events)
         online = {name: self._online([events[i] for i in at]) for name, at in split.items()}
+        for name, counts in online.items():
+            self.tallies[name] += counts
         n = self.config.top_n
         tested: dict[str, tuple[Ranking, BatchQuality]] = {}
         for arm in arms:
@@ -868,7 +916,7 @@ class StreamrecService:
                     )
                 online = tested.online.get(arm.name)
                 if online is not None:
-                    metrics.record_online(arm.name, online)
+                    metrics.record_online(arm.name, online, self.tallies[arm.name])
             if tested.shadow_quality is not None:
                 metrics.record_quality(self.shadow.name, tested.shadow_quality, SHADOW_ARM)
             origins = (o[2] for o in intake.origins)

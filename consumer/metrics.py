@@ -60,6 +60,7 @@ __all__ = [
     "CONTROL",
     "SHADOW_ARM",
     "FALLBACK_REASONS",
+    "EXPERIMENT_TOTALS",
     "popularity_percentiles",
     "start_http_server",
 ]
@@ -69,6 +70,19 @@ CONTROL = "control"
 SHADOW_ARM = ""
 #: Reasons an arm's viewers get the control's lists (``streamrec_experiment_fallback_lists_total``).
 FALLBACK_REASONS = ("exception", "guard")
+
+#: The gauges ``streamrec_experiment_<name>{arm}`` of the experiment's readout, in the order of
+#: :class:`consumer.app.Online`: the arm's totals since the experiment began (across restarts).
+EXPERIMENT_TOTALS = {
+    "shown_events": "Events whose viewer had been shown a list, since the experiment began.",
+    "hit_events": "Of those, events whose video was in the viewer's last list.",
+    "shown_watch_seconds": "Watch time of the shown events (0 when unknown).",
+    "hit_watch_seconds": "Watch time of the hit events: watch time that came from shown lists.",
+    "shown_squares": "Sum over viewers of their shown events squared (the readout's variance).",
+    "hit_squares": "Sum over viewers of their hit events squared (the readout's variance).",
+    "shown_hit_products": "Sum over viewers of shown times hit events (the readout's variance).",
+    "viewers": "Viewers with at least one shown event.",
+}
 
 #: Reason label values of ``streamrec_events_dead_lettered_total``, created at zero. The schema's
 #: reasons, plus ``decode_error`` for anything that fails before validation (a bad key, say).
@@ -339,31 +353,13 @@ class ServiceMetrics:
             ["arm"],
             **kw,
         )
-        # The readout's variance treats viewers as the units (consumer.experiment): per-viewer sums.
-        self.online_viewers = Counter(
-            "streamrec_online_viewers",
-            "Viewers with at least one event counted by streamrec_online_shown_events.",
-            ["arm"],
-            **kw,
-        )
-        self.online_shown_squares = Counter(
-            "streamrec_online_shown_squares",
-            "Sum over viewers of the square of their events counted by streamrec_online_shown_events.",
-            ["arm"],
-            **kw,
-        )
-        self.online_hit_squares = Counter(
-            "streamrec_online_hit_squares",
-            "Sum over viewers of the square of their events counted by streamrec_online_hit_events.",
-            ["arm"],
-            **kw,
-        )
-        self.online_products = Counter(
-            "streamrec_online_shown_hit_products",
-            "Sum over viewers of their shown events times their hits (with the squares: the variance).",
-            ["arm"],
-            **kw,
-        )
+        # The experiment's readout (consumer.experiment): each arm's totals since the experiment
+        # began, restored from checkpoints across restarts (counters would start again at 0,
+        # and the readout with them), with the per-viewer sums of its variance.
+        self.experiment = {
+            name: Gauge(f"streamrec_experiment_{name}", doc, ["arm"], **kw)
+            for name, doc in EXPERIMENT_TOTALS.items()
+        }
         self.arm_share = Gauge(
             "streamrec_experiment_arm_share_ratio",
             "Each arm's share of the viewers, by its model (one arm, control, without an experiment).",
@@ -445,15 +441,10 @@ class ServiceMetrics:
         for arm, model, share in self.arms:
             for online in (self.online_shown, self.online_hits):
                 online.labels(arm)
-            for other in (
-                self.online_shown_watch,
-                self.online_hit_watch,
-                self.online_viewers,
-                self.online_shown_squares,
-                self.online_hit_squares,
-                self.online_products,
-            ):
-                other.labels(arm)
+            for watch in (self.online_shown_watch, self.online_hit_watch):
+                watch.labels(arm)
+            for gauge in self.experiment.values():
+                gauge.labels(arm).set(0)
             for reason in FALLBACK_REASONS:
                 self.arm_fallbacks.labels(arm, reason)
             self.arm_share.labels(arm, model).set(share)
@@ -526,13 +517,17 @@ class ServiceMetrics:
         if hit_watch:
             self.online_hit_watch.labels(arm).inc(hit_watch)
 
-    def record_online(self, arm: str, online) -> None:
-        """One batch of ``arm``'s viewers' events: a :class:`consumer.app.Online`."""
-        self.record_online_hits(online.shown, online.hits, arm, online.shown_watch, online.hit_watch)
-        self.online_viewers.labels(arm).inc(online.viewers)
-        self.online_shown_squares.labels(arm).inc(online.shown_squares)
-        self.online_hit_squares.labels(arm).inc(online.hit_squares)
-        self.online_products.labels(arm).inc(online.products)
+    def record_online(self, arm: str, batch: Sequence[float], totals: Sequence[float]) -> None:
+        """One batch of ``arm``'s viewers' events (``batch``) and the experiment's totals after it
+        (``totals``), each in the order of :data:`EXPERIMENT_TOTALS` (a :class:`consumer.app.Online`)."""
+        shown, hits, shown_watch, hit_watch = batch[:4]
+        self.record_online_hits(int(shown), int(hits), arm, shown_watch, hit_watch)
+        self.set_experiment(arm, totals)
+
+    def set_experiment(self, arm: str, totals: Sequence[float]) -> None:
+        """The experiment's totals for ``arm``, in the order of :data:`EXPERIMENT_TOTALS`."""
+        for gauge, value in zip(self.experiment.values(), totals, strict=True):
+            gauge.labels(arm).set(value)
 
     def record_fallback(self, arm: str, reason: str, lists: int, healthy: bool) -> None:
         """``lists`` lists for ``arm``'s viewers were the control's, for ``reason``; ``healthy``:

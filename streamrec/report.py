@@ -91,15 +91,15 @@ CONTROL = "control"
 #: The readout's inputs per arm: cumulative totals since the service started (instant queries,
 #: summed over workers; gauges taken once per arm). Key -> PromQL; each result has an ``arm`` label.
 ARM_TOTALS: dict[str, str] = {
-    "shown": "sum by (arm) (streamrec_online_shown_events_total)",
-    "hits": "sum by (arm) (streamrec_online_hit_events_total)",
+    "shown": "sum by (arm) (streamrec_experiment_shown_events)",
+    "hits": "sum by (arm) (streamrec_experiment_hit_events)",
     # The per-viewer sums of the readout's variance (consumer.experiment.Counts).
-    "shown_squares": "sum by (arm) (streamrec_online_shown_squares_total)",
-    "hit_squares": "sum by (arm) (streamrec_online_hit_squares_total)",
-    "products": "sum by (arm) (streamrec_online_shown_hit_products_total)",
-    "viewers": "sum by (arm) (streamrec_online_viewers_total)",
-    "shown_watch_s": "sum by (arm) (streamrec_online_shown_watch_seconds_total)",
-    "hit_watch_s": "sum by (arm) (streamrec_online_hit_watch_seconds_total)",
+    "shown_squares": "sum by (arm) (streamrec_experiment_shown_squares)",
+    "hit_squares": "sum by (arm) (streamrec_experiment_hit_squares)",
+    "products": "sum by (arm) (streamrec_experiment_shown_hit_products)",
+    "viewers": "sum by (arm) (streamrec_experiment_viewers)",
+    "shown_watch_s": "sum by (arm) (streamrec_experiment_shown_watch_seconds)",
+    "hit_watch_s": "sum by (arm) (streamrec_experiment_hit_watch_seconds)",
     # Test-then-train HR@10 of each arm's model (the shadow baseline, arm="", is no arm).
     "evaluated": 'sum by (arm, model) (streamrec_quality_evaluated_total{arm!=""})',
     "hr_hits": 'sum by (arm, model) (streamrec_quality_hits_total{arm!=""})',
@@ -402,7 +402,7 @@ def readout_promql(control: str = CONTROL, alpha: float = 0.05, tau: float = TAU
 
     >>> q = readout_promql()
     >>> q["shown"]
-    'sum by (arm) (streamrec_online_shown_events_total)'
+    'sum by (arm) (streamrec_experiment_shown_events)'
     >>> 'arm="control"' in q["p-value"] and "clamp_max(exp(-" in q["p-value"]
     True
     """
@@ -442,7 +442,7 @@ def _online_promql(select: str) -> dict[str, str]:
         "products": "shown_hit_products",
         "viewers": "viewers",
     }
-    return {key: f"sum by (arm) (streamrec_online_{name}_total{select})" for key, name in names.items()}
+    return {key: f"sum by (arm) (streamrec_experiment_{name}{select})" for key, name in names.items()}
 
 
 def _rate_promql(s: Mapping[str, str]) -> str:

@@ -282,8 +282,9 @@ def test_each_viewer_is_served_by_their_arm_and_every_arm_is_measured(kafka_boot
         shown = sample(service, "streamrec_online_shown_events_total", arm=arm)
         hits = sample(service, "streamrec_online_hit_events_total", arm=arm)
         assert 0 < hits < shown < len(events)
-        assert sample(service, "streamrec_online_shown_squares_total", arm=arm) >= shown
-        assert 0 < sample(service, "streamrec_online_viewers_total", arm=arm) < 300
+        assert sample(service, "streamrec_experiment_shown_events", arm=arm) == shown  # no restart yet
+        assert sample(service, "streamrec_experiment_shown_squares", arm=arm) >= shown
+        assert 0 < sample(service, "streamrec_experiment_viewers", arm=arm) < 300
         assert sample(service, "streamrec_online_hit_watch_seconds_total", arm=arm) > 0
         assert 0 < sample(service, "streamrec_coverage_ratio", model=model, arm=arm) <= 1
     # An event counts as shown only when its viewer had a list from an earlier batch.
@@ -304,12 +305,20 @@ def test_a_restart_keeps_every_arms_model_and_stopping_the_experiment_keeps_the_
     with serving(config) as service:
         send(kafka_bootstrap, names["input_topic"], first)
         assert wait_for(lambda: service.model_events >= len(first), 120)
+    tallies = {arm: list(t) for arm, t in service.tallies.items()}
+    assert all(t[0] > 0 for t in tallies.values())
     checkpoint = max((tmp_path / "ckpt").rglob("ckpt-*"))
-    assert {p.name for p in checkpoint.glob("*.npz")} >= {"model.npz", "arm-treatment.npz"}
+    assert {p.name for p in checkpoint.glob("*.npz")} >= {"model.npz", "arm-treatment.npz", "experiment.npz"}
 
     with serving(config) as service:  # the same experiment again: both models come back
         assert wait_for(lambda: service.model_events >= len(first), 60)  # restored when it runs
         assert [arm.model.stats().events_learned for arm in service.arms] == [len(first)] * 2
+        # ... and the readout goes on from where it was, not from zero.
+        assert {arm: list(t) for arm, t in service.tallies.items()} == tallies
+        assert (
+            sample(service, "streamrec_experiment_shown_events", arm="treatment") == tallies["treatment"][0]
+        )
+        assert len(list(service.viewer_hits.keys())) == tallies["control"][7] + tallies["treatment"][7]
         send(kafka_bootstrap, names["input_topic"], second)
         assert wait_for(lambda: service.model_events >= len(first) + len(second), 120)
     assert service.arms.arms[1].model.stats().events_learned == len(first) + len(second)

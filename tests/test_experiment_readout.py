@@ -128,8 +128,11 @@ class Experiment:
             worker = v % WORKERS
             taste = 0.5 + (v % 5) / 4  # 0.5 .. 1.5 times the arm's rate
             hit = self.rng.random() < TRUE_RATE[arm] * taste
-            online = self.streams[worker][arm].add(viewer, hit, self.rng.uniform(10, 600))
-            self.workers[worker].record_online(arm, online)
+            stream = self.streams[worker][arm]
+            online = stream.add(viewer, hit, self.rng.uniform(10, 600))
+            shown, hits, squares, hit_squares, products, viewers = stream.sums
+            totals = Online(shown, hits, *stream.watch, squares, hit_squares, products, viewers)
+            self.workers[worker].record_online(arm, online, totals)
 
     def counts(self) -> dict[str, Counts]:
         """Each arm's counts summed over the workers: what the readout should be computed from."""
@@ -158,7 +161,7 @@ class Experiment:
         for i, name in enumerate(fields):
             want = {arm: float(c[i]) for arm, c in expected.items()}
             self.prometheus.wait_for(
-                f"sum by (arm) (streamrec_online_{name}_total)",
+                f"sum by (arm) (streamrec_experiment_{name})",
                 lambda got, want=want: {dict(k)["arm"]: v for k, v in got.items()} == want,
                 timeout=30,
             )
@@ -324,8 +327,8 @@ def test_a_service_without_an_experiment_has_no_readout_in_the_report(tmp_path):
     server, port = start_http_server(0, addr="127.0.0.1", registry=metrics.registry)
     try:
         with PrometheusServer([f"127.0.0.1:{port}"]) as prom:
-            metrics.record_online_hits(50, 9)
-            prom.wait_for("sum(streamrec_online_shown_events_total)", lambda v: list(v.values()) == [50.0])
+            metrics.record_online("control", (50, 9, 0, 0, 50, 9, 9, 50), (50, 9, 0, 0, 50, 9, 9, 50))
+            prom.wait_for("sum(streamrec_experiment_shown_events)", lambda v: list(v.values()) == [50.0])
             assert from_prometheus(prom.url, since_s=60).experiment == []
             # The dashboard's readout still shows the one arm: the control against itself.
             (p_value,) = prom.values(readout_promql()["p-value"]).items()

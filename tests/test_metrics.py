@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.metrics import (
     DEAD_LETTER_REASONS,
+    EXPERIMENT_TOTALS,
     FRESHNESS_BUCKETS,
     SHADOW_ARM,
     STAGES,
@@ -165,6 +166,17 @@ def test_online_hits_and_their_watch_time_per_arm():
     for arm, model, share in arms:
         assert value(samples, "streamrec_experiment_arm_share_ratio", arm=arm, model=model) == share
         assert value(samples, "streamrec_experiment_arm_healthy", arm=arm) == 1
+
+
+def test_the_experiments_totals_are_gauges_set_from_the_services_tallies():
+    """Totals since the experiment began, which a restart restores (counters would restart at 0)."""
+    metrics = ServiceMetrics(registry=CollectorRegistry(), arms=(("control", "streamrec", 1.0),))
+    assert value(scrape(metrics.registry), "streamrec_experiment_viewers", arm="control") == 0
+    metrics.record_online("control", (4, 1, 40.0, 10.0, 6, 1, 2, 2), (104, 21, 1040.0, 210.0, 600, 50, 90, 9))
+    samples = scrape(metrics.registry)
+    got = [value(samples, f"streamrec_experiment_{name}", arm="control") for name in EXPERIMENT_TOTALS]
+    assert got == [104, 21, 1040, 210, 600, 50, 90, 9]
+    assert value(samples, "streamrec_online_shown_events_total", arm="control") == 4  # the batch
 
 
 def test_fallbacks_count_lists_per_arm_and_reason_and_mark_a_failed_arm():
