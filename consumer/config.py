@@ -121,6 +121,9 @@ class ServiceConfig:
     exactly_once: bool = False
     #: Names this worker in commit metadata and the transactional id; defaults to the group id.
     worker_id: str = ""
+    #: Worker processes this command runs in the group (0: one per core); each has its own
+    #: checkpoint folder and /metrics port (``metrics_port`` + its index).
+    workers: int = 1
     log_level: str = "INFO"
     #: TLS and SASL for every Kafka client of the service (``None``: plaintext); its bootstrap
     #: address is ``bootstrap_servers``. Built from the connection flags by :meth:`from_args`.
@@ -153,6 +156,7 @@ class ServiceConfig:
             "(lz4, python-snappy and zstandard are dependencies of streamrec: reinstall it)",
         )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
+        check(0 <= self.workers <= 256, f"workers must be 0 (one per core) to 256, got {self.workers}")
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
@@ -289,6 +293,8 @@ _HELP = {
     "checkpoint_every_events": "checkpoint at least every this many events",
     "exactly_once": "publish and commit offsets in one Kafka transaction per batch",
     "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
+    "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "
+    "/metrics on --metrics-port + i",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

@@ -5,7 +5,12 @@ This is what ``streamrec serve`` and ``python -m consumer`` run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import signal
+import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -17,7 +22,7 @@ from contract.errors import UserError
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["build_service", "serve", "SHADOW_BASELINE"]
+__all__ = ["build_service", "serve", "supervise", "worker_config", "SHADOW_BASELINE"]
 
 log = logging.getLogger("consumer")
 
@@ -60,7 +65,10 @@ def build_service(
 
 
 def serve(config: ServiceConfig) -> int:
-    """Run the service until SIGTERM/SIGINT; returns the process exit code."""
+    """Run the service until SIGTERM/SIGINT; returns the process exit code. With ``workers``
+    other than 1, run that many worker processes in the group instead (:func:`supervise`)."""
+    if config.workers != 1:
+        return supervise(config)
     service = build_service(config, with_metrics=config.metrics_port > 0)
     configure(config.log_level)
     if config.metrics_port > 0:
@@ -80,9 +88,102 @@ def serve(config: ServiceConfig) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    import sys
+#: Exit code of a worker that cannot run as configured: restarting it would fail again.
+CONFIG_EXIT = 2
 
+
+def worker_config(config: ServiceConfig, index: int) -> ServiceConfig:
+    """Worker ``index``'s settings: one process, its own /metrics port; a worker the user named
+    gets the name with its number (each folder claims itself otherwise, see
+    :func:`consumer.checkpoint.claim_worker`)."""
+    return dataclasses.replace(
+        config,
+        workers=1,
+        metrics_port=config.metrics_port + index if config.metrics_port else 0,
+        worker_id=f"{config.worker_id}-{index + 1}" if config.worker_id else "",
+    )
+
+
+def _run_worker(config: ServiceConfig, supervisor: int) -> None:
+    import contract  # noqa: F401  (first in a fresh interpreter: single-threaded BLAS)
+
+    _die_with(supervisor)
+    try:
+        code = serve(config)
+    except (ConfigError, UserError) as err:
+        print(f"streamrec serve: error: {err}", file=sys.stderr)
+        code = CONFIG_EXIT
+    raise SystemExit(code)
+
+
+def _die_with(supervisor: int) -> None:
+    """Linux: SIGTERM this worker when its supervisor dies, even by kill -9 (no orphans that
+    go on consuming); a worker whose supervisor is already gone stops at once."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        raise SystemExit(0)
+
+
+def supervise(config: ServiceConfig, restart_after_s: float = 1.0) -> int:
+    """Run ``config.workers`` worker processes (0: one per core) in one consumer group until
+    SIGTERM or SIGINT, then stop them all (each finishes its poll, checkpoints and commits).
+
+    A worker that dies is started again after a pause that doubles, to 30 s, while it keeps
+    dying; one that cannot run as configured stops the whole set with its exit code. Kafka's
+    group gives each worker its share of the partitions and moves them when one stops.
+    """
+    import multiprocessing
+
+    configure(config.log_level)
+    count = config.workers or os.cpu_count() or 1
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process holding Kafka sockets
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    def start(index: int):
+        settings = worker_config(config, index)
+        process = spawn.Process(target=_run_worker, args=(settings, os.getpid()), name=f"worker-{index}")
+        process.start()
+        return process
+
+    workers = {i: start(i) for i in range(count)}
+    pause = dict.fromkeys(workers, restart_after_s)
+    log.info("workers started", extra=fields(workers=count, group=config.group_id))
+    code = 0
+    while not stop.wait(0.5):
+        for index, process in list(workers.items()):
+            if process.is_alive():
+                continue
+            if process.exitcode == CONFIG_EXIT:
+                log.error("a worker cannot run as configured: stopping", extra=fields(worker=index))
+                stop.set()
+                code = CONFIG_EXIT
+                break
+            log.warning(
+                "worker died; starting it again",
+                extra=fields(worker=index, exit_code=process.exitcode, after_s=pause[index]),
+            )
+            if stop.wait(pause[index]):
+                break
+            pause[index] = min(30.0, pause[index] * 2)
+            workers[index] = start(index)
+    for process in workers.values():
+        if process.is_alive():
+            process.terminate()  # SIGTERM: the worker finishes its poll, checkpoints and commits
+    for process in workers.values():
+        process.join(90)
+        if process.is_alive():
+            process.kill()
+    log.info("workers stopped", extra=fields(workers=count))
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = ServiceConfig.from_args(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:
