@@ -6,6 +6,7 @@ This is what ``streamrec serve`` and ``python -m consumer`` run.
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -69,6 +70,9 @@ def serve(config: ServiceConfig) -> int:
     other than 1, run that many worker processes in the group instead (:func:`supervise`)."""
     if config.workers != 1:
         return supervise(config)
+    # `kill -USR1 <pid>` prints every thread's stack to stderr and the worker goes on: what a
+    # worker that seems stuck is waiting for.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     service = build_service(config, with_metrics=config.metrics_port > 0)
     configure(config.log_level)
     if config.metrics_port > 0:

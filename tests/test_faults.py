@@ -78,6 +78,12 @@ def keyed(events) -> list[tuple[bytes, bytes]]:
 
 
 def tail_of(service: ServiceProcess, lines: int = 40) -> str:
+    """The end of the service's log; a live service first prints its threads' stacks there
+    (SIGUSR1), so a test that waited in vain shows what the service was waiting for."""
+    if service.alive:
+        service.proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        lines += 60
     return "\n".join(service.log().splitlines()[-lines:])
 
 
