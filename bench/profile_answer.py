@@ -1,0 +1,155 @@
+"""Where one worker's time goes without Kafka: the service's batch path, profiled.
+
+Usage::
+
+    .venv/bin/python bench/profile_answer.py                    # e2e.py's stream: 60k events, 10k videos
+    .venv/bin/python bench/profile_answer.py --ml100k ../shared/data/ml-100k/u.data
+    .venv/bin/python bench/profile_answer.py --profile 30        # + cProfile, the 30 costliest functions
+    .venv/bin/python bench/profile_answer.py --repo /tmp/old-checkout   # another checkout's code
+
+Drives :meth:`consumer.app.StreamrecService.answer` and its metrics (``_record``) batch by
+batch, as :meth:`~consumer.app.StreamrecService.process` does for one poll, on the service's
+defaults (the served model, the shadow baseline, both live evaluators, metrics in a registry of
+its own; no checkpoints, no Kafka): the records are made as the consumer hands them over
+(:func:`bench.arms.records`). Prints the service's own per-stage seconds
+(``stage_seconds``: decode, test_learn, recommend, metrics) in microseconds per event, with the
+process's CPU per event, and with ``--profile`` the functions that take the time (cProfile, by
+own time; cProfile's own overhead inflates the many small calls). ``--repo`` runs another
+checkout's service on the same stream, so two versions compare in one run. ``--no-freeze``
+leaves out the ``gc.freeze()`` the service does after start-up, where that code has it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import pstats
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=60_000)
+    parser.add_argument("--viewers", type=int, default=5000)
+    parser.add_argument("--videos", type=int, default=10_000)
+    parser.add_argument("--ml100k", type=Path, help="replay this MovieLens u.data (never commit it)")
+    parser.add_argument("--batch", type=int, default=256, help="events per answer (the service's batch)")
+    parser.add_argument("--model", default="streamrec")
+    parser.add_argument("--no-shadow", action="store_true", help="without the shadow baseline")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile; print the N costliest")
+    parser.add_argument("--skip", type=int, default=2000, help="events answered before the timing starts")
+    parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose service runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after start-up")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(args.repo.resolve()))
+
+    import contract  # noqa: F401  (first: it makes BLAS single-threaded before numpy loads)
+
+    # isort: split
+
+    from prometheus_client import CollectorRegistry
+
+    from bench.arms import records
+    from consumer.config import ServiceConfig
+    from consumer.metrics import ServiceMetrics
+    from consumer.runner import build_service
+    from producer.readers import read_events
+    from producer.synth import synth_events
+
+    if args.ml100k:
+        events = read_events(args.ml100k)[: args.events]
+    else:
+        events = list(synth_events(args.viewers, args.videos, args.events, seed=0))
+    stream = records(events)
+    batches = [stream[i : i + args.batch] for i in range(0, len(stream), args.batch)]
+    config = ServiceConfig(
+        model=args.model, checkpoint_dir="none", metrics_port=0, shadow_baseline=not args.no_shadow
+    )
+    service = build_service(config, with_metrics=False)
+    service.metrics = ServiceMetrics(
+        models=service.model_names, registry=CollectorRegistry(), arms=service.arm_labels
+    )
+    import consumer.app
+
+    freeze = getattr(consumer.app, "freeze_start_up", None)
+    if freeze is not None and not args.no_freeze:
+        freeze()  # as StreamrecService.run does once started
+    collecting = {"seconds": 0.0, "since": 0.0, "full": 0, "on": False}
+
+    def gc_timer(phase: str, info: dict) -> None:
+        if not collecting["on"]:
+            return
+        if phase == "start":
+            collecting["since"] = time.perf_counter()
+        else:
+            collecting["seconds"] += time.perf_counter() - collecting["since"]
+            collecting["full"] += info["generation"] == 2
+
+    gc.callbacks.append(gc_timer)
+
+    profiler = cProfile.Profile() if args.profile else None
+    skip = max(0, args.skip // args.batch)
+    before = wall0 = cpu0 = None
+    events_timed = 0
+    for i, batch in enumerate(batches):
+        if i == skip:
+            before = dict(service.stage_seconds)
+            wall0, cpu0 = time.perf_counter(), time.process_time()
+            collecting["on"] = True
+            if profiler is not None:
+                profiler.enable()
+        started = time.perf_counter()
+        answer = service.answer(batch)
+        seconds = time.perf_counter() - started
+        service._record(len(batch), answer.intake, answer.tested, answer.recommended, seconds)
+        if i >= skip:
+            events_timed += len(batch)
+    collecting["on"] = False
+    if profiler is not None:
+        profiler.disable()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    stages = {k: 1e6 * (v - before[k]) / events_timed for k, v in service.stage_seconds.items()}
+    stages = {k: v for k, v in stages.items() if v > 0}
+    hr = {arm.name: arm.evaluator.report.hr for arm in service.arms}
+    if service.shadow_evaluator is not None:
+        hr[service.shadow.name] = service.shadow_evaluator.report.hr
+    result = {
+        "repo": str(args.repo),
+        "events": events_timed,
+        "wall_us_per_event": 1e6 * wall / events_timed,
+        "cpu_us_per_event": 1e6 * cpu / events_timed,
+        "stages_us_per_event": stages,
+        "gc_us_per_event": 1e6 * collecting["seconds"] / events_timed,
+        "full_collections": collecting["full"],
+        "hr_at_10": hr,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.repo}: {events_timed:,} events, batches of {args.batch}")
+        wall, cpu = result["wall_us_per_event"], result["cpu_us_per_event"]
+        print(f"  wall {wall:.1f} us/event, CPU {cpu:.1f} us/event")
+        for stage, us in stages.items():
+            print(f"  {stage:<12}{us:>8.2f} us/event")
+        print(
+            f"  (of which garbage collection {result['gc_us_per_event']:.2f} us/event, "
+            f"{collecting['full']} full collections)"
+        )
+        print(f"  live HR@10 {', '.join(f'{k} {v:.4f}' for k, v in hr.items())}")
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile)
+        print(out.getvalue())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
