@@ -28,7 +28,11 @@ reference in :mod:`model.kernels`, and tested against it on random inputs in
   reference) and an ``np.add.at``;
 * :func:`exclusion_cells`: each event's excluded videos (what its viewer watched before the
   batch and earlier in it) as compressed rows; replaces ``SeenVideos.exclusion_for_events``'
-  array arithmetic.
+  array arithmetic;
+* :func:`shared_top_n_rank`: the top-``n`` and ranks of a batch that shares one score vector
+  (the popularity baselines, among them the service's shadow), one pass per row over its
+  exclusions and down the shared order; replaces ``model.topk``'s bitmaps, bincounts and
+  cumulative sums over ``(batch, depth)`` (kept as :func:`model.kernels.shared_top_n_with_rank`).
 
 Exclusions are compressed rows (``ptr``, ``videos``): row ``i`` excludes
 ``videos[ptr[i]:ptr[i+1]]``, video rows mapped to score columns by ``column_of`` (empty: a
@@ -66,6 +70,7 @@ __all__ = [
     "mix_histories",
     "rank_softmax",
     "rank_top_n",
+    "shared_top_n_rank",
     "softmax_grad",
 ]
 
@@ -111,6 +116,11 @@ def _can_cache() -> bool:
 
 
 _JIT = {"cache": _can_cache(), "nogil": True}
+#: For kernels whose divisors are never zero: numba's default ("python") error model checks every
+#: float division for a zero divisor and raises ZeroDivisionError, a branch that keeps the
+#: compiler from vectorising the loop (and its square roots); the "numpy" model divides as IEEE
+#: does. Where no divisor can be zero the results are the same, bit for bit.
+_JIT_IEEE = {**_JIT, "error_model": "numpy"}
 
 
 @njit(**_JIT)
@@ -603,7 +613,7 @@ def rank_softmax(
     return top, best, rank, loss, skipped, column_sums, feature_grad
 
 
-@njit(**_JIT)
+@njit(**_JIT_IEEE)  # divisors: sqrt(a) + 1e-8 > 0, and a norm above max_norm > 0
 def adagrad_rows(
     param: np.ndarray,
     accum: np.ndarray,
@@ -973,6 +983,82 @@ def _history_row(
             out_w[a] = stored_weights[viewer, a - before]
 
 
+@njit(**_JIT)
+def shared_top_n_rank(
+    clean: np.ndarray,
+    prefix: np.ndarray,
+    n: int,
+    targets: np.ndarray,
+    at_least: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` and pessimistic ranks of a batch whose rows all share one score vector.
+
+    ``clean`` is the shared float32 vector (finite or ``-inf``), ``prefix`` the first items of
+    its best-first stable order (ties: lower item first), deep enough for every row: at least
+    ``n`` plus the row's excluded cells, or every finite item. ``(rows, cols)`` are the
+    excluded cells (any order, repeats allowed; cells outside the batch or the items are
+    ignored). ``at_least[i]`` is how many items score at or above row ``i``'s target.
+
+    Per row: each distinct excluded item is marked once (counting those at or above the
+    target, and whether the target itself is one), the top-``n`` is the first unmarked items
+    of ``prefix``, and the rank is ``at_least`` minus the excluded items at or above the
+    target, minus the target (:data:`UNRANKED` for a target ``-1``, excluded, or ``-inf``).
+    Returns ``(top, rank)``; ``top`` holds ``-1`` where fewer than ``n`` items remain. As
+    :func:`model.kernels.shared_top_n_with_rank`, exactly.
+    """
+    batch = targets.shape[0]
+    items = clean.shape[0]
+    cells = rows.shape[0]
+    # The cells grouped by row (a counting sort).
+    ptr = np.zeros(batch + 1, dtype=np.int64)
+    for k in range(cells):
+        r = rows[k]
+        if 0 <= r < batch:
+            ptr[r + 1] += 1
+    for i in range(batch):
+        ptr[i + 1] += ptr[i]
+    fill = ptr[:batch].copy()
+    grouped = np.empty(ptr[batch], dtype=np.int64)
+    for k in range(cells):
+        r = rows[k]
+        if 0 <= r < batch:
+            grouped[fill[r]] = cols[k]
+            fill[r] += 1
+    mark = np.zeros(items, dtype=np.bool_)
+    top = np.full((batch, n), -1, dtype=np.int64)
+    rank = np.full(batch, UNRANKED, dtype=np.int64)
+    depth = prefix.shape[0]
+    for i in range(batch):
+        t = targets[i]
+        known = 0 <= t < items
+        score = clean[t] if known else _NEG_INF
+        above = 0
+        excluded = False
+        for k in range(ptr[i], ptr[i + 1]):
+            c = grouped[k]
+            if 0 <= c < items and not mark[c]:
+                mark[c] = True
+                above += clean[c] >= score
+                excluded |= c == t
+        if known and score > _NEG_INF and not excluded:
+            rank[i] = at_least[i] - above - 1
+        filled = 0
+        p = 0
+        while filled < n and p < depth:
+            v = prefix[p]
+            if not mark[v]:
+                top[i, filled] = v
+                filled += 1
+            p += 1
+        for k in range(ptr[i], ptr[i + 1]):
+            c = grouped[k]
+            if 0 <= c < items:
+                mark[c] = False
+    return top, rank
+
+
 _warm = False
 
 
@@ -1006,4 +1092,5 @@ def warm_up() -> None:
     exclusion_cells(targets, targets, targets, none, np.zeros(1, i64), np.full(1, -1, i64))
     batch_histories(items, weights, targets, targets, np.ones(1, f32), targets, targets)
     exp_shifted(np.zeros(1, f32), 0.0)
+    shared_top_n_rank(np.zeros(2, f32), targets, 1, targets, targets, targets, targets)
     _warm = True

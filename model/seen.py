@@ -29,18 +29,20 @@ __all__ = ["SeenVideos", "viewer_keys"]
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> list[int]:
+def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> np.ndarray:
     """Per event, the viewer's row, or a shared negative key for a viewer not known yet.
 
     This is the ``viewer_keys`` argument of :meth:`SeenVideos.exclusion_for_events`; it creates
-    no rows, so ranking a batch never grows the model.
+    no rows, so ranking a batch never grows the model. The known rows are looked up in one
+    call; only the events of unknown viewers take a step of their own.
     """
-    new: dict[str, int] = {}
-    get = viewers.get
-    keys = []
-    for e in events:
-        row = get(e.viewer)
-        keys.append(row if row is not None else new.setdefault(e.viewer, -2 - len(new)))
+    ids = [e.viewer for e in events]
+    keys = viewers.get_many(ids)
+    unknown = np.flatnonzero(keys < 0)
+    if unknown.size:
+        new: dict[str, int] = {}
+        for i in unknown.tolist():
+            keys[i] = new.setdefault(ids[i], -2 - len(new))
     return keys
 
 
@@ -234,30 +236,14 @@ class SeenVideos:
         ``video_rows[i]`` is the event's video row, ``-1`` when unknown (nothing to exclude).
         ``grouping`` is :func:`model.history.group_positions` of the keys, if the caller has it.
 
-        Vectorised for the whole batch (a viewer's burst of ``m`` events gives ``m (m - 1) / 2``
-        in-batch cells, built with a few array operations, not one per event).
+        :meth:`exclusions` (the compiled :func:`~model.compiled.exclusion_cells`) as ``(rows,
+        cols)`` cells, row by row; a viewer's burst of ``m`` events gives ``m (m - 1) / 2``
+        in-batch cells. :func:`model.kernels.exclusion_for_events` is the numpy reference.
         """
         keys = np.asarray(viewer_keys, dtype=np.int64)
-        video_rows = np.asarray(video_rows, dtype=np.int64)
-        order, start, within = group_positions(keys) if grouping is None else grouping
-        # Earlier events of the same viewer in this batch: sorted position p excludes the videos
-        # of sorted positions start[p] .. p - 1.
-        total = int(within.sum())
-        rows_in = np.repeat(order, within)
-        offsets = np.arange(total) - np.repeat(np.cumsum(within) - within, within)
-        cols_in = video_rows[order][np.repeat(start, within) + offsets]
-        counted = cols_in >= 0
-        rows_in, cols_in = rows_in[counted], cols_in[counted]
-        # Everything the viewer watched before the batch.
-        known = (keys >= 0) & (keys < len(self._seen))
-        if not known.any():
-            return rows_in, cols_in
-        uniq, inverse = np.unique(keys[known], return_inverse=True)
-        lists = [self._seen[v] for v in uniq.tolist()]
-        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-        flat = np.fromiter(chain.from_iterable(lists), dtype=np.int64, count=int(lengths.sum()))
-        counts = lengths[inverse]
-        rows_pre = np.repeat(np.flatnonzero(known), counts)
-        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
-        cols_pre = flat[np.repeat((np.cumsum(lengths) - lengths)[inverse], counts) + offsets]
-        return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
+        ptr, videos = self.exclusions(keys, np.asarray(video_rows, dtype=np.int64), grouping)
+        rows = np.repeat(np.arange(keys.shape[0], dtype=np.int64), np.diff(ptr))
+        counted = videos >= 0
+        if counted.all():
+            return rows, videos
+        return rows[counted], videos[counted]

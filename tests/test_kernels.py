@@ -207,10 +207,12 @@ def test_exclusion_cells_are_the_causal_exclusions(seed, batch):
     keys = rng.integers(-3, 8, batch)  # negative: viewers not known yet; 6, 7: no list
     videos = rng.integers(-1, 30, batch)
     ptr, cells = seen.exclusions(keys, videos)
-    rows, cols = seen.exclusion_for_events(keys, videos)
+    rows, cols = kernels.exclusion_for_events(seen._seen, keys, videos)
+    got_rows, got_cols = seen.exclusion_for_events(keys, videos)
     for i in range(batch):
         want = sorted(cols[rows == i].tolist())
         assert sorted(v for v in cells[ptr[i] : ptr[i + 1]].tolist() if v >= 0) == want
+        assert sorted(got_cols[got_rows == i].tolist()) == want
 
 
 def _run_a_copy(tmp_path: Path, env: dict[str, str]) -> tuple[Path, subprocess.CompletedProcess]:
@@ -283,3 +285,50 @@ def test_rank_softmax_is_rank_top_n_then_softmax_grad_exactly(case, n, seed):
     for a, b in zip(fused, (*ranked, *learned), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(ours, theirs)
+
+
+@st.composite
+def shared_cases(draw):
+    """One shared score vector (ties, -inf, NaN, +inf), a batch's targets and excluded cells
+    (repeats, targets excluded, rows that exclude much of the catalogue)."""
+    items = draw(st.sampled_from([0, 1, 7, 64, 500]))
+    batch = draw(st.sampled_from([0, 1, 9, 40]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    levels = draw(st.sampled_from([2, 50, 10**6]))
+    scores = (rng.integers(0, levels, items) / 3).astype(np.float32)
+    special = rng.random(items)
+    scores[special < draw(st.sampled_from([0.0, 0.1]))] = -np.inf
+    scores[(special > 0.5) & (special < 0.5 + draw(st.sampled_from([0.0, 0.05])))] = np.nan
+    scores[(special > 0.6) & (special < 0.6 + draw(st.sampled_from([0.0, 0.05])))] = np.inf
+    targets = rng.integers(-1, max(items, 1), batch) if items else np.full(batch, -1)
+    share = draw(st.sampled_from([0.0, 0.1, 0.9]))
+    counts = rng.binomial(items, share, batch) if items else np.zeros(batch, dtype=np.int64)
+    rows = np.repeat(np.arange(batch), counts)
+    cols = rng.integers(0, max(items, 1), rows.size) if items else np.zeros(0, dtype=np.int64)
+    if rows.size and draw(st.booleans()):  # some rows exclude their own target
+        hit = rng.random(batch) < 0.3
+        rows = np.r_[rows, np.flatnonzero(hit & (targets >= 0))]
+        cols = np.r_[cols, targets[hit & (targets >= 0)]]
+    order = rng.permutation(rows.size)  # cells in any order
+    n = draw(st.sampled_from([0, 1, 10, 64]))
+    return scores, n, targets.astype(np.int64), (rows[order].astype(np.int64), cols[order].astype(np.int64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(shared_cases())
+def test_shared_top_n_rank_matches_numpy(case):
+    """The popularity baselines' ranking (model.topk through the kernel) against the numpy
+    code it replaced: the same lists and ranks, exactly."""
+    from model.topk import shared_top_n, shared_top_n_with_rank
+
+    scores, n, targets, exclude = case
+    with np.errstate(invalid="ignore"):
+        want_top, want_rank = kernels.shared_top_n_with_rank(scores.copy(), n, targets, exclude)
+    top, rank = shared_top_n_with_rank(scores.copy(), n, targets, exclude)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_array_equal(rank, want_rank)
+    cols, best = shared_top_n(scores.copy(), n, len(targets), exclude)
+    np.testing.assert_array_equal(cols, want_top)
+    clean = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32)
+    chosen = clean[np.maximum(cols, 0)] if clean.size else np.zeros(cols.shape, np.float32)
+    np.testing.assert_array_equal(best, np.where(cols >= 0, chosen, -np.inf))
