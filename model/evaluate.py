@@ -163,6 +163,27 @@ class StreamingEvaluator:
         self._window_pos = 0
         # 1/log2(rank+2) for ranks inside the list; precomputed once.
         self._gain = 1.0 / np.log2(np.arange(n) + 2.0)
+        #: Batches observed, and the warm mask of the last one (what a follower reads).
+        self.batches = 0
+        self.last_warm: np.ndarray | None = None
+        self._leader: StreamingEvaluator | None = None
+
+    def follow(self, leader: StreamingEvaluator) -> None:
+        """Take the warm events from ``leader``, an evaluator with the same id bounds that
+        observes the very same events first, batch by batch (the service's served model and
+        its shadow baseline): the ids seen, their expiry and the clock are the leader's, and
+        each batch's warm mask is the one the leader just computed, instead of touching a
+        second copy of the same sets with the same ids. Results are those of an evaluator of
+        its own; :meth:`observe` refuses a batch the leader has not observed just before.
+        """
+        if (self.bounded, self.n) != (leader.bounded, leader.n) or (
+            self.bounded and not _same_bounds(self._viewers, leader._viewers)
+        ):
+            raise ValueError("a follower must count ids as its leader does (same n, id_ttl, max_ids)")
+        if self.batches or self._viewers or self._videos:
+            raise ValueError("only a fresh evaluator can follow another")
+        self._leader = leader
+        self._viewers, self._videos, self._clock = leader._viewers, leader._videos, leader._clock
 
     def warm_mask(self, events: Sequence[WatchEvent]) -> np.ndarray:
         """Which events are evaluable (viewer and video seen before), marking all as seen."""
@@ -191,7 +212,19 @@ class StreamingEvaluator:
 
     def observe(self, events: Sequence[WatchEvent], ranking: Ranking) -> BatchQuality:
         """Add one scored batch to the totals and return its own quality."""
-        warm = self.warm_mask(events)
+        leader = self._leader
+        if leader is None:
+            warm = self.warm_mask(events)
+        elif (
+            leader.batches == self.batches + 1
+            and leader.last_warm is not None
+            and len(leader.last_warm) == len(events)
+        ):
+            warm = leader.last_warm
+        else:
+            raise RuntimeError("a following evaluator observes each batch right after its leader")
+        self.batches += 1
+        self.last_warm = warm
         rank = ranking.rank[warm]
         in_list = rank < self.n
         hits = int(in_list.sum())
@@ -203,9 +236,13 @@ class StreamingEvaluator:
         top = ranking.top[warm]
         recommended = _distinct(top[top >= 0]).tolist()
         if self.bounded:
-            touch, now = self._recommended.touch, self._clock.now
-            for row in recommended:
-                touch(row, None, now)
+            recent, now = self._recommended, self._clock.now
+            if recent.max_size is None:  # by age only: the same as touching each row in turn
+                if recommended:
+                    recent.touch_many(recommended, now)
+            else:  # by count too: a row pushed out mid-batch comes back with this batch's time
+                for row in recommended:
+                    recent.touch(row, None, now)
         else:
             self._recommended.update(recommended)
         self._extend_window(in_list, gains)
@@ -242,6 +279,10 @@ class StreamingEvaluator:
         self._window_gain[where] = gains
         self._window_pos = (self._window_pos + k) % size
         self._window_len = min(size, self._window_len + k)
+
+
+def _same_bounds(a: ExpiringDict, b: ExpiringDict) -> bool:
+    return (a.ttl, a.max_size) == (b.ttl, b.max_size)
 
 
 def _distinct(rows: np.ndarray) -> np.ndarray:
