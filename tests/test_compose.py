@@ -120,11 +120,14 @@ def test_every_file_the_stack_mounts_or_builds_exists(compose):
                 assert (REPO / source).exists(), f"{name} mounts missing {source}"
 
 
-def test_prometheus_scrapes_the_port_the_consumer_serves(compose):
+def test_prometheus_scrapes_every_replica_of_the_consumer_on_the_port_it_serves(compose):
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    port = compose["services"]["consumer"]["environment"]["STREAMREC_METRICS_PORT"]
-    assert f"consumer:{port}" in targets
+    found = [sd for job in config["scrape_configs"] for sd in job.get("dns_sd_configs", [])]
+    port = int(compose["services"]["consumer"]["environment"]["STREAMREC_METRICS_PORT"])
+    assert any("consumer" in sd["names"] and sd["type"] == "A" and sd["port"] == port for sd in found)
+    # `--scale consumer=N` needs a host port per replica, not one fixed port.
+    (mapping,) = compose["services"]["consumer"]["ports"]
+    assert mapping.split(":")[1] == str(port) and "-" in mapping.split(":")[0]
 
 
 @pytest.mark.skipif(
