@@ -66,6 +66,7 @@ __all__ = [
     "cooc_add",
     "cooc_feature",
     "exclusion_cells",
+    "group_cells",
     "history_grad",
     "mix_histories",
     "rank_softmax",
@@ -984,34 +985,10 @@ def _history_row(
 
 
 @njit(**_JIT)
-def shared_top_n_rank(
-    clean: np.ndarray,
-    prefix: np.ndarray,
-    n: int,
-    targets: np.ndarray,
-    at_least: np.ndarray,
-    rows: np.ndarray,
-    cols: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``n`` and pessimistic ranks of a batch whose rows all share one score vector.
-
-    ``clean`` is the shared float32 vector (finite or ``-inf``), ``prefix`` the first items of
-    its best-first stable order (ties: lower item first), deep enough for every row: at least
-    ``n`` plus the row's excluded cells, or every finite item. ``(rows, cols)`` are the
-    excluded cells (any order, repeats allowed; cells outside the batch or the items are
-    ignored). ``at_least[i]`` is how many items score at or above row ``i``'s target.
-
-    Per row: each distinct excluded item is marked once (counting those at or above the
-    target, and whether the target itself is one), the top-``n`` is the first unmarked items
-    of ``prefix``, and the rank is ``at_least`` minus the excluded items at or above the
-    target, minus the target (:data:`UNRANKED` for a target ``-1``, excluded, or ``-inf``).
-    Returns ``(top, rank)``; ``top`` holds ``-1`` where fewer than ``n`` items remain. As
-    :func:`model.kernels.shared_top_n_with_rank`, exactly.
-    """
-    batch = targets.shape[0]
-    items = clean.shape[0]
+def group_cells(rows: np.ndarray, cols: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cells ``(rows, cols)`` (any order) as compressed rows ``(ptr, cols)``: row ``i``'s are
+    ``cols[ptr[i]:ptr[i+1]]``, in their order (a counting sort); rows outside ``[0, batch)`` go."""
     cells = rows.shape[0]
-    # The cells grouped by row (a counting sort).
     ptr = np.zeros(batch + 1, dtype=np.int64)
     for k in range(cells):
         r = rows[k]
@@ -1026,6 +1003,36 @@ def shared_top_n_rank(
         if 0 <= r < batch:
             grouped[fill[r]] = cols[k]
             fill[r] += 1
+    return ptr, grouped
+
+
+@njit(**_JIT)
+def shared_top_n_rank(
+    clean: np.ndarray,
+    prefix: np.ndarray,
+    n: int,
+    targets: np.ndarray,
+    at_least: np.ndarray,
+    ex_ptr: np.ndarray,
+    ex_items: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` and pessimistic ranks of a batch whose rows all share one score vector.
+
+    ``clean`` is the shared float32 vector (finite or ``-inf``), ``prefix`` the first items of
+    its best-first stable order (ties: lower item first), deep enough for every row: at least
+    ``n`` plus the row's excluded cells, or every finite item. Row ``i`` excludes the items
+    ``ex_items[ex_ptr[i]:ex_ptr[i+1]]`` (repeats allowed; values outside the items ignored).
+    ``at_least[i]`` is how many items score at or above row ``i``'s target.
+
+    Per row: each distinct excluded item is marked once (counting those at or above the
+    target, and whether the target itself is one), the top-``n`` is the first unmarked items
+    of ``prefix``, and the rank is ``at_least`` minus the excluded items at or above the
+    target, minus the target (:data:`UNRANKED` for a target ``-1``, excluded, or ``-inf``).
+    Returns ``(top, rank)``; ``top`` holds ``-1`` where fewer than ``n`` items remain. As
+    :func:`model.kernels.shared_top_n_with_rank`, exactly.
+    """
+    batch = targets.shape[0]
+    items = clean.shape[0]
     mark = np.zeros(items, dtype=np.bool_)
     top = np.full((batch, n), -1, dtype=np.int64)
     rank = np.full(batch, UNRANKED, dtype=np.int64)
@@ -1036,8 +1043,8 @@ def shared_top_n_rank(
         score = clean[t] if known else _NEG_INF
         above = 0
         excluded = False
-        for k in range(ptr[i], ptr[i + 1]):
-            c = grouped[k]
+        for k in range(ex_ptr[i], ex_ptr[i + 1]):
+            c = ex_items[k]
             if 0 <= c < items and not mark[c]:
                 mark[c] = True
                 above += clean[c] >= score
@@ -1052,8 +1059,8 @@ def shared_top_n_rank(
                 top[i, filled] = v
                 filled += 1
             p += 1
-        for k in range(ptr[i], ptr[i + 1]):
-            c = grouped[k]
+        for k in range(ex_ptr[i], ex_ptr[i + 1]):
+            c = ex_items[k]
             if 0 <= c < items:
                 mark[c] = False
     return top, rank
@@ -1092,5 +1099,6 @@ def warm_up() -> None:
     exclusion_cells(targets, targets, targets, none, np.zeros(1, i64), np.full(1, -1, i64))
     batch_histories(items, weights, targets, targets, np.ones(1, f32), targets, targets)
     exp_shifted(np.zeros(1, f32), 0.0)
-    shared_top_n_rank(np.zeros(2, f32), targets, 1, targets, targets, targets, targets)
+    cells_ptr, cells = group_cells(targets, targets, 1)
+    shared_top_n_rank(np.zeros(2, f32), targets, 1, targets, targets, cells_ptr, cells)
     _warm = True

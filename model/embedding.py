@@ -134,6 +134,9 @@ class _Batch:
     ranked: int
     column_of: np.ndarray
     cooc: np.ndarray | None  # (B, columns) co-occurrence feature
+    # The video vectors at the columns as the test step read them (rows not created yet: the
+    # last row), for the learning step's product; None until read.
+    vectors: np.ndarray | None = None
 
 
 class EmbeddingRanker(CatalogueScorer):
@@ -573,7 +576,8 @@ class EmbeddingRanker(CatalogueScorer):
         if not batch.n_videos:
             return np.zeros((len(batch.U), batch.columns.size), dtype=np.float32)
         rows = np.minimum(batch.columns, batch.n_videos - 1)
-        return batch.U @ self._E.array[rows].T
+        batch.vectors = self._E.array[rows]
+        return batch.U @ batch.vectors.T
 
     def _targets(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
         """Each event's column: to rank (``-1``: an unknown video or one outside the ranked
@@ -751,7 +755,7 @@ class EmbeddingRanker(CatalogueScorer):
             self.loss_sum += loss
         columns, E = batch.columns, self._E.array
         lr, clip = self.lr, self.max_grad_norm
-        grad_u = grad @ E[columns]
+        grad_u = grad @ self._vectors_now(batch)
         grad_E = grad.T @ batch.U
         if self.reg:  # on the positives' vectors, once per event
             positives, counts = np.unique(targets, return_counts=True)
@@ -792,6 +796,20 @@ class EmbeddingRanker(CatalogueScorer):
         if self._life.due():
             self._expire()
         self._changed()
+
+    def _vectors_now(self, batch: _Batch) -> np.ndarray:
+        """``E[columns]`` after the batch's rows were created, before it is learned: what the
+        test step read, with the columns of the rows created (or reused) for new videos read
+        again; every other row is untouched between the two (one gather of the shortlist's
+        vectors instead of two)."""
+        vectors = batch.vectors
+        if vectors is None:
+            return self._E.array[batch.columns]
+        batch.vectors = None  # its columns change now: not to be read as the test step's again
+        fresh = self._fresh_columns(batch)
+        if fresh.size:
+            vectors[fresh] = self._E.array[batch.columns[fresh]]
+        return vectors
 
     def _random_vectors(self, n: int) -> np.ndarray:
         """Starting vectors of ``n`` new video rows: small and random (all the seed drives)."""

@@ -24,7 +24,7 @@ from model.compiled import exclusion_cells
 from model.history import group_positions
 from model.ids import IdIndex
 
-__all__ = ["SeenVideos", "viewer_keys"]
+__all__ = ["Cells", "SeenVideos", "viewer_keys"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -44,6 +44,19 @@ def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> np.ndarray:
         for i in unknown.tolist():
             keys[i] = new.setdefault(ids[i], -2 - len(new))
     return keys
+
+
+class Cells(tuple):
+    """``(rows, cols)`` exclusion cells that also carry them as compressed rows
+    (``compressed``: ``(ptr, videos)``, row ``i``'s videos ``videos[ptr[i]:ptr[i+1]]``, ``-1``
+    where a video is unknown), so :mod:`model.topk` need not group them by row again."""
+
+    compressed: tuple[np.ndarray, np.ndarray]
+
+    def __new__(cls, rows: np.ndarray, cols: np.ndarray, compressed: tuple[np.ndarray, np.ndarray]) -> Cells:
+        cells = super().__new__(cls, (rows, cols))
+        cells.compressed = compressed
+        return cells
 
 
 class SeenVideos:
@@ -245,5 +258,5 @@ class SeenVideos:
         rows = np.repeat(np.arange(keys.shape[0], dtype=np.int64), np.diff(ptr))
         counted = videos >= 0
         if counted.all():
-            return rows, videos
-        return rows[counted], videos[counted]
+            return Cells(rows, videos, (ptr, videos))
+        return Cells(rows[counted], videos[counted], (ptr, videos))

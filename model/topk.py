@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.compiled import shared_top_n_rank
+from model.compiled import group_cells, shared_top_n_rank
 
 __all__ = ["top_n_with_rank", "top_n", "shared_top_n_with_rank", "shared_top_n", "mask_scores", "UNRANKED"]
 
@@ -197,12 +197,23 @@ def _shared_order(scores: np.ndarray, depth: int) -> tuple[np.ndarray, np.ndarra
     return clean, first[np.argsort(-clean[first], kind="stable")], finite, ascending
 
 
-def _depth(n: int, rows: np.ndarray, batch: int) -> int:
+def _compressed(exclude: tuple[np.ndarray, np.ndarray] | None, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Excluded cells as compressed rows ``(ptr, items)``: the form the exclusions came in when
+    they carry it (``exclude.compressed``, :meth:`model.seen.SeenVideos.exclusion_for_events`),
+    else grouped by row here."""
+    if exclude is None:
+        return np.zeros(batch + 1, dtype=np.int64), _EMPTY
+    compressed = getattr(exclude, "compressed", None)
+    if compressed is not None:
+        return compressed
+    rows, cols = exclude
+    return group_cells(np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), batch)
+
+
+def _depth(n: int, ptr: np.ndarray) -> int:
     """How far down the shared order every row's top-``n`` lies: ``n`` plus the most excluded
     cells of any row (each excluded cell hides at most one item above the ``n``-th)."""
-    if rows.size == 0 or batch == 0:
-        return n
-    return n + int(np.bincount(rows[(rows >= 0) & (rows < batch)], minlength=1).max())
+    return n + (int(np.diff(ptr).max()) if ptr.size > 1 else 0)
 
 
 def shared_top_n(
@@ -217,10 +228,10 @@ def shared_top_n(
     >>> cols.tolist(), best.tolist()
     ([[2, 0], [1, 2]], [[0.5, 0.25], [0.75, 0.5]])
     """
-    rows, cols = (_EMPTY, _EMPTY) if exclude is None else _cells(exclude)
-    clean, prefix, _, _ = _shared_order(scores, _depth(n, rows, batch))
+    ptr, items = _compressed(exclude, batch)
+    clean, prefix, _, _ = _shared_order(scores, _depth(n, ptr))
     none = np.full(batch, -1, dtype=np.int64)
-    top, _ = shared_top_n_rank(clean, prefix, n, none, none, rows, cols)
+    top, _ = shared_top_n_rank(clean, prefix, n, none, none, ptr, items)
     best = np.full(top.shape, -np.inf, dtype=np.float32)
     best[top >= 0] = clean[top[top >= 0]]
     return top, best
@@ -248,16 +259,10 @@ def shared_top_n_with_rank(
     """
     batch, items = targets.shape[0], scores.shape[0]
     targets = np.asarray(targets, dtype=np.int64)
-    rows, cols = (_EMPTY, _EMPTY) if exclude is None else _cells(exclude)
-    clean, prefix, _, ascending = _shared_order(scores, _depth(n, rows, batch))
+    ptr, excluded = _compressed(exclude, batch)
+    clean, prefix, _, ascending = _shared_order(scores, _depth(n, ptr))
     known = (targets >= 0) & (targets < items)
     target_score = np.full(batch, -np.inf, dtype=np.float32)
     target_score[known] = clean[targets[known]]
     at_least = items - np.searchsorted(ascending, target_score, side="left")
-    return shared_top_n_rank(clean, prefix, n, targets, at_least, rows, cols)
-
-
-def _cells(exclude: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Excluded cells as two int64 arrays (what the kernel takes)."""
-    rows, cols = exclude
-    return np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
+    return shared_top_n_rank(clean, prefix, n, targets, at_least, ptr, excluded)

@@ -332,3 +332,29 @@ def test_shared_top_n_rank_matches_numpy(case):
     clean = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float32)
     chosen = clean[np.maximum(cols, 0)] if clean.size else np.zeros(cols.shape, np.float32)
     np.testing.assert_array_equal(best, np.where(cols >= 0, chosen, -np.inf))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 9, 60]), st.sampled_from([0, 3, 10]))
+def test_shared_ranking_reads_the_exclusions_compressed_as_they_come(seed, batch, n):
+    """SeenVideos.exclusion_for_events' cells carry their compressed rows (unknown videos as -1):
+    ranking from those is ranking from the cells."""
+    from model.topk import shared_top_n_with_rank
+
+    rng = np.random.default_rng(seed)
+    seen = SeenVideos()
+    for viewer, video in zip(rng.integers(0, 6, 80).tolist(), rng.integers(0, 30, 80).tolist(), strict=True):
+        seen.add(viewer, video)
+    keys, videos = rng.integers(-3, 8, batch), rng.integers(-1, 30, batch)
+    cells = seen.exclusion_for_events(keys, videos)
+    assert cells.compressed is not None
+    scores = (rng.integers(0, 6, 30) / 2).astype(np.float32)
+    plain = (np.asarray(cells[0]), np.asarray(cells[1]))
+    with np.errstate(invalid="ignore"):
+        want = kernels.shared_top_n_with_rank(scores.copy(), n, videos, plain)
+    for got in (
+        shared_top_n_with_rank(scores.copy(), n, videos, cells),
+        shared_top_n_with_rank(scores.copy(), n, videos, plain),
+    ):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
