@@ -5,6 +5,7 @@ This is what ``streamrec serve`` and ``python -m consumer`` run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import faulthandler
 import logging
@@ -72,7 +73,8 @@ def serve(config: ServiceConfig) -> int:
         return supervise(config)
     # `kill -USR1 <pid>` prints every thread's stack to stderr and the worker goes on: what a
     # worker that seems stuck is waiting for.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(ValueError, OSError):  # no real stderr (captured in tests): no dumps
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     service = build_service(config, with_metrics=config.metrics_port > 0)
     configure(config.log_level)
     if config.metrics_port > 0:
