@@ -55,6 +55,10 @@ __all__ = [
 #: name -> (``module:Class``, one-line description). The first entry is the default model.
 MODELS: dict[str, tuple[str, str]] = {
     "streamrec": ("model.embedding:EmbeddingRanker", "the streamrec embedding model (default)"),
+    "streamrec_profile": (
+        "model.profile:ProfileRanker",
+        "streamrec plus a long-term taste profile of everything the viewer watched",
+    ),
     "cooccurrence": (
         "model.baselines.cooccurrence:CoOccurrenceKNN",
         "item co-occurrence kNN over the viewer's recent watches",

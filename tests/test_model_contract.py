@@ -31,7 +31,7 @@ MODELS = names()
 #: ``learn_one``, and larger batches learn the same preferences but not the same numbers. Every
 #: other model (a new one too, unless it says so here) learns event by event, so any split of a
 #: stream into batches must end in the same state.
-BATCH_LEARNERS = {"streamrec"}
+BATCH_LEARNERS = {"streamrec", "streamrec_profile"}
 
 
 def clustered_stream(viewers: int = 60, clusters: int = 4, per_cluster: int = 12, seed: int = 0):
