@@ -90,12 +90,12 @@ def test_the_profile_remembers_what_the_history_forgot(batch: int) -> None:
     # clue; the profile still holds the five videos of the viewer's group, which the next
     # video always belongs to. Summed over both groups (the stream ends with one of them,
     # which the history's recency favours), the profile moves the scores toward the right
-    # group; the default model's barely move (measured: 0.98, 0.58, 0.74 against -0.03,
-    # 0.05, 0.06 at batch 1, 16, 128).
+    # group; the default model's barely move (measured at the default profile_weight 0.5:
+    # 0.72, 0.41, 0.51 against -0.03, 0.05, 0.06 at batch 1, 16, 128).
     events = _taste_stream(viewers=80)
     profile = sum(_margin(_trained(events, batch=batch), g) for g in "ab")
     default = sum(_margin(_trained(events, batch=batch, cls=EmbeddingRanker), g) for g in "ab")
-    assert profile > 0.3 and profile > default + 0.3, (profile, default)
+    assert profile > 0.25 and profile > default + 0.25, (profile, default)
 
 
 def test_zero_weight_is_exactly_the_default_model() -> None:
@@ -211,7 +211,7 @@ def test_save_load_round_trip_continues_identically(tmp_path: Path) -> None:
 def test_registry_creates_it_with_its_settings() -> None:
     model = registry.create("streamrec_profile", profile_weight=2, profile_watches=50)
     assert model.name == "streamrec_profile" and model.profile_weight == 2.0
-    assert registry.settings_of("streamrec_profile")["profile_weight"] == 1.0
+    assert registry.settings_of("streamrec_profile")["profile_weight"] == 0.5
     assert registry.DEFAULT_MODEL == "streamrec"
     with pytest.raises(registry.BadSetting):
         registry.create("streamrec_profile", profile_watches=0)
