@@ -89,12 +89,15 @@ from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
 from consumer.publish import Message, Publisher
+from consumer.sync import UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, StreamRanker
 from model.evaluate import BatchQuality, StreamingEvaluator
 from model.expiring import ExpiringDict
+from model.npz import read_npz, write_npz
 from model.persist import settings_of_instance
+from model.replica import VideoReplica
 
 __all__ = ["StreamrecService", "Answer", "MODEL_FILE", "UnreadableRecords"]
 
@@ -106,6 +109,8 @@ MODEL_FILE = "model.npz"
 
 #: The experiment's readout state in a checkpoint (with more than one arm).
 EXPERIMENT_FILE = "experiment.npz"
+#: The agreed video state and the update topic's offsets, with ``sync_every`` (consumer.sync).
+REPLICA_FILE = "replica.npz"
 
 #: Errors of kafka-python's poll that the same offset raises again at every restart.
 UNREADABLE = (UnsupportedCodecError, CorruptRecordError)
@@ -273,6 +278,9 @@ class StreamrecService:
         # commits in flight were sent; and a checkpoint the revocation could not write.
         self._rebalanced = False
         self._checkpoint_after_poll = False
+        #: The update topic's side of this worker: one model over the group (``sync_every``).
+        self.exchange: UpdateExchange | None = None
+        self._bind_exchange()
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -336,6 +344,8 @@ class StreamrecService:
         try:
             while not self._stop.is_set():
                 polled = self._poll()
+                if self.exchange is not None:
+                    self._exchange(idle=not polled)
                 if polled:
                     self.process(polled)
                     self.batches += 1
@@ -360,12 +370,20 @@ class StreamrecService:
             self.config.exactly_once,
             latest_wins=frozenset({self.config.output_topic}),
         )
+        if self.exchange is not None:
+            self.exchange.connect()
 
     def _shutdown(self) -> None:
         try:
+            if self.exchange is not None and self._publisher is not None:
+                self._send_unattached(self.exchange.outgoing(force=True))  # peers learn it all
             if self._consumer is not None and self._settle(wait=True) and self.ledger.unsaved:
                 self.checkpoint()
+            elif self.exchange is not None and self.store is not None and self.exchange.sent:
+                self.checkpoint()  # the agreed state moved with the last updates sent
         finally:
+            if self.exchange is not None:
+                self.exchange.close()
             close_quietly(self._consumer, self._producer)
             self._consumer = self._producer = self._publisher = None
             if self.claim is not None:
@@ -389,6 +407,7 @@ class StreamrecService:
             arm.model = _restored_arm(arm, checkpoint.path / arm.file)
         if self.arms.experiment:
             self._restore_experiment(checkpoint.path / EXPERIMENT_FILE)
+        self._bind_exchange(checkpoint.path / REPLICA_FILE)
         if self.shadow is not None:
             shadow_file = checkpoint.path / _shadow_file(self.shadow)
             if shadow_file.exists():  # a checkpoint written without this shadow leaves it fresh
@@ -421,6 +440,8 @@ class StreamrecService:
                 arm.model.save(folder / arm.file)
             if self.arms.experiment:
                 self._save_experiment(folder / EXPERIMENT_FILE)
+            if self.exchange is not None:
+                write_npz(folder / REPLICA_FILE, self.exchange.to_arrays())
             if self.shadow is not None:
                 self.shadow.save(folder / _shadow_file(self.shadow))
 
@@ -442,6 +463,38 @@ class StreamrecService:
             ),
         )
         return checkpoint
+
+    def _bind_exchange(self, saved: Path | None = None) -> None:
+        """The update exchange around the current model (after a restore, the restored one),
+        with the agreed state and offsets saved beside it; none saved: everything it holds is
+        taken as agreed (it is either nothing, or what a model without the exchange learned)."""
+        if not self.config.sync_every:
+            return
+        old = self.exchange
+        exchange = UpdateExchange(self.config, VideoReplica(self.model))
+        if saved is not None and saved.exists():
+            exchange.load_arrays(read_npz(saved, ValueError))
+        if old is not None:
+            old.close()
+            if self._publisher is not None:
+                exchange.connect()  # a rollback while serving: read again from the saved offsets
+        self.exchange = exchange
+
+    def _exchange(self, idle: bool) -> None:
+        """Apply the peers' updates that arrived; when idle, send what waited long enough (a
+        stream that stops must not keep its last updates from the peers)."""
+        exchange = self.exchange
+        started = time.perf_counter()
+        exchange.receive()
+        if idle and exchange.due():
+            self._send_unattached(exchange.outgoing())
+        self.stage_seconds["sync"] = self.stage_seconds.get("sync", 0.0) + time.perf_counter() - started
+
+    def _send_unattached(self, messages: list[Message]) -> None:
+        """Send update records that belong to no poll, and wait until they are acknowledged."""
+        if messages:
+            self._publisher.send(messages)
+            self._publisher.flush_unattached()
 
     def _save_experiment(self, path: Path) -> None:
         """The readout's state: each arm's totals and each viewer's counts (the units)."""
@@ -665,7 +718,11 @@ class StreamrecService:
             replayed = decode(poll.replay).events
             learning = time.perf_counter()
             stages["decode"] += learning - started
+            if self.exchange is not None:  # what is unsent goes first: the replay's went before
+                self._publisher.send(self.exchange.outgoing(force=True))
             self._learn(replayed)
+            if self.exchange is not None:
+                self.exchange.absorb()
             replay_seconds = time.perf_counter() - started
             work += replay_seconds
             stages["test_learn"] += time.perf_counter() - learning
@@ -678,6 +735,8 @@ class StreamrecService:
             count, last = self._serve(live[start : start + size])
             published += count
             work += time.perf_counter() - started
+        if self.exchange is not None:  # the poll's video updates, delivered with its lists
+            self._publisher.send(self.exchange.outgoing())
         delivering = self._publisher.seconds
         before = delivering["acknowledge"] + delivering["commit"]
         if not self._deliver(poll):
@@ -756,6 +815,8 @@ class StreamrecService:
         if self.shadow is not None:
             shadow_quality = self.shadow_evaluator.observe(events, self.shadow.rank_and_learn(events, n))
         self.ledger.count(len(events))
+        if self.exchange is not None:
+            self.exchange.learned(len(events))
         return Tested(tested, shadow_quality, online)
 
     def _online(self, events: Sequence[WatchEvent]) -> Online:

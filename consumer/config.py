@@ -121,6 +121,13 @@ class ServiceConfig:
     exactly_once: bool = False
     #: Names this worker in commit metadata and the transactional id; defaults to the group id.
     worker_id: str = ""
+    #: One model over the group (see :mod:`consumer.sync`): send this worker's video updates to
+    #: the update topic every this many learned events (0: off, each worker its own model)...
+    sync_every: int = 0
+    #: ... or this often when fewer have been learned since.
+    sync_interval_s: float = 1.0
+    #: The update topic; empty: ``<input topic>-video-updates``.
+    sync_topic: str = ""
     #: Worker processes this command runs in the group (0: one per core); each has its own
     #: checkpoint folder and /metrics port (``metrics_port`` + its index).
     workers: int = 1
@@ -157,6 +164,12 @@ class ServiceConfig:
         )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
         check(0 <= self.workers <= 256, f"workers must be 0 (one per core) to 256, got {self.workers}")
+        check(self.sync_every >= 0, f"sync_every must be >= 0, got {self.sync_every}")
+        check(self.sync_interval_s > 0, f"sync_interval_s must be > 0, got {self.sync_interval_s}")
+        check(
+            self.sync_topic_name not in (self.input_topic, self.output_topic, self.dlq_topic),
+            "sync_topic must differ from the other topics",
+        )
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
@@ -192,6 +205,10 @@ class ServiceConfig:
         from model.registry import parse_settings
 
         return parse_settings([self.model_settings])
+
+    @property
+    def sync_topic_name(self) -> str:
+        return self.sync_topic or f"{self.input_topic}-video-updates"
 
     @property
     def arm_specs(self) -> list[ArmSpec]:
@@ -293,6 +310,10 @@ _HELP = {
     "checkpoint_every_events": "checkpoint at least every this many events",
     "exactly_once": "publish and commit offsets in one Kafka transaction per batch",
     "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
+    "sync_every": "one model over the group: send this worker's video updates to the update topic every "
+    "this many learned events (0: off, each worker learns its own model; needs --model streamrec)",
+    "sync_interval_s": "... or this often when fewer events were learned since",
+    "sync_topic": "the update topic (default: <input topic>-video-updates)",
     "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "
     "/metrics on --metrics-port + i",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

@@ -172,6 +172,16 @@ class Publisher:
         self.seconds["commit"] += time.perf_counter() - started
         return False
 
+    def flush_unattached(self) -> None:
+        """Wait for what was sent outside any poll (video updates of an idle worker): its
+        acknowledgements, or its own transaction, with no offsets in it."""
+        if self.exactly_once:
+            self._commit_transaction({})
+            return
+        started = time.perf_counter()
+        self._until_acknowledged()
+        self.seconds["acknowledge"] += time.perf_counter() - started
+
     def settle(self, wait: bool = False, rebalanced: bool = False) -> int:
         """How many delivered polls are confirmed committed since the last call, oldest first.
 
@@ -242,7 +252,8 @@ class Publisher:
             producer.flush()
             self.seconds["acknowledge"] += time.perf_counter() - started
             started = time.perf_counter()
-            producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
             producer.commit_transaction()
             self.seconds["commit"] += time.perf_counter() - started
         except KafkaError:

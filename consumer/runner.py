@@ -45,10 +45,17 @@ def build_service(
     control, *others = config.arm_specs
     # A shadow is named for what it is; beside itself it would measure nothing (and share its labels).
     shadow = config.shadow_baseline and control.model != SHADOW_BASELINE
+    make_control = lambda: registry.create(control.model, **control.settings)  # noqa: E731
+    if config.sync_every:  # one model over the group: video vectors that start from the video id
+        if control.model != registry.DEFAULT_MODEL:
+            raise ConfigError(f"sync_every needs the {registry.DEFAULT_MODEL} model, not {control.model!r}")
+        from model.replica import ReplicatedRanker
+
+        make_control = lambda: ReplicatedRanker(**control.settings)  # noqa: E731
     try:
         service = StreamrecService(
             config,
-            model_factory=lambda: registry.create(control.model, **control.settings),
+            model_factory=make_control,
             shadow_factory=(lambda: registry.create(SHADOW_BASELINE)) if shadow else None,
             arm_factories={
                 spec.name: (lambda spec=spec: registry.create(spec.model, **spec.settings)) for spec in others

@@ -35,6 +35,8 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
             config.output_topic: {"cleanup.policy": "compact"},
             config.dlq_topic: {},
         }
+        if config.sync_every:  # every update is kept: together they are the group's video state
+            wanted[config.sync_topic_name] = {"retention.ms": "-1"}
         missing = [
             NewTopic(name, num_partitions=1, replication_factor=-1, topic_configs=configs)
             for name, configs in wanted.items()

@@ -1,0 +1,125 @@
+"""One model over a group's workers, on the real broker (issue 12, ``--sync-every``).
+
+Two workers of one group split a four-partition topic; each sends its video updates to the
+update topic and applies the other's. When the stream is learned they must hold the same video
+state, the group must have learned every event once, and a worker stopped and started again
+must pick up where it was without applying anything twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from consumer.config import ServiceConfig
+from consumer.runner import build_service
+from model.replica import SHARED_TABLES
+from tests.service_helpers import produce, topics, wait_for
+from tests.streams import synthetic
+from tests.test_faults import keyed
+
+
+@contextlib.contextmanager
+def running(config: ServiceConfig) -> Iterator:
+    service = build_service(config, with_metrics=False)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run()
+        except BaseException as err:  # a dead worker must fail the test, loudly
+            failed.append(err)
+            raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    service.failed = failed
+    try:
+        yield service
+    finally:
+        service.stop()
+        thread.join(60)
+    assert not failed, failed
+
+
+def video_state(service) -> dict[str, dict[str, np.ndarray]]:
+    model = service.model
+    ids = [v for v in model.videos.ids if v]
+    rows = model.videos.get_many(ids)
+    parts = model.state_parts()
+    return {name: dict(zip(ids, parts[name].array[rows], strict=True)) for name in SHARED_TABLES}
+
+
+def assert_agree(a, b) -> None:
+    left, right = video_state(a), video_state(b)
+    assert left["video_vectors"].keys() == right["video_vectors"].keys()
+    for name in SHARED_TABLES:
+        ids = sorted(left[name])
+        np.testing.assert_allclose(
+            np.array([left[name][v] for v in ids]),
+            np.array([right[name][v] for v in ids]),
+            rtol=1e-4,
+            atol=1e-5,
+            err_msg=name,
+        )
+
+
+@pytest.fixture
+def group(kafka_bootstrap, new_topic, tmp_path):
+    names = topics(new_topic, partitions=4)
+    base = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{names['input_topic']}",
+        metrics_port=0,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        sync_every=512,
+        sync_interval_s=0.5,
+        shadow_baseline=False,
+        **names,
+    )
+    return base, names
+
+
+def test_two_workers_learn_one_model(kafka_bootstrap, group):
+    base, names = group
+    first, second = synthetic(3000, seed=81), synthetic(2000, seed=82)
+    a_config = dataclasses.replace(base, worker_id="a")
+    b_config = dataclasses.replace(base, worker_id="b")
+    with running(a_config) as a, running(b_config) as b:
+        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
+        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        produce(kafka_bootstrap, names["input_topic"], keyed(first))
+        assert wait_for(lambda: a.model_events + b.model_events == len(first), 120)
+        assert a.model_events and b.model_events
+        # Idle, each sends what is left within sync_interval_s; then both hold the same videos.
+        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
+        assert wait_for(lambda: _caught_up(a, b), 30)
+        assert_agree(a, b)
+        assert a.exchange.applied and b.exchange.applied
+        # Each knows every video of the stream, though it learned only its viewers' events.
+        assert {e.video for e in first} <= set(a.model.videos.ids)
+        a_learned, b_learned = a.model_events, b.model_events
+
+    # b stops; a learns on alone, then b comes back from its checkpoint and catches up.
+    with running(a_config) as a:
+        produce(kafka_bootstrap, names["input_topic"], keyed(second))
+        assert wait_for(lambda: a.model_events == a_learned + len(second), 120)  # all four partitions
+        with running(b_config) as b:
+            assert wait_for(lambda: b.model_events == b_learned and b.exchange is not None, 60)
+            assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
+            assert wait_for(lambda: _caught_up(a, b), 30)
+            assert_agree(a, b)
+
+
+def _caught_up(a, b) -> bool:
+    """Both have applied everything the other sent (their idle loops read the update topic)."""
+    try:
+        assert_agree(a, b)
+    except AssertionError:
+        return False
+    return True
