@@ -46,17 +46,37 @@ def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> np.ndarray:
     return keys
 
 
-class Cells(tuple):
-    """``(rows, cols)`` exclusion cells that also carry them as compressed rows
-    (``compressed``: ``(ptr, videos)``, row ``i``'s videos ``videos[ptr[i]:ptr[i+1]]``, ``-1``
-    where a video is unknown), so :mod:`model.topk` need not group them by row again."""
+class Cells:
+    """Exclusion cells of a batch, made from compressed rows ``(ptr, videos)`` (row ``i``'s
+    videos ``videos[ptr[i]:ptr[i+1]]``, ``-1`` where a video is unknown): ``compressed`` as
+    they are, for :mod:`model.topk`'s compiled ranking, which reads them so; unpacked as
+    ``rows, cols = cells`` (or ``cells[0]``, ``cells[1]``), the ``(rows, cols)`` pair of the
+    known videos, made on first use (on ML-100K a batch excludes some 50,000 cells: the popular
+    baselines never need them as pairs).
+    """
 
-    compressed: tuple[np.ndarray, np.ndarray]
+    __slots__ = ("compressed", "_pair")
 
-    def __new__(cls, rows: np.ndarray, cols: np.ndarray, compressed: tuple[np.ndarray, np.ndarray]) -> Cells:
-        cells = super().__new__(cls, (rows, cols))
-        cells.compressed = compressed
-        return cells
+    def __init__(self, ptr: np.ndarray, videos: np.ndarray) -> None:
+        self.compressed = (ptr, videos)
+        self._pair: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _cells(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._pair is None:
+            ptr, videos = self.compressed
+            rows = np.repeat(np.arange(ptr.size - 1, dtype=np.int64), np.diff(ptr))
+            counted = videos >= 0
+            self._pair = (rows, videos) if counted.all() else (rows[counted], videos[counted])
+        return self._pair
+
+    def __iter__(self):
+        return iter(self._cells())
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._cells()[index]
+
+    def __len__(self) -> int:
+        return 2
 
 
 class SeenVideos:
@@ -260,13 +280,9 @@ class SeenVideos:
         ``grouping`` is :func:`model.history.group_positions` of the keys, if the caller has it.
 
         :meth:`exclusions` (the compiled :func:`~model.compiled.exclusion_cells`) as ``(rows,
-        cols)`` cells, row by row; a viewer's burst of ``m`` events gives ``m (m - 1) / 2``
-        in-batch cells. :func:`model.kernels.exclusion_for_events` is the numpy reference.
+        cols)`` cells, row by row (:class:`Cells`: made when unpacked); a viewer's burst of
+        ``m`` events gives ``m (m - 1) / 2`` in-batch cells. The numpy reference is
+        :func:`model.kernels.exclusion_for_events`.
         """
         keys = np.asarray(viewer_keys, dtype=np.int64)
-        ptr, videos = self.exclusions(keys, np.asarray(video_rows, dtype=np.int64), grouping)
-        rows = np.repeat(np.arange(keys.shape[0], dtype=np.int64), np.diff(ptr))
-        counted = videos >= 0
-        if counted.all():
-            return Cells(rows, videos, (ptr, videos))
-        return Cells(rows[counted], videos[counted], (ptr, videos))
+        return Cells(*self.exclusions(keys, np.asarray(video_rows, dtype=np.int64), grouping))
