@@ -25,7 +25,9 @@ the run, the service's included, connects with the same settings.
    Then the service learns the whole topic from the start: decode, score, learn, recommend,
    publish with ``acks=all``, commit. Both are timed from the end of the first poll to the end of the last,
    so connecting and the group's first rebalance are left out. Target: service >= 25 % of the
-   raw rate (issue 9; raw kafka-python consumption alone is the ceiling of one worker).
+   raw rate (issue 9; raw kafka-python consumption alone is the ceiling of one worker). The
+   same ratio by CPU per event of this process (``summary.service_vs_raw_cpu``) moves far less
+   with other processes' load than the ratio of rates.
 2. **Freshness.** With the service caught up, the stream continues, paced at each ``--rates``
    value for ``--seconds`` seconds, by a producer in a process of its own. A reader, in another
    process, follows the output topic (the service runs alone in its process, as it would in
@@ -678,8 +680,24 @@ def ml100k_replay(where: KafkaConnection, path: str, model: str, settings: dict,
             "service_events_per_s": figures["service"]["events_per_s"],
             "raw_events_per_s": figures["raw"]["events_per_s"],
             "service_hr_at_10": live,
+            "service_vs_raw_cpu": cpu_ratio(figures),
         },
     }
+
+
+def cpu_ratio(figures: dict) -> float:
+    """Raw consumption's CPU per event over the service's: the ratio of rates the two would
+    reach on a core of their own. Other processes on the machine move it far less than the
+    ratio of wall-clock rates (raw reads last a second; a load spike in it moves their rate)."""
+    return figures["raw"]["cpu_us_per_event"] / figures["service"]["cpu_us_per_event"]
+
+
+def print_cpu(figures: dict) -> None:
+    raw, service = figures["raw"]["cpu_us_per_event"], figures["service"]["cpu_us_per_event"]
+    print(
+        f"CPU per event (this process): raw {raw:.2f} us, service {service:.2f} us; "
+        f"service / raw by CPU {raw / service:.3f}"
+    )
 
 
 def print_ml100k(result: dict) -> None:
@@ -695,6 +713,7 @@ def print_ml100k(result: dict) -> None:
         f"{'streamrec service end to end':<34}{s['service_events_per_s']:>12,.0f}"
         f"{s['service_vs_raw']:>10.2f}{'>= ' + format(ML100K_TARGET, '.2f'):>10}"
     )
+    print_cpu(result)
     print(
         f"live HR@10 of the service {result['service_hr_at_10']:.4f} ({result['service_evaluated']:,} "
         f"evaluated); streamrec evaluate at batch 256 {result['offline_hr_at_10']:.4f}"
@@ -1014,6 +1033,7 @@ def run_e2e(args, connection: KafkaConnection, settings: dict, rates: list[float
     print(f"{'raw kafka-python consume-only':<34}{result['raw']['events_per_s']:>12,.0f}{1.0:>10.2f}")
     service_rate = result["service"]["events_per_s"]
     print(f"{'streamrec service end to end':<34}{service_rate:>12,.0f}{ratio:>10.2f}{'>= 0.25':>10}")
+    print_cpu(result)
     print()
     head = ["achieved/s", "p50 ms", "p90 ms", "p99 ms", "max ms"]
     print(
@@ -1032,6 +1052,7 @@ def run_e2e(args, connection: KafkaConnection, settings: dict, rates: list[float
     low = min(result["freshness"], key=lambda p: p["rate"])
     summary = {
         "service_vs_raw": ratio,
+        "service_vs_raw_cpu": cpu_ratio(result),
         "throughput_target_met": ratio >= 0.25,
         "p99_ms_at_top_rate": top["p99_ms"],
         "top_rate": top["rate"],
