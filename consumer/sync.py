@@ -33,14 +33,14 @@ from consumer.logs import fields
 from consumer.publish import Message
 from model.replica import VideoReplica, VideoUpdates
 
-__all__ = ["UpdateExchange", "UPDATE_HEADER", "VIDEOS_PER_RECORD"]
+__all__ = ["UpdateExchange", "UPDATE_HEADER", "RECORD_BUDGET"]
 
 log = logging.getLogger(__name__)
 
 #: The header naming the worker that sent an update record (its own are skipped).
 UPDATE_HEADER = "streamrec.worker"
-#: Videos per update record: ~300 KB at dim 32, well under a record's 1 MB limit.
-VIDEOS_PER_RECORD = 512
+#: Bytes per update record: under the 1 MB a Kafka producer and broker accept by default.
+RECORD_BUDGET = 900_000
 
 
 class UpdateExchange:
@@ -137,7 +137,7 @@ class UpdateExchange:
         self.unsent = 0
         self._taken_at = time.monotonic()
         key, headers = self.worker.encode(), [(UPDATE_HEADER, self.worker.encode())]
-        messages = [(self.topic, key, part.to_bytes(), headers) for part in updates.split(VIDEOS_PER_RECORD)]
+        messages = [(self.topic, key, record, headers) for record in updates.records(RECORD_BUDGET)]
         self.sent += len(messages)
         return messages
 

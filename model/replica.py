@@ -63,6 +63,24 @@ def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.nda
     return out
 
 
+def _pack_ids(ids: list[str]) -> dict[str, np.ndarray]:
+    """Ids as one UTF-8 blob and where each ends (fixed-width unicode arrays would take four
+    bytes times the longest id for every id)."""
+    encoded = [v.encode() for v in ids]
+    return {
+        "id_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
+        "id_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
+    }
+
+
+def _unpack_ids(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    if not ends.size:
+        return []
+    data = blob.tobytes()
+    starts = [0, *ends[:-1].tolist()]
+    return [data[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
+
+
 class ReplicatedRanker(EmbeddingRanker):
     """The default model with new video vectors drawn from the video id (:func:`initial_vectors`)
     instead of its random stream, so every worker starts a video at the same point; otherwise
@@ -118,7 +136,7 @@ class VideoUpdates:
         np.savez(
             buffer,
             format=np.array(_FORMAT),
-            ids=np.array(self.ids, dtype=str),
+            **_pack_ids(self.ids),
             pair_i=self.pairs[0],
             pair_j=self.pairs[1],
             pair_count=self.pairs[2],
@@ -137,7 +155,7 @@ class VideoUpdates:
                     raise ValueError(f"not {_FORMAT}: {arrays['format']}")
                 tables = {k.split(".", 1)[1]: arrays[k] for k in arrays.files if k.startswith("table.")}
                 return cls(
-                    ids=arrays["ids"].tolist(),
+                    ids=_unpack_ids(arrays["id_bytes"], arrays["id_ends"]),
                     tables=tables,
                     pairs=(arrays["pair_i"], arrays["pair_j"], arrays["pair_count"]),
                     own=arrays["own"],
@@ -146,35 +164,55 @@ class VideoUpdates:
         except (OSError, KeyError, ValueError) as err:
             raise ValueError(f"not video updates: {err}") from None
 
-    def split(self, most: int) -> list[VideoUpdates]:
-        """In parts of at most ``most`` videos (a Kafka record has a size limit); the pairs go
-        with the part holding their first video, the other video's id added to it."""
-        if len(self.ids) <= most:
-            return [self]
-        parts = []
-        i_all, j_all, c_all = self.pairs
-        for start in range(0, len(self.ids), most):
-            stop = min(start + most, len(self.ids))
-            ids = self.ids[start:stop]
-            mine = (i_all >= start) & (i_all < stop)
-            others = np.unique(j_all[mine][(j_all[mine] < start) | (j_all[mine] >= stop)])
-            extra = [self.ids[k] for k in others.tolist()]
-            position = {k: n for n, k in enumerate([*range(start, stop), *others.tolist()])}
-            pi = np.array([position[k] for k in i_all[mine].tolist()], dtype=np.int32)
-            pj = np.array([position[k] for k in j_all[mine].tolist()], dtype=np.int32)
-            zeros = len(extra)
-            tables = {
-                name: np.concatenate([values[start:stop], np.zeros((zeros, *values.shape[1:]), values.dtype)])
-                for name, values in self.tables.items()
-            }
-            own = (
-                np.concatenate([self.own[start:stop], np.zeros(zeros, np.float32)])
-                if self.own.size
-                else self.own
+    def records(self, budget: int = 900_000) -> list[bytes]:
+        """The updates as records of at most ``budget`` bytes each (a Kafka record's limit is
+        1 MB by default): the videos' rows in parts, then the co-occurrence pairs in parts."""
+        rows = VideoUpdates(self.ids, self.tables, own=self.own, alpha=self.alpha)
+        out = _fit(rows, budget, by_pairs=False)
+        if self.pairs[2].size:
+            i, j, counts = self.pairs
+            involved = np.unique(np.concatenate([i, j]))
+            position = np.full(len(self.ids), -1, dtype=np.int32)
+            position[involved] = np.arange(involved.size, dtype=np.int32)
+            pairs = VideoUpdates(
+                [self.ids[k] for k in involved.tolist()],
+                {},
+                (position[i], position[j], counts),
+                alpha=np.zeros(2, np.float32),
             )
-            alpha = self.alpha if start == 0 else np.zeros(2, np.float32)
-            parts.append(VideoUpdates([*ids, *extra], tables, (pi, pj, c_all[mine]), own, alpha))
-        return parts
+            out += _fit(pairs, budget, by_pairs=True)
+        return out
+
+    def _videos(self, start: int, stop: int) -> VideoUpdates:
+        return VideoUpdates(
+            self.ids[start:stop],
+            {name: values[start:stop] for name, values in self.tables.items()},
+            own=self.own[start:stop] if self.own.size else self.own,
+            alpha=self.alpha if start == 0 else np.zeros(2, np.float32),
+        )
+
+    def _pairs(self, start: int, stop: int) -> VideoUpdates:
+        i, j, counts = (a[start:stop] for a in self.pairs)
+        involved = np.unique(np.concatenate([i, j]))
+        position = np.full(len(self.ids), -1, dtype=np.int32)
+        position[involved] = np.arange(involved.size, dtype=np.int32)
+        return VideoUpdates(
+            [self.ids[k] for k in involved.tolist()],
+            {},
+            (position[i], position[j], counts),
+            alpha=np.zeros(2, np.float32),
+        )
+
+
+def _fit(part: VideoUpdates, budget: int, by_pairs: bool) -> list[bytes]:
+    """``part`` as records within ``budget`` bytes: halved (by videos, or by pairs) until each fits."""
+    data = part.to_bytes()
+    size = part.pairs[2].size if by_pairs else len(part.ids)
+    if len(data) <= budget or size <= 1:
+        return [data]
+    half = size // 2
+    cut = part._pairs if by_pairs else part._videos
+    return _fit(cut(0, half), budget, by_pairs) + _fit(cut(half, size), budget, by_pairs)
 
 
 class VideoReplica:
@@ -311,10 +349,12 @@ class VideoReplica:
             if m._use_cooc(n):
                 m._cooc.ensure(n)
                 self._align()
-                np.add.at(m._cooc.array, (rows[i], rows[j]), counts)
-                np.add.at(self._cooc, (rows[i], rows[j]), counts)
-                m._cooc.counts[rows] += updates.own
-                self._own[rows] += updates.own
+                if counts.size:
+                    np.add.at(m._cooc.array, (rows[i], rows[j]), counts)
+                    np.add.at(self._cooc, (rows[i], rows[j]), counts)
+                if updates.own.size:
+                    m._cooc.counts[rows] += updates.own
+                    self._own[rows] += updates.own
         self._apply_alpha(updates.alpha)
         life = m._life
         if life.enabled and np.isfinite(life.clock.now):

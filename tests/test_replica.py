@@ -108,13 +108,15 @@ def test_updates_commute_and_survive_the_wire_in_parts():
     b.model.learn_many([e for e in events if worker_of(e.viewer, 2) == 1])
     from_a, from_b = a.take(), b.take()
     assert len(from_a) and len(from_b)
-    # c gets a's updates whole then b's in parts of 50 videos; a fourth the other way round.
+    # c gets a's updates whole then b's in records of 20 kB; a fourth the other way round.
     d = VideoReplica(ReplicatedRanker())
     c.apply(from_a)
-    for part in from_b.split(50):
-        c.apply(VideoUpdates.from_bytes(part.to_bytes()))
-    for part in from_b.split(7):
-        d.apply(part)
+    records = from_b.records(budget=20_000)
+    assert len(records) > 2 and all(len(r) <= 20_000 for r in records)
+    for record in records:
+        c.apply(VideoUpdates.from_bytes(record))
+    for record in reversed(from_b.records(budget=7_000)):
+        d.apply(VideoUpdates.from_bytes(record))
     d.apply(from_a)
     ids = sorted(c.model.videos.ids)
     assert sorted(d.model.videos.ids) == ids
