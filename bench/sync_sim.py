@@ -30,7 +30,6 @@ worker's viewers are a random sample of everyone's, so its popularity estimates 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -46,56 +45,14 @@ import numpy as np  # noqa: E402
 from kafka.partitioner.default import murmur2  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
-from model.embedding import EmbeddingRanker  # noqa: E402
 from model.evaluate import StreamingEvaluator  # noqa: E402
+from model.replica import SHARED_TABLES, ReplicatedRanker, initial_vectors  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
 BATCH = 256
-#: The per-video tables exchanged (additive), by the model's part names.
-SHARED = (
-    "video_vectors",
-    "video_vectors_acc",
-    "transitions",
-    "transitions_acc",
-    "video_bias",
-    "video_bias_acc",
-)
-
-
-class Replica(EmbeddingRanker):
-    """The default model whose new video vectors are a function of the video id and the seed,
-    so two workers that meet a video agree on where it starts."""
-
-    def _grow(self, batch) -> None:  # noqa: ANN001
-        before = len(self.videos)
-        super()._grow(batch)
-        self._init_by_id(before)
-
-    def _init_by_id(self, before: int) -> None:
-        after = len(self.videos)
-        if after > before:
-            ids = [self.videos.id_of(row) for row in range(before, after)]
-            self._E.array[before:after] = initial_vectors(ids, self.dim, self.init_scale, self.seed or 0)
-
-    def adopt(self, ids: list[str]) -> None:
-        """Videos a peer met first: created here with their agreed start (values come after)."""
-        before = len(self.videos)
-        self.videos.add_many(ids)
-        n = len(self.videos)
-        self._E.ensure(n)
-        for table in self._video_tables().values():
-            table.ensure(n)
-        self._init_by_id(before)
-
-
-def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.ndarray:
-    """Normal(0, scale) vectors seeded by each id (the same on every worker)."""
-    out = np.empty((len(ids), dim), dtype=np.float32)
-    for i, video in enumerate(ids):
-        key = int.from_bytes(hashlib.blake2b(f"{seed}:{video}".encode(), digest_size=8).digest(), "big")
-        out[i] = np.random.default_rng(key).normal(0.0, scale, dim)
-    return out
+#: The per-video tables exchanged, but the watch counts (exchanged apart, in float64).
+SHARED = tuple(name for name in SHARED_TABLES if name != "watch_counts")
 
 
 class Group:
@@ -104,7 +61,7 @@ class Group:
     def __init__(self, workers: int, catalogue: list[str], combine: str = "sum") -> None:
         self.combine = combine
         settings = {"viewer_ttl": None, "video_ttl": None}
-        self.replicas = [Replica(**settings) for _ in range(workers)]
+        self.replicas = [ReplicatedRanker(**settings) for _ in range(workers)]
         self.evaluators = [StreamingEvaluator("streamrec", n=10) for _ in range(workers)]
         self.ids = catalogue
         self.index = {v: i for i, v in enumerate(catalogue)}
@@ -124,7 +81,7 @@ class Group:
         self.agreed_alpha[0] = self.replicas[0].cooc_weight
         self.bytes_sent: list[int] = []
 
-    def _rows(self, replica: Replica) -> tuple[np.ndarray, np.ndarray]:
+    def _rows(self, replica: ReplicatedRanker) -> tuple[np.ndarray, np.ndarray]:
         """Global index and local row of every video the replica knows."""
         local = replica.videos.get_many(self.ids)
         known = np.flatnonzero(local >= 0)

@@ -11,15 +11,17 @@ from the manifests of the checkpoints it wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import orjson
@@ -168,6 +170,30 @@ def latest_manifest(checkpoints: Path, worker: str = "*") -> dict:
 #: (see ``kill_leftovers``), or it would go on loading the machine and the broker for the rest
 #: of the run, and spin once its topics are deleted.
 _RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def in_thread(service) -> Iterator:
+    """Run ``service`` (a StreamrecService) in a thread for the ``with`` block, then stop it;
+    a service thread that died fails the test, and ``service.failed`` says why meanwhile."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            service.run()
+        except BaseException as err:  # a dead service thread must fail the test, loudly
+            failed.append(err)
+            raise
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    service.failed = failed
+    try:
+        yield service
+    finally:
+        service.stop()
+        thread.join(60)
+    assert not failed, failed
 
 
 def kill_leftovers() -> int:

@@ -9,7 +9,6 @@ replay the seeded synthetic stream through real models, as the service would sho
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from consumer.runner import build_service
 from contract.events import WatchEvent
 from contract.schema import event_to_json
 from model.registry import create
-from tests.service_helpers import produce, read_all, topics, wait_for
+from tests.service_helpers import in_thread, produce, read_all, topics, wait_for
 from tests.streams import synthetic
 
 ARMS = "control=streamrec,treatment=most_popular"
@@ -215,24 +214,8 @@ def serving(config: ServiceConfig, prepare: Callable | None = None) -> Iterator:
     )
     if prepare is not None:
         prepare(service)
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as err:  # a dead service thread must fail the test, loudly
-            failed.append(err)
-            raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    service.failed = failed  # for the tests' messages: why a service never got there
-    try:
+    with in_thread(service):
         yield service
-    finally:
-        service.stop()
-        thread.join(60)
-    assert not failed, failed
 
 
 def experiment_config(kafka_bootstrap: str, names: dict, checkpoints: Path | str = "none", **extra):

@@ -8,10 +8,7 @@ must pick up where it was without applying anything twice.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,32 +16,14 @@ import pytest
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from model.replica import SHARED_TABLES
-from tests.service_helpers import produce, topics, wait_for
+from tests.service_helpers import in_thread, produce, topics, wait_for
 from tests.streams import synthetic
 from tests.test_faults import keyed
 
 
-@contextlib.contextmanager
-def running(config: ServiceConfig) -> Iterator:
-    service = build_service(config, with_metrics=False)
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as err:  # a dead worker must fail the test, loudly
-            failed.append(err)
-            raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    service.failed = failed
-    try:
-        yield service
-    finally:
-        service.stop()
-        thread.join(60)
-    assert not failed, failed
+def running(config: ServiceConfig):
+    """The service of ``config`` in a thread for a ``with`` block."""
+    return in_thread(build_service(config, with_metrics=False))
 
 
 def video_state(service) -> dict[str, dict[str, np.ndarray]]:
