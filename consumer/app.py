@@ -798,8 +798,12 @@ class StreamrecService:
         """What each viewer would have been shown just before each event (the live quality), then
         learn: every arm's model on the events it learns from (:meth:`consumer.arms.Arms.learns`)."""
         arms = self.arms
-        split = arms.split(events)
-        online = {name: self._online([events[i] for i in at]) for name, at in split.items()}
+        if arms.experiment:
+            split = arms.split(events)
+            online = {name: self._online([events[i] for i in at]) for name, at in split.items()}
+        else:  # one arm: all the events, without splitting or copying them
+            split = {}
+            online = {arms.control.name: self._online(events)}
         for name, counts in online.items():
             self.tallies[name] += counts
         n = self.config.top_n

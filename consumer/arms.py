@@ -219,12 +219,15 @@ class Arms:
             out[arm_of(e.viewer)].append(i)
         return out
 
-    def learns(self, arm: Arm, events: Sequence[WatchEvent], split: dict[str, list[int]]) -> list[WatchEvent]:
-        """The events ``arm`` learns from (and is tested on) in this batch."""
+    def learns(
+        self, arm: Arm, events: Sequence[WatchEvent], split: dict[str, list[int]]
+    ) -> Sequence[WatchEvent]:
+        """The events ``arm`` learns from (and is tested on) in this batch (``events`` itself
+        when it learns them all: no copy on the hot path)."""
         if not arm.healthy:
             return []
         if self.learn_from == "all" or len(self.arms) == 1:
-            return list(events)
+            return events
         return [events[i] for i in split[arm.name]]
 
     def fresh(self) -> None:

@@ -338,23 +338,22 @@ class VideoReplica:
         if missing:
             m.adopt(missing)
             rows = m.videos.get_many(updates.ids)
+        i, j, counts = updates.pairs
+        cooc = bool(counts.size or updates.own.size) and m._use_cooc(len(m.videos))
+        if cooc:
+            m._cooc.ensure(len(m.videos))  # before aligning: the agreed counts follow its size
         self._align()
         parts = m.state_parts()
         for name, values in updates.tables.items():
             parts[name].array[rows] += values
             self._agreed[name][rows] += values
-        i, j, counts = updates.pairs
-        if counts.size or updates.own.size:
-            n = len(m.videos)
-            if m._use_cooc(n):
-                m._cooc.ensure(n)
-                self._align()
-                if counts.size:
-                    np.add.at(m._cooc.array, (rows[i], rows[j]), counts)
-                    np.add.at(self._cooc, (rows[i], rows[j]), counts)
-                if updates.own.size:
-                    m._cooc.counts[rows] += updates.own
-                    self._own[rows] += updates.own
+        if cooc:
+            if counts.size:
+                np.add.at(m._cooc.array, (rows[i], rows[j]), counts)
+                np.add.at(self._cooc, (rows[i], rows[j]), counts)
+            if updates.own.size:
+                m._cooc.counts[rows] += updates.own
+                self._own[rows] += updates.own
         self._apply_alpha(updates.alpha)
         life = m._life
         if life.enabled and np.isfinite(life.clock.now):

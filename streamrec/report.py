@@ -324,20 +324,7 @@ def readout_table(arms: Sequence[ArmReadout], control: str = CONTROL, alpha: flo
         watch = _count(a.hit_watch_s)
         if a.shown_watch_s > 0:
             watch += f" ({a.hit_watch_s / a.shown_watch_s:.1%})"
-        rows.append(
-            (
-                a.arm + ("" if a.healthy else " (falling back)"),
-                a.model or "-",
-                _maybe(a.share, "{:.0%}"),
-                _count(a.online.shown),
-                _interval(a.hit_rate),
-                watch,
-                _maybe(a.hr_at_10, "{:.4f}"),
-                _maybe(a.coverage, "{:.3f}"),
-                _maybe(a.popularity_bias, "{:.3f}"),
-                _count(a.fallbacks),
-            )
-        )
+        rows.append(_arm_cells(a, watch))
     lines += _columns(rows, right=(2, 3, 9))
     lines.append("")
     versus = [a for a in arms if a.versus_control is not None]
@@ -354,6 +341,22 @@ def readout_table(arms: Sequence[ArmReadout], control: str = CONTROL, alpha: flo
         rows.append((a.arm, _difference(c), _p_value(c.p_value), verdict))
     lines += _columns(rows, right=(2,))
     return "\n".join(lines)
+
+
+def _arm_cells(a: ArmReadout, watch: str) -> tuple[str, ...]:
+    """One arm's cells of the readout tables (text and picture); ``watch``: its watch-time cell."""
+    return (
+        a.arm + ("" if a.healthy else " (falling back)"),
+        a.model or "-",
+        _maybe(a.share, "{:.0%}"),
+        _count(a.online.shown),
+        _interval(a.hit_rate),
+        watch,
+        _maybe(a.hr_at_10, "{:.4f}"),
+        _maybe(a.coverage, "{:.3f}"),
+        _maybe(a.popularity_bias, "{:.3f}"),
+        _count(a.fallbacks),
+    )
 
 
 def _interval(rate: Interval) -> str:
@@ -603,16 +606,7 @@ def _readout_cells(ax, arms: Sequence[ArmReadout]) -> None:
         c = a.versus_control
         rows.append(
             (
-                a.arm + ("" if a.healthy else " (falling back)"),
-                a.model or "-",
-                _maybe(a.share, "{:.0%}"),
-                _count(a.online.shown),
-                _interval(a.hit_rate),
-                _count(a.hit_watch_s),
-                _maybe(a.hr_at_10, "{:.4f}"),
-                _maybe(a.coverage, "{:.3f}"),
-                _maybe(a.popularity_bias, "{:.3f}"),
-                _count(a.fallbacks),
+                *_arm_cells(a, _count(a.hit_watch_s)),
                 "-" if c is None else _difference(c),
                 "-" if c is None else _p_value(c.p_value) + (" *" if c.decided else ""),
             )

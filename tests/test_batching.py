@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 
 import orjson
@@ -26,7 +25,7 @@ from consumer.partitioner import SMALL_BATCH, murmur2_many, partitions
 from consumer.runner import build_service
 from contract.schema import event_to_json
 from producer.synth import synth_events
-from tests.service_helpers import produce, read_all, topics, wait_for
+from tests.service_helpers import in_thread, produce, read_all, topics, wait_for
 
 
 class _Cluster:
@@ -106,22 +105,8 @@ def served(kafka_bootstrap, new_topic):
         polls.append((time.perf_counter() - started, sum(len(r) for r in polled.values())))
 
     service.process = stamped
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            service.run()
-        except BaseException as err:  # a dead service thread must fail the test, loudly
-            failed.append(err)
-            raise
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    service.failed = failed
-    yield service, names, polls
-    service.stop()
-    thread.join(30)
-    assert not failed, failed
+    with in_thread(service):
+        yield service, names, polls
 
 
 def test_batches_follow_the_load_and_lists_land_in_their_keys_partition(kafka_bootstrap, served):
