@@ -471,7 +471,7 @@ class StreamrecService:
         if not self.config.sync_every:
             return
         old = self.exchange
-        exchange = UpdateExchange(self.config, VideoReplica(self.model))
+        exchange = UpdateExchange(self.config, VideoReplica(self.model), metrics=self.metrics)
         if saved is not None and saved.exists():
             exchange.load_arrays(read_npz(saved, ValueError))
         if old is not None:

@@ -46,8 +46,10 @@ RECORD_BUDGET = 900_000
 class UpdateExchange:
     """This worker's side of the update topic: what to send, and its peers' updates to apply."""
 
-    def __init__(self, config: ServiceConfig, replica: VideoReplica) -> None:
+    def __init__(self, config: ServiceConfig, replica: VideoReplica, metrics=None) -> None:
         self.config = config
+        #: The worker's :class:`consumer.metrics.ServiceMetrics`, or ``None``.
+        self.metrics = metrics
         self.topic = config.sync_topic_name
         self.worker = config.worker
         self.replica = replica
