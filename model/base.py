@@ -19,7 +19,9 @@ outside ``model/`` ever probes a model's attributes:
 * ``clock``: the model's event time, on which it forgets ids after ``viewer_ttl`` seconds;
 * ``video_counts()``: watches per video row, for the popularity-bias metric;
 * ``save(path)`` / ``load(path)``: one pickle-free file (:mod:`model.persist`), assembled from
-  the parts the model lists in ``state_parts()``.
+  the parts the model lists in ``state_parts()``;
+* ``viewer_states(viewers)`` / ``restore_viewers(states)``: chosen viewers' state as bytes keyed
+  by video id, for the worker that takes their partition over (none by default).
 
 Because the service runs several models side by side (a shadow baseline, A/B arms), nothing
 outside ``model/`` depends on a concrete class: only on this interface.
@@ -28,7 +30,7 @@ outside ``model/`` depends on a concrete class: only on this interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Self
 
@@ -151,6 +153,20 @@ class StreamRanker(Ranker, abc.ABC):
     @abc.abstractmethod
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
         """Scores of ``videos`` for ``viewer`` (``-inf`` for unknown videos). Creates no state."""
+
+    # -- per-viewer state, for a partition that moves (issue 12) -------------------------------
+
+    def viewer_states(self, viewers: Sequence[str]) -> dict[str, bytes]:
+        """Each known viewer's whole state (history, watched videos), by video id, as bytes a
+        :meth:`restore_viewers` of another instance reads; viewers it does not know are left
+        out. A model without per-viewer state returns ``{}`` (this default)."""
+        return {}
+
+    def restore_viewers(self, states: Mapping[str, bytes]) -> int:
+        """Install states :meth:`viewer_states` made (elsewhere), replacing what this instance
+        holds for those viewers; videos it does not know are created as learning creates them.
+        How many were installed (unreadable ones, of another format, are skipped)."""
+        return 0
 
     # -- derived API -------------------------------------------------------------------------
 

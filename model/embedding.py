@@ -73,12 +73,13 @@ past ``cooc_max_videos``. How the defaults were chosen, with the measurements, i
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from contract.events import WatchEvent
+from model import viewer_state
 from model.base import CatalogueScorer, ModelStats, Ranking, Recommendation, recommendations
 from model.compiled import (
     NO_BIAS,
@@ -954,6 +955,106 @@ class EmbeddingRanker(CatalogueScorer):
             )
             top[unknown], best[unknown] = t[0], b[0]
         return _rows_at(columns, top), best
+
+    # -- handover: viewers' state by video id (issue 12, :mod:`model.viewer_state`) ------------
+
+    def viewer_states(self, viewers: Sequence[str]) -> dict[str, bytes]:
+        """Each known viewer's history (ids and weights), seen list and last-seen time, encoded
+        (:func:`model.viewer_state.encode`); the rows of all of them are read in one pass.
+
+        >>> from contract.events import WatchEvent
+        >>> a = EmbeddingRanker(seed=1)
+        >>> a.learn_many([WatchEvent(1.0, "ann", "x"), WatchEvent(2.0, "ann", "y")])
+        >>> b = EmbeddingRanker(seed=2); b.restore_viewers(a.viewer_states(["ann", "nobody"]))
+        1
+        >>> [b.videos.id_of(r) for r in b.seen.of(b.viewers.get("ann"))], b.recommend("ann", n=2).videos
+        (['x', 'y'], [])
+        """
+        viewers = list(viewers)
+        rows = self.viewers.get_many(viewers)
+        known = np.flatnonzero(rows >= 0)
+        if not known.size:
+            return {}
+        rows = rows[known]
+        items, weights = self._recent.of_rows(rows)
+        last = self._life.viewers.array
+        times = np.full(rows.size, np.nan)
+        inside = rows < last.shape[0]
+        times[inside] = last[rows[inside]]
+        ids, seen_of = self.videos.ids, self.seen.of
+        out: dict[str, bytes] = {}
+        for i, row, history, w, t in zip(
+            known.tolist(), rows.tolist(), items.tolist(), weights, times.tolist(), strict=True
+        ):
+            state = viewer_state.ViewerState(
+                viewer_state.FORMAT,
+                t,
+                [ids[r] if r >= 0 else "" for r in history],
+                w.tobytes(),
+                [ids[r] for r in seen_of(row)],
+            )
+            out[viewers[i]] = viewer_state.encode(state)
+        return out
+
+    def restore_viewers(self, states: Mapping[str, bytes]) -> int:
+        """Install viewers' states (:meth:`viewer_states` of another instance), replacing theirs
+        here: history, seen list, last-seen time. Videos this instance does not know are created
+        as a peer's video is (:meth:`adopt`); a state older than ``viewer_ttl`` (by this model's
+        clock) is expired already and skipped, as is one that cannot be read."""
+        decoded: dict[str, viewer_state.ViewerState] = {}
+        for viewer, data in states.items():
+            try:
+                decoded[viewer] = viewer_state.decode(data)
+            except ValueError:
+                continue
+        now = self._life.now
+        if self.viewer_ttl is not None and math.isfinite(now):
+            cutoff = now - self.viewer_ttl
+            decoded = {v: s for v, s in decoded.items() if not s.last_seen < cutoff}
+        if not decoded:
+            return 0
+        named = list(dict.fromkeys(v for s in decoded.values() for v in (*s.history, *s.seen) if v))
+        missing = [v for v, r in zip(named, self.videos.get_many(named).tolist(), strict=True) if r < 0]
+        times = np.array([s.last_seen for s in decoded.values()], dtype=np.float64)
+        if missing:
+            created = self.adopt(missing)
+            if self._life.enabled:  # seen now, or they expire at the next run
+                latest = now if math.isfinite(now) else np.nanmax(times, initial=-np.inf)
+                self._life.videos.touch(created, float(latest))
+        viewer_rows = self.viewers.add_many(list(decoded))
+        self._recent.ensure(len(self.viewers))
+        row_of = self.videos.get
+        items = np.full((len(decoded), self.history), -1, dtype=np.int64)
+        weights = np.zeros((len(decoded), self.history), dtype=np.float32)
+        for i, s in enumerate(decoded.values()):
+            slots = min(len(s.history), self.history)  # a sender with another history length
+            items[i, :slots] = [row_of(v) if v else -1 for v in s.history[:slots]]
+            weights[i, :slots] = s.history_weights()[:slots]
+        weights[items < 0] = 0.0
+        self._recent.store(viewer_rows, items, weights)
+        self.seen.replace(viewer_rows.tolist(), [[row_of(v) for v in s.seen] for s in decoded.values()])
+        if self._life.enabled:
+            seen_at = np.where(np.isnan(times), now, times)
+            self._life.viewers.table.ensure(len(self.viewers))
+            self._life.viewers.array[viewer_rows] = seen_at
+        self._changed()
+        return len(decoded)
+
+    def adopt(self, ids: list[str]) -> np.ndarray:
+        """Videos met elsewhere (a restored viewer watched them), created here as learning
+        creates a new video; their rows. :class:`model.replica.ReplicatedRanker` starts them
+        at the vectors every worker agrees on instead."""
+        rows = self.videos.add_many(ids)
+        n = len(self.videos)
+        self._E.ensure(n)
+        for table in self._video_tables().values():
+            table.ensure(n)
+            table.reset(rows)  # a reused row holds what its last video left
+        if self._use_cooc(n):
+            self._cooc.ensure(n)
+        self._E.array[rows] = self._random_vectors(rows.size)
+        self._changed()
+        return rows
 
 
 def _NO_EXCLUSIONS(rows: int) -> tuple[np.ndarray, np.ndarray]:  # noqa: N802

@@ -142,6 +142,20 @@ class SeenVideos:
         """
         return self._entries
 
+    def replace(self, viewer_rows: Sequence[int], lists: Sequence[list[int]]) -> None:
+        """Set what each of ``viewer_rows`` watched to its list (a viewer handed over whole).
+
+        >>> s = SeenVideos(); s.add(0, 1); s.replace([2, 0], [[5, 6], [7]]); s.of(0), s.of(2), s.entries()
+        ([7], [5, 6], 3)
+        """
+        seen = self._seen
+        top = max(viewer_rows, default=-1)
+        if top >= len(seen):
+            seen.extend([] for _ in range(top + 1 - len(seen)))
+        for v, videos in zip(viewer_rows, lists, strict=True):
+            self._entries += len(videos) - len(seen[v])
+            seen[v] = list(videos)
+
     def clear_rows(self, viewer_rows: Iterable[int]) -> None:
         """Forget what ``viewer_rows`` watched (released viewers; a reused row starts empty)."""
         seen = self._seen
