@@ -10,6 +10,11 @@ function of the video id and the seed (:class:`ReplicatedRanker`), so workers ag
 before any update. The shortlist's decayed popularity stays local: a worker's viewers are a
 random sample of the group's, so its popularity estimates the group's.
 
+Taking costs what changed, not the catalogue: the model notes what it writes
+(:class:`VideoChanges`: the rows of each batch, the co-occurrence pairs it counts, the rows
+that change video), so :meth:`take` differences only those rows and sends the counted pairs
+as they are, without a copy of the dense co-occurrence matrix to compare against.
+
 >>> from contract.events import WatchEvent
 >>> a, b = ReplicatedRanker(), ReplicatedRanker()
 >>> ra, rb = VideoReplica(a), VideoReplica(b)
@@ -26,13 +31,22 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from model.embedding import EmbeddingRanker
+from model.ids import GrowableTable
 
-__all__ = ["ReplicatedRanker", "VideoReplica", "VideoUpdates", "initial_vectors", "SHARED_TABLES"]
+__all__ = [
+    "ReplicatedRanker",
+    "VideoChanges",
+    "VideoReplica",
+    "VideoUpdates",
+    "initial_vectors",
+    "SHARED_TABLES",
+]
 
 #: The per-video tables exchanged, by the model's part names (additive: vectors, their Adagrad
 #: accumulators, biases and watch counts). The decayed popularity (``trending``) stays local.
@@ -45,7 +59,10 @@ SHARED_TABLES = (
     "video_bias_acc",
     "watch_counts",
 )
-_FORMAT = "streamrec.video-updates/1"
+#: Version 2: co-occurrence pairs once per unordered pair (added both ways), in the smallest
+#: integer types that hold them. Version 1 (every ordered pair, float32) is still read.
+_FORMAT = "streamrec.video-updates/2"
+_FORMAT_V1 = "streamrec.video-updates/1"
 
 
 def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.ndarray:
@@ -81,16 +98,247 @@ def _unpack_ids(blob: np.ndarray, ends: np.ndarray) -> list[str]:
     return [data[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
 
 
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Whole non-negative numbers in the smallest unsigned integer type that holds them (counts
+    and positions: 2 bytes instead of 4 on a catalogue under 65,536); anything else as it is.
+
+    >>> _compact(np.array([0.0, 3.0, 70000.0], np.float32)).dtype, _compact(np.array([0.5])).dtype
+    (dtype('uint32'), dtype('float64'))
+    """
+    if not values.size:
+        return values
+    if values.dtype.kind == "f" and not (np.all(values >= 0) and np.all(values == np.round(values))):
+        return values
+    if values.dtype.kind == "i" and values.min() < 0:
+        return values
+    return values.astype(np.min_scalar_type(int(values.max())))
+
+
+_MAGIC = b"streamrec.video-updates/2\n"
+
+
+def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as ``magic, header length (4 bytes), JSON header, data``; each array's data
+    starts at a multiple of 8 bytes.
+
+    >>> back = _unpack(_pack({"a": np.arange(3, dtype=np.uint16), "b": np.ones((2, 2), np.float32)}))
+    >>> back["a"].tolist(), back["b"].shape, back["b"].dtype
+    ([0, 1, 2], (2, 2), dtype('float32'))
+    """
+    entries, offset = [], 0
+    for name, values in arrays.items():
+        values = np.ascontiguousarray(values)
+        entries.append([name, values.dtype.str, list(values.shape), offset])
+        offset += -(-values.nbytes // 8) * 8
+    header = json.dumps({"format": _FORMAT, "arrays": entries}).encode()
+    out = bytearray(len(_MAGIC) + 4 + len(header) + offset)
+    out[: len(_MAGIC)] = _MAGIC
+    out[len(_MAGIC) : len(_MAGIC) + 4] = len(header).to_bytes(4, "little")
+    start = len(_MAGIC) + 4 + len(header)
+    out[start - len(header) : start] = header
+    body = np.frombuffer(out, dtype=np.uint8, offset=start)
+    for (_, _, _, at), values in zip(entries, arrays.values(), strict=True):
+        data = np.ascontiguousarray(values).reshape(-1).view(np.uint8)
+        body[at : at + data.size] = data
+    return bytes(out)
+
+
+def _unpack(data: bytes) -> dict[str, np.ndarray]:
+    """:func:`_pack`'s arrays, read-only views of ``data``; ``ValueError`` if it is not one."""
+    if data[: len(_MAGIC)] != _MAGIC:
+        raise ValueError(f"not {_FORMAT}")
+    size = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
+    start = len(_MAGIC) + 4 + size
+    header = json.loads(data[len(_MAGIC) + 4 : start])
+    out = {}
+    for name, dtype, shape, at in header["arrays"]:
+        kind = np.dtype(dtype)
+        if kind.kind not in "biuf":
+            raise ValueError(f"array {name} of type {dtype}")
+        count = int(np.prod(shape, dtype=np.int64))
+        if at < 0 or start + at + count * kind.itemsize > len(data):
+            raise ValueError(f"array {name} runs past the record's end")
+        out[name] = np.frombuffer(data, dtype=kind, count=count, offset=start + at).reshape(shape)
+    return out
+
+
+class VideoChanges:
+    """What a :class:`ReplicatedRanker` wrote to its shared video state since its replica last
+    took it: rows of the shared tables written (``dirty``), rows whose video changed (created,
+    reused or released), and the co-occurrence counts added, as the pairs counted and each
+    event's video (the model's :func:`~model.compiled.cooc_add` adds a pair both ways and the
+    video once). A release drops what was counted for the released rows: their counts are
+    cleared in the model too.
+
+    >>> c = VideoChanges()
+    >>> c.counted(np.array([[1, -1], [0, 2]]), np.array([0, 3]), window=2)
+    >>> lo, hi, counts, own_rows, own_counts = c.pop_counts()
+    >>> lo.tolist(), hi.tolist(), counts.tolist(), own_rows.tolist(), own_counts.tolist()
+    ([0, 0, 2], [1, 3, 3], [1.0, 1.0, 1.0], [0, 3], [1.0, 1.0])
+    """
+
+    def __init__(self) -> None:
+        self._dirty = np.zeros(1024, dtype=bool)
+        self._renamed: list[np.ndarray] = []
+        self._lo: list[np.ndarray] = []
+        self._hi: list[np.ndarray] = []
+        self._weight: list[np.ndarray] = []
+        self._own_rows: list[np.ndarray] = []
+        self._own_weight: list[np.ndarray] = []
+
+    def clear(self) -> None:
+        """Nothing changed (everything the model holds is agreed)."""
+        self.__init__()
+
+    # -- noting ---------------------------------------------------------------------------------
+
+    def wrote(self, *rows: np.ndarray) -> None:
+        """Rows of the shared tables were written."""
+        for r in rows:
+            if r.size:
+                top = int(r.max()) + 1
+                if top > self._dirty.size:
+                    grown = np.zeros(max(top, 2 * self._dirty.size), dtype=bool)
+                    grown[: self._dirty.size] = self._dirty
+                    self._dirty = grown
+                self._dirty[r] = True
+
+    def renamed(self, rows: np.ndarray) -> None:
+        """Rows now hold another video (created for a new one, reused, or released)."""
+        if rows.size:
+            self._renamed.append(np.asarray(rows, dtype=np.int64))
+
+    def counted(self, history: np.ndarray, videos: np.ndarray, window: int) -> None:
+        """The co-occurrence counts the model adds for a batch (as :func:`model.compiled.cooc_add`):
+        each event's video with each of the first ``window`` videos of its history, once."""
+        reach = min(window, history.shape[1])
+        near = history[:, :reach]
+        video = np.broadcast_to(videos[:, None], near.shape)
+        ok = (near >= 0) & (near != video)
+        i, j = video[ok], near[ok]
+        self._lo.append(np.minimum(i, j).astype(np.int64))
+        self._hi.append(np.maximum(i, j).astype(np.int64))
+        self._weight.append(np.ones(i.size, np.float32))
+        self._own_rows.append(np.asarray(videos, dtype=np.int64))
+        self._own_weight.append(np.ones(videos.size, np.float32))
+
+    def carried(self, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, own_rows, own_counts) -> None:  # noqa: ANN001
+        """Counts already summed (restored from a checkpoint), pending like counted ones."""
+        self._lo.append(lo.astype(np.int64))
+        self._hi.append(hi.astype(np.int64))
+        self._weight.append(counts.astype(np.float32))
+        self._own_rows.append(own_rows.astype(np.int64))
+        self._own_weight.append(own_counts.astype(np.float32))
+
+    def forget_counts(self) -> None:
+        """The model dropped its co-occurrence counts (past its cap): nothing of them to send."""
+        self._lo, self._hi, self._weight, self._own_rows, self._own_weight = [], [], [], [], []
+
+    def released(self, rows: np.ndarray) -> None:
+        """Rows released by expiry: their counts are gone, and so is anything noted of them."""
+        if not rows.size:
+            return
+        self.renamed(rows)
+        lo, hi, weight, own_rows, own_weight = self.pop_counts(summed=False)
+        keep = ~(np.isin(lo, rows) | np.isin(hi, rows))
+        keep_own = ~np.isin(own_rows, rows)
+        self.carried(lo[keep], hi[keep], weight[keep], own_rows[keep_own], own_weight[keep_own])
+        self._dirty[rows[rows < self._dirty.size]] = False
+
+    # -- taking ---------------------------------------------------------------------------------
+
+    def pop_dirty(self, n: int) -> np.ndarray:
+        """The rows below ``n`` written since the last call, sorted; forgets them."""
+        rows = np.flatnonzero(self._dirty[:n])
+        self._dirty[:] = False
+        return rows
+
+    def pop_renamed(self) -> np.ndarray:
+        """The rows that changed video since the last call, sorted; forgets them."""
+        rows = np.unique(np.concatenate(self._renamed)) if self._renamed else np.zeros(0, np.int64)
+        self._renamed = []
+        return rows
+
+    def pop_counts(self, summed: bool = True) -> tuple[np.ndarray, ...]:
+        """``(lo, hi, counts, own_rows, own_counts)`` noted since the last call (``summed``:
+        one entry per pair and per row, sorted); forgets them."""
+        parts = (self._lo, self._hi, self._weight, self._own_rows, self._own_weight)
+        lo, hi, weight, own_rows, own_weight = (
+            np.concatenate(p) if p else np.zeros(0, np.float32 if k in (2, 4) else np.int64)
+            for k, p in enumerate(parts)
+        )
+        self.forget_counts()
+        if not summed or not lo.size and not own_rows.size:
+            return lo, hi, weight, own_rows, own_weight
+        size = int(max(hi.max(initial=-1), own_rows.max(initial=-1))) + 1
+        codes, at = np.unique(lo * size + hi, return_inverse=True)
+        counts = np.bincount(at.ravel(), weights=weight, minlength=codes.size).astype(np.float32)
+        own_all = np.bincount(own_rows, weights=own_weight, minlength=size)
+        rows = np.flatnonzero(own_all)
+        return codes // size, codes % size, counts, rows, own_all[rows].astype(np.float32)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What is noted and not yet taken (saved with the replica; the lists are summed)."""
+        lo, hi, counts, own_rows, own_counts = self.pop_counts()
+        self.carried(lo, hi, counts, own_rows, own_counts)
+        renamed = self.pop_renamed()
+        self.renamed(renamed)
+        return {
+            "dirty": np.flatnonzero(self._dirty),
+            "renamed": renamed,
+            "pair_lo": lo,
+            "pair_hi": hi,
+            "pair_count": counts,
+            "own_rows": own_rows,
+            "own_count": own_counts,
+        }
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.clear()
+        self.wrote(arrays["dirty"])
+        self.renamed(arrays["renamed"])
+        self.carried(
+            arrays["pair_lo"],
+            arrays["pair_hi"],
+            arrays["pair_count"],
+            arrays["own_rows"],
+            arrays["own_count"],
+        )
+
+
 class ReplicatedRanker(EmbeddingRanker):
     """The default model with new video vectors drawn from the video id (:func:`initial_vectors`)
-    instead of its random stream, so every worker starts a video at the same point; otherwise
-    the same model, under the same name."""
+    instead of its random stream, so every worker starts a video at the same point, and noting
+    what it writes to the shared video state (:attr:`changes`); otherwise the same model, under
+    the same name."""
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        #: What was written since the replica last took (:class:`VideoChanges`).
+        self.changes = VideoChanges()
 
     def _grow(self, batch) -> None:  # noqa: ANN001 - the parent's private batch type
         super()._grow(batch)
         fresh = np.unique(batch.video_rows[~batch.video_known])
         if fresh.size:  # new ids, in new rows or in rows released by expiry and reused
             self._start(fresh)
+            self.changes.renamed(fresh)
+
+    def _update(self, events, batch, *step) -> None:  # noqa: ANN001 - the parent's private types
+        # Noted before the parent's step: expiry at its end may release rows counted here.
+        if self._use_cooc(len(self.videos)):
+            self.changes.counted(batch.history, batch.video_rows, self.cooc_window)
+        else:
+            self.changes.forget_counts()
+        self.changes.wrote(batch.columns, batch.in_history, batch.video_rows)
+        super()._update(events, batch, *step)
+
+    def _expire(self) -> None:
+        before = len(self.videos.free_rows)
+        super()._expire()
+        self.changes.released(np.asarray(self.videos.free_rows[before:], dtype=np.int64))
 
     def _start(self, rows: np.ndarray) -> None:
         ids = [self.videos.id_of(int(r)) for r in rows]
@@ -109,6 +357,7 @@ class ReplicatedRanker(EmbeddingRanker):
             if name != "video_vectors":
                 table.reset(rows)  # a reused row holds what its last video left
         self._start(rows)
+        self.changes.renamed(rows)
         self._changed()
         return rows
 
@@ -116,8 +365,9 @@ class ReplicatedRanker(EmbeddingRanker):
 @dataclass
 class VideoUpdates:
     """What one worker added to the video state: per video id, the change of each shared table;
-    co-occurrence changes as ``(i, j, count)`` with ``i``, ``j`` positions in ``ids``, and each
-    video's own count; the change of the co-occurrence weight and its accumulator."""
+    co-occurrence changes as ``(i, j, count)`` with ``i``, ``j`` positions in ``ids``, each
+    unordered pair once (added at ``(i, j)`` and ``(j, i)``), and each video's own count; the
+    change of the co-occurrence weight and its accumulator."""
 
     ids: list[str]
     tables: dict[str, np.ndarray]
@@ -131,37 +381,43 @@ class VideoUpdates:
         return len(self.ids)
 
     def to_bytes(self) -> bytes:
-        """The updates as one ``.npz`` (no pickle): a Kafka record's value."""
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            format=np.array(_FORMAT),
+        """The updates as one record value: a small JSON header naming each array (dtype, shape,
+        where it starts) and the arrays' bytes after it (no pickle, no zip: one copy of each)."""
+        arrays = {
             **_pack_ids(self.ids),
-            pair_i=self.pairs[0],
-            pair_j=self.pairs[1],
-            pair_count=self.pairs[2],
-            own=self.own,
-            alpha=self.alpha,
+            "pair_i": _compact(self.pairs[0]),
+            "pair_j": _compact(self.pairs[1]),
+            "pair_count": _compact(self.pairs[2]),
+            "own": _compact(self.own),
+            "alpha": self.alpha,
             **{f"table.{name}": values for name, values in self.tables.items()},
-        )
-        return buffer.getvalue()
+        }
+        return _pack(arrays)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VideoUpdates:
-        """Read :meth:`to_bytes`' output; ``ValueError`` for anything else."""
+        """Read :meth:`to_bytes`' output (or version 1's ``.npz``); ``ValueError`` for anything else."""
         try:
-            with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-                if str(arrays["format"]) != _FORMAT:
-                    raise ValueError(f"not {_FORMAT}: {arrays['format']}")
-                tables = {k.split(".", 1)[1]: arrays[k] for k in arrays.files if k.startswith("table.")}
-                return cls(
-                    ids=_unpack_ids(arrays["id_bytes"], arrays["id_ends"]),
-                    tables=tables,
-                    pairs=(arrays["pair_i"], arrays["pair_j"], arrays["pair_count"]),
-                    own=arrays["own"],
-                    alpha=arrays["alpha"],
-                )
-        except (OSError, KeyError, ValueError) as err:
+            if data[:2] == b"PK":  # version 1
+                with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+                    arrays = {k: npz[k] for k in npz.files}
+                if str(arrays.get("format")) != _FORMAT_V1:
+                    raise ValueError(f"not {_FORMAT}: {arrays.get('format')}")
+            else:
+                arrays = _unpack(data)
+            tables = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("table.")}
+            i, j, counts = (arrays[k] for k in ("pair_i", "pair_j", "pair_count"))
+            if "format" in arrays:  # version 1: every ordered pair, so each unordered one twice
+                once = i < j
+                i, j, counts = i[once], j[once], counts[once]
+            return cls(
+                ids=_unpack_ids(arrays["id_bytes"], arrays["id_ends"]),
+                tables=tables,
+                pairs=(i.astype(np.int64), j.astype(np.int64), counts.astype(np.float32)),
+                own=arrays["own"].astype(np.float32),
+                alpha=arrays["alpha"].astype(np.float32),
+            )
+        except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as err:
             raise ValueError(f"not video updates: {err}") from None
 
     def records(self, budget: int = 900_000) -> list[bytes]:
@@ -170,17 +426,7 @@ class VideoUpdates:
         rows = VideoUpdates(self.ids, self.tables, own=self.own, alpha=self.alpha)
         out = _fit(rows, budget, by_pairs=False)
         if self.pairs[2].size:
-            i, j, counts = self.pairs
-            involved = np.unique(np.concatenate([i, j]))
-            position = np.full(len(self.ids), -1, dtype=np.int32)
-            position[involved] = np.arange(involved.size, dtype=np.int32)
-            pairs = VideoUpdates(
-                [self.ids[k] for k in involved.tolist()],
-                {},
-                (position[i], position[j], counts),
-                alpha=np.zeros(2, np.float32),
-            )
-            out += _fit(pairs, budget, by_pairs=True)
+            out += _fit(self._pairs(0, self.pairs[2].size), budget, by_pairs=True)
         return out
 
     def _videos(self, start: int, stop: int) -> VideoUpdates:
@@ -193,25 +439,37 @@ class VideoUpdates:
 
     def _pairs(self, start: int, stop: int) -> VideoUpdates:
         i, j, counts = (a[start:stop] for a in self.pairs)
-        involved = np.unique(np.concatenate([i, j]))
-        position = np.full(len(self.ids), -1, dtype=np.int32)
-        position[involved] = np.arange(involved.size, dtype=np.int32)
+        involved, at = np.unique(np.concatenate([i, j]), return_inverse=True)
+        at = at.ravel()
         return VideoUpdates(
             [self.ids[k] for k in involved.tolist()],
             {},
-            (position[i], position[j], counts),
+            (at[: i.size], at[i.size :], counts),
             alpha=np.zeros(2, np.float32),
         )
 
+    def _size_estimate(self) -> int:
+        """Bytes :meth:`to_bytes` writes, near enough to plan the parts (each array's data and
+        about 100 bytes of header; the ids as UTF-8 and where each ends)."""
+        arrays = [*self.tables.values(), *map(_compact, self.pairs), _compact(self.own), self.alpha]
+        return sum(a.nbytes for a in arrays) + sum(len(v) + 8 for v in self.ids) + 100 * (len(arrays) + 4)
+
 
 def _fit(part: VideoUpdates, budget: int, by_pairs: bool) -> list[bytes]:
-    """``part`` as records within ``budget`` bytes: halved (by videos, or by pairs) until each fits."""
-    data = part.to_bytes()
+    """``part`` as records within ``budget`` bytes: cut into as many even parts (by videos, or
+    by pairs) as its estimated size needs, each halved again should it still not fit."""
     size = part.pairs[2].size if by_pairs else len(part.ids)
+    cut = part._pairs if by_pairs else part._videos
+    parts = -(-part._size_estimate() // budget)
+    if parts > 1 and size > 1:
+        bounds = np.linspace(0, size, min(parts, size) + 1).astype(int)
+        return [
+            r for a, b in zip(bounds[:-1], bounds[1:], strict=True) for r in _fit(cut(a, b), budget, by_pairs)
+        ]
+    data = part.to_bytes()
     if len(data) <= budget or size <= 1:
         return [data]
     half = size // 2
-    cut = part._pairs if by_pairs else part._videos
     return _fit(cut(0, half), budget, by_pairs) + _fit(cut(half, size), budget, by_pairs)
 
 
@@ -233,96 +491,81 @@ class VideoReplica:
         restored without its replica state, or events replayed whose updates went out before)."""
         m = self.model
         parts = m.state_parts()
-        self._agreed = {name: parts[name].array.copy() for name in SHARED_TABLES}
-        self._ids = list(m.videos.ids)
-        self._cooc = m._cooc.array.copy()
-        self._own = m._cooc.counts.copy()
+        n = len(m.videos)
+        self._agreed: dict[str, GrowableTable] = {}
+        for name in SHARED_TABLES:
+            source = parts[name]
+            table = GrowableTable(source.dim, capacity=max(n, 1024), dtype=source.array.dtype)
+            table.ensure(n)[:] = source.array[:n]
+            self._agreed[name] = table
         self._alpha = np.array([m._alpha[0], m._alpha_acc[0]], dtype=np.float32)
+        m.changes.clear()
 
     def _align(self) -> None:
-        """Grow the agreed copy to the model's rows; a row whose video changed (new, or reused
-        after expiry) is agreed at its video's start (the start is everyone's)."""
+        """Grow the agreed copy to the model's rows; a row whose video changed is agreed at its
+        video's start (the start is everyone's), a released row at what it holds (its video is
+        gone here, not in the group: nothing of it is sent)."""
         m = self.model
         n = len(m.videos)
-        ids = list(m.videos.ids[:n])
-        for name in SHARED_TABLES:
-            old = self._agreed[name]
-            if old.shape[0] < n:
-                grown = np.zeros((n, *old.shape[1:]), dtype=old.dtype)
-                grown[: old.shape[0]] = old
-                self._agreed[name] = grown
-        changed = [r for r in range(n) if r >= len(self._ids) or self._ids[r] != ids[r]]
-        if changed:
-            rows = np.array(changed, dtype=np.int64)
-            for name in SHARED_TABLES:
-                self._agreed[name][rows] = 0
-            self._agreed["video_vectors"][rows] = initial_vectors(
-                [ids[r] for r in changed], m.dim, m.init_scale, m.seed or 0
-            )
-        self._ids = ids
-        size = m._cooc.rows
-        if self._cooc.shape[0] < size:
-            grown = np.zeros((size, size), np.float32)
-            grown[: self._cooc.shape[0], : self._cooc.shape[1]] = self._cooc
-            self._cooc = grown
-            own = np.zeros(size, np.float32)
-            own[: self._own.size] = self._own
-            self._own = own
-        if changed and size:
-            rows = np.array([r for r in changed if r < size], dtype=np.int64)
-            self._cooc[rows, :] = 0
-            self._cooc[:, rows] = 0
-            self._own[rows] = 0
+        for table in self._agreed.values():
+            table.ensure(n)
+        rows = m.changes.pop_renamed()
+        rows = rows[rows < n]
+        if not rows.size:
+            return
+        ids = [m.videos.id_of(int(r)) for r in rows]
+        live = np.array([bool(v) for v in ids])
+        parts = m.state_parts()
+        gone, fresh = rows[~live], rows[live]
+        for name, table in self._agreed.items():
+            table.array[gone] = parts[name].array[gone]
+            table.array[fresh] = 0
+        self._agreed["video_vectors"].array[fresh] = initial_vectors(
+            [v for v in ids if v], m.dim, m.init_scale, m.seed or 0
+        )
 
     # -- the exchange ----------------------------------------------------------------------
 
     def take(self) -> VideoUpdates:
         """What this worker added since the last take (or apply), by video id; from now on it is
-        agreed (it is being sent)."""
+        agreed (it is being sent). Costs the rows written since, not the catalogue."""
         m = self.model
         self._align()
         n = len(m.videos)
         parts = m.state_parts()
-        deltas = {name: parts[name].array[:n] - self._agreed[name][:n] for name in SHARED_TABLES}
-        touched = np.zeros(n, dtype=bool)
+        dirty = m.changes.pop_dirty(n)
+        deltas = {name: parts[name].array[dirty] - self._agreed[name].array[dirty] for name in SHARED_TABLES}
+        changed = np.zeros(dirty.size, dtype=bool)
         for d in deltas.values():
-            if n:
-                touched |= (d != 0).reshape(n, -1).any(axis=1)
-        size = m._cooc.rows
-        pair_rows = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-        pair_counts = np.zeros(0, np.float32)
-        own_delta = np.zeros(0, np.float32)
-        if size:
-            pair_delta = m._cooc.array - self._cooc[:size, :size]
-            pair_rows = np.nonzero(pair_delta)
-            pair_counts = pair_delta[pair_rows].astype(np.float32)
-            own_delta = m._cooc.counts - self._own[:size]
-            touched[:size] |= own_delta != 0
-            touched[pair_rows[0]] = True
-            touched[pair_rows[1]] = True
-            self._cooc[:size, :size] = m._cooc.array
-            self._own[:size] = m._cooc.counts
-        rows = np.flatnonzero(touched)
+            changed |= (d != 0).any(axis=1) if d.ndim == 2 else d != 0
+        for name in SHARED_TABLES:
+            self._agreed[name].array[dirty] = parts[name].array[dirty]
+        lo, hi, counts, own_rows, own_counts = m.changes.pop_counts()
+        cooc = m._cooc.rows > 0
+        rows = np.unique(np.concatenate([dirty[changed], lo, hi, own_rows])) if cooc else dirty[changed]
+        ids = m.videos.ids
+        named = [ids[r] for r in rows.tolist()]
+        if "" in named:  # released since: their changes went with them
+            keep = np.array([bool(v) for v in named])
+            rows, named = rows[keep], [v for v in named if v]
         position = np.full(n, -1, dtype=np.int64)
         position[rows] = np.arange(rows.size)
+        tables = {}
+        at = position[dirty[changed]]
+        for name, d in deltas.items():
+            out = np.zeros((rows.size, *d.shape[1:]), dtype=d.dtype)
+            out[at[at >= 0]] = d[changed][at >= 0]
+            tables[name] = out
+        own = np.zeros(rows.size if cooc else 0, np.float32)
+        pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        if cooc:
+            kept = position[own_rows] >= 0
+            own[position[own_rows[kept]]] = own_counts[kept]
+            i, j = position[lo], position[hi]
+            kept = (i >= 0) & (j >= 0)
+            pairs = (i[kept], j[kept], counts[kept])
         alpha_now = np.array([m._alpha[0], m._alpha_acc[0]], dtype=np.float32)
-        updates = VideoUpdates(
-            ids=[self._ids[r] for r in rows.tolist()],
-            tables={name: d[rows] for name, d in deltas.items()},
-            pairs=(
-                position[pair_rows[0]].astype(np.int32),
-                position[pair_rows[1]].astype(np.int32),
-                pair_counts,
-            ),
-            own=own_delta[rows[rows < size]] if size else np.zeros(0, np.float32),
-            alpha=alpha_now - self._alpha,
-        )
-        if size and rows.size and updates.own.size != rows.size:  # rows past the counts' size
-            own = np.zeros(rows.size, np.float32)
-            own[: updates.own.size] = updates.own
-            updates.own = own
-        for name in SHARED_TABLES:
-            self._agreed[name][:n] = parts[name].array[:n]
+        updates = VideoUpdates(ids=named, tables=tables, pairs=pairs, own=own, alpha=alpha_now - self._alpha)
         self._alpha = alpha_now
         return updates
 
@@ -338,22 +581,21 @@ class VideoReplica:
         if missing:
             m.adopt(missing)
             rows = m.videos.get_many(updates.ids)
-        i, j, counts = updates.pairs
-        cooc = bool(counts.size or updates.own.size) and m._use_cooc(len(m.videos))
-        if cooc:
-            m._cooc.ensure(len(m.videos))  # before aligning: the agreed counts follow its size
         self._align()
         parts = m.state_parts()
         for name, values in updates.tables.items():
             parts[name].array[rows] += values
-            self._agreed[name][rows] += values
-        if cooc:
+            self._agreed[name].array[rows] += values
+        i, j, counts = updates.pairs
+        if (counts.size or updates.own.size) and m._use_cooc(len(m.videos)):
+            m._cooc.ensure(len(m.videos))
             if counts.size:
-                np.add.at(m._cooc.array, (rows[i], rows[j]), counts)
-                np.add.at(self._cooc, (rows[i], rows[j]), counts)
+                ri, rj = rows[i], rows[j]
+                matrix = m._cooc.array  # each pair once and i != j: no index repeats
+                matrix[ri, rj] += counts
+                matrix[rj, ri] += counts
             if updates.own.size:
                 m._cooc.counts[rows] += updates.own
-                self._own[rows] += updates.own
         self._apply_alpha(updates.alpha)
         life = m._life
         if life.enabled and np.isfinite(life.clock.now):
@@ -369,18 +611,43 @@ class VideoReplica:
     # -- persistence -------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """The agreed state, saved beside the model in a checkpoint."""
+        """The agreed state and what is noted but not yet taken, saved beside the model in a
+        checkpoint (the model's co-occurrence counts less the noted ones are the agreed ones)."""
+        self._align()
+        ids = self.model.videos.ids
         return {
-            "ids": np.array(self._ids, dtype=str),
-            "cooc": self._cooc,
-            "own": self._own,
+            "ids": np.array(ids, dtype=str) if ids else np.zeros(0, dtype="<U1"),
             "alpha": self._alpha,
-            **{f"table.{name}": values for name, values in self._agreed.items()},
+            **{f"table.{name}": table.array for name, table in self._agreed.items()},
+            **{f"changes.{k}": v for k, v in self.model.changes.to_arrays().items()},
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
-        self._ids = arrays["ids"].tolist()
-        self._cooc = arrays["cooc"].copy()
-        self._own = arrays["own"].copy()
+        """Restore :meth:`to_arrays`' output beside the model restored with it. A replica saved
+        before the changes were noted (a dense copy of the counts, ``cooc``) is read too: every
+        row is compared once and the counts' difference is pending."""
+        m = self.model
         self._alpha = arrays["alpha"].copy()
-        self._agreed = {name: arrays[f"table.{name}"].copy() for name in SHARED_TABLES}
+        for name in SHARED_TABLES:
+            values = arrays[f"table.{name}"]
+            table = GrowableTable(values.shape[1] if values.ndim == 2 else 0, dtype=values.dtype)
+            table.ensure(values.shape[0])[:] = values
+            self._agreed[name] = table
+        if "changes.dirty" in arrays:
+            m.changes.load_arrays(
+                {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("changes.")}
+            )
+        else:
+            m.changes.clear()
+            m.changes.wrote(np.arange(len(m.videos)))
+            if m._cooc.rows and "cooc" in arrays:
+                size = min(m._cooc.rows, arrays["cooc"].shape[0])
+                diff = m._cooc.array[:size, :size] - arrays["cooc"][:size, :size]
+                lo, hi = np.nonzero(np.triu(diff, 1))
+                own = m._cooc.counts[:size] - arrays["own"][:size]
+                own_rows = np.flatnonzero(own)
+                m.changes.carried(lo, hi, diff[lo, hi], own_rows, own[own_rows])
+        saved = arrays["ids"].tolist()
+        now = m.videos.ids
+        moved = [r for r in range(len(now)) if r >= len(saved) or saved[r] != now[r]]
+        m.changes.renamed(np.array(moved, dtype=np.int64))

@@ -15,7 +15,7 @@ from kafka.partitioner.default import murmur2
 from contract.events import WatchEvent
 from model.embedding import EmbeddingRanker
 from model.evaluate import StreamingEvaluator
-from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates
+from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates, initial_vectors
 from tests.streams import SOURCES, stream
 
 
@@ -149,3 +149,142 @@ def test_a_replica_restored_from_its_arrays_sends_only_what_came_after(tmp_path)
 def test_garbage_is_not_taken_for_updates():
     with pytest.raises(ValueError, match="not video updates"):
         VideoUpdates.from_bytes(b"not an npz")
+
+
+# -- take costs what changed: the noted changes against a dense difference ----------------------
+
+
+def dense_snapshot(model: ReplicatedRanker) -> dict:
+    """Everything shared, copied: the plain reference a take is checked against."""
+    parts = model.state_parts()
+    return {
+        "ids": list(model.videos.ids),
+        "tables": {name: parts[name].array.copy() for name in SHARED_TABLES},
+        "cooc": model._cooc.array.copy(),
+        "own": model._cooc.counts.copy(),
+    }
+
+
+def dense_difference(
+    model: ReplicatedRanker, before: dict, between: list[list[str]]
+) -> tuple[dict, dict, dict]:
+    """What the model added since ``before``, by id, by plain differences over every row: per
+    table ``{id: delta}`` (rows whose video changed count from the video's start; ``between``:
+    the row ids after each batch since, so a video that expired and came back to its row
+    counts as changed), co-occurrence ``{(id, id): count}`` over unordered pairs, own counts
+    ``{id: count}``; zeros left out."""
+    ids, now = model.videos.ids, dense_snapshot(model)
+    n = len(ids)
+    same = np.array(
+        [all(r < len(seen) and seen[r] == ids[r] for seen in [before["ids"], *between]) for r in range(n)],
+        dtype=bool,
+    )
+    tables = {}
+    for name in SHARED_TABLES:
+        base = np.zeros_like(now["tables"][name])
+        base[same] = before["tables"][name][:n][same[: len(before["tables"][name])]]
+        if name == "video_vectors":
+            fresh = np.flatnonzero(~same)
+            base[fresh] = initial_vectors([ids[r] for r in fresh], model.dim, model.init_scale, model.seed)
+        delta = now["tables"][name] - base
+        tables[name] = {ids[r]: delta[r] for r in range(n) if ids[r] and np.any(delta[r] != 0)}
+    size = now["cooc"].shape[0]
+    old = np.zeros_like(now["cooc"])
+    k = min(size, before["cooc"].shape[0])
+    old[:k, :k] = before["cooc"][:k, :k]
+    old_own = np.zeros(size, np.float32)
+    old_own[:k] = before["own"][:k]
+    moved = np.flatnonzero(~same[:size])
+    old[moved, :] = old[:, moved] = old_own[moved] = 0
+    lo, hi = np.nonzero(np.triu(now["cooc"] - old, 1))
+    pairs = {frozenset((ids[a], ids[b])): now["cooc"][a, b] - old[a, b] for a, b in zip(lo, hi, strict=True)}
+    own = {ids[r]: now["own"][r] - old_own[r] for r in np.flatnonzero(now["own"] != old_own)}
+    return tables, pairs, own
+
+
+def test_take_sends_what_a_dense_difference_finds_through_expiry_and_reuse():
+    """The noted changes (rows written, pairs counted, rows released and reused) give exactly
+    what differencing every row and the whole co-occurrence matrix gives, window by window,
+    with videos expiring and their rows reused by new ones in between."""
+    events = stream("synthetic", 6000)
+    # A short shortlist: the batch's columns are not every row, so each kind of row written counts.
+    model = ReplicatedRanker(video_ttl=3 * 86400.0, expire_every=100, shortlist=60, shortlist_share=0.0)
+    replica = VideoReplica(model)
+    for start in range(0, len(events), 300):
+        before, between = dense_snapshot(model), []
+        for batch in range(start, start + 300, 100):  # rows released and reused within a window
+            model.learn_many(events[batch : batch + 100])
+            between.append(list(model.videos.ids))
+        tables, pairs, own = dense_difference(model, before, between)
+        updates = VideoUpdates.from_bytes(replica.take().to_bytes())
+        sent = {v: k for k, v in enumerate(updates.ids)}
+        for name in SHARED_TABLES:
+            assert tables[name].keys() <= sent.keys(), name
+            got = {
+                v: updates.tables[name][k] for v, k in sent.items() if np.any(updates.tables[name][k] != 0)
+            }
+            assert got.keys() == tables[name].keys(), name
+            for v, delta in tables[name].items():
+                np.testing.assert_array_equal(got[v], delta, err_msg=f"{name} {v}")
+        i, j, counts = updates.pairs
+        got_pairs = {
+            frozenset((updates.ids[a], updates.ids[b])): c for a, b, c in zip(i, j, counts, strict=True)
+        }
+        assert got_pairs == pairs
+        got_own = {updates.ids[k]: c for k, c in enumerate(updates.own) if c}
+        assert got_own == own
+    assert model.expired[1] > 0  # the windows did cross expiry
+    assert len(model.videos.free_rows) < model.expired[1]  # and released rows were reused
+
+
+def test_a_replica_restored_mid_window_sends_what_the_uninterrupted_one_sends(tmp_path):
+    """Changes noted but not yet taken are saved with the replica: a worker restored from a
+    checkpoint written between two sends sends the same updates as one that never stopped."""
+    events = stream("synthetic", 3000)
+    model = ReplicatedRanker(video_ttl=3 * 86400.0, expire_every=250)
+    replica = VideoReplica(model)
+    model.learn_many(events[:1500])
+    replica.take()
+    model.learn_many(events[1500:2500])  # pending: rows written, pairs counted, rows released
+    saved = replica.to_arrays()
+    model.save(tmp_path / "m.npz")
+    restored = ReplicatedRanker.load(tmp_path / "m.npz")
+    again = VideoReplica(restored)
+    again.load_arrays(saved)
+    for m in (model, restored):
+        m.learn_many(events[2500:])
+    expected, got = replica.take(), again.take()
+    assert got.ids == expected.ids and len(got) > 0
+    for name in SHARED_TABLES:
+        np.testing.assert_array_equal(got.tables[name], expected.tables[name], err_msg=name)
+    for a, b in zip(got.pairs, expected.pairs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(got.own, expected.own)
+
+
+def test_updates_of_the_first_format_are_still_read():
+    """Version 1 records (an ``.npz`` with every ordered co-occurrence pair) may wait in an
+    update topic: each unordered pair is applied once."""
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        format=np.array("streamrec.video-updates/1"),
+        id_bytes=np.frombuffer(b"ab", dtype=np.uint8),
+        id_ends=np.array([1, 2]),
+        pair_i=np.array([0, 1], np.int32),
+        pair_j=np.array([1, 0], np.int32),
+        pair_count=np.array([3.0, 3.0], np.float32),
+        own=np.array([3.0, 3.0], np.float32),
+        alpha=np.zeros(2, np.float32),
+        **{"table.watch_counts": np.array([3.0, 3.0])},
+    )
+    updates = VideoUpdates.from_bytes(buffer.getvalue())
+    assert updates.ids == ["a", "b"]
+    assert [a.tolist() for a in updates.pairs] == [[0], [1], [3.0]]
+    replica = VideoReplica(ReplicatedRanker())
+    replica.apply(updates)
+    m = replica.model
+    a, b = m.videos.get("a"), m.videos.get("b")
+    assert m._cooc.array[a, b] == m._cooc.array[b, a] == 3.0
