@@ -63,6 +63,8 @@ __all__ = [
     "EXPERIMENT_TOTALS",
     "popularity_percentiles",
     "start_http_server",
+    "SYNC_DIRECTIONS",
+    "SYNC_STEPS",
 ]
 
 #: The ``arm`` label of a service without an experiment (its one arm), and of shadow baselines.
@@ -115,6 +117,11 @@ FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Events per poll batch.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+#: ``direction`` label values of the sync counters (:mod:`consumer.sync`), created at zero.
+SYNC_DIRECTIONS = ("sent", "applied")
+#: ``step`` label values of ``streamrec_sync_seconds_total``: ``take`` (what this worker added
+#: since its last send), ``encode`` (into records), ``decode`` and ``apply`` (a peer's records).
+SYNC_STEPS = ("take", "encode", "decode", "apply")
 #: Writing one checkpoint.
 CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -464,6 +471,49 @@ class ServiceMetrics:
         self._loss_seen: tuple[float, int] = (0.0, 0)
         self._loss_avg: float | None = None
 
+        # -- sync: one model over the group (consumer.sync) -------------------------------------
+        self.sync_lag = Gauge(
+            "streamrec_sync_lag_seconds",
+            "Per peer: how old the newest video update applied from it was when applied (from the "
+            "peer sending it to this worker applying it).",
+            ["peer"],
+            **kw,
+        )
+        self.sync_peer_time = Gauge(
+            "streamrec_sync_peer_update_timestamp_seconds",
+            "Per peer: Unix time the newest video update applied from it was sent (time() minus "
+            "this is its age now: it grows while the peer sends nothing).",
+            ["peer"],
+            **kw,
+        )
+        self.sync_records = Counter(
+            "streamrec_sync_records",
+            "Video update records sent to the update topic, and peers' records applied, by direction.",
+            ["direction"],
+            **kw,
+        )
+        self.sync_bytes = Counter(
+            "streamrec_sync_bytes", "Bytes of the video update records, by direction.", ["direction"], **kw
+        )
+        self.sync_videos = Counter(
+            "streamrec_sync_videos",
+            "Video rows (vectors, accumulators, counts: each video once per send) in the updates sent "
+            "and applied, by direction.",
+            ["direction"],
+            **kw,
+        )
+        self.sync_seconds = Counter(
+            "streamrec_sync_seconds",
+            "Seconds spent on the video updates, by step (see consumer.metrics.SYNC_STEPS).",
+            ["step"],
+            **kw,
+        )
+        for direction in SYNC_DIRECTIONS:
+            for counter in (self.sync_records, self.sync_bytes, self.sync_videos):
+                counter.labels(direction)
+        for step in SYNC_STEPS:
+            self.sync_seconds.labels(step)
+
     # -- per batch -----------------------------------------------------------------------------
 
     def record_batch(self, consumed: int, learned: int, seconds: float) -> None:
@@ -635,6 +685,32 @@ class ServiceMetrics:
         if total > self._guard_seen:
             self.guard_trips.inc(total - self._guard_seen)
         self._guard_seen = total
+
+    # -- sync ------------------------------------------------------------------------------------
+
+    def record_sync_sent(
+        self, records: int, size_bytes: int, videos: int, take_s: float, encode_s: float
+    ) -> None:
+        """One send of this worker's video updates: its records, bytes and videos, and the time
+        taking and encoding them took."""
+        self.sync_records.labels("sent").inc(records)
+        self.sync_bytes.labels("sent").inc(size_bytes)
+        self.sync_videos.labels("sent").inc(videos)
+        self.sync_seconds.labels("take").inc(take_s)
+        self.sync_seconds.labels("encode").inc(encode_s)
+
+    def record_sync_applied(
+        self, peer: str, size_bytes: int, videos: int, decode_s: float, apply_s: float, sent_at: float
+    ) -> None:
+        """One record of ``peer``'s updates applied: its size and videos, the time decoding and
+        applying it took, and when the peer sent it (Unix seconds; the lag is its age now)."""
+        self.sync_records.labels("applied").inc()
+        self.sync_bytes.labels("applied").inc(size_bytes)
+        self.sync_videos.labels("applied").inc(videos)
+        self.sync_seconds.labels("decode").inc(decode_s)
+        self.sync_seconds.labels("apply").inc(apply_s)
+        self.sync_lag.labels(peer).set(max(0.0, time.time() - sent_at))
+        self.sync_peer_time.labels(peer).set(sent_at)
 
 
 def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -48,7 +48,8 @@ class UpdateExchange:
 
     def __init__(self, config: ServiceConfig, replica: VideoReplica, metrics=None) -> None:
         self.config = config
-        #: The worker's :class:`consumer.metrics.ServiceMetrics`, or ``None``.
+        #: The worker's :class:`consumer.metrics.ServiceMetrics`, or ``None``: it gets the sync
+        #: series (records and bytes sent and applied, seconds per step, lag per peer).
         self.metrics = metrics
         self.topic = config.sync_topic_name
         self.worker = config.worker
@@ -106,6 +107,7 @@ class UpdateExchange:
                 sender = dict(record.headers or ()).get(UPDATE_HEADER, b"").decode()
                 if sender == self.worker:
                     continue  # its own: in this model already (or relearned by the replay)
+                started = time.perf_counter()
                 try:
                     updates = VideoUpdates.from_bytes(record.value)
                 except ValueError as err:
@@ -114,9 +116,17 @@ class UpdateExchange:
                         extra=fields(partition=tp.partition, offset=record.offset, error=err),
                     )
                     continue
+                decoded = time.perf_counter()
                 self.replica.apply(updates)
+                done = time.perf_counter()
                 applied += 1
-                self.lag_s = max(0.0, time.time() - record.timestamp / 1000.0)
+                sent_at = record.timestamp / 1000.0
+                self.lag_s = max(0.0, time.time() - sent_at)
+                if self.metrics is not None:
+                    rows = len(updates) if updates.tables else 0  # not a record of pairs only
+                    self.metrics.record_sync_applied(
+                        sender, len(record.value), rows, decoded - started, done - decoded, sent_at
+                    )
         self.applied += applied
         return applied
 
@@ -135,12 +145,19 @@ class UpdateExchange:
         """The records of everything learned since the last send, if due (or ``force``)."""
         if not (force and self.unsent) and not self.due():
             return []
+        started = time.perf_counter()
         updates = self.replica.take()
+        taken = time.perf_counter()
+        records = updates.records(RECORD_BUDGET)
+        encoded = time.perf_counter()
         self.unsent = 0
         self._taken_at = time.monotonic()
         key, headers = self.worker.encode(), [(UPDATE_HEADER, self.worker.encode())]
-        messages = [(self.topic, key, record, headers) for record in updates.records(RECORD_BUDGET)]
+        messages = [(self.topic, key, record, headers) for record in records]
         self.sent += len(messages)
+        if self.metrics is not None:
+            size = sum(len(r) for r in records)
+            self.metrics.record_sync_sent(len(records), size, len(updates), taken - started, encoded - taken)
         return messages
 
     def absorb(self) -> None:

@@ -90,6 +90,7 @@ def exposed_names() -> set[str]:
     metrics.set_model_stats(10, 2, 3, 1000, 0.5)
     metrics.record_checkpoint(0.1, 100, ok=True)
     metrics.record_guard_trips(1)
+    metrics.record_sync_applied("peer", 1000, 10, 0.001, 0.002, time.time())  # with --sync-every
     text = generate_latest(metrics.registry).decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
 

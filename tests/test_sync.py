@@ -9,9 +9,11 @@ must pick up where it was without applying anything twice.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
@@ -102,3 +104,44 @@ def _caught_up(a, b) -> bool:
     except AssertionError:
         return False
     return True
+
+
+def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
+    """With metrics (each worker its own registry, as each process has), two syncing workers
+    export what they sent and applied: records, bytes and videos that agree between sender and
+    receiver, seconds per step, and the lag of each peer's newest update."""
+    base, names = group
+    events = synthetic(3000, seed=83)
+    services = {}
+    for worker in ("a", "b"):
+        services[worker] = build_service(
+            dataclasses.replace(base, worker_id=worker), with_metrics=True, registry=CollectorRegistry()
+        )
+    with in_thread(services["a"]) as a, in_thread(services["b"]) as b:
+        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
+        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        produce(kafka_bootstrap, names["input_topic"], keyed(events))
+        assert wait_for(lambda: a.model_events + b.model_events == len(events), 120)
+        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
+        assert wait_for(lambda: _caught_up(a, b), 30)
+
+        def sample(service, name: str, **labels) -> float:
+            return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+        for me, peer, peer_name in ((a, b, "b"), (b, a, "a")):
+            sent = sample(me, "streamrec_sync_records_total", direction="sent")
+            assert sent == me.exchange.sent > 0
+            # What one sends, the other applies: records, bytes and videos alike.
+            for name in (
+                "streamrec_sync_records_total",
+                "streamrec_sync_bytes_total",
+                "streamrec_sync_videos_total",
+            ):
+                assert sample(peer, name, direction="applied") == sample(me, name, direction="sent") > 0, name
+            assert sample(me, "streamrec_sync_bytes_total", direction="sent") > 1000 * sent  # rows of vectors
+            for step in ("take", "encode", "decode", "apply"):
+                assert sample(me, "streamrec_sync_seconds_total", step=step) > 0, step
+            lag = sample(peer, "streamrec_sync_lag_seconds", peer="a" if me is a else "b")
+            assert 0 <= lag < 30
+            sent_at = sample(me, "streamrec_sync_peer_update_timestamp_seconds", peer=peer_name)
+            assert time.time() - 120 < sent_at <= time.time()
