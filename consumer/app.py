@@ -59,6 +59,11 @@ Delivery and learning guarantees
   group refuses (``CommitFailedError``) rolls the model back to the last checkpoint. Every poll
   is committed before the next one, where rebalances happen, so no partition moves with lists in
   flight. The steps, numbered, are in :mod:`consumer.ledger`.
+* **Viewers across a move.** After each poll, the state of every viewer it touched (each arm's
+  history and watched videos, the list last shown, the online counts) goes to the viewer-state
+  changelog with the poll's lists, before its offsets are committed. When a partition comes
+  from another worker, its viewers are restored from there before its first event
+  (:mod:`consumer.changelog`), so their lists go on excluding what they watched.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ from kafka.structs import TopicPartition
 
 from consumer.arms import Arm, Arms
 from consumer.backoff import Interrupted
+from consumer.changelog import ViewerChangelog, install
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
 from consumer.clients import close_quietly, connect
 from consumer.config import ServiceConfig
@@ -281,6 +287,10 @@ class StreamrecService:
         #: The update topic's side of this worker: one model over the group (``sync_every``).
         self.exchange: UpdateExchange | None = None
         self._bind_exchange()
+        #: The viewer-state changelog (``None`` when off): what a moved partition's viewers take along.
+        self.changelog = ViewerChangelog(config, metrics) if config.changelog_topic_name else None
+        # Viewers of the poll being processed -> their input partition (the changelog's records).
+        self._touched: dict[str, int] = {}
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -661,6 +671,7 @@ class StreamrecService:
         """Seek newly assigned partitions to where this model's learning ends, then resume them."""
         consumer = self._consumer
         partitions = self.ledger.take_pending(consumer.assignment())
+        taken_over: dict[int, int] = {}  # partition -> the offset someone else committed last
         for tp in partitions:
             polled.pop(tp, None)  # fetched before the pause took effect: read again after the seek
             start = self.ledger.start(
@@ -670,6 +681,8 @@ class StreamrecService:
             )
             if start.offset is not None:
                 consumer.seek(tp, start.offset)
+            if start.source == "committed":
+                taken_over[tp.partition] = start.offset
             log.info(
                 "partition assigned",
                 extra=fields(
@@ -679,8 +692,42 @@ class StreamrecService:
                     replay_until=start.replay_until,
                 ),
             )
+        if self.changelog is not None and partitions:
+            self.changelog.ensure_topic(len(consumer.partitions_for_topic(self.config.input_topic) or ()))
+            if taken_over:
+                self._restore_viewers(taken_over)
         if partitions:
             consumer.resume(*partitions)
+
+    def _changelog_models(self) -> dict[str, StreamRanker]:
+        """The models whose viewer state the changelog carries: each arm's, and the shadow's."""
+        models = {arm.name: arm.model for arm in self.arms}
+        if self.shadow is not None:
+            models[f"shadow:{self.shadow.name}"] = self.shadow
+        return models
+
+    def _restore_viewers(self, taken_over: dict[int, int]) -> None:
+        """The viewers of partitions someone else committed last, from the changelog, into every
+        model and the readout's per-viewer state, before any of their events is processed."""
+        restored = self.changelog.read(taken_over)
+        started = time.perf_counter()
+        installed = install(
+            restored.viewers, self._changelog_models(), self.shown, self.viewer_hits, self.model.clock
+        )
+        seconds = restored.seconds + time.perf_counter() - started
+        log.info(
+            "viewers restored from the changelog",
+            extra=fields(
+                partitions=sorted(taken_over),
+                viewers=len(restored.viewers),
+                records=restored.records,
+                skipped=restored.skipped,
+                installed=installed,
+                seconds=round(seconds, 4),
+            ),
+        )
+        if self.metrics is not None:
+            self.metrics.record_restore(seconds, restored.records, len(restored.viewers))
 
     def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Every poll is processed and its commit sent before the next poll, where this runs; a
@@ -712,10 +759,13 @@ class StreamrecService:
         made; then wait for every acknowledgement and commit the poll's offsets."""
         stages = self.stage_seconds
         poll = self.ledger.open(polled)
+        self._touched = {}
         work = replay_seconds = 0.0
         if poll.replay:  # replayed after a restart: learned only, published already
             started = time.perf_counter()
-            replayed = decode(poll.replay).events
+            intake = decode(poll.replay)
+            self._touch(intake)
+            replayed = intake.events
             learning = time.perf_counter()
             stages["decode"] += learning - started
             if self.exchange is not None:  # what is unsent goes first: the replay's went before
@@ -737,6 +787,10 @@ class StreamrecService:
             work += time.perf_counter() - started
         if self.exchange is not None:  # the poll's video updates, delivered with its lists
             self._publisher.send(self.exchange.outgoing())
+        if self.changelog is not None and self._touched:  # its viewers' state, likewise
+            started = time.perf_counter()
+            self._publisher.send(self._changelog_messages(poll))
+            stages["changelog"] += time.perf_counter() - started
         delivering = self._publisher.seconds
         before = delivering["acknowledge"] + delivering["commit"]
         if not self._deliver(poll):
@@ -750,11 +804,26 @@ class StreamrecService:
             self._record_poll(poll, published, replay_seconds)
             stages["metrics"] += time.perf_counter() - started
 
+    def _touch(self, intake: Intake) -> None:
+        """The viewers of ``intake``'s events, with their input partitions, are the poll's to write."""
+        if self.changelog is not None and intake.events:
+            self._touched.update(
+                zip([e.viewer for e in intake.events], [o[0] for o in intake.origins], strict=True)
+            )
+
+    def _changelog_messages(self, poll: Batch) -> list[Message]:
+        """The changelog records of the poll's viewers, each to its input partition's number."""
+        through = {tp.partition: committed.offset for tp, committed in poll.offsets.items()}
+        return self.changelog.messages(
+            self._touched, through, self._changelog_models(), self.shown, self.viewer_hits
+        )
+
     def _serve(self, records: list) -> tuple[int, tuple | None]:
         """One batch: :meth:`answer` it, then send; the number of lists sent, and the arguments of
         :meth:`_record` for its metrics (``None`` without metrics)."""
         started = time.perf_counter()
         answer = self.answer(records)
+        self._touch(answer.intake)
         self._publisher.send(answer.messages)
         count = len(answer.recommended.messages) if answer.recommended else 0
         if self.metrics is None:

@@ -128,6 +128,9 @@ class ServiceConfig:
     sync_interval_s: float = 1.0
     #: The update topic; empty: ``<input topic>-video-updates``.
     sync_topic: str = ""
+    #: The viewer-state changelog (see :mod:`consumer.changelog`): a partition's new owner
+    #: restores its viewers from it. Empty: ``<input topic>-viewer-state``; ``none``: off.
+    changelog_topic: str = ""
     #: Worker processes this command runs in the group (0: one per core); each has its own
     #: checkpoint folder and /metrics port (``metrics_port`` + its index).
     workers: int = 1
@@ -170,6 +173,11 @@ class ServiceConfig:
             self.sync_topic_name not in (self.input_topic, self.output_topic, self.dlq_topic),
             "sync_topic must differ from the other topics",
         )
+        check(
+            self.changelog_topic_name
+            not in (self.input_topic, self.output_topic, self.dlq_topic, self.sync_topic_name),
+            "changelog_topic must differ from the other topics",
+        )
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
@@ -209,6 +217,13 @@ class ServiceConfig:
     @property
     def sync_topic_name(self) -> str:
         return self.sync_topic or f"{self.input_topic}-video-updates"
+
+    @property
+    def changelog_topic_name(self) -> str | None:
+        """The viewer-state changelog's topic, ``None`` when it is off."""
+        if self.changelog_topic.strip().lower() == "none":
+            return None
+        return self.changelog_topic or f"{self.input_topic}-viewer-state"
 
     @property
     def arm_specs(self) -> list[ArmSpec]:
@@ -314,6 +329,8 @@ _HELP = {
     "this many learned events (0: off, each worker learns its own model; needs --model streamrec)",
     "sync_interval_s": "... or this often when fewer events were learned since",
     "sync_topic": "the update topic (default: <input topic>-video-updates)",
+    "changelog_topic": "the viewer-state changelog a partition's new owner restores its viewers from "
+    "(default: <input topic>-viewer-state; 'none': off, a moved partition's viewers start afresh)",
     "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "
     "/metrics on --metrics-port + i",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

@@ -20,7 +20,9 @@ When partitions are assigned (:meth:`~OffsetLedger.assigned`, then :meth:`~Offse
       published already);
    b. the last commit is ours but no checkpoint covers it (we crashed before the first one):
       start at the beginning of the partition, replaying up to the commit: the log is the state;
-   c. someone else committed last: start at their commit; those events live in their model;
+   c. someone else committed last: start at their commit; those events live in their model,
+      and the partition's viewers' state comes from the viewer-state changelog, read before the
+      partition resumes (:mod:`consumer.changelog`);
    d. no commit: start at the checkpoint's offset if there is one, else where
       ``auto_offset_reset`` says.
 

@@ -97,7 +97,8 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (*REASONS, "decode_error")
 #: their messages), ``publish`` (handing messages to the producer), ``acknowledge`` (waiting at
 #: the end of a poll for the brokers to acknowledge what is still in flight), ``commit``
 #: (offsets, or the transaction), ``metrics`` (the live quality and these metrics),
-#: ``checkpoint`` and ``idle`` (polls that found nothing).
+#: ``checkpoint``, ``idle`` (polls that found nothing) and ``changelog`` (the poll's viewers'
+#: state, encoded for the viewer-state changelog and handed to the producer).
 STAGES = (
     "poll",
     "decode",
@@ -109,6 +110,7 @@ STAGES = (
     "metrics",
     "checkpoint",
     "idle",
+    "changelog",
 )
 
 #: Freshness (event time -> its viewer's list published): 1 ms to a minute.
@@ -117,6 +119,8 @@ FRESHNESS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 BATCH_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: Events per poll batch.
 BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+#: Restoring the viewers of the partitions one assignment brought (reading the changelog).
+RESTORE_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 #: ``direction`` label values of the sync counters (:mod:`consumer.sync`), created at zero.
 SYNC_DIRECTIONS = ("sent", "applied")
 #: ``step`` label values of ``streamrec_sync_seconds_total``: ``take`` (what this worker added
@@ -471,6 +475,24 @@ class ServiceMetrics:
         self._loss_seen: tuple[float, int] = (0.0, 0)
         self._loss_avg: float | None = None
 
+        # -- handover: the viewer-state changelog (consumer.changelog) ---------------------------
+        self.restore_seconds = Histogram(
+            "streamrec_restore_seconds",
+            "Time to restore the viewers of partitions this worker took over, per assignment, from "
+            "the viewer-state changelog (read to its end, installed in every model).",
+            buckets=RESTORE_SECONDS_BUCKETS,
+            **kw,
+        )
+        self.restored_viewers = Counter(
+            "streamrec_restored_viewers", "Viewers restored from the viewer-state changelog.", **kw
+        )
+        self.restore_records = Counter(
+            "streamrec_restore_records", "Viewer-state changelog records read by restores.", **kw
+        )
+        self.changelog_records = Counter(
+            "streamrec_changelog_records", "Viewer-state records written to the changelog.", **kw
+        )
+
         # -- sync: one model over the group (consumer.sync) -------------------------------------
         self.sync_lag = Gauge(
             "streamrec_sync_lag_seconds",
@@ -685,6 +707,18 @@ class ServiceMetrics:
         if total > self._guard_seen:
             self.guard_trips.inc(total - self._guard_seen)
         self._guard_seen = total
+
+    # -- handover ------------------------------------------------------------------------------
+
+    def record_restore(self, seconds: float, records: int, viewers: int) -> None:
+        """One restore of assigned partitions: its time, the records it read, the viewers restored."""
+        self.restore_seconds.observe(seconds)
+        self.restore_records.inc(records)
+        self.restored_viewers.inc(viewers)
+
+    def record_changelog(self, records: int) -> None:
+        """Viewer-state records a poll wrote to the changelog."""
+        self.changelog_records.inc(records)
 
     # -- sync ------------------------------------------------------------------------------------
 

@@ -55,7 +55,8 @@ from consumer.partitioner import partitions
 
 __all__ = ["Message", "Publisher", "NotAcknowledged"]
 
-#: One record to publish: topic, key, value, headers.
+#: One record to publish: topic, key, value, headers; and, optionally, a fifth element, the
+#: partition (a changelog co-partitioned with the input, :mod:`consumer.changelog`).
 Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 
@@ -127,10 +128,12 @@ class Publisher:
     def _send(self, messages: Sequence[Message]) -> list[tuple[Message, object]]:
         producer = self.producer
         by_topic: dict[str, list[int]] = {}
-        for i, m in enumerate(messages):
-            if m[1] is not None:
-                by_topic.setdefault(m[0], []).append(i)
         chosen: list[int | None] = [None] * len(messages)
+        for i, m in enumerate(messages):
+            if len(m) > 4:
+                chosen[i] = m[4]
+            elif m[1] is not None:
+                by_topic.setdefault(m[0], []).append(i)
         for topic, indices in by_topic.items():
             ids = sorted(producer.partitions_for(topic) or ())  # as kafka-python's DefaultPartitioner
             if ids:
