@@ -26,6 +26,7 @@ import cProfile
 import gc
 import io
 import json
+import os
 import pstats
 import sys
 import time
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  live HR@10 {', '.join(f'{k} {v:.4f}' for k, v in hr.items())}")
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.profile)
+        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(
+            args.profile
+        )
         print(out.getvalue())
     return 0
 

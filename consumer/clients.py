@@ -16,6 +16,7 @@ from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.topics import ensure_output_topics
+from contract import group_join
 from contract.connection import FailureWatch, explain_failure
 
 __all__ = [
@@ -93,7 +94,9 @@ def make_producer(config: ServiceConfig) -> KafkaProducer:
 
 
 def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
-    """A group member subscribed to the input topic: manual commits, ``read_committed``."""
+    """A group member subscribed to the input topic: manual commits, ``read_committed``; with
+    kafka-python's lost group joins fixed (:mod:`contract.group_join`)."""
+    group_join.install()
     consumer = KafkaConsumer(
         **config.kafka.client_options(),
         group_id=config.group_id,
