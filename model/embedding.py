@@ -981,19 +981,20 @@ class EmbeddingRanker(CatalogueScorer):
         times = np.full(rows.size, np.nan)
         inside = rows < last.shape[0]
         times[inside] = last[rows[inside]]
-        ids, seen_of = self.videos.ids, self.seen.of
+        ids, seen_of, encode, state = (
+            self.videos.ids,
+            self.seen.of,
+            viewer_state.encode,
+            viewer_state.ViewerState,
+        )
+        id_of = ids.__getitem__  # mapped in C over a list: a third of a comprehension's time
         out: dict[str, bytes] = {}
         for i, row, history, w, t in zip(
             known.tolist(), rows.tolist(), items.tolist(), weights, times.tolist(), strict=True
         ):
-            state = viewer_state.ViewerState(
-                viewer_state.FORMAT,
-                t,
-                [ids[r] if r >= 0 else "" for r in history],
-                w.tobytes(),
-                [ids[r] for r in seen_of(row)],
-            )
-            out[viewers[i]] = viewer_state.encode(state)
+            named = _named(history, id_of)
+            seen = list(map(id_of, seen_of(row)))
+            out[viewers[i]] = encode(state(viewer_state.FORMAT, t, named, w.tobytes(), seen))
         return out
 
     def restore_viewers(self, states: Mapping[str, bytes]) -> int:
@@ -1068,6 +1069,21 @@ def _fields(events: Sequence[WatchEvent]) -> tuple[Sequence, ...]:
     if not events:
         return (), (), (), (), ()
     return tuple(zip(*events, strict=True))[:5]
+
+
+def _named(history: list[int], id_of) -> list[str]:  # noqa: ANN001 - a list's __getitem__
+    """The ids of a history's video rows, ``""`` in its empty slots (``-1``): mapped in C, as
+    the empty slots of a history are almost always its oldest ones.
+
+    >>> _named([2, 0, -1, -1], ["a", "b", "c"].__getitem__), _named([1, -1, 0], ["a", "b"].__getitem__)
+    (['c', 'a', '', ''], ['b', '', 'a'])
+    """
+    if min(history) >= 0:
+        return list(map(id_of, history))
+    k = history.index(-1)
+    if max(history[k:]) < 0:
+        return [*map(id_of, history[:k]), *[""] * (len(history) - k)]
+    return [id_of(r) if r >= 0 else "" for r in history]
 
 
 def _rows_at(columns: np.ndarray, top: np.ndarray) -> np.ndarray:
