@@ -30,6 +30,9 @@ own in ``model/``; nothing did.
 * ``blend``: a learned blend of popularity, all-time count and example age (events since the
   video's first watch), each weighted by a function of the viewer's history length (one and
   ``log(1 + watched)``), added to the score and learned through the same softmax.
+* ``band bias``: a bias per video for each band of the viewer's history length (under 20
+  watches, 20-99, 100 and more) added to the score: light and heavy viewers may favour
+  different films.
 * ``averaged``: ranking with an exponential moving average of the parameters (Polyak-style),
   learning with the raw ones.
 * ``timed cooc``: co-occurrence counts weighted by how close in time two watches were (same
@@ -371,6 +374,33 @@ class SignalBlend(EmbeddingRanker):
         self._first_seen[new] = self.events_learned
 
 
+class BandBias(EmbeddingRanker):
+    """The score plus ``c[i, band]``: a learned bias per video and band of history length."""
+
+    def __init__(self, bands: tuple[int, ...] = (20, 100), **kw) -> None:
+        self.bands = np.asarray(bands)
+        super().__init__(**kw)
+        self._c = np.zeros((1024, len(bands) + 1), dtype=np.float32)
+        self._c_acc = np.zeros_like(self._c)
+
+    def _dots(self, batch):  # noqa: ANN001, ANN202
+        scores = super()._dots(batch)
+        self._c = _grown(self._c, int(batch.columns.max(initial=0)) + 1, 0.0)
+        self._c_acc = _grown(self._c_acc, self._c.shape[0], 0.0)
+        batch.band = np.searchsorted(self.bands, np.diff(batch.exclude[0]), side="right")
+        band_bias = self._c[batch.columns][:, batch.band].T
+        band_bias[:, batch.columns >= batch.n_videos] = 0.0  # rows not created yet: rescored
+        scores += band_bias
+        return scores
+
+    def _update(self, events, batch, grad, targets, *rest) -> None:  # noqa: ANN001
+        g = np.zeros((batch.columns.size, self._c.shape[1]), dtype=np.float32)
+        for band in np.unique(batch.band).tolist():
+            g[:, band] = grad[batch.band == band].sum(axis=0)
+        adagrad_rows(self._c, self._c_acc, batch.columns, g, self.lr, self.max_grad_norm)
+        super()._update(events, batch, grad, targets, *rest)
+
+
 class AveragedRanking(EmbeddingRanker):
     """Ranks with an exponential moving average (``beta`` per batch) of the video vectors,
     transitions and biases; learns with the raw ones (a test step and a train step apart)."""
@@ -539,6 +569,7 @@ def variants(item_file: Path) -> dict[str, Callable[[], StreamRanker] | None]:
         "rehearsal": Rehearsal,
         "rehearsal 1x": lambda: Rehearsal(replay=1.0, buffer=20_000, replay_lr=0.15),
         "blend": SignalBlend,
+        "band bias": BandBias,
         "averaged": AveragedRanking,
         "timed cooc": TimedCooc,
         "long knn": LongTermKNN,
