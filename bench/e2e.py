@@ -863,6 +863,88 @@ def run_security(args, connection: KafkaConnection | None, settings: dict, start
     return 0
 
 
+def compare_changelog(where: KafkaConnection, events: list, args, settings: dict) -> dict:
+    """The throughput phase with the viewer-state changelog on (the default) and off
+    (``changelog_topic=none``), ``args.rounds`` times, the order alternating; the ratios on / off
+    are taken inside each round, the summary is their median."""
+    sides = {"on": settings | {"changelog_topic": ""}, "off": settings | {"changelog_topic": "none"}}
+    rounds = []
+    for r in range(args.rounds):
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        measured = {}
+        for name in order:
+            print(f"round {r + 1}, changelog {name}:", flush=True)
+            figures, bench = measure_throughput(where, events, args.model, sides[name], indent="  ")
+            stop(bench)
+            measured[name] = {k: figures[k] for k in ("raw", "service", "stages")}
+            measured[name]["service_vs_raw"] = (
+                figures["service"]["events_per_s"] / figures["raw"]["events_per_s"]
+            )
+            measured[name]["service_vs_raw_cpu"] = cpu_ratio(figures)
+            measured[name]["changelog_records"] = (
+                bench.service.changelog.written if bench.service.changelog else 0
+            )
+        on, off = measured["on"], measured["off"]
+        ratios = {
+            # below 1: the changelog costs throughput
+            "service_vs_raw": on["service_vs_raw"] / off["service_vs_raw"],
+            "service_vs_raw_cpu": on["service_vs_raw_cpu"] / off["service_vs_raw_cpu"],
+        }
+        rounds.append({"order": order, **measured, "on_vs_off": ratios})
+    summary = {
+        "service_vs_raw_on": median([r["on"]["service_vs_raw"] for r in rounds]),
+        "service_vs_raw_off": median([r["off"]["service_vs_raw"] for r in rounds]),
+        "on_vs_off": median([r["on_vs_off"]["service_vs_raw"] for r in rounds]),
+        "on_vs_off_cpu": median([r["on_vs_off"]["service_vs_raw_cpu"] for r in rounds]),
+        "changelog_us_per_event": median(
+            [r["on"]["stages"]["throughput"]["changelog"]["us_per_event"] for r in rounds]
+        ),
+        "changelog_records_per_event": median([r["on"]["changelog_records"] / len(events) for r in rounds]),
+    }
+    return {"events": len(events), "rounds": rounds, "summary": summary}
+
+
+def print_changelog(result: dict, source: str) -> None:
+    print()
+    print(
+        f"cost of the viewer-state changelog: throughput phase, {source}, {result['events']:,} events; "
+        "service / raw inside each round"
+    )
+    head = ["first", "svc/raw on", "svc/raw off", "on/off", "cpu on", "cpu off", "on/off", "us/event"]
+    print(f"{'round':<7}{head[0]:<7}" + "".join(f"{h:>12}" for h in head[1:]))
+    for i, r in enumerate(result["rounds"], 1):
+        on, off, q = r["on"], r["off"], r["on_vs_off"]
+        print(
+            f"{i:<7}{r['order'][0]:<7}{on['service_vs_raw']:>12.3f}{off['service_vs_raw']:>12.3f}"
+            f"{q['service_vs_raw']:>12.3f}{on['service_vs_raw_cpu']:>12.3f}{off['service_vs_raw_cpu']:>12.3f}"
+            f"{q['service_vs_raw_cpu']:>12.3f}{on['stages']['throughput']['changelog']['us_per_event']:>12.1f}"
+        )
+    m = result["summary"]
+    print(
+        f"{'median':<14}{m['service_vs_raw_on']:>12.3f}{m['service_vs_raw_off']:>12.3f}{m['on_vs_off']:>12.3f}"
+        f"{'':>24}{m['on_vs_off_cpu']:>12.3f}{m['changelog_us_per_event']:>12.1f}"
+    )
+    print(f"changelog records per event: {m['changelog_records_per_event']:.3f}")
+
+
+def run_changelog(args, connection: KafkaConnection, settings: dict) -> int:
+    """``--compare-changelog``: on the synthetic throughput stream, or the MovieLens file of ``--ml100k``."""
+    if args.ml100k is not None:
+        from producer.readers import read_events
+
+        events, source = read_events(Path(args.ml100k)), args.ml100k
+    else:
+        events = list(synth_events(args.viewers, args.videos, args.events, seed=0))
+        source = f"synthetic ({args.viewers:,} viewers, {args.videos:,} videos)"
+    result = compare_changelog(connection, events, args, settings)
+    print_changelog(result, source)
+    name = "e2e_changelog_ml100k.json" if args.ml100k is not None else "e2e_changelog.json"
+    write_results(
+        RESULTS.with_name(name), {"args": vars(args), "source": source, "settings": settings, **result}
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=60_000, help="events for the throughput phase")
@@ -905,7 +987,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with --compare-security and a secured cluster given: the plaintext side",
     )
     modes.add_argument(
-        "--rounds", type=int, default=2, help="with --compare-security: rounds, the order alternating"
+        "--compare-changelog",
+        action="store_true",
+        help="the throughput phase with the viewer-state changelog on and off, --rounds times (on the "
+        "synthetic stream, or on the file of --ml100k)",
+    )
+    modes.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="with --compare-security or --compare-changelog: rounds, the order alternating",
     )
     modes.add_argument(
         "--ml100k",
@@ -918,8 +1009,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_broker_arguments(parser)
     args = parser.parse_args(argv)
-    if sum([args.quality is not None, args.compare_security, args.ml100k is not None]) > 1:
-        parser.error("--quality, --compare-security and --ml100k are separate runs: give one")
+    replay = args.ml100k is not None and not args.compare_changelog  # else: the stream compared on
+    if sum([args.quality is not None, args.compare_security, replay, args.compare_changelog]) > 1:
+        parser.error(
+            "--quality, --compare-security, --compare-changelog and --ml100k are separate runs: give one"
+        )
     if args.plaintext_bootstrap and not args.compare_security:
         parser.error("--plaintext-bootstrap goes with --compare-security")
     settings = parse_settings(args.set)
@@ -936,6 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
         if connection is None:
             broker, connection = local_broker()
             started.append(broker)
+        if args.compare_changelog:
+            return run_changelog(args, connection, settings)
         if args.quality is not None:
             quality = quality_replay(connection, args.quality or None, args.model, settings)
             print(
