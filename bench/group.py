@@ -3,28 +3,38 @@
 Usage::
 
     .venv/bin/python bench/group.py [--ml100k PATH] [--events N] [--partitions 4]
-        [--runs 1,2,2s,4,4s] [--sync-every 1024] [--bootstrap HOST:PORT]
+        [--runs 1,2,2s,4s,2s4096] [--sync-every 1024] [--modes live,backlog] [--bootstrap HOST:PORT]
 
 Each run replays the same events (MovieLens 100K with ``--ml100k``, else the synthetic stream),
-keyed by viewer, into a fresh topic of ``--partitions`` partitions, then starts
+keyed by viewer, into a fresh topic of ``--partitions`` partitions, and starts
 ``python -m consumer --workers N`` (a run named ``Ns`` adds ``--sync-every``: the workers
-exchange video updates, one model over the group; plain ``N``: each worker its own model, as
-without it) in a fresh group and measures, from the workers' ``/metrics``:
+exchange video updates, one model over the group; plain ``N``: each worker its own model) in a
+fresh group. Two modes:
 
-* the group's test-then-train HR@10 (hits over evaluated events, summed over the workers);
-* the time from start until every worker holds partitions (joining the group, restoring,
-  connecting); the events are produced only then, so every worker takes its share;
-* events/s: events over the time from the first produced to the last learned (the
-  producer's time is in it, the same in every run: compare runs as ratios).
+* ``live``: every worker joins the group before the first event is produced (else the first to
+  join learns a backlog alone), then the events are produced while the workers learn: quality
+  as a user sees it, and events/s from the first produced to the last learned (the producer's
+  time is in it, the same in every run);
+* ``backlog``: the events are produced first, then the workers start: the steady-state rate,
+  with nothing waiting on the producer, and the time from start to the first learned event.
+
+From the workers' ``/metrics`` (scraped every 0.2 s) it reports the group's test-then-train
+HR@10 (hits over evaluated events, summed over workers), the times from start until every
+worker holds partitions and until the first event is learned, the **steady-state** events/s
+(learned events over time, from when every worker holds partitions, or 10% of the stream, to
+90% of it), the workers' CPU seconds per 1,000 events (from ``/proc``: what the group costs
+whatever the sharing of the two cores), and where the workers' time went (stages of the loop,
+steps of the sync).
 
 Prints a table and writes ``bench/results/group.json``. Speeds are ratios to the one-worker
-run of the same invocation: the machine is shared.
+run of the same mode in the same invocation: the machine is shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -50,9 +60,14 @@ from contract.schema import event_to_json  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
+#: Labelled series kept apart (by their label) rather than summed: where the time goes.
+BY_LABEL = {"streamrec_stage_seconds_total": "stage", "streamrec_sync_seconds_total": "step"}
+TICK = os.sysconf("SC_CLK_TCK")
+
 
 def scrape(port: int) -> dict[str, float]:
-    """Sample values of one worker's /metrics, summed over label sets by name (none: {})."""
+    """Sample values of one worker's /metrics, summed over label sets by name (none: {}); the
+    series of :data:`BY_LABEL` also by ``name:label``."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
@@ -68,7 +83,71 @@ def scrape(port: int) -> dict[str, float]:
         if name.startswith("streamrec_quality_") and 'arm=""' in labels:
             continue  # the shadow baseline is not the group's model
         out[name] = out.get(name, 0.0) + float(value)
+        if name in BY_LABEL:
+            label = labels.split(f'{BY_LABEL[name]}="', 1)[1].split('"', 1)[0]
+            out[f"{name}:{label}"] = float(value)
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` and its live children (the workers)."""
+    total = 0.0
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return 0.0
+    for p in [str(pid), *children]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+    return total
+
+
+def broker_pid() -> int | None:
+    """The local Kafka broker's process (``kafka.Kafka`` on its command line), if it runs here."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+class Cores:
+    """CPU use over a window, in cores: the workers, the broker, this process (the producer and
+    the scraping) and the whole machine (other users of the box included), from ``/proc``."""
+
+    def __init__(self, workers_pid: int, broker: int | None) -> None:
+        self.workers_pid, self.broker = workers_pid, broker
+        self._start = self._read()
+
+    def _read(self) -> tuple[float, ...]:
+        busy, total = _machine()
+        broker = cpu_seconds(self.broker) if self.broker else 0.0
+        return time.monotonic(), cpu_seconds(self.workers_pid), broker, time.process_time(), busy, total
+
+    def stop(self) -> dict[str, float]:
+        end = self._read()
+        wall, workers, broker, bench, busy, total = (b - a for a, b in zip(self._start, end, strict=True))
+        return {
+            "seconds": wall,
+            "workers_cpu_s": workers,
+            "workers_cores": workers / wall,
+            "broker_cores": broker / wall,
+            "bench_cores": bench / wall,
+            "machine_cores": busy / total * os.cpu_count() if total else float("nan"),
+        }
+
+
+def _machine() -> tuple[float, float]:
+    """Busy and total CPU seconds of the machine since boot (``/proc/stat``)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / TICK, sum(values) / TICK
 
 
 def members_with_partitions(options: dict, group: str) -> int:
@@ -94,11 +173,29 @@ def produce(connection, topic: str, events: list) -> None:
     producer.close()
 
 
-def run_group(connection, events: list, workers: int, sync_every: int, partitions: int) -> dict:
+def steady_rate(samples: list[tuple[float, int]], total: int, start_at: float) -> float:
+    """Events/s learned from ``start_at`` (or 10% of ``total``, whichever is later) to 90%."""
+
+    def crossing(fraction: float) -> tuple[float, int] | None:
+        return next(((t, n) for t, n in samples if n >= fraction * total), None)
+
+    first, last = crossing(0.1), crossing(0.9)
+    if first is None or last is None:
+        return float("nan")
+    if first[0] < start_at:
+        first = next(((t, n) for t, n in samples if t >= start_at), None)
+    if first is None or last[0] <= first[0]:
+        return float("nan")
+    return (last[1] - first[1]) / (last[0] - first[0])
+
+
+def run_group(connection, events: list, workers: int, sync_every: int, partitions: int, mode: str) -> dict:
     admin_options = connection.client_options()
     admin = KafkaAdminClient(**admin_options)
     topic = f"group-bench-{uuid.uuid4().hex[:8]}"
     admin.create_topics([NewTopic(topic, partitions, 1)])
+    admin.close()
+    group = f"g-{topic}"
     port = 20000 + int(uuid.uuid4().int % 20000)
     folder = tempfile.mkdtemp(prefix="streamrec-group-bench-")
     args = [
@@ -107,7 +204,7 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
         "--input-topic", topic,
         "--output-topic", f"{topic}-recs",
         "--dlq-topic", f"{topic}-dlq",
-        "--group-id", f"g-{topic}",
+        "--group-id", group,
         "--metrics-port", str(port),
         "--checkpoint-dir", folder,
         "--no-shadow-baseline",
@@ -116,52 +213,77 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
         "--log-level", "WARNING",
     ]  # fmt: skip
     ports = [port + i for i in range(workers)]
+    if mode == "backlog":
+        produce(connection, topic, events)
+    samples: list[tuple[float, int]] = []
     with open(Path(folder) / "workers.log", "wb") as log:
         started = time.monotonic()
         proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        first = last = None
-        learned = 0
+        first = last = joined = None
+        producing = cores = None
         try:
-            # Every worker in the group before the stream starts: else the first to join learns
-            # a backlog alone and the run measures one worker.
-            group = f"g-{topic}"
-            while (
-                time.monotonic() - started < 120 and members_with_partitions(admin_options, group) < workers
-            ):
-                time.sleep(0.2)
-            joined = time.monotonic() - started
-            producing = time.monotonic()
-            produce(connection, topic, events)
+            if mode == "live":
+                # Every worker in the group before the stream starts: else the first to join
+                # learns a backlog alone and the run measures one worker.
+                while (
+                    time.monotonic() - started < 120
+                    and members_with_partitions(admin_options, group) < workers
+                ):
+                    time.sleep(0.2)
+                joined = time.monotonic()
+                producing, cores = time.monotonic(), Cores(proc.pid, broker_pid())
+                produce(connection, topic, events)
+            else:
+                producing = started
             while time.monotonic() - started < 900:
-                samples = [scrape(p) for p in ports]
-                learned = sum(int(s.get("streamrec_model_events", 0)) for s in samples)
+                learned = sum(int(s.get("streamrec_model_events", 0)) for s in map(scrape, ports))
                 now = time.monotonic()
+                samples.append((now, learned))
                 if learned and first is None:
                     first = now
+                    cores = cores or Cores(proc.pid, broker_pid())
+                if joined is None and members_with_partitions(admin_options, group) >= workers:
+                    joined = now
                 if learned >= len(events):
                     last = now
                     break
-                time.sleep(0.1)
+                time.sleep(0.2)
+            used = cores.stop() if cores else {"workers_cpu_s": float("nan")}
             if sync_every:
                 time.sleep(3)  # the last updates go out when the workers go idle
-            samples = [scrape(p) for p in ports]
+            final = [scrape(p) for p in ports]
         finally:
             proc.terminate()
             proc.wait(120)
-    hits = sum(s.get("streamrec_quality_hits_total", 0.0) for s in samples)
-    evaluated = sum(s.get("streamrec_quality_evaluated_total", 0.0) for s in samples)
+    hits = sum(s.get("streamrec_quality_hits_total", 0.0) for s in final)
+    evaluated = sum(s.get("streamrec_quality_evaluated_total", 0.0) for s in final)
+    wall = (last - (first if mode == "backlog" else producing)) if last and first else float("nan")
+    seconds = {
+        key.split(":", 1)[1]: sum(s.get(key, 0.0) for s in final)
+        for key in sorted({k for s in final for k in s if ":" in k})
+    }
     return {
+        "mode": mode,
         "workers": workers,
         "sync_every": sync_every,
-        "learned": learned,
+        "learned": samples[-1][1] if samples else 0,
         "hr_at_10": hits / evaluated if evaluated else float("nan"),
-        "to_first_event_s": (first - started) if first else float("nan"),
-        "to_all_joined_s": joined,
-        # From the first event produced to the last learned: the producer's time is in it (the
-        # same for every run), since events learned as they arrive cannot be timed apart.
-        "events_per_s": len(events) / (last - producing) if last else float("nan"),
+        "to_all_joined_s": (joined - started) if joined else float("nan"),
+        "to_first_learned_s": (first - started) if first else float("nan"),
+        # live: from the first event produced to the last learned (the producer's time is in
+        # it); backlog: from the first learned to the last.
+        "events_per_s": len(events) / wall,
+        "steady_events_per_s": steady_rate(samples, len(events), joined or started),
+        "cpu_s_per_1k_events": 1000 * used["workers_cpu_s"] / len(events),
+        "cores": used,
+        "worker_seconds": seconds,
         "exit_code": proc.returncode,
     }
+
+
+def label_of(row: dict) -> str:
+    every = row["sync_every"]
+    return f"{row['workers']} " + (f"one model /{every}" if every else "own models")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ml100k", type=Path, help="MovieLens 100K u.data (default: the synthetic stream)")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--runs", default="1,2,2s,4,4s", help="worker counts; 's': with --sync-every")
+    parser.add_argument(
+        "--runs", default="1,2,2s,4s", help="worker counts; 's': with --sync-every ('2s4096': every 4,096)"
+    )
+    parser.add_argument("--modes", default="live,backlog", help="live, backlog or both (see the docstring)")
     parser.add_argument("--sync-every", type=int, default=1024)
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/group.json")
     args = parser.parse_args(argv)
@@ -184,22 +309,45 @@ def main(argv: list[str] | None = None) -> int:
         else:
             events = list(synth_events(viewers=2000, videos=3000, events=args.events, seed=1))
         rows = []
-        for run in args.runs.split(","):
-            workers, shared = int(run.rstrip("s")), run.endswith("s")
-            rows.append(
-                run_group(connection, events, workers, args.sync_every if shared else 0, args.partitions)
+        print(
+            f"{'mode':<8} {'workers':<22} {'HR@10':>7} {'joined s':>9} {'1st learned s':>14} "
+            f"{'events/s':>9} {'steady/s':>9} {'CPU s/1k':>9}  cores: workers broker bench machine"
+        )
+        for mode in args.modes.split(","):
+            for run in args.runs.split(","):
+                workers, shared, every = re.fullmatch(r"(\d+)(s?)(\d*)", run).groups()
+                sync_every = (int(every) if every else args.sync_every) if shared else 0
+                r = run_group(connection, events, int(workers), sync_every, args.partitions, mode)
+                rows.append(r)
+                c = r["cores"]
+                print(
+                    f"{mode:<8} {label_of(r):<22} {r['hr_at_10']:7.4f} {r['to_all_joined_s']:9.1f} "
+                    f"{r['to_first_learned_s']:14.1f} {r['events_per_s']:9,.0f} "
+                    f"{r['steady_events_per_s']:9,.0f} {r['cpu_s_per_1k_events']:9.3f}  "
+                    f"{c.get('workers_cores', 0):14.2f} {c.get('broker_cores', 0):6.2f} "
+                    f"{c.get('bench_cores', 0):5.2f} {c.get('machine_cores', 0):7.2f}",
+                    flush=True,
+                )
+        for mode in args.modes.split(","):
+            base = next(
+                (r for r in rows if r["mode"] == mode and r["workers"] == 1 and not r["sync_every"]), None
             )
-            r = rows[-1]
-            print(
-                f"workers {workers} {'one model' if shared else 'own models':<10} HR@10 {r['hr_at_10']:.4f}  "
-                f"all joined after {r['to_all_joined_s']:5.1f} s  {r['events_per_s']:8,.0f} events/s",
-                flush=True,
-            )
-        base = next((r for r in rows if r["workers"] == 1), None)
-        if base:
-            for r in rows:
-                r["speed_vs_one"] = r["events_per_s"] / base["events_per_s"]
-                r["hr_vs_one"] = r["hr_at_10"] - base["hr_at_10"]
+            if base:
+                for r in (r for r in rows if r["mode"] == mode):
+                    r["speed_vs_one"] = r["events_per_s"] / base["events_per_s"]
+                    r["steady_vs_one"] = r["steady_events_per_s"] / base["steady_events_per_s"]
+                    r["cpu_vs_one"] = r["cpu_s_per_1k_events"] / base["cpu_s_per_1k_events"]
+                    r["hr_vs_one"] = r["hr_at_10"] - base["hr_at_10"]
+        print(
+            f"{'mode':<8} {'workers':<22} {'events/s':>9} {'steady':>7} {'CPU':>6} {'HR@10':>8}"
+            "  (vs one worker)"
+        )
+        for r in rows:
+            if "speed_vs_one" in r:
+                print(
+                    f"{r['mode']:<8} {label_of(r):<22} {r['speed_vs_one']:9.2f} {r['steady_vs_one']:7.2f} "
+                    f"{r['cpu_vs_one']:6.2f} {r['hr_vs_one']:+8.4f}"
+                )
         write_results(args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     finally:
         if broker is not None:

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/sync_cost.py [--ml100k PATH] [--events N] [--workers 2]
-        [--every 1024] [--profile]
+        [--every 1024] [--videos 3000] [--profile]
 
 The workers of a group are simulated in one process, as the service runs them: the stream is
 split by viewer with Kafka's partitioner, each worker learns its own viewers' events in batches
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ml100k", type=Path, help="MovieLens 100K u.data (default: the synthetic stream)")
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--videos", type=int, default=3000, help="the synthetic stream's catalogue")
+    parser.add_argument("--viewers", type=int, default=2000, help="the synthetic stream's viewers")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--every", type=int, default=1024)
     parser.add_argument("--profile", action="store_true", help="print where take and apply spend time")
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.ml100k:
         events = read_events(args.ml100k)[: args.events]
     else:
-        events = list(synth_events(viewers=2000, videos=3000, events=args.events, seed=1))
+        events = list(synth_events(viewers=args.viewers, videos=args.videos, events=args.events, seed=1))
     timed = Timed(("take", "apply") if args.profile else ())
     shape = simulate(events, args.workers, args.every, timed)
     n = max(shape["exchanges"], 1)
