@@ -1,0 +1,290 @@
+"""Handover on a real broker: kill -9 one of three workers mid-stream (issue 12's target).
+
+Usage::
+
+    .venv/bin/python bench/handover.py [--ml100k PATH] [--events N] [--partitions 6]
+        [--runs changelog,none] [--bootstrap HOST:PORT]
+
+The events (MovieLens 100K's first ``--events`` in time order with ``--ml100k``, which is the
+default when the file is at ``../shared/data/ml-100k/u.data``; else the synthetic stream), keyed
+by viewer, go into a fresh topic of ``--partitions`` partitions. Three ``python -m consumer``
+processes join one group (6 s sessions, so the group gives up on a dead worker quickly; no
+expiry, so that every viewer is remembered from their first watch to their last); half the
+stream is produced; once the victim has learned a sixth of it, it is killed with SIGKILL; the
+rest is produced, and the survivors go on until the group has committed every offset. Then:
+
+* **restore**: from the survivors' ``/metrics``, the seconds their restores took
+  (``streamrec_restore_seconds``: reading the changelog partitions to their end and installing
+  every viewer), the records read and the viewers restored; and from the kill to the last event
+  learned (the session timeout is most of it);
+* **viewers violating exclusion**: viewers whose last published list shows a video they watched
+  (issue 12's target: 0);
+* **events learned vs produced**: the watched videos of every viewer in the state that survives
+  (each viewer's latest changelog record: the state their owner holds), summed, against the
+  events produced; and how many viewers' watched lists are not exactly their stream, in order.
+
+A run named ``none`` does the same with ``--changelog-topic none`` (no handover: the survivors
+start the victim's viewers afresh), for comparison. Prints a table and writes
+``bench/results/handover.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded before numpy loads)
+
+# isort: split
+
+import orjson  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+
+from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.results import write_results  # noqa: E402
+from consumer import changelog  # noqa: E402
+from contract.schema import event_to_json  # noqa: E402
+from model import viewer_state  # noqa: E402
+from producer.readers import read_events  # noqa: E402
+from producer.synth import synth_events  # noqa: E402
+
+ML100K = REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
+WORKERS = 3
+
+
+def scrape(port: int) -> dict[str, float]:
+    """One worker's /metrics, sample values summed over label sets by name ({} when down)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name = name_labels.split("{", 1)[0]
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def produce(options: dict, topic: str, events: list) -> None:
+    producer = KafkaProducer(**options, acks="all", linger_ms=20, batch_size=1 << 20)
+    for e in events:
+        producer.send(topic, key=e.viewer.encode(), value=event_to_json(e))
+    producer.flush()
+    producer.close()
+
+
+def read_to_end(options: dict, topic: str) -> list:
+    """Every record of ``topic`` a read_committed reader sees, up to its end now."""
+    consumer = KafkaConsumer(
+        **options, group_id=None, enable_auto_commit=False, isolation_level="read_committed"
+    )
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        records: list = []
+        deadline = time.monotonic() + 120
+        while any(consumer.position(tp) < ends[tp] for tp in parts) and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def committed_everything(options: dict, group: str, topic: str) -> bool:
+    admin = KafkaAdminClient(**options)
+    consumer = KafkaConsumer(**options, enable_auto_commit=False)
+    try:
+        committed = admin.list_group_offsets(group).get(group, {})
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        ends = consumer.end_offsets(parts)
+        return all(tp in committed and committed[tp].offset >= ends[tp] for tp in parts)
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def members_with_partitions(options: dict, group: str) -> int:
+    admin = KafkaAdminClient(**options)
+    try:
+        described = admin.describe_groups([group]).get(group, {})
+    except Exception:  # noqa: BLE001 - the group may not exist yet
+        return 0
+    finally:
+        admin.close()
+    if described.get("group_state") != "Stable":
+        return 0
+    members = described.get("members", [])
+    return sum(1 for m in members if (m.get("member_assignment") or {}).get("assigned_partitions"))
+
+
+def run(connection, events: list, partitions: int, with_changelog: bool) -> dict:
+    options = connection.client_options()
+    admin = KafkaAdminClient(**options)
+    topic = f"handover-bench-{uuid.uuid4().hex[:8]}"
+    admin.create_topics([NewTopic(topic, partitions, 1)])
+    admin.close()
+    group, folder = f"g-{topic}", tempfile.mkdtemp(prefix="streamrec-handover-bench-")
+    base_port = 20000 + int(uuid.uuid4().int % 20000)
+    procs, ports = [], []
+    for i in range(WORKERS):
+        port = base_port + i
+        args = [
+            sys.executable, "-m", "consumer",
+            "--bootstrap-servers", connection.bootstrap_servers,
+            "--input-topic", topic,
+            "--output-topic", f"{topic}-recs",
+            "--dlq-topic", f"{topic}-dlq",
+            "--group-id", group,
+            "--worker-id", f"w{i}",
+            "--metrics-port", str(port),
+            "--checkpoint-dir", folder,
+            "--session-timeout-ms", "6000",
+            "--no-shadow-baseline",
+            # No expiry: ML-100K spans more than its 180 days, and a viewer forgotten by their
+            # TTL (not by the handover) would start afresh and fail the exactly-once count.
+            "--model-settings", "viewer_ttl=null,video_ttl=null",
+            *([] if with_changelog else ["--changelog-topic", "none"]),
+        ]  # fmt: skip
+        log = open(Path(folder) / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process below
+        procs.append((subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+        ports.append(port)
+    victim = 1
+    try:
+        started = time.monotonic()
+        while members_with_partitions(options, group) < WORKERS:
+            if time.monotonic() - started > 180:
+                raise RuntimeError(f"the workers did not all join in 180 s (logs in {folder})")
+            time.sleep(0.2)
+        half = len(events) // 2
+        produce(options, topic, events[:half])
+        while scrape(ports[victim]).get("streamrec_model_events", 0) < len(events) / (2 * WORKERS) / 2:
+            time.sleep(0.05)
+        learned_at_kill = int(scrape(ports[victim]).get("streamrec_model_events", 0))
+        procs[victim][0].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        produce(options, topic, events[half:])
+        while not committed_everything(options, group, topic):
+            if time.monotonic() - killed > 600:
+                raise RuntimeError(f"the survivors did not finish in 600 s (logs in {folder})")
+            time.sleep(0.2)
+        done = time.monotonic()
+        survivors = [scrape(p) for i, p in enumerate(ports) if i != victim]
+    finally:
+        for i, (proc, _log) in enumerate(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM if i != victim else signal.SIGKILL)
+        for proc, log in procs:
+            proc.wait(120)
+            log.close()
+    watched: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        watched[e.viewer].append(e.video)
+    lists = {}
+    for record in read_to_end(options, f"{topic}-recs"):
+        body = orjson.loads(record.value)
+        lists[body["viewer"]] = {item["video"] for item in body["items"]}
+    violating = sum(1 for v, seen in watched.items() if lists.get(v, set()) & set(seen))
+    row = {
+        "changelog": with_changelog,
+        "events": len(events),
+        "partitions": partitions,
+        "victim_learned_at_kill": learned_at_kill,
+        "kill_to_all_learned_s": done - killed,
+        "restores": sum(s.get("streamrec_restore_seconds_count", 0) for s in survivors),
+        "restore_seconds": sum(s.get("streamrec_restore_seconds_sum", 0) for s in survivors),
+        "records_read": sum(s.get("streamrec_restore_records_total", 0) for s in survivors),
+        "viewers_restored": sum(s.get("streamrec_restored_viewers_total", 0) for s in survivors),
+        "viewers": len(watched),
+        "viewers_with_lists": len(lists),
+        "viewers_violating_exclusion": violating,
+    }
+    if with_changelog:
+        states = {}
+        for record in read_to_end(options, f"{topic}-viewer-state"):
+            found = changelog.decode(record.value).models.get("control")
+            if found is not None:
+                states[record.key.decode()] = viewer_state.decode(found).seen
+        row["events_learned"] = sum(len(seen) for seen in states.values())
+        row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
+    admin = KafkaAdminClient(**options)
+    names = [topic, f"{topic}-recs", f"{topic}-dlq"] + ([f"{topic}-viewer-state"] if with_changelog else [])
+    admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
+    admin.close()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_broker_arguments(parser)
+    parser.add_argument(
+        "--ml100k", type=Path, default=ML100K if ML100K.exists() else None, help="MovieLens 100K u.data"
+    )
+    parser.add_argument(
+        "--synthetic", action="store_true", help="the synthetic stream even if ML-100K is here"
+    )
+    parser.add_argument("--events", type=int, default=40_000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--runs", default="changelog,none", help="changelog (the handover), none, or both")
+    parser.add_argument("--json", type=Path, default=REPO / "bench/results/handover.json")
+    args = parser.parse_args(argv)
+    connection = connection_from(args)
+    broker = None
+    if connection is None:
+        broker, connection = local_broker()
+    try:
+        if args.ml100k and not args.synthetic:
+            events, source = read_events(args.ml100k)[: args.events], f"ML-100K, first {args.events:,} events"
+        else:
+            events = list(synth_events(viewers=2000, videos=3000, events=args.events, seed=1))
+            source = f"synthetic, {args.events:,} events"
+        rows = [
+            run(connection, events, args.partitions, run_name == "changelog")
+            for run_name in args.runs.split(",")
+        ]
+        print(f"\nkill -9 of one of {WORKERS} workers mid-stream: {source}, {args.partitions} partitions")
+        head = (
+            f"{'handover':<11}{'restores':>9}{'restore s':>10}{'records':>9}{'viewers':>9}"
+            f"{'kill->done s':>13}{'violating':>10}{'learned':>9}{'produced':>9}{'not once':>9}"
+        )
+        print(head)
+        for r in rows:
+            learned = r.get("events_learned")
+            name = "changelog" if r["changelog"] else "none"
+            print(
+                f"{name:<11}{r['restores']:>9.0f}{r['restore_seconds']:>10.3f}{r['records_read']:>9,.0f}"
+                f"{r['viewers_restored']:>9,.0f}{r['kill_to_all_learned_s']:>13.1f}"
+                f"{r['viewers_violating_exclusion']:>7}/{r['viewers']:<3}"
+                f"{learned if learned is not None else '-':>8}{r['events']:>9,}"
+                f"{r.get('viewers_not_exactly_once', '-'):>9}"
+            )
+        write_results(
+            args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "source": source, "rows": rows}
+        )
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
