@@ -31,6 +31,7 @@ start the victim's viewers afresh), for comparison. Prints a table and writes
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,11 @@ def run(connection, events: list, partitions: int, with_changelog: bool) -> dict
                 states[record.key.decode()] = viewer_state.decode(found).seen
         row["events_learned"] = sum(len(seen) for seen in states.values())
         row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
+    restores = [
+        line for i in range(WORKERS) for line in (Path(folder) / f"w{i}.log").read_text().splitlines()
+    ]
+    row["restore_log"] = [line.split("msg=", 1)[1] for line in restores if "viewers restored from" in line]
+    shutil.rmtree(folder, ignore_errors=True)
     admin = KafkaAdminClient(**options)
     names = [topic, f"{topic}-recs", f"{topic}-dlq"] + ([f"{topic}-viewer-state"] if with_changelog else [])
     admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
@@ -277,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{learned if learned is not None else '-':>8}{r['events']:>9,}"
                 f"{r.get('viewers_not_exactly_once', '-'):>9}"
             )
+        for r in rows:
+            for line in r["restore_log"]:
+                print(f"  {line}")
         write_results(
             args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "source": source, "rows": rows}
         )

@@ -724,6 +724,7 @@ class StreamrecService:
                 skipped=restored.skipped,
                 installed=installed,
                 seconds=round(seconds, 4),
+                read_seconds=round(restored.seconds, 4),
             ),
         )
         if self.metrics is not None:
