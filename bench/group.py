@@ -12,9 +12,9 @@ exchange video updates, one model over the group; plain ``N``: each worker its o
 fresh group. Two modes:
 
 * ``live``: every worker joins the group before the first event is produced (else the first to
-  join learns a backlog alone), then the events are produced while the workers learn: quality
-  as a user sees it, and events/s from the first produced to the last learned (the producer's
-  time is in it, the same in every run);
+  join learns a backlog alone), then the events are produced (in a thread of this process)
+  while the workers learn: quality as a user sees it, and events/s from the first produced to
+  the last learned (the producer's time is in it, the same in every run);
 * ``backlog``: the events are produced first, then the workers start: the steady-state rate,
   with nothing waiting on the producer, and the time from start to the first learned event.
 
@@ -38,6 +38,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -61,7 +62,12 @@ from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
 #: Labelled series kept apart (by their label) rather than summed: where the time goes.
-BY_LABEL = {"streamrec_stage_seconds_total": "stage", "streamrec_sync_seconds_total": "step"}
+BY_LABEL = {
+    "streamrec_stage_seconds_total": "stage",
+    "streamrec_sync_seconds_total": "step",
+    "streamrec_sync_bytes_total": "direction",
+    "streamrec_sync_records_total": "direction",
+}
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -232,7 +238,9 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
                     time.sleep(0.2)
                 joined = time.monotonic()
                 producing, cores = time.monotonic(), Cores(proc.pid, broker_pid())
-                produce(connection, topic, events)
+                # In a thread: the workers learn while the events arrive, and are watched doing it.
+                producer = threading.Thread(target=produce, args=(connection, topic, events), daemon=True)
+                producer.start()
             else:
                 producing = started
             while time.monotonic() - started < 900:
@@ -249,6 +257,8 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
                     break
                 time.sleep(0.2)
             used = cores.stop() if cores else {"workers_cpu_s": float("nan")}
+            if mode == "live":
+                producer.join()
             if sync_every:
                 time.sleep(3)  # the last updates go out when the workers go idle
             final = [scrape(p) for p in ports]
@@ -258,10 +268,11 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
     hits = sum(s.get("streamrec_quality_hits_total", 0.0) for s in final)
     evaluated = sum(s.get("streamrec_quality_evaluated_total", 0.0) for s in final)
     wall = (last - (first if mode == "backlog" else producing)) if last and first else float("nan")
-    seconds = {
-        key.split(":", 1)[1]: sum(s.get(key, 0.0) for s in final)
-        for key in sorted({k for s in final for k in s if ":" in k})
+    by_label = {
+        key: sum(s.get(key, 0.0) for s in final) for key in sorted({k for s in final for k in s if ":" in k})
     }
+    seconds = {k.split(":", 1)[1]: v for k, v in by_label.items() if "_seconds_" in k}
+    sync = {k.removeprefix("streamrec_sync_"): v for k, v in by_label.items() if "_seconds_" not in k}
     return {
         "mode": mode,
         "workers": workers,
@@ -277,6 +288,9 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
         "cpu_s_per_1k_events": 1000 * used["workers_cpu_s"] / len(events),
         "cores": used,
         "worker_seconds": seconds,
+        # Summed over the workers: sync_{bytes,records}_total by direction (sent, applied).
+        "sync": sync,
+        "sync_bytes_sent_per_s_per_worker": sync.get("bytes_total:sent", 0.0) / wall / workers,
         "exit_code": proc.returncode,
     }
 
