@@ -791,7 +791,9 @@ class StreamrecService:
         if self.changelog is not None and self._touched:  # its viewers' state, likewise
             started = time.perf_counter()
             self._publisher.send(self._changelog_messages(poll))
-            stages["changelog"] += time.perf_counter() - started
+            spent = time.perf_counter() - started
+            stages["changelog"] += spent
+            work += spent  # it grows with the poll's viewers: part of what sizes the next poll
         delivering = self._publisher.seconds
         before = delivering["acknowledge"] + delivering["commit"]
         if not self._deliver(poll):

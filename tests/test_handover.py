@@ -133,6 +133,51 @@ def test_a_worker_that_joins_takes_over_its_partitions_viewers_with_what_they_wa
         assert [ids[r] for r in b_model.seen.of(b_model.viewers.get(viewer))] == watched[viewer], viewer
 
 
+def test_a_restore_takes_each_viewers_latest_committed_state_and_skips_polls_never_committed(
+    kafka_bootstrap, new_topic
+):
+    """The changelog's own promise, on the broker: created compacted with the input's partitions;
+    read back, a viewer's state is the latest one whose poll was committed (``through`` not past
+    the offset the new owner starts from), never a later one whose commit did not happen."""
+    from kafka import KafkaProducer
+
+    from consumer.changelog import ViewerChangelog
+    from model.embedding import EmbeddingRanker
+
+    names = topics(new_topic, partitions=3)
+    config = ServiceConfig(bootstrap_servers=kafka_bootstrap, **names)
+    log = ViewerChangelog(config)
+    log.ensure_topic(3)
+    model = EmbeddingRanker()
+    polls = [[("ann", "x"), ("ann", "y"), ("bob", "x")], [("ann", "z")], [("ann", "w"), ("bob", "v")]]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    try:
+        for through, poll in zip((10, 20, 30), polls, strict=True):  # the third is never committed
+            model.learn_many([WatchEvent(float(through), viewer, video) for viewer, video in poll])
+            touched = {viewer: 2 for viewer, _ in poll}
+            for topic, key, value, _, partition in log.messages(touched, {2: through}, {"control": model}):
+                producer.send(topic, key=key, value=value, partition=partition)
+        producer.flush()
+    finally:
+        producer.close()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        [described] = admin.describe_topics([log.topic])
+    finally:
+        admin.close()
+    try:
+        assert len(described["partitions"]) == 3
+
+        restored = log.read({2: 20})  # the new owner starts at offset 20: polls 1 and 2 committed
+
+        assert (restored.records, restored.skipped) == (5, 2)
+        seen = {v: viewer_state.decode(r.models["control"]).seen for v, r in restored.viewers.items()}
+        assert seen == {"ann": ["x", "y", "z"], "bob": ["x"]}
+        assert log.read({0: 0, 1: 0}).viewers == {}  # the other partitions hold nobody
+    finally:
+        delete_topic(kafka_bootstrap, log.topic)
+
+
 # -- kill -9 of one of three workers -------------------------------------------------------------
 
 #: (source, delivery mode) of the kill runs: the synthetic stream at least once; ML-100K, when it
