@@ -178,17 +178,13 @@ class VideoChanges:
     """
 
     def __init__(self) -> None:
-        self._dirty = np.zeros(1024, dtype=bool)
-        self._renamed: list[np.ndarray] = []
-        self._lo: list[np.ndarray] = []
-        self._hi: list[np.ndarray] = []
-        self._weight: list[np.ndarray] = []
-        self._own_rows: list[np.ndarray] = []
-        self._own_weight: list[np.ndarray] = []
+        self.clear()
 
     def clear(self) -> None:
         """Nothing changed (everything the model holds is agreed)."""
-        self.__init__()
+        self._dirty = np.zeros(1024, dtype=bool)
+        self._renamed: list[np.ndarray] = []
+        self.forget_counts()
 
     # -- noting ---------------------------------------------------------------------------------
 
@@ -222,7 +218,9 @@ class VideoChanges:
         self._own_rows.append(np.asarray(videos, dtype=np.int64))
         self._own_weight.append(np.ones(videos.size, np.float32))
 
-    def carried(self, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, own_rows, own_counts) -> None:  # noqa: ANN001
+    def carried(
+        self, lo: np.ndarray, hi: np.ndarray, counts: np.ndarray, own_rows: np.ndarray, own_counts: np.ndarray
+    ) -> None:
         """Counts already summed (restored from a checkpoint), pending like counted ones."""
         self._lo.append(lo.astype(np.int64))
         self._hi.append(hi.astype(np.int64))
@@ -232,7 +230,11 @@ class VideoChanges:
 
     def forget_counts(self) -> None:
         """The model dropped its co-occurrence counts (past its cap): nothing of them to send."""
-        self._lo, self._hi, self._weight, self._own_rows, self._own_weight = [], [], [], [], []
+        self._lo: list[np.ndarray] = []
+        self._hi: list[np.ndarray] = []
+        self._weight: list[np.ndarray] = []
+        self._own_rows: list[np.ndarray] = []
+        self._own_weight: list[np.ndarray] = []
 
     def released(self, rows: np.ndarray) -> None:
         """Rows released by expiry: their counts are gone, and so is anything noted of them."""
