@@ -93,6 +93,7 @@ from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
 from consumer.partitioner import partitions  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
+from contract import group_join  # noqa: E402
 from contract.connection import KafkaConnection  # noqa: E402
 from contract.errors import UserError  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
@@ -112,6 +113,7 @@ def raw_consume(
     where: KafkaConnection | str, topic: str, events: int, max_poll_records: int, timeout_s: float = 120
 ) -> dict:
     """kafka-python alone: poll the whole topic, touch nothing. The baseline."""
+    group_join.install()  # as the service's consumer: a lost join would stall the baseline
     consumer = KafkaConsumer(
         topic,
         **KafkaConnection.of(where).client_options(),
