@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 UPDATE_HEADER = "streamrec.worker"
 #: Bytes per update record: under the 1 MB a Kafka producer and broker accept by default.
 RECORD_BUDGET = 900_000
+#: A peer whose last update applied is older than this no longer counts in the group's size.
+PEER_WINDOW_S = 60.0
 
 
 class UpdateExchange:
@@ -66,6 +68,9 @@ class UpdateExchange:
         self.sent = 0
         self.applied = 0
         self.lag_s = 0.0
+        #: Per peer, when (monotonic s) its last update was applied: the group's size, by which
+        #: this worker's own steps are weighted (the mean of the workers' steps).
+        self.peers: dict[str, float] = {}
 
     # -- the reader ---------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class UpdateExchange:
                 self.replica.apply(updates)
                 done = time.perf_counter()
                 applied += 1
+                self.peers[sender] = time.monotonic()
                 sent_at = record.timestamp / 1000.0
                 self.lag_s = max(0.0, time.time() - sent_at)
                 if self.metrics is not None:
@@ -146,6 +152,7 @@ class UpdateExchange:
         if not (force and self.unsent) and not self.due():
             return []
         started = time.perf_counter()
+        self._weigh()
         updates = self.replica.take()
         taken = time.perf_counter()
         records = updates.records(RECORD_BUDGET)
@@ -161,23 +168,38 @@ class UpdateExchange:
         return messages
 
     def absorb(self) -> None:
-        """Events just replayed learn-only: their updates went out before the restart."""
-        self.replica.agree_all()
+        """Events just replayed learn-only: their updates went out before the restart, weighted
+        as they are weighted now; what is learned again is kept at that weight, not sent."""
+        self._weigh()
+        self.replica.take()
         self.unsent = 0
+
+    def _weigh(self) -> None:
+        """This worker's steps count 1 / N, N the workers heard from lately (itself included):
+        the group's steps are averaged, as the simulation found best when sends are thousands
+        of events apart (``docs/scaling.md``); alone, they count in full."""
+        recent = time.monotonic() - PEER_WINDOW_S
+        self.replica.step_weight = 1.0 / (1 + sum(1 for at in self.peers.values() if at >= recent))
 
     # -- checkpoints ------------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         partitions = sorted(self.offsets)
+        recent = time.monotonic() - PEER_WINDOW_S
+        peers = sorted(p for p, at in self.peers.items() if at >= recent)
         return self.replica.to_arrays() | {
             "update_partitions": np.array(partitions, dtype=np.int64),
             "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
+            "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.replica.load_arrays(arrays)
         partitions = arrays["update_partitions"].tolist()
         self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
+        # The peers heard from before the checkpoint: a replay weighs its steps as they were.
+        now = time.monotonic()
+        self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
 
 
 def update_topic_configs() -> dict[str, str]:

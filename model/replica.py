@@ -46,6 +46,7 @@ __all__ = [
     "VideoUpdates",
     "initial_vectors",
     "SHARED_TABLES",
+    "STEP_TABLES",
 ]
 
 #: The per-video tables exchanged, by the model's part names (additive: vectors, their Adagrad
@@ -61,6 +62,8 @@ SHARED_TABLES = (
 )
 #: Version 2: co-occurrence pairs once per unordered pair (added both ways), in the smallest
 #: integer types that hold them. Version 1 (every ordered pair, float32) is still read.
+#: The tables of the model's steps (what ``step_weight`` scales): vectors and bias.
+STEP_TABLES = ("video_vectors", "transitions", "video_bias")
 _FORMAT = "streamrec.video-updates/2"
 _FORMAT_V1 = "streamrec.video-updates/1"
 
@@ -484,6 +487,11 @@ class VideoReplica:
         if not isinstance(model, ReplicatedRanker):
             raise TypeError("a replica needs the ReplicatedRanker (new vectors drawn from the video id)")
         self.model = model
+        #: The weight of this worker's own steps in what it sends, and keeps: 1 sums the
+        #: workers' steps (sequential SGD when sends are close); ``1 / N`` over N workers
+        #: averages them (federated averaging, which does not overshoot when sends are far
+        #: apart). Accumulators and counts are always summed.
+        self.step_weight = 1.0
         self.agree_all()
 
     # -- the agreed state ------------------------------------------------------------------
@@ -540,6 +548,10 @@ class VideoReplica:
         changed = np.zeros(dirty.size, dtype=bool)
         for d in deltas.values():
             changed |= (d != 0).any(axis=1) if d.ndim == 2 else d != 0
+        if self.step_weight != 1.0:  # this worker's steps count at their weight, here as everywhere
+            for name in STEP_TABLES:
+                deltas[name] = (deltas[name] * self.step_weight).astype(deltas[name].dtype)
+                parts[name].array[dirty] = self._agreed[name].array[dirty] + deltas[name]
         for name in SHARED_TABLES:
             self._agreed[name].array[dirty] = parts[name].array[dirty]
         lo, hi, counts, own_rows, own_counts = m.changes.pop_counts()

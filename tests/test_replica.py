@@ -15,7 +15,14 @@ from kafka.partitioner.default import murmur2
 from contract.events import WatchEvent
 from model.embedding import EmbeddingRanker
 from model.evaluate import StreamingEvaluator
-from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates, initial_vectors
+from model.replica import (
+    SHARED_TABLES,
+    STEP_TABLES,
+    ReplicatedRanker,
+    VideoReplica,
+    VideoUpdates,
+    initial_vectors,
+)
 from tests.streams import SOURCES, stream
 
 
@@ -288,3 +295,40 @@ def test_updates_of_the_first_format_are_still_read():
     m = replica.model
     a, b = m.videos.get("a"), m.videos.get("b")
     assert m._cooc.array[a, b] == m._cooc.array[b, a] == 3.0
+
+
+def test_a_worker_weighting_its_steps_keeps_and_sends_that_share_and_the_replicas_agree():
+    """With ``step_weight`` 1/3 (the mean over three workers) a send carries a third of the
+    worker's steps on vectors and biases, the worker keeps just that share, accumulators and
+    counts go whole, and three workers exchanging so end with one state."""
+    events = stream("synthetic", 3000)
+    share = [[e for e in events if worker_of(e.viewer, 3) == w] for w in range(3)]
+    full, third = VideoReplica(ReplicatedRanker()), VideoReplica(ReplicatedRanker())
+    for r in (full, third):
+        r.model.learn_many(share[0])
+    third.step_weight = 1 / 3
+    whole, weighted = full.take(), third.take()
+    assert whole.ids == weighted.ids and len(whole)
+    for name in SHARED_TABLES:
+        expected = whole.tables[name] / 3 if name in STEP_TABLES else whole.tables[name]
+        np.testing.assert_allclose(weighted.tables[name], expected, rtol=1e-5, atol=1e-7, err_msg=name)
+    rows = third.model.videos.get_many(whole.ids)
+    kept = third.model._E.array[rows] - full.model._E.array[rows]  # the start plus a third, not all
+    np.testing.assert_allclose(kept, -2 / 3 * whole.tables["video_vectors"], rtol=1e-4, atol=1e-6)
+
+    replicas = [VideoReplica(ReplicatedRanker()) for _ in range(3)]
+    for r, mine in zip(replicas, share, strict=True):
+        r.step_weight = 1 / 3
+        r.model.learn_many(mine)
+    taken = [r.take() for r in replicas]
+    for w, r in enumerate(replicas):
+        for other, updates in enumerate(taken):
+            if other != w:
+                r.apply(VideoUpdates.from_bytes(updates.to_bytes()))
+    first, *others = replicas
+    ids = sorted(first.model.videos.ids)
+    for other in others:
+        for name in SHARED_TABLES:
+            a = first.model.state_parts()[name].array[first.model.videos.get_many(ids)]
+            b = other.model.state_parts()[name].array[other.model.videos.get_many(ids)]
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)

@@ -141,6 +141,8 @@ def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
             assert sample(me, "streamrec_sync_bytes_total", direction="sent") > 1000 * sent  # rows of vectors
             for step in ("take", "encode", "decode", "apply"):
                 assert sample(me, "streamrec_sync_seconds_total", step=step) > 0, step
+            # Each counts the other in the group's size: its steps weigh a half.
+            assert set(peer.exchange.peers) == {"a" if me is a else "b"}
             lag = sample(peer, "streamrec_sync_lag_seconds", peer="a" if me is a else "b")
             assert 0 <= lag < 30
             sent_at = sample(me, "streamrec_sync_peer_update_timestamp_seconds", peer=peer_name)
