@@ -187,6 +187,22 @@ KILL_RUNS = [("synthetic", [])] + ([("ml-100k", ["--exactly-once"])] if "ml-100k
 N_KILL = 6000
 
 
+def stable(bootstrap: str, topic: str) -> bool:
+    """Whether no open transaction holds ``topic`` back from a read_committed reader: a worker
+    killed inside one leaves it open until the brokers abort it (its transaction timeout, 60 s)."""
+    ends = {}
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation
+        )
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+            ends[isolation] = consumer.end_offsets(parts)
+        finally:
+            consumer.close()
+    return ends["read_committed"] == ends["read_uncommitted"]
+
+
 def group_committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
@@ -242,6 +258,10 @@ def test_kill_9_of_one_of_three_workers_hands_its_viewers_to_the_survivors(
         for w in survivors:
             assert w.stop(timeout=120) == 0, tail_of(w)
 
+        for topic in (names["output_topic"], f"{names['input_topic']}-viewer-state"):
+            assert wait_for(lambda topic=topic: stable(kafka_bootstrap, topic), 120), (
+                f"{topic}: a transaction stays open"
+            )
         watched = watched_by(events)
         lists = last_lists(kafka_bootstrap, names["output_topic"])
         assert set(lists) == set(watched), "every viewer's last watch is answered"
