@@ -128,6 +128,15 @@ class ServiceConfig:
     sync_interval_s: float = 1.0
     #: The update topic; empty: ``<input topic>-video-updates``.
     sync_topic: str = ""
+    #: Snapshots of the group's video state (see :mod:`consumer.snapshot`): one worker publishes
+    #: the agreed state this often, and a worker without a checkpoint starts from the newest
+    #: instead of reading the whole update topic (0: off).
+    snapshot_every_s: float = 300.0
+    #: The snapshot topic (compacted); empty: ``<update topic>-snapshots``.
+    snapshot_topic: str = ""
+    #: How long the update topic keeps records when snapshots are on (-1: everything; with
+    #: snapshots off it always keeps everything, the only way to start a new worker).
+    sync_retention_s: float = 86400.0
     #: The viewer-state changelog (see :mod:`consumer.changelog`): a partition's new owner
     #: restores its viewers from it. Empty: ``<input topic>-viewer-state``; ``none``: off.
     changelog_topic: str = ""
@@ -173,6 +182,24 @@ class ServiceConfig:
             self.sync_topic_name not in (self.input_topic, self.output_topic, self.dlq_topic),
             "sync_topic must differ from the other topics",
         )
+        check(self.snapshot_every_s >= 0, f"snapshot_every_s must be >= 0, got {self.snapshot_every_s}")
+        check(
+            self.snapshot_topic_name
+            not in (self.input_topic, self.output_topic, self.dlq_topic, self.sync_topic_name),
+            "snapshot_topic must differ from the other topics",
+        )
+        check(
+            self.sync_retention_s == -1 or self.sync_retention_s > 0,
+            f"sync_retention_s must be -1 (keep everything) or > 0, got {self.sync_retention_s}",
+        )
+        check(
+            not self.snapshot_every_s
+            or self.sync_retention_s == -1
+            or self.sync_retention_s >= 2 * self.snapshot_every_s,
+            f"sync_retention_s ({self.sync_retention_s:g}) must be at least twice snapshot_every_s "
+            f"({self.snapshot_every_s:g}): a new worker reads the updates since the newest snapshot, "
+            "or since the one before when the newest is torn",
+        )
         check(
             self.changelog_topic_name
             not in (self.input_topic, self.output_topic, self.dlq_topic, self.sync_topic_name),
@@ -217,6 +244,17 @@ class ServiceConfig:
     @property
     def sync_topic_name(self) -> str:
         return self.sync_topic or f"{self.input_topic}-video-updates"
+
+    @property
+    def snapshot_topic_name(self) -> str:
+        return self.snapshot_topic or f"{self.sync_topic_name}-snapshots"
+
+    @property
+    def sync_retention_ms(self) -> int:
+        """The update topic's ``retention.ms``: -1 (everything) unless snapshots are on."""
+        if not self.snapshot_every_s or self.sync_retention_s == -1:
+            return -1
+        return int(self.sync_retention_s * 1000)
 
     @property
     def changelog_topic_name(self) -> str | None:
@@ -329,6 +367,11 @@ _HELP = {
     "this many learned events (0: off, each worker learns its own model; needs --model streamrec)",
     "sync_interval_s": "... or this often when fewer events were learned since",
     "sync_topic": "the update topic (default: <input topic>-video-updates)",
+    "snapshot_every_s": "publish a snapshot of the group's video state this often, in seconds (0: off); "
+    "a worker without a checkpoint starts from the newest instead of the whole update topic",
+    "snapshot_topic": "the compacted snapshot topic (default: <update topic>-snapshots)",
+    "sync_retention_s": "how long the update topic keeps records when snapshots are on, in seconds "
+    "(-1: everything; at least twice --snapshot-every-s)",
     "changelog_topic": "the viewer-state changelog a partition's new owner restores its viewers from "
     "(default: <input topic>-viewer-state; 'none': off, a moved partition's viewers start afresh)",
     "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "

@@ -126,6 +126,8 @@ SYNC_DIRECTIONS = ("sent", "applied")
 #: ``step`` label values of ``streamrec_sync_seconds_total``: ``take`` (what this worker added
 #: since its last send), ``encode`` (into records), ``decode`` and ``apply`` (a peer's records).
 SYNC_STEPS = ("take", "encode", "decode", "apply")
+#: ``outcome`` label values of ``streamrec_sync_snapshots_total`` (:mod:`consumer.snapshot`).
+SNAPSHOT_OUTCOMES = ("published", "deferred", "failed")
 #: Writing one checkpoint.
 CHECKPOINT_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -535,6 +537,28 @@ class ServiceMetrics:
                 counter.labels(direction)
         for step in SYNC_STEPS:
             self.sync_seconds.labels(step)
+        # Snapshots of the video state (consumer.snapshot).
+        self.sync_snapshots = Counter(
+            "streamrec_sync_snapshots",
+            "Snapshots of the agreed video state, by outcome: published (manifest acknowledged), "
+            "deferred (own updates not yet behind the reader), failed (a chunk not acknowledged).",
+            ["outcome"],
+            **kw,
+        )
+        self.sync_snapshot_bytes = Gauge(
+            "streamrec_sync_snapshot_bytes", "Bytes of the last snapshot this worker published.", **kw
+        )
+        self.sync_snapshot_restore = Gauge(
+            "streamrec_sync_snapshot_restore",
+            "The snapshot this worker started from: seconds reading and installing it, records of "
+            "the snapshot topic read, videos installed (0: it started without one).",
+            ["what"],
+            **kw,
+        )
+        for outcome in SNAPSHOT_OUTCOMES:
+            self.sync_snapshots.labels(outcome)
+        for what in ("seconds", "records", "videos"):
+            self.sync_snapshot_restore.labels(what)
 
     # -- per batch -----------------------------------------------------------------------------
 
@@ -745,6 +769,17 @@ class ServiceMetrics:
         self.sync_seconds.labels("apply").inc(apply_s)
         self.sync_lag.labels(peer).set(max(0.0, time.time() - sent_at))
         self.sync_peer_time.labels(peer).set(sent_at)
+
+    def record_snapshot(self, outcome: str, size_bytes: int = 0) -> None:
+        """A snapshot published (its bytes), deferred or failed."""
+        self.sync_snapshots.labels(outcome).inc()
+        if outcome == "published":
+            self.sync_snapshot_bytes.set(size_bytes)
+
+    def record_snapshot_restore(self, seconds: float, records: int, videos: int) -> None:
+        """This worker started from a snapshot: the time it took, records read, videos installed."""
+        for what, value in (("seconds", seconds), ("records", records), ("videos", videos)):
+            self.sync_snapshot_restore.labels(what).set(value)
 
 
 def popularity_percentiles(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:

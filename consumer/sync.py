@@ -10,9 +10,13 @@ each poll's batches. The reader's offsets and the agreed video state are in ever
 so a restarted worker applies exactly the peers' updates its restored model lacks, and
 replayed events (whose updates went out before the crash) are taken as agreed, not sent again.
 
-A worker that joins later reads the topic from its start: the updates add up to the group's
-video state, because every video starts from its id. The topic keeps everything
-(``retention.ms=-1``) until snapshots exist to start from (``docs/scaling.md``).
+A worker that joins later with nothing saved starts from the newest snapshot of the group's
+video state (:mod:`consumer.snapshot`, ``--snapshot-every-s``) and reads the topic from the
+offsets the snapshot covers; without snapshots it reads the topic from its start (the updates
+add up to the group's video state, because every video starts from its id), so then the topic
+keeps everything. One worker of the group (the first by the hash of its name among itself and
+the peers heard from lately) publishes a snapshot every ``--snapshot-every-s`` seconds, at a
+moment its agreed state is exactly the updates before its reader's positions.
 
 >>> UPDATE_HEADER
 'streamrec.worker'
@@ -20,17 +24,19 @@ video state, because every video starts from its id. The topic keeps everything
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
 import numpy as np
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
+from consumer.snapshot import OwnRecords, Snapshot, read_snapshot, snapshot_messages
 from model.replica import VideoReplica, VideoUpdates
 
 __all__ = ["UpdateExchange", "UPDATE_HEADER", "RECORD_BUDGET"]
@@ -71,6 +77,27 @@ class UpdateExchange:
         #: Per peer, when (monotonic s) its last update was applied: the group's size, by which
         #: this worker's own steps are weighted (the mean of the workers' steps).
         self.peers: dict[str, float] = {}
+        #: Update records read (own and peers'), e.g. after starting from a snapshot.
+        self.read = 0
+        #: Whether the agreed state and offsets came from a checkpoint (then no snapshot is read).
+        self.restored = False
+        #: This incarnation's own records, to know when a snapshot may be taken.
+        self.own = OwnRecords()
+        self.snapshot_every_s = config.snapshot_every_s
+        self.snapshot_topic = config.snapshot_topic_name
+        #: The snapshot this worker started from, if any.
+        self.started_from: Snapshot | None = None
+        #: Snapshots published by this worker (manifests acknowledged).
+        self.snapshots = 0
+        self._snapshot_at = time.monotonic() + self.snapshot_every_s
+        self._snapshot_slot = 0
+        self._snapshot_producer: KafkaProducer | None = None
+        #: A snapshot whose chunks are on their way: (chunk futures, manifest message, size).
+        self._snapshot_pending: tuple[list, Message, int] | None = None
+        self._manifest_future = None
+        #: The update topic's offsets of the snapshot last sent, and of the last acknowledged.
+        self._snapshot_sent_offsets: dict[int, int] = {}
+        self.snapshot_offsets: dict[int, int] = {}
 
     # -- the reader ---------------------------------------------------------------------------
 
@@ -92,16 +119,41 @@ class UpdateExchange:
         assigned = [TopicPartition(self.topic, p) for p in partitions]
         reader.assign(assigned)
         beginning = reader.beginning_offsets(assigned)
+        # Every record an earlier incarnation sent is before these: a snapshot waits for them.
+        self.own = OwnRecords({tp.partition: o for tp, o in reader.end_offsets(assigned).items()})
+        if self.snapshot_every_s and not self.restored:
+            self._start_from_snapshot()
+        lost = {
+            tp.partition: beginning[tp]
+            for tp in assigned
+            if self.offsets.get(tp.partition, 0) < beginning[tp]
+        }
+        if lost and (self.restored or self.started_from or any(beginning[tp] for tp in assigned)):
+            log.warning(
+                "update records this worker needs were deleted by the topic's retention: its video "
+                "state misses them (start it without its checkpoint to begin from the newest snapshot)",
+                extra=fields(topic=self.topic, first_kept=lost),
+            )
         for tp in assigned:
             reader.seek(tp, max(self.offsets.get(tp.partition, 0), beginning[tp]))
         self._reader = reader
 
     def close(self) -> None:
+        if self._snapshot_producer is not None:
+            self._snapshot_producer.close(timeout=5)
+            self._snapshot_producer = None
         close_quietly(self._reader)
         self._reader = None
 
     def receive(self, timeout_ms: int = 0) -> int:
-        """Apply the peers' updates that have arrived; how many records were applied."""
+        """Apply the peers' updates that have arrived; how many records were applied. Publishes a
+        snapshot when one is due and this worker's agreed state is the updates before its reader."""
+        applied = self._read(timeout_ms)
+        if self.snapshot_every_s and self._reader is not None:
+            self._snapshot_step()
+        return applied
+
+    def _read(self, timeout_ms: int) -> int:
         if self._reader is None:
             return 0
         applied = 0
@@ -109,8 +161,11 @@ class UpdateExchange:
         for tp, records in polled.items():
             for record in records:
                 self.offsets[tp.partition] = record.offset + 1
-                sender = dict(record.headers or ()).get(UPDATE_HEADER, b"").decode()
+                self.read += 1
+                headers = record.headers or ()
+                sender = dict(headers).get(UPDATE_HEADER, b"").decode()
                 if sender == self.worker:
+                    self.own.seen(headers)
                     continue  # its own: in this model already (or relearned by the replay)
                 started = time.perf_counter()
                 try:
@@ -159,8 +214,8 @@ class UpdateExchange:
         encoded = time.perf_counter()
         self.unsent = 0
         self._taken_at = time.monotonic()
-        key, headers = self.worker.encode(), [(UPDATE_HEADER, self.worker.encode())]
-        messages = [(self.topic, key, record, headers) for record in records]
+        key, sender = self.worker.encode(), (UPDATE_HEADER, self.worker.encode())
+        messages = [(self.topic, key, record, [sender, *self.own.stamp()]) for record in records]
         self.sent += len(messages)
         if self.metrics is not None:
             size = sum(len(r) for r in records)
@@ -181,6 +236,125 @@ class UpdateExchange:
         recent = time.monotonic() - PEER_WINDOW_S
         self.replica.step_weight = 1.0 / (1 + sum(1 for at in self.peers.values() if at >= recent))
 
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def _start_from_snapshot(self) -> None:
+        """A worker with nothing saved installs the newest complete snapshot and reads the
+        update topic from the offsets it covers (none: from the topic's start)."""
+        model = self.replica.model
+        if len(model.videos):
+            return  # a model restored without its exchange state: it keeps what it learned
+        started = time.perf_counter()
+        try:
+            snapshot = read_snapshot(self.config)
+        except TimeoutError as err:
+            log.error(
+                "snapshot topic unreadable; reading the update topic from its start", extra=fields(error=err)
+            )
+            return
+        if snapshot is None:
+            log.info(
+                "no complete snapshot; reading the update topic from its start",
+                extra=fields(topic=self.snapshot_topic),
+            )
+            return
+        for part in snapshot.parts:
+            self.replica.apply(part)
+        self.offsets = dict(snapshot.manifest.offsets)
+        self.started_from = snapshot
+        seconds = time.perf_counter() - started
+        log.info(
+            "started from snapshot",
+            extra=fields(
+                snapshot=snapshot.manifest.id,
+                by=snapshot.manifest.worker,
+                age_s=round(time.time() - snapshot.manifest.created, 1),
+                videos=snapshot.manifest.videos,
+                records=snapshot.records_read,
+                bytes=snapshot.bytes_read,
+                torn_skipped=len(snapshot.torn),
+                update_offsets=snapshot.manifest.offsets,
+                seconds=round(seconds, 3),
+            ),
+        )
+        if self.metrics is not None:
+            self.metrics.record_snapshot_restore(seconds, snapshot.records_read, snapshot.manifest.videos)
+
+    def _snapshot_step(self) -> None:
+        """Finish a snapshot on its way; start one when due, if this worker is the one to."""
+        self._finish_snapshot()
+        if self._snapshot_pending is not None or time.monotonic() < self._snapshot_at or not self._chosen():
+            return
+        # Its own records are acknowledged by now (sent before the poll's commit): give the
+        # reader a moment to pass them rather than miss every moment under steady load.
+        deadline = time.monotonic() + 2.0
+        while not self.own.settled(self._positions()) and time.monotonic() < deadline:
+            self._read(timeout_ms=100)
+        positions = self._positions()
+        if positions == self._snapshot_sent_offsets:  # nothing applied or sent since the last
+            self._snapshot_at = time.monotonic() + self.snapshot_every_s
+            return
+        if not self.own.settled(positions):
+            self._snapshot_at = time.monotonic() + min(5.0, self.snapshot_every_s)
+            if self.metrics is not None:
+                self.metrics.record_snapshot("deferred")
+            return
+        self.publish_snapshot(positions)
+
+    def _positions(self) -> dict[int, int]:
+        return {tp.partition: self._reader.position(tp) for tp in self._reader.assignment()}
+
+    def _chosen(self) -> bool:
+        """Whether this worker snapshots: the first by the hash of its name among itself and the
+        peers heard from lately (one at a time; another takes over when it goes quiet)."""
+        recent = time.monotonic() - PEER_WINDOW_S
+        names = [self.worker, *(p for p, at in self.peers.items() if at >= recent)]
+        return min(names, key=_rank) == self.worker
+
+    def publish_snapshot(self, positions: dict[int, int]) -> None:
+        """Send the agreed state's chunks, covering the update topic before ``positions``; the
+        manifest follows once they are acknowledged (:meth:`_finish_snapshot`)."""
+        if self._snapshot_producer is None:
+            self._snapshot_producer = KafkaProducer(
+                **self.config.kafka.client_options(),
+                client_id=f"streamrec-{self.worker}-snapshots",
+                acks="all",
+                max_request_size=2 * RECORD_BUDGET,
+            )
+        updates = self.replica.snapshot()
+        chunks, manifest, described = snapshot_messages(
+            self.snapshot_topic, self.worker, self._snapshot_slot, updates, positions, RECORD_BUDGET
+        )
+        self._snapshot_slot ^= 1
+        self._snapshot_sent_offsets = dict(positions)
+        producer = self._snapshot_producer
+        futures = [producer.send(t, key=k, value=v, headers=h) for t, k, v, h in chunks]
+        self._snapshot_pending = (futures, manifest, sum(c.size for c in described.chunks))
+        self._snapshot_at = time.monotonic() + self.snapshot_every_s
+
+    def _finish_snapshot(self) -> None:
+        if self._manifest_future is not None and self._manifest_future.is_done:
+            if self._manifest_future.succeeded():
+                self.snapshots += 1
+                self.snapshot_offsets = self._snapshot_sent_offsets
+            self._manifest_future = None
+        if self._snapshot_pending is None:
+            return
+        futures, (topic, key, value, headers), size = self._snapshot_pending
+        if not all(f.is_done for f in futures):
+            return
+        self._snapshot_pending = None
+        failed = [f.exception for f in futures if f.failed()]
+        if failed:
+            log.error("snapshot not published: a chunk failed", extra=fields(error=failed[0]))
+            if self.metrics is not None:
+                self.metrics.record_snapshot("failed")
+            return
+        self._manifest_future = self._snapshot_producer.send(topic, key=key, value=value, headers=headers)
+        log.info("snapshot published", extra=fields(chunks=len(futures), bytes=size, topic=topic))
+        if self.metrics is not None:
+            self.metrics.record_snapshot("published", size)
+
     # -- checkpoints ------------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -194,6 +368,7 @@ class UpdateExchange:
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.restored = True
         self.replica.load_arrays(arrays)
         partitions = arrays["update_partitions"].tolist()
         self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
@@ -202,6 +377,5 @@ class UpdateExchange:
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
 
 
-def update_topic_configs() -> dict[str, str]:
-    """The update topic keeps every record: the updates add up to the group's video state."""
-    return {"retention.ms": "-1", "cleanup.policy": "delete"}
+def _rank(worker: str) -> bytes:
+    return hashlib.blake2b(worker.encode(), digest_size=8).digest()

@@ -2,7 +2,9 @@
 
 The recommendations topic is compacted: it is keyed by viewer, so compaction keeps each viewer's
 latest list and the topic stays the size of the audience, not of the history. The dead-letter
-topic keeps everything (delete policy, the broker's retention). The input topic belongs to the
+topic keeps everything (delete policy, the broker's retention). With ``--sync-every``, the update
+topic keeps everything (``retention.ms=-1``), or ``--sync-retention-s`` when snapshots are on, and
+the snapshot topic is compacted (:mod:`consumer.snapshot`). The input topic belongs to the
 producers and is never created here.
 """
 
@@ -35,8 +37,11 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
             config.output_topic: {"cleanup.policy": "compact"},
             config.dlq_topic: {},
         }
-        if config.sync_every:  # every update is kept: together they are the group's video state
-            wanted[config.sync_topic_name] = {"retention.ms": "-1"}
+        if config.sync_every:
+            # The updates add up to the group's video state: kept whole unless snapshots hold it.
+            wanted[config.sync_topic_name] = {"retention.ms": str(config.sync_retention_ms)}
+            if config.snapshot_every_s:  # the newest two snapshots of each publishing worker
+                wanted[config.snapshot_topic_name] = {"cleanup.policy": "compact", "segment.ms": "3600000"}
         missing = [
             NewTopic(name, num_partitions=1, replication_factor=-1, topic_configs=configs)
             for name, configs in wanted.items()

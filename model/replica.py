@@ -622,6 +622,57 @@ class VideoReplica:
         m._alpha_acc[0] += alpha[1]
         self._alpha += alpha
 
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshot(self) -> VideoUpdates:
+        """The agreed video state as one update that a fresh replica applies to hold it: for
+        each video that received anything, its agreed rows less its start (the vectors' start is
+        its id's, every other table's is zero), the agreed co-occurrence pairs and counts, and the
+        co-occurrence weight less a fresh model's. What this worker learned and has not taken is
+        not in it (the agreed copy and the noted counts keep it apart).
+
+        Applied to a fresh replica it equals applying every update the agreed state is made of;
+        which updates those are (and where they sit in the update topic) is the caller's to know
+        (``consumer.snapshot``)."""
+        m = self.model
+        self._align()
+        n = len(m.videos)
+        ids = m.videos.ids
+        agreed = {name: table.array[:n] for name, table in self._agreed.items()}
+        pending = m.changes.pop_counts()
+        m.changes.carried(*pending)  # noted, not taken: still to be sent, so not in the snapshot
+        lo, hi, counts, own_rows, own_counts = pending
+        cooc = m._cooc.rows > 0 and m._use_cooc(n)
+        if cooc:
+            matrix = m._cooc.array[:n, :n].copy()
+            matrix[lo, hi] -= counts
+            matrix[hi, lo] -= counts
+            own_all = m._cooc.counts[:n].copy()
+            own_all[own_rows] -= own_counts
+        live = np.array([bool(v) for v in ids], dtype=bool)
+        touched = np.zeros(n, dtype=bool)
+        for name in SHARED_TABLES:
+            if name != "video_vectors":
+                values = agreed[name]
+                touched |= (values != 0).any(axis=1) if values.ndim == 2 else values != 0
+        if cooc:
+            touched |= own_all != 0
+        rows = np.flatnonzero(live & touched)
+        named = [ids[r] for r in rows.tolist()]
+        tables = {name: agreed[name][rows].copy() for name in SHARED_TABLES}
+        tables["video_vectors"] -= initial_vectors(named, m.dim, m.init_scale, m.seed or 0)
+        pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+        own = np.zeros(0, np.float32)
+        if cooc:
+            position = np.full(n, -1, dtype=np.int64)
+            position[rows] = np.arange(rows.size)
+            sub = matrix[np.ix_(rows, rows)]
+            i, j = np.nonzero(np.triu(sub, 1))
+            pairs = (i.astype(np.int64), j.astype(np.int64), sub[i, j].astype(np.float32))
+            own = own_all[rows].astype(np.float32)
+        alpha = self._alpha - np.array([m.cooc_weight, 0.0], dtype=np.float32)
+        return VideoUpdates(ids=named, tables=tables, pairs=pairs, own=own, alpha=alpha)
+
     # -- persistence -------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:

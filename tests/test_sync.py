@@ -9,6 +9,7 @@ must pick up where it was without applying anything twice.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 
 import numpy as np
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
+from consumer.snapshot import ChunkRef, Manifest
 from model.replica import SHARED_TABLES
 from tests.service_helpers import in_thread, produce, topics, wait_for
 from tests.streams import synthetic
@@ -147,3 +149,53 @@ def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
             assert 0 <= lag < 30
             sent_at = sample(me, "streamrec_sync_peer_update_timestamp_seconds", peer=peer_name)
             assert time.time() - 120 < sent_at <= time.time()
+
+
+def test_a_late_worker_starts_from_the_snapshot_and_agrees(kafka_bootstrap, group, caplog):
+    """Two workers learn a stream and snapshot their video state every second; a third with
+    an empty checkpoint folder joins late. It installs the newest complete snapshot (skipping a
+    torn one that claims to be newer), reads only the update records after it, and ends with
+    the others' video state once more events are learned by all three."""
+    base, names = group
+    base = dataclasses.replace(base, snapshot_every_s=1.0)
+    first, second = synthetic(4000, seed=84), synthetic(1500, seed=85)
+    a_config, b_config, c_config = (dataclasses.replace(base, worker_id=w) for w in "abc")
+    with running(a_config) as a, running(b_config) as b:
+        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
+        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        produce(kafka_bootstrap, names["input_topic"], keyed(first))
+        assert wait_for(lambda: a.model_events + b.model_events == len(first), 120)
+        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
+        assert wait_for(lambda: _caught_up(a, b), 30)
+        # One of them (the first by its name's hash, once they have heard from each other)
+        # snapshots everything sent.
+        assert wait_for(lambda: any(w.exchange.snapshot_offsets == w.exchange.offsets for w in (a, b)), 30)
+        snapshotter = next(w for w in (a, b) if w.exchange.snapshot_offsets == w.exchange.offsets)
+        in_topic = sum(snapshotter.exchange.offsets.values())
+        assert in_topic > 10
+        # A manifest claiming to be newer whose chunk is missing: a torn snapshot.
+        torn = Manifest("torn", "x", time.time() + 60, {0: in_topic}, [ChunkRef("chunk/x/0/0", 10, 0)], 1)
+        produce(kafka_bootstrap, base.snapshot_topic_name, [(b"manifest/x/0", torn.to_bytes())])
+
+        caplog.set_level(logging.INFO)
+        with running(c_config) as c:
+            assert wait_for(lambda: c.exchange is not None and c.exchange._reader is not None, 90), c.failed
+            started = c.exchange.started_from
+            assert started is not None and started.manifest.worker == snapshotter.config.worker
+            assert [m.id for m, _ in started.torn] == ["torn"]
+            assert "torn snapshot skipped" in caplog.text and "started from snapshot" in caplog.text
+            assert wait_for(lambda: _caught_up(c, a), 30)
+            # It read the snapshot and a handful of update records, not the topic's history.
+            assert c.exchange.read <= in_topic // 10
+            assert c.exchange.applied <= in_topic // 10
+            # All three learn more; the late one ends with the same video state.
+            assert wait_for(lambda: all(w._consumer and w._consumer.assignment() for w in (a, b, c)), 90)
+            learned = a.model_events + b.model_events + c.model_events
+            produce(kafka_bootstrap, names["input_topic"], keyed(second))
+            assert wait_for(
+                lambda: a.model_events + b.model_events + c.model_events == learned + len(second), 120
+            )
+            assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == c.exchange.unsent == 0, 30)
+            assert wait_for(lambda: _caught_up(a, c) and _caught_up(b, c), 30)
+            assert_agree(a, c)
+            assert_agree(b, c)
