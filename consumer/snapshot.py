@@ -140,19 +140,23 @@ def snapshot_messages(
 
 
 def newest_complete(
-    latest: dict[bytes, tuple[bytes | None, str]],
+    latest: dict[bytes, tuple[bytes | None, str]], report: bool = True
 ) -> tuple[Manifest, list[bytes], list[tuple[Manifest, str]]] | None:
-    """From the topic's latest value and snapshot header per key, the newest manifest whose
-    chunks are all there (its id, its size and checksum), its chunks, and the newer torn ones
-    with why (each logged); ``None`` when there is no complete one."""
+    """From the topic's latest value and snapshot header per key, the newest manifest (the
+    most updates covered, then the latest made) whose chunks are all there (its id, its size
+    and checksum), its chunks, and the newer torn ones with why (each logged if ``report``);
+    ``None`` when there is no complete one."""
     manifests, torn = [], []
     for key, (value, _) in latest.items():
         if key.startswith(b"manifest/") and value is not None:
             try:
                 manifests.append(Manifest.from_bytes(value))
             except ValueError as err:
-                log.warning("unreadable snapshot manifest skipped", extra=fields(key=key.decode(), error=err))
-    for manifest in sorted(manifests, key=lambda m: m.created, reverse=True):
+                if report:
+                    log.warning(
+                        "unreadable snapshot manifest skipped", extra=fields(key=key.decode(), error=err)
+                    )
+    for manifest in sorted(manifests, key=lambda m: (sum(m.offsets.values()), m.created), reverse=True):
         chunks, problem = [], ""
         for ref in manifest.chunks:
             value, owner = latest.get(ref.key.encode(), (None, ""))
@@ -168,9 +172,11 @@ def newest_complete(
         if not problem:
             return manifest, chunks, torn
         torn.append((manifest, problem))
-        log.warning(
-            "torn snapshot skipped", extra=fields(snapshot=manifest.id, by=manifest.worker, problem=problem)
-        )
+        if report:
+            log.warning(
+                "torn snapshot skipped",
+                extra=fields(snapshot=manifest.id, by=manifest.worker, problem=problem),
+            )
     return None
 
 
@@ -187,9 +193,14 @@ class Snapshot:
     torn: list[tuple[Manifest, str]] = field(default_factory=list)
 
 
-def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0) -> Snapshot | None:
-    """Read the snapshot topic from its start to its end and return the newest complete
-    snapshot (``None``: none, or the topic does not exist)."""
+def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0, window: int = 64) -> Snapshot | None:
+    """The newest complete snapshot of the snapshot topic (``None``: none, or no topic).
+
+    The topic is read from its end backwards, ``window`` records at first and four times as
+    many each time the newest snapshot is not whole within them: a suffix of the log holds the
+    latest value of every key in it, and the newest snapshot sits at the end (its chunks just
+    before its manifest), so a reader does not read the older snapshots compaction has not yet
+    removed. A torn snapshot newer than the one found sends it to the topic's start."""
     started = time.perf_counter()
     reader = KafkaConsumer(
         **config.kafka.client_options(),
@@ -199,31 +210,37 @@ def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0) -> Snapshot | 
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
     )
+    records = size = 0
+    deadline = time.monotonic() + timeout_s
     try:
         partitions = sorted(reader.partitions_for_topic(config.snapshot_topic_name) or ())
         if not partitions:
             return None
         assigned = [TopicPartition(config.snapshot_topic_name, p) for p in partitions]
         reader.assign(assigned)
-        reader.seek_to_beginning(*assigned)
-        end = reader.end_offsets(assigned)
-        latest: dict[bytes, tuple[bytes | None, str]] = {}
-        records = size = 0
-        deadline = time.monotonic() + timeout_s
-        while any(reader.position(tp) < end[tp] for tp in assigned):
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"reading snapshot topic {config.snapshot_topic_name} took over {timeout_s} s"
-                )
-            for batch in reader.poll(timeout_ms=500).values():
-                for record in batch:
-                    owner = dict(record.headers or ()).get(SNAPSHOT_HEADER, b"").decode()
-                    latest[record.key or b""] = (record.value, owner)
-                    records += 1
-                    size += len(record.value or b"")
+        first, end = reader.beginning_offsets(assigned), reader.end_offsets(assigned)
+        while True:
+            latest: dict[bytes, tuple[bytes | None, str]] = {}
+            for tp in assigned:
+                reader.seek(tp, max(first[tp], end[tp] - window))
+            whole = all(end[tp] - window <= first[tp] for tp in assigned)
+            while any(reader.position(tp) < end[tp] for tp in assigned):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {config.snapshot_topic_name} took over {timeout_s} s")
+                for batch in reader.poll(timeout_ms=500).values():
+                    for record in batch:
+                        if record.offset >= end[TopicPartition(record.topic, record.partition)]:
+                            continue  # written since: the next reader's
+                        owner = dict(record.headers or ()).get(SNAPSHOT_HEADER, b"").decode()
+                        latest[record.key or b""] = (record.value, owner)
+                        records += 1
+                        size += len(record.value or b"")
+            found = newest_complete(latest, report=whole)
+            if whole or (found is not None and not found[2]):
+                break
+            window *= 4
     finally:
         close_quietly(reader)
-    found = newest_complete(latest)
     if found is None:
         return None
     manifest, chunks, torn = found

@@ -11,7 +11,9 @@ chunking, and a torn snapshot is never installed. The late joiner on the broker 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from consumer.config import ConfigError, ServiceConfig
 from consumer.snapshot import Manifest, OwnRecords, newest_complete, snapshot_messages
 from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates
 from tests.streams import stream
@@ -156,3 +158,14 @@ def test_a_torn_snapshot_is_skipped_for_the_previous_complete_one():
     value, _ = latest[b"chunk/w/0/0"]
     latest[b"chunk/w/0/0"] = (value, "another")
     assert newest_complete(latest) is None
+
+
+def test_the_update_topic_keeps_everything_unless_snapshots_hold_it():
+    assert ServiceConfig(sync_every=1024, snapshot_every_s=0).sync_retention_ms == -1
+    assert ServiceConfig(sync_every=1024).sync_retention_ms == 86_400_000  # a day, snapshots every 300 s
+    assert ServiceConfig(sync_every=1024, sync_retention_s=-1).sync_retention_ms == -1
+    # A new worker needs the updates since the newest snapshot, or the one before it.
+    with pytest.raises(ConfigError, match="at least twice snapshot_every_s"):
+        ServiceConfig(sync_every=1024, snapshot_every_s=600, sync_retention_s=900)
+    config = ServiceConfig(input_topic="watch", sync_every=1024)
+    assert config.snapshot_topic_name == "watch-video-updates-snapshots"

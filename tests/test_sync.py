@@ -173,8 +173,8 @@ def test_a_late_worker_starts_from_the_snapshot_and_agrees(kafka_bootstrap, grou
         snapshotter = next(w for w in (a, b) if w.exchange.snapshot_offsets == w.exchange.offsets)
         in_topic = sum(snapshotter.exchange.offsets.values())
         assert in_topic > 10
-        # A manifest claiming to be newer whose chunk is missing: a torn snapshot.
-        torn = Manifest("torn", "x", time.time() + 60, {0: in_topic}, [ChunkRef("chunk/x/0/0", 10, 0)], 1)
+        # A manifest claiming to cover more whose chunk is missing: a torn snapshot.
+        torn = Manifest("torn", "x", time.time(), {0: in_topic + 100}, [ChunkRef("chunk/x/0/0", 10, 0)], 1)
         produce(kafka_bootstrap, base.snapshot_topic_name, [(b"manifest/x/0", torn.to_bytes())])
 
         caplog.set_level(logging.INFO)
