@@ -80,6 +80,9 @@ def test_a_poll_takes_no_more_events_than_the_budget_allows():
     assert slow.poll_size() == 1  # a poll always takes something
 
 
+BUDGET_MS = 150.0
+
+
 @pytest.fixture
 def served(kafka_bootstrap, new_topic):
     """A service in a thread on fresh topics (three output partitions), polls stamped:
@@ -91,7 +94,9 @@ def served(kafka_bootstrap, new_topic):
         group_id=f"g-{names['input_topic']}",
         metrics_port=0,
         checkpoint_dir="none",
-        poll_budget_ms=50.0,
+        # Room for a few batches per poll even on a loaded machine (at 150 us per event, 50 ms
+        # held less than two batches, and a poll is cut to whole batches).
+        poll_budget_ms=BUDGET_MS,
         **names,
     )
     service = build_service(config, with_metrics=False)
@@ -114,6 +119,9 @@ def test_batches_follow_the_load_and_lists_land_in_their_keys_partition(kafka_bo
     backlog = list(synth_events(viewers=400, videos=2000, events=6000, seed=11))
     produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in backlog])
     assert wait_for(lambda: service.model_events >= len(backlog), 180), ("not learned", service.failed)
+    # The events are counted while their poll is learned: wait for that poll to be stamped too,
+    # or it is taken for one of the trickle's below.
+    assert wait_for(lambda: sum(n for _, n in list(polls)) >= len(backlog), 30), polls
 
     # Behind: polls larger than one batch, each kept near the budget by the measured cost.
     behind = list(polls)
@@ -121,7 +129,7 @@ def test_batches_follow_the_load_and_lists_land_in_their_keys_partition(kafka_bo
     settled = sorted(seconds for seconds, _ in behind[3:])  # the first are sized before any measure
     # The median, not the slowest: the machine is shared, and a poll slowed by another process
     # is measured, which makes the next ones smaller.
-    assert settled and settled[len(settled) // 2] < 2 * 0.050, settled
+    assert settled and settled[len(settled) // 2] < 2 * BUDGET_MS / 1000, settled
 
     # Caught up: most events are answered in a poll of their own (or with one other).
     polls.clear()
