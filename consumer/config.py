@@ -131,7 +131,7 @@ class ServiceConfig:
     #: Snapshots of the group's video state (see :mod:`consumer.snapshot`): one worker publishes
     #: the agreed state this often, and a worker without a checkpoint starts from the newest
     #: instead of reading the whole update topic (0: off).
-    snapshot_every_s: float = 300.0
+    snapshot_every_s: float = 60.0
     #: The snapshot topic (compacted); empty: ``<update topic>-snapshots``.
     snapshot_topic: str = ""
     #: How long the update topic keeps records when snapshots are on (-1: everything; with

@@ -193,7 +193,7 @@ class Snapshot:
     torn: list[tuple[Manifest, str]] = field(default_factory=list)
 
 
-def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0, window: int = 64) -> Snapshot | None:
+def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0, window: int = 8) -> Snapshot | None:
     """The newest complete snapshot of the snapshot topic (``None``: none, or no topic).
 
     The topic is read from its end backwards, ``window`` records at first and four times as

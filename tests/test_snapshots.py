@@ -162,7 +162,7 @@ def test_a_torn_snapshot_is_skipped_for_the_previous_complete_one():
 
 def test_the_update_topic_keeps_everything_unless_snapshots_hold_it():
     assert ServiceConfig(sync_every=1024, snapshot_every_s=0).sync_retention_ms == -1
-    assert ServiceConfig(sync_every=1024).sync_retention_ms == 86_400_000  # a day, snapshots every 300 s
+    assert ServiceConfig(sync_every=1024).sync_retention_ms == 86_400_000  # a day, snapshots every 60 s
     assert ServiceConfig(sync_every=1024, sync_retention_s=-1).sync_retention_ms == -1
     # A new worker needs the updates since the newest snapshot, or the one before it.
     with pytest.raises(ConfigError, match="at least twice snapshot_every_s"):
