@@ -347,7 +347,9 @@ def test_a_second_worker_joining_and_leaving_loses_and_duplicates_nothing(
         for i, (key, value) in enumerate(keyed(events)):
             producer.send(names["input_topic"], key=key, value=value)
             if i % 50 == 49:
-                time.sleep(0.12)
+                # 15 s in all: time for b to start, join and restore while a third of the
+                # stream is still to come, however loaded the machine
+                time.sleep(0.25)
         producer.flush()
         producer.close()
 
