@@ -202,7 +202,13 @@ class ServiceConfig:
         )
         check(
             self.changelog_topic_name
-            not in (self.input_topic, self.output_topic, self.dlq_topic, self.sync_topic_name),
+            not in (
+                self.input_topic,
+                self.output_topic,
+                self.dlq_topic,
+                self.sync_topic_name,
+                self.snapshot_topic_name,
+            ),
             "changelog_topic must differ from the other topics",
         )
         check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
