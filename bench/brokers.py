@@ -19,6 +19,8 @@ import os
 import secrets
 import tempfile
 
+from kafka import KafkaAdminClient
+
 from contract.connection import KafkaConnection, add_connection_arguments
 from contract.errors import UserError
 
@@ -81,3 +83,18 @@ def local_broker(security: str = "plaintext"):
         bootstrap, "SASL_SSL", "SCRAM-SHA-512", user, password, ssl_cafile=str(broker.ca_path)
     )
     return broker, connection
+
+
+def members_with_partitions(options: dict, group: str) -> int:
+    """Members of ``group`` holding at least one partition, once the group is stable (0 before)."""
+    admin = KafkaAdminClient(**options)
+    try:
+        described = admin.describe_groups([group]).get(group, {})
+    except Exception:  # noqa: BLE001 - the group may not exist yet
+        return 0
+    finally:
+        admin.close()
+    if described.get("group_state") != "Stable":
+        return 0
+    members = described.get("members", [])
+    return sum(1 for m in members if (m.get("member_assignment") or {}).get("assigned_partitions"))

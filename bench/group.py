@@ -55,7 +55,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.brokers import add_broker_arguments, connection_from, local_broker, members_with_partitions  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from producer.readers import read_events  # noqa: E402
@@ -154,21 +154,6 @@ def _machine() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle, iowait
     return (sum(values) - idle) / TICK, sum(values) / TICK
-
-
-def members_with_partitions(options: dict, group: str) -> int:
-    """Members of ``group`` holding at least one partition, once the group is stable."""
-    admin = KafkaAdminClient(**options)
-    try:
-        described = admin.describe_groups([group]).get(group, {})
-    except Exception:  # noqa: BLE001 - the group may not exist yet
-        return 0
-    finally:
-        admin.close()
-    if described.get("group_state") != "Stable":
-        return 0
-    members = described.get("members", [])
-    return sum(1 for m in members if (m.get("member_assignment") or {}).get("assigned_partitions"))
 
 
 def produce(connection, topic: str, events: list) -> None:

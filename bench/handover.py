@@ -54,7 +54,7 @@ import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.brokers import add_broker_arguments, connection_from, local_broker, members_with_partitions  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer import changelog  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
@@ -122,20 +122,6 @@ def committed_everything(options: dict, group: str, topic: str) -> bool:
     finally:
         admin.close()
         consumer.close()
-
-
-def members_with_partitions(options: dict, group: str) -> int:
-    admin = KafkaAdminClient(**options)
-    try:
-        described = admin.describe_groups([group]).get(group, {})
-    except Exception:  # noqa: BLE001 - the group may not exist yet
-        return 0
-    finally:
-        admin.close()
-    if described.get("group_state") != "Stable":
-        return 0
-    members = described.get("members", [])
-    return sum(1 for m in members if (m.get("member_assignment") or {}).get("assigned_partitions"))
 
 
 def run(connection, events: list, partitions: int, with_changelog: bool) -> dict:
