@@ -128,11 +128,12 @@ class UpdateExchange:
             for tp in assigned
             if self.offsets.get(tp.partition, 0) < beginning[tp]
         }
-        if lost and (self.restored or self.started_from or any(beginning[tp] for tp in assigned)):
+        if lost:  # a checkpoint (or a snapshot) older than the update topic's retention
             log.warning(
                 "update records this worker needs were deleted by the topic's retention: its video "
-                "state misses them (start it without its checkpoint to begin from the newest snapshot)",
-                extra=fields(topic=self.topic, first_kept=lost),
+                "state misses them (a worker started without its checkpoint begins from the newest "
+                "snapshot)",
+                extra=fields(topic=self.topic, first_kept=lost, restored=self.restored),
             )
         for tp in assigned:
             reader.seek(tp, max(self.offsets.get(tp.partition, 0), beginning[tp]))

@@ -4,17 +4,22 @@ In one process: a snapshot of a replica's agreed state, applied to a fresh repli
 exactly what the update records before the snapshot's offsets add up to, also while the worker
 has learned events it has not sent, and a snapshot taken while its own records are still ahead
 of its reader must be deferred (:class:`consumer.snapshot.OwnRecords`). The encoding survives
-chunking, and a torn snapshot is never installed. The late joiner on the broker is in
-``tests/test_sync.py``.
+chunking, and a torn snapshot is never installed; a worker whose updates the topic's retention
+deleted says so (on the broker). The late joiner on the broker is in ``tests/test_sync.py``.
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.structs import TopicPartition
 
 from consumer.config import ConfigError, ServiceConfig
 from consumer.snapshot import Manifest, OwnRecords, newest_complete, snapshot_messages
+from consumer.sync import UPDATE_HEADER, UpdateExchange
 from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates
 from tests.streams import stream
 from tests.test_replica import worker_of
@@ -169,3 +174,34 @@ def test_the_update_topic_keeps_everything_unless_snapshots_hold_it():
         ServiceConfig(sync_every=1024, snapshot_every_s=600, sync_retention_s=900)
     config = ServiceConfig(input_topic="watch", sync_every=1024)
     assert config.snapshot_topic_name == "watch-video-updates-snapshots"
+
+
+def test_a_worker_whose_updates_were_deleted_by_retention_says_so(kafka_bootstrap, new_topic, caplog):
+    """A checkpoint older than the update topic's retention: the records it needs are gone, and
+    the log says so (its video state misses them) rather than passing over it in silence."""
+    topic = new_topic("updates")
+    peer = VideoReplica(ReplicatedRanker())
+    peer.model.learn_many(stream("synthetic", 300))
+    records = peer.take().records(20_000)
+    assert len(records) >= 3
+    producer_headers = [(UPDATE_HEADER, b"peer")]
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for value in records:
+        producer.send(topic, key=b"peer", value=value, headers=producer_headers)
+    producer.flush()
+    producer.close()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.delete_records({TopicPartition(topic, 0): 2})
+    admin.close()
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap, sync_every=1024, sync_topic=topic, worker_id="me"
+    )
+    exchange = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    exchange.restored, exchange.offsets = True, {0: 1}  # as loaded from an old checkpoint
+    caplog.set_level(logging.WARNING)
+    exchange.connect()
+    try:
+        assert "deleted by the topic's retention" in caplog.text
+        assert exchange._reader.position(TopicPartition(topic, 0)) == 2
+    finally:
+        exchange.close()
