@@ -869,7 +869,7 @@ def compare_changelog(where: KafkaConnection, events: list, args, settings: dict
     """The throughput phase with the viewer-state changelog on (the default) and off
     (``changelog_topic=none``), ``args.rounds`` times, the order alternating; the ratios on / off
     are taken inside each round, the summary is their median."""
-    sides = {"on": settings | {"changelog_topic": ""}, "off": settings | {"changelog_topic": "none"}}
+    sides = {"on": settings | {"changelog_topic": "on"}, "off": settings | {"changelog_topic": "none"}}
     rounds = []
     for r in range(args.rounds):
         order = list(sides) if r % 2 == 0 else list(reversed(sides))

@@ -150,7 +150,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool) -> dict
             # No expiry: ML-100K spans more than its 180 days, and a viewer forgotten by their
             # TTL (not by the handover) would start afresh and fail the exactly-once count.
             "--model-settings", "viewer_ttl=null,video_ttl=null",
-            *([] if with_changelog else ["--changelog-topic", "none"]),
+            "--changelog-topic", "on" if with_changelog else "none",
         ]  # fmt: skip
         log = open(Path(folder) / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process below
         procs.append((subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))

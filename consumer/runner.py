@@ -114,6 +114,8 @@ def worker_config(config: ServiceConfig, index: int) -> ServiceConfig:
     return dataclasses.replace(
         config,
         workers=1,
+        # one of several: the partitions move between them (auto would see a lone worker)
+        changelog_topic=config.changelog_topic or "on",
         metrics_port=config.metrics_port + index if config.metrics_port else 0,
         worker_id=f"{config.worker_id}-{index + 1}" if config.worker_id else "",
     )

@@ -164,3 +164,20 @@ def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_erro
     with pytest.raises(FolderTaken, match="another running process holds its checkpoint folder"):
         build_service(config, with_metrics=False)
     assert held.config.worker == "w1"
+
+
+@pytest.mark.parametrize(
+    ("settings", "topic"),
+    [
+        ({}, None),  # a lone worker: its checkpoint holds its viewers
+        ({"workers": 2}, "w-viewer-state"),
+        ({"workers": 0}, "w-viewer-state"),  # one per core
+        ({"sync_every": 1024}, "w-viewer-state"),  # one of a group syncing one model
+        ({"changelog_topic": "on"}, "w-viewer-state"),
+        ({"changelog_topic": "ON "}, "w-viewer-state"),
+        ({"changelog_topic": "none", "sync_every": 1024}, None),
+        ({"changelog_topic": "my-changelog"}, "my-changelog"),
+    ],
+)
+def test_the_viewer_state_changelog_is_kept_by_workers_that_hand_partitions_over(settings, topic):
+    assert ServiceConfig(input_topic="w", **settings).changelog_topic_name == topic

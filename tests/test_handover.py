@@ -92,6 +92,7 @@ def handover_between_two_workers(bootstrap: str, names: dict[str, str], tmp_path
         checkpoint_dir=str(tmp_path / "ckpt"),
         shadow_baseline=False,
         max_poll_records=200,
+        changelog_topic="on",  # two workers without --sync-every: auto would leave it off
         **names,
     )
     a_config = dataclasses.replace(base, worker_id="a")
@@ -145,7 +146,7 @@ def test_a_restore_takes_each_viewers_latest_committed_state_and_skips_polls_nev
     from model.embedding import EmbeddingRanker
 
     names = topics(new_topic, partitions=3)
-    config = ServiceConfig(bootstrap_servers=kafka_bootstrap, **names)
+    config = ServiceConfig(bootstrap_servers=kafka_bootstrap, changelog_topic="on", **names)
     log = ViewerChangelog(config)
     log.ensure_topic(3)
     model = EmbeddingRanker()
@@ -228,7 +229,8 @@ def test_kill_9_of_one_of_three_workers_hands_its_viewers_to_the_survivors(
     names = topics(new_topic, partitions=6)
     events = stream(source, N_KILL)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
-    options = [*FAST, "--no-shadow-baseline", *mode]
+    # Three separate workers without --sync-every: the changelog is asked for (auto: off).
+    options = [*FAST, "--no-shadow-baseline", "--changelog-topic", "on", *mode]
     workers = [
         ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / f"w{i}.log", f"w{i}", options)
         for i in range(3)

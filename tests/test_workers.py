@@ -63,6 +63,10 @@ def test_each_worker_gets_its_own_port_and_name():
     ]
     unnamed = worker_config(ServiceConfig(workers=2, metrics_port=0), 1)
     assert (unnamed.metrics_port, unnamed.worker_id) == (0, "")  # folders claim their own names
+    # Partitions move between them: each keeps the viewer-state changelog, unless it was refused.
+    assert unnamed.changelog_topic_name == "watch-events-viewer-state"
+    refused = worker_config(ServiceConfig(workers=2, changelog_topic="none"), 0)
+    assert refused.changelog_topic_name is None
 
 
 def test_two_workers_share_the_partitions_and_learn_every_event_once(kafka_bootstrap, new_topic, tmp_path):
