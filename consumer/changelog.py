@@ -35,12 +35,12 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 import msgspec
-from kafka import KafkaAdminClient, KafkaConsumer
+from kafka import KafkaAdminClient
 from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import InvalidPartitionsError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from consumer.clients import close_quietly
+from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
@@ -207,15 +207,7 @@ class ViewerChangelog:
         their start to their end (read_committed), each no further than the commit the new owner
         starts from (``upto[partition]``: records of later polls are skipped)."""
         started = time.perf_counter()
-        reader = KafkaConsumer(
-            **self.config.kafka.client_options(),
-            client_id=f"streamrec-{self.config.worker}-restore",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-        )
+        reader = make_reader(self.config, "restore")
         latest: dict[str, ViewerRecord] = {}
         records = skipped = 0
         try:

@@ -24,6 +24,7 @@ __all__ = [
     "make_producer",
     "make_producer_options",
     "make_consumer",
+    "make_reader",
     "close_quietly",
     "BOOTSTRAP_TIMEOUT_MS",
 ]
@@ -117,6 +118,21 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
     )
     consumer.subscribe([config.input_topic], listener=listener)
     return consumer
+
+
+def make_reader(config: ServiceConfig, role: str, isolation_level: str = "read_committed") -> KafkaConsumer:
+    """A consumer of no group, for the service's own topics it reads whole partitions of (the
+    update topic, the changelog, the snapshots): assigned by the caller, nothing committed, and
+    fetches large enough for records near the 1 MB limit."""
+    return KafkaConsumer(
+        **config.kafka.client_options(),
+        client_id=f"streamrec-{config.worker}-{role}",
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level=isolation_level,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+    )
 
 
 def close_quietly(*clients: KafkaProducer | KafkaConsumer | None) -> None:

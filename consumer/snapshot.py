@@ -53,10 +53,9 @@ import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 
-from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from consumer.clients import close_quietly
+from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
@@ -202,14 +201,7 @@ def read_snapshot(config: ServiceConfig, timeout_s: float = 30.0, window: int = 
     before its manifest), so a reader does not read the older snapshots compaction has not yet
     removed. A torn snapshot newer than the one found sends it to the topic's start."""
     started = time.perf_counter()
-    reader = KafkaConsumer(
-        **config.kafka.client_options(),
-        client_id=f"streamrec-{config.worker}-snapshots",
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=16 * 1024 * 1024,
-    )
+    reader = make_reader(config, "snapshots", isolation_level="read_uncommitted")
     records = size = 0
     deadline = time.monotonic() + timeout_s
     try:

@@ -32,7 +32,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from consumer.clients import close_quietly
+from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
@@ -103,15 +103,7 @@ class UpdateExchange:
 
     def connect(self) -> None:
         """Read every partition of the update topic from the saved offsets (else its start)."""
-        reader = KafkaConsumer(
-            **self.config.kafka.client_options(),
-            client_id=f"streamrec-{self.worker}-updates",
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=16 * 1024 * 1024,
-        )
+        reader = make_reader(self.config, "updates")
         partitions = sorted(reader.partitions_for_topic(self.topic) or ())
         if not partitions:
             close_quietly(reader)
