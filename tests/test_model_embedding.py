@@ -30,16 +30,16 @@ def _groups_stream(rounds: int = 30, seed: int = 0) -> list[WatchEvent]:
     return events
 
 
-def _trained(events: list[WatchEvent], batch: int = 1, **kwargs) -> EmbeddingRanker:
-    model = EmbeddingRanker(seed=3, **kwargs)
+def _trained(events: list[WatchEvent], batch: int = 1, cls=EmbeddingRanker, **kwargs) -> EmbeddingRanker:  # noqa: ANN001
+    model = cls(seed=3, **kwargs)
     for start in range(0, len(events), batch):
         model.learn_many(events[start : start + batch])
     return model
 
 
 def _state(model: EmbeddingRanker) -> dict[str, np.ndarray]:
-    attrs = ("_E", "_E_acc", "_Q", "_Q_acc", "_b", "_b_acc", "_trend")
-    return {a: getattr(model, a).array.copy() for a in attrs} | {
+    """Everything learned: every per-video table (a subclass's own included), histories, alpha."""
+    return {name: table.array.copy() for name, table in model._video_tables().items()} | {
         "history": model._recent.items.array.copy(),
         "alpha": model._alpha.copy(),
     }
@@ -101,10 +101,15 @@ def test_batch_of_one_is_learn_one() -> None:
         np.testing.assert_array_equal(array, _state(by_batches)[key], err_msg=key)
 
 
-def _rank_and_learn_agrees(events: list[WatchEvent], batch: int, **settings) -> None:
+def _rank_and_learn_agrees(
+    events: list[WatchEvent],
+    batch: int,
+    cls=EmbeddingRanker,
+    **settings,  # noqa: ANN001
+) -> EmbeddingRanker:
     """rank_and_learn (one score matrix for both steps) ranks and learns exactly as
-    rank_events then learn_many, and as learning alone."""
-    together, apart = EmbeddingRanker(seed=3, **settings), EmbeddingRanker(seed=3, **settings)
+    rank_events then learn_many, and as learning alone; the model that ranked and learned."""
+    together, apart = cls(seed=3, **settings), cls(seed=3, **settings)
     for start in range(0, len(events), batch):
         chunk = events[start : start + batch]
         a = together.rank_and_learn(chunk, n=5)
@@ -112,11 +117,12 @@ def _rank_and_learn_agrees(events: list[WatchEvent], batch: int, **settings) -> 
         apart.learn_many(chunk)
         np.testing.assert_array_equal(a.top, b.top)
         np.testing.assert_array_equal(a.rank, b.rank)
-    alone = _trained(events, batch=batch, **settings)
+    alone = _trained(events, batch=batch, cls=cls, **settings)
     for key, array in _state(together).items():
         np.testing.assert_array_equal(_state(apart)[key], array, err_msg=key)
         np.testing.assert_array_equal(_state(alone)[key], array, err_msg=key)
     assert together.stats() == apart.stats() == alone.stats()
+    return together
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from model import registry
 from model.compiled_profile import profile_grad_compiled, profile_means_compiled
 from model.embedding import EmbeddingRanker
 from model.profile import ProfileRanker, profile_grad, profile_means
+from tests.test_model_embedding import _rank_and_learn_agrees, _state
+from tests.test_model_embedding import _trained as trained
 
 
 def _taste_stream(viewers: int = 40, seed: int = 0) -> list[WatchEvent]:
@@ -31,11 +34,8 @@ def _taste_stream(viewers: int = 40, seed: int = 0) -> list[WatchEvent]:
     return events
 
 
-def _trained(events: list[WatchEvent], batch: int = 1, cls=ProfileRanker, **settings):  # noqa: ANN001
-    model = cls(seed=3, **settings)
-    for start in range(0, len(events), batch):
-        model.learn_many(events[start : start + batch])
-    return model
+#: A profile model trained on ``events`` in batches (``cls=`` another model to compare).
+_trained = partial(trained, cls=ProfileRanker)
 
 
 def _probe(model, group: str) -> list[str]:  # noqa: ANN001
@@ -44,13 +44,6 @@ def _probe(model, group: str) -> list[str]:  # noqa: ANN001
     events += [WatchEvent(1e6 + 5 + i, "probe", f"c{i}") for i in range(25)]
     model.learn_many(events)
     return model.recommend("probe", n=5).videos
-
-
-def _state(model: ProfileRanker) -> dict[str, np.ndarray]:
-    return {name: table.array.copy() for name, table in model._video_tables().items()} | {
-        "history": model._recent.items.array.copy(),
-        "alpha": model._alpha.copy(),
-    }
 
 
 def _groups_stream(rounds: int = 30, seed: int = 0) -> list[WatchEvent]:
@@ -135,21 +128,8 @@ def test_batch_of_one_is_learn_one() -> None:
 def test_rank_and_learn_is_rank_events_then_learn_many(batch: int, settings: dict) -> None:
     """One score matrix for both steps ranks and learns exactly as the two steps apart (the
     profile's own table included), and as learning alone."""
-    events = _taste_stream(viewers=10)
-    together, apart = ProfileRanker(seed=3, **settings), ProfileRanker(seed=3, **settings)
-    for start in range(0, len(events), batch):
-        chunk = events[start : start + batch]
-        a = together.rank_and_learn(chunk, n=5)
-        b = apart.rank_events(chunk, n=5)
-        apart.learn_many(chunk)
-        np.testing.assert_array_equal(a.top, b.top)
-        np.testing.assert_array_equal(a.rank, b.rank)
-    alone = _trained(events, batch=batch, **settings)
-    for key, array in _state(together).items():
-        np.testing.assert_array_equal(_state(apart)[key], array, err_msg=key)
-        np.testing.assert_array_equal(_state(alone)[key], array, err_msg=key)
+    together = _rank_and_learn_agrees(_taste_stream(viewers=10), batch, cls=ProfileRanker, **settings)
     assert together._P.array.any()  # the profile learned
-    assert together.stats() == apart.stats() == alone.stats()
 
 
 def test_ranking_a_batch_uses_the_profile_as_recommending_does() -> None:
