@@ -37,8 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -55,6 +53,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic  # noqa: E402
 
 from bench.brokers import add_broker_arguments, connection_from, local_broker, members_with_partitions  # noqa: E402
+from bench.group import scrape  # noqa: E402  (a worker's /metrics, summed by name)
 from bench.results import write_results  # noqa: E402
 from consumer import changelog  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
@@ -64,23 +63,6 @@ from producer.synth import synth_events  # noqa: E402
 
 ML100K = REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
 WORKERS = 3
-
-
-def scrape(port: int) -> dict[str, float]:
-    """One worker's /metrics, sample values summed over label sets by name ({} when down)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name = name_labels.split("{", 1)[0]
-        out[name] = out.get(name, 0.0) + float(value)
-    return out
 
 
 def produce(options: dict, topic: str, events: list) -> None:
