@@ -866,9 +866,10 @@ def run_security(args, connection: KafkaConnection | None, settings: dict, start
 
 
 def compare_changelog(where: KafkaConnection, events: list, args, settings: dict) -> dict:
-    """The throughput phase with the viewer-state changelog on (the default) and off
-    (``changelog_topic=none``), ``args.rounds`` times, the order alternating; the ratios on / off
-    are taken inside each round, the summary is their median."""
+    """The throughput phase with the viewer-state changelog on (``changelog_topic=on``, as the
+    workers that hand partitions over keep it) and off (``none``, a lone worker's default),
+    ``args.rounds`` times, the order alternating; the ratios on / off are taken inside each
+    round, the summary is their median."""
     sides = {"on": settings | {"changelog_topic": "on"}, "off": settings | {"changelog_topic": "none"}}
     rounds = []
     for r in range(args.rounds):
