@@ -66,7 +66,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 import numpy as np  # noqa: E402
 
 from bench.data import ml100k  # noqa: E402
-from bench.model_search import DEMO  # noqa: E402
+from bench.model_search import DEMO, streams  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from model.base import StreamRanker  # noqa: E402
 from model.compiled import NO_COLUMNS, NO_FEATURE, adagrad_rows, history_grad, softmax_grad  # noqa: E402
@@ -74,8 +74,6 @@ from model.embedding import EmbeddingRanker  # noqa: E402
 from model.ids import GrowableTable  # noqa: E402
 from model.profile import ProfileRanker  # noqa: E402
 from model.registry import create  # noqa: E402
-from producer.readers import read_events  # noqa: E402
-from producer.synth import SyntheticStream  # noqa: E402
 from streamrec.commands.evaluate import evaluate_model  # noqa: E402
 
 
@@ -593,17 +591,8 @@ def main(argv: list[str] | None = None) -> int:
     if names[0] != "default":
         names.insert(0, "default")  # every speed is a ratio to it
 
-    streams: dict[str, list] = {}
-    if args.data.exists():
-        events = read_events(args.data)
-        streams["ml100k first 80%"] = events[: int(0.8 * len(events))]
-        streams["ml100k whole"] = events
-    else:
-        print(f"{args.data}: no such file; synthetic stream only", file=sys.stderr)
-    streams["synthetic demo"] = list(SyntheticStream(**DEMO))
-
     rows = []
-    for stream, events in streams.items():
+    for stream, events in streams(args.data, {"synthetic demo": DEMO}).items():
         best: dict[str, dict] = {}
         for _ in range(args.repeats):
             for name in names:  # taking turns: the machine's load hits every variant alike

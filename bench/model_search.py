@@ -46,6 +46,22 @@ DEMO = {"viewers": 2000, "videos": 2000, "events": 30_000, "seed": 0}
 FLOORS = {"viewers": 500, "videos": 1500, "events": 20_000, "seed": 1}
 
 
+def streams(data: Path, synthetic: dict[str, dict]) -> dict[str, list]:
+    """The streams a candidate is measured on: ML-100K's first 80% (where settings are tuned)
+    and the whole of it, when ``data`` exists; then each synthetic stream of ``synthetic``
+    (name: :class:`~producer.synth.SyntheticStream` settings)."""
+    out: dict[str, list] = {}
+    if data.exists():
+        events = read_events(data)
+        out["ml100k first 80%"] = events[: int(0.8 * len(events))]
+        out["ml100k whole"] = events
+    else:
+        print(f"{data}: no such file; synthetic streams only", file=sys.stderr)
+    for name, settings in synthetic.items():
+        out[name] = list(SyntheticStream(**settings))
+    return out
+
+
 def _settings(items: list[str]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for item in items:
@@ -66,18 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     models = [m for m in args.models.split(",") if m]
     settings = _settings(args.set)
 
-    streams: dict[str, list] = {}
-    if args.data.exists():
-        events = read_events(args.data)
-        streams["ml100k first 80%"] = events[: int(0.8 * len(events))]
-        streams["ml100k whole"] = events
-    else:
-        print(f"{args.data}: no such file; synthetic streams only", file=sys.stderr)
-    streams["synthetic demo"] = list(SyntheticStream(**DEMO))
-    streams["synthetic floors"] = list(SyntheticStream(**FLOORS))
-
     rows = []
-    for stream, events in streams.items():
+    for stream, events in streams(args.data, {"synthetic demo": DEMO, "synthetic floors": FLOORS}).items():
         results: dict[str, dict] = {}
         for _ in range(args.repeats):
             for name in models:  # taking turns: the machine's load hits every model alike
