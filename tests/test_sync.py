@@ -74,14 +74,11 @@ def test_two_workers_learn_one_model(kafka_bootstrap, group):
     a_config = dataclasses.replace(base, worker_id="a")
     b_config = dataclasses.replace(base, worker_id="b")
     with running(a_config) as a, running(b_config) as b:
-        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
-        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        _each_holds_two_partitions(a, b)
         produce(kafka_bootstrap, names["input_topic"], keyed(first))
         assert wait_for(lambda: a.model_events + b.model_events == len(first), 120)
         assert a.model_events and b.model_events
-        # Idle, each sends what is left within sync_interval_s; then both hold the same videos.
-        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
-        assert wait_for(lambda: _caught_up(a, b), 30)
+        _sent_and_applied(a, b)
         assert_agree(a, b)
         assert a.exchange.applied and b.exchange.applied
         # Each knows every video of the stream, though it learned only its viewers' events.
@@ -94,9 +91,19 @@ def test_two_workers_learn_one_model(kafka_bootstrap, group):
         assert wait_for(lambda: a.model_events == a_learned + len(second), 120)  # all four partitions
         with running(b_config) as b:
             assert wait_for(lambda: b.model_events == b_learned and b.exchange is not None, 60)
-            assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
-            assert wait_for(lambda: _caught_up(a, b), 30)
+            _sent_and_applied(a, b)
             assert_agree(a, b)
+
+
+def _each_holds_two_partitions(*services) -> None:
+    for s in services:
+        assert wait_for(lambda s=s: len(s._consumer.assignment() if s._consumer else ()) == 2, 90), s.failed
+
+
+def _sent_and_applied(a, b) -> None:
+    """Idle, each sends what is left within sync_interval_s; then both hold the same videos."""
+    assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
+    assert wait_for(lambda: _caught_up(a, b), 30)
 
 
 def _caught_up(a, b) -> bool:
@@ -120,12 +127,10 @@ def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
             dataclasses.replace(base, worker_id=worker), with_metrics=True, registry=CollectorRegistry()
         )
     with in_thread(services["a"]) as a, in_thread(services["b"]) as b:
-        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
-        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        _each_holds_two_partitions(a, b)
         produce(kafka_bootstrap, names["input_topic"], keyed(events))
         assert wait_for(lambda: a.model_events + b.model_events == len(events), 120)
-        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
-        assert wait_for(lambda: _caught_up(a, b), 30)
+        _sent_and_applied(a, b)
 
         def sample(service, name: str, **labels) -> float:
             return service.metrics.registry.get_sample_value(name, labels) or 0.0
@@ -161,12 +166,10 @@ def test_a_late_worker_starts_from_the_snapshot_and_agrees(kafka_bootstrap, grou
     first, second = synthetic(4000, seed=84), synthetic(1500, seed=85)
     a_config, b_config, c_config = (dataclasses.replace(base, worker_id=w) for w in "abc")
     with running(a_config) as a, running(b_config) as b:
-        assert wait_for(lambda: len(a._consumer.assignment() if a._consumer else ()) == 2, 90), a.failed
-        assert wait_for(lambda: len(b._consumer.assignment() if b._consumer else ()) == 2, 90), b.failed
+        _each_holds_two_partitions(a, b)
         produce(kafka_bootstrap, names["input_topic"], keyed(first))
         assert wait_for(lambda: a.model_events + b.model_events == len(first), 120)
-        assert wait_for(lambda: a.exchange.unsent == b.exchange.unsent == 0, 30)
-        assert wait_for(lambda: _caught_up(a, b), 30)
+        _sent_and_applied(a, b)
         # One of them (the first by its name's hash, once they have heard from each other)
         # snapshots everything sent.
         assert wait_for(lambda: any(w.exchange.snapshot_offsets == w.exchange.offsets for w in (a, b)), 30)
