@@ -297,6 +297,20 @@ class StreamrecService:
         self._publisher: Publisher | None = None
 
     @property
+    def metrics(self):  # noqa: ANN201 - a consumer.metrics.ServiceMetrics, or None
+        """The worker's :class:`consumer.metrics.ServiceMetrics` (``None``: no metrics). Set after
+        construction too (it is labelled by the service's models): the update exchange and the
+        changelog report to whatever is set here."""
+        return self._metrics
+
+    @metrics.setter
+    def metrics(self, metrics) -> None:  # noqa: ANN001
+        self._metrics = metrics
+        for part in (getattr(self, "exchange", None), getattr(self, "changelog", None)):
+            if part is not None:
+                part.metrics = metrics
+
+    @property
     def model(self) -> StreamRanker:
         """The control's model: the served model when there is no experiment."""
         return self.arms.control.model

@@ -70,8 +70,6 @@ def build_service(
         service.metrics = ServiceMetrics(
             models=service.model_names, registry=metrics_registry, arms=service.arm_labels
         )
-        if service.exchange is not None:  # made with the service, before its metrics: the sync series
-            service.exchange.metrics = service.metrics
     return service
 
 

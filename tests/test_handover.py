@@ -275,3 +275,27 @@ def test_kill_9_of_one_of_three_workers_hands_its_viewers_to_the_survivors(
         assert sum(len(s.seen) for s in states.values()) == len(events)
     finally:
         delete_topic(kafka_bootstrap, f"{names['input_topic']}-viewer-state")
+
+
+def test_a_worker_built_as_the_command_builds_it_counts_its_changelog_records(kafka_bootstrap, new_topic):
+    """The worker's metrics are made after the service (they are labelled by its models): the
+    changelog must still count into them, one record per viewer a poll touched."""
+    from prometheus_client import CollectorRegistry
+
+    names = topics(new_topic, partitions=2)
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{names['input_topic']}",
+        metrics_port=0,
+        checkpoint_dir="none",
+        changelog_topic="on",
+        **names,
+    )
+    events = stream("synthetic", 500)
+    service = build_service(config, with_metrics=True, registry=CollectorRegistry())
+    with in_thread(service):
+        produce(kafka_bootstrap, names["input_topic"], keyed(events))
+        assert wait_for(lambda: service.model_events == len(events), 90), service.failed
+        assert wait_for(lambda: service.changelog.written > 0 and service.batches > 0, 30)
+        counted = service.metrics.registry.get_sample_value("streamrec_changelog_records_total")
+        assert counted == service.changelog.written >= len({e.viewer for e in events})
