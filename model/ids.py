@@ -93,9 +93,17 @@ class IdIndex:
         return row
 
     def add_many(self, ids: Iterable[str]) -> np.ndarray:
-        """Rows for many ids (created when new), as an int64 array."""
-        add = self.add
-        return np.fromiter((add(i) for i in ids), dtype=np.int64)
+        """Rows for many ids (created when new, in order of arrival), as an int64 array."""
+        if not isinstance(ids, Sequence):
+            ids = list(ids)
+        # Most ids of a batch are known: look them all up in C, then add the few new ones.
+        rows = self.get_many(ids)
+        unknown = np.flatnonzero(rows < 0)
+        if unknown.size:
+            add = self.add
+            for i in unknown.tolist():
+                rows[i] = add(ids[i])
+        return rows
 
     def get_many(self, ids: Iterable[str]) -> np.ndarray:
         """Rows for many ids, ``-1`` for the unknown ones; creates nothing."""
