@@ -102,15 +102,23 @@ class ExpiringDict:
         data = self._data
         get, move = data.get, data.move_to_end
         cutoff = -math.inf if self.ttl is None else self.now - self.ttl
-        fresh = np.zeros(len(keys), dtype=bool)
-        for i, key in enumerate(keys):
+        # Each distinct key once (a batch repeats its viewers): the first position of each key,
+        # built in C, iterated from the key touched last backwards, then touched in order of
+        # last position as a touch per key would leave them.
+        first = dict(zip(reversed(keys), range(len(keys) - 1, -1, -1), strict=True))
+        order = list(reversed(first))
+        was = []
+        for key in order:
             old = get(key)
             if old is None:
                 data[key] = (None, now)
+                was.append(False)
             else:
-                fresh[i] = old[1] >= cutoff
+                was.append(old[1] >= cutoff)
                 data[key] = (None, now if now > old[1] else old[1])
                 move(key)
+        fresh = np.ones(len(keys), dtype=bool)  # a repeat is fresh: its first touch made it so
+        fresh[np.fromiter(map(first.__getitem__, order), np.int64, len(order))] = was
         if self.max_size is not None or self.ttl is not None:
             self._evict()
         return fresh
