@@ -912,32 +912,41 @@ class StreamrecService:
     def _online(self, events: Sequence[WatchEvent]) -> Online:
         """Of ``events``, those whose viewer was shown a list before, and those watched from it;
         each viewer's running counts grow the per-viewer sums by their increments."""
-        shown = hits = squares = hit_squares = products = viewers = 0
+        # A viewer's list changes only after the batch: look it up once per viewer, count per viewer.
+        last_list = self.shown.get
+        by_viewer: dict[str, list] = {}  # viewer -> [their last list, shown, hits] in this batch
         shown_watch = hit_watch = 0.0
-        last_list, counts, clock = self.shown.get, self.viewer_hits, self.model.clock
         for e in events:
-            previous = last_list(e.viewer)
+            mine = by_viewer.get(e.viewer)
+            if mine is None:
+                mine = by_viewer[e.viewer] = [last_list(e.viewer), 0, 0]
+            previous = mine[0]
             if previous is None:
                 continue
             watched = e.watch_time or 0.0
-            hit = e.video in previous
-            mine = counts.get(e.viewer)
-            if mine is None:
-                mine = [0, 0]
-                viewers += 1
-            counts.touch(e.viewer, mine, clock)
-            before_shown, before_hits = mine
-            # (s + 1)**2 - s**2 = 2 s + 1, and likewise for hits and for the product.
-            squares += 2 * before_shown + 1
-            products += before_hits + (before_shown + 1) * hit
-            mine[0] = before_shown + 1
-            shown += 1
+            mine[1] += 1
             shown_watch += watched
-            if hit:
-                hit_squares += 2 * before_hits + 1
-                mine[1] = before_hits + 1
-                hits += 1
+            if e.video in previous:
+                mine[2] += 1
                 hit_watch += watched
+        shown = hits = squares = hit_squares = products = viewers = 0
+        counts, clock = self.viewer_hits, self.model.clock
+        for viewer, (previous, k, m) in by_viewer.items():
+            if previous is None:
+                continue
+            total = counts.get(viewer)
+            if total is None:
+                total = [0, 0]
+                viewers += 1
+            s, h = total
+            # What this batch adds to the sums of squares and products of the per-viewer counts.
+            squares += (s + k) ** 2 - s * s
+            hit_squares += (h + m) ** 2 - h * h
+            products += (s + k) * (h + m) - s * h
+            total[0], total[1] = s + k, h + m
+            shown += k
+            hits += m
+            counts.touch(viewer, total, clock)
         return Online(shown, hits, shown_watch, hit_watch, squares, hit_squares, products, viewers)
 
     def _guarded(self, arm: Arm, step: Callable[[], object]) -> object | None:
