@@ -64,11 +64,18 @@ FETCH_MAX_WAIT_MS = 50
 OUTPUT_LINGER_MS = 20
 OUTPUT_BATCH_BYTES = 512 * 1024
 
+#: How long the brokers keep a transaction open without word from its producer before they
+#: abort it. A worker killed inside one holds every ``read_committed`` reader of its partitions
+#: (the lists' readers, a moved partition's changelog restore) until then: 10 s, as Kafka
+#: Streams sets it under exactly-once, not the client default of a minute. A transaction here
+#: spans one poll's batches, milliseconds to a second.
+TRANSACTION_TIMEOUT_MS = 10_000
+
 
 def make_producer_options(config: ServiceConfig) -> dict[str, object]:
     """kafka-python settings of the output producer: ``acks=all``; idempotent, or transactional
-    with ``exactly_once``; ``output_compression``; batched by :data:`OUTPUT_LINGER_MS` and
-    :data:`OUTPUT_BATCH_BYTES`."""
+    with ``exactly_once`` (:data:`TRANSACTION_TIMEOUT_MS`); ``output_compression``; batched by
+    :data:`OUTPUT_LINGER_MS` and :data:`OUTPUT_BATCH_BYTES`."""
     options = {
         **config.kafka.client_options(),
         "client_id": f"streamrec-{config.worker}",
@@ -81,6 +88,7 @@ def make_producer_options(config: ServiceConfig) -> dict[str, object]:
     }
     if config.exactly_once:
         options["transactional_id"] = f"streamrec-{config.worker}"
+        options["transaction_timeout_ms"] = TRANSACTION_TIMEOUT_MS
     else:
         options["enable_idempotence"] = True
     return options

@@ -42,6 +42,7 @@ from contract.events import WatchEvent
 from contract.schema import REASONS, event_from_json, event_to_json
 from model import registry
 from model.evaluate import evaluate
+from producer.synth import synth_events
 from tests.hostile import BROKER_MAX_MESSAGE_BYTES, hostile_corpus
 from tests.service_helpers import (
     ServiceProcess,
@@ -275,6 +276,61 @@ def test_kill_9_ten_times_during_a_replay_learns_every_event_exactly_once(
     assert abs(a.hr - b.hr) <= tolerance, (
         f"{source}: HR@10 after kills {a.hr:.4f}, without {b.hr:.4f}, tolerance {tolerance:.4f}"
     )
+
+
+def open_transaction(bootstrap: str, topic: str) -> bool:
+    """Whether an open transaction holds ``topic`` back from ``read_committed`` readers: their
+    end (the last stable offset) is behind the end a ``read_uncommitted`` reader sees."""
+    ends = {}
+    for isolation in ("read_committed", "read_uncommitted"):
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation
+        )
+        try:
+            ends[isolation] = consumer.end_offsets([TopicPartition(topic, 0)])
+        finally:
+            consumer.close()
+    return ends["read_committed"] != ends["read_uncommitted"]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_inside_a_transaction_holds_readers_back_seconds_not_a_minute(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """kill -9 of an exactly-once worker while a poll's lists are published but not committed:
+    the brokers abort its transaction after ``consumer.clients.TRANSACTION_TIMEOUT_MS`` (10 s;
+    their cleanup runs every 10 s), so a ``read_committed`` reader of the lists waits 10-20 s,
+    not the minute of kafka-python's default. Polls of many small batches, each published as
+    it is made, keep a transaction open most of the time; a kill that lands between two proves
+    nothing, so it is retried with a new worker (a new transactional id)."""
+    names = topics(new_topic, partitions=1)
+    group = f"g-{names['input_topic']}"
+    options = [
+        "--exactly-once",
+        "--no-shadow-baseline",
+        "--max-batch-events",
+        "32",
+        "--poll-budget-ms",
+        "600000",
+        "--session-timeout-ms",
+        "6000",
+    ]
+    produce(kafka_bootstrap, names["input_topic"], keyed(synth_events(500, 400, 100_000, seed=SEED)))
+    held_for = None
+    for attempt in range(5):
+        log = tmp_path / f"w{attempt}.log"
+        worker = ServiceProcess(kafka_bootstrap, names, group, tmp_path / "ckpt", log, f"w{attempt}", options)
+        # Past its first polls (a transaction each, quickly committed), then just after one opens.
+        assert wait_for(lambda w=worker: (w.model_events() or 0) > 3000, 120), tail_of(worker)
+        wait_for(lambda: open_transaction(kafka_bootstrap, names["output_topic"]), 20, interval=0.0)
+        worker.kill()
+        killed = time.monotonic()
+        if open_transaction(kafka_bootstrap, names["output_topic"]):
+            assert wait_for(lambda: not open_transaction(kafka_bootstrap, names["output_topic"]), 90)
+            held_for = time.monotonic() - killed
+            break
+    assert held_for is not None, "no kill landed inside a transaction in five attempts"
+    assert held_for < 40, f"read_committed readers were held back {held_for:.0f} s after the kill"
 
 
 # -- broker outage ---------------------------------------------------------------------------

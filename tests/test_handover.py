@@ -190,7 +190,7 @@ N_KILL = 6000
 
 def stable(bootstrap: str, topic: str) -> bool:
     """Whether no open transaction holds ``topic`` back from a read_committed reader: a worker
-    killed inside one leaves it open until the brokers abort it (its transaction timeout, 60 s)."""
+    killed inside one leaves it open until the brokers abort it (10-20 s: its transaction timeout)."""
     ends = {}
     for isolation in ("read_committed", "read_uncommitted"):
         consumer = KafkaConsumer(
