@@ -49,7 +49,10 @@ each batch, and its softmax normalises over the shortlist plus the batch's own v
 tail video still learns from its watches, and rises into the shortlist when people start
 watching it). This is YouTube's two stages in their simplest form: the cost of an event
 follows how many videos are being watched, not the size of the catalogue. A catalogue of no
-more than ``shortlist`` videos is ranked whole.
+more than ``shortlist`` videos is ranked whole. The share is steered by the hits the shortlist
+loses (``shortlist_budget``): learning judges each event whose video was left out, by whether
+it would have made the top 10, and the share rises while such losses pass the budget and sinks
+slowly while they stay well under it.
 
 Other than the shortlist's floor, no constant depends on the catalogue size: every count is
 relative (recency per watch, half-lives in events); the dense co-occurrence matrix is dropped
@@ -103,6 +106,17 @@ from model.persist import Part
 from model.seen import SeenVideos
 from model.weighting import watch_weights
 
+#: The steered shortlist (``shortlist_budget``): a video outside it counts as a lost hit when it
+#: would have made the top-:data:`JUDGE_N` of its event had it been ranked.
+JUDGE_N = 10
+#: Half-life, in judged events, of the lost-hit rate the share is steered by.
+STEER_HALF_LIFE = 5_000.0
+#: How the share moves per 256 judged events: up by this part of its distance to the top
+#: times how many times over budget the lost-hit rate is (at least budget), down by a step.
+SHARE_UP, SHARE_DOWN = 0.02, 0.002
+#: The range the share is steered in.
+SHARE_MIN, SHARE_MAX = 0.5, 0.999
+
 __all__ = ["EmbeddingRanker"]
 
 
@@ -138,6 +152,10 @@ class _Batch:
     # The video vectors at the columns as the test step read them (rows not created yet: the
     # last row), for the learning step's product; None until read.
     vectors: np.ndarray | None = None
+    # What the shortlist cost this batch (:meth:`EmbeddingRanker._judge_shortlist`): events
+    # whose known video, outside it, would have made their top-JUDGE_N; events judged (-1: none).
+    lost: int = 0
+    judged: int = -1
 
 
 class EmbeddingRanker(CatalogueScorer):
@@ -191,11 +209,22 @@ class EmbeddingRanker(CatalogueScorer):
         outside the shortlist is not recommended until it gets watched into it.
         ``shortlist_share=0``: exactly ``shortlist`` videos; ``shortlist=None``: the whole
         catalogue.
+    shortlist_budget
+        Steers the share by what it costs (``None``: the share stays ``shortlist_share``).
+        Learning judges every event whose known video was outside the shortlist: would it
+        have made the event's top-10 had it been ranked? The share starts at
+        ``shortlist_share`` and moves within [0.5, 0.999] so that such lost hits stay under
+        ``shortlist_budget`` of the events (a moving rate, half-life 10,000 events): up
+        quickly when they pass it, down slowly while under half of it and while the share,
+        not the floor ``shortlist``, sets the length. A skewed catalogue gets a short list (and
+        a fast model); a flat one keeps a long one.
     seed
         Drives all randomness (the initial video vectors).
     """
 
     name = "streamrec"
+    #: 2: the steered shortlist's share and lost-hit rate are saved with the counters.
+    state_version = 2
 
     def __init__(
         self,
@@ -218,6 +247,7 @@ class EmbeddingRanker(CatalogueScorer):
         min_events: int = 1,
         shortlist: int | None = 1024,
         shortlist_share: float = 0.95,
+        shortlist_budget: float | None = 0.002,
         seed: int | None = 0,
     ) -> None:
         super().__init__(seed=seed)
@@ -235,6 +265,8 @@ class EmbeddingRanker(CatalogueScorer):
             raise ValueError(f"shortlist must be None or an integer >= 1, got {shortlist!r}")
         if not 0.0 <= shortlist_share <= 1.0:
             raise ValueError(f"shortlist_share must be in [0, 1], got {shortlist_share!r}")
+        if shortlist_budget is not None and not 0.0 < shortlist_budget < 1.0:
+            raise ValueError(f"shortlist_budget must be None or in (0, 1), got {shortlist_budget!r}")
         self.dim = dim
         self.history = history
         self.recency = recency
@@ -254,6 +286,7 @@ class EmbeddingRanker(CatalogueScorer):
         self.min_events = min_events
         self.shortlist = shortlist
         self.shortlist_share = shortlist_share
+        self.shortlist_budget = shortlist_budget
         self.seed = seed
         warm_up()  # the compiled kernels, once per process: at start-up, not in the first batch
         self._init_state()
@@ -293,6 +326,11 @@ class EmbeddingRanker(CatalogueScorer):
         self.loss_sum = 0.0
         # The shortlist of the current state (computed once between two learned batches).
         self._shortlist_memo: tuple[int, np.ndarray | None] | None = None
+        # The steered share, the moving rate of hits it lost, and whether the share (rather
+        # than the floor) set the current shortlist's length.
+        self.shortlist_share_now = float(self.shortlist_share)
+        self.shortlist_lost_rate = 0.0
+        self._share_sets_length = False
 
     @property
     def n_viewers(self) -> int:
@@ -387,7 +425,16 @@ class EmbeddingRanker(CatalogueScorer):
             "lifecycle": self._life,
             "random": RandomState(self._rng),
             "counters": Counters(
-                self, ("events_learned", "events_filtered", "guard_trips", "loss_sum", "_trend_scale")
+                self,
+                (
+                    "events_learned",
+                    "events_filtered",
+                    "guard_trips",
+                    "loss_sum",
+                    "_trend_scale",
+                    "shortlist_share_now",
+                    "shortlist_lost_rate",
+                ),
             ),
         }
         if self._admit_viewers is not None:
@@ -463,7 +510,8 @@ class EmbeddingRanker(CatalogueScorer):
         return shortlist
 
     def _select_shortlist(self, n_videos: int) -> np.ndarray | None:
-        k = self.shortlist
+        k, share = self.shortlist, self.shortlist_share_now
+        self._share_sets_length = False
         if k is None or self.videos.live <= k:
             return None
         heat = self._trend.array[:n_videos].copy()
@@ -472,11 +520,12 @@ class EmbeddingRanker(CatalogueScorer):
             heat[np.asarray(free, dtype=np.int64)] = -1.0
         hottest = np.argpartition(heat, n_videos - k)[n_videos - k :]
         total = heat[heat > 0].sum()
-        if heat[hottest].sum() < self.shortlist_share * total:
+        if heat[hottest].sum() < share * total:
             # The fewest hottest that hold the share: sort the values (3x cheaper than their
             # order), then take the rows above the k-th value and, of the rows at it, the first.
             descending = np.sort(heat)[::-1]
-            k = int(np.searchsorted(np.cumsum(descending), self.shortlist_share * total)) + 1
+            k = int(np.searchsorted(np.cumsum(descending), share * total)) + 1
+            self._share_sets_length = True
             if k >= self.videos.live:
                 return None
             threshold = descending[k - 1]
@@ -602,12 +651,15 @@ class EmbeddingRanker(CatalogueScorer):
         free = self._free_columns(column_of)
         if free.size:
             scores[:, free] = -np.inf
-        targets, _ = self._targets(batch)
+        targets, learn_targets = self._targets(batch)
         bias = self._b.array[np.minimum(columns, batch.n_videos - 1)] if batch.n_videos else NO_BIAS
-        top, _, rank = rank_top_n(
+        judging = self._judges(batch)
+        outside = self._outside(batch, learn_targets) if judging else None
+        logits = self._target_logits(batch, scores, bias, learn_targets, outside) if judging else None
+        top, best, rank = rank_top_n(
             scores,
             ranked,
-            n,
+            max(n, JUDGE_N) if judging else n,
             targets,
             *batch.exclude,
             column_of,
@@ -616,8 +668,54 @@ class EmbeddingRanker(CatalogueScorer):
             NO_FEATURE if batch.cooc is None else batch.cooc,
             True,
         )
+        if judging:
+            self._judge_shortlist(batch, outside, logits, best)
+            top, best = top[:, :n], best[:, :n]
         self._rank_cold(batch, n, targets, free, self._trending(), top, rank)
         return Ranking(top=_rows_at(columns, top), rank=rank, catalogue=self.videos.live), scores
+
+    # -- the steered shortlist (``shortlist_budget``) ------------------------------------------
+
+    def _judges(self, batch: _Batch) -> bool:
+        """Whether this batch's ranking judges the shortlist: it is steered and there is one."""
+        return self.shortlist_budget is not None and batch.column_of.size > 0
+
+    def _outside(self, batch: _Batch, learn_targets: np.ndarray) -> np.ndarray:
+        """Events whose video the model knew but did not rank (outside the shortlist), of
+        viewers it ranks by its own scores (not the trending list)."""
+        return np.flatnonzero(batch.video_known & ~batch.cold & (learn_targets >= batch.ranked))
+
+    def _target_logits(
+        self, batch: _Batch, dots: np.ndarray, bias: np.ndarray, targets: np.ndarray, outside: np.ndarray
+    ) -> np.ndarray:
+        """The score each ``outside`` event's own video had (dot product, bias, feature), read
+        before the kernels finish the matrix in place: the same arithmetic in every path."""
+        columns = targets[outside]
+        logits = dots[outside, columns] + bias[columns]
+        if batch.cooc is not None:
+            logits += self._alpha[0] * batch.cooc[outside, columns]
+        return logits
+
+    def _judge_shortlist(
+        self, batch: _Batch, outside: np.ndarray, logits: np.ndarray, best: np.ndarray
+    ) -> None:
+        """Count the hits the shortlist cost this batch: outside videos scored above their
+        event's JUDGE_N-th best ranked video (``best``: each row's top scores, best first)."""
+        batch.lost = int(np.count_nonzero(logits > best[outside, JUDGE_N - 1]))
+        batch.judged = int(np.count_nonzero(batch.video_known & ~batch.cold))
+
+    def _steer_shortlist(self, lost: int, judged: int) -> None:
+        """Move the share by the moving rate of lost hits against ``shortlist_budget``."""
+        if judged <= 0:
+            return
+        weight = 1.0 - 0.5 ** (judged / STEER_HALF_LIFE)
+        self.shortlist_lost_rate += weight * (lost / judged - self.shortlist_lost_rate)
+        steps, over = judged / 256, self.shortlist_lost_rate / self.shortlist_budget
+        if over > 1.0:  # closes a part of the gap to the top, the larger the further over
+            gap = SHARE_MAX - self.shortlist_share_now
+            self.shortlist_share_now += gap * min(1.0, SHARE_UP * steps * over)
+        elif over < 0.5 and self._share_sets_length:
+            self.shortlist_share_now = max(SHARE_MIN, self.shortlist_share_now - SHARE_DOWN * steps)
 
     def _rank_cold(self, batch, n, targets, free, trending, top, rank) -> None:  # noqa: ANN001
         """Viewers the model knows nothing about see what is trending instead (learning still
@@ -652,7 +750,7 @@ class EmbeddingRanker(CatalogueScorer):
         events = self._admitted(events)
         if events:
             batch = self._batch(events)
-            self._learn(events, batch, self._test_step(batch, 0)[1])
+            self._learn(events, batch, self._test_step(batch, 0)[1])  # judges the shortlist too
 
     def _learn(self, events: Sequence[WatchEvent], batch: _Batch, scores: np.ndarray) -> None:
         """The train step of a prepared batch, from the score matrix of its test step.
@@ -697,19 +795,26 @@ class EmbeddingRanker(CatalogueScorer):
         if rescore.size:  # the new videos' dot products; rank_softmax adds bias and feature
             scores[:, rescore] = batch.U @ self._E.array[batch.columns[rescore]].T
         rank_targets, targets = self._targets(batch)
-        top, _, rank, *softmax = rank_softmax(
+        bias = self._b.array[batch.columns]
+        judging = self._judges(batch)
+        outside = self._outside(batch, targets) if judging else None
+        logits = self._target_logits(batch, scores, bias, targets, outside) if judging else None
+        top, best, rank, *softmax = rank_softmax(
             scores,
             batch.ranked,
-            n,
+            max(n, JUDGE_N) if judging else n,
             rank_targets,
             targets,
             batch.weights,
             *batch.exclude,
             batch.column_of,
-            self._b.array[batch.columns],
+            bias,
             self._alpha[0],
             NO_FEATURE if batch.cooc is None else batch.cooc,
         )
+        if judging:
+            self._judge_shortlist(batch, outside, logits, best)
+            top = top[:, :n]
         self._rank_cold(batch, n, rank_targets, free, trending, top, rank)
         ranking = Ranking(top=_rows_at(batch.columns, top), rank=rank, catalogue=catalogue)
         self._update(events, batch, scores, targets, *softmax)
@@ -754,6 +859,8 @@ class EmbeddingRanker(CatalogueScorer):
         self.guard_trips += skipped
         if math.isfinite(loss):
             self.loss_sum += loss
+        if batch.judged >= 0:
+            self._steer_shortlist(batch.lost, batch.judged)
         columns, E = batch.columns, self._E.array
         lr, clip = self.lr, self.max_grad_norm
         grad_u = grad @ self._vectors_now(batch)

@@ -152,6 +152,7 @@ class ProfileRanker(EmbeddingRanker):
         min_events: int = 1,
         shortlist: int | None = 1024,
         shortlist_share: float = 0.95,
+        shortlist_budget: float | None = 0.002,
         seed: int | None = 0,
         profile_weight: float = 0.5,
         profile_watches: int = 500,
@@ -185,6 +186,7 @@ class ProfileRanker(EmbeddingRanker):
             min_events=min_events,
             shortlist=shortlist,
             shortlist_share=shortlist_share,
+            shortlist_budget=shortlist_budget,
             seed=seed,
         )
 

@@ -42,6 +42,7 @@ def _state(model: EmbeddingRanker) -> dict[str, np.ndarray]:
     return {name: table.array.copy() for name, table in model._video_tables().items()} | {
         "history": model._recent.items.array.copy(),
         "alpha": model._alpha.copy(),
+        "shortlist steering": np.array([model.shortlist_share_now, model.shortlist_lost_rate]),
     }
 
 
@@ -333,7 +334,7 @@ def _watched(model: EmbeddingRanker, viewer: str) -> set[str]:
 
 def test_shortlist_bounds_what_is_ranked_and_recommended() -> None:
     events = _catalogue_stream()
-    model = _trained(events[:2000], batch=64, shortlist=12, shortlist_share=0.0)
+    model = _trained(events[:2000], batch=64, shortlist=12, shortlist_share=0.0, shortlist_budget=None)
     assert model.n_videos > 12
     hot = _hottest(model, 12)
     batch = events[2000:2064]
@@ -352,7 +353,7 @@ def test_shortlist_bounds_what_is_ranked_and_recommended() -> None:
 
 def test_shortlist_falls_back_to_the_catalogue_for_a_viewer_who_watched_it() -> None:
     events = _catalogue_stream()
-    model = _trained(events, batch=64, shortlist=8, shortlist_share=0.0)
+    model = _trained(events, batch=64, shortlist=8, shortlist_share=0.0, shortlist_budget=None)
     for video in _hottest(model, 8):
         model.learn_one("binger", video)
     rec = model.recommend("binger", n=5)
@@ -361,7 +362,8 @@ def test_shortlist_falls_back_to_the_catalogue_for_a_viewer_who_watched_it() -> 
 
 def test_videos_outside_the_shortlist_still_learn_and_can_rise_into_it() -> None:
     events = _catalogue_stream()
-    model = _trained(events, batch=64, shortlist=10, shortlist_share=0.0, trending_half_life=200.0)
+    exactly_10 = {"shortlist": 10, "shortlist_share": 0.0, "shortlist_budget": None}
+    model = _trained(events, batch=64, trending_half_life=200.0, **exactly_10)
     cold = next(v for v in model.videos.ids if v not in _hottest(model, 10))
     before = model._E.array[model.videos.get(cold)].copy()
     t = events[-1].timestamp
@@ -394,7 +396,8 @@ def test_shortlist_keeps_quality_and_narrows_coverage_on_a_larger_catalogue() ->
     # A shortlist of a quarter of 2,000 videos: the hits come from the popular quarter anyway.
     events = _catalogue_stream(videos=2000, events=20000, viewers=1000, seed=2)
     whole = evaluate(EmbeddingRanker(seed=1, shortlist=None), events, batch_size=128)
-    short = evaluate(EmbeddingRanker(seed=1, shortlist=500, shortlist_share=0.0), events, batch_size=128)
+    exactly_500 = {"shortlist": 500, "shortlist_share": 0.0, "shortlist_budget": None}
+    short = evaluate(EmbeddingRanker(seed=1, **exactly_500), events, batch_size=128)
     assert short.hr >= 0.95 * whole.hr > 0.1
     assert short.coverage < whole.coverage
 
@@ -404,8 +407,9 @@ def test_shortlist_grows_to_hold_most_recent_watches_when_popularity_is_flat() -
     # cost a third of the hits; 50 grown to hold 95% of recent watches costs almost nothing.
     events = _catalogue_stream(videos=400, events=8000, seed=2)
     whole = evaluate(EmbeddingRanker(seed=1, shortlist=None), events, batch_size=128)
-    fixed = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_share=0.0), events, batch_size=128)
-    grown = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_share=0.95), events, batch_size=128)
+    exactly_50 = {"shortlist": 50, "shortlist_share": 0.0, "shortlist_budget": None}
+    fixed = evaluate(EmbeddingRanker(seed=1, **exactly_50), events, batch_size=128)
+    grown = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_budget=None), events, batch_size=128)
     assert fixed.hr < 0.8 * whole.hr
     assert grown.hr >= 0.95 * whole.hr
 
@@ -416,3 +420,55 @@ def test_shortlist_is_saved(tmp_path: Path) -> None:
     assert EmbeddingRanker.load(path).shortlist == 7
     _trained(_groups_stream(rounds=5), shortlist=None).save(path)
     assert EmbeddingRanker.load(path).shortlist is None
+
+
+# -- the steered shortlist (shortlist_budget) ------------------------------------------------------
+
+
+def _flat_taste_stream(groups: int = 40, per_group: int = 25, events: int = 20_000) -> list[WatchEvent]:
+    """Every video equally popular: 40 taste groups of 25 videos, 10 viewers each, a viewer
+    watching the videos of their group at random. A shortlist of the hottest half misses half
+    the watches, and the model would rank most of them in the top 10."""
+    rng = np.random.default_rng(0)
+    out = []
+    for t in range(events):
+        group = int(rng.integers(groups))
+        viewer, video = f"v{group}-{int(rng.integers(10))}", f"x{group}-{int(rng.integers(per_group))}"
+        out.append(WatchEvent(float(t), viewer, video))
+    return out
+
+
+def test_a_steered_shortlist_grows_when_popularity_is_flat() -> None:
+    events, half = _flat_taste_stream(), {"shortlist": 50, "shortlist_share": 0.5}
+    whole = evaluate(EmbeddingRanker(seed=3, shortlist=None), events, batch_size=64)
+    fixed = evaluate(EmbeddingRanker(seed=3, shortlist_budget=None, **half), events, batch_size=64)
+    model = EmbeddingRanker(seed=3, **half)  # steered, from the same start
+    steered = evaluate(model, events, batch_size=64)
+    assert fixed.hr < 0.5 * whole.hr  # the hottest half loses most hits
+    assert model.shortlist_share_now > 0.95
+    assert steered.hr >= 0.9 * whole.hr
+
+
+def test_a_steered_shortlist_shortens_on_a_skewed_catalogue_without_losing_hits() -> None:
+    events = _catalogue_stream(videos=10_000, events=60_000, viewers=5000, seed=0)  # skewed, as the demo
+    fixed_model, steered_model = EmbeddingRanker(seed=1, shortlist_budget=None), EmbeddingRanker(seed=1)
+    fixed = evaluate(fixed_model, events, batch_size=256)
+    steered = evaluate(steered_model, events, batch_size=256)
+    assert steered_model.shortlist_share_now < 0.93 < fixed_model.shortlist_share_now
+    n_videos = len(steered_model.videos)  # the same ids, learned alike
+    assert steered_model._shortlist(n_videos).size < 0.85 * fixed_model._shortlist(n_videos).size
+    assert steered.hr >= fixed.hr - 0.002
+    assert steered_model.shortlist_lost_rate <= 2 * steered_model.shortlist_budget
+
+
+def test_rank_and_learn_agrees_while_the_shortlist_is_steered() -> None:
+    """Learning judges and steers the shortlist in every path alike (ranking alone never does)."""
+    events = _flat_taste_stream(events=3000)
+    model = _rank_and_learn_agrees(events, 64, shortlist=50, shortlist_share=0.5)
+    assert model.shortlist_share_now > 0.6  # it moved
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.0, -0.1, float("nan")])
+def test_a_shortlist_budget_outside_0_1_is_refused(budget: float) -> None:
+    with pytest.raises(ValueError, match="shortlist_budget"):
+        EmbeddingRanker(shortlist_budget=budget)
