@@ -123,16 +123,29 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
         # it every 5 minutes by default, so a service started before its input topic existed (or
         # whose first metadata missed a just-created topic) sat idle that long. Now seconds.
         metadata_max_age_ms=METADATA_MAX_AGE_MS,
+        # Waiting for a missing input topic must not create it: a broker that allows it would
+        # make it with its default partitions, and the producer meant to create it finds it made.
+        allow_auto_create_topics=False,
     )
+    no_auto_create(consumer)
     consumer.subscribe([config.input_topic], listener=listener)
     return consumer
+
+
+def no_auto_create(client: KafkaConsumer) -> None:
+    """Make ``allow_auto_create_topics=False`` hold: kafka-python 3.0 builds its cluster
+    metadata without that option, so its metadata requests still let the broker create any
+    topic they name. Set where the requests read it, before the client names a topic."""
+    cluster = getattr(client, "_cluster", None)
+    if cluster is not None and "allow_auto_create_topics" in getattr(cluster, "config", {}):
+        cluster.config["allow_auto_create_topics"] = False
 
 
 def make_reader(config: ServiceConfig, role: str, isolation_level: str = "read_committed") -> KafkaConsumer:
     """A consumer of no group, for the service's own topics it reads whole partitions of (the
     update topic, the changelog, the snapshots): assigned by the caller, nothing committed, and
     fetches large enough for records near the 1 MB limit."""
-    return KafkaConsumer(
+    reader = KafkaConsumer(
         **config.kafka.client_options(),
         client_id=f"streamrec-{config.worker}-{role}",
         group_id=None,
@@ -140,7 +153,10 @@ def make_reader(config: ServiceConfig, role: str, isolation_level: str = "read_c
         isolation_level=isolation_level,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=16 * 1024 * 1024,
+        allow_auto_create_topics=False,
     )
+    no_auto_create(reader)
+    return reader
 
 
 def close_quietly(*clients: KafkaProducer | KafkaConsumer | None) -> None:

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 
-__all__ = ["LogfmtFormatter", "configure", "fields"]
+__all__ = ["KafkaNoiseFilter", "LogfmtFormatter", "configure", "fields"]
 
 
 def _quote(value: object) -> str:
@@ -67,10 +67,71 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class KafkaNoiseFilter(logging.Filter):
+    """kafka-python's warnings and errors, without its floods and its known harmless tracebacks.
+
+    * A line kafka-python repeats (``Topic t not found in cluster metadata`` every 100 ms while
+      a topic does not exist, ``NotCoordinatorError`` while a new group's coordinator loads) is
+      written once per ``window`` seconds; the next one written says how many were held back.
+    * kafka-python 3.0 closes a connection from one thread while its network thread may still be
+      reading it: the reader then finds the socket or protocol gone and logs an ``AttributeError``
+      on ``None`` with a traceback, on many clean shutdowns. Only a closed connection has them
+      set to ``None``, so those records are dropped.
+
+    Other loggers pass untouched.
+
+    >>> f, now = KafkaNoiseFilter(window=30.0, clock=lambda: now), 0.0
+    >>> def rec(msg):
+    ...     return logging.LogRecord("kafka.cluster", logging.ERROR, "", 0, msg, None, None)
+    >>> [f.filter(rec("Topic t not found")) for now in (0.0, 1.0, 2.0)]
+    [True, False, False]
+    >>> now = 31.0; r = rec("Topic t not found"); f.filter(r), r.fields
+    (True, {'repeated': 2})
+    """
+
+    def __init__(self, window: float = 30.0, clock=time.monotonic) -> None:  # noqa: ANN001
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        # (logger, level, message, error) -> (when last written, how many held back since)
+        self._last: dict[tuple[str, int, str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("kafka"):
+            return True
+        if _closed_connection_race(record):
+            return False
+        error = record.exc_info[1] if record.exc_info else None
+        key = (record.name, record.levelno, record.getMessage(), repr(error))
+        now = self.clock()
+        written = self._last.get(key)
+        if written is not None and now - written[0] < self.window:
+            self._last[key] = (written[0], written[1] + 1)
+            return False
+        if written is not None and written[1]:
+            record.fields = {**getattr(record, "fields", {}), "repeated": written[1]}
+        if len(self._last) > 1000:  # ids in messages must not grow it without bound
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return True
+
+
+def _closed_connection_race(record: logging.LogRecord) -> bool:
+    """A traceback of kafka-python reading a connection another thread just closed."""
+    error = record.exc_info[1] if record.exc_info else None
+    if not isinstance(error, AttributeError) or not record.name.startswith("kafka.net"):
+        return False
+    return str(error) in (
+        "'NoneType' object has no attribute 'data_received'",
+        "'NoneType' object has no attribute 'recv'",
+    )
+
+
 def configure(level: str = "INFO") -> None:
-    """Send logs to stderr in logfmt; quiet kafka-python's own INFO chatter."""
+    """Send logs to stderr in logfmt; quiet kafka-python's own INFO chatter, floods and close races."""
     handler = _StderrHandler()
     handler.setFormatter(LogfmtFormatter())
+    handler.addFilter(KafkaNoiseFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
