@@ -557,6 +557,18 @@ class LocalBroker:
                 path.unlink()
         return True
 
+    def wipe(self) -> bool:
+        """Stop the broker and delete its topics, offsets and metadata (the ``data`` folder),
+        so the next start formats an empty broker; the configuration and TLS files stay.
+        Whether there was anything to delete."""
+        self.stop()
+        if not self.log_dirs.is_dir():
+            return False
+        shutil.rmtree(self.log_dirs)
+        with contextlib.suppress(FileNotFoundError):
+            self.security_marker.unlink()  # formatted afresh, in whatever mode the next start asks
+        return True
+
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
@@ -131,6 +132,32 @@ def test_up_status_down_are_idempotent_and_keep_data(
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == local_broker.bootstrap
     assert consume_all(local_broker.bootstrap, topic) == [(None, b"before-restart")]
+
+
+@pytest.mark.slow
+def test_down_wipe_leaves_the_next_broker_empty(tmp_path: Path) -> None:
+    """A broker of its own (wiping the session's would take the other tests' topics with it)."""
+    data, port = str(tmp_path / "kafka"), str(kafka_local.free_port())
+    up = streamrec("kafka", "up", "--data-dir", data, "--port", port)
+    assert up.returncode == 0, up.stderr
+    bootstrap = up.stdout.strip().splitlines()[-1]
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap)
+        producer.send("made-before-the-wipe", value=b"x").get(timeout=30)
+        producer.close()
+        down = streamrec("kafka", "down", "--data-dir", data, "--wipe")
+        assert down.returncode == 0, down.stderr
+        assert "deleted its topics" in down.stdout
+        assert streamrec("kafka", "status", "--data-dir", data).returncode == EXIT_DOWN
+        again = streamrec("kafka", "up", "--data-dir", data, "--port", port)
+        assert again.returncode == 0, again.stderr
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+        try:
+            assert "made-before-the-wipe" not in consumer.topics()
+        finally:
+            consumer.close()
+    finally:
+        streamrec("kafka", "down", "--data-dir", data)
 
 
 def test_up_without_java_says_so(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 ``up`` fetches the broker jars with Maven once, starts the broker detached and waits until it
 serves requests; its last output line is the bootstrap address ``host:port``, so scripts can do
 ``BOOTSTRAP=$(streamrec kafka up | tail -n1)``. ``status`` exits 0 when the broker answers and 3
-when it does not. ``down`` stops it (its data stays in the data folder for the next ``up``).
+when it does not. ``down`` stops it (its data stays in the data folder for the next ``up``;
+``down --wipe`` deletes it: the next ``up`` starts an empty broker).
 
 ``up --security sasl_ssl --user U --password-file F`` starts it with a SASL_SSL client listener
 only (SCRAM-SHA-512, a self-signed CA written under the data folder) and prints ``ca: PATH``
@@ -53,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--password-file",
             help="with sasl_ssl: file holding the user's password (or set $STREAMREC_SASL_PASSWORD)",
         )
+        if name == "down":
+            action.add_argument(
+                "--wipe",
+                action="store_true",
+                help="also delete the broker's topics and data: the next up starts an empty broker",
+            )
         if name == "up":
             action.add_argument("--port", type=int, help="client port on 127.0.0.1 (default 19092)")
             action.add_argument(
@@ -99,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"stopped the broker of {broker.data_dir}" if stopped else f"no broker runs in {broker.data_dir}"
         )
+        if args.wipe:
+            wiped = broker.wipe()
+            print(f"deleted its topics and data in {broker.log_dirs}" if wiped else "no data to delete")
         return 0
     status = broker.status()
     if status.ready:
