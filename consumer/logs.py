@@ -73,6 +73,9 @@ class KafkaNoiseFilter(logging.Filter):
     * A line kafka-python repeats (``Topic t not found in cluster metadata`` every 100 ms while
       a topic does not exist, ``NotCoordinatorError`` while a new group's coordinator loads) is
       written once per ``window`` seconds; the next one written says how many were held back.
+    * A group's assignment that found no metadata for a topic (``No partition metadata``) is
+      dropped: just after the topic was created, the group rejoins once the metadata comes; if
+      it does not exist, the service's own warning says so once.
     * kafka-python 3.0 closes a connection from one thread while its network thread may still be
       reading it: the reader then finds the socket or protocol gone and logs an ``AttributeError``
       on ``None`` with a traceback, on many clean shutdowns. Only a closed connection has them
@@ -99,7 +102,7 @@ class KafkaNoiseFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not record.name.startswith("kafka"):
             return True
-        if _closed_connection_race(record):
+        if _closed_connection_race(record) or _topic_just_made(record):
             return False
         error = record.exc_info[1] if record.exc_info else None
         key = (record.name, record.levelno, record.getMessage(), repr(error))
@@ -114,6 +117,14 @@ class KafkaNoiseFilter(logging.Filter):
             self._last.clear()
         self._last[key] = (now, 0)
         return True
+
+
+def _topic_just_made(record: logging.LogRecord) -> bool:
+    """The group's first assignment ran before the metadata of a just-created topic arrived: the
+    group rejoins when it does. A topic that does not exist is the service's own warning."""
+    return record.name.startswith("kafka.coordinator.assignors") and record.getMessage().startswith(
+        "No partition metadata for topic"
+    )
 
 
 def _closed_connection_race(record: logging.LogRecord) -> bool:

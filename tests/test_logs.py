@@ -58,6 +58,13 @@ def test_a_repeated_kafka_line_is_written_once_per_window_then_counted() -> None
     assert noise.filter(_record("consumer.app", "Topic a not found in cluster metadata"))
 
 
+def test_an_assignment_before_a_new_topics_metadata_is_not_reported() -> None:
+    """The group rejoins when the metadata comes; a missing topic is the service's own warning."""
+    noise = KafkaNoiseFilter()
+    assert not noise.filter(_record("kafka.coordinator.assignors.range", "No partition metadata for topic t"))
+    assert noise.filter(_record("kafka.coordinator", "No partition metadata for topic t"))
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
 def test_a_service_started_before_its_topic_exists_logs_the_wait_once(kafka_bootstrap, new_topic, tmp_path):
