@@ -111,8 +111,9 @@ from model.weighting import watch_weights
 JUDGE_N = 10
 #: Half-life, in judged events, of the lost-hit rate the share is steered by.
 STEER_HALF_LIFE = 5_000.0
-#: How the share moves per 256 judged events: up by this part of its distance to the top
-#: times how many times over budget the lost-hit rate is (at least budget), down by a step.
+#: How the share moves per 256 judged events: while the lost-hit rate is over budget, up by
+#: this part of its distance to the top times how many times over budget the rate is; while
+#: under half the budget, down by a fixed step.
 SHARE_UP, SHARE_DOWN = 0.02, 0.002
 #: The range the share is steered in.
 SHARE_MIN, SHARE_MAX = 0.5, 0.999
@@ -680,10 +681,11 @@ class EmbeddingRanker(CatalogueScorer):
         """Whether this batch's ranking judges the shortlist: it is steered and there is one."""
         return self.shortlist_budget is not None and batch.column_of.size > 0
 
-    def _outside(self, batch: _Batch, learn_targets: np.ndarray) -> np.ndarray:
+    def _outside(self, batch: _Batch, targets: np.ndarray) -> np.ndarray:
         """Events whose video the model knew but did not rank (outside the shortlist), of
-        viewers it ranks by its own scores (not the trending list)."""
-        return np.flatnonzero(batch.video_known & ~batch.cold & (learn_targets >= batch.ranked))
+        viewers it ranks by its own scores (not the trending list); ``targets``: each event's
+        column."""
+        return np.flatnonzero(batch.video_known & ~batch.cold & (targets >= batch.ranked))
 
     def _target_logits(
         self, batch: _Batch, dots: np.ndarray, bias: np.ndarray, targets: np.ndarray, outside: np.ndarray
