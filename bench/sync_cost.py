@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/sync_cost.py [--ml100k PATH] [--events N] [--workers 2]
-        [--every 1024] [--videos 3000] [--profile]
+        [--every 1024] [--videos 3000] [--profile] [--set shortlist_budget=null]
 
 The workers of a group are simulated in one process, as the service runs them: the stream is
 split by viewer with Kafka's partitioner, each worker learns its own viewers' events in batches
@@ -40,6 +40,7 @@ from kafka.partitioner.default import murmur2  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
 from consumer.sync import RECORD_BUDGET  # noqa: E402
+from model.registry import parse_settings  # noqa: E402
 from model.replica import ReplicatedRanker, VideoReplica, VideoUpdates  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
@@ -76,9 +77,10 @@ class Timed:
         return text.getvalue()
 
 
-def simulate(events: list, workers: int, every: int, timed: Timed) -> dict:
-    """Learn ``events`` over ``workers`` replicas exchanging every ``every`` learned events each."""
-    replicas = [VideoReplica(ReplicatedRanker()) for _ in range(workers)]
+def simulate(events: list, workers: int, every: int, timed: Timed, settings: dict | None = None) -> dict:
+    """Learn ``events`` over ``workers`` replicas exchanging every ``every`` learned events each;
+    ``settings``: the model's (``ReplicatedRanker``'s constructor arguments)."""
+    replicas = [VideoReplica(ReplicatedRanker(**(settings or {}))) for _ in range(workers)]
     pending: list[list] = [[] for _ in range(workers)]
     unsent = [0] * workers
     exchanges = records = bytes_sent = videos = pairs = 0
@@ -131,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--every", type=int, default=1024)
     parser.add_argument("--profile", action="store_true", help="print where take and apply spend time")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a model setting (JSON value)"
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/sync_cost.json")
     args = parser.parse_args(argv)
     if args.ml100k:
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         events = list(synth_events(viewers=args.viewers, videos=args.videos, events=args.events, seed=1))
     timed = Timed(("take", "apply") if args.profile else ())
-    shape = simulate(events, args.workers, args.every, timed)
+    shape = simulate(events, args.workers, args.every, timed, parse_settings(args.set))
     n = max(shape["exchanges"], 1)
     per_exchange_ms = {phase: 1000 * s / n for phase, s in timed.seconds.items()}
     # The learn time an exchange carries: the sender's events (every), at the mean learn rate.
