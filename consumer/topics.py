@@ -13,13 +13,13 @@ from __future__ import annotations
 import logging
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 
-__all__ = ["ensure_output_topics"]
+__all__ = ["ensure_output_topics", "settings_that_differ"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,18 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
                 pass  # another worker created it in between
         if created:
             log.info("created topics", extra=fields(topics=",".join(created)))
+        for topic, setting, found, value in settings_that_differ(admin, wanted, existing):
+            log.warning(
+                "a topic exists with another setting than the service creates it with; not changed",
+                extra=fields(
+                    topic=topic,
+                    setting=setting,
+                    found=found,
+                    wanted=value,
+                    fix=f"kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
+                    f"--add-config {setting}={value}",
+                ),
+            )
         if config.input_topic not in existing:
             log.warning(
                 "input topic does not exist yet; waiting for it", extra=fields(topic=config.input_topic)
@@ -63,3 +75,29 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
         return created
     finally:
         admin.close()
+
+
+def settings_that_differ(
+    admin: KafkaAdminClient, wanted: dict[str, dict[str, str]], existing: set[str]
+) -> list[tuple[str, str, str, str]]:
+    """``(topic, setting, found, wanted)`` for each topic that already existed with another
+    value of a setting the service creates it with (the lists' compaction, the updates'
+    retention): as Kafka Streams checks its internal topics, the service says so rather than
+    change a topic someone else made. A broker that refuses to describe configs is not asked."""
+    names = [name for name, configs in wanted.items() if configs and name in existing]
+    if not names:
+        return []
+    topic = ConfigResourceType.TOPIC
+    resources = [ConfigResource(topic, name, dict.fromkeys(wanted[name])) for name in names]
+    try:
+        described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    except KafkaError as err:  # e.g. not authorised to describe configs: nothing to say
+        log.debug("topic settings not checked", extra=fields(error=str(err)))
+        return []
+    differ = []
+    for name in names:
+        for setting, value in wanted[name].items():
+            found = described.get(name, {}).get(setting, {}).get("value")
+            if found is not None and found != value:
+                differ.append((name, setting, found, value))
+    return differ

@@ -292,3 +292,38 @@ def test_missing_output_topics_are_created_and_the_recommendations_topic_is_comp
         admin.delete_topics([names["output_topic"], names["dlq_topic"]])
     finally:
         admin.close()
+
+
+def test_topics_made_by_someone_else_with_other_settings_are_named_not_changed(
+    kafka_bootstrap, new_topic, caplog
+):
+    """Kafka Streams checks its internal topics; the service too: lists in a topic that is not
+    compacted grow for ever, updates deleted after a week leave late workers short."""
+    from consumer.topics import ensure_output_topics
+
+    names = topics(new_topic)  # made by the test: the broker's defaults, delete policy
+    updates = new_topic("updates", config={"retention.ms": "3600000"})
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap, sync_every=1024, sync_topic=updates, snapshot_every_s=0, **names
+    )
+    for _ in range(2):  # the second time too: the topics were not changed
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="consumer.topics"):
+            ensure_output_topics(config)
+        named = {
+            (r.fields["topic"], r.fields["setting"], r.fields["found"], r.fields["wanted"])
+            for r in caplog.records
+            if "another setting" in r.getMessage()
+        }
+        assert named == {
+            (names["output_topic"], "cleanup.policy", "delete", "compact"),
+            (updates, "retention.ms", "3600000", "-1"),
+        }
+    # Topics the service made itself pass the check.
+    caplog.clear()
+    fresh = dict(names, output_topic=f"recs-made-{time.time_ns()}", dlq_topic=f"dlq-made-{time.time_ns()}")
+    made = ServiceConfig(bootstrap_servers=kafka_bootstrap, **fresh)
+    with caplog.at_level("WARNING", logger="consumer.topics"):
+        ensure_output_topics(made)
+        ensure_output_topics(made)
+    assert not [r for r in caplog.records if "another setting" in r.getMessage()]
