@@ -73,6 +73,8 @@ class KafkaNoiseFilter(logging.Filter):
     * A line kafka-python repeats (``Topic t not found in cluster metadata`` every 100 ms while
       a topic does not exist, ``NotCoordinatorError`` while a new group's coordinator loads) is
       written once per ``window`` seconds; the next one written says how many were held back.
+    * ``Topic t not found in cluster metadata``, an error to kafka-python, is a warning here:
+      the service waits for a topic its producers have not made yet.
     * A group's assignment that found no metadata for a topic (``No partition metadata``) is
       dropped: just after the topic was created, the group rejoins once the metadata comes; if
       it does not exist, the service's own warning says so once.
@@ -104,6 +106,8 @@ class KafkaNoiseFilter(logging.Filter):
             return True
         if _closed_connection_race(record) or _topic_just_made(record):
             return False
+        if _waiting_for_a_topic(record):  # a topic not made yet is a wait, not an error
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         error = record.exc_info[1] if record.exc_info else None
         key = (record.name, record.levelno, record.getMessage(), repr(error))
         now = self.clock()
@@ -117,6 +121,14 @@ class KafkaNoiseFilter(logging.Filter):
             self._last.clear()
         self._last[key] = (now, 0)
         return True
+
+
+def _waiting_for_a_topic(record: logging.LogRecord) -> bool:
+    return (
+        record.name == "kafka.cluster"
+        and record.levelno > logging.WARNING
+        and record.getMessage().endswith("not found in cluster metadata")
+    )
 
 
 def _topic_just_made(record: logging.LogRecord) -> bool:

@@ -58,6 +58,14 @@ def test_a_repeated_kafka_line_is_written_once_per_window_then_counted() -> None
     assert noise.filter(_record("consumer.app", "Topic a not found in cluster metadata"))
 
 
+def test_a_topic_not_made_yet_is_a_warning_not_an_error() -> None:
+    record = _record("kafka.cluster", "Topic watch-events not found in cluster metadata")
+    assert KafkaNoiseFilter().filter(record)
+    assert (record.levelno, record.levelname) == (logging.WARNING, "WARNING")
+    other = _record("kafka.cluster", "Unable to connect")
+    assert KafkaNoiseFilter().filter(other) and other.levelname == "ERROR"
+
+
 def test_an_assignment_before_a_new_topics_metadata_is_not_reported() -> None:
     """The group rejoins when the metadata comes; a missing topic is the service's own warning."""
     noise = KafkaNoiseFilter()
@@ -92,6 +100,7 @@ def test_a_service_started_before_its_topic_exists_logs_the_wait_once(kafka_boot
         assert service.stop() == 0
     lines = service.log().splitlines()
     assert sum("waiting for it" in line for line in lines) == 1
-    assert sum("not found in cluster metadata" in line for line in lines) <= 1
+    waited = [line for line in lines if "not found in cluster metadata" in line]
+    assert len(waited) <= 1 and all("level=warning" in line for line in waited)
     assert sum("NotCoordinatorError" in line for line in lines) <= 1
     assert not [line for line in lines if "Traceback" in line], "a traceback in a clean run"
