@@ -215,7 +215,7 @@ class EmbeddingRanker(CatalogueScorer):
         Learning judges every event whose known video was outside the shortlist: would it
         have made the event's top-10 had it been ranked? The share starts at
         ``shortlist_share`` and moves within [0.5, 0.999] so that such lost hits stay under
-        ``shortlist_budget`` of the events (a moving rate, half-life 10,000 events): up
+        ``shortlist_budget`` of the events (a moving rate, half-life 5,000 events): up
         quickly when they pass it, down slowly while under half of it and while the share,
         not the floor ``shortlist``, sets the length. A skewed catalogue gets a short list (and
         a fast model); a flat one keeps a long one.
@@ -654,13 +654,11 @@ class EmbeddingRanker(CatalogueScorer):
             scores[:, free] = -np.inf
         targets, learn_targets = self._targets(batch)
         bias = self._b.array[np.minimum(columns, batch.n_videos - 1)] if batch.n_videos else NO_BIAS
-        judging = self._judges(batch)
-        outside = self._outside(batch, learn_targets) if judging else None
-        logits = self._target_logits(batch, scores, bias, learn_targets, outside) if judging else None
+        judge = self._judge_inputs(batch, scores, bias, learn_targets)
         top, best, rank = rank_top_n(
             scores,
             ranked,
-            max(n, JUDGE_N) if judging else n,
+            n if judge is None else max(n, JUDGE_N),
             targets,
             *batch.exclude,
             column_of,
@@ -669,34 +667,30 @@ class EmbeddingRanker(CatalogueScorer):
             NO_FEATURE if batch.cooc is None else batch.cooc,
             True,
         )
-        if judging:
-            self._judge_shortlist(batch, outside, logits, best)
-            top, best = top[:, :n], best[:, :n]
+        if judge is not None:
+            self._judge_shortlist(batch, *judge, best)
+            top = top[:, :n]
         self._rank_cold(batch, n, targets, free, self._trending(), top, rank)
         return Ranking(top=_rows_at(columns, top), rank=rank, catalogue=self.videos.live), scores
 
     # -- the steered shortlist (``shortlist_budget``) ------------------------------------------
 
-    def _judges(self, batch: _Batch) -> bool:
-        """Whether this batch's ranking judges the shortlist: it is steered and there is one."""
-        return self.shortlist_budget is not None and batch.column_of.size > 0
-
-    def _outside(self, batch: _Batch, targets: np.ndarray) -> np.ndarray:
-        """Events whose video the model knew but did not rank (outside the shortlist), of
-        viewers it ranks by its own scores (not the trending list); ``targets``: each event's
-        column."""
-        return np.flatnonzero(batch.video_known & ~batch.cold & (targets >= batch.ranked))
-
-    def _target_logits(
-        self, batch: _Batch, dots: np.ndarray, bias: np.ndarray, targets: np.ndarray, outside: np.ndarray
-    ) -> np.ndarray:
-        """The score each ``outside`` event's own video had (dot product, bias, feature), read
-        before the kernels finish the matrix in place: the same arithmetic in every path."""
+    def _judge_inputs(
+        self, batch: _Batch, dots: np.ndarray, bias: np.ndarray, targets: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """What judging the shortlist needs from the matrix before the kernels finish it in
+        place (``None`` when the share is not steered or nothing is shortlisted): the events
+        whose known video was not ranked, of viewers ranked by the model's own scores (not the
+        trending list), and the score each one's video had (dot product, bias, feature): the
+        same arithmetic in every path. ``targets``: each event's column."""
+        if self.shortlist_budget is None or not batch.column_of.size:
+            return None
+        outside = np.flatnonzero(batch.video_known & ~batch.cold & (targets >= batch.ranked))
         columns = targets[outside]
         logits = dots[outside, columns] + bias[columns]
         if batch.cooc is not None:
             logits += self._alpha[0] * batch.cooc[outside, columns]
-        return logits
+        return outside, logits
 
     def _judge_shortlist(
         self, batch: _Batch, outside: np.ndarray, logits: np.ndarray, best: np.ndarray
@@ -798,13 +792,11 @@ class EmbeddingRanker(CatalogueScorer):
             scores[:, rescore] = batch.U @ self._E.array[batch.columns[rescore]].T
         rank_targets, targets = self._targets(batch)
         bias = self._b.array[batch.columns]
-        judging = self._judges(batch)
-        outside = self._outside(batch, targets) if judging else None
-        logits = self._target_logits(batch, scores, bias, targets, outside) if judging else None
+        judge = self._judge_inputs(batch, scores, bias, targets)
         top, best, rank, *softmax = rank_softmax(
             scores,
             batch.ranked,
-            max(n, JUDGE_N) if judging else n,
+            n if judge is None else max(n, JUDGE_N),
             rank_targets,
             targets,
             batch.weights,
@@ -814,8 +806,8 @@ class EmbeddingRanker(CatalogueScorer):
             self._alpha[0],
             NO_FEATURE if batch.cooc is None else batch.cooc,
         )
-        if judging:
-            self._judge_shortlist(batch, outside, logits, best)
+        if judge is not None:
+            self._judge_shortlist(batch, *judge, best)
             top = top[:, :n]
         self._rank_cold(batch, n, rank_targets, free, trending, top, rank)
         ranking = Ranking(top=_rows_at(batch.columns, top), rank=rank, catalogue=catalogue)
