@@ -60,10 +60,10 @@ SHARED_TABLES = (
     "video_bias_acc",
     "watch_counts",
 )
-#: Version 2: co-occurrence pairs once per unordered pair (added both ways), in the smallest
-#: integer types that hold them. Version 1 (every ordered pair, float32) is still read.
 #: The tables of the model's steps (what ``step_weight`` scales): vectors and bias.
 STEP_TABLES = ("video_vectors", "transitions", "video_bias")
+#: Version 2: co-occurrence pairs once per unordered pair (added both ways), in the smallest
+#: integer types that hold them. Version 1 (every ordered pair, float32) is still read.
 _FORMAT = "streamrec.video-updates/2"
 _FORMAT_V1 = "streamrec.video-updates/1"
 
@@ -663,9 +663,7 @@ class VideoReplica:
         tables["video_vectors"] -= initial_vectors(named, m.dim, m.init_scale, m.seed or 0)
         pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         own = np.zeros(0, np.float32)
-        if cooc:
-            position = np.full(n, -1, dtype=np.int64)
-            position[rows] = np.arange(rows.size)
+        if cooc:  # pairs by position in ``rows``, as :meth:`take` numbers them
             sub = matrix[np.ix_(rows, rows)]
             i, j = np.nonzero(np.triu(sub, 1))
             pairs = (i.astype(np.int64), j.astype(np.int64), sub[i, j].astype(np.float32))
