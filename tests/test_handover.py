@@ -26,7 +26,7 @@ from contract.events import WatchEvent
 from model import viewer_state
 from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
 from tests.streams import SOURCES, stream
-from tests.test_faults import FAST, keyed, read_topic, tail_of
+from tests.test_faults import FAST, keyed, read_topic, stable, tail_of
 
 pytestmark = pytest.mark.kafka
 
@@ -186,22 +186,6 @@ def test_a_restore_takes_each_viewers_latest_committed_state_and_skips_polls_nev
 #: last stable offset until it times out, which the restore and the reader must wait out).
 KILL_RUNS = [("synthetic", [])] + ([("ml-100k", ["--exactly-once"])] if "ml-100k" in SOURCES else [])
 N_KILL = 6000
-
-
-def stable(bootstrap: str, topic: str) -> bool:
-    """Whether no open transaction holds ``topic`` back from a read_committed reader: a worker
-    killed inside one leaves it open until the brokers abort it (10-20 s: its transaction timeout)."""
-    ends = {}
-    for isolation in ("read_committed", "read_uncommitted"):
-        consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation
-        )
-        try:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-            ends[isolation] = consumer.end_offsets(parts)
-        finally:
-            consumer.close()
-    return ends["read_committed"] == ends["read_uncommitted"]
 
 
 def group_committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
