@@ -3,13 +3,15 @@
 Usage::
 
     .venv/bin/python bench/group.py [--ml100k PATH] [--events N] [--partitions 4]
-        [--runs 1,2,2s,4s,2s4096] [--sync-every 1024] [--modes live,backlog] [--bootstrap HOST:PORT]
+        [--runs 1,2,2s,4s,2s4096,2s@int8] [--sync-every 1024] [--modes live,backlog]
+        [--bootstrap HOST:PORT]
 
 Each run replays the same events (MovieLens 100K with ``--ml100k``, else the synthetic stream),
 keyed by viewer, into a fresh topic of ``--partitions`` partitions, and starts
 ``python -m consumer --workers N`` (a run named ``Ns`` adds ``--sync-every``: the workers
-exchange video updates, one model over the group; plain ``N``: each worker its own model) in a
-fresh group. Two modes:
+exchange video updates, one model over the group; plain ``N``: each worker its own model; a
+suffix ``@float32``, ``@int16`` or ``@int8`` sets ``--sync-precision``) in a fresh group. Two
+modes:
 
 * ``live``: every worker joins the group before the first event is produced (else the first to
   join learns a backlog alone), then the events are produced (in a thread of this process)
@@ -180,7 +182,9 @@ def steady_rate(samples: list[tuple[float, int]], total: int, start_at: float) -
     return (last[1] - first[1]) / (last[0] - first[0])
 
 
-def run_group(connection, events: list, workers: int, sync_every: int, partitions: int, mode: str) -> dict:
+def run_group(
+    connection, events: list, workers: int, sync_every: int, partitions: int, mode: str, precision: str = ""
+) -> dict:
     admin_options = connection.client_options()
     admin = KafkaAdminClient(**admin_options)
     topic = f"group-bench-{uuid.uuid4().hex[:8]}"
@@ -202,6 +206,7 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
         "--workers", str(workers),
         "--sync-every", str(sync_every),
         "--log-level", "WARNING",
+        *(["--sync-precision", precision] if precision else []),
     ]  # fmt: skip
     ports = [port + i for i in range(workers)]
     if mode == "backlog":
@@ -262,6 +267,7 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
         "mode": mode,
         "workers": workers,
         "sync_every": sync_every,
+        "precision": precision,
         "learned": samples[-1][1] if samples else 0,
         "hr_at_10": hits / evaluated if evaluated else float("nan"),
         "to_all_joined_s": (joined - started) if joined else float("nan"),
@@ -281,8 +287,9 @@ def run_group(connection, events: list, workers: int, sync_every: int, partition
 
 
 def label_of(row: dict) -> str:
-    every = row["sync_every"]
-    return f"{row['workers']} " + (f"one model /{every}" if every else "own models")
+    every, precision = row["sync_every"], row.get("precision")
+    shared = f"one model /{every}" + (f" {precision}" if precision else "")
+    return f"{row['workers']} " + (shared if every else "own models")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument(
-        "--runs", default="1,2,2s,4s", help="worker counts; 's': with --sync-every ('2s4096': every 4,096)"
+        "--runs",
+        default="1,2,2s,4s",
+        help="worker counts; 's': with --sync-every ('2s4096': every 4,096; '2s@int8': that precision)",
     )
     parser.add_argument("--modes", default="live,backlog", help="live, backlog or both (see the docstring)")
     parser.add_argument("--sync-every", type=int, default=1024)
@@ -314,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         for mode in args.modes.split(","):
             for run in args.runs.split(","):
-                workers, shared, every = re.fullmatch(r"(\d+)(s?)(\d*)", run).groups()
+                workers, shared, every, precision = re.fullmatch(r"(\d+)(s?)(\d*)(?:@(\w+))?", run).groups()
                 sync_every = (int(every) if every else args.sync_every) if shared else 0
-                r = run_group(connection, events, int(workers), sync_every, args.partitions, mode)
+                r = run_group(
+                    connection, events, int(workers), sync_every, args.partitions, mode, precision or ""
+                )
                 rows.append(r)
                 c = r["cores"]
                 print(

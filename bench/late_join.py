@@ -91,7 +91,7 @@ def late_state(config: ServiceConfig, from_snapshot: bool) -> tuple[dict, VideoR
     config = dataclasses.replace(config, worker_id=f"late-{uuid.uuid4().hex[:6]}")
     if not from_snapshot:
         config = dataclasses.replace(config, snapshot_every_s=0.0)
-    replica = VideoReplica(ReplicatedRanker(**config.model_params))
+    replica = VideoReplica(ReplicatedRanker(**config.model_params), config.sync_precision)
     exchange = UpdateExchange(config, replica)
     started = time.perf_counter()
     exchange.connect()

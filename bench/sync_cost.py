@@ -16,6 +16,13 @@ its apply is the time of one peer), beside the time the sender took to learn the
 exchange carries: the sync's share of a worker's time is ``(take + encode + (N - 1) * (decode +
 apply)) / learn``. ``--profile`` adds the functions take and apply spend their time in.
 
+``wire`` is kafka-python's own CPU for the bytes, without a network: building each record into
+a batch with the service's output codec (zstd: compression and CRC) and reading it back
+(decompression, CRC check), as the sender's producer and one peer's reader do. ``--precision
+float32,int8`` runs the whole simulation once per precision of the vectors' changes
+(``--sync-precision``), taking turns, and reports the group's test-then-train HR@10 (hits over
+evaluated events, summed over the workers) beside each: quantising must not cost quality.
+
 Prints a table and writes ``bench/results/sync_cost.json``.
 """
 
@@ -37,16 +44,20 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 # isort: split
 
 from kafka.partitioner.default import murmur2  # noqa: E402
+from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
 from consumer.sync import RECORD_BUDGET  # noqa: E402
+from model.evaluate import StreamingEvaluator  # noqa: E402
 from model.registry import parse_settings  # noqa: E402
-from model.replica import ReplicatedRanker, VideoReplica, VideoUpdates  # noqa: E402
+from model.replica import PRECISIONS, ReplicatedRanker, VideoReplica, VideoUpdates  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
 BATCH = 256
-PHASES = ("learn", "take", "encode", "decode", "apply")
+PHASES = ("learn", "take", "encode", "wire", "decode", "apply")
+#: kafka-python's code of the service's output codec (zstd), as in a record batch's attributes.
+ZSTD = 4
 
 
 def worker_of(viewer: str, workers: int) -> int:
@@ -77,10 +88,32 @@ class Timed:
         return text.getvalue()
 
 
-def simulate(events: list, workers: int, every: int, timed: Timed, settings: dict | None = None) -> dict:
+def through_kafka_python(record: bytes) -> bytes:
+    """``record`` built into a zstd batch by kafka-python and read back: the client-side work a
+    producer and a consumer do for it."""
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=ZSTD, is_transactional=False, producer_id=-1,
+        producer_epoch=-1, base_sequence=-1, batch_size=len(record) + 1024,
+    )  # fmt: skip
+    builder.append(0, timestamp=None, key=b"worker", value=record, headers=[])
+    batch = DefaultRecordBatch(bytes(builder.build()))
+    if not batch.validate_crc():
+        raise AssertionError("CRC mismatch")
+    return next(iter(batch)).value
+
+
+def simulate(
+    events: list,
+    workers: int,
+    every: int,
+    timed: Timed,
+    settings: dict | None = None,
+    precision: str = "float32",
+) -> dict:
     """Learn ``events`` over ``workers`` replicas exchanging every ``every`` learned events each;
     ``settings``: the model's (``ReplicatedRanker``'s constructor arguments)."""
-    replicas = [VideoReplica(ReplicatedRanker(**(settings or {}))) for _ in range(workers)]
+    replicas = [VideoReplica(ReplicatedRanker(**(settings or {})), precision) for _ in range(workers)]
+    evaluators = [StreamingEvaluator("streamrec", n=10) for _ in range(workers)]
     pending: list[list] = [[] for _ in range(workers)]
     unsent = [0] * workers
     exchanges = records = bytes_sent = videos = pairs = 0
@@ -94,6 +127,7 @@ def simulate(events: list, workers: int, every: int, timed: Timed, settings: dic
         bytes_sent += sum(len(p) for p in parts)
         videos += len(updates)
         pairs += updates.pairs[2].size
+        parts = [timed.run("wire", through_kafka_python, part) for part in parts]
         for other, replica in enumerate(replicas):
             if other == w:
                 continue
@@ -108,12 +142,14 @@ def simulate(events: list, workers: int, every: int, timed: Timed, settings: dic
         w = worker_of(e.viewer, workers)
         pending[w].append(e)
         if len(pending[w]) == BATCH:
-            timed.run("learn", replicas[w].model.rank_and_learn, pending[w], 10)
+            ranking = timed.run("learn", replicas[w].model.rank_and_learn, pending[w], 10)
+            evaluators[w].observe(pending[w], ranking)
             unsent[w] += len(pending[w])
             pending[w] = []
             if unsent[w] >= every:
                 send(w)
                 unsent[w] = 0
+    hits, evaluated = (sum(getattr(e.report, k) for e in evaluators) for k in ("hits", "evaluated"))
     return {
         "exchanges": exchanges,
         "records": records,
@@ -121,6 +157,7 @@ def simulate(events: list, workers: int, every: int, timed: Timed, settings: dic
         "videos_per_exchange": videos / max(exchanges, 1),
         "pairs_per_exchange": pairs / max(exchanges, 1),
         "catalogue": len(replicas[0].model.videos),
+        "hr_at_10": hits / max(evaluated, 1),
     }
 
 
@@ -132,50 +169,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--viewers", type=int, default=2000, help="the synthetic stream's viewers")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--every", type=int, default=1024)
+    parser.add_argument(
+        "--precision", default="float32", help=f"comma-separated, of {', '.join(PRECISIONS)}: one run each"
+    )
     parser.add_argument("--profile", action="store_true", help="print where take and apply spend time")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="a model setting (JSON value)"
     )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/sync_cost.json")
     args = parser.parse_args(argv)
+    precisions = args.precision.split(",")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"unknown precision {', '.join(unknown)}; known: {', '.join(PRECISIONS)}")
     if args.ml100k:
         events = read_events(args.ml100k)[: args.events]
     else:
         events = list(synth_events(viewers=args.viewers, videos=args.videos, events=args.events, seed=1))
-    timed = Timed(("take", "apply") if args.profile else ())
-    shape = simulate(events, args.workers, args.every, timed, parse_settings(args.set))
-    n = max(shape["exchanges"], 1)
-    per_exchange_ms = {phase: 1000 * s / n for phase, s in timed.seconds.items()}
-    # The learn time an exchange carries: the sender's events (every), at the mean learn rate.
-    per_exchange_ms["learn"] = 1000 * timed.seconds["learn"] / len(events) * args.every
     peers = args.workers - 1
-    sync_ms = (
-        per_exchange_ms["take"] + per_exchange_ms["encode"]
-        + peers * (per_exchange_ms["decode"] + per_exchange_ms["apply"])
-    )  # fmt: skip
-    share = sync_ms / per_exchange_ms["learn"]
-    print(
-        f"{len(events):,} events, {args.workers} workers, each sends every {args.every} events: "
-        f"{shape['exchanges']} exchanges, catalogue {shape['catalogue']:,}, per exchange "
-        f"{shape['videos_per_exchange']:,.0f} videos, {shape['pairs_per_exchange']:,.0f} pairs, "
-        f"{shape['bytes_per_exchange'] / 1e3:,.0f} kB in {shape['records'] / n:.1f} records"
-    )
-    print(f"{'phase':<8} {'ms per exchange':>16}")
+    runs = {}
+    for precision in precisions:
+        timed = Timed(("take", "apply") if args.profile else ())
+        shape = simulate(events, args.workers, args.every, timed, parse_settings(args.set), precision)
+        n = max(shape["exchanges"], 1)
+        ms = {phase: 1000 * s / n for phase, s in timed.seconds.items()}
+        # The learn time an exchange carries: the sender's events (every), at the mean learn rate.
+        ms["learn"] = 1000 * timed.seconds["learn"] / len(events) * args.every
+        sync_ms = ms["take"] + ms["encode"] + ms["wire"] + peers * (ms["decode"] + ms["apply"])
+        runs[precision] = {
+            **shape,
+            "ms_per_exchange": ms,
+            "sync_ms_per_exchange": sync_ms,
+            "sync_vs_learn": sync_ms / ms["learn"],
+        }
+        print(
+            f"{precision}: {len(events):,} events, {args.workers} workers, each sends every {args.every} "
+            f"events: {shape['exchanges']} exchanges, catalogue {shape['catalogue']:,}, per exchange "
+            f"{shape['videos_per_exchange']:,.0f} videos, {shape['pairs_per_exchange']:,.0f} pairs, "
+            f"{shape['bytes_per_exchange'] / 1e3:,.0f} kB in {shape['records'] / n:.1f} records; "
+            f"HR@10 {shape['hr_at_10']:.4f}"
+        )
+        if args.profile:
+            for phase in ("take", "apply"):
+                print(f"--- {phase} ---\n{timed.top(phase)}")
+    print(f"\nms per exchange ({peers} peer{'s' if peers != 1 else ''} decode and apply each send)")
+    print(f"{'phase':<8}" + "".join(f"{p:>10}" for p in precisions))
     for phase in PHASES:
-        print(f"{phase:<8} {per_exchange_ms[phase]:16.2f}")
-    print(f"sync (take + encode + {peers} x (decode + apply)) / learn = {share:.3f}")
-    if args.profile:
-        for phase in ("take", "apply"):
-            print(f"--- {phase} ---\n{timed.top(phase)}")
+        print(f"{phase:<8}" + "".join(f"{runs[p]['ms_per_exchange'][phase]:10.2f}" for p in precisions))
+    print(f"{'kB':<8}" + "".join(f"{runs[p]['bytes_per_exchange'] / 1e3:10.0f}" for p in precisions))
+    print(f"{'HR@10':<8}" + "".join(f"{runs[p]['hr_at_10']:10.4f}" for p in precisions))
+    print(f"{'sync/learn':<8}" + "".join(f"{runs[p]['sync_vs_learn']:8.3f}" for p in precisions))
+    print(f"(sync = take + encode + wire + {peers} x (decode + apply))")
+    first = runs[precisions[0]]
     write_results(
         args.json,
         {
             "args": {k: str(v) for k, v in vars(args).items()},
             "events": len(events),
-            **shape,
-            "ms_per_exchange": per_exchange_ms,
-            "sync_ms_per_exchange": sync_ms,
-            "sync_vs_learn": share,
+            **{k: v for k, v in first.items()},
+            "runs": runs,
         },
     )
     return 0

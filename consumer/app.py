@@ -495,7 +495,8 @@ class StreamrecService:
         if not self.config.sync_every:
             return
         old = self.exchange
-        exchange = UpdateExchange(self.config, VideoReplica(self.model), metrics=self.metrics)
+        replica = VideoReplica(self.model, self.config.sync_precision)
+        exchange = UpdateExchange(self.config, replica, metrics=self.metrics)
         if saved is not None and saved.exists():
             exchange.load_arrays(read_npz(saved, ValueError))
         if old is not None:

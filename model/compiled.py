@@ -69,6 +69,7 @@ __all__ = [
     "group_cells",
     "history_grad",
     "mix_histories",
+    "quantized_step",
     "rank_softmax",
     "rank_top_n",
     "shared_top_n_rank",
@@ -664,6 +665,41 @@ def adagrad_rows(
         else:
             refused += 1
     return refused
+
+
+@njit(**_JIT_IEEE)  # divisors: a row's scale, or 1 where it is 0
+def quantized_step(
+    delta: np.ndarray,
+    top: float,
+    q: np.ndarray,
+    scale: np.ndarray,
+    param: np.ndarray,
+    agreed: np.ndarray,
+    rows: np.ndarray,
+) -> None:
+    """Each row of ``(R, K)`` float32 ``delta`` quantised into ``q`` (integers, any signed type)
+    and ``scale`` as :func:`model.replica.quantize_rows` does (``scale = max |row| / top``,
+    ``q = rint(delta / scale)`` within ``[-top, top]``), and the rounded step taken: row
+    ``rows[i]`` of ``param`` and of ``agreed`` both become ``agreed[rows[i]] + q[i] * scale[i]``
+    (:func:`model.replica.dequantize_rows`' product, so a peer adding it gets the same numbers).
+    One pass instead of numpy's nine over the rows."""
+    n, dim = delta.shape
+    top32 = np.float32(top)
+    for i in range(n):
+        peak = _ZERO
+        for k in range(dim):
+            peak = max(peak, abs(delta[i, k]))
+        s = peak / top32
+        scale[i] = s
+        divisor = s if s > _ZERO else _ONE
+        r = rows[i]
+        for k in range(dim):
+            v = min(max(np.rint(delta[i, k] / divisor), -top32), top32)
+            q[i, k] = v
+            step = np.float32(q[i, k]) * s
+            value = agreed[r, k] + step
+            param[r, k] = value
+            agreed[r, k] = value
 
 
 @njit(**_JIT)

@@ -15,7 +15,9 @@ kernels:
 * :func:`shared_top_n_with_rank`: the reference of :func:`model.compiled.shared_top_n_rank`
   (what :func:`model.topk.shared_top_n_with_rank` computed in numpy before it);
 * :func:`exclusion_for_events`: the reference of :func:`model.compiled.exclusion_cells`, as
-  cells (what :meth:`model.seen.SeenVideos.exclusion_for_events` computed before it).
+  cells (what :meth:`model.seen.SeenVideos.exclusion_for_events` computed before it);
+* :func:`quantize_rows` and :func:`dequantize_rows`: the reference of
+  :func:`model.compiled.quantized_step` (the update topic's quantised vectors, ``model.replica``).
 
 >>> import numpy as np
 >>> p, acc = np.ones((3, 2), dtype=np.float32), np.zeros((3, 2), dtype=np.float32)
@@ -39,6 +41,8 @@ __all__ = [
     "exclusion_for_events",
     "history_grad",
     "mix_histories",
+    "dequantize_rows",
+    "quantize_rows",
     "rank_top_n",
     "shared_top_n_with_rank",
     "softmax_grad",
@@ -383,3 +387,28 @@ def exclusion_for_events(
     offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     cols_pre = flat[np.repeat((np.cumsum(lengths) - lengths)[inverse], counts) + offsets]
     return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
+
+
+def quantize_rows(values: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """``(q, scale)``: each row of ``(R, K)`` ``values`` as integers of ``dtype`` times a float32
+    scale, ``scale = max |row| / max(dtype)``, rounded to nearest (a row's error is at most half
+    its scale; its largest entry is exact up to float32 rounding). A row of zeros has scale 0.
+
+    >>> q, scale = quantize_rows(np.array([[0.5, -0.25, 0.001], [0.0, 0.0, 0.0]], np.float32), np.int8)
+    >>> q.tolist(), scale.tolist()[1]
+    ([[127, -64, 0], [0, 0, 0]], 0.0)
+    >>> bool(np.abs(dequantize_rows(q, scale)[0] - [0.5, -0.25, 0.001]).max() <= scale[0] / 2)
+    True
+    """
+    top = np.iinfo(dtype).max
+    peak = np.abs(values).max(axis=1) if values.size else np.zeros(values.shape[0], np.float32)
+    scale = (peak / np.float32(top)).astype(np.float32)
+    divisor = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(values / divisor[:, None]), -top, top).astype(dtype)
+    return q, scale
+
+
+def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The float32 values :func:`quantize_rows`' ``(q, scale)`` stand for: the one definition
+    both the sender and every peer add, so they add the same numbers."""
+    return q.astype(np.float32) * scale[:, None]

@@ -15,6 +15,10 @@ Taking costs what changed, not the catalogue: the model notes what it writes
 that change video), so :meth:`take` differences only those rows and sends the counted pairs
 as they are, without a copy of the dense co-occurrence matrix to compare against.
 
+The vectors' changes and their accumulators' may travel as 16- or 8-bit integers with a scale
+per row (``precision``, :func:`quantize_rows`): most of a send's bytes. The sender then keeps
+the rounded step it sends, not its exact one, so every replica adds the same numbers.
+
 >>> from contract.events import WatchEvent
 >>> a, b = ReplicatedRanker(), ReplicatedRanker()
 >>> ra, rb = VideoReplica(a), VideoReplica(b)
@@ -36,8 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.compiled import quantized_step
 from model.embedding import EmbeddingRanker
 from model.ids import GrowableTable
+from model.kernels import dequantize_rows, quantize_rows
 
 __all__ = [
     "ReplicatedRanker",
@@ -47,6 +53,9 @@ __all__ = [
     "initial_vectors",
     "SHARED_TABLES",
     "STEP_TABLES",
+    "PRECISIONS",
+    "quantize_rows",
+    "dequantize_rows",
 ]
 
 #: The per-video tables exchanged, by the model's part names (additive: vectors, their Adagrad
@@ -62,10 +71,23 @@ SHARED_TABLES = (
 )
 #: The tables of the model's steps (what ``step_weight`` scales): vectors and bias.
 STEP_TABLES = ("video_vectors", "transitions", "video_bias")
+#: The tables quantised when the exchange is (``VideoReplica.precision``): the vectors and their
+#: Adagrad accumulators, 512 of a row's 540 bytes at dim 32 (biases and counts go as they are).
+QUANTIZED_TABLES = ("video_vectors", "transitions", "video_vectors_acc", "transitions_acc")
 #: Version 2: co-occurrence pairs once per unordered pair (added both ways), in the smallest
 #: integer types that hold them. Version 1 (every ordered pair, float32) is still read.
+#: Version 3: version 2 with some tables quantised (:func:`~model.kernels.quantize_rows`: integers and
+#: a scale per row), written only when they are, so a worker that predates it refuses them loudly
+#: instead of adding integers to its vectors.
 _FORMAT = "streamrec.video-updates/2"
+_FORMAT_QUANTIZED = "streamrec.video-updates/3"
 _FORMAT_V1 = "streamrec.video-updates/1"
+
+#: How the changes of the vectors and their accumulators travel (``--sync-precision``): as
+#: float32, or quantised to 16- or 8-bit integers with a float32 scale per row
+#: (:func:`quantize_rows`). The sender keeps exactly what it sends (its own model takes the
+#: rounded step), so replicas still agree.
+PRECISIONS: dict[str, type | None] = {"float32": None, "int16": np.int16, "int8": np.int8}
 
 
 def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.ndarray:
@@ -118,9 +140,10 @@ def _compact(values: np.ndarray) -> np.ndarray:
 
 
 _MAGIC = b"streamrec.video-updates/2\n"
+_MAGIC_QUANTIZED = b"streamrec.video-updates/3\n"
 
 
-def _pack(arrays: dict[str, np.ndarray]) -> bytes:
+def _pack(arrays: dict[str, np.ndarray], quantized: bool = False) -> bytes:
     """Named arrays as ``magic, header length (4 bytes), JSON header, data``; each array's data
     starts at a multiple of 8 bytes.
 
@@ -133,9 +156,10 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
         values = np.ascontiguousarray(values)
         entries.append([name, values.dtype.str, list(values.shape), offset])
         offset += -(-values.nbytes // 8) * 8
-    header = json.dumps({"format": _FORMAT, "arrays": entries}).encode()
-    out = bytearray(len(_MAGIC) + 4 + len(header) + offset)
-    out[: len(_MAGIC)] = _MAGIC
+    magic = _MAGIC_QUANTIZED if quantized else _MAGIC
+    header = json.dumps({"format": _FORMAT_QUANTIZED if quantized else _FORMAT, "arrays": entries}).encode()
+    out = bytearray(len(magic) + 4 + len(header) + offset)
+    out[: len(magic)] = magic
     out[len(_MAGIC) : len(_MAGIC) + 4] = len(header).to_bytes(4, "little")
     start = len(_MAGIC) + 4 + len(header)
     out[start - len(header) : start] = header
@@ -148,8 +172,8 @@ def _pack(arrays: dict[str, np.ndarray]) -> bytes:
 
 def _unpack(data: bytes) -> dict[str, np.ndarray]:
     """:func:`_pack`'s arrays, read-only views of ``data``; ``ValueError`` if it is not one."""
-    if data[: len(_MAGIC)] != _MAGIC:
-        raise ValueError(f"not {_FORMAT}")
+    if data[: len(_MAGIC)] not in (_MAGIC, _MAGIC_QUANTIZED):  # the same length
+        raise ValueError(f"not {_FORMAT} or {_FORMAT_QUANTIZED}")
     size = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
     start = len(_MAGIC) + 4 + size
     header = json.loads(data[len(_MAGIC) + 4 : start])
@@ -372,7 +396,8 @@ class VideoUpdates:
     """What one worker added to the video state: per video id, the change of each shared table;
     co-occurrence changes as ``(i, j, count)`` with ``i``, ``j`` positions in ``ids``, each
     unordered pair once (added at ``(i, j)`` and ``(j, i)``), and each video's own count; the
-    change of the co-occurrence weight and its accumulator."""
+    change of the co-occurrence weight and its accumulator. A table named in ``scales`` is
+    quantised: ``tables[name]`` holds integers, and :meth:`table` the values they stand for."""
 
     ids: list[str]
     tables: dict[str, np.ndarray]
@@ -381,9 +406,16 @@ class VideoUpdates:
     )
     own: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     alpha: np.ndarray = field(default_factory=lambda: np.zeros(2, np.float32))
+    #: Per quantised table, the scale of each row (:func:`quantize_rows`).
+    scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def table(self, name: str) -> np.ndarray:
+        """The change of table ``name`` per video, as it is added (dequantised if it travels so)."""
+        values = self.tables[name]
+        return dequantize_rows(values, self.scales[name]) if name in self.scales else values
 
     def to_bytes(self) -> bytes:
         """The updates as one record value: a small JSON header naming each array (dtype, shape,
@@ -396,8 +428,9 @@ class VideoUpdates:
             "own": _compact(self.own),
             "alpha": self.alpha,
             **{f"table.{name}": values for name, values in self.tables.items()},
+            **{f"scale.{name}": values for name, values in self.scales.items()},
         }
-        return _pack(arrays)
+        return _pack(arrays, quantized=bool(self.scales))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> VideoUpdates:
@@ -411,6 +444,9 @@ class VideoUpdates:
             else:
                 arrays = _unpack(data)
             tables = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("table.")}
+            scales = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith("scale.")}
+            if any(k not in tables or v.shape != tables[k].shape[:1] for k, v in scales.items()):
+                raise ValueError("a scale without its table, or of another length")
             i, j, counts = (arrays[k] for k in ("pair_i", "pair_j", "pair_count"))
             if "format" in arrays:  # version 1: every ordered pair, so each unordered one twice
                 once = i < j
@@ -421,6 +457,7 @@ class VideoUpdates:
                 pairs=(i.astype(np.int64), j.astype(np.int64), counts.astype(np.float32)),
                 own=arrays["own"].astype(np.float32),
                 alpha=arrays["alpha"].astype(np.float32),
+                scales=scales,
             )
         except (OSError, KeyError, ValueError, TypeError, UnicodeDecodeError) as err:
             raise ValueError(f"not video updates: {err}") from None
@@ -428,7 +465,7 @@ class VideoUpdates:
     def records(self, budget: int = 900_000) -> list[bytes]:
         """The updates as records of at most ``budget`` bytes each (a Kafka record's limit is
         1 MB by default): the videos' rows in parts, then the co-occurrence pairs in parts."""
-        rows = VideoUpdates(self.ids, self.tables, own=self.own, alpha=self.alpha)
+        rows = VideoUpdates(self.ids, self.tables, own=self.own, alpha=self.alpha, scales=self.scales)
         out = _fit(rows, budget, by_pairs=False)
         if self.pairs[2].size:
             out += _fit(self._pairs(0, self.pairs[2].size), budget, by_pairs=True)
@@ -440,6 +477,7 @@ class VideoUpdates:
             {name: values[start:stop] for name, values in self.tables.items()},
             own=self.own[start:stop] if self.own.size else self.own,
             alpha=self.alpha if start == 0 else np.zeros(2, np.float32),
+            scales={name: values[start:stop] for name, values in self.scales.items()},
         )
 
     def _pairs(self, start: int, stop: int) -> VideoUpdates:
@@ -456,7 +494,13 @@ class VideoUpdates:
     def _size_estimate(self) -> int:
         """Bytes :meth:`to_bytes` writes, near enough to plan the parts (each array's data and
         about 100 bytes of header; the ids as UTF-8 and where each ends)."""
-        arrays = [*self.tables.values(), *map(_compact, self.pairs), _compact(self.own), self.alpha]
+        arrays = [
+            *self.tables.values(),
+            *self.scales.values(),
+            *map(_compact, self.pairs),
+            _compact(self.own),
+            self.alpha,
+        ]
         return sum(a.nbytes for a in arrays) + sum(len(v) + 8 for v in self.ids) + 100 * (len(arrays) + 4)
 
 
@@ -483,10 +527,14 @@ class VideoReplica:
     its peers' additions (see the module docstring). ``model`` is a :class:`ReplicatedRanker`.
     """
 
-    def __init__(self, model: ReplicatedRanker) -> None:
+    def __init__(self, model: ReplicatedRanker, precision: str = "float32") -> None:
         if not isinstance(model, ReplicatedRanker):
             raise TypeError("a replica needs the ReplicatedRanker (new vectors drawn from the video id)")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.model = model
+        #: How the changes of :data:`QUANTIZED_TABLES` travel (:data:`PRECISIONS`).
+        self.precision = precision
         #: The weight of this worker's own steps in what it sends, and keeps: 1 sums the
         #: workers' steps (sequential SGD when sends are close); ``1 / N`` over N workers
         #: averages them (federated averaging, which does not overshoot when sends are far
@@ -548,12 +596,28 @@ class VideoReplica:
         changed = np.zeros(dirty.size, dtype=bool)
         for d in deltas.values():
             changed |= (d != 0).any(axis=1) if d.ndim == 2 else d != 0
+        # What is sent is what this worker keeps: its steps at their weight, the vectors and
+        # accumulators rounded as they travel; its rows become the agreed ones plus exactly that.
+        rewritten = set()
         if self.step_weight != 1.0:  # this worker's steps count at their weight, here as everywhere
             for name in STEP_TABLES:
                 deltas[name] = (deltas[name] * self.step_weight).astype(deltas[name].dtype)
-                parts[name].array[dirty] = self._agreed[name].array[dirty] + deltas[name]
+                rewritten.add(name)
+        scales: dict[str, np.ndarray] = {}
+        quantized: dict[str, np.ndarray] = {}
+        kind = PRECISIONS[self.precision]
+        if kind is not None:  # rounded, kept and agreed in one compiled pass per table
+            top = np.iinfo(kind).max
+            for name in QUANTIZED_TABLES:
+                d = np.ascontiguousarray(deltas[name], dtype=np.float32)
+                q, scale = np.empty(d.shape, dtype=kind), np.empty(d.shape[0], dtype=np.float32)
+                quantized_step(d, top, q, scale, parts[name].array, self._agreed[name].array, dirty)
+                quantized[name], scales[name] = q, scale
+        for name in rewritten - quantized.keys():
+            parts[name].array[dirty] = self._agreed[name].array[dirty] + deltas[name]
         for name in SHARED_TABLES:
-            self._agreed[name].array[dirty] = parts[name].array[dirty]
+            if name not in quantized:
+                self._agreed[name].array[dirty] = parts[name].array[dirty]
         lo, hi, counts, own_rows, own_counts = m.changes.pop_counts()
         cooc = m._cooc.rows > 0
         rows = np.unique(np.concatenate([dirty[changed], lo, hi, own_rows])) if cooc else dirty[changed]
@@ -564,12 +628,19 @@ class VideoReplica:
             rows, named = rows[keep], [v for v in named if v]
         position = np.full(n, -1, dtype=np.int64)
         position[rows] = np.arange(rows.size)
-        tables = {}
+        tables, sent_scales = {}, {}
         at = position[dirty[changed]]
+        placed = at >= 0
+
+        def placed_at(values: np.ndarray) -> np.ndarray:
+            out = np.zeros((rows.size, *values.shape[1:]), dtype=values.dtype)
+            out[at[placed]] = values[changed][placed]
+            return out
+
         for name, d in deltas.items():
-            out = np.zeros((rows.size, *d.shape[1:]), dtype=d.dtype)
-            out[at[at >= 0]] = d[changed][at >= 0]
-            tables[name] = out
+            tables[name] = placed_at(quantized.get(name, d))
+        for name, scale in scales.items():
+            sent_scales[name] = placed_at(scale)
         own = np.zeros(rows.size if cooc else 0, np.float32)
         pairs = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
         if cooc:
@@ -579,7 +650,9 @@ class VideoReplica:
             kept = (i >= 0) & (j >= 0)
             pairs = (i[kept], j[kept], counts[kept])
         alpha_now = np.array([m._alpha[0], m._alpha_acc[0]], dtype=np.float32)
-        updates = VideoUpdates(ids=named, tables=tables, pairs=pairs, own=own, alpha=alpha_now - self._alpha)
+        updates = VideoUpdates(
+            ids=named, tables=tables, pairs=pairs, own=own, alpha=alpha_now - self._alpha, scales=sent_scales
+        )
         self._alpha = alpha_now
         return updates
 
@@ -597,7 +670,8 @@ class VideoReplica:
             rows = m.videos.get_many(updates.ids)
         self._align()
         parts = m.state_parts()
-        for name, values in updates.tables.items():
+        for name in updates.tables:
+            values = updates.table(name)
             parts[name].array[rows] += values
             self._agreed[name].array[rows] += values
         i, j, counts = updates.pairs

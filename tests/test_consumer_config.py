@@ -28,6 +28,7 @@ def test_flags_beat_environment_beat_defaults():
         (["--output-compression", "brotli"], {}, "output_compression must be one of none, gzip"),
         (["--max-batch-events", "0"], {}, "max_batch_events"),
         (["--poll-budget-ms", "0"], {}, "poll_budget_ms"),
+        (["--sync-precision", "int4"], {}, "sync_precision must be one of float32, int16, int8"),
     ],
 )
 def test_bad_values_fail_at_start_naming_the_setting(argv, env, message):
@@ -181,3 +182,12 @@ def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_erro
 )
 def test_the_viewer_state_changelog_is_kept_by_workers_that_hand_partitions_over(settings, topic):
     assert ServiceConfig(input_topic="w", **settings).changelog_topic_name == topic
+
+
+def test_the_sync_precisions_are_the_models():
+    """The service offers exactly the precisions the replica knows, and its default is one."""
+    from consumer.config import SYNC_PRECISION, SYNC_PRECISIONS
+    from model.replica import PRECISIONS
+
+    assert tuple(PRECISIONS) == SYNC_PRECISIONS and SYNC_PRECISION in SYNC_PRECISIONS
+    assert ServiceConfig.from_args(["--sync-precision", "int8"], environ={}).sync_precision == "int8"

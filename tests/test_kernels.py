@@ -358,3 +358,31 @@ def test_shared_ranking_reads_the_exclusions_compressed_as_they_come(seed, batch
     ):
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 7, 60]), st.sampled_from([np.int8, np.int16]))
+def test_quantized_step_matches_numpy_exactly(seed, n, kind):
+    """The same integers, scales and rows as the numpy reference, bit for bit: a peer adds the
+    reference's product to its rows, and replicas must hold the same numbers."""
+    rng = np.random.default_rng(seed)
+    total = n + 5
+    rows = rng.choice(total, n, replace=False)
+    delta = (rng.standard_normal((n, 16)) * rng.lognormal(0, 6, (n, 1))).astype(np.float32)
+    if n > 1:
+        delta[0] = 0.0  # scale 0
+        delta[1, 3] = -np.abs(delta[1]).max() * 2  # the peak negative
+    param = rng.standard_normal((total, 16)).astype(np.float32)
+    agreed = rng.standard_normal((total, 16)).astype(np.float32)
+    q, scale = np.empty((n, 16), kind), np.empty(n, np.float32)
+    p1, a1 = param.copy(), agreed.copy()
+    compiled.quantized_step(delta, np.iinfo(kind).max, q, scale, p1, a1, rows)
+    want_q, want_scale = kernels.quantize_rows(delta, kind)
+    np.testing.assert_array_equal(q, want_q)
+    np.testing.assert_array_equal(scale, want_scale)
+    want = agreed.copy()
+    want[rows] = agreed[rows] + kernels.dequantize_rows(want_q, want_scale)
+    np.testing.assert_array_equal(a1, want)
+    np.testing.assert_array_equal(p1[rows], want[rows])
+    untouched = np.setdiff1d(np.arange(total), rows)
+    np.testing.assert_array_equal(p1[untouched], param[untouched])

@@ -21,7 +21,9 @@ from model.replica import (
     ReplicatedRanker,
     VideoReplica,
     VideoUpdates,
+    dequantize_rows,
     initial_vectors,
+    quantize_rows,
 )
 from tests.streams import SOURCES, stream
 
@@ -30,10 +32,12 @@ def worker_of(viewer: str, workers: int) -> int:
     return (murmur2(viewer.encode()) & 0x7FFFFFFF) % workers
 
 
-def group_run(events, workers: int, interval: int, batch: int = 256) -> tuple[float, list[VideoReplica]]:
+def group_run(
+    events, workers: int, interval: int, batch: int = 256, precision: str = "float32"
+) -> tuple[float, list[VideoReplica]]:
     """Test-then-train HR@10 of the group (hits over evaluated, summed over workers), and the
     replicas after a last exchange."""
-    replicas = [VideoReplica(ReplicatedRanker()) for _ in range(workers)]
+    replicas = [VideoReplica(ReplicatedRanker(), precision) for _ in range(workers)]
     evaluators = [StreamingEvaluator("streamrec", n=10) for _ in range(workers)]
     pending: list[list] = [[] for _ in range(workers)]
 
@@ -92,11 +96,21 @@ def test_two_workers_exchanging_updates_learn_as_well_as_one(source):
     assert shared >= one - 0.005, (name, one, shared)
 
 
-def test_replicas_agree_on_every_video_after_the_last_exchange(source):
+def test_two_workers_sending_quantised_vectors_learn_as_well_as_with_float32(source):
+    """int8 vectors (the coarsest precision) cost the group no quality: within 0.002 of float32."""
+    name, events = source
+    exact, _ = group_run(events, 2, 1024)
+    coarse, _ = group_run(events, 2, 1024, precision="int8")
+    assert coarse == pytest.approx(exact, abs=0.002), (name, exact, coarse)
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_replicas_agree_on_every_video_after_the_last_exchange(source, precision):
     """Sums in another order differ in the last float32 bits, nothing more: every shared table
-    of every video agrees to 1e-4 relative (vectors of norm ~1 and accumulators of ~1e3)."""
+    of every video agrees to 1e-4 relative (vectors of norm ~1 and accumulators of ~1e3). With
+    quantised vectors too: each sender keeps the rounded step it sends."""
     _, events = source
-    _, replicas = group_run(events[:20_000], 3, 2048)
+    _, replicas = group_run(events[:20_000], 3, 2048, precision=precision)
     first, *others = replicas
     ids = sorted(first.model.videos.ids)
     for other in others:
@@ -151,6 +165,53 @@ def test_a_replica_restored_from_its_arrays_sends_only_what_came_after(tmp_path)
     assert len(again.take()) == 0
     restored.learn_many(events[1000:1100])
     assert 0 < len(again.take()) <= len(restored.videos)
+
+
+def test_quantize_rows_rounds_each_row_to_half_its_scale():
+    rng = np.random.default_rng(0)
+    values = (rng.normal(size=(50, 32)) * rng.lognormal(0, 4, size=(50, 1))).astype(np.float32)
+    values[7] = 0.0
+    for kind, top in ((np.int8, 127), (np.int16, 32767)):
+        q, scale = quantize_rows(values, kind)
+        assert q.dtype == kind and scale.dtype == np.float32 and q.shape == values.shape
+        back = dequantize_rows(q, scale)
+        ulps = 4 * np.finfo(np.float32).eps * np.abs(values)  # the float32 product's own rounding
+        assert np.all(np.abs(back - values) <= scale[:, None] * 0.5 + ulps)
+        assert np.all(np.abs(q).max(axis=1)[np.arange(50) != 7] == top)  # each row's peak is exact
+        assert scale[7] == 0 and not back[7].any()
+
+
+@pytest.mark.parametrize("precision", ["int16", "int8"])
+def test_a_sender_keeps_exactly_the_rounded_step_a_peer_adds(precision):
+    """Quantised updates are smaller on the wire, and the sender's model takes the step as
+    rounded, so a peer that applies them holds the very same vectors (no float difference)."""
+    events = stream("synthetic", 3000)
+    sender, peer = VideoReplica(ReplicatedRanker(), precision), VideoReplica(ReplicatedRanker(), precision)
+    exact = VideoReplica(ReplicatedRanker())
+    sender.model.learn_many(events)
+    exact.model.learn_many(events)
+    rounded, whole = sender.take(), exact.take()
+    assert rounded.ids == whole.ids and set(rounded.scales) == {
+        "video_vectors",
+        "transitions",
+        "video_vectors_acc",
+        "transitions_acc",
+    }
+    assert len(rounded.to_bytes()) < 0.75 * len(whole.to_bytes())
+    record = rounded.to_bytes()
+    assert record.startswith(b"streamrec.video-updates/3\n") and whole.to_bytes().startswith(
+        b"streamrec.video-updates/2\n"
+    )  # a worker that predates quantised records refuses them instead of misreading them
+    peer.apply(VideoUpdates.from_bytes(record))
+    mine, theirs = sender.model.videos.get_many(rounded.ids), peer.model.videos.get_many(rounded.ids)
+    for name in SHARED_TABLES:
+        a = sender.model.state_parts()[name].array[mine]
+        np.testing.assert_array_equal(a, peer.model.state_parts()[name].array[theirs], err_msg=name)
+        # ... and the rounding moved it by at most half a scale from the exact step.
+        b = exact.model.state_parts()[name].array[exact.model.videos.get_many(rounded.ids)]
+        bound = rounded.scales[name][:, None] * 0.51 + 1e-6 if name in rounded.scales else 1e-6
+        assert np.all(np.abs(a - b) <= bound), name
+    assert len(sender.take()) == 0  # nothing left to send: what it kept is agreed
 
 
 def test_garbage_is_not_taken_for_updates():
