@@ -515,6 +515,18 @@ class StreamrecService:
             self._send_unattached(exchange.outgoing())
         self.stage_seconds["sync"] = self.stage_seconds.get("sync", 0.0) + time.perf_counter() - started
 
+    def _exchange_mid_poll(self) -> None:
+        """Once ``--sync-every`` events are learned, send them with the poll (its commit still
+        waits for them) and apply what the peers sent meanwhile: a poll holds thousands of
+        events, and waiting for its end would double how stale each worker's video state is."""
+        exchange = self.exchange
+        if exchange is None or not exchange.filled():
+            return
+        started = time.perf_counter()
+        self._publisher.send(exchange.outgoing())
+        exchange.receive(snapshots=False)
+        self.stage_seconds["sync"] = self.stage_seconds.get("sync", 0.0) + time.perf_counter() - started
+
     def _send_unattached(self, messages: list[Message]) -> None:
         """Send update records that belong to no poll, and wait until they are acknowledged."""
         if messages:
@@ -800,9 +812,12 @@ class StreamrecService:
                 self._record(*last)  # while the batch it measures travels to the brokers
             count, last = self._serve(live[start : start + size])
             published += count
+            self._exchange_mid_poll()
             work += time.perf_counter() - started
         if self.exchange is not None:  # the poll's video updates, delivered with its lists
+            started = time.perf_counter()
             self._publisher.send(self.exchange.outgoing())
+            stages["sync"] = stages.get("sync", 0.0) + time.perf_counter() - started
         if self.changelog is not None and self._touched:  # its viewers' state, likewise
             started = time.perf_counter()
             self._publisher.send(self._changelog_messages(poll))

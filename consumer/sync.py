@@ -6,9 +6,11 @@ learned ``--sync-every`` events since it last sent, or ``--sync-interval-s`` has
 unsent, in the poll whose offsets they belong to: acknowledged before the poll's offsets are
 committed, or in its transaction with ``--exactly-once``. Every worker reads the whole topic
 (assigned every partition, no group), skips its own records and applies its peers', before
-each poll's batches. The reader's offsets and the agreed video state are in every checkpoint,
-so a restarted worker applies exactly the peers' updates its restored model lacks, and
-replayed events (whose updates went out before the crash) are taken as agreed, not sent again.
+each poll's batches and after each send within one (a poll of thousands of events sends every
+``--sync-every`` of them, not once at its end). The reader's offsets and the agreed video state
+are in every checkpoint, so a restarted worker applies exactly the peers' updates its restored
+model lacks, and replayed events (whose updates went out before the crash) are taken as agreed,
+not sent again.
 
 A worker that joins later with nothing saved starts from the newest snapshot of the group's
 video state (:mod:`consumer.snapshot`, ``--snapshot-every-s``) and reads the topic from the
@@ -70,7 +72,9 @@ class UpdateExchange:
         #: Per partition of the update topic, the next offset to read (the applied ones before it).
         self.offsets: dict[int, int] = {}
         self._reader: KafkaConsumer | None = None
-        #: Records sent and applied, and the age (s) of the newest applied update when applied.
+        #: Sends (each of one or more records), records sent and applied, and the age (s) of the
+        #: newest applied update when applied.
+        self.sends = 0
         self.sent = 0
         self.applied = 0
         self.lag_s = 0.0
@@ -138,11 +142,12 @@ class UpdateExchange:
         close_quietly(self._reader)
         self._reader = None
 
-    def receive(self, timeout_ms: int = 0) -> int:
+    def receive(self, timeout_ms: int = 0, snapshots: bool = True) -> int:
         """Apply the peers' updates that have arrived; how many records were applied. Publishes a
-        snapshot when one is due and this worker's agreed state is the updates before its reader."""
+        snapshot when one is due and this worker's agreed state is the updates before its reader
+        (``snapshots``: between polls only, since it waits for this worker's own records)."""
         applied = self._read(timeout_ms)
-        if self.snapshot_every_s and self._reader is not None:
+        if snapshots and self.snapshot_every_s and self._reader is not None:
             self._snapshot_step()
         return applied
 
@@ -189,6 +194,10 @@ class UpdateExchange:
     def learned(self, events: int) -> None:
         self.unsent += events
 
+    def filled(self) -> bool:
+        """Whether ``--sync-every`` events were learned since the last send (sent mid-poll)."""
+        return self.unsent >= self.every
+
     def due(self) -> bool:
         """Whether to send with this poll: enough events, or unsent ones waiting long enough."""
         if not self.unsent:
@@ -210,6 +219,7 @@ class UpdateExchange:
         key, sender = self.worker.encode(), (UPDATE_HEADER, self.worker.encode())
         messages = [(self.topic, key, record, [sender, *self.own.stamp()]) for record in records]
         self.sent += len(messages)
+        self.sends += 1
         if self.metrics is not None:
             size = sum(len(r) for r in records)
             self.metrics.record_sync_sent(len(records), size, len(updates), taken - started, encoded - taken)

@@ -115,6 +115,32 @@ def _caught_up(a, b) -> bool:
     return True
 
 
+def test_a_large_poll_sends_every_sync_every_events_not_once_at_its_end(kafka_bootstrap, group):
+    """A worker behind on a backlog takes polls of thousands of events; it still sends its
+    updates every ``--sync-every`` events within the poll (before the poll's commit), so the
+    group's video state is no staler than that setting however large the polls grow."""
+    base, names = group
+    events = synthetic(4000, seed=84)
+    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    config = dataclasses.replace(base, worker_id="a", poll_budget_ms=5000.0, max_poll_records=4000)
+    service = build_service(config, with_metrics=False)
+    polls: list[tuple[int, int]] = []  # (events, sends) of each poll
+    process = service.process
+
+    def counted(polled):
+        before = service.exchange.sends
+        process(polled)
+        polls.append((sum(len(r) for r in polled.values()), service.exchange.sends - before))
+
+    service.process = counted
+    with in_thread(service) as a:
+        assert wait_for(lambda: a.model_events == len(events), 120), a.failed
+    large = [(n, sends) for n, sends in polls if n >= 3 * base.sync_every]
+    assert large, polls
+    for n, sends in large:
+        assert sends >= n // base.sync_every, (n, sends, polls)
+
+
 def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
     """With metrics (each worker its own registry, as each process has), two syncing workers
     export what they sent and applied: records, bytes and videos that agree between sender and
