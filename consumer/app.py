@@ -288,7 +288,9 @@ class StreamrecService:
         self.exchange: UpdateExchange | None = None
         self._bind_exchange()
         #: The viewer-state changelog (``None`` when off): what a moved partition's viewers take along.
-        self.changelog = ViewerChangelog(config, metrics) if config.changelog_topic_name else None
+        self.changelog = (
+            ViewerChangelog(config, metrics, self._viewer_ttl()) if config.changelog_topic_name else None
+        )
         # Viewers of the poll being processed -> their input partition (the changelog's records).
         self._touched: dict[str, int] = {}
         self._stop = threading.Event()
@@ -725,6 +727,11 @@ class StreamrecService:
                 self._restore_viewers(taken_over)
         if partitions:
             consumer.resume(*partitions)
+
+    def _viewer_ttl(self) -> float | None:
+        """How long the changelog's models keep a viewer: the longest, ``None`` if any forever."""
+        ttls = [model.viewer_ttl for model in self._changelog_models().values()]
+        return None if None in ttls else max(ttls, default=None)
 
     def _changelog_models(self) -> dict[str, StreamRanker]:
         """The models whose viewer state the changelog carries: each arm's, and the shadow's."""

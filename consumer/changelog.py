@@ -44,6 +44,7 @@ from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
+from consumer.topics import warn_settings_that_differ
 from model.base import StreamRanker
 
 __all__ = ["ViewerChangelog", "ViewerRecord", "Restored", "FORMAT", "RECORD_BUDGET", "encode", "decode"]
@@ -104,11 +105,15 @@ class Restored(NamedTuple):
 class ViewerChangelog:
     """This worker's side of the changelog: records to write after a poll, restores on assignment."""
 
-    def __init__(self, config: ServiceConfig, metrics=None) -> None:
+    def __init__(self, config: ServiceConfig, metrics=None, viewer_ttl: float | None = None) -> None:
         if config.changelog_topic_name is None:
             raise ValueError("the changelog is off (changelog_topic none)")
         self.config = config
         self.topic: str = config.changelog_topic_name
+        #: Seconds after which the models forget a viewer (``None``: never). The topic then also
+        #: deletes records older than that (``cleanup.policy=compact,delete``): a viewer gone that
+        #: long has no record newer, so the topic holds the live audience, not everyone ever seen.
+        self.viewer_ttl = viewer_ttl
         #: The worker's :class:`consumer.metrics.ServiceMetrics`, or ``None``.
         self.metrics = metrics
         self._partitions = 0
@@ -117,9 +122,22 @@ class ViewerChangelog:
 
     # -- the topic ------------------------------------------------------------------------------
 
+    @property
+    def topic_configs(self) -> dict[str, str]:
+        """The topic's settings: compacted; with a viewer TTL, records older than it deleted too.
+
+        >>> from consumer.config import ServiceConfig
+        >>> ViewerChangelog(ServiceConfig(changelog_topic="on"), viewer_ttl=86_400.0).topic_configs
+        {'cleanup.policy': 'compact,delete', 'retention.ms': '86400000'}
+        """
+        if self.viewer_ttl is None:
+            return {"cleanup.policy": "compact"}
+        return {"cleanup.policy": "compact,delete", "retention.ms": str(int(self.viewer_ttl * 1000))}
+
     def ensure_topic(self, partitions: int, timeout_ms: int = 10_000) -> None:
-        """Create the topic, compacted, with the input's ``partitions``; grow it when it has fewer
-        (records are placed by partition number, so growing moves none). Once per process."""
+        """Create the topic (:attr:`topic_configs`) with the input's ``partitions``; grow it when
+        it has fewer (records are placed by partition number, so growing moves none); warn when it
+        exists with other settings. Once per process."""
         if partitions <= self._partitions:
             return
         admin = KafkaAdminClient(
@@ -128,13 +146,14 @@ class ViewerChangelog:
             bootstrap_timeout_ms=timeout_ms,
         )
         try:
-            if self.topic not in set(admin.list_topics()):
+            existing = set(admin.list_topics())
+            if self.topic not in existing:
                 try:
                     topic = NewTopic(
                         self.topic,
                         num_partitions=partitions,
                         replication_factor=-1,
-                        topic_configs={"cleanup.policy": "compact"},
+                        topic_configs=self.topic_configs,
                     )
                     admin.create_topics([topic], timeout_ms=timeout_ms)
                     log.info("created topics", extra=fields(topics=self.topic, partitions=partitions))
@@ -142,6 +161,8 @@ class ViewerChangelog:
                     return
                 except TopicAlreadyExistsError:
                     pass  # another worker created it in between
+            else:
+                warn_settings_that_differ(admin, {self.topic: self.topic_configs}, existing)
             [described] = admin.describe_topics([self.topic])
             have = len(described["partitions"])
             if 0 < have < partitions:

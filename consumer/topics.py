@@ -4,8 +4,9 @@ The recommendations topic is compacted: it is keyed by viewer, so compaction kee
 latest list and the topic stays the size of the audience, not of the history. The dead-letter
 topic keeps everything (delete policy, the broker's retention). With ``--sync-every``, the update
 topic keeps everything (``retention.ms=-1``), or ``--sync-retention-s`` when snapshots are on, and
-the snapshot topic is compacted (:mod:`consumer.snapshot`). The input topic belongs to the
-producers and is never created here.
+the snapshot topic is compacted (:mod:`consumer.snapshot`); the viewer-state changelog is
+created by :mod:`consumer.changelog`. The input topic belongs to the producers and is never
+created here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 
-__all__ = ["ensure_output_topics", "settings_that_differ"]
+__all__ = ["ensure_output_topics", "settings_that_differ", "warn_settings_that_differ"]
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +57,7 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
                 pass  # another worker created it in between
         if created:
             log.info("created topics", extra=fields(topics=",".join(created)))
-        for topic, setting, found, value in settings_that_differ(admin, wanted, existing):
-            log.warning(
-                "a topic exists with another setting than the service creates it with; not changed",
-                extra=fields(
-                    topic=topic,
-                    setting=setting,
-                    found=found,
-                    wanted=value,
-                    fix=f"kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
-                    f"--add-config {setting}={value}",
-                ),
-            )
+        warn_settings_that_differ(admin, wanted, existing)
         if config.input_topic not in existing:
             log.warning(
                 "input topic does not exist yet; waiting for it", extra=fields(topic=config.input_topic)
@@ -75,6 +65,24 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
         return created
     finally:
         admin.close()
+
+
+def warn_settings_that_differ(
+    admin: KafkaAdminClient, wanted: dict[str, dict[str, str]], existing: set[str]
+) -> None:
+    """Log :func:`settings_that_differ`, each with the ``kafka-configs.sh`` command that sets it."""
+    for topic, setting, found, value in settings_that_differ(admin, wanted, existing):
+        log.warning(
+            "a topic exists with another setting than the service creates it with; not changed",
+            extra=fields(
+                topic=topic,
+                setting=setting,
+                found=found,
+                wanted=value,
+                fix=f"kafka-configs.sh --alter --entity-type topics --entity-name {topic} "
+                f"--add-config {setting}={value}",
+            ),
+        )
 
 
 def settings_that_differ(

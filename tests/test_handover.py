@@ -283,3 +283,40 @@ def test_a_worker_built_as_the_command_builds_it_counts_its_changelog_records(ka
         assert wait_for(lambda: service.changelog.written > 0 and service.batches > 0, 30)
         counted = service.metrics.registry.get_sample_value("streamrec_changelog_records_total")
         assert counted == service.changelog.written >= len({e.viewer for e in events})
+
+
+def test_the_changelog_forgets_viewers_the_models_forget(kafka_bootstrap, new_topic, caplog):
+    """A viewer the models have forgotten (``viewer_ttl``) needs no record: the changelog is
+    created to delete records older than that as well as compacted, so it holds the live
+    audience, not everyone ever seen; a model that never forgets keeps it compacted only. A
+    changelog that exists with other settings is named in a warning, not changed."""
+    from consumer.changelog import ViewerChangelog
+    from consumer.topics import settings_that_differ
+
+    names = topics(new_topic, partitions=2)
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap, changelog_topic="on", checkpoint_dir="none", **names
+    )
+    served = build_service(config, with_metrics=False)
+    assert served.changelog.viewer_ttl == served.model.viewer_ttl == 180 * 86_400  # the default model's
+    forever = build_service(dataclasses.replace(config, model_settings="viewer_ttl=null"), with_metrics=False)
+    assert forever.changelog.viewer_ttl is None
+    assert forever.changelog.topic_configs == {"cleanup.policy": "compact"}
+
+    served.changelog.ensure_topic(2)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        topic = served.changelog.topic
+        wanted = {topic: {"cleanup.policy": "compact,delete", "retention.ms": str(180 * 86_400_000)}}
+        assert settings_that_differ(admin, wanted, {topic}) == []  # created as wanted
+        other = ViewerChangelog(served.config, viewer_ttl=3600.0)
+        with caplog.at_level("WARNING", logger="consumer.topics"):
+            other.ensure_topic(2)
+        named = [
+            (r.fields["setting"], r.fields["found"], r.fields["wanted"])
+            for r in caplog.records
+            if "another setting" in r.getMessage()
+        ]
+        assert named == [("retention.ms", str(180 * 86_400_000), "3600000")]
+    finally:
+        admin.close()
