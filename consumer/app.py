@@ -377,6 +377,10 @@ class StreamrecService:
                     self.batches += 1
                 if self.ledger.due() and self._settle(wait=True):
                     started = time.perf_counter()
+                    if self.exchange is not None:
+                        # Nothing unsent in a checkpoint: a restart from it sends what it holds
+                        # unsent, which the process that wrote it may have sent since (twice).
+                        self._send_unattached(self.exchange.outgoing(force=True))
                     self.checkpoint()
                     self.stage_seconds["checkpoint"] += time.perf_counter() - started
                 self._report_lag()

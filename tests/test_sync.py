@@ -141,6 +141,34 @@ def test_a_large_poll_sends_every_sync_every_events_not_once_at_its_end(kafka_bo
         assert sends >= n // base.sync_every, (n, sends, polls)
 
 
+def test_a_checkpoint_holds_no_unsent_updates(kafka_bootstrap, group):
+    """A restart from a checkpoint sends what the checkpoint holds unsent; the process that
+    wrote it may have sent that since, so a periodic checkpoint sends it first: in the saved
+    state the model's video tables are the agreed ones, though neither --sync-every nor
+    --sync-interval-s was reached."""
+    from consumer.app import REPLICA_FILE
+    from model.replica import ReplicatedRanker
+
+    base, names = group
+    config = dataclasses.replace(
+        base, worker_id="a", sync_every=1_000_000, sync_interval_s=3600.0, checkpoint_every_events=500
+    )
+    events = synthetic(1500, seed=85)
+    with running(config) as a:  # read while it runs: stopping sends everything and checkpoints
+        produce(kafka_bootstrap, names["input_topic"], keyed(events))
+        assert wait_for(lambda: a.model_events == len(events), 120), a.failed
+        saved = a.store.latest()
+        assert saved is not None and sum(saved.offsets.values()) >= 500, saved
+        model = ReplicatedRanker.load(saved.path / "model.npz")
+        with np.load(saved.path / REPLICA_FILE) as replica:
+            assert not replica["changes.dirty"].size
+            n = len(model.videos)
+            for name in SHARED_TABLES:
+                held, agreed = model.state_parts()[name].array[:n], replica[f"table.{name}"][:n]
+                np.testing.assert_array_equal(held, agreed, err_msg=name)
+        assert a.exchange.sends >= 1  # the checkpoints sent it
+
+
 def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
     """With metrics (each worker its own registry, as each process has), two syncing workers
     export what they sent and applied: records, bytes and videos that agree between sender and
