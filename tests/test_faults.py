@@ -455,14 +455,16 @@ def test_a_worker_frozen_longer_than_its_session_learns_nothing_twice(
     that batch's lists are aborted with its transaction: a ``read_committed`` reader finds each
     list once.
     """
-    events = stream("synthetic", 3000, seed=SEED)
+    # A backlog the worker is still busy with at the third freeze: it learns tens of thousands
+    # of events a second, and a freeze of an idle worker has no batch to land in.
+    events = stream("synthetic", 40_000, seed=SEED)
     names = topics(new_topic)
     produce(kafka_bootstrap, names["input_topic"], keyed(events))
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
     extra = [*FAST, *MODES[mode], "--max-poll-records", "200"]  # big batches: a freeze lands in one
     service = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "svc.log", extra=extra)
     rng = random.Random(SEED)
-    for target in (600, 1400, 2200):
+    for target in (8_000, 18_000, 28_000):
         assert wait_for(lambda t=target: (service.model_events() or 0) >= t, timeout=90), tail_of(service)
         time.sleep(rng.uniform(0.0, 0.1))
         service.proc.send_signal(signal.SIGSTOP)
