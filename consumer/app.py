@@ -377,11 +377,7 @@ class StreamrecService:
                     self.batches += 1
                 if self.ledger.due() and self._settle(wait=True):
                     started = time.perf_counter()
-                    if self.exchange is not None:
-                        # Nothing unsent in a checkpoint: a restart from it sends what it holds
-                        # unsent, which the process that wrote it may have sent since (twice).
-                        self._send_unattached(self.exchange.outgoing(force=True))
-                    self.checkpoint()
+                    self._checkpoint_all_sent()
                     self.stage_seconds["checkpoint"] += time.perf_counter() - started
                 self._report_lag()
                 if max_batches is not None and self.batches >= max_batches:
@@ -452,6 +448,13 @@ class StreamrecService:
         if self.metrics is not None:
             self._record_model_size()
         return checkpoint
+
+    def _checkpoint_all_sent(self) -> None:
+        """A checkpoint with no video updates unsent in it: a restart from a checkpoint sends
+        what it holds unsent, which the process that wrote it may have sent since (twice)."""
+        if self.exchange is not None and self._publisher is not None:
+            self._send_unattached(self.exchange.outgoing(force=True))
+        self.checkpoint()
 
     def checkpoint(self) -> Checkpoint | None:
         """Write the model (and the shadow) with the offsets it covers, atomically."""
@@ -595,7 +598,7 @@ class StreamrecService:
         if self._checkpoint_after_poll:
             self._checkpoint_after_poll = False
             if self.ledger.unsaved:
-                self.checkpoint()
+                self._checkpoint_all_sent()
         if self.ledger.has_pending:
             self._position_assigned(polled)
         return polled
@@ -778,7 +781,7 @@ class StreamrecService:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
             if self.ledger.unsaved:
                 if self.ledger.settled:
-                    self.checkpoint()
+                    self._checkpoint_all_sent()
                 else:
                     self._checkpoint_after_poll = True
 

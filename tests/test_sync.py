@@ -141,32 +141,44 @@ def test_a_large_poll_sends_every_sync_every_events_not_once_at_its_end(kafka_bo
         assert sends >= n // base.sync_every, (n, sends, polls)
 
 
-def test_a_checkpoint_holds_no_unsent_updates(kafka_bootstrap, group):
+@pytest.mark.parametrize("when", ["periodic", "revoked"])
+def test_a_checkpoint_holds_no_unsent_updates(kafka_bootstrap, group, when):
     """A restart from a checkpoint sends what the checkpoint holds unsent; the process that
-    wrote it may have sent that since, so a periodic checkpoint sends it first: in the saved
-    state the model's video tables are the agreed ones, though neither --sync-every nor
-    --sync-interval-s was reached."""
-    from consumer.app import REPLICA_FILE
-    from model.replica import ReplicatedRanker
-
+    wrote it may have sent that since, so a checkpoint sends it first, periodic or taken when
+    partitions are revoked (a second worker joins): in the saved state the model's video tables
+    are the agreed ones, though neither --sync-every nor --sync-interval-s was reached."""
     base, names = group
+    every = 500 if when == "periodic" else 10_000_000  # "revoked": no periodic checkpoint at all
     config = dataclasses.replace(
-        base, worker_id="a", sync_every=1_000_000, sync_interval_s=3600.0, checkpoint_every_events=500
+        base, worker_id="a", sync_every=1_000_000, sync_interval_s=3600.0, checkpoint_every_events=every
     )
     events = synthetic(1500, seed=85)
     with running(config) as a:  # read while it runs: stopping sends everything and checkpoints
         produce(kafka_bootstrap, names["input_topic"], keyed(events))
         assert wait_for(lambda: a.model_events == len(events), 120), a.failed
-        saved = a.store.latest()
-        assert saved is not None and sum(saved.offsets.values()) >= 500, saved
-        model = ReplicatedRanker.load(saved.path / "model.npz")
-        with np.load(saved.path / REPLICA_FILE) as replica:
-            assert not replica["changes.dirty"].size
-            n = len(model.videos)
-            for name in SHARED_TABLES:
-                held, agreed = model.state_parts()[name].array[:n], replica[f"table.{name}"][:n]
-                np.testing.assert_array_equal(held, agreed, err_msg=name)
-        assert a.exchange.sends >= 1  # the checkpoints sent it
+        if when == "revoked":
+            assert a.store.latest() is None
+            with running(dataclasses.replace(config, worker_id="b")):
+                assert wait_for(lambda: a.store.latest() is not None, 60), a.failed
+                assert_nothing_unsent(a.store.latest())
+        else:
+            assert_nothing_unsent(a.store.latest())
+        assert a.exchange.sends >= 1  # the checkpoint sent it
+
+
+def assert_nothing_unsent(saved) -> None:
+    """In checkpoint ``saved``, the model's video tables are the agreed ones, nothing is noted."""
+    from consumer.app import REPLICA_FILE
+    from model.replica import ReplicatedRanker
+
+    assert saved is not None and sum(saved.offsets.values()) >= 500, saved
+    model = ReplicatedRanker.load(saved.path / "model.npz")
+    with np.load(saved.path / REPLICA_FILE) as replica:
+        assert not replica["changes.dirty"].size
+        n = len(model.videos)
+        for name in SHARED_TABLES:
+            held, agreed = model.state_parts()[name].array[:n], replica[f"table.{name}"][:n]
+            np.testing.assert_array_equal(held, agreed, err_msg=name)
 
 
 def test_the_sync_series_show_what_two_workers_exchange(kafka_bootstrap, group):
