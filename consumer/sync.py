@@ -8,9 +8,11 @@ committed, or in its transaction with ``--exactly-once``. Every worker reads the
 (assigned every partition, no group), skips its own records and applies its peers', before
 each poll's batches and after each send within one (a poll of thousands of events sends every
 ``--sync-every`` of them, not once at its end). The reader's offsets and the agreed video state
-are in every checkpoint, so a restarted worker applies exactly the peers' updates its restored
-model lacks, and replayed events (whose updates went out before the crash) are taken as agreed,
-not sent again.
+are in every checkpoint (a checkpoint first sends what is unsent), so a restarted worker applies
+exactly the peers' updates its restored model lacks, and replayed events (whose updates went out
+before the crash) are taken as agreed, not sent again. The updates of the polls a killed worker
+committed after its last send are taken as agreed too, so its peers never get them: the known
+gap and its fix are in ``docs/scaling.md`` ("Still missing").
 
 A worker that joins later with nothing saved starts from the newest snapshot of the group's
 video state (:mod:`consumer.snapshot`, ``--snapshot-every-s``) and reads the topic from the
