@@ -522,7 +522,7 @@ class StreamrecService:
         exchange.receive()
         if idle and exchange.due():
             self._send_unattached(exchange.outgoing())
-        self.stage_seconds["sync"] = self.stage_seconds.get("sync", 0.0) + time.perf_counter() - started
+        self.stage_seconds["sync"] += time.perf_counter() - started
 
     def _exchange_mid_poll(self) -> None:
         """Once ``--sync-every`` events are learned, send them with the poll (its commit still
@@ -534,7 +534,7 @@ class StreamrecService:
         started = time.perf_counter()
         self._publisher.send(exchange.outgoing())
         exchange.receive(snapshots=False)
-        self.stage_seconds["sync"] = self.stage_seconds.get("sync", 0.0) + time.perf_counter() - started
+        self.stage_seconds["sync"] += time.perf_counter() - started
 
     def _send_unattached(self, messages: list[Message]) -> None:
         """Send update records that belong to no poll, and wait until they are acknowledged."""
@@ -831,7 +831,7 @@ class StreamrecService:
         if self.exchange is not None:  # the poll's video updates, delivered with its lists
             started = time.perf_counter()
             self._publisher.send(self.exchange.outgoing())
-            stages["sync"] = stages.get("sync", 0.0) + time.perf_counter() - started
+            stages["sync"] += time.perf_counter() - started
         if self.changelog is not None and self._touched:  # its viewers' state, likewise
             started = time.perf_counter()
             self._publisher.send(self._changelog_messages(poll))

@@ -97,8 +97,10 @@ DEAD_LETTER_REASONS: tuple[str, ...] = (*REASONS, "decode_error")
 #: their messages), ``publish`` (handing messages to the producer), ``acknowledge`` (waiting at
 #: the end of a poll for the brokers to acknowledge what is still in flight), ``commit``
 #: (offsets, or the transaction), ``metrics`` (the live quality and these metrics),
-#: ``checkpoint``, ``idle`` (polls that found nothing) and ``changelog`` (the poll's viewers'
-#: state, encoded for the viewer-state changelog and handed to the producer).
+#: ``checkpoint``, ``idle`` (polls that found nothing), ``changelog`` (the poll's viewers'
+#: state, encoded for the viewer-state changelog and handed to the producer) and ``sync``
+#: (with ``--sync-every``: taking and sending this worker's video updates, reading and applying
+#: its peers').
 STAGES = (
     "poll",
     "decode",
@@ -111,6 +113,7 @@ STAGES = (
     "checkpoint",
     "idle",
     "changelog",
+    "sync",
 )
 
 #: Freshness (event time -> its viewer's list published): 1 ms to a minute.

@@ -678,10 +678,10 @@ def quantized_step(
     rows: np.ndarray,
 ) -> None:
     """Each row of ``(R, K)`` float32 ``delta`` quantised into ``q`` (integers, any signed type)
-    and ``scale`` as :func:`model.replica.quantize_rows` does (``scale = max |row| / top``,
+    and ``scale`` as :func:`model.kernels.quantize_rows` does (``scale = max |row| / top``,
     ``q = rint(delta / scale)`` within ``[-top, top]``), and the rounded step taken: row
     ``rows[i]`` of ``param`` and of ``agreed`` both become ``agreed[rows[i]] + q[i] * scale[i]``
-    (:func:`model.replica.dequantize_rows`' product, so a peer adding it gets the same numbers).
+    (:func:`model.kernels.dequantize_rows`' product, so a peer adding it gets the same numbers).
     One pass instead of numpy's nine over the rows."""
     n, dim = delta.shape
     top32 = np.float32(top)

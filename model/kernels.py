@@ -401,8 +401,7 @@ def quantize_rows(values: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarr
     True
     """
     top = np.iinfo(dtype).max
-    peak = np.abs(values).max(axis=1) if values.size else np.zeros(values.shape[0], np.float32)
-    scale = (peak / np.float32(top)).astype(np.float32)
+    scale = (np.abs(values).max(axis=1) / np.float32(top)).astype(np.float32)
     divisor = np.where(scale > 0, scale, np.float32(1))
     q = np.clip(np.rint(values / divisor[:, None]), -top, top).astype(dtype)
     return q, scale

@@ -160,8 +160,8 @@ def _pack(arrays: dict[str, np.ndarray], quantized: bool = False) -> bytes:
     header = json.dumps({"format": _FORMAT_QUANTIZED if quantized else _FORMAT, "arrays": entries}).encode()
     out = bytearray(len(magic) + 4 + len(header) + offset)
     out[: len(magic)] = magic
-    out[len(_MAGIC) : len(_MAGIC) + 4] = len(header).to_bytes(4, "little")
-    start = len(_MAGIC) + 4 + len(header)
+    out[len(magic) : len(magic) + 4] = len(header).to_bytes(4, "little")
+    start = len(magic) + 4 + len(header)
     out[start - len(header) : start] = header
     body = np.frombuffer(out, dtype=np.uint8, offset=start)
     for (_, _, _, at), values in zip(entries, arrays.values(), strict=True):
