@@ -90,7 +90,7 @@ from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStor
 from consumer.clients import close_quietly, connect
 from consumer.config import ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
-from consumer.ledger import Batch, OffsetLedger
+from consumer.ledger import Batch, OffsetLedger, Start
 from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
@@ -293,6 +293,9 @@ class StreamrecService:
         )
         # Viewers of the poll being processed -> their input partition (the changelog's records).
         self._touched: dict[str, int] = {}
+        # After a restart, per input partition: below this offset, what is learned again reached
+        # the peers before (UpdateExchange.sent_before); it is learned first and absorbed.
+        self._sent_boundary: dict[int, int] = {}
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
@@ -707,18 +710,24 @@ class StreamrecService:
         """Seek newly assigned partitions to where this model's learning ends, then resume them."""
         consumer = self._consumer
         partitions = self.ledger.take_pending(consumer.assignment())
-        taken_over: dict[int, int] = {}  # partition -> the offset someone else committed last
+        starts: dict[TopicPartition, Start] = {}
         for tp in partitions:
             polled.pop(tp, None)  # fetched before the pause took effect: read again after the seek
-            start = self.ledger.start(
+            starts[tp] = start = self.ledger.start(
                 tp,
                 consumer.committed(tp, metadata=True),
                 beginning=lambda tp=tp: consumer.beginning_offsets([tp])[tp],
             )
             if start.offset is not None:
                 consumer.seek(tp, start.offset)
-            if start.source == "committed":
-                taken_over[tp.partition] = start.offset
+        # partition -> the offset someone else committed last
+        taken_over = {tp.partition: s.offset for tp, s in starts.items() if s.source == "committed"}
+        if self.exchange is not None and any(s.source != "checkpoint" for s in starts.values()):
+            # The previous owner's last updates may still be unread here: a crash between its
+            # send and its commit left learning of events past its commit in the update topic.
+            self.exchange.read_to_end()
+        for tp, start in starts.items():
+            sent_until = self._note_start(tp.partition, start)
             log.info(
                 "partition assigned",
                 extra=fields(
@@ -726,6 +735,7 @@ class StreamrecService:
                     start=start.offset,
                     source=start.source,
                     replay_until=start.replay_until,
+                    **({"peers_have_until": sent_until} if sent_until is not None else {}),
                 ),
             )
         if self.changelog is not None and partitions:
@@ -734,6 +744,26 @@ class StreamrecService:
                 self._restore_viewers(taken_over)
         if partitions:
             consumer.resume(*partitions)
+
+    def _note_start(self, partition: int, start: Start) -> int | None:
+        """Where ``partition`` starts, for the update records' through offsets; and the offset
+        below which the update topic already holds its learning, if past the start (after a
+        crash; returned, else ``None``): the events learned again below it are learned first
+        and absorbed, not sent twice."""
+        exchange = self.exchange
+        if exchange is None:
+            return None
+        if start.offset is not None:
+            exchange.through[partition] = start.offset
+        # No commit (auto_offset_reset): a worker killed in the first poll of this partition may
+        # have sent its learning of it all the same.
+        begins = start.offset if start.offset is not None else 0
+        sent = exchange.sent_before(partition, begins, start.replay_until)
+        if sent <= begins:
+            self._sent_boundary.pop(partition, None)
+            return None
+        self._sent_boundary[partition] = sent
+        return sent
 
     def _viewer_ttl(self) -> float | None:
         """How long the changelog's models keep a viewer: the longest, ``None`` if any forever."""
@@ -777,6 +807,10 @@ class StreamrecService:
         # confirmed: here, or right after this poll (the answers are read on this IO thread).
         self._rebalanced = True
         self.ledger.revoked(revoked)
+        for tp in revoked:
+            self._sent_boundary.pop(tp.partition, None)
+            if self.exchange is not None:
+                self.exchange.through.pop(tp.partition, None)
         if revoked:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
             if self.ledger.unsaved:
@@ -802,32 +836,25 @@ class StreamrecService:
         stages = self.stage_seconds
         poll = self.ledger.open(polled)
         self._touched = {}
+        replay, live = poll.replay, poll.live
         work = replay_seconds = 0.0
-        if poll.replay:  # replayed after a restart: learned only, published already
-            started = time.perf_counter()
-            intake = decode(poll.replay)
-            self._touch(intake)
-            replayed = intake.events
-            learning = time.perf_counter()
-            stages["decode"] += learning - started
-            if self.exchange is not None:  # what is unsent goes first: the replay's went before
-                self._publisher.send(self.exchange.outgoing(force=True))
-            self._learn(replayed)
-            if self.exchange is not None:
+        published, last = 0, None  # the last batch's metrics wait until its lists are on their way
+        if self._sent_boundary:  # after a restart: first what the peers have of this learning
+            (sent_replay, replay), (sent_live, live) = self._split_sent(replay), self._split_sent(live)
+            if sent_replay or sent_live:
+                started = time.perf_counter()
+                self._publisher.send(self.exchange.outgoing(force=True))  # unsent before: theirs too
+                stages["sync"] += time.perf_counter() - started
+                replay_seconds += self._replay(sent_replay)
+                published, last, seconds = self._serve_all(sent_live, last, mid_poll=False)
+                work += seconds
                 self.exchange.absorb()
-            replay_seconds = time.perf_counter() - started
-            work += replay_seconds
-            stages["test_learn"] += time.perf_counter() - learning
-        live, size, published = poll.live, self.config.max_batch_events, 0
-        last = None  # the last batch's metrics wait until its lists are on their way
-        for start in range(0, len(live), size):
-            started = time.perf_counter()
-            if last is not None:
-                self._record(*last)  # while the batch it measures travels to the brokers
-            count, last = self._serve(live[start : start + size])
-            published += count
-            self._exchange_mid_poll()
-            work += time.perf_counter() - started
+            self._pass_boundaries(polled)
+        replay_seconds += self._replay(replay)  # replayed after a restart: learned only
+        work += replay_seconds
+        count, last, seconds = self._serve_all(live, last)
+        published += count
+        work += seconds
         if self.exchange is not None:  # the poll's video updates, delivered with its lists
             started = time.perf_counter()
             self._publisher.send(self.exchange.outgoing())
@@ -851,6 +878,59 @@ class StreamrecService:
             self._record_poll(poll, published, replay_seconds)
             stages["metrics"] += time.perf_counter() - started
 
+    def _replay(self, records: list) -> float:
+        """Learn records whose lists were published before a restart (learned only); seconds."""
+        if not records:
+            return 0.0
+        stages = self.stage_seconds
+        started = time.perf_counter()
+        intake = decode(records)
+        self._touch(intake)
+        learning = time.perf_counter()
+        stages["decode"] += learning - started
+        self._learn(intake.events)
+        self._learned_through(records)
+        stages["test_learn"] += time.perf_counter() - learning
+        return time.perf_counter() - started
+
+    def _serve_all(
+        self, records: list, last: tuple | None, mid_poll: bool = True
+    ) -> tuple[int, tuple | None, float]:
+        """Serve ``records`` in batches of ``max_batch_events`` (each batch's metrics recorded
+        while the next is learned; ``last`` is the batch before): lists sent, the last batch's
+        metrics, seconds. ``mid_poll``: send updates whenever ``--sync-every`` is reached."""
+        size, published, work = self.config.max_batch_events, 0, 0.0
+        for start in range(0, len(records), size):
+            started = time.perf_counter()
+            if last is not None:
+                self._record(*last)  # while the batch it measures travels to the brokers
+            count, last = self._serve(records[start : start + size])
+            published += count
+            if mid_poll:
+                self._exchange_mid_poll()
+            work += time.perf_counter() - started
+        return published, last, work
+
+    def _split_sent(self, records: list) -> tuple[list, list]:
+        """``records`` below their partition's sent boundary (learned again, in the peers
+        already), and the others."""
+        boundary, sent, rest = self._sent_boundary, [], []
+        for r in records:
+            (sent if r.offset < boundary.get(r.partition, -1) else rest).append(r)
+        return sent, rest
+
+    def _pass_boundaries(self, polled: dict[TopicPartition, list]) -> None:
+        """Partitions whose poll reached their sent boundary need it no more."""
+        for tp, records in polled.items():
+            until = self._sent_boundary.get(tp.partition)
+            if until is not None and records[-1].offset + 1 >= until:
+                del self._sent_boundary[tp.partition]
+
+    def _learned_through(self, records: list) -> None:
+        """The update records to come say the model has learned up to these offsets."""
+        if self.exchange is not None and records:
+            self.exchange.through.update({r.partition: r.offset + 1 for r in records})
+
     def _touch(self, intake: Intake) -> None:
         """The viewers of ``intake``'s events, with their input partitions, are the poll's to write."""
         if self.changelog is not None and intake.events:
@@ -871,6 +951,7 @@ class StreamrecService:
         started = time.perf_counter()
         answer = self.answer(records)
         self._touch(answer.intake)
+        self._learned_through(records)
         self._publisher.send(answer.messages)
         count = len(answer.recommended.messages) if answer.recommended else 0
         if self.metrics is None:
@@ -909,6 +990,8 @@ class StreamrecService:
         if self.shadow is not None:
             self.shadow.learn_many(events)
         self.ledger.count(len(events))
+        if self.exchange is not None:  # sent unless the peers had it (then it is absorbed)
+            self.exchange.learned(len(events))
 
     def _test_and_learn(self, events: list[WatchEvent]) -> Tested:
         """What each viewer would have been shown just before each event (the live quality), then
@@ -1087,6 +1170,7 @@ class StreamrecService:
         """
         log.warning("commit failed: the group moved on; back to the last checkpoint", extra=fields(error=err))
         self.ledger.rollback()
+        self._sent_boundary = {}
         assigned = self._consumer.assignment() if self._consumer is not None else set()
         if assigned and self.store is not None:  # positioned again, from the checkpoint, after the next poll
             self.ledger.assigned(assigned)

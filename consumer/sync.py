@@ -9,10 +9,16 @@ committed, or in its transaction with ``--exactly-once``. Every worker reads the
 each poll's batches and after each send within one (a poll of thousands of events sends every
 ``--sync-every`` of them, not once at its end). The reader's offsets and the agreed video state
 are in every checkpoint (a checkpoint first sends what is unsent), so a restarted worker applies
-exactly the peers' updates its restored model lacks, and replayed events (whose updates went out
-before the crash) are taken as agreed, not sent again. The updates of the polls a killed worker
-committed after its last send are taken as agreed too, so its peers never get them: the known
-gap and its fix are in ``docs/scaling.md`` ("Still missing").
+exactly the peers' updates its restored model lacks.
+
+What the group already has of a partition's learning is written on the update records: each
+names, per input partition, the offset its sender's learning goes up to (:data:`THROUGH_HEADER`),
+and the reader notes the farthest per partition (:attr:`UpdateExchange.sent_through`; on
+connecting, it first reads the topic to where it ended). When a partition is positioned, the
+service learns the events it learns again below that offset first (replayed after a restart,
+or served again after a crash between a send and the poll's commit, its own or the partition's
+previous owner's) and takes them as agreed, not sent twice; the rest it learns as unsent, so a
+restarted worker's last polls, committed after its last send, reach the peers after all.
 
 A worker that joins later with nothing saved starts from the newest snapshot of the group's
 video state (:mod:`consumer.snapshot`, ``--snapshot-every-s``) and reads the topic from the
@@ -32,6 +38,7 @@ import hashlib
 import logging
 import time
 
+import msgspec
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
@@ -43,16 +50,46 @@ from consumer.publish import Message
 from consumer.snapshot import OwnRecords, Snapshot, read_snapshot, snapshot_messages
 from model.replica import VideoReplica, VideoUpdates
 
-__all__ = ["UpdateExchange", "UPDATE_HEADER", "RECORD_BUDGET"]
+__all__ = ["UpdateExchange", "UPDATE_HEADER", "THROUGH_HEADER", "Through", "RECORD_BUDGET"]
 
 log = logging.getLogger(__name__)
 
 #: The header naming the worker that sent an update record (its own are skipped).
 UPDATE_HEADER = "streamrec.worker"
+#: The header saying how far the sender's learning goes: a :class:`Through`, JSON.
+THROUGH_HEADER = "streamrec.through"
 #: Bytes per update record: under the 1 MB a Kafka producer and broker accept by default.
 RECORD_BUDGET = 900_000
 #: A peer whose last update applied is older than this no longer counts in the group's size.
 PEER_WINDOW_S = 60.0
+
+
+class Through(msgspec.Struct, frozen=True):
+    """How far an update record's learning goes: per input partition, the next offset the sender
+    had not learned when it took the update (``offsets``), and which record of that send it is
+    (``part`` of ``parts``: a large send is split to fit Kafka's record size).
+
+    >>> header = Through({0: 120, 3: 75}, part=0, parts=1).encode()
+    >>> header
+    b'{"offsets":{"0":120,"3":75},"part":0,"parts":1}'
+    >>> Through.decode(header).offsets
+    {0: 120, 3: 75}
+    """
+
+    offsets: dict[int, int]
+    part: int = 0
+    parts: int = 1
+
+    def encode(self) -> bytes:
+        return _through_encoder.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Through:
+        return _through_decoder.decode(data)
+
+
+_through_encoder = msgspec.json.Encoder()
+_through_decoder = msgspec.json.Decoder(Through)
 
 
 class UpdateExchange:
@@ -70,6 +107,14 @@ class UpdateExchange:
         self.interval_s = config.sync_interval_s
         #: Events learned since the updates were last taken.
         self.unsent = 0
+        #: Per input partition, the next offset this worker has not learned (the service keeps
+        #: it): each update record carries it (:data:`THROUGH_HEADER`).
+        self.through: dict[int, int] = {}
+        #: Per input partition, the farthest ``through`` of the update records read (this
+        #: worker's and its peers'): below it, the partition's learning is in the update topic.
+        self.sent_through: dict[int, int] = {}
+        #: Whether the last own record read ends its send (a kill within a split send does not).
+        self._own_send_complete = True
         self._taken_at = time.monotonic()
         #: Per partition of the update topic, the next offset to read (the applied ones before it).
         self.offsets: dict[int, int] = {}
@@ -136,6 +181,58 @@ class UpdateExchange:
         for tp in assigned:
             reader.seek(tp, max(self.offsets.get(tp.partition, 0), beginning[tp]))
         self._reader = reader
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Read to where the topic ended at connect, before anything is learned: the peers'
+        updates the restored state lacks, and this worker's own records since, which say how far
+        its learning had reached the peers before it stopped (:attr:`sent_through`)."""
+        self.read_to_end(self.own.end_at_connect)
+        if self.sent_through:
+            log.info(
+                "the update topic holds the learning of these input offsets",
+                extra=fields(topic=self.topic, through=self.sent_through),
+            )
+        if not self._own_send_complete:
+            log.warning(
+                "this worker's last send before it stopped was cut short (at-least-once): its peers "
+                "hold part of it, and the rest of that learning is taken as sent",
+                extra=fields(topic=self.topic, through=self.sent_through),
+            )
+
+    def read_to_end(self, ends: dict[int, int] | None = None, timeout_s: float = 60.0) -> None:
+        """Read (and apply) the update topic up to ``ends`` (per partition; default: its end
+        now), so :attr:`sent_through` knows every record sent before."""
+        if self._reader is None:
+            return
+        if ends is None:
+            ends = {
+                tp.partition: o for tp, o in self._reader.end_offsets(list(self._reader.assignment())).items()
+            }
+        deadline = time.monotonic() + timeout_s
+        while any(self._positions().get(p, 0) < end for p, end in ends.items()):
+            if time.monotonic() > deadline:
+                log.warning(
+                    "update topic not read to its end: what is learned again may be sent twice",
+                    extra=fields(topic=self.topic, positions=self._positions(), end=ends),
+                )
+                return
+            self._read(timeout_ms=200)
+
+    def sent_before(self, partition: int, start: int, replay_until: int | None) -> int:
+        """The offset of input ``partition`` below which its learning is in the update topic
+        already (sent by this worker, or by the partition's previous owner), for a partition
+        positioned at ``start`` (at least ``start``): the events below it that are learned
+        again (replayed, or served again after a crash between a send and the poll's commit)
+        are taken as agreed, not sent twice.
+
+        A worker that started from a snapshot without a checkpoint has not read its own records
+        from before the snapshot: it takes its whole replay (up to ``replay_until``) as sent.
+        """
+        sent = self.sent_through.get(partition, start)
+        if self.started_from is not None and not self.restored and replay_until is not None:
+            sent = max(sent, replay_until)
+        return max(sent, start)
 
     def close(self) -> None:
         if self._snapshot_producer is not None:
@@ -164,6 +261,7 @@ class UpdateExchange:
                 self.read += 1
                 headers = record.headers or ()
                 sender = dict(headers).get(UPDATE_HEADER, b"").decode()
+                self._note_through(headers, own=sender == self.worker)
                 if sender == self.worker:
                     self.own.seen(headers)
                     continue  # its own: in this model already (or relearned by the replay)
@@ -190,6 +288,21 @@ class UpdateExchange:
                     )
         self.applied += applied
         return applied
+
+    def _note_through(self, headers, own: bool) -> None:  # noqa: ANN001 - a record's header pairs
+        found = dict(headers).get(THROUGH_HEADER)
+        if found is None:
+            return  # sent by a version that did not say
+        try:
+            through = Through.decode(found)
+        except msgspec.DecodeError:
+            log.error("unreadable through header on an update record", extra=fields(header=found))
+            return
+        for partition, offset in through.offsets.items():
+            if offset > self.sent_through.get(partition, -1):
+                self.sent_through[partition] = offset
+        if own:
+            self._own_send_complete = through.part + 1 >= through.parts
 
     # -- the sender -----------------------------------------------------------------------------
 
@@ -219,7 +332,16 @@ class UpdateExchange:
         self.unsent = 0
         self._taken_at = time.monotonic()
         key, sender = self.worker.encode(), (UPDATE_HEADER, self.worker.encode())
-        messages = [(self.topic, key, record, [sender, *self.own.stamp()]) for record in records]
+        through = dict(self.through)
+        messages = [
+            (
+                self.topic,
+                key,
+                record,
+                [sender, (THROUGH_HEADER, Through(through, i, len(records)).encode()), *self.own.stamp()],
+            )
+            for i, record in enumerate(records)
+        ]
         self.sent += len(messages)
         self.sends += 1
         if self.metrics is not None:
@@ -228,8 +350,8 @@ class UpdateExchange:
         return messages
 
     def absorb(self) -> None:
-        """Events just replayed learn-only: their updates went out before the restart, weighted
-        as they are weighted now; what is learned again is kept at that weight, not sent."""
+        """Everything learned since the last take is in the peers already (events learned again
+        after a restart, below :meth:`sent_before`): kept, weighted as steps are now, not sent."""
         self._weigh()
         self.replica.take()
         self.unsent = 0

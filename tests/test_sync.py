@@ -14,15 +14,18 @@ import time
 
 import numpy as np
 import pytest
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from consumer.snapshot import ChunkRef, Manifest
-from model.replica import SHARED_TABLES
-from tests.service_helpers import in_thread, produce, topics, wait_for
+from model.replica import SHARED_TABLES, VideoUpdates
+from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
 from tests.streams import synthetic
-from tests.test_faults import keyed
+from tests.test_faults import keyed, read_topic, stable, tail_of
+from tests.test_handover import group_committed
 
 
 def running(config: ServiceConfig):
@@ -268,3 +271,143 @@ def test_a_late_worker_starts_from_the_snapshot_and_agrees(kafka_bootstrap, grou
             assert wait_for(lambda: _caught_up(a, c) and _caught_up(b, c), 30)
             assert_agree(a, c)
             assert_agree(b, c)
+
+
+# -- kill -9 between sends ------------------------------------------------------------------------
+
+
+def committed_total(bootstrap: str, group: str, topic: str) -> int:
+    """The offsets the group has committed on ``topic``, summed (0 before the group exists)."""
+    try:
+        return sum(group_committed(bootstrap, group, topic).values())
+    except KafkaError:
+        return 0
+
+
+def counted_in_updates(bootstrap: str, topic: str) -> float:
+    """The watches the update topic carries, summed over every record a peer would apply
+    (``watch_counts`` adds one per event learned): the events whose learning reached the peers."""
+    total = 0.0
+    for record in read_topic(bootstrap, topic):
+        updates = VideoUpdates.from_bytes(record.value)
+        if "watch_counts" in updates.tables:
+            total += float(updates.table("watch_counts").sum())
+    return total
+
+
+@pytest.mark.parametrize(
+    ("sync_every", "checkpoint_every", "mode"),
+    # Sends at 1,000 and 2,000, no checkpoint; or sends at 600 and 1,200, a checkpoint (which
+    # sends first) at 1,500 to 1,800, a send 600 later: either way a send after the last
+    # checkpoint, and events after the last send.
+    [(1000, 10_000_000, []), (600, 1_500, ["--exactly-once"])],
+    ids=["no_checkpoint-at_least_once", "checkpointed-exactly_once"],
+)
+def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
+    kafka_bootstrap, new_topic, tmp_path, sync_every, checkpoint_every, mode
+):
+    """Updates go out every --sync-every events, so a worker killed with -9 has committed polls
+    whose learning no peer has. Restarted, it replays them: what it had sent before is taken as
+    agreed, the rest is sent now. The update topic then carries every event's learning exactly
+    once: its watch counts add up to the events produced, neither fewer (a replay that takes
+    everything as sent) nor more (a replay that sends everything again)."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    updates_topic = f"{names['input_topic']}-video-updates"
+    options = [
+        *("--sync-every", str(sync_every), "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
+        *("--checkpoint-every-events", str(checkpoint_every), "--checkpoint-interval-s", "3600"),
+        *("--max-poll-records", "300", "--session-timeout-ms", "6000", "--no-shadow-baseline"),
+        *mode,
+    ]
+    first, second = synthetic(2600, seed=86), synthetic(400, seed=87)
+
+    def worker(log: str) -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, "a", options)
+
+    produce(kafka_bootstrap, names["input_topic"], keyed(first))
+    victim = worker("a1.log")
+    try:
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == len(first),
+            120,
+        ), tail_of(victim)
+        victim.kill()
+        assert wait_for(lambda: stable(kafka_bootstrap, updates_topic), 120)
+        before = counted_in_updates(kafka_bootstrap, updates_topic)
+        assert 0 < before < len(first), f"the kill found nothing unsent ({before}): the test proves nothing"
+
+        restarted = worker("a2.log")
+        assert wait_for(lambda: "partition assigned" in restarted.log(), 120), tail_of(restarted)
+        produce(kafka_bootstrap, names["input_topic"], keyed(second))
+        total = len(first) + len(second)
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == total, 120
+        ), tail_of(restarted)
+        assert restarted.model_events() == total
+        assert restarted.stop() == 0, tail_of(restarted)  # sends what is unsent
+    finally:
+        for service in (victim, locals().get("restarted")):
+            if service is not None and service.alive:
+                service.kill()
+    assert counted_in_updates(kafka_bootstrap, updates_topic) == total
+    assert "peers_have_until" in restarted.log()  # some of the replay was taken as sent
+
+
+class Killed(BaseException):
+    """The end of a process killed with -9, raised inside the service's loop."""
+
+
+@pytest.mark.parametrize("next_owner", ["restarted", "another_worker"])
+def test_a_worker_killed_after_a_send_before_its_commit_sends_nothing_twice(
+    kafka_bootstrap, group, next_owner
+):
+    """At least once, a poll's updates are acknowledged before its offsets are committed. A
+    worker killed in between has sent the learning of events no commit covers. Whoever takes
+    its partitions next (itself restarted, or another worker of the group) serves them again
+    (their lists are published again) but takes their learning as agreed, so the update
+    topic's watch counts add up to the events produced, not more."""
+    base, names = group
+    config = dataclasses.replace(
+        base,
+        worker_id="a",
+        sync_every=1000,
+        sync_interval_s=3600.0,
+        checkpoint_every_events=10_000_000,
+        checkpoint_interval_s=3600.0,
+        max_poll_records=300,
+    )
+    events = synthetic(2600, seed=88)
+    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    victim = build_service(config, with_metrics=False)
+    deliver, sends_before = victim._deliver, [0]
+
+    def killed_once_a_poll_sent(poll) -> bool:
+        sends = victim.exchange.sends
+        if sends >= 2 and sends > sends_before[0]:  # this poll sent updates: acknowledged, then -9
+            victim._producer.flush()
+            raise Killed
+        sends_before[0] = sends
+        return deliver(poll)
+
+    def nothing_flushed_or_saved() -> None:  # kill -9 runs no shutdown: only the OS lets go
+        victim.exchange.close()
+        close_quietly(victim._consumer, victim._producer)
+        victim.claim.release()
+
+    victim._deliver, victim._shutdown = killed_once_a_poll_sent, nothing_flushed_or_saved
+    with pytest.raises(Killed):
+        victim.run()
+    updates_topic = config.sync_topic_name
+    assert counted_in_updates(kafka_bootstrap, updates_topic) > committed_total(
+        kafka_bootstrap, config.group_id, names["input_topic"]
+    ), "the kill came after a commit: the test proves nothing"
+
+    owner = config if next_owner == "restarted" else dataclasses.replace(config, worker_id="b")
+    with running(owner) as successor:
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, config.group_id, names["input_topic"]) == len(events),
+            120,
+        ), successor.failed
+        assert successor.model_events >= len(events) - victim.model_events
+    assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
