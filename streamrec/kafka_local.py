@@ -159,7 +159,8 @@ def admin_ready(bootstrap: str, timeout: float = 30.0, **client_options: str) ->
     while True:
         # kafka-python waits bootstrap_timeout_ms (30 s by default) for an unreachable broker.
         wait_ms = int(1000 * min(5.0, max(1.0, deadline - time.monotonic())))
-        try:
+
+        def list_topics(wait_ms: int = wait_ms) -> None:
             admin = KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 request_timeout_ms=5000,
@@ -169,13 +170,38 @@ def admin_ready(bootstrap: str, timeout: float = 30.0, **client_options: str) ->
             )
             try:
                 admin.list_topics()
-                return True
             finally:
                 admin.close()
-        except (KafkaError, OSError):
+
+        try:
+            # kafka-python 3.0 can wait forever for a bootstrap its IO thread never finishes
+            # (seen once while a broker started): each try gets a deadline of its own.
+            _within(wait_ms / 1000 + 10.0, list_topics)
+            return True
+        except (KafkaError, OSError, TimeoutError):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.5)
+
+
+def _within(seconds: float, call) -> None:  # noqa: ANN001 - a function of no arguments
+    """Run ``call`` in a daemon thread; its exception, or ``TimeoutError`` after ``seconds``
+    (the thread is left behind: a stuck kafka-python client cannot be interrupted)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            failed.append(err)
+
+    thread = threading.Thread(target=run, name="streamrec-admin-ready", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:.0f} s")
+    if failed:
+        raise failed[0]
 
 
 @dataclass
