@@ -116,6 +116,7 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
         fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=min(3000, config.session_timeout_ms // 3),
+        group_instance_id=f"streamrec-{config.worker}" if config.static_membership else None,
         isolation_level="read_committed",
         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,

@@ -126,6 +126,11 @@ class ServiceConfig:
     #: How long the group waits for a silent worker (crashed, not stopped) before moving its
     #: partitions; a worker restarted after a crash waits as long to get them back.
     session_timeout_ms: int = 45_000
+    #: Rejoin the group as the same member after a restart (Kafka static membership: the
+    #: consumer's group.instance.id is ``streamrec-<worker>``): a worker restarted within the
+    #: session timeout gets its partitions back at once, with no rebalance; a stopped one's
+    #: partitions move only after the session timeout. Worker ids must be unique in the group.
+    static_membership: bool = False
     #: Folder for checkpoints of model state and offsets (one subfolder per worker);
     #: "none" disables them, and then a restart starts from an empty model.
     checkpoint_dir: str = ".streamrec/checkpoints"
@@ -400,6 +405,10 @@ _HELP = {
     "poll_timeout_ms": "how long one poll waits for events when none have arrived",
     "output_compression": "codec of the published lists and dead letters: none, gzip, snappy, lz4, zstd",
     "session_timeout_ms": "how long the group waits for a crashed worker before moving its partitions",
+    "static_membership": "rejoin the group as the same member after a restart (group.instance.id "
+    "streamrec-<worker>): a worker restarted within --session-timeout-ms gets its partitions back at "
+    "once, without a rebalance; a stopped worker's partitions move only after that timeout; worker ids "
+    "must be unique in the group",
     "checkpoint_dir": "folder for checkpoints of model state and offsets ('none': no checkpoints)",
     "checkpoint_interval_s": "checkpoint at least this often, in seconds",
     "checkpoint_every_events": "checkpoint at least every this many events",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections import defaultdict
 
 import pytest
@@ -25,7 +26,7 @@ from consumer.runner import build_service
 from contract.events import WatchEvent
 from model import viewer_state
 from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
-from tests.streams import SOURCES, stream
+from tests.streams import SOURCES, stream, synthetic
 from tests.test_faults import FAST, keyed, read_topic, stable, tail_of
 
 pytestmark = pytest.mark.kafka
@@ -320,3 +321,54 @@ def test_the_changelog_forgets_viewers_the_models_forget(kafka_bootstrap, new_to
         assert named == [("retention.ms", str(180 * 86_400_000), "3600000")]
     finally:
         admin.close()
+
+
+# -- static membership -----------------------------------------------------------------------------
+
+
+def assigned_partitions(log: str) -> set[int]:
+    return {int(p) for p in re.findall(r'msg="partition assigned" partition=(\d+)', log)}
+
+
+def test_a_static_member_restarted_after_kill_9_gets_its_own_partitions_back_at_once(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """With --static-membership a worker killed with -9 and started again rejoins as the same
+    member: it holds its own partitions again long before the session timeout (a new member
+    waits that long for the dead one), its peer keeps its partitions throughout, and the group
+    learns every event once."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    options = [
+        *("--session-timeout-ms", "60000", "--poll-timeout-ms", "50", "--no-shadow-baseline"),
+        "--static-membership",
+    ]
+
+    def worker(name: str, log: str) -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, name, options)
+
+    a, b = worker("a", "a1.log"), worker("b", "b.log")
+    restarted = None
+    try:
+        assert wait_for(
+            lambda: len(assigned_partitions(a.log())) == len(assigned_partitions(b.log())) == 2, 120
+        ), [tail_of(w) for w in (a, b)]
+        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(2000, seed=89)))
+        ends = input_ends(kafka_bootstrap, names["input_topic"])
+        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
+        before, peer_log = assigned_partitions(a.log()), b.log()
+        a.kill()
+        started = time.monotonic()
+        restarted = worker("a", "a2.log")
+        assert wait_for(lambda: assigned_partitions(restarted.log()) == before, 30), tail_of(restarted)
+        assert time.monotonic() - started < 30  # a dynamic member would wait out the 60 s
+        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(1000, seed=90)))
+        ends = input_ends(kafka_bootstrap, names["input_topic"])
+        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
+        assert "partitions revoked" not in b.log()[len(peer_log) :], "the peer's partitions moved"
+        learned = (restarted.model_events() or 0) + (b.model_events() or 0)
+        assert learned == sum(ends.values())
+    finally:
+        for w in (a, b, restarted):
+            if w is not None and w.alive:
+                w.kill()
