@@ -742,6 +742,12 @@ class StreamrecService:
             self.changelog.ensure_topic(len(consumer.partitions_for_topic(self.config.input_topic) or ()))
             if taken_over:
                 self._restore_viewers(taken_over)
+        if taken_over and self.store is not None:
+            # Saved now, a checkpoint says where this model's learning of them begins. Without
+            # it, a crash before the next one would find our commit on them and no checkpoint
+            # covering them, and replay them from the start of the log (ledger case b): the
+            # previous owner's events, learned twice.
+            self._checkpoint_all_sent()
         if partitions:
             consumer.resume(*partitions)
 

@@ -22,7 +22,9 @@ When partitions are assigned (:meth:`~OffsetLedger.assigned`, then :meth:`~Offse
       start at the beginning of the partition, replaying up to the commit: the log is the state;
    c. someone else committed last: start at their commit; those events live in their model,
       and the partition's viewers' state comes from the viewer-state changelog, read before the
-      partition resumes (:mod:`consumer.changelog`);
+      partition resumes (:mod:`consumer.changelog`). The service then checkpoints at once, so
+      a crash before its next checkpoint finds one that covers the partition (else case b would
+      relearn the other worker's events from the start of the log);
    d. no commit: start at the checkpoint's offset if there is one, else where
       ``auto_offset_reset`` says.
 

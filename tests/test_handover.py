@@ -372,3 +372,52 @@ def test_a_static_member_restarted_after_kill_9_gets_its_own_partitions_back_at_
         for w in (a, b, restarted):
             if w is not None and w.alive:
                 w.kill()
+
+
+def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_their_past(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker that takes partitions over from another, commits them and is killed before
+    its next periodic checkpoint restarts from a checkpoint older than the takeover: it must
+    replay them from where it took them over, not from the start of the log (which holds the
+    other worker's events, learned by the other worker)."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    options = [
+        *("--checkpoint-interval-s", "3600", "--checkpoint-every-events", "1000000"),
+        *("--session-timeout-ms", "6000", "--poll-timeout-ms", "50", "--no-shadow-baseline"),
+    ]
+
+    def worker(name: str, log: str) -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, name, options)
+
+    a, b = worker("a", "a.log"), worker("b", "b1.log")
+    restarted = None
+    try:
+        assert wait_for(
+            lambda: len(assigned_partitions(a.log())) == len(assigned_partitions(b.log())) == 2, 120
+        ), [tail_of(w) for w in (a, b)]
+        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(2000, seed=91)))
+        ends = input_ends(kafka_bootstrap, names["input_topic"])
+        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
+        a_learned = a.model_events()
+        assert a.stop() == 0, tail_of(a)
+        assert wait_for(lambda: "source=committed" in b.log(), 60), tail_of(b)  # b took a's over
+        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(1000, seed=92)))
+        ends = input_ends(kafka_bootstrap, names["input_topic"])
+        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
+        b.kill()
+        restarted = worker("b", "b2.log")
+        assert wait_for(lambda: restarted.model_events() is not None and "replay" in restarted.log(), 60)
+        total = sum(ends.values())
+        # b's state: its own share of the first 2,000 and all of the last 1,000, nothing of a's.
+        assert wait_for(lambda: restarted.model_events() == total - a_learned, 60), (
+            restarted.model_events(),
+            total,
+            a_learned,
+            tail_of(restarted),
+        )
+    finally:
+        for w in (a, b, restarted):
+            if w is not None and w.alive:
+                w.kill()
