@@ -323,11 +323,67 @@ def test_the_changelog_forgets_viewers_the_models_forget(kafka_bootstrap, new_to
         admin.close()
 
 
-# -- static membership -----------------------------------------------------------------------------
+# -- two worker processes, one killed ---------------------------------------------------------------
 
 
 def assigned_partitions(log: str) -> set[int]:
-    return {int(p) for p in re.findall(r'msg="partition assigned" partition=(\d+)', log)}
+    """The partitions a worker's log says it holds now: assigned, and not revoked since."""
+    held: set[int] = set()
+    for line in log.splitlines():
+        if 'msg="partition assigned"' in line:
+            held.add(int(re.search(r"partition=(\d+)", line).group(1)))
+        elif 'msg="partitions revoked"' in line:
+            held -= {
+                int(p) for p in re.findall(r"\d+", re.search(r'partitions="?\[([^]]*)\]', line).group(1))
+            }
+    return held
+
+
+class WorkerPair:
+    """Worker processes ``a`` and ``b`` of one group on a fresh four-partition topic, each
+    holding two partitions once started; :meth:`start` starts more (a restart), :meth:`learn`
+    produces events and waits until the group has committed them; all are killed at the end."""
+
+    def __init__(self, bootstrap: str, new_topic, tmp_path, options: list[str]) -> None:  # noqa: ANN001
+        self.bootstrap, self.tmp_path, self.options = bootstrap, tmp_path, options
+        self.names = topics(new_topic, partitions=4)
+        self.group = f"g-{self.names['input_topic']}"
+        self.workers: list[ServiceProcess] = []
+        self.a, self.b = self.start("a", "a.log"), self.start("b", "b.log")
+        assert wait_for(
+            lambda: len(assigned_partitions(self.a.log())) == len(assigned_partitions(self.b.log())) == 2, 120
+        ), [tail_of(w) for w in (self.a, self.b)]
+
+    def start(self, name: str, log: str) -> ServiceProcess:
+        worker = ServiceProcess(
+            self.bootstrap,
+            self.names,
+            self.group,
+            self.tmp_path / "ckpt",
+            self.tmp_path / log,
+            name,
+            self.options,
+        )
+        self.workers.append(worker)
+        return worker
+
+    def learn(self, events: list) -> dict[int, int]:
+        """Produce ``events``; once the group has committed every input offset, the ends."""
+        topic = self.names["input_topic"]
+        produce(self.bootstrap, topic, keyed(events))
+        ends = input_ends(self.bootstrap, topic)
+        assert wait_for(lambda: group_committed(self.bootstrap, self.group, topic) == ends, 120), [
+            tail_of(w) for w in self.workers if w.alive
+        ]
+        return ends
+
+    def __enter__(self) -> WorkerPair:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self.workers:
+            if worker.alive:
+                worker.kill()
 
 
 def test_a_static_member_restarted_after_kill_9_gets_its_own_partitions_back_at_once(
@@ -337,41 +393,21 @@ def test_a_static_member_restarted_after_kill_9_gets_its_own_partitions_back_at_
     member: it holds its own partitions again long before the session timeout (a new member
     waits that long for the dead one), its peer keeps its partitions throughout, and the group
     learns every event once."""
-    names = topics(new_topic, partitions=4)
-    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
     options = [
         *("--session-timeout-ms", "60000", "--poll-timeout-ms", "50", "--no-shadow-baseline"),
         "--static-membership",
     ]
-
-    def worker(name: str, log: str) -> ServiceProcess:
-        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, name, options)
-
-    a, b = worker("a", "a1.log"), worker("b", "b.log")
-    restarted = None
-    try:
-        assert wait_for(
-            lambda: len(assigned_partitions(a.log())) == len(assigned_partitions(b.log())) == 2, 120
-        ), [tail_of(w) for w in (a, b)]
-        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(2000, seed=89)))
-        ends = input_ends(kafka_bootstrap, names["input_topic"])
-        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
-        before, peer_log = assigned_partitions(a.log()), b.log()
-        a.kill()
+    with WorkerPair(kafka_bootstrap, new_topic, tmp_path, options) as pair:
+        pair.learn(synthetic(2000, seed=89))
+        before, peer_log = assigned_partitions(pair.a.log()), pair.b.log()
+        pair.a.kill()
         started = time.monotonic()
-        restarted = worker("a", "a2.log")
+        restarted = pair.start("a", "a2.log")
         assert wait_for(lambda: assigned_partitions(restarted.log()) == before, 30), tail_of(restarted)
         assert time.monotonic() - started < 30  # a dynamic member would wait out the 60 s
-        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(1000, seed=90)))
-        ends = input_ends(kafka_bootstrap, names["input_topic"])
-        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
-        assert "partitions revoked" not in b.log()[len(peer_log) :], "the peer's partitions moved"
-        learned = (restarted.model_events() or 0) + (b.model_events() or 0)
-        assert learned == sum(ends.values())
-    finally:
-        for w in (a, b, restarted):
-            if w is not None and w.alive:
-                w.kill()
+        ends = pair.learn(synthetic(1000, seed=90))
+        assert "partitions revoked" not in pair.b.log()[len(peer_log) :], "the peer's partitions moved"
+        assert (restarted.model_events() or 0) + (pair.b.model_events() or 0) == sum(ends.values())
 
 
 def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_their_past(
@@ -381,34 +417,18 @@ def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_thei
     its next periodic checkpoint restarts from a checkpoint older than the takeover: it must
     replay them from where it took them over, not from the start of the log (which holds the
     other worker's events, learned by the other worker)."""
-    names = topics(new_topic, partitions=4)
-    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
     options = [
         *("--checkpoint-interval-s", "3600", "--checkpoint-every-events", "1000000"),
         *("--session-timeout-ms", "6000", "--poll-timeout-ms", "50", "--no-shadow-baseline"),
     ]
-
-    def worker(name: str, log: str) -> ServiceProcess:
-        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, name, options)
-
-    a, b = worker("a", "a.log"), worker("b", "b1.log")
-    restarted = None
-    try:
-        assert wait_for(
-            lambda: len(assigned_partitions(a.log())) == len(assigned_partitions(b.log())) == 2, 120
-        ), [tail_of(w) for w in (a, b)]
-        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(2000, seed=91)))
-        ends = input_ends(kafka_bootstrap, names["input_topic"])
-        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
-        a_learned = a.model_events()
-        assert a.stop() == 0, tail_of(a)
-        assert wait_for(lambda: "source=committed" in b.log(), 60), tail_of(b)  # b took a's over
-        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(1000, seed=92)))
-        ends = input_ends(kafka_bootstrap, names["input_topic"])
-        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120)
-        b.kill()
-        restarted = worker("b", "b2.log")
-        assert wait_for(lambda: restarted.model_events() is not None and "replay" in restarted.log(), 60)
+    with WorkerPair(kafka_bootstrap, new_topic, tmp_path, options) as pair:
+        pair.learn(synthetic(2000, seed=91))
+        a_learned = pair.a.model_events()
+        assert pair.a.stop() == 0, tail_of(pair.a)
+        assert wait_for(lambda: "source=committed" in pair.b.log(), 60), tail_of(pair.b)  # b took a's over
+        ends = pair.learn(synthetic(1000, seed=92))
+        pair.b.kill()
+        restarted = pair.start("b", "b2.log")
         total = sum(ends.values())
         # b's state: its own share of the first 2,000 and all of the last 1,000, nothing of a's.
         assert wait_for(lambda: restarted.model_events() == total - a_learned, 60), (
@@ -417,7 +437,3 @@ def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_thei
             a_learned,
             tail_of(restarted),
         )
-    finally:
-        for w in (a, b, restarted):
-            if w is not None and w.alive:
-                w.kill()
