@@ -80,7 +80,7 @@ from typing import NamedTuple
 
 import numpy as np
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, CorruptRecordError, UnsupportedCodecError
+from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError, UnsupportedCodecError
 from kafka.structs import TopicPartition
 
 from consumer.arms import Arm, Arms
@@ -94,7 +94,7 @@ from consumer.ledger import Batch, OffsetLedger, Start
 from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
-from consumer.publish import Message, Publisher
+from consumer.publish import Message, Publisher, fenced
 from consumer.sync import UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
@@ -284,6 +284,8 @@ class StreamrecService:
         # commits in flight were sent; and a checkpoint the revocation could not write.
         self._rebalanced = False
         self._checkpoint_after_poll = False
+        # Another process took over this worker's transactional id: nothing more can be sent.
+        self._fenced = False
         #: The update topic's side of this worker: one model over the group (``sync_every``).
         self.exchange: UpdateExchange | None = None
         self._bind_exchange()
@@ -385,6 +387,16 @@ class StreamrecService:
                 self._report_lag()
                 if max_batches is not None and self.batches >= max_batches:
                     break
+        except KafkaError as err:
+            if not fenced(err):
+                raise
+            self._fenced = True
+            raise UserError(
+                f"another process took over this worker's transactional id (streamrec-{self.config.worker}): "
+                f"two workers of group {self.config.group_id!r} run under the name {self.config.worker!r}. "
+                "Give each its own --worker-id (on several machines the default, the group id, repeats). "
+                "This one stops; its open transaction is aborted, so nothing it did not commit counts."
+            ) from None
         finally:
             self._shutdown()
 
@@ -403,6 +415,9 @@ class StreamrecService:
             self.exchange.connect()
 
     def _shutdown(self) -> None:
+        if self._fenced:  # its producer can do nothing more; the other process has the name
+            self._release()
+            return
         try:
             if self.exchange is not None and self._publisher is not None:
                 self._send_unattached(self.exchange.outgoing(force=True))  # peers learn it all
@@ -411,13 +426,16 @@ class StreamrecService:
             elif self.exchange is not None and self.store is not None and self.exchange.sent:
                 self.checkpoint()  # the agreed state moved with the last updates sent
         finally:
-            if self.exchange is not None:
-                self.exchange.close()
-            close_quietly(self._consumer, self._producer)
-            self._consumer = self._producer = self._publisher = None
-            if self.claim is not None:
-                self.claim.release()
-            log.info("stopped", extra=fields(batches=self.batches, model_events=self.model_events))
+            self._release()
+
+    def _release(self) -> None:
+        if self.exchange is not None:
+            self.exchange.close()
+        close_quietly(self._consumer, self._producer)
+        self._consumer = self._producer = self._publisher = None
+        if self.claim is not None:
+            self.claim.release()
+        log.info("stopped", extra=fields(batches=self.batches, model_events=self.model_events))
 
     # -- state -----------------------------------------------------------------------------
 

@@ -437,3 +437,43 @@ def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_thei
             a_learned,
             tail_of(restarted),
         )
+
+
+def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_fencing_loop(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Two processes under one worker name with separate checkpoint folders (two machines with
+    the default name) share a transactional id under --exactly-once: the one fenced stops with
+    one line naming the cause and the fix, exit code 2 (a supervisor does not restart it into
+    fencing the other), and the other goes on to learn every event."""
+    names = topics(new_topic, partitions=4)
+    group = f"g-{names['input_topic']}"
+    options = [
+        "--exactly-once",
+        "--poll-timeout-ms",
+        "50",
+        "--no-shadow-baseline",
+        "--session-timeout-ms",
+        "6000",
+    ]
+    machines = [
+        ServiceProcess(kafka_bootstrap, names, group, tmp_path / f"m{i}", tmp_path / f"m{i}.log", "", options)
+        for i in (1, 2)
+    ]
+    try:
+        produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(3000, seed=93)))
+        assert wait_for(lambda: not all(m.alive for m in machines), 120), [tail_of(m) for m in machines]
+        fenced = next(m for m in machines if not m.alive)
+        survivor = next(m for m in machines if m.alive)
+        assert fenced.proc.returncode == 2, tail_of(fenced)
+        assert "took over this worker's transactional id" in fenced.log()
+        assert "Traceback" not in fenced.log()
+        ends = input_ends(kafka_bootstrap, names["input_topic"])
+        assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120), (
+            tail_of(survivor)
+        )
+        assert survivor.alive
+    finally:
+        for m in machines:
+            if m.alive:
+                m.kill()
