@@ -388,14 +388,15 @@ class StreamrecService:
                 if max_batches is not None and self.batches >= max_batches:
                     break
         except KafkaError as err:
-            if not fenced(err):
+            taken = fenced(err)
+            if taken is None:
                 raise
             self._fenced = True
             raise UserError(
-                f"another process took over this worker's transactional id (streamrec-{self.config.worker}): "
+                f"another process took over this worker's {taken} (streamrec-{self.config.worker}): "
                 f"two workers of group {self.config.group_id!r} run under the name {self.config.worker!r}. "
                 "Give each its own --worker-id (on several machines the default, the group id, repeats). "
-                "This one stops; its open transaction is aborted, so nothing it did not commit counts."
+                "This one stops without committing or checkpointing what it has not committed."
             ) from None
         finally:
             self._shutdown()

@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError, ProducerFencedError
+from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from consumer.backoff import retry
@@ -314,14 +314,17 @@ def _ignore(_offsets, _response) -> None:
     """kafka-python's callback of an asynchronous commit: :meth:`Publisher.settle` reads the future."""
 
 
-def fenced(err: BaseException) -> bool:
-    """Whether ``err`` (or what it was raised from) says another producer took over this one's
-    transactional id. kafka-python raises ``ProducerFencedError`` once, then a plain
-    ``KafkaError`` naming it from every later transactional call."""
+def fenced(err: BaseException) -> str | None:
+    """What another process with this worker's name took over, if ``err`` (or what it was
+    raised from) says so: ``"transactional id"`` (kafka-python raises ``ProducerFencedError``
+    once, then a plain ``KafkaError`` naming it from every later transactional call), or
+    ``"group.instance.id"`` (a static member of the same id joined); else ``None``."""
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, ProducerFencedError) or "ProducerFencedError" in str(err):
-            return True
+            return "transactional id"
+        if isinstance(err, FencedInstanceIdError):
+            return "group.instance.id"
         err = err.__cause__ or err.__context__
-    return False
+    return None

@@ -439,23 +439,22 @@ def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_thei
         )
 
 
+@pytest.mark.parametrize(
+    ("option", "taken"),
+    [("--exactly-once", "transactional id"), ("--static-membership", "group.instance.id")],
+    ids=["exactly_once", "static_membership"],
+)
 def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_fencing_loop(
-    kafka_bootstrap, new_topic, tmp_path
+    kafka_bootstrap, new_topic, tmp_path, option, taken
 ):
     """Two processes under one worker name with separate checkpoint folders (two machines with
-    the default name) share a transactional id under --exactly-once: the one fenced stops with
-    one line naming the cause and the fix, exit code 2 (a supervisor does not restart it into
-    fencing the other), and the other goes on to learn every event."""
+    the default name) share a transactional id under --exactly-once, a group.instance.id under
+    --static-membership: the one fenced stops with one line naming the cause and the fix, exit
+    code 2 (a supervisor does not restart it into fencing the other), and the other goes on to
+    learn every event."""
     names = topics(new_topic, partitions=4)
     group = f"g-{names['input_topic']}"
-    options = [
-        "--exactly-once",
-        "--poll-timeout-ms",
-        "50",
-        "--no-shadow-baseline",
-        "--session-timeout-ms",
-        "6000",
-    ]
+    options = [option, "--poll-timeout-ms", "50", "--no-shadow-baseline", "--session-timeout-ms", "6000"]
     machines = [
         ServiceProcess(kafka_bootstrap, names, group, tmp_path / f"m{i}", tmp_path / f"m{i}.log", "", options)
         for i in (1, 2)
@@ -466,7 +465,7 @@ def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_f
         fenced = next(m for m in machines if not m.alive)
         survivor = next(m for m in machines if m.alive)
         assert fenced.proc.returncode == 2, tail_of(fenced)
-        assert "took over this worker's transactional id" in fenced.log()
+        assert f"took over this worker's {taken}" in fenced.log()
         assert "Traceback" not in fenced.log()
         ends = input_ends(kafka_bootstrap, names["input_topic"])
         assert wait_for(lambda: group_committed(kafka_bootstrap, group, names["input_topic"]) == ends, 120), (
