@@ -1014,9 +1014,14 @@ class StreamrecService:
                 self._guarded(arm, lambda arm=arm, learns=learns: arm.model.learn_many(learns))
         if self.shadow is not None:
             self.shadow.learn_many(events)
-        self.ledger.count(len(events))
-        if self.exchange is not None:  # sent unless the peers had it (then it is absorbed)
-            self.exchange.learned(len(events))
+        self._count_learned(len(events))
+
+    def _count_learned(self, events: int) -> None:
+        """``events`` more learned: for the offsets' ledger, and to send to the peers (unless
+        they had them before a restart: then they are absorbed)."""
+        self.ledger.count(events)
+        if self.exchange is not None:
+            self.exchange.learned(events)
 
     def _test_and_learn(self, events: list[WatchEvent]) -> Tested:
         """What each viewer would have been shown just before each event (the live quality), then
@@ -1042,9 +1047,7 @@ class StreamrecService:
         shadow_quality = None
         if self.shadow is not None:
             shadow_quality = self.shadow_evaluator.observe(events, self.shadow.rank_and_learn(events, n))
-        self.ledger.count(len(events))
-        if self.exchange is not None:
-            self.exchange.learned(len(events))
+        self._count_learned(len(events))
         return Tested(tested, shadow_quality, online)
 
     def _online(self, events: Sequence[WatchEvent]) -> Online:

@@ -259,8 +259,8 @@ class UpdateExchange:
             for record in records:
                 self.offsets[tp.partition] = record.offset + 1
                 self.read += 1
-                headers = record.headers or ()
-                sender = dict(headers).get(UPDATE_HEADER, b"").decode()
+                headers = dict(record.headers or ())
+                sender = headers.get(UPDATE_HEADER, b"").decode()
                 self._note_through(headers, own=sender == self.worker)
                 if sender == self.worker:
                     self.own.seen(headers)
@@ -289,8 +289,8 @@ class UpdateExchange:
         self.applied += applied
         return applied
 
-    def _note_through(self, headers, own: bool) -> None:  # noqa: ANN001 - a record's header pairs
-        found = dict(headers).get(THROUGH_HEADER)
+    def _note_through(self, headers: dict[str, bytes], own: bool) -> None:
+        found = headers.get(THROUGH_HEADER)
         if found is None:
             return  # sent by a version that did not say
         try:
