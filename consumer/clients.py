@@ -16,7 +16,7 @@ from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.topics import ensure_output_topics
-from contract import group_join
+from contract import group_fencing, group_join
 from contract.connection import FailureWatch, explain_failure
 
 __all__ = [
@@ -104,8 +104,10 @@ def make_producer(config: ServiceConfig) -> KafkaProducer:
 
 def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
     """A group member subscribed to the input topic: manual commits, ``read_committed``; with
-    kafka-python's lost group joins fixed (:mod:`contract.group_join`)."""
+    kafka-python's lost group joins (:mod:`contract.group_join`) and unnoticed fencing
+    (:mod:`contract.group_fencing`) fixed."""
     group_join.install()
+    group_fencing.install()
     consumer = KafkaConsumer(
         **config.kafka.client_options(),
         group_id=config.group_id,

@@ -216,6 +216,8 @@ class Publisher:
         if isinstance(err, CommitFailedError):
             self._forget()
             raise err
+        if err is not None and fenced(err):  # not a rebalance to roll back from: the service stops
+            raise err
         retriable = isinstance(err, TimeoutError) or getattr(err, "retriable", False)
         if rebalanced or not retriable:
             self._forget()
