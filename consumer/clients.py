@@ -131,6 +131,11 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
         allow_auto_create_topics=False,
     )
     no_auto_create(consumer)
+    # The topic's partitions known before the first join: a group leader whose metadata lacks
+    # them assigns nothing and rejoins when they arrive. Under --static-membership, a
+    # same-named process replacing that leader in between would inherit the empty assignment
+    # and, not being told it leads (JoinGroup before v9), never rejoin: no partitions, ever.
+    consumer.partitions_for_topic(config.input_topic)
     consumer.subscribe([config.input_topic], listener=listener)
     return consumer
 

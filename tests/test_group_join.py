@@ -47,3 +47,35 @@ def test_partitions_added_to_the_input_reach_a_member_polling_with_short_timeout
     finally:
         consumer.close()
         admin.close()
+
+
+class Recorded(ConsumerRebalanceListener):
+    """Every assignment the member was given, in order."""
+
+    def __init__(self) -> None:
+        self.assignments: list[list[int]] = []
+
+    def on_partitions_revoked(self, revoked):
+        pass
+
+    def on_partitions_assigned(self, assigned):
+        self.assignments.append(sorted(tp.partition for tp in assigned))
+
+
+def test_a_member_is_given_an_existing_topics_partitions_at_its_first_join(kafka_bootstrap, new_topic):
+    """Not an empty assignment first and the partitions at a second join: under static
+    membership, a same-named process taking over between the two joins inherits the empty one
+    and is never told to rejoin (see :func:`consumer.clients.make_consumer`)."""
+    topic = new_topic("first-join", 4)
+    for attempt in range(5):  # the empty first join was a race: several fresh groups
+        group = f"g-{topic}-{attempt}"
+        config = ServiceConfig(bootstrap_servers=kafka_bootstrap, input_topic=topic, group_id=group)
+        listener = Recorded()
+        consumer = make_consumer(config, listener)
+        try:
+            end = time.monotonic() + 30
+            while not listener.assignments and time.monotonic() < end:
+                consumer.poll(timeout_ms=50)
+        finally:
+            consumer.close()
+        assert listener.assignments[:1] == [[0, 1, 2, 3]], (attempt, listener.assignments)
