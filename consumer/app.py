@@ -85,7 +85,7 @@ from kafka.structs import TopicPartition
 
 from consumer.arms import Arm, Arms
 from consumer.backoff import Interrupted
-from consumer.changelog import ViewerChangelog, install
+from consumer.changelog import ViewerChangelog, install, rewind, watches_between
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
 from consumer.clients import close_quietly, connect
 from consumer.config import ServiceConfig
@@ -745,6 +745,11 @@ class StreamrecService:
             # The previous owner's last updates may still be unread here: a crash between its
             # send and its commit left learning of events past its commit in the update topic.
             self.exchange.read_to_end()
+        relearn = self._unsent_by_previous_owner(taken_over)
+        for tp in starts:
+            if tp.partition in relearn:
+                starts[tp] = self.ledger.relearn(tp, relearn[tp.partition][0])
+                consumer.seek(tp, starts[tp].offset)
         for tp, start in starts.items():
             sent_until = self._note_start(tp.partition, start)
             log.info(
@@ -760,7 +765,7 @@ class StreamrecService:
         if self.changelog is not None and partitions:
             self.changelog.ensure_topic(len(consumer.partitions_for_topic(self.config.input_topic) or ()))
             if taken_over:
-                self._restore_viewers(taken_over)
+                self._restore_viewers(taken_over, relearn)
         if taken_over and self.store is not None:
             # Saved now, a checkpoint says where this model's learning of them begins. Without
             # it, a crash before the next one would find our commit on them and no checkpoint
@@ -802,10 +807,35 @@ class StreamrecService:
             models[f"shadow:{self.shadow.name}"] = self.shadow
         return models
 
-    def _restore_viewers(self, taken_over: dict[int, int]) -> None:
+    def _unsent_by_previous_owner(self, taken_over: dict[int, int]) -> dict[int, tuple[int, int]]:
+        """Partitions taken over whose previous owner's learning the update topic holds only up
+        to an offset below its commit (it was killed between two sends, its partitions moved
+        before it was back): partition -> ``(that offset, the commit)``, to relearn in between.
+        Only with the changelog, which takes the viewers back to that offset."""
+        if self.exchange is None or self.changelog is None:
+            return {}
+        sent = self.exchange.sent_through
+        return {p: (sent[p], c) for p, c in taken_over.items() if c is not None and sent.get(p, c) < c}
+
+    def _restore_viewers(self, taken_over: dict[int, int], relearn: dict[int, tuple[int, int]]) -> None:
         """The viewers of partitions someone else committed last, from the changelog, into every
-        model and the readout's per-viewer state, before any of their events is processed."""
+        model and the readout's per-viewer state, before any of their events is processed; those
+        of partitions to ``relearn`` from below the commit taken back to where it starts."""
         restored = self.changelog.read(taken_over)
+        if relearn:
+            started = time.perf_counter()
+            watches = watches_between(self.config, relearn)
+            rewound, left = rewind(restored.viewers, watches)
+            log.info(
+                "relearning what the previous owner learned and never sent",
+                extra=fields(
+                    partitions={p: f"{first}..{end}" for p, (first, end) in sorted(relearn.items())},
+                    events=sum(end - first for first, end in relearn.values()),
+                    viewers_rewound=rewound,
+                    viewers_not_rewound=left,
+                    seconds=round(time.perf_counter() - started, 4),
+                ),
+            )
         started = time.perf_counter()
         installed = install(
             restored.viewers, self._changelog_models(), self.shown, self.viewer_hits, self.model.clock
@@ -832,6 +862,11 @@ class StreamrecService:
         # confirmed: here, or right after this poll (the answers are read on this IO thread).
         self._rebalanced = True
         self.ledger.revoked(revoked)
+        if revoked and self.exchange is not None and self._publisher is not None:
+            # Their learning reaches the peers before they move, under through offsets that say
+            # so: a partition's new owner relearns what the update topic lacks of it (what a
+            # killed worker never sent), so learning held back here would be learned twice.
+            self._send_unattached(self.exchange.outgoing(force=True))
         for tp in revoked:
             self._sent_boundary.pop(tp.partition, None)
             if self.exchange is not None:

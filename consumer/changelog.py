@@ -21,6 +21,12 @@ committed (at least once: sent, then the worker died before the commit) is ahead
 the new owner starts from, and is skipped, so the events it holds are learned once, when the new
 owner processes them again.
 
+With one model over the group (``--sync-every``), the previous owner may have committed events
+whose learning it never sent to its peers (killed between two sends). The new owner then starts
+below the commit, where the update topic's learning ends, and relearns up to the commit: the
+viewers of those events are first taken back to before them (:func:`watches_between` reads
+them from the input, :func:`rewind` takes them off each viewer's state).
+
 >>> record = ViewerRecord(FORMAT, 120, {"control": b"..."}, ["v1", "v2"], (3, 1))
 >>> decode(encode(record)) == record
 True
@@ -42,12 +48,25 @@ from kafka.structs import TopicPartition
 
 from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
+from consumer.intake import decode as decode_events
 from consumer.logs import fields
 from consumer.publish import Message
 from consumer.topics import warn_settings_that_differ
+from model import viewer_state
 from model.base import StreamRanker
 
-__all__ = ["ViewerChangelog", "ViewerRecord", "Restored", "FORMAT", "RECORD_BUDGET", "encode", "decode"]
+__all__ = [
+    "ViewerChangelog",
+    "ViewerRecord",
+    "Restored",
+    "FORMAT",
+    "RECORD_BUDGET",
+    "encode",
+    "decode",
+    "install",
+    "rewind",
+    "watches_between",
+]
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +303,71 @@ def install(
         if counts is not None and record.counts is not None:
             counts.touch(viewer, list(record.counts), clock)
     return installed
+
+
+def watches_between(
+    config: ServiceConfig, ranges: Mapping[int, tuple[int, int]], timeout_s: float = 120.0
+) -> dict[str, list[tuple[int, str]]]:
+    """Each viewer's watches, ``(offset, video)`` in offset order, in the input partitions' offset
+    ``ranges`` (partition -> ``(first, end)``, end excluded), read_committed; records that are
+    not valid events are left out (they were dead-lettered, never learned)."""
+    reader = make_reader(config, "relearn")
+    watches: dict[str, list[tuple[int, str]]] = {}
+    try:
+        wanted = {
+            TopicPartition(config.input_topic, p): span for p, span in ranges.items() if span[0] < span[1]
+        }
+        if not wanted:
+            return watches
+        reader.assign(list(wanted))
+        for tp, (first, _) in wanted.items():
+            reader.seek(tp, first)
+        deadline = time.monotonic() + timeout_s
+        remaining = set(wanted)
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{config.input_topic}: {sorted(wanted.values())} not read in {timeout_s} s"
+                )
+            for tp, batch in reader.poll(timeout_ms=200).items():
+                end = wanted[tp][1]
+                inside = [r for r in batch if r.offset < end]
+                intake = decode_events(inside)
+                for event, (_, offset, _) in zip(intake.events, intake.origins, strict=True):
+                    watches.setdefault(event.viewer, []).append((offset, event.video))
+            remaining = {tp for tp in remaining if reader.position(tp) < wanted[tp][1]}
+    finally:
+        close_quietly(reader)
+    return watches
+
+
+def rewind(
+    restored: dict[str, ViewerRecord], watches: Mapping[str, list[tuple[int, str]]]
+) -> tuple[int, int]:
+    """Take each restored viewer's ``watches`` below its record's ``through`` out of every model's
+    state (:func:`model.viewer_state.rewound`), in place, so that relearning them starts from
+    the state before them; ``(viewers rewound, viewers left as they were)``, the latter when a
+    model's state does not end with those watches."""
+    done = left = 0
+    for viewer, record in restored.items():
+        videos = [video for offset, video in watches.get(viewer, ()) if offset < record.through]
+        if not videos:
+            continue
+        states = {}
+        for name, data in record.models.items():
+            try:
+                back = viewer_state.rewound(viewer_state.decode(data), videos)
+            except ValueError:  # a model whose state is not a viewer_state: nothing to rewind
+                back = None
+            if back is None:
+                break
+            states[name] = viewer_state.encode(back)
+        else:
+            record.models.update(states)
+            done += 1
+            continue
+        left += 1
+    return done, left
 
 
 def _nothing(_viewer: str) -> None:

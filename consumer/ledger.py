@@ -24,7 +24,11 @@ When partitions are assigned (:meth:`~OffsetLedger.assigned`, then :meth:`~Offse
       and the partition's viewers' state comes from the viewer-state changelog, read before the
       partition resumes (:mod:`consumer.changelog`). The service then checkpoints at once, so
       a crash before its next checkpoint finds one that covers the partition (else case b would
-      relearn the other worker's events from the start of the log);
+      relearn the other worker's events from the start of the log). With one model over the
+      group, when the update topic holds the previous owner's learning only up to an offset
+      below its commit (it was killed between two sends), start there instead and replay up to
+      the commit learn-only (:meth:`~OffsetLedger.relearn`), its viewers taken back to that
+      offset: that learning reaches the group, from this worker;
    d. no commit: start at the checkpoint's offset if there is one, else where
       ``auto_offset_reset`` says.
 
@@ -175,6 +179,15 @@ class OffsetLedger:
         if learned is not None:  # d, with a checkpoint
             return Start(learned, "checkpoint", self.replay_until.get(tp))
         return Start(None, "auto_offset_reset", self.replay_until.get(tp))
+
+    def relearn(self, tp: TopicPartition, offset: int) -> Start:
+        """Case c when the previous owner's learning reached its peers only up to ``offset``,
+        below its commit (it was killed between two sends): start at ``offset`` and replay up
+        to the commit learn-only, so that learning is not lost to the group."""
+        committed = self.learned[tp]
+        self.learned[tp] = offset
+        self.replay_until[tp] = committed
+        return Start(offset, "committed", committed)
 
     # -- steps 2 to 6: one batch -------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
-__all__ = ["ViewerState", "FORMAT", "encode", "decode"]
+__all__ = ["ViewerState", "FORMAT", "encode", "decode", "rewound"]
 
 #: The format of :class:`ViewerState`: bumped when its fields change shape or meaning.
 FORMAT = 1
@@ -65,3 +65,41 @@ def decode(data: bytes) -> ViewerState:
     if len(state.weights) != 4 * len(state.history):
         raise ValueError("viewer state's history and weights differ in length")
     return state
+
+
+def rewound(state: ViewerState, videos: list[str]) -> ViewerState | None:
+    """``state`` before its last watches, ``videos`` (oldest first), or ``None`` when those are not
+    its last watches (a model that skipped or merged some): a new owner that relearns events
+    the previous one learned but never sent to its peers replays them from this state.
+
+    The seen list loses its tail; the history its most recent slots, the older ones moving up
+    and the slots at the end left empty: watches older than the history keeps are not known
+    here, so the replay's first events see a shorter history than the first learning did.
+
+    >>> weights = np.array([1, 1, 0.5], np.float32).tobytes()
+    >>> state = ViewerState(FORMAT, 9.0, ["c", "b", "a"], weights, ["a", "b", "c"])
+    >>> back = rewound(state, ["b", "c"])
+    >>> back.history, back.history_weights().tolist(), back.seen
+    (['a', '', ''], [0.5, 0.0, 0.0], ['a'])
+    >>> rewound(state, ["a", "c"]) is None  # "a" is not the watch before "c"
+    True
+    """
+    watches = len(videos)
+    if watches == 0:
+        return state
+    if watches > len(state.seen) or state.seen[-watches:] != videos:
+        return None
+    slots = len(state.history)
+    recent = list(reversed(videos))[:slots]
+    if state.history[: len(recent)] != recent:
+        return None
+    kept = state.history[watches:] if watches < slots else []
+    weights = state.history_weights()[watches:] if watches < slots else np.zeros(0, np.float32)
+    empty = slots - len(kept)
+    return ViewerState(
+        state.format,
+        state.last_seen,
+        kept + [""] * empty,
+        np.concatenate([weights, np.zeros(empty, np.float32)]).astype(np.float32).tobytes(),
+        state.seen[:-watches],
+    )

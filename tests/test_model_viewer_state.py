@@ -141,3 +141,39 @@ def test_a_model_that_does_not_implement_the_handover_hands_over_nothing():
     model = RecentPopular()  # the service's shadow: its viewers start afresh after a move
     model.learn_many([WatchEvent(1.0, "ann", "x")])
     assert model.viewer_states(["ann"]) == {} and model.restore_viewers({"ann": b"..."}) == 0
+
+
+@pytest.mark.parametrize("source", SOURCES)
+@pytest.mark.parametrize("kind", [EmbeddingRanker, ProfileRanker])
+def test_a_viewer_rewound_and_relearned_is_the_viewer_before_the_rewind(kind, source, tmp_path):
+    """A partition's new owner relearns what the previous owner learned and never sent, from
+    the viewers' states taken back before those watches (``viewer_state.rewound``): relearned,
+    each viewer's history, weights and watched list are what they were, heavy viewers too
+    (whose history, rewound, lost its oldest slots)."""
+    events = stream(source, N)
+    head, tail = events[: N - 300], events[N - 300 :]
+    original = learned(kind(seed=3), head)
+    original.save(tmp_path / "m.npz")
+    learned(original, tail)
+    viewers = sorted({e.viewer for e in tail})
+    states = {v: viewer_state.decode(s) for v, s in original.viewer_states(viewers).items()}
+
+    other = type(original).load(tmp_path / "m.npz")
+    forget(other, [v for v in viewers if other.viewers.get(v) is not None])  # the changelog replaces them
+    rewound = {}
+    for viewer, state in states.items():
+        back = viewer_state.rewound(state, [e.video for e in tail if e.viewer == viewer])
+        assert back is not None, viewer
+        rewound[viewer] = viewer_state.encode(back)
+    assert other.restore_viewers(rewound) == len(viewers)
+    heavy = [
+        v for v in viewers if "" not in states[v].history and "" in viewer_state.decode(rewound[v]).history
+    ]
+    assert heavy, "no viewer lost history slots to the rewind: the test would not cover them"
+    learned(other, tail)
+
+    again = {v: viewer_state.decode(s) for v, s in other.viewer_states(viewers).items()}
+    for viewer in viewers:
+        assert again[viewer].history == states[viewer].history, viewer
+        assert again[viewer].seen == states[viewer].seen, viewer
+        np.testing.assert_array_equal(again[viewer].history_weights(), states[viewer].history_weights())

@@ -17,10 +17,12 @@ import pytest
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from consumer import changelog
 from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from consumer.snapshot import ChunkRef, Manifest
+from model import viewer_state
 from model.replica import SHARED_TABLES, VideoUpdates
 from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
 from tests.streams import synthetic
@@ -296,21 +298,27 @@ def counted_in_updates(bootstrap: str, topic: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("sync_every", "checkpoint_every", "mode"),
+    ("sync_every", "checkpoint_every", "mode", "next_owner"),
     # Sends at 1,000 and 2,000, no checkpoint; or sends at 600 and 1,200, a checkpoint (which
     # sends first) at 1,500 to 1,800, a send 600 later: either way a send after the last
     # checkpoint, and events after the last send.
-    [(1000, 10_000_000, []), (600, 1_500, ["--exactly-once"])],
-    ids=["no_checkpoint-at_least_once", "checkpointed-exactly_once"],
+    [
+        (1000, 10_000_000, [], "a"),
+        (600, 1_500, ["--exactly-once"], "a"),
+        (1000, 10_000_000, [], "b"),
+    ],
+    ids=["no_checkpoint-at_least_once", "checkpointed-exactly_once", "another_worker"],
 )
 def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
-    kafka_bootstrap, new_topic, tmp_path, sync_every, checkpoint_every, mode
+    kafka_bootstrap, new_topic, tmp_path, sync_every, checkpoint_every, mode, next_owner
 ):
     """Updates go out every --sync-every events, so a worker killed with -9 has committed polls
     whose learning no peer has. Restarted, it replays them: what it had sent before is taken as
-    agreed, the rest is sent now. The update topic then carries every event's learning exactly
-    once: its watch counts add up to the events produced, neither fewer (a replay that takes
-    everything as sent) nor more (a replay that sends everything again)."""
+    agreed, the rest is sent now. Another worker taking its partitions instead relearns them
+    from where the update topic's learning ends, its viewers taken back to there. The update
+    topic then carries every event's learning exactly once: its watch counts add up to the
+    events produced, neither fewer (learning taken as sent) nor more (sent twice); and each
+    viewer's watched list, as the changelog hands it on, is their stream, each watch once."""
     names = topics(new_topic, partitions=4)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
     updates_topic = f"{names['input_topic']}-video-updates"
@@ -322,8 +330,8 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     ]
     first, second = synthetic(2600, seed=86), synthetic(400, seed=87)
 
-    def worker(log: str) -> ServiceProcess:
-        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, "a", options)
+    def worker(log: str, name: str = "a") -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, name, options)
 
     produce(kafka_bootstrap, names["input_topic"], keyed(first))
     victim = worker("a1.log")
@@ -337,21 +345,50 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
         before = counted_in_updates(kafka_bootstrap, updates_topic)
         assert 0 < before < len(first), f"the kill found nothing unsent ({before}): the test proves nothing"
 
-        restarted = worker("a2.log")
+        restarted = worker(f"{next_owner}2.log", next_owner)
         assert wait_for(lambda: "partition assigned" in restarted.log(), 120), tail_of(restarted)
         produce(kafka_bootstrap, names["input_topic"], keyed(second))
         total = len(first) + len(second)
         assert wait_for(
             lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == total, 120
         ), tail_of(restarted)
-        assert restarted.model_events() == total
+        # Restarted, it relearns all (a fresh model); another relearns what was not sent.
+        assert restarted.model_events() == (total if next_owner == "a" else total - before)
         assert restarted.stop() == 0, tail_of(restarted)  # sends what is unsent
     finally:
         for service in (victim, locals().get("restarted")):
             if service is not None and service.alive:
                 service.kill()
     assert counted_in_updates(kafka_bootstrap, updates_topic) == total
-    assert "peers_have_until" in restarted.log()  # some of the replay was taken as sent
+    if next_owner == "a":
+        assert "peers_have_until" in restarted.log()  # some of the replay was taken as sent
+    else:
+        assert "relearning what the previous owner learned and never sent" in restarted.log()
+        assert "viewers_not_rewound=0" in restarted.log()
+    assert watched_as_handed_on(kafka_bootstrap, f"{names['input_topic']}-viewer-state") == streams_of(
+        first + second
+    )
+
+
+def streams_of(events) -> dict[str, list[str]]:
+    """Each viewer's videos, in stream order."""
+    streams: dict[str, list[str]] = {}
+    for e in events:
+        streams.setdefault(e.viewer, []).append(e.video)
+    return streams
+
+
+def watched_as_handed_on(bootstrap: str, changelog_topic: str) -> dict[str, list[str]]:
+    """Each viewer's watched list in their latest changelog record (the one model's state)."""
+    latest = {
+        record.key.decode(): changelog.decode(record.value)
+        for record in read_topic(bootstrap, changelog_topic)
+    }
+    watched = {}
+    for viewer, record in latest.items():
+        [state] = record.models.values()
+        watched[viewer] = viewer_state.decode(state).seen
+    return watched
 
 
 class Killed(BaseException):
@@ -411,3 +448,30 @@ def test_a_worker_killed_after_a_send_before_its_commit_sends_nothing_twice(
         ), successor.failed
         assert successor.model_events >= len(events) - victim.model_events
     assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
+
+
+def test_partitions_handed_over_in_a_rebalance_take_their_learning_along_once(kafka_bootstrap, group):
+    """A worker that gives partitions up in a rebalance sends what it learned of them before they
+    move, with through offsets that say so: their new owner, which relearns what the update
+    topic lacks of a partition (a killed worker's unsent learning), finds nothing lacking. The
+    update topic's watch counts add up to the events produced, not more."""
+    base, names = group
+    config = dataclasses.replace(
+        base,
+        sync_every=1000,
+        sync_interval_s=3600.0,
+        max_poll_records=300,
+        checkpoint_every_events=10_000_000,
+        checkpoint_interval_s=3600.0,
+    )
+    first, second = synthetic(2600, seed=94), synthetic(400, seed=95)
+    produce(kafka_bootstrap, names["input_topic"], keyed(first))
+    with running(dataclasses.replace(config, worker_id="a")) as a:
+        assert wait_for(lambda: a.model_events == len(first), 120), a.failed
+        assert a.exchange.unsent > 0, "nothing held back: the test proves nothing"
+        with running(dataclasses.replace(config, worker_id="b")) as b:
+            _each_holds_two_partitions(a, b)
+            assert a.exchange.unsent == 0, "sent when its partitions were revoked"
+            produce(kafka_bootstrap, names["input_topic"], keyed(second))
+            assert wait_for(lambda: a.model_events + b.model_events == len(first) + len(second), 120)
+    assert counted_in_updates(kafka_bootstrap, config.sync_topic_name) == len(first) + len(second)
