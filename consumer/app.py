@@ -197,6 +197,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned):
         self.service._on_assigned(assigned)
 
+    def on_partitions_lost(self, lost):
+        self.service._on_lost(lost)
+
 
 class StreamrecService:
     """One worker of a consumer group: learns from its partitions and publishes recommendations.
@@ -286,6 +289,9 @@ class StreamrecService:
         self._checkpoint_after_poll = False
         # Another process took over this worker's transactional id: nothing more can be sent.
         self._fenced = False
+        # Partitions were lost (expelled from the group) holding unsent learning: rolled back
+        # to the last checkpoint right after the poll.
+        self._lost = False
         #: The update topic's side of this worker: one model over the group (``sync_every``).
         self.exchange: UpdateExchange | None = None
         self._bind_exchange()
@@ -613,6 +619,13 @@ class StreamrecService:
         else:
             self._corrupt_polls = 0
         self.stage_seconds["poll" if polled else "idle"] += time.perf_counter() - started
+        if self._lost:
+            self._lost = False
+            self._publisher.forget()
+            if self.store is None:  # nothing to go back to: the learning stays here, unsent
+                self.exchange.absorb()
+            self._rollback(CommitFailedError("expelled from the group: its partitions were lost"))
+            return {}
         # The answers to the commits sent before this poll, before anything is positioned: a
         # rebalance in the poll came after them (ledger step 5).
         if not self._settle(wait=self._rebalanced):
@@ -878,6 +891,33 @@ class StreamrecService:
                     self._checkpoint_all_sent()
                 else:
                     self._checkpoint_after_poll = True
+
+    def _on_lost(self, lost: Sequence[TopicPartition]) -> None:
+        """Expelled from the group (its session expired: the process was frozen, or cut off from
+        the brokers): the partitions are someone else's already, and their new owners relearn
+        what the update topic lacks of them. Nothing of ours goes out for them: learning not yet
+        sent is dropped with a rollback to the last checkpoint, right after this poll (sent
+        now, it would be learned twice)."""
+        self._rebalanced = True
+        self.ledger.revoked(lost)
+        for tp in lost:
+            self._sent_boundary.pop(tp.partition, None)
+            if self.exchange is not None:
+                self.exchange.through.pop(tp.partition, None)
+        if not lost:
+            return
+        held = self.exchange.unsent if self.exchange is not None else 0
+        log.warning(
+            "partitions lost: this worker was expelled from the group",
+            extra=fields(partitions=sorted(tp.partition for tp in lost), unsent_events=held),
+        )
+        if held:
+            self._lost = True
+        elif self.ledger.unsaved:
+            if self.ledger.settled:
+                self.checkpoint()
+            else:
+                self._checkpoint_after_poll = True
 
     def _report_lag(self) -> None:
         if self.metrics is None or self._consumer is None:

@@ -214,13 +214,13 @@ class Publisher:
     def _recommit(self, commit: _Commit, rebalanced: bool, err: BaseException | None) -> None:
         """A commit failed: commit every delivered poll again, or raise when that is not safe."""
         if isinstance(err, CommitFailedError):
-            self._forget()
+            self.forget()
             raise err
         if err is not None and fenced(err):  # not a rebalance to roll back from: the service stops
             raise err
         retriable = isinstance(err, TimeoutError) or getattr(err, "retriable", False)
         if rebalanced or not retriable:
-            self._forget()
+            self.forget()
             why = f"{type(err).__name__}: {err}"
             raise CommitFailedError(f"a commit failed ({why}) and the group may have moved since")
         merged: dict = {}
@@ -229,7 +229,7 @@ class Publisher:
         try:
             self._commit(merged)
         except CommitFailedError:
-            self._forget()
+            self.forget()
             raise
         self._commits.clear()
         self._confirm(self._sequence)
@@ -241,8 +241,9 @@ class Publisher:
         while self._delivered and self._delivered[0][0] <= sequence:
             self._delivered.popleft()
 
-    def _forget(self) -> None:
-        """After a refused commit: the service rolls back; no delivered poll counts any more."""
+    def forget(self) -> None:
+        """After a refused commit, or partitions lost: the service rolls back; no delivered poll
+        counts any more."""
         self._delivered.clear()
         self._commits.clear()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
 import time
 
 import numpy as np
@@ -475,3 +476,56 @@ def test_partitions_handed_over_in_a_rebalance_take_their_learning_along_once(ka
             produce(kafka_bootstrap, names["input_topic"], keyed(second))
             assert wait_for(lambda: a.model_events + b.model_events == len(first) + len(second), 120)
     assert counted_in_updates(kafka_bootstrap, config.sync_topic_name) == len(first) + len(second)
+
+
+def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_relearned(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker frozen past the session timeout (a stopped process, a paused VM) is expelled; its
+    partitions' new owner relearns what the update topic lacks of them. Thawed, the expelled
+    worker finds its partitions lost and drops its unsent learning (back to its last
+    checkpoint) instead of sending it: the update topic's watch counts add up to the events
+    produced, not more."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    updates_topic = f"{names['input_topic']}-video-updates"
+    options = [
+        *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
+        *("--checkpoint-every-events", "500", "--checkpoint-interval-s", "3600"),
+        *("--max-poll-records", "300", "--session-timeout-ms", "6000", "--no-shadow-baseline"),
+    ]
+    first, second = synthetic(2600, seed=96), synthetic(400, seed=97)
+    produce(kafka_bootstrap, names["input_topic"], keyed(first))
+    frozen = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
+    other = None
+    try:
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == len(first), 120
+        ), tail_of(frozen)
+        assert wait_for(lambda: stable(kafka_bootstrap, updates_topic), 60)
+        assert counted_in_updates(kafka_bootstrap, updates_topic) < len(first), (
+            "nothing unsent: proves nothing"
+        )
+        frozen.proc.send_signal(signal.SIGSTOP)
+        other = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "b.log", "b", options)
+        assert wait_for(lambda: "relearning what the previous owner" in other.log(), 120), tail_of(other)
+        frozen.proc.send_signal(signal.SIGCONT)
+        assert wait_for(
+            lambda: "partitions lost" in frozen.log() or "partitions revoked" in frozen.log(), 120
+        ), tail_of(frozen)
+        produce(kafka_bootstrap, names["input_topic"], keyed(second))
+        total = len(first) + len(second)
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == total, 120
+        ), (
+            tail_of(frozen),
+            tail_of(other),
+        )
+        assert frozen.stop() == 0, tail_of(frozen)
+        assert other.stop() == 0, tail_of(other)
+    finally:
+        for service in (frozen, other):
+            if service is not None and service.alive:
+                service.proc.send_signal(signal.SIGCONT)
+                service.kill()
+    assert counted_in_updates(kafka_bootstrap, updates_topic) == total
