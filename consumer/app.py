@@ -873,24 +873,15 @@ class StreamrecService:
         # Every poll is processed and its commit sent before the next poll, where this runs; a
         # checkpoint keeps our state's offsets in step with the commits, once they are
         # confirmed: here, or right after this poll (the answers are read on this IO thread).
-        self._rebalanced = True
-        self.ledger.revoked(revoked)
         if revoked and self.exchange is not None and self._publisher is not None:
             # Their learning reaches the peers before they move, under through offsets that say
             # so: a partition's new owner relearns what the update topic lacks of it (what a
             # killed worker never sent), so learning held back here would be learned twice.
             self._send_unattached(self.exchange.outgoing(force=True))
-        for tp in revoked:
-            self._sent_boundary.pop(tp.partition, None)
-            if self.exchange is not None:
-                self.exchange.through.pop(tp.partition, None)
+        self._let_go(revoked)
         if revoked:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
-            if self.ledger.unsaved:
-                if self.ledger.settled:
-                    self._checkpoint_all_sent()
-                else:
-                    self._checkpoint_after_poll = True
+            self._checkpoint_once_settled()
 
     def _on_lost(self, lost: Sequence[TopicPartition]) -> None:
         """Expelled from the group (its session expired: the process was frozen, or cut off from
@@ -898,12 +889,7 @@ class StreamrecService:
         what the update topic lacks of them. Nothing of ours goes out for them: learning not yet
         sent is dropped with a rollback to the last checkpoint, right after this poll (sent
         now, it would be learned twice)."""
-        self._rebalanced = True
-        self.ledger.revoked(lost)
-        for tp in lost:
-            self._sent_boundary.pop(tp.partition, None)
-            if self.exchange is not None:
-                self.exchange.through.pop(tp.partition, None)
+        self._let_go(lost)
         if not lost:
             return
         held = self.exchange.unsent if self.exchange is not None else 0
@@ -913,9 +899,24 @@ class StreamrecService:
         )
         if held:
             self._lost = True
-        elif self.ledger.unsaved:
+        else:
+            self._checkpoint_once_settled()
+
+    def _let_go(self, partitions: Sequence[TopicPartition]) -> None:
+        """Forget what was kept per partition for ``partitions``, no longer this worker's."""
+        self._rebalanced = True
+        self.ledger.revoked(partitions)
+        for tp in partitions:
+            self._sent_boundary.pop(tp.partition, None)
+            if self.exchange is not None:
+                self.exchange.through.pop(tp.partition, None)
+
+    def _checkpoint_once_settled(self) -> None:
+        """A checkpoint of what was learned since the last, now if every commit is confirmed,
+        else right after this poll (which reads the answers)."""
+        if self.ledger.unsaved:
             if self.ledger.settled:
-                self.checkpoint()
+                self._checkpoint_all_sent()
             else:
                 self._checkpoint_after_poll = True
 
@@ -1282,7 +1283,8 @@ class StreamrecService:
             return
         self.arms.fresh()
         self.shadow = self.shadow_factory() if self.shadow_factory else None
-        self.restore()
+        if self.restore() is None:  # no checkpoint yet: the fresh model's exchange, read anew
+            self._bind_exchange()
 
     # -- metrics ---------------------------------------------------------------------------
 

@@ -478,8 +478,9 @@ def test_partitions_handed_over_in_a_rebalance_take_their_learning_along_once(ka
     assert counted_in_updates(kafka_bootstrap, config.sync_topic_name) == len(first) + len(second)
 
 
+@pytest.mark.parametrize("checkpoint_every", [500, 10_000_000], ids=["checkpointed", "no_checkpoint_yet"])
 def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_relearned(
-    kafka_bootstrap, new_topic, tmp_path
+    kafka_bootstrap, new_topic, tmp_path, checkpoint_every
 ):
     """A worker frozen past the session timeout (a stopped process, a paused VM) is expelled; its
     partitions' new owner relearns what the update topic lacks of them. Thawed, the expelled
@@ -491,7 +492,7 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
     updates_topic = f"{names['input_topic']}-video-updates"
     options = [
         *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
-        *("--checkpoint-every-events", "500", "--checkpoint-interval-s", "3600"),
+        *("--checkpoint-every-events", str(checkpoint_every), "--checkpoint-interval-s", "3600"),
         *("--max-poll-records", "300", "--session-timeout-ms", "6000", "--no-shadow-baseline"),
     ]
     first, second = synthetic(2600, seed=96), synthetic(400, seed=97)
