@@ -24,8 +24,11 @@ rest is produced, and the survivors go on until the group has committed every of
   events produced; and how many viewers' watched lists are not exactly their stream, in order.
 
 A run named ``none`` does the same with ``--changelog-topic none`` (no handover: the survivors
-start the victim's viewers afresh), for comparison. Prints a table and writes
-``bench/results/handover.json``.
+start the victim's viewers afresh), for comparison. With ``--sync-every N`` the three workers are
+one model (``--sync-every N``, snapshots off), and the table adds the update topic's watch
+counts: the events whose learning reached the group, which must equal the events produced (the
+victim's learning since its last send is relearned by the survivor that takes its partitions).
+Prints a table and writes ``bench/results/handover.json``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from bench.results import write_results  # noqa: E402
 from consumer import changelog  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from model import viewer_state  # noqa: E402
+from model.replica import VideoUpdates  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
@@ -106,7 +110,7 @@ def committed_everything(options: dict, group: str, topic: str) -> bool:
         consumer.close()
 
 
-def run(connection, events: list, partitions: int, with_changelog: bool) -> dict:
+def run(connection, events: list, partitions: int, with_changelog: bool, sync_every: int = 0) -> dict:
     options = connection.client_options()
     admin = KafkaAdminClient(**options)
     topic = f"handover-bench-{uuid.uuid4().hex[:8]}"
@@ -133,6 +137,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool) -> dict
             # TTL (not by the handover) would start afresh and fail the exactly-once count.
             "--model-settings", "viewer_ttl=null,video_ttl=null",
             "--changelog-topic", "on" if with_changelog else "none",
+            *(["--sync-every", str(sync_every), "--snapshot-every-s", "0"] if sync_every else []),
         ]  # fmt: skip
         log = open(Path(folder) / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process below
         procs.append((subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
@@ -195,13 +200,23 @@ def run(connection, events: list, partitions: int, with_changelog: bool) -> dict
                 states[record.key.decode()] = viewer_state.decode(found).seen
         row["events_learned"] = sum(len(seen) for seen in states.values())
         row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
+    if sync_every:
+        counts = (VideoUpdates.from_bytes(r.value) for r in read_to_end(options, f"{topic}-video-updates"))
+        row["update_watches"] = int(
+            sum(u.table("watch_counts").sum() for u in counts if "watch_counts" in u.tables)
+        )
     restores = [
         line for i in range(WORKERS) for line in (Path(folder) / f"w{i}.log").read_text().splitlines()
     ]
-    row["restore_log"] = [line.split("msg=", 1)[1] for line in restores if "viewers restored from" in line]
+    row["restore_log"] = [
+        line.split("msg=", 1)[1]
+        for line in restores
+        if "viewers restored from" in line or "relearning" in line
+    ]
     shutil.rmtree(folder, ignore_errors=True)
     admin = KafkaAdminClient(**options)
     names = [topic, f"{topic}-recs", f"{topic}-dlq"] + ([f"{topic}-viewer-state"] if with_changelog else [])
+    names += [f"{topic}-video-updates"] if sync_every else []
     admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
     admin.close()
     return row
@@ -219,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--runs", default="changelog,none", help="changelog (the handover), none, or both")
+    parser.add_argument(
+        "--sync-every", type=int, default=0, help="the workers as one model (0: each its own)"
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/handover.json")
     args = parser.parse_args(argv)
     connection = connection_from(args)
@@ -232,13 +250,18 @@ def main(argv: list[str] | None = None) -> int:
             events = list(synth_events(viewers=2000, videos=3000, events=args.events, seed=1))
             source = f"synthetic, {args.events:,} events"
         rows = [
-            run(connection, events, args.partitions, run_name == "changelog")
+            run(connection, events, args.partitions, run_name == "changelog", args.sync_every)
             for run_name in args.runs.split(",")
         ]
-        print(f"\nkill -9 of one of {WORKERS} workers mid-stream: {source}, {args.partitions} partitions")
+        one_model = f", one model (--sync-every {args.sync_every})" if args.sync_every else ""
+        print(
+            f"\nkill -9 of one of {WORKERS} workers mid-stream: {source}, "
+            f"{args.partitions} partitions{one_model}"
+        )
         head = (
             f"{'handover':<11}{'restores':>9}{'restore s':>10}{'records':>9}{'viewers':>9}"
             f"{'kill->done s':>13}{'violating':>10}{'learned':>9}{'produced':>9}{'not once':>9}"
+            + (f"{'updates':>9}" if args.sync_every else "")
         )
         print(head)
         for r in rows:
@@ -250,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['viewers_violating_exclusion']:>7}/{r['viewers']:<3}"
                 f"{learned if learned is not None else '-':>8}{r['events']:>9,}"
                 f"{r.get('viewers_not_exactly_once', '-'):>9}"
+                + (f"{r['update_watches']:>9,}" if args.sync_every else "")
             )
         for r in rows:
             for line in r["restore_log"]:
