@@ -201,10 +201,8 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
         row["events_learned"] = sum(len(seen) for seen in states.values())
         row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
     if sync_every:
-        counts = (VideoUpdates.from_bytes(r.value) for r in read_to_end(options, f"{topic}-video-updates"))
-        row["update_watches"] = int(
-            sum(u.table("watch_counts").sum() for u in counts if "watch_counts" in u.tables)
-        )
+        updates = read_to_end(options, f"{topic}-video-updates")
+        row["update_watches"] = int(sum(VideoUpdates.from_bytes(r.value).watches for r in updates))
     restores = [
         line for i in range(WORKERS) for line in (Path(folder) / f"w{i}.log").read_text().splitlines()
     ]

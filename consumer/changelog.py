@@ -46,7 +46,7 @@ from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import InvalidPartitionsError, TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
-from consumer.clients import close_quietly, make_reader
+from consumer.clients import close_quietly, make_reader, read_between
 from consumer.config import ServiceConfig
 from consumer.intake import decode as decode_events
 from consumer.logs import fields
@@ -252,32 +252,24 @@ class ViewerChangelog:
         records = skipped = 0
         try:
             partitions = [TopicPartition(self.topic, p) for p in sorted(upto)]
-            reader.assign(partitions)
-            reader.seek_to_beginning(*partitions)
             ends = reader.end_offsets(partitions)
-            deadline = time.monotonic() + timeout_s
-            remaining = [tp for tp in partitions if reader.position(tp) < ends[tp]]
-            while remaining:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.topic}: not read to its end {ends} in {timeout_s} s")
-                for tp, batch in reader.poll(timeout_ms=200, max_records=50_000).items():
-                    limit = upto[tp.partition]
-                    for r in batch:
-                        records += 1
-                        try:
-                            record = decode(r.value)
-                        except ValueError as err:
-                            skipped += 1
-                            log.error(
-                                "unreadable viewer-state record skipped",
-                                extra=fields(partition=tp.partition, offset=r.offset, error=err),
-                            )
-                            continue
-                        if record.through > limit:
-                            skipped += 1  # a poll that was never committed: its events come again
-                            continue
-                        latest[r.key.decode()] = record
-                remaining = [tp for tp in remaining if reader.position(tp) < ends[tp]]
+            for tp, batch in read_between(reader, {}, ends, timeout_s, max_records=50_000):
+                limit = upto[tp.partition]
+                for r in batch:
+                    records += 1
+                    try:
+                        record = decode(r.value)
+                    except ValueError as err:
+                        skipped += 1
+                        log.error(
+                            "unreadable viewer-state record skipped",
+                            extra=fields(partition=tp.partition, offset=r.offset, error=err),
+                        )
+                        continue
+                    if record.through > limit:
+                        skipped += 1  # a poll that was never committed: its events come again
+                        continue
+                    latest[r.key.decode()] = record
         finally:
             close_quietly(reader)
         return Restored(latest, records, skipped, time.perf_counter() - started)
@@ -311,31 +303,18 @@ def watches_between(
     """Each viewer's watches, ``(offset, video)`` in offset order, in the input partitions' offset
     ``ranges`` (partition -> ``(first, end)``, end excluded), read_committed; records that are
     not valid events are left out (they were dead-lettered, never learned)."""
-    reader = make_reader(config, "relearn")
+    spans = {TopicPartition(config.input_topic, p): span for p, span in ranges.items() if span[0] < span[1]}
     watches: dict[str, list[tuple[int, str]]] = {}
+    if not spans:
+        return watches
+    reader = make_reader(config, "relearn")
     try:
-        wanted = {
-            TopicPartition(config.input_topic, p): span for p, span in ranges.items() if span[0] < span[1]
-        }
-        if not wanted:
-            return watches
-        reader.assign(list(wanted))
-        for tp, (first, _) in wanted.items():
-            reader.seek(tp, first)
-        deadline = time.monotonic() + timeout_s
-        remaining = set(wanted)
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"{config.input_topic}: {sorted(wanted.values())} not read in {timeout_s} s"
-                )
-            for tp, batch in reader.poll(timeout_ms=200).items():
-                end = wanted[tp][1]
-                inside = [r for r in batch if r.offset < end]
-                intake = decode_events(inside)
-                for event, (_, offset, _) in zip(intake.events, intake.origins, strict=True):
-                    watches.setdefault(event.viewer, []).append((offset, event.video))
-            remaining = {tp for tp in remaining if reader.position(tp) < wanted[tp][1]}
+        starts = {tp: first for tp, (first, _) in spans.items()}
+        ends = {tp: end for tp, (_, end) in spans.items()}
+        for tp, batch in read_between(reader, starts, ends, timeout_s):
+            intake = decode_events([r for r in batch if r.offset < ends[tp]])
+            for event, (_, offset, _) in zip(intake.events, intake.origins, strict=True):
+                watches.setdefault(event.viewer, []).append((offset, event.video))
     finally:
         close_quietly(reader)
     return watches
@@ -353,21 +332,22 @@ def rewind(
         videos = [video for offset, video in watches.get(viewer, ()) if offset < record.through]
         if not videos:
             continue
-        states = {}
-        for name, data in record.models.items():
-            try:
-                back = viewer_state.rewound(viewer_state.decode(data), videos)
-            except ValueError:  # a model whose state is not a viewer_state: nothing to rewind
-                back = None
-            if back is None:
-                break
-            states[name] = viewer_state.encode(back)
-        else:
-            record.models.update(states)
-            done += 1
+        states = {name: _rewound(data, videos) for name, data in record.models.items()}
+        if None in states.values():
+            left += 1
             continue
-        left += 1
+        record.models.update(states)
+        done += 1
     return done, left
+
+
+def _rewound(data: bytes, videos: list[str]) -> bytes | None:
+    """One model's viewer state without its last ``videos``; ``None`` if it cannot be."""
+    try:
+        back = viewer_state.rewound(viewer_state.decode(data), videos)
+    except ValueError:  # a model whose state is not a viewer_state: nothing to rewind
+        return None
+    return None if back is None else viewer_state.encode(back)
 
 
 def _nothing(_viewer: str) -> None:

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
 
 from consumer.backoff import retry
 from consumer.config import ServiceConfig
@@ -25,6 +27,7 @@ __all__ = [
     "make_producer_options",
     "make_consumer",
     "make_reader",
+    "read_between",
     "close_quietly",
     "BOOTSTRAP_TIMEOUT_MS",
 ]
@@ -165,6 +168,35 @@ def make_reader(config: ServiceConfig, role: str, isolation_level: str = "read_c
     )
     no_auto_create(reader)
     return reader
+
+
+def read_between(
+    reader: KafkaConsumer,
+    starts: Mapping[TopicPartition, int | None],
+    ends: Mapping[TopicPartition, int],
+    timeout_s: float,
+    max_records: int | None = None,
+) -> Iterator[tuple[TopicPartition, list]]:
+    """Assign ``reader`` the partitions of ``ends``, each from ``starts[tp]`` (``None``: its
+    beginning), and yield ``(partition, records)`` batch by batch until every one's position
+    has reached ``ends[tp]`` (a batch may run past it: the caller decides); ``TimeoutError``
+    after ``timeout_s``."""
+    partitions = list(ends)
+    reader.assign(partitions)
+    for tp in partitions:
+        first = starts.get(tp)
+        if first is None:
+            reader.seek_to_beginning(tp)
+        else:
+            reader.seek(tp, first)
+    deadline = time.monotonic() + timeout_s
+    remaining = [tp for tp in partitions if reader.position(tp) < ends[tp]]
+    while remaining:
+        if time.monotonic() > deadline:
+            topics = sorted({tp.topic for tp in partitions})
+            raise TimeoutError(f"{', '.join(topics)}: not read up to {dict(ends)} in {timeout_s} s")
+        yield from reader.poll(timeout_ms=200, max_records=max_records).items()
+        remaining = [tp for tp in remaining if reader.position(tp) < ends[tp]]
 
 
 def close_quietly(*clients: KafkaProducer | KafkaConsumer | None) -> None:

@@ -417,6 +417,12 @@ class VideoUpdates:
         values = self.tables[name]
         return dequantize_rows(values, self.scales[name]) if name in self.scales else values
 
+    @property
+    def watches(self) -> float:
+        """How many watch events' learning the updates carry: their watch counts, summed (one
+        per event learned; 0 when they carry no counts)."""
+        return float(self.table("watch_counts").sum()) if "watch_counts" in self.tables else 0.0
+
     def to_bytes(self) -> bytes:
         """The updates as one record value: a small JSON header naming each array (dtype, shape,
         where it starts) and the arrays' bytes after it (no pickle, no zip: one copy of each)."""

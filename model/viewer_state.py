@@ -93,13 +93,8 @@ def rewound(state: ViewerState, videos: list[str]) -> ViewerState | None:
     recent = list(reversed(videos))[:slots]
     if state.history[: len(recent)] != recent:
         return None
-    kept = state.history[watches:] if watches < slots else []
-    weights = state.history_weights()[watches:] if watches < slots else np.zeros(0, np.float32)
-    empty = slots - len(kept)
+    kept, empty = state.history[watches:], min(watches, slots)  # the older slots move up
+    weights = np.concatenate([state.history_weights()[watches:], np.zeros(empty, np.float32)])
     return ViewerState(
-        state.format,
-        state.last_seen,
-        kept + [""] * empty,
-        np.concatenate([weights, np.zeros(empty, np.float32)]).astype(np.float32).tobytes(),
-        state.seen[:-watches],
+        state.format, state.last_seen, kept + [""] * empty, weights.tobytes(), state.seen[:-watches]
     )
