@@ -59,6 +59,7 @@ from bench.brokers import add_broker_arguments, connection_from, local_broker, m
 from bench.group import scrape  # noqa: E402  (a worker's /metrics, summed by name)
 from bench.results import write_results  # noqa: E402
 from consumer import changelog  # noqa: E402
+from consumer.sync import admitted  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from model import viewer_state  # noqa: E402
 from model.replica import VideoUpdates  # noqa: E402
@@ -202,7 +203,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
         row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
     if sync_every:
         updates = read_to_end(options, f"{topic}-video-updates")
-        row["update_watches"] = int(sum(VideoUpdates.from_bytes(r.value).watches for r in updates))
+        row["update_watches"] = int(sum(VideoUpdates.from_bytes(r.value).watches for r in admitted(updates)))
     restores = [
         line for i in range(WORKERS) for line in (Path(folder) / f"w{i}.log").read_text().splitlines()
     ]

@@ -287,6 +287,9 @@ class StreamrecService:
         # commits in flight were sent; and a checkpoint the revocation could not write.
         self._rebalanced = False
         self._checkpoint_after_poll = False
+        # The group gave partitions in this poll (not a rollback positioning them again): the
+        # generation this worker holds is fresh, so it may fence older ones off.
+        self._joined = False
         # Another process took over this worker's transactional id: nothing more can be sent.
         self._fenced = False
         # Partitions were lost (expelled from the group) holding unsent learning: rolled back
@@ -534,6 +537,7 @@ class StreamrecService:
         old = self.exchange
         replica = VideoReplica(self.model, self.config.sync_precision)
         exchange = UpdateExchange(self.config, replica, metrics=self.metrics)
+        exchange.generation = self._generation
         if saved is not None and saved.exists():
             exchange.load_arrays(read_npz(saved, ValueError))
         if old is not None:
@@ -541,6 +545,11 @@ class StreamrecService:
             if self._publisher is not None:
                 exchange.connect()  # a rollback while serving: read again from the saved offsets
         self.exchange = exchange
+
+    def _generation(self) -> int:
+        """The group generation this worker's consumer holds (-1 outside the group): the update
+        records it sends name it, and a partition's new owner fences off older ones."""
+        return self._consumer.group_metadata().generation_id if self._consumer is not None else -1
 
     def _exchange(self, idle: bool) -> None:
         """Apply the peers' updates that arrived; when idle, send what waited long enough (a
@@ -735,6 +744,7 @@ class StreamrecService:
         # not allowed: pause the partitions and position them right after the poll.
         self._rebalanced = True
         if assigned:
+            self._joined = True
             self.ledger.assigned(assigned)
             self._consumer.pause(*assigned)
 
@@ -757,7 +767,14 @@ class StreamrecService:
         if self.exchange is not None and any(s.source != "checkpoint" for s in starts.values()):
             # The previous owner's last updates may still be unread here: a crash between its
             # send and its commit left learning of events past its commit in the update topic.
+            # The fence first: what the previous owner sends from now on (expelled alive, not
+            # dead) every reader drops, so what is read to here is all the group keeps of it.
+            # Only with a generation just given: after a rollback this worker may be the one
+            # expelled, still unaware, and its fence would lower the group's.
+            if self._joined:
+                self._send_unattached([self.exchange.fence_message()])
             self.exchange.read_to_end()
+        self._joined = False
         relearn = self._unsent_by_previous_owner(taken_over)
         for tp in starts:
             if tp.partition in relearn:

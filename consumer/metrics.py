@@ -535,6 +535,12 @@ class ServiceMetrics:
             ["step"],
             **kw,
         )
+        self.sync_fenced = Counter(
+            "streamrec_sync_fenced_records",
+            "Update records dropped as sent under an older group generation than the last fence "
+            "(by a worker expelled meanwhile; its partitions' new owners relearn that learning).",
+            **kw,
+        )
         for direction in SYNC_DIRECTIONS:
             for counter in (self.sync_records, self.sync_bytes, self.sync_videos):
                 counter.labels(direction)
@@ -772,6 +778,10 @@ class ServiceMetrics:
         self.sync_seconds.labels("apply").inc(apply_s)
         self.sync_lag.labels(peer).set(max(0.0, time.time() - sent_at))
         self.sync_peer_time.labels(peer).set(sent_at)
+
+    def record_sync_fenced(self, sender: str) -> None:
+        """An update record of ``sender`` dropped by the generation fence (``consumer.sync``)."""
+        self.sync_fenced.inc()
 
     def record_snapshot(self, outcome: str, size_bytes: int = 0) -> None:
         """A snapshot published (its bytes), deferred or failed."""

@@ -100,6 +100,9 @@ class Manifest:
     offsets: dict[int, int]
     chunks: list[ChunkRef]
     videos: int
+    #: The generation fence as of ``offsets`` (:class:`consumer.sync.GenerationFence`): a reader
+    #: starting there drops the records its peers drop.
+    fence: int = -1
 
     def to_bytes(self) -> bytes:
         body = asdict(self) | {"format": _FORMAT, "offsets": {str(p): o for p, o in self.offsets.items()}}
@@ -119,22 +122,29 @@ class Manifest:
                 offsets={int(p): int(o) for p, o in body["offsets"].items()},
                 chunks=[ChunkRef(str(c["key"]), int(c["size"]), int(c["crc32"])) for c in body["chunks"]],
                 videos=int(body["videos"]),
+                fence=int(body.get("fence", -1)),  # absent in manifests before 2026-11-30
             )
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"not a snapshot manifest: {err}") from None
 
 
 def snapshot_messages(
-    topic: str, worker: str, slot: int, updates: VideoUpdates, offsets: dict[int, int], budget: int
+    topic: str,
+    worker: str,
+    slot: int,
+    updates: VideoUpdates,
+    offsets: dict[int, int],
+    budget: int,
+    fence: int = -1,
 ) -> tuple[list[Message], Message, Manifest]:
     """The chunk records of ``updates`` (each within ``budget`` bytes) and the manifest record
-    to send once they are all acknowledged."""
+    to send once they are all acknowledged; ``fence``: the generation fence as of ``offsets``."""
     snapshot_id = uuid.uuid4().hex
     values = updates.records(budget)
     headers = [(SNAPSHOT_HEADER, snapshot_id.encode())]
     refs = [ChunkRef(f"chunk/{worker}/{slot}/{i}", len(v), zlib.crc32(v)) for i, v in enumerate(values)]
     chunks = [(topic, ref.key.encode(), value, headers) for ref, value in zip(refs, values, strict=True)]
-    manifest = Manifest(snapshot_id, worker, time.time(), dict(offsets), refs, len(updates))
+    manifest = Manifest(snapshot_id, worker, time.time(), dict(offsets), refs, len(updates), fence)
     return chunks, (topic, f"manifest/{worker}/{slot}".encode(), manifest.to_bytes(), headers), manifest
 
 

@@ -20,6 +20,16 @@ or served again after a crash between a send and the poll's commit, its own or t
 previous owner's) and takes them as agreed, not sent twice; the rest it learns as unsent, so a
 restarted worker's last polls, committed after its last send, reach the peers after all.
 
+**Fenced by the group's generation.** A worker expelled alive (frozen past the session timeout,
+then thawed) may send updates after its partitions' new owner decided, from the update topic,
+what to relearn of them: learned twice. So every update record names the group generation its
+sender held (:data:`GENERATION_HEADER`), and a worker that takes partitions over first sends a
+*fence* record naming its own, newer generation, and reads the topic past it before deciding.
+Every reader drops the records sent under a generation older than the last fence before them
+(:class:`GenerationFence`): they all read the one partition in the same order, so they all drop
+the same records, the new owner's decision included. Kafka's own producer epochs fence zombies
+the same way; ``--exactly-once`` has those too (an expelled worker's transaction is refused).
+
 A worker that joins later with nothing saved starts from the newest snapshot of the group's
 video state (:mod:`consumer.snapshot`, ``--snapshot-every-s``) and reads the topic from the
 offsets the snapshot covers; without snapshots it reads the topic from its start (the updates
@@ -37,6 +47,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 import numpy as np
@@ -50,7 +61,16 @@ from consumer.publish import Message
 from consumer.snapshot import OwnRecords, Snapshot, read_snapshot, snapshot_messages
 from model.replica import VideoReplica, VideoUpdates
 
-__all__ = ["UpdateExchange", "UPDATE_HEADER", "THROUGH_HEADER", "Through", "RECORD_BUDGET"]
+__all__ = [
+    "GENERATION_HEADER",
+    "GenerationFence",
+    "RECORD_BUDGET",
+    "THROUGH_HEADER",
+    "Through",
+    "UPDATE_HEADER",
+    "UpdateExchange",
+    "admitted",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +78,10 @@ log = logging.getLogger(__name__)
 UPDATE_HEADER = "streamrec.worker"
 #: The header saying how far the sender's learning goes: a :class:`Through`, JSON.
 THROUGH_HEADER = "streamrec.through"
+#: The header naming the group generation the sender held when it sent (ASCII digits).
+GENERATION_HEADER = "streamrec.generation"
+#: The header marking a fence record: no updates, only a new generation (value ``b""``).
+FENCE_HEADER = "streamrec.fence"
 #: Bytes per update record: under the 1 MB a Kafka producer and broker accept by default.
 RECORD_BUDGET = 900_000
 #: A peer whose last update applied is older than this no longer counts in the group's size.
@@ -92,6 +116,60 @@ _through_encoder = msgspec.json.Encoder()
 _through_decoder = msgspec.json.Decoder(Through)
 
 
+class GenerationFence:
+    """Which update records count, read in the topic's order: a fence record raises the fence
+    to its generation; a record sent under an older generation than the fence is dropped (its
+    sender had been expelled, and its partitions' new owner relearns what it had not sent
+    before the fence). A lower fence replaces a higher one: a group deleted and made again
+    (empty longer than the offsets' retention) counts its generations from 1 again.
+
+    >>> fence = GenerationFence()
+    >>> fence.admits({GENERATION_HEADER: b"3"})
+    True
+    >>> fence.admits({GENERATION_HEADER: b"4", FENCE_HEADER: b""})  # a fence: nothing to apply
+    False
+    >>> fence.admits({GENERATION_HEADER: b"3"}), fence.admits({GENERATION_HEADER: b"4"})
+    (False, True)
+    >>> fence.admits({})  # sent by a version that did not say
+    True
+    """
+
+    def __init__(self, generation: int = -1) -> None:
+        self.generation = generation
+        #: Records dropped as sent under an older generation.
+        self.dropped = 0
+
+    def admits(self, headers: dict[str, bytes]) -> bool:
+        """Whether a record with ``headers``, the next in the topic, is applied (fences are not)."""
+        found = headers.get(GENERATION_HEADER)
+        if found is None:
+            return True
+        generation = int(found)
+        if FENCE_HEADER in headers:
+            if generation >= 0:  # a fence sent while its sender was out of the group fences nothing
+                self.generation = generation
+            return False
+        if generation < self.generation:
+            self.dropped += 1
+            return False
+        return True
+
+    @staticmethod
+    def fence_headers(worker: str, generation: int) -> list[tuple[str, bytes]]:
+        return [
+            (UPDATE_HEADER, worker.encode()),
+            (GENERATION_HEADER, str(generation).encode()),
+            (FENCE_HEADER, b""),
+        ]
+
+
+def admitted(records: Iterable, fence: GenerationFence | None = None) -> Iterator:
+    """The update records (in the topic's order) that a reader applies: neither fences nor sent
+    under a generation older than the fence before them."""
+    fence = fence if fence is not None else GenerationFence()
+    return (record for record in records if fence.admits(dict(record.headers or ())))
+
+
 class UpdateExchange:
     """This worker's side of the update topic: what to send, and its peers' updates to apply."""
 
@@ -113,6 +191,11 @@ class UpdateExchange:
         #: Per input partition, the farthest ``through`` of the update records read (this
         #: worker's and its peers'): below it, the partition's learning is in the update topic.
         self.sent_through: dict[int, int] = {}
+        #: The group generation this worker holds (the service sets it to ask its consumer):
+        #: every record it sends names it.
+        self.generation: Callable[[], int] = lambda: -1
+        #: The update records read so far in the topic's order decide which count.
+        self.fence = GenerationFence()
         #: Whether the last own record read ends its send (a kill within a split send does not).
         self._own_send_complete = True
         self._taken_at = time.monotonic()
@@ -261,6 +344,10 @@ class UpdateExchange:
                 self.read += 1
                 headers = dict(record.headers or ())
                 sender = headers.get(UPDATE_HEADER, b"").decode()
+                if not self.fence.admits(headers):
+                    if FENCE_HEADER not in headers:
+                        self._fenced_off(sender, headers, tp.partition, record.offset)
+                    continue
                 self._note_through(headers, own=sender == self.worker)
                 if sender == self.worker:
                     self.own.seen(headers)
@@ -288,6 +375,30 @@ class UpdateExchange:
                     )
         self.applied += applied
         return applied
+
+    def _fenced_off(self, sender: str, headers: dict[str, bytes], partition: int, offset: int) -> None:
+        """A record sent under an older generation than the last fence: its sender had been
+        expelled, and the partitions' new owners relearn what it had not sent before the fence."""
+        if sender == self.worker:
+            self.own.seen(headers)  # this incarnation's, sent while expelled: rolled back here too
+        log.warning(
+            "update record dropped: sent under an older group generation, by a worker expelled since",
+            extra=fields(
+                sender=sender,
+                generation=int(headers[GENERATION_HEADER]),
+                fence=self.fence.generation,
+                partition=partition,
+                offset=offset,
+            ),
+        )
+        if self.metrics is not None:
+            self.metrics.record_sync_fenced(sender)
+
+    def fence_message(self) -> Message:
+        """The fence record a worker sends before it decides what to relearn of partitions it
+        took over (:class:`GenerationFence`)."""
+        headers = GenerationFence.fence_headers(self.worker, self.generation())
+        return (self.topic, self.worker.encode(), b"", headers)
 
     def _note_through(self, headers: dict[str, bytes], own: bool) -> None:
         found = headers.get(THROUGH_HEADER)
@@ -332,13 +443,19 @@ class UpdateExchange:
         self.unsent = 0
         self._taken_at = time.monotonic()
         key, sender = self.worker.encode(), (UPDATE_HEADER, self.worker.encode())
+        generation = (GENERATION_HEADER, str(self.generation()).encode())
         through = dict(self.through)
         messages = [
             (
                 self.topic,
                 key,
                 record,
-                [sender, (THROUGH_HEADER, Through(through, i, len(records)).encode()), *self.own.stamp()],
+                [
+                    sender,
+                    generation,
+                    (THROUGH_HEADER, Through(through, i, len(records)).encode()),
+                    *self.own.stamp(),
+                ],
             )
             for i, record in enumerate(records)
         ]
@@ -388,6 +505,7 @@ class UpdateExchange:
         for part in snapshot.parts:
             self.replica.apply(part)
         self.offsets = dict(snapshot.manifest.offsets)
+        self.fence = GenerationFence(snapshot.manifest.fence)
         self.started_from = snapshot
         seconds = time.perf_counter() - started
         log.info(
@@ -450,7 +568,13 @@ class UpdateExchange:
             )
         updates = self.replica.snapshot()
         chunks, manifest, described = snapshot_messages(
-            self.snapshot_topic, self.worker, self._snapshot_slot, updates, positions, RECORD_BUDGET
+            self.snapshot_topic,
+            self.worker,
+            self._snapshot_slot,
+            updates,
+            positions,
+            RECORD_BUDGET,
+            self.fence.generation,
         )
         self._snapshot_slot ^= 1
         self._snapshot_sent_offsets = dict(positions)
@@ -491,6 +615,7 @@ class UpdateExchange:
         return self.replica.to_arrays() | {
             "update_partitions": np.array(partitions, dtype=np.int64),
             "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
+            "update_fence": np.array(self.fence.generation, dtype=np.int64),
             "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
         }
 
@@ -499,6 +624,8 @@ class UpdateExchange:
         self.replica.load_arrays(arrays)
         partitions = arrays["update_partitions"].tolist()
         self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
+        if "update_fence" in arrays:  # the fence as of those offsets (absent before 2026-11-30)
+            self.fence = GenerationFence(int(arrays["update_fence"]))
         # The peers heard from before the checkpoint: a replay weighs its steps as they were.
         now = time.monotonic()
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}

@@ -23,6 +23,7 @@ from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from consumer.snapshot import ChunkRef, Manifest
+from consumer.sync import admitted
 from model import viewer_state
 from model.replica import SHARED_TABLES, VideoUpdates
 from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
@@ -289,8 +290,9 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
 
 def counted_in_updates(bootstrap: str, topic: str) -> float:
     """The watches the update topic carries, summed over every record a peer would apply
-    (``watch_counts`` adds one per event learned): the events whose learning reached the peers."""
-    return sum(VideoUpdates.from_bytes(record.value).watches for record in read_topic(bootstrap, topic))
+    (``watch_counts`` adds one per event learned): the events whose learning reached the peers.
+    Records the generation fence drops are not applied by any worker, so not counted."""
+    return sum(VideoUpdates.from_bytes(r.value).watches for r in admitted(read_topic(bootstrap, topic)))
 
 
 @pytest.mark.parametrize(
@@ -525,3 +527,48 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
                 service.proc.send_signal(signal.SIGCONT)
                 service.kill()
     assert counted_in_updates(kafka_bootstrap, updates_topic) == total
+
+
+def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropped_by_every_reader(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker frozen in the middle of a backlog, past the session timeout, is expelled while
+    busy: thawed, it finishes the poll it was in and sends its updates before any poll tells it
+    that its partitions are gone, and a send in flight when it froze lands late. Those records
+    name the group generation it held; the partitions' new owner sent a fence naming a newer
+    one before deciding what to relearn, so every reader drops them. The update topic's watch
+    counts, read as a worker reads them, add up to the events produced, not more."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    updates_topic = f"{names['input_topic']}-video-updates"
+    options = [
+        *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
+        *("--checkpoint-every-events", "5000", "--checkpoint-interval-s", "3600"),
+        *("--session-timeout-ms", "6000", "--no-shadow-baseline"),
+    ]
+    events = synthetic(30_000, seed=98)
+    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    busy = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
+    other = None
+    try:
+        assert wait_for(lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) >= 3000, 120), (
+            tail_of(busy)
+        )
+        busy.proc.send_signal(signal.SIGSTOP)
+        frozen_at = committed_total(kafka_bootstrap, group, names["input_topic"])
+        assert frozen_at < len(events) - 5000, "the backlog was learned before the freeze: proves nothing"
+        other = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "b.log", "b", options)
+        assert wait_for(lambda: "partition assigned" in other.log(), 120), tail_of(other)
+        busy.proc.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: "partitions lost" in busy.log(), 120), tail_of(busy)
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == len(events), 180
+        ), (tail_of(busy), tail_of(other))
+        assert busy.stop() == 0, tail_of(busy)
+        assert other.stop() == 0, tail_of(other)
+    finally:
+        for service in (busy, other):
+            if service is not None and service.alive:
+                service.proc.send_signal(signal.SIGCONT)
+                service.kill()
+    assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
