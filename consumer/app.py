@@ -84,17 +84,17 @@ from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError, Unsu
 from kafka.structs import TopicPartition
 
 from consumer.arms import Arm, Arms
-from consumer.backoff import Interrupted
+from consumer.backoff import Interrupted, retry
 from consumer.changelog import ViewerChangelog, install, rewind, watches_between
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
-from consumer.clients import close_quietly, connect
+from consumer.clients import close_abandoned, close_quietly, connect, make_producer
 from consumer.config import ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger, Start
 from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
-from consumer.publish import Message, Publisher, fenced
+from consumer.publish import Message, Publisher, TransactionTimedOut, fenced
 from consumer.sync import UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
@@ -287,6 +287,8 @@ class StreamrecService:
         # commits in flight were sent; and a checkpoint the revocation could not write.
         self._rebalanced = False
         self._checkpoint_after_poll = False
+        # A transaction found timed out in a rebalance callback, raised by the loop.
+        self._expired: TransactionTimedOut | None = None
         # The group gave partitions in this poll (not a rollback positioning them again): the
         # generation this worker holds is fresh, so it may fence older ones off.
         self._joined = False
@@ -383,17 +385,10 @@ class StreamrecService:
         )
         try:
             while not self._stop.is_set():
-                polled = self._poll()
-                if self.exchange is not None:
-                    self._exchange(idle=not polled)
-                if polled:
-                    self.process(polled)
-                    self.batches += 1
-                if self.ledger.due() and self._settle(wait=True):
-                    started = time.perf_counter()
-                    self._checkpoint_all_sent()
-                    self.stage_seconds["checkpoint"] += time.perf_counter() - started
-                self._report_lag()
+                try:
+                    self._step()
+                except TransactionTimedOut as err:
+                    self._renew_producer(err)
                 if max_batches is not None and self.batches >= max_batches:
                     break
         except KafkaError as err:
@@ -409,6 +404,43 @@ class StreamrecService:
             ) from None
         finally:
             self._shutdown()
+
+    def _step(self) -> None:
+        """One turn of the loop: poll, apply the peers' updates, learn and publish, checkpoint."""
+        if self._expired is not None:  # found in a rebalance callback, which cannot raise it
+            raise self._expired
+        polled = self._poll()
+        if self.exchange is not None:
+            self._exchange(idle=not polled)
+        if polled:
+            self.process(polled)
+            self.batches += 1
+        if self.ledger.due() and self._settle(wait=True):
+            started = time.perf_counter()
+            self._checkpoint_all_sent()
+            self.stage_seconds["checkpoint"] += time.perf_counter() - started
+        self._report_lag()
+
+    def _renew_producer(self, err: TransactionTimedOut) -> None:
+        """The brokers aborted a transaction this worker left open too long (it stalled) and
+        fenced its producer: a new producer, and back to the last checkpoint, as for a refused
+        commit. Stopping instead would name the wrong cause (another process of this name)."""
+        log.warning(
+            "transaction timed out: this worker stalled; a new producer, back to the last checkpoint",
+            extra=fields(error=err),
+        )
+        self._expired = None
+        close_abandoned(self._producer)
+        self._producer = retry(
+            lambda: make_producer(self.config), message="Kafka unreachable; retrying", wait=self._stop.wait
+        )
+        self._publisher = Publisher(
+            self._producer,
+            self._consumer,
+            self.config.exactly_once,
+            latest_wins=frozenset({self.config.output_topic}),
+        )
+        self._rollback(err)
 
     def _connect(self) -> None:
         try:
@@ -435,6 +467,10 @@ class StreamrecService:
                 self.checkpoint()
             elif self.exchange is not None and self.store is not None and self.exchange.sent:
                 self.checkpoint()  # the agreed state moved with the last updates sent
+        except TransactionTimedOut as err:  # stalled on the way out: a restart rolls back
+            log.warning(
+                "transaction timed out while stopping; the last checkpoint stands", extra=fields(error=err)
+            )
         finally:
             self._release()
 
@@ -894,11 +930,15 @@ class StreamrecService:
             # Their learning reaches the peers before they move, under through offsets that say
             # so: a partition's new owner relearns what the update topic lacks of it (what a
             # killed worker never sent), so learning held back here would be learned twice.
-            self._send_unattached(self.exchange.outgoing(force=True))
+            try:
+                self._send_unattached(self.exchange.outgoing(force=True))
+            except TransactionTimedOut as err:  # kafka-python would swallow it: the loop raises it
+                self._expired = err
         self._let_go(revoked)
         if revoked:
             log.info("partitions revoked", extra=fields(partitions=sorted(tp.partition for tp in revoked)))
-            self._checkpoint_once_settled()
+            if self._expired is None:  # else rolled back to the last checkpoint instead
+                self._checkpoint_once_settled()
 
     def _on_lost(self, lost: Sequence[TopicPartition]) -> None:
         """Expelled from the group (its session expired: the process was frozen, or cut off from
@@ -1280,7 +1320,7 @@ class StreamrecService:
             self.ledger.delivered(poll)
         return True
 
-    def _rollback(self, err: CommitFailedError) -> None:
+    def _rollback(self, err: CommitFailedError | TransactionTimedOut) -> None:
         """Go back to the last checkpoint after a poll whose offsets could not be committed.
 
         The model has learned a poll no commit covers, and the last checkpoint agrees with the

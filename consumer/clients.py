@@ -209,6 +209,21 @@ def close_quietly(*clients: KafkaProducer | KafkaConsumer | None) -> None:
                 log.debug("close failed", exc_info=True)
 
 
+def close_abandoned(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
+    """Close a producer whose transaction the brokers aborted, batches and all, and make sure its
+    IO thread stops: left running, it bumps the epoch of the transactional id the new producer
+    shares (fencing it, again and again). kafka-python 3.0's ``close`` raises from its first
+    step, a flush, when batches cannot complete, and never stops the thread then."""
+    try:
+        producer.close(timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - any failure here leaves the same thread to stop
+        log.debug("close failed; forcing the producer's IO thread to stop", exc_info=True)
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+            sender.join(timeout_s)
+
+
 def connect(
     config: ServiceConfig, listener: ConsumerRebalanceListener, wait: Callable[[float], bool]
 ) -> tuple[KafkaProducer, KafkaConsumer]:

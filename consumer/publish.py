@@ -24,7 +24,11 @@ keeping the service's delivery guarantee in one of two modes:
   rolls back;
 * **exactly once** (``exactly_once``): the poll's messages and offsets commit in one Kafka
   transaction, begun by its first ``send``; readers with ``isolation_level=read_committed`` see
-  each list once.
+  each list once. A transaction left open past the producer's transaction timeout (the process
+  stalled: a long pause, a frozen VM) is aborted by the brokers, which fence the producer for
+  good with the same error as a second process of this worker's name would:
+  :class:`TransactionTimedOut` tells the two apart by the transaction's age, and the service
+  makes a new producer and rolls back instead of stopping.
 
 Sending is cheap because the partition of every message is computed for the whole batch at once
 (:func:`consumer.partitioner.partitions`, Kafka's default murmur2 partitioning, so each key lands
@@ -53,7 +57,7 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from consumer.backoff import retry
 from consumer.partitioner import partitions
 
-__all__ = ["Message", "Publisher", "NotAcknowledged"]
+__all__ = ["Message", "Publisher", "NotAcknowledged", "TransactionTimedOut"]
 
 #: One record to publish: topic, key, value, headers; and, optionally, a fifth element, the
 #: partition (a changelog co-partitioned with the input, :mod:`consumer.changelog`).
@@ -77,6 +81,14 @@ class NotAcknowledged(KafkaError):
     """Some messages of a poll were not acknowledged by the brokers; they are sent again."""
 
     retriable = True
+
+
+class TransactionTimedOut(KafkaError):
+    """The brokers aborted this worker's transaction, open longer than the transaction timeout
+    (the process stalled), and fenced its producer: nothing of the transaction is committed, and
+    the producer can do nothing more. The service makes a new one and rolls back to its last
+    checkpoint, as for a refused commit (not a ``CommitFailedError``: a rollback alone would
+    keep the dead producer)."""
 
 
 class Publisher:
@@ -103,6 +115,10 @@ class Publisher:
         self.seconds = {"publish": 0.0, "acknowledge": 0.0, "commit": 0.0}
         self._sent: list[tuple[Message, object]] = []
         self._in_transaction = False
+        # When (monotonic s) the open transaction began, and whether one outlived the timeout.
+        self._began = 0.0
+        self._timed_out = False
+        self._transaction_timeout_s = producer.config.get("transaction_timeout_ms", 60_000) / 1000
         # Delivered polls whose commit is not confirmed yet (sequence, offsets), and the
         # commits in flight, oldest first.
         self._delivered: deque[tuple[int, dict]] = deque()
@@ -119,11 +135,37 @@ class Publisher:
         if not messages:
             return
         started = time.perf_counter()
-        if self.exactly_once and not self._in_transaction:
-            self.producer.begin_transaction()
-            self._in_transaction = True
-        self._sent.extend(self._send(messages))
+        try:
+            if self.exactly_once and not self._in_transaction:
+                self._begin()
+            self._sent.extend(self._send(messages))
+        except KafkaError as err:
+            raised = self._timeout_or(err)
+            if raised is err:
+                raise
+            raise raised from err
         self.seconds["publish"] += time.perf_counter() - started
+
+    def _begin(self) -> None:
+        self.producer.begin_transaction()
+        self._in_transaction = True
+        self._began = time.monotonic()
+
+    def _timeout_or(self, err: KafkaError) -> KafkaError:
+        """``err``, or :class:`TransactionTimedOut` when it ends a transaction open longer than
+        the timeout (or comes from a producer already found so). The brokers have aborted such a
+        transaction whatever the error says: kafka-python reports it as the producer fenced
+        (``ProducerFencedError``, for good), or bumps the epoch itself after
+        ``InvalidProducerEpochError`` and then refuses the transaction's next call
+        (``IllegalStateError``)."""
+        stalled = self._in_transaction and time.monotonic() - self._began > self._transaction_timeout_s
+        if self._timed_out or stalled:
+            self._timed_out = True
+            return TransactionTimedOut(
+                f"the transaction stayed open past the {self._transaction_timeout_s:g} s transaction "
+                f"timeout and the brokers aborted it ({type(err).__name__})"
+            )
+        return err
 
     def _send(self, messages: Sequence[Message]) -> list[tuple[Message, object]]:
         producer = self.producer
@@ -249,25 +291,38 @@ class Publisher:
 
     def _commit_transaction(self, offsets: dict) -> None:
         producer = self.producer
-        if not self._in_transaction:
-            producer.begin_transaction()
-            self._in_transaction = True
         self._sent = []
         try:
+            if not self._in_transaction:
+                self._begin()
             started = time.perf_counter()
-            producer.flush()
+            # Bounded: past the timeout the brokers abort the transaction anyway, and kafka-python
+            # 3.0's flush never returns after it bumps the epoch itself (InvalidProducerEpoch).
+            producer.flush(timeout=self._transaction_timeout_s)
             self.seconds["acknowledge"] += time.perf_counter() - started
             started = time.perf_counter()
             if offsets:
-                producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                group = self.consumer.group_metadata()
+                if group.generation_id < 0:
+                    # Expelled and not yet told by a poll: the brokers skip the generation check
+                    # of offsets sent without one, so these would overwrite the new owner's.
+                    raise CommitFailedError("not in the group (its session expired): offsets not committed")
+                producer.send_offsets_to_transaction(offsets, group)
             producer.commit_transaction()
             self.seconds["commit"] += time.perf_counter() - started
-        except KafkaError:
+        except KafkaError as err:
             # Left open, the failed transaction puts the producer in an error state where every
             # later begin_transaction raises. Aborted, no read_committed reader sees its lists;
             # a CommitFailedError then rolls the model back (see consumer.ledger).
-            producer.abort_transaction()
-            raise
+            raised = self._timeout_or(err)
+            try:
+                producer.abort_transaction()
+            except KafkaError:
+                if raised is err:
+                    raise
+            if raised is err:
+                raise
+            raise raised from err
         finally:
             self._in_transaction = False
 
@@ -322,6 +377,8 @@ def fenced(err: BaseException) -> str | None:
     raised from) says so: ``"transactional id"`` (kafka-python raises ``ProducerFencedError``
     once, then a plain ``KafkaError`` naming it from every later transactional call), or
     ``"group.instance.id"`` (a static member of the same id joined); else ``None``."""
+    if isinstance(err, TransactionTimedOut):
+        return None  # the brokers fenced a stalled transaction, not another process
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))

@@ -344,6 +344,9 @@ class LocalBroker:
             "offsets.topic.num.partitions": "1",
             "transaction.state.log.num.partitions": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Transactions left open past their timeout are aborted within a second, not ten: the
+            # tests of a stalled exactly-once worker wait that long.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             # The cleaner allocates its dedupe buffer (128 MiB by default) up front: too much for a
             # 512 MiB heap. Compacted topics still work, the cleaner just does smaller passes.
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),

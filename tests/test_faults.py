@@ -486,6 +486,41 @@ def test_a_worker_frozen_longer_than_its_session_learns_nothing_twice(
         assert everything > sum(answered.values()), "no freeze aborted a batch's transaction"
 
 
+@pytest.mark.slow
+def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and_learns_nothing_twice(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Frozen for 22 s in the middle of a transaction: past the 6 s session and past the 10 s
+    transaction timeout, so the brokers abort the transaction (their check runs every 10 s by
+    default) and kafka-python fences the producer or bumps its epoch. That reads like a second
+    process of the worker's name, but the transaction's age says it stalled: the worker makes a
+    new producer, rolls back to its last checkpoint and goes on, where it used to stop with the
+    wrong cause. Every event learned once; a read_committed reader finds each list once."""
+    events = stream("synthetic", 60_000, seed=SEED)
+    names = topics(new_topic)
+    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    checkpoints = tmp_path / "ckpt"
+    # Long transactions and few checkpoints between them: a freeze lands in a transaction.
+    extra = ["--exactly-once", "--max-poll-records", "4000", "--session-timeout-ms", "6000"]
+    service = ServiceProcess(
+        kafka_bootstrap, names, f"g-{names['input_topic']}", checkpoints, tmp_path / "svc.log", extra=extra
+    )
+    stalled = "transaction timed out: this worker stalled"
+    for target in (6_000, 20_000, 34_000):  # a freeze between two transactions times none out
+        assert wait_for(lambda t=target: (service.model_events() or 0) >= t, timeout=90), tail_of(service)
+        service.proc.send_signal(signal.SIGSTOP)
+        time.sleep(22)
+        service.proc.send_signal(signal.SIGCONT)
+        if wait_for(lambda: stalled in service.log(), 20):
+            break
+    assert stalled in service.log(), tail_of(service)
+    assert wait_for(lambda: service.model_events() == len(events), timeout=120), tail_of(service)
+    assert service.alive, tail_of(service)
+    assert service.stop() == 0, tail_of(service)
+    assert latest_manifest(checkpoints)["events_learned"] == len(events)
+    check_lists(kafka_bootstrap, names, True, {(0, i): e for i, e in enumerate(events)})
+
+
 # -- hostile input ---------------------------------------------------------------------------
 
 N_HOSTILE = 10_000

@@ -529,8 +529,9 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
     assert counted_in_updates(kafka_bootstrap, updates_topic) == total
 
 
+@pytest.mark.parametrize("mode", [[], ["--exactly-once"]], ids=["at_least_once", "exactly_once"])
 def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropped_by_every_reader(
-    kafka_bootstrap, new_topic, tmp_path
+    kafka_bootstrap, new_topic, tmp_path, mode
 ):
     """A worker frozen in the middle of a backlog, past the session timeout, is expelled while
     busy: thawed, it finishes the poll it was in and sends its updates before any poll tells it
@@ -544,7 +545,7 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
     options = [
         *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
         *("--checkpoint-every-events", "5000", "--checkpoint-interval-s", "3600"),
-        *("--session-timeout-ms", "6000", "--no-shadow-baseline"),
+        *("--session-timeout-ms", "6000", "--no-shadow-baseline", *mode),
     ]
     events = synthetic(30_000, seed=98)
     produce(kafka_bootstrap, names["input_topic"], keyed(events))
