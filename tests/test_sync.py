@@ -12,6 +12,8 @@ import dataclasses
 import logging
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -475,6 +477,19 @@ def test_partitions_handed_over_in_a_rebalance_take_their_learning_along_once(ka
     assert counted_in_updates(kafka_bootstrap, config.sync_topic_name) == len(first) + len(second)
 
 
+@contextmanager
+def reaped(services: list[ServiceProcess]) -> Iterator[list[ServiceProcess]]:
+    """Whatever of ``services`` (appended as they start) still runs when the block ends, on a
+    failed assertion, is thawed (a stopped process cannot act on SIGTERM) and killed."""
+    try:
+        yield services
+    finally:
+        for service in services:
+            if service.alive:
+                service.proc.send_signal(signal.SIGCONT)
+                service.kill()
+
+
 @pytest.mark.parametrize("checkpoint_every", [500, 10_000_000], ids=["checkpointed", "no_checkpoint_yet"])
 def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_relearned(
     kafka_bootstrap, new_topic, tmp_path, checkpoint_every
@@ -494,9 +509,9 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
     ]
     first, second = synthetic(2600, seed=96), synthetic(400, seed=97)
     produce(kafka_bootstrap, names["input_topic"], keyed(first))
-    frozen = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
-    other = None
-    try:
+    with reaped([]) as services:
+        frozen = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
+        services.append(frozen)
         assert wait_for(
             lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == len(first), 120
         ), tail_of(frozen)
@@ -506,6 +521,7 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
         )
         frozen.proc.send_signal(signal.SIGSTOP)
         other = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "b.log", "b", options)
+        services.append(other)
         assert wait_for(lambda: "relearning what the previous owner" in other.log(), 120), tail_of(other)
         frozen.proc.send_signal(signal.SIGCONT)
         assert wait_for(
@@ -521,11 +537,6 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
         )
         assert frozen.stop() == 0, tail_of(frozen)
         assert other.stop() == 0, tail_of(other)
-    finally:
-        for service in (frozen, other):
-            if service is not None and service.alive:
-                service.proc.send_signal(signal.SIGCONT)
-                service.kill()
     assert counted_in_updates(kafka_bootstrap, updates_topic) == total
 
 
@@ -549,9 +560,9 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
     ]
     events = synthetic(30_000, seed=98)
     produce(kafka_bootstrap, names["input_topic"], keyed(events))
-    busy = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
-    other = None
-    try:
+    with reaped([]) as services:
+        busy = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "a.log", "a", options)
+        services.append(busy)
         assert wait_for(lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) >= 3000, 120), (
             tail_of(busy)
         )
@@ -559,6 +570,7 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
         frozen_at = committed_total(kafka_bootstrap, group, names["input_topic"])
         assert frozen_at < len(events) - 5000, "the backlog was learned before the freeze: proves nothing"
         other = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "b.log", "b", options)
+        services.append(other)
         assert wait_for(lambda: "partition assigned" in other.log(), 120), tail_of(other)
         busy.proc.send_signal(signal.SIGCONT)
         assert wait_for(lambda: "partitions lost" in busy.log(), 120), tail_of(busy)
@@ -567,9 +579,4 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
         ), (tail_of(busy), tail_of(other))
         assert busy.stop() == 0, tail_of(busy)
         assert other.stop() == 0, tail_of(other)
-    finally:
-        for service in (busy, other):
-            if service is not None and service.alive:
-                service.proc.send_signal(signal.SIGCONT)
-                service.kill()
     assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
