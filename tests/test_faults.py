@@ -500,19 +500,43 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
     names = topics(new_topic)
     produce(kafka_bootstrap, names["input_topic"], keyed(events))
     checkpoints = tmp_path / "ckpt"
-    # Long transactions and few checkpoints between them: a freeze lands in a transaction.
-    extra = ["--exactly-once", "--max-poll-records", "4000", "--session-timeout-ms", "6000"]
+    # Long transactions: a poll of up to a second's work each.
+    extra = [
+        *("--exactly-once", "--session-timeout-ms", "6000"),
+        *("--max-poll-records", "8000", "--poll-budget-ms", "1000"),
+    ]
     service = ServiceProcess(
         kafka_bootstrap, names, f"g-{names['input_topic']}", checkpoints, tmp_path / "svc.log", extra=extra
     )
     stalled = "transaction timed out: this worker stalled"
-    for target in (6_000, 20_000, 34_000):  # a freeze between two transactions times none out
+    readers = {
+        level: KafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level=level)
+        for level in ("read_committed", "read_uncommitted")
+    }
+    output = names["output_topic"]
+    parts = [
+        TopicPartition(output, p) for p in sorted(readers["read_committed"].partitions_for_topic(output))
+    ]
+
+    def transaction_open() -> bool:
+        """Lists written but not committed: the end a read_committed reader sees lags."""
+        stable, written = (
+            readers[level].end_offsets(parts) for level in ("read_committed", "read_uncommitted")
+        )
+        return any(written[tp] > stable[tp] for tp in parts)
+
+    # Frozen the moment a transaction is seen open (the next poll's lists written, not yet
+    # committed); should it commit in that moment, the freeze times nothing out: again, later.
+    for target in (6_000, 20_000, 34_000):
         assert wait_for(lambda t=target: (service.model_events() or 0) >= t, timeout=90), tail_of(service)
+        assert wait_for(transaction_open, 30, interval=0.01), tail_of(service)
         service.proc.send_signal(signal.SIGSTOP)
         time.sleep(22)
         service.proc.send_signal(signal.SIGCONT)
         if wait_for(lambda: stalled in service.log(), 20):
             break
+    for reader in readers.values():
+        reader.close()
     assert stalled in service.log(), tail_of(service)
     assert wait_for(lambda: service.model_events() == len(events), timeout=120), tail_of(service)
     assert service.alive, tail_of(service)
