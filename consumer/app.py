@@ -434,12 +434,7 @@ class StreamrecService:
         self._producer = retry(
             lambda: make_producer(self.config), message="Kafka unreachable; retrying", wait=self._stop.wait
         )
-        self._publisher = Publisher(
-            self._producer,
-            self._consumer,
-            self.config.exactly_once,
-            latest_wins=frozenset({self.config.output_topic}),
-        )
+        self._publisher = self._new_publisher()
         self._rollback(err)
 
     def _connect(self) -> None:
@@ -447,14 +442,19 @@ class StreamrecService:
             self._producer, self._consumer = connect(self.config, _Rebalance(self), wait=self._stop.wait)
         except Interrupted:
             raise SystemExit(0) from None
-        self._publisher = Publisher(
+        self._publisher = self._new_publisher()
+        if self.exchange is not None:
+            self.exchange.connect()
+
+    def _new_publisher(self) -> Publisher:
+        """The publisher around this worker's producer and consumer (at start, and after a
+        stalled transaction cost the producer)."""
+        return Publisher(
             self._producer,
             self._consumer,
             self.config.exactly_once,
             latest_wins=frozenset({self.config.output_topic}),
         )
-        if self.exchange is not None:
-            self.exchange.connect()
 
     def _shutdown(self) -> None:
         if self._fenced:  # its producer can do nothing more; the other process has the name
