@@ -894,7 +894,7 @@ class EmbeddingRanker(CatalogueScorer):
         np.add.at(self._counts.array, video_rows, 1.0)
         self._add_trending(video_rows)
         self.events_learned += len(events)
-        self._life.observe(viewer_rows, video_rows, batch.times)
+        self._life.observe(viewer_rows, video_rows, batch.times, len(self.viewers), len(self.videos))
         if self._life.due():
             self._expire()
         self._changed()

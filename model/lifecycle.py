@@ -124,6 +124,14 @@ class LastSeen:
         self.table.ensure(int(rows.max()) + 1)
         self.table.array[rows] = now
 
+    def touch_unseen(self, rows: int, now: float) -> None:
+        """Of the first ``rows`` rows, those never seen are seen at ``now``."""
+        if rows <= 0:
+            return
+        self.table.ensure(rows)
+        head = self.table.array[:rows]
+        head[head == -np.inf] = now
+
     def older_than(self, cutoff: float, live: np.ndarray) -> np.ndarray:
         """Live rows last seen strictly before ``cutoff``."""
         n = min(self.table.rows, live.shape[0])
@@ -185,15 +193,32 @@ class Lifecycle:
     def enabled(self) -> bool:
         return self.viewer_ttl is not None or self.video_ttl is not None
 
-    def observe(self, viewer_rows: np.ndarray, video_rows: np.ndarray, timestamps: np.ndarray) -> None:
-        """A learned batch: the clock takes its timestamps, and its viewers and videos are seen now."""
+    def observe(
+        self,
+        viewer_rows: np.ndarray,
+        video_rows: np.ndarray,
+        timestamps: np.ndarray,
+        n_viewers: int = 0,
+        n_videos: int = 0,
+    ) -> None:
+        """A learned batch: the clock takes its timestamps, and its viewers and videos are seen now.
+
+        ``n_viewers`` and ``n_videos``: the rows that exist. Those made before the clock started
+        (a peer's videos applied, viewers handed over, before this model's first event) are
+        seen when it starts: never seen, they would all look idle since 1970 and go at the
+        first expiry run.
+        """
         times = np.asarray(timestamps, dtype=np.float64)
         if times.size == 0:
             return
+        started = math.isfinite(self.clock.now)
         now = self.clock.advance(times)
         # The clock runs even with no TTL (it is cheap, and others read it); last-seen times
         # are only kept when something can expire. now is -inf only before any finite timestamp.
         if self.enabled and math.isfinite(now):
+            if not started:
+                self.viewers.touch_unseen(n_viewers, now)
+                self.videos.touch_unseen(n_videos, now)
             self.viewers.touch(np.asarray(viewer_rows, dtype=np.int64), now)
             self.videos.touch(np.asarray(video_rows, dtype=np.int64), now)
         self.since += int(times.size)

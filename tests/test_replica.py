@@ -393,3 +393,21 @@ def test_a_worker_weighting_its_steps_keeps_and_sends_that_share_and_the_replica
             a = first.model.state_parts()[name].array[first.model.videos.get_many(ids)]
             b = other.model.state_parts()[name].array[other.model.videos.get_many(ids)]
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_videos_applied_before_the_first_event_are_not_expired_as_never_seen():
+    """A new worker applies its peers' updates before it learns its first event (its clock has
+    not started). Those videos are seen when the clock starts: before, they looked idle since
+    1970 and its first expiry run released every one of them, with all the group had learned."""
+    events = stream("synthetic", 4000)
+    peer, late = VideoReplica(ReplicatedRanker()), VideoReplica(ReplicatedRanker(expire_every=100))
+    peer.model.learn_many(events[:3000])
+    late.apply(peer.take())
+    taught = [v for v in peer.model.videos.ids if v]
+    counts = peer.model._counts.array[peer.model.videos.get_many(taught)].copy()
+    late.model.learn_many(events[3000:])  # the clock starts, then expiry runs every 100 events
+    assert late.model._life.since < 100, "no expiry run: proves nothing"
+    assert late.model._life.expired_videos == 0
+    rows = late.model.videos.get_many(taught)
+    assert (rows >= 0).all()
+    assert (late.model._counts.array[rows] >= counts).all()
