@@ -307,7 +307,8 @@ class StreamrecService:
         # Viewers of the poll being processed -> their input partition (the changelog's records).
         self._touched: dict[str, int] = {}
         # After a restart, per input partition: below this offset, what is learned again reached
-        # the peers before (UpdateExchange.sent_before); it is learned first and absorbed.
+        # the peers before (UpdateExchange.sent_before), and this worker's reader applied it: it
+        # is learned first, for the viewers, and its video side taken back (relearned()).
         self._sent_boundary: dict[int, int] = {}
         self._stop = threading.Event()
         self._consumer: KafkaConsumer | None = None
@@ -845,7 +846,8 @@ class StreamrecService:
         """Where ``partition`` starts, for the update records' through offsets; and the offset
         below which the update topic already holds its learning, if past the start (after a
         crash; returned, else ``None``): the events learned again below it are learned first
-        and absorbed, not sent twice."""
+        and their video learning taken back (:meth:`UpdateExchange.relearned`): the reader
+        applied it from the update topic, so it is neither sent nor held twice."""
         exchange = self.exchange
         if exchange is None:
             return None
@@ -1006,7 +1008,7 @@ class StreamrecService:
                 replay_seconds += self._replay(sent_replay)
                 published, last, seconds = self._serve_all(sent_live, last, mid_poll=False)
                 work += seconds
-                self.exchange.absorb()
+                self.exchange.relearned()
             self._pass_boundaries(polled)
         replay_seconds += self._replay(replay)  # replayed after a restart: learned only
         work += replay_seconds
@@ -1151,7 +1153,7 @@ class StreamrecService:
 
     def _count_learned(self, events: int) -> None:
         """``events`` more learned: for the offsets' ledger, and to send to the peers (unless
-        they had them before a restart: then they are absorbed)."""
+        they had them before a restart: then they are taken back, ``UpdateExchange.relearned``)."""
         self.ledger.count(events)
         if self.exchange is not None:
             self.exchange.learned(events)

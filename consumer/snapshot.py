@@ -10,9 +10,10 @@ the newest complete snapshot and reads the update topic from those offsets.
 **Why the snapshot equals the updates before its offsets.** A worker's agreed state is the
 videos' starts plus (a) every peer record its reader has applied, which are exactly the peer
 records before the reader's positions, plus (b) every record it sent itself (taken as agreed
-when taken), plus (c) at a restart, what its replay absorbed: records an earlier incarnation
-sent. Nothing learned and not yet taken is in it (the replica keeps the agreed copy apart, and
-the noted co-occurrence counts are subtracted). So the agreed state is the sum of the records
+when taken), plus (c) after a restart, the records an earlier incarnation sent: those its
+checkpoint holds, and the later ones its reader applied. Nothing learned and not yet taken is
+in it (the replica keeps the agreed copy apart, and the noted co-occurrence counts are
+subtracted). So the agreed state is the sum of the records
 before the reader's positions exactly when every record of (b) and (c) is behind them too:
 
 - (c): every record an earlier incarnation sent was in the topic when this one connected, so
@@ -22,8 +23,9 @@ before the reader's positions exactly when every record of (b) and (c) is behind
   one sent (with ``--exactly-once`` a record is read only once its transaction commits; an
   aborted one rolls the worker back to a checkpoint, which starts a new incarnation).
 
-:class:`OwnRecords` is that rule; a snapshot is deferred while it does not hold. Own records are
-never applied by the reader, so whether they are behind it is the only question; peer records
+:class:`OwnRecords` is that rule; a snapshot is deferred while it does not hold. This
+incarnation's own records are never applied by its reader, so whether they are behind it is the
+only question; peer records
 behind it are applied (or skipped as unreadable, as a reader starting from the snapshot skips
 them too). With video expiry on, a video this worker expired is not in its snapshot (nor in its
 agreed state); the group's replicas differ in expired videos anyway.

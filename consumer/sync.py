@@ -5,11 +5,12 @@ go to the update topic (``--sync-topic``, by default ``<input topic>-video-updat
 learned ``--sync-every`` events since it last sent, or ``--sync-interval-s`` has passed with some
 unsent, in the poll whose offsets they belong to: acknowledged before the poll's offsets are
 committed, or in its transaction with ``--exactly-once``. Every worker reads the whole topic
-(assigned every partition, no group), skips its own records and applies its peers', before
-each poll's batches and after each send within one (a poll of thousands of events sends every
-``--sync-every`` of them, not once at its end). The reader's offsets and the agreed video state
-are in every checkpoint (a checkpoint first sends what is unsent), so a restarted worker applies
-exactly the peers' updates its restored model lacks.
+(assigned every partition, no group) and applies its peers' records, before each poll's batches
+and after each send within one (a poll of thousands of events sends every ``--sync-every`` of
+them, not once at its end). The reader's offsets, the agreed video state and the last own
+record sent are in every checkpoint (a checkpoint first sends what is unsent), so a worker
+restarted, or rolled back to its checkpoint, applies exactly the records its restored model
+lacks: its peers', and its own sent after that checkpoint (:meth:`UpdateExchange._holds`).
 
 What the group already has of a partition's learning is written on the update records: each
 names, per input partition, the offset its sender's learning goes up to (:data:`THROUGH_HEADER`),
@@ -17,8 +18,11 @@ and the reader notes the farthest per partition (:attr:`UpdateExchange.sent_thro
 connecting, it first reads the topic to where it ended). When a partition is positioned, the
 service learns the events it learns again below that offset first (replayed after a restart,
 or served again after a crash between a send and the poll's commit, its own or the partition's
-previous owner's) and takes them as agreed, not sent twice; the rest it learns as unsent, so a
-restarted worker's last polls, committed after its last send, reach the peers after all.
+previous owner's): their viewers learn them, and their video learning, which the reader has
+applied from the records that carried it, is taken back, neither sent nor held twice
+(:meth:`UpdateExchange.relearned`). The rest it learns as unsent, so a restarted worker's last
+polls, committed after its last send, reach the peers after all. So every replica is the
+records of the topic added up, whatever its worker went through.
 
 **Fenced by the group's generation.** A worker expelled alive (frozen past the session timeout,
 then thawed) may send updates after its partitions' new owner decided, from the update topic,
@@ -58,7 +62,14 @@ from consumer.clients import close_quietly, make_reader
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.publish import Message
-from consumer.snapshot import OwnRecords, Snapshot, read_snapshot, snapshot_messages
+from consumer.snapshot import (
+    INCARNATION_HEADER,
+    SEQUENCE_HEADER,
+    OwnRecords,
+    Snapshot,
+    read_snapshot,
+    snapshot_messages,
+)
 from model.replica import VideoReplica, VideoUpdates
 
 __all__ = [
@@ -215,6 +226,15 @@ class UpdateExchange:
         self.read = 0
         #: Whether the agreed state and offsets came from a checkpoint (then no snapshot is read).
         self.restored = False
+        #: The last own record whose learning the restored state holds: (incarnation, sequence)
+        #: as saved in the checkpoint; ``None``: none (a fresh model, or one from a snapshot).
+        #: Own records after it, read after a restart or a rollback, are applied like a peer's.
+        self.kept_own: tuple[str, int] | None = None
+        #: Restored from a checkpoint that predates :attr:`kept_own`: own records are all taken
+        #: as held and events learned again are kept, not discarded (the older rule).
+        self.legacy_own = False
+        #: Own records of earlier incarnations applied (their learning was not in the state).
+        self.reapplied = 0
         #: This incarnation's own records, to know when a snapshot may be taken.
         self.own = OwnRecords()
         self.snapshot_every_s = config.snapshot_every_s
@@ -348,10 +368,12 @@ class UpdateExchange:
                     if FENCE_HEADER not in headers:
                         self._fenced_off(sender, headers, tp.partition, record.offset)
                     continue
-                self._note_through(headers, own=sender == self.worker)
-                if sender == self.worker:
+                own = sender == self.worker
+                self._note_through(headers, own=own)
+                if own:
                     self.own.seen(headers)
-                    continue  # its own: in this model already (or relearned by the replay)
+                    if self._holds(headers):
+                        continue  # its own, in this model already
                 started = time.perf_counter()
                 try:
                     updates = VideoUpdates.from_bytes(record.value)
@@ -364,6 +386,9 @@ class UpdateExchange:
                 decoded = time.perf_counter()
                 self.replica.apply(updates)
                 done = time.perf_counter()
+                if own:  # sent before a restart or a rollback: the peers have it, now so does this one
+                    self.reapplied += 1
+                    continue
                 applied += 1
                 self.peers[sender] = time.monotonic()
                 sent_at = record.timestamp / 1000.0
@@ -375,6 +400,21 @@ class UpdateExchange:
                     )
         self.applied += applied
         return applied
+
+    def _holds(self, headers: dict[str, bytes]) -> bool:
+        """Whether this worker's model holds the learning of its own record with ``headers``:
+        sent by this incarnation, or by the one whose checkpoint it restored, before that
+        checkpoint. Any other own record (sent after the checkpoint by the incarnation that
+        stopped or rolled back) is applied like a peer's: the peers have it, and the events it
+        learned are either someone else's now or, replayed here, learned again and discarded
+        (:meth:`relearned`)."""
+        incarnation = headers.get(INCARNATION_HEADER, b"").decode()
+        if self.legacy_own or not incarnation or incarnation == self.own.incarnation:
+            return True
+        kept = self.kept_own
+        if kept is None or incarnation != kept[0]:
+            return False
+        return int(headers.get(SEQUENCE_HEADER, b"0")) <= kept[1]
 
     def _fenced_off(self, sender: str, headers: dict[str, bytes], partition: int, offset: int) -> None:
         """A record sent under an older generation than the last fence: its sender had been
@@ -467,10 +507,22 @@ class UpdateExchange:
         return messages
 
     def absorb(self) -> None:
-        """Everything learned since the last take is in the peers already (events learned again
-        after a restart, below :meth:`sent_before`): kept, weighted as steps are now, not sent."""
+        """Keep everything learned since the last take as agreed, unsent (an expelled worker with
+        no checkpoint to go back to keeps its learning to itself)."""
         self._weigh()
         self.replica.take()
+        self.unsent = 0
+
+    def relearned(self) -> None:
+        """Everything learned since the last take was events learned again below
+        :meth:`sent_before`: their learning is in the update topic, and this worker's reader
+        applied it (a peer's records, or its own from before a restart or a rollback), so the
+        video side of learning them again is taken back; their viewers keep it. A checkpoint
+        older than that rule had its own records taken as held: then the learning is kept."""
+        if self.legacy_own:
+            self.absorb()
+            return
+        self.replica.discard()
         self.unsent = 0
 
     def _weigh(self) -> None:
@@ -617,6 +669,9 @@ class UpdateExchange:
             "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
             "update_fence": np.array(self.fence.generation, dtype=np.int64),
             "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
+            # Every own record up to this one is in the state saved (checkpoints hold nothing unsent).
+            "own_incarnation": np.array(self.own.incarnation),
+            "own_sent": np.array(self.own.sent, dtype=np.int64),
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -626,6 +681,10 @@ class UpdateExchange:
         self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
         if "update_fence" in arrays:  # the fence as of those offsets (absent before 2026-11-30)
             self.fence = GenerationFence(int(arrays["update_fence"]))
+        if "own_incarnation" in arrays:  # absent before 2026-11-30
+            self.kept_own = (str(arrays["own_incarnation"]), int(arrays["own_sent"]))
+        else:
+            self.legacy_own = True
         # The peers heard from before the checkpoint: a replay weighs its steps as they were.
         now = time.monotonic()
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}

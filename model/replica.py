@@ -417,6 +417,19 @@ class VideoUpdates:
         values = self.tables[name]
         return dequantize_rows(values, self.scales[name]) if name in self.scales else values
 
+    def negated(self) -> VideoUpdates:
+        """The same updates taken back: applied after these, nothing changed (quantised tables
+        stay integers: they are rounded symmetrically, so every value has its opposite)."""
+        i, j, counts = self.pairs
+        return VideoUpdates(
+            ids=self.ids,
+            tables={name: -values for name, values in self.tables.items()},
+            pairs=(i, j, -counts),
+            own=-self.own,
+            alpha=-self.alpha,
+            scales=self.scales,
+        )
+
     @property
     def watches(self) -> float:
         """How many watch events' learning the updates carry: their watch counts, summed (one
@@ -661,6 +674,14 @@ class VideoReplica:
         )
         self._alpha = alpha_now
         return updates
+
+    def discard(self) -> None:
+        """Take back what this worker added since the last take (or apply): its model's video
+        state goes back to the agreed one, while what it learned of its viewers stays. For
+        events learned again whose learning the replica already holds, applied from the update
+        topic as their first learning was sent: learned twice, they would count twice here and
+        once everywhere else."""
+        self.apply(self.take().negated())
 
     def apply(self, updates: VideoUpdates) -> None:
         """Add a peer's updates: to the model and to the agreed state alike (so they are not

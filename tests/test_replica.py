@@ -395,6 +395,50 @@ def test_a_worker_weighting_its_steps_keeps_and_sends_that_share_and_the_replica
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize(("precision", "weight"), [("float32", 1.0), ("int8", 0.5)])
+def test_discard_takes_back_the_video_learning_since_the_last_take_and_keeps_the_viewers(precision, weight):
+    """Events learned again whose learning the replica already holds (applied from the update
+    topic) are discarded on the video side: every shared table, the co-occurrence counts and
+    the blend weight are as they were at the last take, new videos at their start; the viewers
+    keep the watches; nothing is left to send."""
+    events = stream("synthetic", 4000)
+    first, again = events[:3000], events[3000:]
+    replica = VideoReplica(ReplicatedRanker(), precision)
+    replica.step_weight = weight
+    model = replica.model
+    model.learn_many(first)
+    replica.take()
+    ids = list(model.videos.ids)
+    before = {
+        name: model.state_parts()[name].array[model.videos.get_many(ids)].copy() for name in SHARED_TABLES
+    }
+    cooc, alpha = model._cooc.array[: len(ids), : len(ids)].copy(), float(model._alpha[0])
+    viewer = again[-1].viewer
+    model.learn_many(again)
+    new = [v for v in model.videos.ids if v not in set(ids)]
+    assert new, "no new video in the events learned again: proves less"
+    changed = model._E.array[model.videos.get_many(ids)]
+    assert not np.allclose(changed, before["video_vectors"]), "nothing learned: proves nothing"
+
+    replica.discard()
+    rows = model.videos.get_many(ids)
+    for name in SHARED_TABLES:
+        np.testing.assert_allclose(
+            model.state_parts()[name].array[rows], before[name], atol=1e-6, err_msg=name
+        )
+    np.testing.assert_allclose(model._cooc.array[: len(ids), : len(ids)], cooc, atol=1e-6)
+    assert float(model._alpha[0]) == pytest.approx(alpha, abs=1e-6)
+    start = initial_vectors(new, model.dim, model.init_scale, model.seed or 0)
+    np.testing.assert_allclose(model._E.array[model.videos.get_many(new)], start, atol=1e-6)
+    assert not model._counts.array[model.videos.get_many(new)].any()
+    # The viewer side stays learned: the last event's video is in its viewer's watched list.
+    watched = model.seen.of(model.viewers.get(viewer))
+    assert model.videos.get(again[-1].video) in watched
+    leftover = replica.take()
+    for values in leftover.tables.values():
+        assert not np.abs(values).max(initial=0) > 1e-6
+
+
 def test_videos_applied_before_the_first_event_are_not_expired_as_never_seen():
     """A new worker applies its peers' updates before it learns its first event (its clock has
     not started). Those videos are seen when the clock starts: before, they looked idle since

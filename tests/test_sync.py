@@ -61,6 +61,51 @@ def assert_agree(a, b) -> None:
         )
 
 
+@contextmanager
+def held_by(config: ServiceConfig) -> Iterator:
+    """The service of worker ``config`` with the video state it would start with now: its last
+    checkpoint (if any), then the update topic's records after it, as it reads them at start."""
+    service = build_service(config, with_metrics=False)
+    try:
+        service.restore()
+        service.exchange.connect()
+        yield service
+    finally:
+        service.exchange.close()
+        if service.claim is not None:
+            service.claim.release()
+
+
+def assert_replicas_are_the_update_topic(base: ServiceConfig, workers: str) -> None:
+    """Each of ``workers`` holds the video state a new worker reading the update topic from its
+    start holds (the topic's records added up): nothing of its own learning missing, nothing
+    held twice, whatever it went through (killed, restarted, expelled, rolled back)."""
+    fresh = dataclasses.replace(base, worker_id="reader", checkpoint_dir="none", snapshot_every_s=0.0)
+    with held_by(fresh) as reader:
+        assert reader.exchange.applied > 0
+        for worker in workers:
+            with held_by(dataclasses.replace(base, worker_id=worker)) as held:
+                try:
+                    assert_agree(held, reader)
+                except AssertionError as err:
+                    raise AssertionError(f"worker {worker} holds other video state than the topic") from err
+
+
+def cli_config(bootstrap: str, names: dict[str, str], group: str, checkpoints, mode=()) -> ServiceConfig:
+    """The settings of the ``ServiceProcess`` workers these tests start, for reading their state."""
+    return ServiceConfig(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        checkpoint_dir=str(checkpoints),
+        sync_every=1000,
+        snapshot_every_s=0.0,
+        shadow_baseline=False,
+        metrics_port=0,
+        exactly_once="--exactly-once" in mode,
+        **names,
+    )
+
+
 @pytest.fixture
 def group(kafka_bootstrap, new_topic, tmp_path):
     names = topics(new_topic, partitions=4)
@@ -368,6 +413,9 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     assert watched_as_handed_on(kafka_bootstrap, f"{names['input_topic']}-viewer-state") == streams_of(
         first + second
     )
+    assert_replicas_are_the_update_topic(
+        cli_config(kafka_bootstrap, names, group, checkpoints, mode), next_owner
+    )
 
 
 def streams_of(events) -> dict[str, list[str]]:
@@ -448,6 +496,19 @@ def test_a_worker_killed_after_a_send_before_its_commit_sends_nothing_twice(
         ), successor.failed
         assert successor.model_events >= len(events) - victim.model_events
     assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
+    # What the successor holds is what the group holds: the update topic's records added up (a
+    # new worker's replica, read from the topic's start). Another worker had the victim's sends
+    # applied before it served their events again: learned again and kept, they counted twice.
+    reader = build_service(
+        dataclasses.replace(config, worker_id="reader", checkpoint_dir="none", snapshot_every_s=0.0),
+        with_metrics=False,
+    )
+    try:
+        reader.exchange.connect()
+        assert reader.exchange.applied > 0
+        assert_agree(successor, reader)
+    finally:
+        reader.exchange.close()
 
 
 def test_partitions_handed_over_in_a_rebalance_take_their_learning_along_once(kafka_bootstrap, group):
@@ -538,6 +599,9 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
         assert frozen.stop() == 0, tail_of(frozen)
         assert other.stop() == 0, tail_of(other)
     assert counted_in_updates(kafka_bootstrap, updates_topic) == total
+    # Its rollback took the frozen worker back to its checkpoint: what it had sent since, its
+    # reader applies again, like a peer's.
+    assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, checkpoints), "ab")
 
 
 @pytest.mark.parametrize("mode", [[], ["--exactly-once"]], ids=["at_least_once", "exactly_once"])
@@ -580,3 +644,4 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
         assert busy.stop() == 0, tail_of(busy)
         assert other.stop() == 0, tail_of(other)
     assert counted_in_updates(kafka_bootstrap, updates_topic) == len(events)
+    assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, checkpoints, mode), "ab")
