@@ -48,7 +48,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, FencedInstanceIdError, KafkaError, ProducerFencedError
@@ -140,10 +140,7 @@ class Publisher:
                 self._begin()
             self._sent.extend(self._send(messages))
         except KafkaError as err:
-            raised = self._timeout_or(err)
-            if raised is err:
-                raise
-            raise raised from err
+            _reraise(self._timeout_or(err), err)
         self.seconds["publish"] += time.perf_counter() - started
 
     def _begin(self) -> None:
@@ -320,9 +317,7 @@ class Publisher:
             except KafkaError:
                 if raised is err:
                     raise
-            if raised is err:
-                raise
-            raise raised from err
+            _reraise(raised, err)
         finally:
             self._in_transaction = False
 
@@ -388,3 +383,10 @@ def fenced(err: BaseException) -> str | None:
             return "group.instance.id"
         err = err.__cause__ or err.__context__
     return None
+
+
+def _reraise(raised: KafkaError, err: KafkaError) -> NoReturn:
+    """Raise ``err`` itself, or ``raised`` (what :meth:`Publisher._timeout_or` made of it) from it."""
+    if raised is err:
+        raise err
+    raise raised from err
