@@ -27,7 +27,9 @@ A run named ``none`` does the same with ``--changelog-topic none`` (no handover:
 start the victim's viewers afresh), for comparison. With ``--sync-every N`` the three workers are
 one model (``--sync-every N``, snapshots off), and the table adds the update topic's watch
 counts: the events whose learning reached the group, which must equal the events produced (the
-victim's learning since its last send is relearned by the survivor that takes its partitions).
+victim's learning since its last send is relearned by the survivor that takes its partitions),
+and per worker (the victim as it would restart) how far its video vectors are from the update
+topic's records added up: a new worker's replica.
 Prints a table and writes ``bench/results/handover.json``.
 """
 
@@ -42,6 +44,7 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,6 +54,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 # isort: split
 
+import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
@@ -68,6 +72,7 @@ from producer.synth import synth_events  # noqa: E402
 
 ML100K = REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
 WORKERS = 3
+VICTIM = 1
 
 
 def produce(options: dict, topic: str, events: list) -> None:
@@ -143,7 +148,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
         log = open(Path(folder) / f"w{i}.log", "wb")  # noqa: SIM115 - closed with the process below
         procs.append((subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
         ports.append(port)
-    victim = 1
+    victim = VICTIM
     try:
         started = time.monotonic()
         while members_with_partitions(options, group) < WORKERS:
@@ -204,6 +209,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
     if sync_every:
         updates = read_to_end(options, f"{topic}-video-updates")
         row["update_watches"] = int(sum(VideoUpdates.from_bytes(r.value).watches for r in admitted(updates)))
+        row["replica_gaps"] = replica_gaps(connection, topic, group, folder, sync_every)
     restores = [
         line for i in range(WORKERS) for line in (Path(folder) / f"w{i}.log").read_text().splitlines()
     ]
@@ -219,6 +225,57 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
     admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
     admin.close()
     return row
+
+
+def replica_gaps(connection, topic: str, group: str, folder: str, sync_every: int) -> dict[str, dict]:
+    """Per worker, how far the video state it holds (its last checkpoint and the update records
+    after it: what it starts with next, the victim included) is from the update topic's records
+    added up (what a new worker reading the topic from its start holds): the largest difference
+    of a video vector's element, and the watch counts each holds."""
+    from consumer.config import ServiceConfig
+    from consumer.runner import build_service
+
+    base = ServiceConfig(
+        security=connection,
+        input_topic=topic,
+        output_topic=f"{topic}-recs",
+        dlq_topic=f"{topic}-dlq",
+        group_id=group,
+        checkpoint_dir=folder,
+        sync_every=sync_every,
+        snapshot_every_s=0.0,
+        shadow_baseline=False,
+        metrics_port=0,
+        model_settings="viewer_ttl=null,video_ttl=null",
+    )
+
+    def state(worker: str, checkpoints: str) -> tuple[dict[str, np.ndarray], float]:
+        config = replace(base, worker_id=worker, checkpoint_dir=checkpoints)
+        service = build_service(config, with_metrics=False)
+        try:
+            service.restore()
+            service.exchange.connect()
+            model = service.model
+            ids = [v for v in model.videos.ids if v]
+            rows = model.videos.get_many(ids)
+            vectors = dict(zip(ids, model._E.array[rows], strict=True))
+            return vectors, float(model._counts.array[rows].sum())
+        finally:
+            service.exchange.close()
+            if service.claim is not None:
+                service.claim.release()
+
+    topic_vectors, topic_watches = state("reader", "none")
+    gaps = {}
+    for i in range(WORKERS):
+        vectors, watches = state(f"w{i}", folder)
+        ids = sorted(topic_vectors)
+        if sorted(vectors) != ids:
+            gaps[f"w{i}"] = {"videos": len(vectors), "topic_videos": len(ids)}
+            continue
+        difference = np.abs(np.array([vectors[v] for v in ids]) - np.array([topic_vectors[v] for v in ids]))
+        gaps[f"w{i}"] = {"max_abs": float(difference.max()), "watches": watches, "topic": topic_watches}
+    return gaps
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             for line in r["restore_log"]:
                 print(f"  {line}")
+            for worker, gap in r.get("replica_gaps", {}).items():
+                role = "killed" if worker == f"w{VICTIM}" else "survivor"
+                print(f"  {worker} ({role}) against the update topic's records added up: {gap}")
         write_results(
             args.json, {"args": {k: str(v) for k, v in vars(args).items()}, "source": source, "rows": rows}
         )
