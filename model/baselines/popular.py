@@ -115,7 +115,7 @@ class MostPopular(CatalogueScorer):
         self._count(videos)
         self.seen.add_many(viewers, videos)
         times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
-        self._life.observe(viewers, videos, times)
+        self._life.observe(viewers, videos, times, len(self.viewers), len(self.videos))
         self.events_learned += len(events)
         if self._life.due():
             self._expire()
