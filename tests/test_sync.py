@@ -24,10 +24,10 @@ from consumer import changelog
 from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
 from consumer.runner import build_service
-from consumer.snapshot import ChunkRef, Manifest
-from consumer.sync import admitted
+from consumer.snapshot import INCARNATION_HEADER, ChunkRef, Manifest
+from consumer.sync import UpdateExchange, admitted
 from model import viewer_state
-from model.replica import SHARED_TABLES, VideoUpdates
+from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates
 from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
 from tests.streams import synthetic
 from tests.test_faults import keyed, read_topic, stable, tail_of
@@ -104,6 +104,34 @@ def cli_config(bootstrap: str, names: dict[str, str], group: str, checkpoints, m
         exactly_once="--exactly-once" in mode,
         **names,
     )
+
+
+def test_a_restored_worker_applies_its_own_records_its_checkpoint_does_not_hold():
+    """A checkpoint names the last own record its state holds. Restored from it, the worker's
+    reader skips that record and those before it (and its own new ones), and applies its own
+    later ones like a peer's: sent after the checkpoint, their learning is gone from the state.
+    A checkpoint from before this rule takes every own record as held, as before."""
+    config = ServiceConfig(sync_every=100, worker_id="w")
+    sender = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    events = synthetic(300, seed=5)
+    sent = []
+    for i in range(3):
+        sender.replica.model.learn_many(events[i * 100 : (i + 1) * 100])
+        sender.learned(100)
+        sent.append(dict(sender.outgoing()[0][3]))
+        if i == 1:
+            saved = sender.to_arrays()  # checkpointed after the second send
+
+    restored = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    restored.load_arrays(saved)
+    assert [restored._holds(h) for h in sent] == [True, True, False]
+    assert restored._holds(dict(restored.own.stamp()))  # its own, sent since the restore
+    assert not restored._holds({**sent[0], INCARNATION_HEADER: b"another-process"})
+    assert restored._holds({k: v for k, v in sent[2].items() if k != INCARNATION_HEADER})  # an old sender
+
+    legacy = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    legacy.load_arrays({k: v for k, v in saved.items() if not k.startswith("own_")})
+    assert legacy.legacy_own and all(legacy._holds(h) for h in sent)
 
 
 @pytest.fixture
