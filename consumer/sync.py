@@ -294,7 +294,7 @@ class UpdateExchange:
         if self.sent_through:
             log.info(
                 "the update topic holds the learning of these input offsets",
-                extra=fields(topic=self.topic, through=self.sent_through),
+                extra=fields(topic=self.topic, through=self.sent_through, own_records_applied=self.reapplied),
             )
         if not self._own_send_complete:
             log.warning(
