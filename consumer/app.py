@@ -879,11 +879,23 @@ class StreamrecService:
         """Partitions taken over whose previous owner's learning the update topic holds only up
         to an offset below its commit (it was killed between two sends, its partitions moved
         before it was back): partition -> ``(that offset, the commit)``, to relearn in between.
-        Only with the changelog, which takes the viewers back to that offset."""
-        if self.exchange is None or self.changelog is None:
+        A partition no update record names had nothing sent: relearned from the start of its
+        log, when the exchange knows every record's reach (else, from an older checkpoint or
+        snapshot, it is taken as sent). Only with the changelog, which takes the viewers back."""
+        exchange = self.exchange
+        if exchange is None or self.changelog is None:
             return {}
-        sent = self.exchange.sent_through
-        return {p: (sent[p], c) for p, c in taken_over.items() if c is not None and sent.get(p, c) < c}
+        relearn = {}
+        for partition, committed in taken_over.items():
+            reach = exchange.sent_through.get(partition)
+            if committed is None or (reach is None and not exchange.reach_known):
+                continue
+            tp = TopicPartition(self.config.input_topic, partition)
+            first = self._consumer.beginning_offsets([tp])[tp]
+            reach = first if reach is None else max(reach, first)
+            if reach < committed:
+                relearn[partition] = (reach, committed)
+        return relearn
 
     def _restore_viewers(self, taken_over: dict[int, int], relearn: dict[int, tuple[int, int]]) -> None:
         """The viewers of partitions someone else committed last, from the changelog, into every

@@ -26,8 +26,9 @@ When partitions are assigned (:meth:`~OffsetLedger.assigned`, then :meth:`~Offse
       a crash before its next checkpoint finds one that covers the partition (else case b would
       relearn the other worker's events from the start of the log). With one model over the
       group, when the update topic holds the previous owner's learning only up to an offset
-      below its commit (it was killed between two sends), start there instead and replay up to
-      the commit learn-only (:meth:`~OffsetLedger.relearn`), its viewers taken back to that
+      below its commit (it was killed between two sends; or before any send naming the
+      partition: then from the start of its log), start there instead and replay up to the
+      commit learn-only (:meth:`~OffsetLedger.relearn`), its viewers taken back to that
       offset: that learning reaches the group, from this worker;
    d. no commit: start at the checkpoint's offset if there is one, else where
       ``auto_offset_reset`` says.

@@ -105,9 +105,16 @@ class Manifest:
     #: The generation fence as of ``offsets`` (:class:`consumer.sync.GenerationFence`): a reader
     #: starting there drops the records its peers drop.
     fence: int = -1
+    #: Per input partition, the offset the learning of the update records before ``offsets``
+    #: reaches (:attr:`consumer.sync.UpdateExchange.sent_through` as of them); ``None`` in a
+    #: manifest from before 2026-11-30. A worker starting from the snapshot knows from it what
+    #: of its replay the group has, instead of taking the whole replay as sent.
+    through: dict[int, int] | None = None
 
     def to_bytes(self) -> bytes:
         body = asdict(self) | {"format": _FORMAT, "offsets": {str(p): o for p, o in self.offsets.items()}}
+        if self.through is not None:
+            body["through"] = {str(p): o for p, o in self.through.items()}
         return json.dumps(body).encode()
 
     @classmethod
@@ -115,6 +122,7 @@ class Manifest:
         """``ValueError`` for anything that is not a manifest of this format."""
         try:
             body = json.loads(data)
+            through = body.get("through")  # absent in manifests before 2026-11-30
             if body.get("format") != _FORMAT:
                 raise ValueError(f"format {body.get('format')!r}")
             return cls(
@@ -125,6 +133,7 @@ class Manifest:
                 chunks=[ChunkRef(str(c["key"]), int(c["size"]), int(c["crc32"])) for c in body["chunks"]],
                 videos=int(body["videos"]),
                 fence=int(body.get("fence", -1)),  # absent in manifests before 2026-11-30
+                through={int(p): int(o) for p, o in through.items()} if through is not None else None,
             )
         except (TypeError, KeyError, AttributeError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"not a snapshot manifest: {err}") from None
@@ -138,15 +147,17 @@ def snapshot_messages(
     offsets: dict[int, int],
     budget: int,
     fence: int = -1,
+    through: dict[int, int] | None = None,
 ) -> tuple[list[Message], Message, Manifest]:
     """The chunk records of ``updates`` (each within ``budget`` bytes) and the manifest record
-    to send once they are all acknowledged; ``fence``: the generation fence as of ``offsets``."""
+    to send once they are all acknowledged; ``fence``: the generation fence as of ``offsets``,
+    ``through``: how far the learning of the records before them reaches (:attr:`Manifest.through`)."""
     snapshot_id = uuid.uuid4().hex
     values = updates.records(budget)
     headers = [(SNAPSHOT_HEADER, snapshot_id.encode())]
     refs = [ChunkRef(f"chunk/{worker}/{slot}/{i}", len(v), zlib.crc32(v)) for i, v in enumerate(values)]
     chunks = [(topic, ref.key.encode(), value, headers) for ref, value in zip(refs, values, strict=True)]
-    manifest = Manifest(snapshot_id, worker, time.time(), dict(offsets), refs, len(updates), fence)
+    manifest = Manifest(snapshot_id, worker, time.time(), dict(offsets), refs, len(updates), fence, through)
     return chunks, (topic, f"manifest/{worker}/{slot}".encode(), manifest.to_bytes(), headers), manifest
 
 

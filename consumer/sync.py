@@ -202,6 +202,10 @@ class UpdateExchange:
         #: Per input partition, the farthest ``through`` of the update records read (this
         #: worker's and its peers'): below it, the partition's learning is in the update topic.
         self.sent_through: dict[int, int] = {}
+        #: Whether :attr:`sent_through` covers every record before the reader's positions: read
+        #: from the topic's start, or carried by the checkpoint or snapshot started from. Then a
+        #: partition it does not name has had nothing of its learning sent.
+        self.reach_known = False
         #: The group generation this worker holds (the service sets it to ask its consumer):
         #: every record it sends names it.
         self.generation: Callable[[], int] = lambda: -1
@@ -269,12 +273,15 @@ class UpdateExchange:
         self.own = OwnRecords({tp.partition: o for tp, o in reader.end_offsets(assigned).items()})
         if self.snapshot_every_s and not self.restored:
             self._start_from_snapshot()
+        if not self.restored and self.started_from is None:
+            self.reach_known = True  # read from the topic's start
         lost = {
             tp.partition: beginning[tp]
             for tp in assigned
             if self.offsets.get(tp.partition, 0) < beginning[tp]
         }
         if lost:  # a checkpoint (or a snapshot) older than the update topic's retention
+            self.reach_known = False
             log.warning(
                 "update records this worker needs were deleted by the topic's retention: its video "
                 "state misses them (a worker started without its checkpoint begins from the newest "
@@ -329,11 +336,14 @@ class UpdateExchange:
         again (replayed, or served again after a crash between a send and the poll's commit)
         are taken as agreed, not sent twice.
 
-        A worker that started from a snapshot without a checkpoint has not read its own records
-        from before the snapshot: it takes its whole replay (up to ``replay_until``) as sent.
+        A worker that started from a snapshot without a checkpoint has not read the records
+        before the snapshot: their reach comes with it (:attr:`Manifest.through`). A snapshot
+        from before that field says nothing, and the whole replay (up to ``replay_until``) is
+        taken as sent.
         """
         sent = self.sent_through.get(partition, start)
-        if self.started_from is not None and not self.restored and replay_until is not None:
+        blind = self.started_from is not None and self.started_from.manifest.through is None
+        if blind and not self.restored and replay_until is not None:
             sent = max(sent, replay_until)
         return max(sent, start)
 
@@ -558,6 +568,9 @@ class UpdateExchange:
             self.replica.apply(part)
         self.offsets = dict(snapshot.manifest.offsets)
         self.fence = GenerationFence(snapshot.manifest.fence)
+        if snapshot.manifest.through is not None:
+            self.sent_through = dict(snapshot.manifest.through)
+            self.reach_known = True
         self.started_from = snapshot
         seconds = time.perf_counter() - started
         log.info(
@@ -627,6 +640,7 @@ class UpdateExchange:
             positions,
             RECORD_BUDGET,
             self.fence.generation,
+            dict(self.sent_through),
         )
         self._snapshot_slot ^= 1
         self._snapshot_sent_offsets = dict(positions)
@@ -664,14 +678,25 @@ class UpdateExchange:
         partitions = sorted(self.offsets)
         recent = time.monotonic() - PEER_WINDOW_S
         peers = sorted(p for p, at in self.peers.items() if at >= recent)
-        return self.replica.to_arrays() | {
-            "update_partitions": np.array(partitions, dtype=np.int64),
-            "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
-            "update_fence": np.array(self.fence.generation, dtype=np.int64),
-            "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
-            # Every own record up to this one is in the state saved (checkpoints hold nothing unsent).
-            "own_incarnation": np.array(self.own.incarnation),
-            "own_sent": np.array(self.own.sent, dtype=np.int64),
+        return (
+            self.replica.to_arrays()
+            | {
+                "update_partitions": np.array(partitions, dtype=np.int64),
+                "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
+                "update_fence": np.array(self.fence.generation, dtype=np.int64),
+                "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
+                # Every own record up to this one is in the state saved (checkpoints hold nothing unsent).
+                "own_incarnation": np.array(self.own.incarnation),
+                "own_sent": np.array(self.own.sent, dtype=np.int64),
+            }
+            | (self._reach_arrays() if self.reach_known else {})
+        )
+
+    def _reach_arrays(self) -> dict[str, np.ndarray]:
+        partitions = sorted(self.sent_through)
+        return {
+            "through_partitions": np.array(partitions, dtype=np.int64),
+            "through_offsets": np.array([self.sent_through[p] for p in partitions], dtype=np.int64),
         }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -681,6 +706,10 @@ class UpdateExchange:
         self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
         if "update_fence" in arrays:  # the fence as of those offsets (absent before 2026-11-30)
             self.fence = GenerationFence(int(arrays["update_fence"]))
+        if "through_partitions" in arrays:  # absent before 2026-11-30, or when not known
+            partitions, offsets = arrays["through_partitions"].tolist(), arrays["through_offsets"].tolist()
+            self.sent_through = dict(zip(partitions, offsets, strict=True))
+            self.reach_known = True
         if "own_incarnation" in arrays:  # absent before 2026-11-30
             self.kept_own = (str(arrays["own_incarnation"]), int(arrays["own_sent"]))
         else:

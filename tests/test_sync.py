@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -132,6 +133,24 @@ def test_a_restored_worker_applies_its_own_records_its_checkpoint_does_not_hold(
     legacy = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
     legacy.load_arrays({k: v for k, v in saved.items() if not k.startswith("own_")})
     assert legacy.legacy_own and all(legacy._holds(h) for h in sent)
+
+
+def test_how_far_the_topics_learning_reaches_goes_into_checkpoints_and_snapshots():
+    """What a checkpoint or a snapshot starts a worker from carries the reach of the records
+    before it, so the worker can tell "nothing of this partition was sent" from "not known"."""
+    config = ServiceConfig(sync_every=100, worker_id="w")
+    exchange = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    exchange.sent_through = {0: 120, 3: 75}
+    assert "through_partitions" not in exchange.to_arrays()  # not known: nothing claimed
+    exchange.reach_known = True
+    restored = UpdateExchange(config, VideoReplica(ReplicatedRanker()))
+    restored.load_arrays(exchange.to_arrays())
+    assert (restored.sent_through, restored.reach_known) == ({0: 120, 3: 75}, True)
+
+    manifest = Manifest("s1", "w", 1.0, {0: 12}, [ChunkRef("chunk/w/0/0", 3, 0)], 1, 4, {0: 120, 3: 75})
+    assert Manifest.from_bytes(manifest.to_bytes()) == manifest
+    older = Manifest("s0", "w", 1.0, {0: 12}, [ChunkRef("chunk/w/0/0", 3, 0)], 1, 4)
+    assert Manifest.from_bytes(older.to_bytes()).through is None
 
 
 @pytest.fixture
@@ -379,8 +398,14 @@ def counted_in_updates(bootstrap: str, topic: str) -> float:
         (1000, 10_000_000, [], "a"),
         (600, 1_500, ["--exactly-once"], "a"),
         (1000, 10_000_000, [], "b"),
+        (5000, 10_000_000, [], "b"),  # nothing sent at all: the partitions no update names
     ],
-    ids=["no_checkpoint-at_least_once", "checkpointed-exactly_once", "another_worker"],
+    ids=[
+        "no_checkpoint-at_least_once",
+        "checkpointed-exactly_once",
+        "another_worker",
+        "nothing_sent-another_worker",
+    ],
 )
 def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     kafka_bootstrap, new_topic, tmp_path, sync_every, checkpoint_every, mode, next_owner
@@ -416,7 +441,8 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
         victim.kill()
         assert wait_for(lambda: stable(kafka_bootstrap, updates_topic), 120)
         before = counted_in_updates(kafka_bootstrap, updates_topic)
-        assert 0 < before < len(first), f"the kill found nothing unsent ({before}): the test proves nothing"
+        assert before < len(first), f"the kill found nothing unsent ({before}): the test proves nothing"
+        assert before > 0 or sync_every > len(first)
 
         restarted = worker(f"{next_owner}2.log", next_owner)
         assert wait_for(lambda: "partition assigned" in restarted.log(), 120), tail_of(restarted)
@@ -444,6 +470,58 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     assert_replicas_are_the_update_topic(
         cli_config(kafka_bootstrap, names, group, checkpoints, mode), next_owner
     )
+
+
+def test_a_worker_restarted_without_its_folder_learns_again_what_it_never_sent_after_the_snapshot(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A worker killed with -9 holds committed polls whose learning it never sent. Restarted
+    without its checkpoint folder (a container without a volume), it starts from the group's
+    newest snapshot and replays its partitions from their start. The snapshot's manifest says
+    how far the learning of the records before it reaches, so the replay takes back what the
+    topic has and sends the rest: the update topic's watch counts come to the events produced.
+    (Before, a worker started from a snapshot took its whole replay as sent, and that learning
+    was lost to the group.)"""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    updates_topic = f"{names['input_topic']}-video-updates"
+    options = [
+        *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "1"),
+        *("--checkpoint-every-events", "10000000", "--checkpoint-interval-s", "3600"),
+        *("--max-poll-records", "300", "--session-timeout-ms", "6000", "--no-shadow-baseline"),
+    ]
+    first, second = synthetic(2600, seed=89), synthetic(400, seed=90)
+
+    def worker(log: str) -> ServiceProcess:
+        return ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / log, "a", options)
+
+    produce(kafka_bootstrap, names["input_topic"], keyed(first))
+    with reaped([]) as services:
+        victim = worker("a1.log")
+        services.append(victim)
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == len(first), 120
+        ), tail_of(victim)
+        published = victim.log().count("snapshot published")
+        assert wait_for(lambda: victim.log().count("snapshot published") > published, 60), tail_of(victim)
+        victim.kill()
+        assert wait_for(lambda: stable(kafka_bootstrap, updates_topic), 60)
+        before = counted_in_updates(kafka_bootstrap, updates_topic)
+        assert 0 < before < len(first), f"nothing unsent at the kill ({before}): the test proves nothing"
+        shutil.rmtree(checkpoints)
+
+        restarted = worker("a2.log")
+        services.append(restarted)
+        assert wait_for(lambda: "partition assigned" in restarted.log(), 120), tail_of(restarted)
+        assert "started from snapshot" in restarted.log()
+        produce(kafka_bootstrap, names["input_topic"], keyed(second))
+        total = len(first) + len(second)
+        assert wait_for(
+            lambda: committed_total(kafka_bootstrap, group, names["input_topic"]) == total, 120
+        ), tail_of(restarted)
+        assert restarted.stop() == 0, tail_of(restarted)
+    assert counted_in_updates(kafka_bootstrap, updates_topic) == total
+    assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, checkpoints), "a")
 
 
 def streams_of(events) -> dict[str, list[str]]:
