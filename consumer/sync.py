@@ -334,7 +334,7 @@ class UpdateExchange:
         already (sent by this worker, or by the partition's previous owner), for a partition
         positioned at ``start`` (at least ``start``): the events below it that are learned
         again (replayed, or served again after a crash between a send and the poll's commit)
-        are taken as agreed, not sent twice.
+        update their viewers only (:meth:`relearned`): neither sent nor held twice.
 
         A worker that started from a snapshot without a checkpoint has not read the records
         before the snapshot: their reach comes with it (:attr:`Manifest.through`). A snapshot
