@@ -517,16 +517,29 @@ class StreamrecService:
             self._record_model_size()
         return checkpoint
 
-    def _checkpoint_all_sent(self) -> None:
+    def _checkpoint_all_sent(self, read_back: bool = True) -> None:
         """A checkpoint with no video updates unsent in it: a restart from a checkpoint sends
-        what it holds unsent, which the process that wrote it may have sent since (twice)."""
+        what it holds unsent, which the process that wrote it may have sent since (twice). Its
+        records are read back first (``read_back``; not inside kafka-python's callbacks): one
+        dropped by every reader, sent after this worker was expelled, stops the checkpoint."""
         if self.exchange is not None and self._publisher is not None:
             self._send_unattached(self.exchange.outgoing(force=True))
+            if read_back:
+                self.exchange.read_to_end()
         self.checkpoint()
 
     def checkpoint(self) -> Checkpoint | None:
         """Write the model (and the shadow) with the offsets it covers, atomically."""
         if self.store is None:
+            return None
+        if self.exchange is not None and self.exchange.fenced_own:
+            # Learning whose updates the group dropped: saved, it would stay in this replica
+            # for good. The rollback this worker is heading for goes back to the last one.
+            log.warning(
+                "not checkpointing: update records this worker sent were dropped by every reader "
+                "(sent after it was expelled from the group)",
+                extra=fields(records=self.exchange.fenced_own),
+            )
             return None
         offsets = self.ledger.to_checkpoint()
         if offsets is None:
@@ -968,7 +981,10 @@ class StreamrecService:
             "partitions lost: this worker was expelled from the group",
             extra=fields(partitions=sorted(tp.partition for tp in lost), unsent_events=held),
         )
-        if held:
+        if held or (self.exchange is not None and self.store is not None):
+            # Back to the last checkpoint even with nothing unsent: its updates sent since that
+            # the group kept are read again, and any it dropped (sent after the expulsion, in
+            # flight at a freeze) are not, so the replica keeps exactly the group's.
             self._lost = True
         else:
             self._checkpoint_once_settled()
@@ -987,7 +1003,7 @@ class StreamrecService:
         else right after this poll (which reads the answers)."""
         if self.ledger.unsaved:
             if self.ledger.settled:
-                self._checkpoint_all_sent()
+                self._checkpoint_all_sent(read_back=False)  # in a kafka-python callback
             else:
                 self._checkpoint_after_poll = True
 

@@ -239,6 +239,9 @@ class UpdateExchange:
         self.legacy_own = False
         #: Own records of earlier incarnations applied (their learning was not in the state).
         self.reapplied = 0
+        #: This incarnation's records every reader dropped (sent after it was expelled): its
+        #: model holds learning the group does not, so it must not be checkpointed.
+        self.fenced_own = 0
         #: This incarnation's own records, to know when a snapshot may be taken.
         self.own = OwnRecords()
         self.snapshot_every_s = config.snapshot_every_s
@@ -431,6 +434,8 @@ class UpdateExchange:
         expelled, and the partitions' new owners relearn what it had not sent before the fence."""
         if sender == self.worker:
             self.own.seen(headers)  # this incarnation's, sent while expelled: rolled back here too
+            if headers.get(INCARNATION_HEADER, b"").decode() == self.own.incarnation:
+                self.fenced_own += 1
         log.warning(
             "update record dropped: sent under an older group generation, by a worker expelled since",
             extra=fields(

@@ -135,6 +135,26 @@ def test_a_restored_worker_applies_its_own_records_its_checkpoint_does_not_hold(
     assert legacy.legacy_own and all(legacy._holds(h) for h in sent)
 
 
+def test_a_worker_whose_own_updates_were_dropped_writes_no_checkpoint(tmp_path, caplog):
+    """Learning whose updates every reader dropped (sent after the worker was expelled) is in
+    no other replica: a checkpoint of it would keep it here for good, so none is written and
+    the worker's rollback goes back to the last one."""
+    config = ServiceConfig(sync_every=100, worker_id="w", checkpoint_dir=str(tmp_path), metrics_port=0)
+    service = build_service(config, with_metrics=False)
+    try:
+        assert service.checkpoint() is not None
+        exchange = service.exchange
+        record = dict(exchange.own.stamp())  # one of this incarnation's records, seen dropped
+        exchange._fenced_off("w", {**record, "streamrec.generation": b"1"}, 0, 7)
+        assert exchange.fenced_own == 1
+        caplog.set_level(logging.WARNING)
+        assert service.checkpoint() is None
+        assert "not checkpointing" in caplog.text
+        assert len(list(tmp_path.glob("w/ckpt-*"))) == 1
+    finally:
+        service.claim.release()
+
+
 def test_how_far_the_topics_learning_reaches_goes_into_checkpoints_and_snapshots():
     """What a checkpoint or a snapshot starts a worker from carries the reach of the records
     before it, so the worker can tell "nothing of this partition was sent" from "not known"."""
