@@ -95,6 +95,8 @@ GENERATION_HEADER = "streamrec.generation"
 FENCE_HEADER = "streamrec.fence"
 #: Bytes per update record: under the 1 MB a Kafka producer and broker accept by default.
 RECORD_BUDGET = 900_000
+#: How long a worker waits for the update topic's partitions to show in the metadata.
+TOPIC_WAIT_S = 30.0
 #: A peer whose last update applied is older than this no longer counts in the group's size.
 PEER_WINDOW_S = 60.0
 
@@ -265,10 +267,17 @@ class UpdateExchange:
     def connect(self) -> None:
         """Read every partition of the update topic from the saved offsets (else its start)."""
         reader = make_reader(self.config, "updates")
-        partitions = sorted(reader.partitions_for_topic(self.topic) or ())
-        if not partitions:
-            close_quietly(reader)
-            raise RuntimeError(f"update topic {self.topic} has no partitions (it is created at start-up)")
+        # Created at start-up, by this worker or another one just before: a broker may not list
+        # its partitions for a moment (each call asks for the metadata again).
+        deadline = time.monotonic() + TOPIC_WAIT_S
+        while not (partitions := sorted(reader.partitions_for_topic(self.topic) or ())):
+            if time.monotonic() > deadline:
+                close_quietly(reader)
+                raise RuntimeError(
+                    f"update topic {self.topic} has no partitions after {TOPIC_WAIT_S:g} s "
+                    "(it is created at start-up)"
+                )
+            time.sleep(0.2)
         assigned = [TopicPartition(self.topic, p) for p in partitions]
         reader.assign(assigned)
         beginning = reader.beginning_offsets(assigned)
