@@ -903,6 +903,8 @@ class StreamrecService:
             reach = exchange.sent_through.get(partition)
             if committed is None or (reach is None and not exchange.reach_known):
                 continue
+            if reach is not None and reach >= committed:
+                continue  # all of it in the topic: the usual handover, no round trip to ask
             tp = TopicPartition(self.config.input_topic, partition)
             first = self._consumer.beginning_offsets([tp])[tp]
             reach = first if reach is None else max(reach, first)
