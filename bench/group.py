@@ -4,7 +4,7 @@ Usage::
 
     .venv/bin/python bench/group.py [--ml100k PATH] [--events N] [--partitions 4]
         [--runs 1,2,2s,4s,2s4096,2s@int8] [--sync-every 1024] [--modes live,backlog]
-        [--bootstrap HOST:PORT]
+        [--worker-args "--changelog-topic none"] [--bootstrap HOST:PORT]
 
 Each run replays the same events (MovieLens 100K with ``--ml100k``, else the synthetic stream),
 keyed by viewer, into a fresh topic of ``--partitions`` partitions, and starts
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -45,6 +46,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +185,14 @@ def steady_rate(samples: list[tuple[float, int]], total: int, start_at: float) -
 
 
 def run_group(
-    connection, events: list, workers: int, sync_every: int, partitions: int, mode: str, precision: str = ""
+    connection,
+    events: list,
+    workers: int,
+    sync_every: int,
+    partitions: int,
+    mode: str,
+    precision: str = "",
+    worker_args: Sequence[str] = (),
 ) -> dict:
     admin_options = connection.client_options()
     admin = KafkaAdminClient(**admin_options)
@@ -207,6 +216,7 @@ def run_group(
         "--sync-every", str(sync_every),
         "--log-level", "WARNING",
         *(["--sync-precision", precision] if precision else []),
+        *worker_args,
     ]  # fmt: skip
     ports = [port + i for i in range(workers)]
     if mode == "backlog":
@@ -268,6 +278,7 @@ def run_group(
         "workers": workers,
         "sync_every": sync_every,
         "precision": precision,
+        "worker_args": list(worker_args),
         "learned": samples[-1][1] if samples else 0,
         "hr_at_10": hits / evaluated if evaluated else float("nan"),
         "to_all_joined_s": (joined - started) if joined else float("nan"),
@@ -305,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--modes", default="live,backlog", help="live, backlog or both (see the docstring)")
     parser.add_argument("--sync-every", type=int, default=1024)
+    parser.add_argument(
+        "--worker-args", default="", help="`streamrec serve` flags for every run: '--changelog-topic none'"
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/group.json")
     args = parser.parse_args(argv)
     connection = connection_from(args)
@@ -326,7 +340,14 @@ def main(argv: list[str] | None = None) -> int:
                 workers, shared, every, precision = re.fullmatch(r"(\d+)(s?)(\d*)(?:@(\w+))?", run).groups()
                 sync_every = (int(every) if every else args.sync_every) if shared else 0
                 r = run_group(
-                    connection, events, int(workers), sync_every, args.partitions, mode, precision or ""
+                    connection,
+                    events,
+                    int(workers),
+                    sync_every,
+                    args.partitions,
+                    mode,
+                    precision or "",
+                    shlex.split(args.worker_args),
                 )
                 rows.append(r)
                 c = r["cores"]

@@ -50,6 +50,9 @@ __all__ = [
     "COMPRESSIONS",
     "OUTPUT_COMPRESSION",
     "SYNC_PRECISIONS",
+    "SYNC_AUTO",
+    "SYNC_EVERY",
+    "DEFAULT_MODEL",
 ]
 
 #: Codecs of the output topics (kafka-python's ``compression_type``; ``none`` is no codec).
@@ -68,6 +71,17 @@ OUTPUT_COMPRESSION = "zstd"
 #: also at the same HR@10 there.
 SYNC_PRECISIONS = ("float32", "int16", "int8")
 SYNC_PRECISION = "int16"
+#: ``sync_every`` left to the service (``--sync-every auto``, the default): one model over the
+#: group for the workers of ``--workers N`` (N other than 1) serving the default model, sending
+#: every :data:`SYNC_EVERY` events; off for a lone worker, whose exchange would cost it a third
+#: of its events/s with nobody to hear it (ML-100K: 0.62-0.74x, 1.4-1.6x the CPU per event,
+#: the changelog on or off; ``bench/group.py --runs 1,1s``).
+SYNC_AUTO = -1
+#: What ``auto`` sends every, when on: within 0.002 of one worker's HR@10 with 2 and 4 workers on
+#: MovieLens (docs/scaling.md), where every 4,096 events lost 0.004 to 0.025.
+SYNC_EVERY = 1024
+#: The model the group can share (:class:`model.replica.ReplicatedRanker` is its replica).
+DEFAULT_MODEL = "streamrec"
 
 
 class ConfigError(ValueError):
@@ -93,7 +107,7 @@ class ServiceConfig:
     auto_offset_reset: str = "earliest"
     top_n: int = 10
     #: The model to serve, by registry name.
-    model: str = "streamrec"
+    model: str = DEFAULT_MODEL
     #: Settings of a fresh model, ``key=value[,key=value]`` (values read as JSON); a model
     #: restored from a checkpoint keeps the settings it was saved with.
     model_settings: str = ""
@@ -141,8 +155,9 @@ class ServiceConfig:
     #: Names this worker in commit metadata and the transactional id; defaults to the group id.
     worker_id: str = ""
     #: One model over the group (see :mod:`consumer.sync`): send this worker's video updates to
-    #: the update topic every this many learned events (0: off, each worker its own model)...
-    sync_every: int = 0
+    #: the update topic every this many learned events (0: off, each worker its own model;
+    #: :data:`SYNC_AUTO`: on for the workers of ``--workers N``, see :meth:`_auto_sync_every`)...
+    sync_every: int = SYNC_AUTO
     #: ... or this often when fewer have been learned since.
     sync_interval_s: float = 1.0
     #: The update topic; empty: ``<input topic>-video-updates``.
@@ -180,6 +195,8 @@ class ServiceConfig:
 
         for name in ("bootstrap_servers", "input_topic", "output_topic", "dlq_topic", "group_id"):
             check(bool(getattr(self, name).strip()), f"{name} must not be empty")
+        if self.sync_every == SYNC_AUTO:  # resolved once, so every reader sees a number
+            object.__setattr__(self, "sync_every", self._auto_sync_every())
         check(len({self.input_topic, self.output_topic, self.dlq_topic}) == 3, "topics must be distinct")
         check(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
         check(
@@ -201,7 +218,7 @@ class ServiceConfig:
         )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
         check(0 <= self.workers <= 256, f"workers must be 0 (one per core) to 256, got {self.workers}")
-        check(self.sync_every >= 0, f"sync_every must be >= 0, got {self.sync_every}")
+        check(self.sync_every >= 0, f"sync_every must be auto ({SYNC_AUTO}) or >= 0, got {self.sync_every}")
         check(
             self.sync_precision in SYNC_PRECISIONS,
             f"sync_precision must be one of {', '.join(SYNC_PRECISIONS)}, got {self.sync_precision!r}",
@@ -268,6 +285,23 @@ class ServiceConfig:
             self.arm_specs  # noqa: B018 - parsed here so a malformed experiment fails at start-up
         except ValueError as err:
             raise ConfigError(str(err)) from None
+
+    def _auto_sync_every(self) -> int:
+        """``sync_every`` when left to the service: :data:`SYNC_EVERY` for the workers of
+        ``--workers N`` (N other than 1) serving the default model, else 0.
+
+        >>> ServiceConfig(workers=2).sync_every, ServiceConfig().sync_every
+        (1024, 0)
+        >>> ServiceConfig(workers=2, model="cooccurrence").sync_every  # only the default model syncs
+        0
+        """
+        if self.workers == 1:
+            return 0
+        try:
+            control = self.arm_specs[0].model
+        except ValueError:  # reported by the checks that follow
+            return 0
+        return SYNC_EVERY if control == DEFAULT_MODEL else 0
 
     @property
     def model_params(self) -> dict[str, object]:
@@ -415,7 +449,9 @@ _HELP = {
     "exactly_once": "publish and commit offsets in one Kafka transaction per batch",
     "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
     "sync_every": "one model over the group: send this worker's video updates to the update topic every "
-    "this many learned events (0: off, each worker learns its own model; needs --model streamrec)",
+    f"this many learned events (0: off, each worker learns its own model; needs --model {DEFAULT_MODEL}); "
+    f"auto: {SYNC_EVERY} for the workers of --workers N (N other than 1), else 0. Give every "
+    "`streamrec serve` of a group the same value",
     "sync_interval_s": "... or this often when fewer events were learned since",
     "sync_topic": "the update topic (default: <input topic>-video-updates)",
     "sync_precision": "how the vectors' changes travel on the update topic: float32, int16 or int8 "
@@ -433,6 +469,21 @@ _HELP = {
     "/metrics on --metrics-port + i",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
+
+
+def _sync_every(text: str) -> int:
+    """``--sync-every``: ``auto`` or a count of events (0: off)."""
+    if text.strip().lower() == "auto":
+        return SYNC_AUTO
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be auto or >= 0, got {text!r}")
+    return value
+
+
+_sync_every.__name__ = "auto or a count"  # argparse names the type in its error
+#: Flags read by a function of their own rather than by their default's type.
+_PARSERS = {"sync_every": _sync_every}
 
 
 class _Extend(argparse.Action):
@@ -454,7 +505,7 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
         if name in ("bootstrap_servers", "security"):
             continue
         env = f"STREAMREC_{name.upper()}"
-        kind = type(field.default)
+        kind = _PARSERS.get(name, type(field.default))
         default = field.default
         if env in environ:
             raw = environ[env]
@@ -466,7 +517,8 @@ def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | 
             except ValueError as err:
                 raise ConfigError(f"{env}={raw!r}: {err}") from None
         flag = "--" + name.replace("_", "-")
-        help_ = f"{_HELP[name]} (env {env}; default: {default!r})"
+        shown = "auto" if name == "sync_every" and default == SYNC_AUTO else repr(default)
+        help_ = f"{_HELP[name]} (env {env}; default: {shown})"
         if kind is bool:
             parser.add_argument(flag, default=default, action=argparse.BooleanOptionalAction, help=help_)
         elif kind is tuple:

@@ -168,7 +168,11 @@ def supervise(config: ServiceConfig, restart_after_s: float = 1.0) -> int:
 
     workers = {i: start(i) for i in range(count)}
     pause = dict.fromkeys(workers, restart_after_s)
-    log.info("workers started", extra=fields(workers=count, group=config.group_id))
+    log.info(
+        "workers started",
+        # sync_every 0: each worker learns a model of its own from its partitions
+        extra=fields(workers=count, group=config.group_id, sync_every=config.sync_every),
+    )
     code = 0
     while not stop.wait(0.5):
         for index, process in list(workers.items()):

@@ -130,6 +130,19 @@ def test_prometheus_scrapes_every_replica_of_the_consumer_on_the_port_it_serves(
     assert mapping.split(":")[1] == str(port) and "-" in mapping.split(":")[0]
 
 
+def test_the_consumers_replicas_are_one_model(compose):
+    """``--scale consumer=N`` runs N lone ``streamrec serve``: each must be told to share its
+    video state (else each learns its own model) and to keep its viewers' changelog."""
+    from consumer.config import ServiceConfig
+
+    environment = {
+        k: expand_defaults(str(v)) for k, v in compose["services"]["consumer"]["environment"].items()
+    }
+    argv = shlex.split(compose["services"]["consumer"]["command"])[2:]  # after `streamrec serve`
+    config = ServiceConfig.from_args(argv, environ=environment)
+    assert config.sync_every > 0 and config.changelog_topic_name
+
+
 @pytest.mark.skipif(
     shutil.which("promtool") is None, reason="promtool comes with Prometheus (scripts/prometheus.sh)"
 )

@@ -6,7 +6,7 @@ import pytest
 
 from consumer.checkpoint import FolderTaken
 from consumer.config import ConfigError, ServiceConfig
-from consumer.runner import build_service, main
+from consumer.runner import build_service, main, worker_config
 
 
 def test_flags_beat_environment_beat_defaults():
@@ -191,3 +191,43 @@ def test_the_sync_precisions_are_the_models():
 
     assert tuple(PRECISIONS) == SYNC_PRECISIONS and SYNC_PRECISION in SYNC_PRECISIONS
     assert ServiceConfig.from_args(["--sync-precision", "int8"], environ={}).sync_precision == "int8"
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "sync_every"),
+    [
+        ([], {}, 0),  # a lone worker: nobody to hear its updates
+        (["--workers", "2"], {}, 1024),  # the workers of --workers N are one model
+        (["--workers", "0"], {}, 1024),  # one per core
+        (["--workers", "2", "--sync-every", "0"], {}, 0),  # own models, asked for
+        (["--workers", "2", "--sync-every", "512"], {}, 512),
+        (["--sync-every", "2048"], {}, 2048),  # a lone serve of a group on many machines
+        (["--workers", "2", "--model", "cooccurrence"], {}, 0),  # only the default model syncs
+        (["--workers", "2", "--arms", "control=most_popular,treatment=streamrec"], {}, 0),
+        (["--workers", "2", "--arms", "control=streamrec,treatment=most_popular"], {}, 1024),
+        (["--workers", "2"], {"STREAMREC_SYNC_EVERY": "0"}, 0),
+        (["--workers", "3", "--sync-every", "auto"], {"STREAMREC_SYNC_EVERY": "0"}, 1024),
+        ([], {"STREAMREC_SYNC_EVERY": "AUTO"}, 0),
+    ],
+)
+def test_the_workers_of_one_command_are_one_model_unless_told_otherwise(argv, environ, sync_every):
+    config = ServiceConfig.from_args(argv, environ=environ)
+    assert config.sync_every == sync_every
+    # what a worker of the set runs with: its own process, the same setting
+    assert worker_config(config, 1).sync_every == sync_every
+
+
+def test_sync_every_is_auto_or_a_count(capsys):
+    from consumer.config import DEFAULT_MODEL
+    from model.registry import DEFAULT_MODEL as REGISTRY_DEFAULT
+
+    assert DEFAULT_MODEL == REGISTRY_DEFAULT  # the model auto turns the exchange on for
+    for refused in ("-3", "often"):
+        with pytest.raises(SystemExit) as stopped:  # argparse's usage error
+            main(["--sync-every", refused])
+        assert stopped.value.code == 2
+        assert f"argument --sync-every: invalid auto or a count value: '{refused}'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="sync_every must be auto"):
+        ServiceConfig(sync_every=-2)
+    with pytest.raises(ConfigError, match="STREAMREC_SYNC_EVERY"):
+        ServiceConfig.from_args([], environ={"STREAMREC_SYNC_EVERY": "sometimes"})

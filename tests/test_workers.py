@@ -1,8 +1,10 @@
 """``streamrec serve --workers N``: N worker processes in one group on one machine.
 
 Against the real broker: the workers share the partitions and together learn every event
-once; each has its own checkpoint folder and /metrics port; SIGTERM stops them all cleanly
-(each checkpoints); kill -9 of the supervisor leaves no worker behind.
+once, as one model unless told otherwise; each has its own checkpoint folder and /metrics
+port; SIGTERM stops them all cleanly (each checkpoints); kill -9 of the supervisor leaves no
+worker behind. A lone ``streamrec serve`` that finds others in its group while learning a model
+of its own says so.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from consumer.runner import worker_config
 from tests.service_helpers import ServiceProcess, parse_metrics, produce, topics, wait_for
 from tests.streams import synthetic
 from tests.test_faults import keyed, tail_of
+from tests.test_sync import assert_replicas_are_the_update_topic, cli_config
+
+#: What a worker learning a model of its own logs when it finds other workers in its group.
+PRIVATE_IN_A_GROUP = "other workers share this group, and each learns a model of its own"
 
 
 def worker_metrics(port: int) -> dict[str, float] | None:
@@ -31,10 +37,14 @@ def worker_metrics(port: int) -> dict[str, float] | None:
 def members_with_partitions(bootstrap: str, group: str) -> int:
     """Members of ``group`` that hold at least one partition (the broker's view)."""
     from kafka import KafkaAdminClient
+    from kafka.errors import CoordinatorNotAvailableError
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        described = admin.describe_groups([group]).get(group, {})
+        try:
+            described = admin.describe_groups([group]).get(group, {})
+        except CoordinatorNotAvailableError:  # a fresh broker still making its offsets topic
+            return 0
         if described.get("group_state") != "Stable":
             return 0
         return sum(1 for m in described.get("members", []) if _partitions(m.get("member_assignment")))
@@ -45,6 +55,11 @@ def members_with_partitions(bootstrap: str, group: str) -> int:
 def _partitions(assignment: dict | None) -> int:
     """Partitions in a member's decoded assignment (kafka-python's describe_groups)."""
     return sum(len(t["partitions"]) for t in (assignment or {}).get("assigned_partitions", []))
+
+
+def told_private(worker: ServiceProcess) -> list[str]:
+    """The lines of ``worker``'s log that warn of a model of its own in a shared group."""
+    return [line for line in worker.log_path.read_text().splitlines() if PRIVATE_IN_A_GROUP in line]
 
 
 def learned(port: int) -> int:
@@ -87,6 +102,31 @@ def test_two_workers_share_the_partitions_and_learn_every_event_once(kafka_boots
     assert all(any((checkpoints / f).glob("ckpt-*")) for f in folders), (
         "a worker stopped without a checkpoint"
     )
+    # One model by default (--sync-every auto): each worker holds the video state of the whole
+    # stream, the update topic's records added up, not of its own half.
+    assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, checkpoints), folders)
+    assert not told_private(service)
+
+
+def test_a_worker_with_a_model_of_its_own_in_a_shared_group_says_so(kafka_bootstrap, new_topic, tmp_path):
+    """Two lone ``streamrec serve`` in one group, neither with --sync-every: both warn, once,
+    naming the fix; alone in the group, the first said nothing."""
+    names = topics(new_topic, partitions=4)
+    group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
+    first = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "first.log")
+    assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 1, 120), tail_of(first)
+    produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(200, seed=72)))
+    assert wait_for(lambda: first.model_events() == 200, 60), tail_of(first)
+    assert not told_private(first)
+    second = ServiceProcess(kafka_bootstrap, names, group, checkpoints, tmp_path / "second.log")
+    try:
+        assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 2, 120), tail_of(second)
+        for worker in (first, second):
+            assert wait_for(lambda w=worker: told_private(w), 30), tail_of(worker)
+            assert len(told_private(worker)) == 1 and "--sync-every" in told_private(worker)[0]
+    finally:
+        for worker in (second, first):
+            assert worker.stop(timeout=120) == 0, tail_of(worker)
 
 
 def test_killing_the_supervisor_leaves_no_worker_behind(kafka_bootstrap, new_topic, tmp_path):
