@@ -221,7 +221,8 @@ class Bench:
     def __init__(
         self, where: KafkaConnection | str, topic: str, checkpoints: str, model: str, **settings
     ) -> None:
-        config = service_config(where, topic, model=model, checkpoint_dir=checkpoints, **settings)
+        # --set checkpoint_dir=none (or another folder) wins over the run's own folder
+        config = service_config(where, topic, model=model, **({"checkpoint_dir": checkpoints} | settings))
         self.config = config
         self.service = build_service(config, with_metrics=False)
         # As consumer.runner builds them, in a registry of the bench's own.

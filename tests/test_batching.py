@@ -116,7 +116,9 @@ def served(kafka_bootstrap, new_topic):
 
 def test_batches_follow_the_load_and_lists_land_in_their_keys_partition(kafka_bootstrap, served):
     service, names, polls = served
-    backlog = list(synth_events(viewers=400, videos=2000, events=6000, seed=11))
+    # Enough for several polls at max_poll_records: on a quiet machine the service learns 4,000
+    # events within the budget, and 6,000 events were three polls, none left to judge the sizing.
+    backlog = list(synth_events(viewers=400, videos=2000, events=20_000, seed=11))
     produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in backlog])
     assert wait_for(lambda: service.model_events >= len(backlog), 180), ("not learned", service.failed)
     # The events are counted while their poll is learned: wait for that poll to be stamped too,

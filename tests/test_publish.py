@@ -93,3 +93,55 @@ def test_a_worker_outside_the_group_commits_no_offsets_in_a_transaction(kafka_bo
         publisher.send([(topic, b"viewer", b"a list", None)])
         publisher.flush_unattached()
         assert len(read_topic(kafka_bootstrap, topic)) == 1
+
+
+class CountingConsumer(KafkaConsumer):
+    """A real consumer that counts its commits: asynchronous ones, how many were unanswered
+    when the next was sent, and synchronous ones (a failed commit made again)."""
+
+    def __init__(self, **configs) -> None:
+        super().__init__(**configs)
+        self.in_flight: list = []
+        self.most_in_flight = self.synchronous = 0
+
+    def commit_async(self, offsets=None, callback=None):
+        self.in_flight = [f for f in self.in_flight if not f.is_done]
+        future = super().commit_async(offsets, callback)
+        self.in_flight.append(future)
+        self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
+        return future
+
+    def commit(self, offsets=None, timeout_ms=None):
+        self.synchronous += 1
+        return super().commit(offsets, timeout_ms)
+
+
+def test_polls_delivered_faster_than_commits_are_answered_are_all_committed_without_a_stall(
+    kafka_bootstrap, new_topic
+):
+    """At thousands of events a second a worker delivers a poll every few milliseconds. kafka-python
+    fails a commit beyond the connection's in-flight limit at once ("Node paused"), and each
+    failure was made again synchronously after a 100 ms back-off: the freshness p99. One commit
+    is in flight at a time, and the next covers every poll delivered meanwhile."""
+    topic = new_topic("commits")
+    tp = TopicPartition(topic, 0)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    consumer = CountingConsumer(bootstrap_servers=kafka_bootstrap, group_id=f"g-{topic}")
+    consumer.assign([tp])
+    publisher = Publisher(producer, consumer, exactly_once=False)
+    try:
+        # The group's coordinator found first, as a worker's is once it has joined its group.
+        assert consumer.committed(tp) is None
+        confirmed = 0
+        for offset in range(1, 301):  # as the service: deliver a poll, then settle what was answered
+            publisher.send([(topic, b"viewer", b"{}", None)])
+            assert publisher.deliver({tp: OffsetAndMetadata(offset, "", -1)}) is False
+            confirmed += publisher.settle()
+        confirmed += publisher.settle(wait=True)
+        assert confirmed == 300 and publisher.unconfirmed == 0
+        assert consumer.committed(tp) == 300
+        assert consumer.synchronous == 0, "a commit failed and was made again, waiting"
+        assert consumer.most_in_flight == 1
+    finally:
+        producer.close(timeout=5)
+        consumer.close()
