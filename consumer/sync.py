@@ -689,40 +689,32 @@ class UpdateExchange:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        partitions = sorted(self.offsets)
         recent = time.monotonic() - PEER_WINDOW_S
         peers = sorted(p for p, at in self.peers.items() if at >= recent)
+        reach = (  # how far the topic's learning reaches, when known
+            _as_arrays(self.sent_through, "through_partitions", "through_offsets") if self.reach_known else {}
+        )
         return (
             self.replica.to_arrays()
+            | _as_arrays(self.offsets, "update_partitions", "update_offsets")
             | {
-                "update_partitions": np.array(partitions, dtype=np.int64),
-                "update_offsets": np.array([self.offsets[p] for p in partitions], dtype=np.int64),
                 "update_fence": np.array(self.fence.generation, dtype=np.int64),
                 "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
                 # Every own record up to this one is in the state saved (checkpoints hold nothing unsent).
                 "own_incarnation": np.array(self.own.incarnation),
                 "own_sent": np.array(self.own.sent, dtype=np.int64),
             }
-            | (self._reach_arrays() if self.reach_known else {})
+            | reach
         )
-
-    def _reach_arrays(self) -> dict[str, np.ndarray]:
-        partitions = sorted(self.sent_through)
-        return {
-            "through_partitions": np.array(partitions, dtype=np.int64),
-            "through_offsets": np.array([self.sent_through[p] for p in partitions], dtype=np.int64),
-        }
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.restored = True
         self.replica.load_arrays(arrays)
-        partitions = arrays["update_partitions"].tolist()
-        self.offsets = dict(zip(partitions, arrays["update_offsets"].tolist(), strict=True))
+        self.offsets = _as_map(arrays, "update_partitions", "update_offsets")
         if "update_fence" in arrays:  # the fence as of those offsets (absent before 2026-11-30)
             self.fence = GenerationFence(int(arrays["update_fence"]))
         if "through_partitions" in arrays:  # absent before 2026-11-30, or when not known
-            partitions, offsets = arrays["through_partitions"].tolist(), arrays["through_offsets"].tolist()
-            self.sent_through = dict(zip(partitions, offsets, strict=True))
+            self.sent_through = _as_map(arrays, "through_partitions", "through_offsets")
             self.reach_known = True
         if "own_incarnation" in arrays:  # absent before 2026-11-30
             self.kept_own = (str(arrays["own_incarnation"]), int(arrays["own_sent"]))
@@ -731,6 +723,24 @@ class UpdateExchange:
         # The peers heard from before the checkpoint: a replay weighs its steps as they were.
         now = time.monotonic()
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
+
+
+def _as_arrays(mapping: dict[int, int], keys: str, values: str) -> dict[str, np.ndarray]:
+    """A partition -> offset map as two aligned int64 arrays named ``keys`` and ``values``, for a
+    checkpoint; :func:`_as_map` reads it back.
+
+    >>> _as_map(_as_arrays({3: 30, 1: 10}, "p", "o"), "p", "o")
+    {1: 10, 3: 30}
+    """
+    ordered = sorted(mapping)
+    return {
+        keys: np.array(ordered, dtype=np.int64),
+        values: np.array([mapping[k] for k in ordered], dtype=np.int64),
+    }
+
+
+def _as_map(arrays: dict[str, np.ndarray], keys: str, values: str) -> dict[int, int]:
+    return dict(zip(arrays[keys].tolist(), arrays[values].tolist(), strict=True))
 
 
 def _rank(worker: str) -> bytes:
