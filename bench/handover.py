@@ -233,7 +233,7 @@ def replica_gaps(connection, topic: str, group: str, folder: str, sync_every: in
     added up (what a new worker reading the topic from its start holds): the largest difference
     of a video vector's element, and the watch counts each holds."""
     from consumer.config import ServiceConfig
-    from consumer.runner import build_service
+    from consumer.runner import held_by
 
     base = ServiceConfig(
         security=connection,
@@ -250,20 +250,12 @@ def replica_gaps(connection, topic: str, group: str, folder: str, sync_every: in
     )
 
     def state(worker: str, checkpoints: str) -> tuple[dict[str, np.ndarray], float]:
-        config = replace(base, worker_id=worker, checkpoint_dir=checkpoints)
-        service = build_service(config, with_metrics=False)
-        try:
-            service.restore()
-            service.exchange.connect()
+        with held_by(replace(base, worker_id=worker, checkpoint_dir=checkpoints)) as service:
             model = service.model
             ids = [v for v in model.videos.ids if v]
             rows = model.videos.get_many(ids)
             vectors = dict(zip(ids, model._E.array[rows], strict=True))
             return vectors, float(model._counts.array[rows].sum())
-        finally:
-            service.exchange.close()
-            if service.claim is not None:
-                service.claim.release()
 
     topic_vectors, topic_watches = state("reader", "none")
     gaps = {}

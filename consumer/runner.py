@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from consumer.app import StreamrecService
@@ -24,7 +24,7 @@ from contract.errors import UserError
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["build_service", "serve", "supervise", "worker_config", "SHADOW_BASELINE"]
+__all__ = ["build_service", "held_by", "serve", "supervise", "worker_config", "SHADOW_BASELINE"]
 
 log = logging.getLogger("consumer")
 
@@ -71,6 +71,25 @@ def build_service(
             models=service.model_names, registry=metrics_registry, arms=service.arm_labels
         )
     return service
+
+
+@contextlib.contextmanager
+def held_by(config: ServiceConfig) -> Iterator[StreamrecService]:
+    """The state worker ``config`` would start with now, not running: its last checkpoint (if
+    any), then, with one model over the group, the update topic's records after it, read as at
+    start. For comparing what workers hold (the tests, ``bench/handover.py``); the worker's
+    checkpoint folder is claimed meanwhile, so the worker itself must not be running."""
+    service = build_service(config, with_metrics=False)
+    try:
+        service.restore()
+        if service.exchange is not None:
+            service.exchange.connect()
+        yield service
+    finally:
+        if service.exchange is not None:
+            service.exchange.close()
+        if service.claim is not None:
+            service.claim.release()
 
 
 def serve(config: ServiceConfig) -> int:

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from consumer import changelog
 from consumer.clients import close_quietly
 from consumer.config import ServiceConfig
-from consumer.runner import build_service
+from consumer.runner import build_service, held_by
 from consumer.snapshot import INCARNATION_HEADER, ChunkRef, Manifest
 from consumer.sync import UpdateExchange, admitted
 from model import viewer_state
@@ -60,21 +60,6 @@ def assert_agree(a, b) -> None:
             atol=1e-5,
             err_msg=name,
         )
-
-
-@contextmanager
-def held_by(config: ServiceConfig) -> Iterator:
-    """The service of worker ``config`` with the video state it would start with now: its last
-    checkpoint (if any), then the update topic's records after it, as it reads them at start."""
-    service = build_service(config, with_metrics=False)
-    try:
-        service.restore()
-        service.exchange.connect()
-        yield service
-    finally:
-        service.exchange.close()
-        if service.claim is not None:
-            service.claim.release()
 
 
 def assert_replicas_are_the_update_topic(base: ServiceConfig, workers: str) -> None:
