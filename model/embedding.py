@@ -455,7 +455,9 @@ class EmbeddingRanker(CatalogueScorer):
         for name, top in (("history", self._recent.max_video()), ("seen lists", self.seen.max_video())):
             if top >= n_videos:
                 raise ValueError(f"{name} name video row {top}, but {n_videos} rows exist")
-        if self._cooc.rows not in (0, n_videos):
+        # Past the cap the counts are unused, and freed at the next step: a replica of a release
+        # before 2026-12-01 whose catalogue passed the cap through a peer's videos kept them.
+        if self._cooc.rows not in (0, n_videos) and self._use_cooc(n_videos):
             raise ValueError(f"co-occurrence covers {self._cooc.rows} videos, but {n_videos} rows exist")
         self._life.check_rows(n_viewers, n_videos)
 
@@ -471,6 +473,15 @@ class EmbeddingRanker(CatalogueScorer):
 
     def _use_cooc(self, n_videos: int) -> bool:
         return self.cooc_window > 0 and n_videos <= self.cooc_max_videos
+
+    def _fit_cooc(self, n_videos: int) -> None:
+        """Co-occurrence counts over every video row while the catalogue is within
+        ``cooc_max_videos``, and none past it (freed: the model stops reading them), however
+        the catalogue grew: this model's learning, a restored viewer's videos, a peer's."""
+        if self._use_cooc(n_videos):
+            self._cooc.ensure(n_videos)
+        elif self._cooc.rows:
+            self._cooc = CoCounts(max_size=self.cooc_max_videos)
 
     def _feature(self, items: np.ndarray, mix: np.ndarray, columns: np.ndarray) -> np.ndarray:
         """The co-occurrence feature of histories ``items`` (weights ``mix``) at video rows ``columns``."""
@@ -886,10 +897,9 @@ class EmbeddingRanker(CatalogueScorer):
 
         viewer_rows, video_rows = batch.viewer_rows, batch.video_rows
         self._recent.store(*batch.final)
-        if self._use_cooc(len(self.videos)):
+        self._fit_cooc(len(self.videos))
+        if self._cooc.rows:
             self._cooc.add(batch.history, video_rows, self.cooc_window)
-        elif self._cooc.rows:  # past the cap: free the counts
-            self._cooc = CoCounts(max_size=self.cooc_max_videos)
         self.seen.add_many(viewer_rows, video_rows, batch.grouping)
         np.add.at(self._counts.array, video_rows, 1.0)
         self._add_trending(video_rows)
@@ -1152,8 +1162,7 @@ class EmbeddingRanker(CatalogueScorer):
         for table in self._video_tables().values():
             table.ensure(n)
             table.reset(rows)  # a reused row holds what its last video left
-        if self._use_cooc(n):
-            self._cooc.ensure(n)
+        self._fit_cooc(n)
         self._E.array[rows] = self._random_vectors(rows.size)
         self._changed()
         return rows

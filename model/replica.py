@@ -380,8 +380,7 @@ class ReplicatedRanker(EmbeddingRanker):
         self._E.ensure(n)
         for table in self._video_tables().values():
             table.ensure(n)
-        if self._use_cooc(n):
-            self._cooc.ensure(n)
+        self._fit_cooc(n)
         for name, table in self._video_tables().items():
             if name != "video_vectors":
                 table.reset(rows)  # a reused row holds what its last video left

@@ -455,3 +455,38 @@ def test_videos_applied_before_the_first_event_are_not_expired_as_never_seen():
     rows = late.model.videos.get_many(taught)
     assert (rows >= 0).all()
     assert (late.model._counts.array[rows] >= counts).all()
+
+
+def test_a_replica_whose_catalogue_passes_the_co_occurrence_cap_through_a_peer_saves_a_state_it_can_load(
+    tmp_path,
+):
+    """Past ``cooc_max_videos`` a model drops its co-occurrence counts. A worker whose catalogue
+    crossed the cap through its peers' videos, not its own learning, kept counts over fewer rows
+    than it had videos: its checkpoint failed to load ("co-occurrence covers 4096 videos, but
+    4257 rows exist"), and the worker could not restart. Now the counts go however the
+    catalogue grew, and a state of the old kind loads (its counts freed at the next step)."""
+    events = stream("synthetic", 4000)
+    cap = len({e.video for e in events[:100]}) + 10
+    a, b = (VideoReplica(ReplicatedRanker(cooc_max_videos=cap)) for _ in range(2))
+    a.model.learn_many(events[:100])
+    b.apply(a.take())
+    assert 0 < len(b.model.videos) <= cap and b.model._cooc.rows == len(b.model.videos)
+    a.model.learn_many(events[100:3000])  # a's catalogue passes the cap
+    assert len(a.model.videos) > cap and a.model._cooc.rows == 0
+    b.apply(a.take())  # so does b's, by a's videos alone
+    assert len(b.model.videos) > cap
+    b.model.save(tmp_path / "b.npz")
+    restored = ReplicatedRanker.load(tmp_path / "b.npz")  # the old code: "damaged content"
+    assert restored.videos.ids == b.model.videos.ids
+    assert b.model._cooc.rows == 0  # no counts kept that nothing reads
+
+    # A state saved by the old code: counts over the rows it had when the cap was passed.
+    stale = ReplicatedRanker(cooc_max_videos=cap)
+    stale.learn_many(events[:100])
+    rows = len(stale.videos)
+    stale.adopt([f"peer-video-{i}" for i in range(cap)])
+    stale._cooc.ensure(rows)  # what the old adopt left: the counts as they were
+    stale.save(tmp_path / "stale.npz")
+    loaded = ReplicatedRanker.load(tmp_path / "stale.npz")
+    loaded.learn_many(events[100:200])
+    assert loaded._cooc.rows == 0
