@@ -266,6 +266,17 @@ class Bench:
             for stage in after
         }
 
+    def slowest_polls(self, first: int, last: int, count: int = 5) -> list[dict]:
+        """The ``count`` longest polls between two stamps (their end to end, poll included), each
+        with its events and its stages' milliseconds, largest first: what a latency tail is
+        made of (a stage that stalls shows here, not in a phase's average)."""
+        polls = []
+        for (t0, n0, before, _), (t1, n1, after, _) in itertools.pairwise(self.stamps[first : last + 1]):
+            spent = {stage: round(1000 * (after[stage] - before.get(stage, 0.0)), 1) for stage in after}
+            top = dict(sorted(((k, v) for k, v in spent.items() if v >= 0.05), key=lambda kv: -kv[1])[:4])
+            polls.append({"ms": round(1000 * (t1 - t0), 1), "events": n1 - n0, "stages_ms": top})
+        return sorted(polls, key=lambda p: -p["ms"])[:count]
+
     def wait_learned(self, events: int, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while self.service.model_events < events:
@@ -1105,6 +1116,8 @@ def run_e2e(args, connection: KafkaConnection, settings: dict, rates: list[float
             "appended_p50_ms": 1000 * float(np.nanpercentile(appended, 50)),
             "appended_p99_ms": 1000 * float(np.nanpercentile(appended, 99)),
             "mean_poll_events": (polls[-1][1] - polls[0][1]) / max(1, len(polls) - 1),
+            # From the phase's first poll on: the one before it waited for the phase to begin.
+            "slowest_polls": bench.slowest_polls(batch_before, len(bench.stamps) - 1),
         }
         phases.append(phase)
         print(
@@ -1113,6 +1126,16 @@ def run_e2e(args, connection: KafkaConnection, settings: dict, rates: list[float
             f"p50 {phase['delivered_p50_ms']:.1f}, p99 {phase['delivered_p99_ms']:.1f}; of the list "
             f"made, the event reached the broker: p50 {phase['appended_p50_ms']:.1f}, "
             f"p99 {phase['appended_p99_ms']:.1f})",
+            flush=True,
+        )
+        print(
+            "  slowest polls: "
+            + "; ".join(
+                f"{p['ms']:.0f} ms, {p['events']} events ("
+                + ", ".join(f"{k} {v:g}" for k, v in p["stages_ms"].items())
+                + ")"
+                for p in phase["slowest_polls"][:3]
+            ),
             flush=True,
         )
     stop(bench)

@@ -105,13 +105,9 @@ def make_producer(config: ServiceConfig) -> KafkaProducer:
     return producer
 
 
-def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
-    """A group member subscribed to the input topic: manual commits, ``read_committed``; with
-    kafka-python's lost group joins (:mod:`contract.group_join`) and unnoticed fencing
-    (:mod:`contract.group_fencing`) fixed."""
-    group_join.install()
-    group_fencing.install()
-    consumer = KafkaConsumer(
+def consumer_options(config: ServiceConfig) -> dict:
+    """kafka-python settings of the service's group member (:func:`make_consumer`)."""
+    return dict(
         **config.kafka.client_options(),
         group_id=config.group_id,
         client_id=f"streamrec-{config.worker}",
@@ -133,6 +129,15 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
         # make it with its default partitions, and the producer meant to create it finds it made.
         allow_auto_create_topics=False,
     )
+
+
+def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) -> KafkaConsumer:
+    """A group member subscribed to the input topic: manual commits, ``read_committed``; with
+    kafka-python's lost group joins (:mod:`contract.group_join`) and unnoticed fencing
+    (:mod:`contract.group_fencing`) fixed."""
+    group_join.install()
+    group_fencing.install()
+    consumer = KafkaConsumer(**consumer_options(config))
     no_auto_create(consumer)
     # The topic's partitions known before the first join: a group leader whose metadata lacks
     # them assigns nothing and rejoins when they arrive. Under --static-membership, a

@@ -66,6 +66,9 @@ Message = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]
 
 #: How long :meth:`Publisher.settle` waits for a commit's answer before it commits again itself.
 COMMIT_ANSWER_TIMEOUT_S = 30.0
+#: How long delivering a poll waits for the commit in flight to be answered before it sends its
+#: own; past that (a cluster in trouble), the poll is committed by the next :meth:`Publisher.settle`.
+IN_FLIGHT_WAIT_S = 1.0
 
 
 class _Commit(NamedTuple):
@@ -203,22 +206,27 @@ class Publisher:
         started = time.perf_counter()
         self._sequence += 1
         self._delivered.append((self._sequence, offsets))
-        self._commit_delivered()
+        self._commit_delivered(wait=IN_FLIGHT_WAIT_S)
         self.seconds["commit"] += time.perf_counter() - started
         return False
 
-    def _commit_delivered(self) -> bool:
-        """Commit every delivered poll not confirmed yet, asynchronously, unless a commit is in
-        flight (then :meth:`settle` sends this one when that one is answered); true if sent.
+    def _commit_delivered(self, wait: float = 0.0) -> bool:
+        """Commit every delivered poll not confirmed yet, asynchronously, once the commit in
+        flight, if any, is answered (waiting up to ``wait`` seconds for it; else :meth:`settle`
+        sends this one later); true if sent.
 
-        One commit in flight at a time: kafka-python fails a request beyond the connection's
+        One commit in flight at a time. kafka-python fails a request past the connection's
         ``max_in_flight_requests_per_connection`` at once (``NodeNotReadyError``, "Node paused")
-        rather than queue it, and a commit per poll every few milliseconds (5,000 events/s) hit
-        that about twice a second, each failure made again synchronously after a 100 ms back-off:
-        the freshness p99. The next commit covers every poll delivered meanwhile, as Kafka
-        Streams commits once per interval, not per record.
+        rather than queue it; with a commit sent after every poll, every few milliseconds at
+        5,000 events/s, that happened about twice a second, and each refused commit was made
+        again synchronously behind a 100 ms back-off: the freshness p99. Nor does a larger limit
+        do: when polls come faster than the coordinator answers commits, the unanswered ones pile
+        up past any limit. Waiting for the answer before (a millisecond or two, usually there
+        already) paces commits to the coordinator, and keeps every poll's commit sent before the
+        next poll, where a rebalance may come (ledger step 5).
         """
-        if self._commits and not self._commits[-1].done.is_set():
+        in_flight = self._commits[-1].done if self._commits else None
+        if in_flight is not None and not in_flight.is_set() and not (wait and in_flight.wait(wait)):
             return False
         if not self._delivered or (self._commits and self._commits[-1].sequence == self._sequence):
             return False
