@@ -283,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--runs", default="changelog,none", help="changelog (the handover), none, or both")
     parser.add_argument(
+        "--videos", type=int, default=3000, help="the synthetic catalogue (past 4,096: no co-occurrence)"
+    )
+    parser.add_argument(
         "--sync-every", type=int, default=0, help="the workers as one model (0: each its own)"
     )
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/handover.json")
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ml100k and not args.synthetic:
             events, source = read_events(args.ml100k)[: args.events], f"ML-100K, first {args.events:,} events"
         else:
-            events = list(synth_events(viewers=2000, videos=3000, events=args.events, seed=1))
+            events = list(synth_events(viewers=2000, videos=args.videos, events=args.events, seed=1))
             source = f"synthetic, {args.events:,} events"
         rows = [
             run(connection, events, args.partitions, run_name == "changelog", args.sync_every)
