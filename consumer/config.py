@@ -288,14 +288,15 @@ class ServiceConfig:
 
     def _auto_sync_every(self) -> int:
         """``sync_every`` when left to the service: :data:`SYNC_EVERY` for the workers of
-        ``--workers N`` (N other than 1) serving the default model, else 0.
+        ``--workers N`` serving the default model when N is more than one (``0``: one per core,
+        so one on a machine of one core), else 0.
 
         >>> ServiceConfig(workers=2).sync_every, ServiceConfig().sync_every
         (1024, 0)
         >>> ServiceConfig(workers=2, model="cooccurrence").sync_every  # only the default model syncs
         0
         """
-        if self.workers == 1:
+        if worker_count(self.workers) == 1:
             return 0
         try:
             control = self.arm_specs[0].model
@@ -340,7 +341,7 @@ class ServiceConfig:
         if chosen.lower() == "none":
             return None
         if not chosen:
-            several = self.workers != 1 or self.sync_every > 0
+            several = worker_count(self.workers) != 1 or self.sync_every > 0
             return f"{self.input_topic}-viewer-state" if several else None
         return f"{self.input_topic}-viewer-state" if chosen.lower() == "on" else chosen
 
@@ -389,6 +390,11 @@ class ServiceConfig:
             return cls.from_namespace(parser.parse_args(list(argv)), environ)
         except TypeError as err:  # pragma: no cover - argparse already typed every value
             raise ConfigError(str(err)) from None
+
+
+def worker_count(workers: int) -> int:
+    """How many worker processes ``--workers`` runs: ``workers``, or one per core for 0."""
+    return workers or os.cpu_count() or 1
 
 
 def codec_available(codec: str) -> bool:

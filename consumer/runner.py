@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from consumer.app import StreamrecService
-from consumer.config import ConfigError, ServiceConfig
+from consumer.config import ConfigError, ServiceConfig, worker_count
 from consumer.logs import configure, fields
 from contract.errors import UserError
 
@@ -173,7 +173,7 @@ def supervise(config: ServiceConfig, restart_after_s: float = 1.0) -> int:
     import multiprocessing
 
     configure(config.log_level)
-    count = config.workers or os.cpu_count() or 1
+    count = worker_count(config.workers)
     spawn = multiprocessing.get_context("spawn")  # no fork of a process holding Kafka sockets
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from consumer.checkpoint import FolderTaken
@@ -172,7 +174,7 @@ def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_erro
     [
         ({}, None),  # a lone worker: its checkpoint holds its viewers
         ({"workers": 2}, "w-viewer-state"),
-        ({"workers": 0}, "w-viewer-state"),  # one per core
+        ({"workers": 0}, "w-viewer-state" if (os.cpu_count() or 1) > 1 else None),  # one per core
         ({"sync_every": 1024}, "w-viewer-state"),  # one of a group syncing one model
         ({"changelog_topic": "on"}, "w-viewer-state"),
         ({"changelog_topic": "ON "}, "w-viewer-state"),
@@ -198,7 +200,7 @@ def test_the_sync_precisions_are_the_models():
     [
         ([], {}, 0),  # a lone worker: nobody to hear its updates
         (["--workers", "2"], {}, 1024),  # the workers of --workers N are one model
-        (["--workers", "0"], {}, 1024),  # one per core
+        (["--workers", "0"], {}, 1024 if (os.cpu_count() or 1) > 1 else 0),  # one per core
         (["--workers", "2", "--sync-every", "0"], {}, 0),  # own models, asked for
         (["--workers", "2", "--sync-every", "512"], {}, 512),
         (["--sync-every", "2048"], {}, 2048),  # a lone serve of a group on many machines
