@@ -289,7 +289,9 @@ class ServiceConfig:
     def _auto_sync_every(self) -> int:
         """``sync_every`` when left to the service: :data:`SYNC_EVERY` for the workers of
         ``--workers N`` serving the default model when N is more than one (``0``: one per core,
-        so one on a machine of one core), else 0.
+        so one on a machine of one core), else 0. Not in a live experiment: only the control's
+        model can be one over the group, and the other arms, each learning from its worker's
+        share of the stream, would be compared with a model that learns from all of it.
 
         >>> ServiceConfig(workers=2).sync_every, ServiceConfig().sync_every
         (1024, 0)
@@ -299,10 +301,10 @@ class ServiceConfig:
         if worker_count(self.workers) == 1:
             return 0
         try:
-            control = self.arm_specs[0].model
+            arms = self.arm_specs
         except ValueError:  # reported by the checks that follow
             return 0
-        return SYNC_EVERY if control == DEFAULT_MODEL else 0
+        return SYNC_EVERY if len(arms) == 1 and arms[0].model == DEFAULT_MODEL else 0
 
     @property
     def model_params(self) -> dict[str, object]:
@@ -456,8 +458,8 @@ _HELP = {
     "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
     "sync_every": "one model over the group: send this worker's video updates to the update topic every "
     f"this many learned events (0: off, each worker learns its own model; needs --model {DEFAULT_MODEL}); "
-    f"auto: {SYNC_EVERY} for the workers of --workers N (N other than 1), else 0. Give every "
-    "`streamrec serve` of a group the same value",
+    f"auto: {SYNC_EVERY} for the workers of --workers N (N other than 1) outside a live experiment, "
+    "else 0. Give every `streamrec serve` of a group the same value",
     "sync_interval_s": "... or this often when fewer events were learned since",
     "sync_topic": "the update topic (default: <input topic>-video-updates)",
     "sync_precision": "how the vectors' changes travel on the update topic: float32, int16 or int8 "

@@ -52,6 +52,12 @@ def build_service(
         from model.replica import ReplicatedRanker
 
         make_control = lambda: ReplicatedRanker(**control.settings)  # noqa: E731
+        if others:
+            log.warning(
+                "only the control arm is one model over the group; the other arms learn from this "
+                "worker's partitions alone, so the experiment compares unlike models",
+                extra=fields(control=control.name, others=[spec.name for spec in others]),
+            )
     try:
         service = StreamrecService(
             config,

@@ -206,7 +206,8 @@ def test_the_sync_precisions_are_the_models():
         (["--sync-every", "2048"], {}, 2048),  # a lone serve of a group on many machines
         (["--workers", "2", "--model", "cooccurrence"], {}, 0),  # only the default model syncs
         (["--workers", "2", "--arms", "control=most_popular,treatment=streamrec"], {}, 0),
-        (["--workers", "2", "--arms", "control=streamrec,treatment=most_popular"], {}, 1024),
+        # an experiment: the arms learn alike, each from its worker's share (see the warning)
+        (["--workers", "2", "--arms", "control=streamrec,treatment=most_popular"], {}, 0),
         (["--workers", "2"], {"STREAMREC_SYNC_EVERY": "0"}, 0),
         (["--workers", "3", "--sync-every", "auto"], {"STREAMREC_SYNC_EVERY": "0"}, 1024),
         ([], {"STREAMREC_SYNC_EVERY": "AUTO"}, 0),
@@ -233,3 +234,16 @@ def test_sync_every_is_auto_or_a_count(capsys):
         ServiceConfig(sync_every=-2)
     with pytest.raises(ConfigError, match="STREAMREC_SYNC_EVERY"):
         ServiceConfig.from_args([], environ={"STREAMREC_SYNC_EVERY": "sometimes"})
+
+
+def test_a_live_experiment_with_one_model_over_the_group_is_told_its_arms_are_unlike(caplog):
+    """Asked for explicitly, --sync-every makes only the control one model over the group: the
+    other arms learn from the worker's share of the stream, and the service says so."""
+    experiment = {"arms": "control=streamrec,treatment=most_popular", "checkpoint_dir": "none"}
+    with caplog.at_level("WARNING", logger="consumer"):
+        build_service(ServiceConfig(sync_every=1024, **experiment), with_metrics=False)
+    assert "only the control arm is one model over the group" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="consumer"):
+        build_service(ServiceConfig(**experiment), with_metrics=False)  # each worker its own: alike
+    assert "only the control arm" not in caplog.text
