@@ -14,7 +14,10 @@ keeping the service's delivery guarantee in one of two modes:
 
   The commit is *sent* before the next poll but not waited for: the brokers take 5 ms or more
   to answer one (Kafka 4's group coordinator lingers 5 ms before it writes offsets; 6-7 ms
-  measured here), which the service spends learning the next poll instead.
+  measured here), which the service spends learning the next poll instead. One is in flight at
+  a time: a poll's commit first waits for the answer to the one before (see
+  :meth:`Publisher._commit_delivered`), which polls a few milliseconds apart would otherwise
+  pile up past kafka-python's in-flight limit.
   :meth:`Publisher.settle`, right after that poll, says which polls are now committed. This
   keeps the rule that no partition moves with lists in flight: the commit goes out before the
   poll in which a rebalance could start, on the same connection as the group's JoinGroup, so
