@@ -59,6 +59,9 @@ from numba import njit
 
 __all__ = [
     "NO_BIAS",
+    "add_pairs_both_ways",
+    "add_rows_both",
+    "add_rows_both_1d",
     "NO_COLUMNS",
     "NO_FEATURE",
     "UNRANKED",
@@ -1138,3 +1141,35 @@ def warm_up() -> None:
     cells_ptr, cells = group_cells(targets, targets, 1)
     shared_top_n_rank(np.zeros(2, f32), targets, 1, targets, targets, cells_ptr, cells)
     _warm = True
+
+
+@njit(**_JIT)
+def add_rows_both(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """:func:`model.kernels.add_rows_both` for 2-D tables: row ``rows[i]`` of ``param`` and of
+    ``agreed`` each gets ``values[i]`` added, in one pass over the rows (numpy gathers, adds and
+    scatters each table apart: four passes). ``rows`` are distinct, so the sums are numpy's."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        for k in range(values.shape[1]):
+            v = values[i, k]
+            param[r, k] += v
+            agreed[r, k] += v
+
+
+@njit(**_JIT)
+def add_rows_both_1d(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """:func:`add_rows_both` for 1-D tables (biases, counts)."""
+    for i in range(rows.shape[0]):
+        r = rows[i]
+        param[r] += values[i]
+        agreed[r] += values[i]
+
+
+@njit(**_JIT)
+def add_pairs_both_ways(matrix: np.ndarray, i: np.ndarray, j: np.ndarray, counts: np.ndarray) -> None:
+    """:func:`model.kernels.add_pairs_both_ways`: ``counts[p]`` added at ``(i[p], j[p])`` and at
+    ``(j[p], i[p])`` of the square ``matrix``; each unordered pair once, ``i != j``."""
+    for p in range(i.shape[0]):
+        a, b = i[p], j[p]
+        matrix[a, b] += counts[p]
+        matrix[b, a] += counts[p]

@@ -17,7 +17,9 @@ kernels:
 * :func:`exclusion_for_events`: the reference of :func:`model.compiled.exclusion_cells`, as
   cells (what :meth:`model.seen.SeenVideos.exclusion_for_events` computed before it);
 * :func:`quantize_rows` and :func:`dequantize_rows`: the reference of
-  :func:`model.compiled.quantized_step` (the update topic's quantised vectors, ``model.replica``).
+  :func:`model.compiled.quantized_step` (the update topic's quantised vectors, ``model.replica``);
+* :func:`add_rows_both` and :func:`add_pairs_both_ways`: the references of the compiled kernels
+  of the same names (a peer's update added to a replica, ``model.replica.VideoReplica.apply``).
 
 >>> import numpy as np
 >>> p, acc = np.ones((3, 2), dtype=np.float32), np.zeros((3, 2), dtype=np.float32)
@@ -42,6 +44,8 @@ __all__ = [
     "history_grad",
     "mix_histories",
     "dequantize_rows",
+    "add_rows_both",
+    "add_pairs_both_ways",
     "quantize_rows",
     "rank_top_n",
     "shared_top_n_with_rank",
@@ -411,3 +415,17 @@ def dequantize_rows(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """The float32 values :func:`quantize_rows`' ``(q, scale)`` stand for: the one definition
     both the sender and every peer add, so they add the same numbers."""
     return q.astype(np.float32) * scale[:, None]
+
+
+def add_rows_both(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``values`` added to rows ``rows`` (distinct) of both ``param`` and ``agreed``, in place:
+    a peer's change of one table, kept by the model and as agreed."""
+    param[rows] += values
+    agreed[rows] += values
+
+
+def add_pairs_both_ways(matrix: np.ndarray, i: np.ndarray, j: np.ndarray, counts: np.ndarray) -> None:
+    """``counts`` added at ``(i, j)`` and ``(j, i)`` of ``matrix``, in place: co-occurrence pairs,
+    each unordered pair once and ``i != j`` (so no cell is named twice)."""
+    matrix[i, j] += counts
+    matrix[j, i] += counts

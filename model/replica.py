@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from model.compiled import quantized_step
+from model.compiled import add_pairs_both_ways, add_rows_both, add_rows_both_1d, quantized_step
 from model.embedding import EmbeddingRanker
 from model.ids import GrowableTable
 from model.kernels import dequantize_rows, quantize_rows
@@ -88,6 +88,20 @@ _FORMAT_V1 = "streamrec.video-updates/1"
 #: (:func:`quantize_rows`). The sender keeps exactly what it sends (its own model takes the
 #: rounded step), so replicas still agree.
 PRECISIONS: dict[str, type | None] = {"float32": None, "int16": np.int16, "int8": np.int8}
+
+
+def _union(n: int, *rows: np.ndarray) -> np.ndarray:
+    """The distinct rows below ``n`` among ``rows``, sorted: ``np.unique`` of them concatenated,
+    by a mask over the catalogue (a send's pairs name tens of thousands of rows, mostly repeats,
+    where sorting or hashing them all cost a third of the take).
+
+    >>> _union(6, np.array([4, 1]), np.array([1, 1, 3])).tolist()
+    [1, 3, 4]
+    """
+    mask = np.zeros(n, dtype=bool)
+    for r in rows:
+        mask[r] = True
+    return np.flatnonzero(mask)
 
 
 def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.ndarray:
@@ -638,7 +652,7 @@ class VideoReplica:
                 self._agreed[name].array[dirty] = parts[name].array[dirty]
         lo, hi, counts, own_rows, own_counts = m.changes.pop_counts()
         cooc = m._cooc.rows > 0
-        rows = np.unique(np.concatenate([dirty[changed], lo, hi, own_rows])) if cooc else dirty[changed]
+        rows = _union(n, dirty[changed], lo, hi, own_rows) if cooc else dirty[changed]
         ids = m.videos.ids
         named = [ids[r] for r in rows.tolist()]
         if "" in named:  # released since: their changes went with them
@@ -698,16 +712,13 @@ class VideoReplica:
         parts = m.state_parts()
         for name in updates.tables:
             values = updates.table(name)
-            parts[name].array[rows] += values
-            self._agreed[name].array[rows] += values
+            add = add_rows_both if values.ndim == 2 else add_rows_both_1d
+            add(parts[name].array, self._agreed[name].array, rows, values)
         i, j, counts = updates.pairs
         if (counts.size or updates.own.size) and m._use_cooc(len(m.videos)):
             m._cooc.ensure(len(m.videos))
-            if counts.size:
-                ri, rj = rows[i], rows[j]
-                matrix = m._cooc.array  # each pair once and i != j: no index repeats
-                matrix[ri, rj] += counts
-                matrix[rj, ri] += counts
+            if counts.size:  # each pair once and i != j: no cell named twice
+                add_pairs_both_ways(m._cooc.array, rows[i], rows[j], counts)
             if updates.own.size:
                 m._cooc.counts[rows] += updates.own
         self._apply_alpha(updates.alpha)

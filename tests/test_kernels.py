@@ -386,3 +386,42 @@ def test_quantized_step_matches_numpy_exactly(seed, n, kind):
     np.testing.assert_array_equal(p1[rows], want[rows])
     untouched = np.setdiff1d(np.arange(total), rows)
     np.testing.assert_array_equal(p1[untouched], param[untouched])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0, 1, 9, 40]), st.sampled_from([np.float32, np.float64]))
+def test_adding_a_peers_rows_matches_numpy_exactly(seed, n, kind):
+    """A peer's change of a table, added to the model's rows and the agreed copy: bit for bit
+    numpy's, for vector tables and 1-D ones (biases, counts), the untouched rows untouched."""
+    rng = np.random.default_rng(seed)
+    total = n + 7
+    rows = rng.choice(total, n, replace=False)
+    for shape in ((total, 8), (total,)):
+        param = (rng.standard_normal(shape) * 1e3).astype(kind)
+        agreed = (rng.standard_normal(shape) * 1e-3).astype(kind)
+        values = rng.standard_normal((n, *shape[1:])).astype(np.float32)
+        want_param, want_agreed = param.copy(), agreed.copy()
+        kernels.add_rows_both(want_param, want_agreed, rows, values)
+        add = compiled.add_rows_both if len(shape) == 2 else compiled.add_rows_both_1d
+        add(param, agreed, rows, values)
+        np.testing.assert_array_equal(param, want_param)
+        np.testing.assert_array_equal(agreed, want_agreed)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1), st.sampled_from([2, 5, 30]), st.sampled_from([np.float32, np.uint8, np.uint16])
+)
+def test_adding_a_peers_pairs_matches_numpy_exactly(seed, size, counts_kind):
+    """Co-occurrence pairs (each unordered pair once, i != j, counts as they travel: float32 or
+    the smallest integer type), added both ways into a strided view of the counts buffer."""
+    rng = np.random.default_rng(seed)
+    upper = np.argwhere(np.triu(np.ones((size, size), dtype=bool), 1))
+    chosen = upper[rng.permutation(len(upper))[: rng.integers(0, len(upper) + 1)]]
+    i, j = chosen[:, 0].astype(np.int64), chosen[:, 1].astype(np.int64)
+    counts = rng.integers(1, 200, i.size).astype(counts_kind)
+    buffer = (rng.random((size + 3, size + 3)) * 1e4).astype(np.float32)
+    want = buffer.copy()
+    kernels.add_pairs_both_ways(want[:size, :size], i, j, counts)
+    compiled.add_pairs_both_ways(buffer[:size, :size], i, j, counts)
+    np.testing.assert_array_equal(buffer, want)
