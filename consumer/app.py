@@ -871,10 +871,10 @@ class StreamrecService:
         if not 0 < held < total:
             return
         self._told_private = True
-        if self.config.arm_specs[0].model == DEFAULT_MODEL:
+        if self.config.model_shareable:
             fix = "start every worker of the group with the same --sync-every (1024 is a good start)"
         else:
-            fix = f"only the {DEFAULT_MODEL} model can be one model over the group (--sync-every)"
+            fix = f"one model over the group (--sync-every) takes the {DEFAULT_MODEL} model and no experiment"
         log.warning(
             "other workers share this group, and each learns a model of its own from its partitions",
             extra=fields(partitions_held=held, partitions=total, group=self.config.group_id, fix=fix),

@@ -301,10 +301,16 @@ class ServiceConfig:
         if worker_count(self.workers) == 1:
             return 0
         try:
-            arms = self.arm_specs
-        except ValueError:  # reported by the checks that follow
+            return SYNC_EVERY if self.model_shareable else 0
+        except ValueError:  # a malformed experiment, reported by the checks that follow
             return 0
-        return SYNC_EVERY if len(arms) == 1 and arms[0].model == DEFAULT_MODEL else 0
+
+    @property
+    def model_shareable(self) -> bool:
+        """Whether the workers of a group can be one model: one arm, serving the default model
+        (in an experiment only the control could be, unlike the arms it is compared with)."""
+        arms = self.arm_specs
+        return len(arms) == 1 and arms[0].model == DEFAULT_MODEL
 
     @property
     def model_params(self) -> dict[str, object]:

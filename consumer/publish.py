@@ -264,25 +264,29 @@ class Publisher:
         started = time.perf_counter()
         before = self._confirmed_up_to()
         try:
-            while True:
-                while self._commits:
-                    commit = self._commits[0]
-                    if not commit.done.is_set() and not (wait and commit.done.wait(COMMIT_ANSWER_TIMEOUT_S)):
-                        if wait:  # no answer in time: commit again, synchronously
-                            self._recommit(commit, rebalanced, TimeoutError("no answer to a commit"))
-                        break
-                    self._commits.popleft()
-                    if commit.future.succeeded():
-                        self._confirm(commit.sequence)
-                        continue
-                    self._recommit(commit, rebalanced, commit.future.exception)
-                # The polls delivered while a commit was in flight: their commit goes now (and,
-                # with ``wait``, is waited for too).
-                if self._commits or not self._commit_delivered() or not wait:
-                    break
+            self._read_answers(wait, rebalanced)
+            # Polls whose commit waited past IN_FLIGHT_WAIT_S in deliver(): it goes now (and,
+            # with ``wait``, is waited for too).
+            while not self._commits and self._commit_delivered() and wait:
+                self._read_answers(wait, rebalanced)
         finally:
             self.seconds["commit"] += time.perf_counter() - started
         return self._confirmed_up_to() - before
+
+    def _read_answers(self, wait: bool, rebalanced: bool) -> None:
+        """Confirm the commits answered, oldest first (``wait``: every one), making a failed one
+        again (:meth:`_recommit`); stop at the first still unanswered."""
+        while self._commits:
+            commit = self._commits[0]
+            if not commit.done.is_set() and not (wait and commit.done.wait(COMMIT_ANSWER_TIMEOUT_S)):
+                if wait:  # no answer in time: commit again, synchronously
+                    self._recommit(commit, rebalanced, TimeoutError("no answer to a commit"))
+                return
+            self._commits.popleft()
+            if commit.future.succeeded():
+                self._confirm(commit.sequence)
+                continue
+            self._recommit(commit, rebalanced, commit.future.exception)
 
     def _recommit(self, commit: _Commit, rebalanced: bool, err: BaseException | None) -> None:
         """A commit failed: commit every delivered poll again, or raise when that is not safe."""

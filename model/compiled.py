@@ -59,13 +59,13 @@ from numba import njit
 
 __all__ = [
     "NO_BIAS",
-    "add_pairs_both_ways",
-    "add_rows_both",
-    "add_rows_both_1d",
     "NO_COLUMNS",
     "NO_FEATURE",
     "UNRANKED",
     "adagrad_rows",
+    "add_pairs_both_ways",
+    "add_rows_both",
+    "add_rows_both_1d",
     "cooc_add",
     "cooc_feature",
     "exclusion_cells",
