@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import errno
 import math
 import threading
 import time
@@ -46,6 +47,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import HistogramMetricFamily
 
 from contract import __version__
+from contract.errors import UserError
 from contract.schema import REASONS
 
 if TYPE_CHECKING:
@@ -838,10 +840,20 @@ def start_http_server(
     """Serve ``/metrics`` on ``addr:port`` in a daemon thread; returns ``(server, bound_port)``.
 
     With ``certfile`` and ``keyfile`` it is HTTPS (prometheus-client's TLS). ``port=0`` picks a
-    free port (tests); call ``server.shutdown()`` to stop.
+    free port (tests); call ``server.shutdown()`` to stop. A port that cannot be had (another
+    ``streamrec serve`` on this machine holds it) is a :class:`~contract.errors.UserError`.
     """
     from prometheus_client import start_http_server as _start
 
     registry = REGISTRY if registry is None else registry
-    server, _thread = _start(port, addr=addr, registry=registry, certfile=certfile, keyfile=keyfile)
+    try:
+        server, _thread = _start(port, addr=addr, registry=registry, certfile=certfile, keyfile=keyfile)
+    except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        raise UserError(
+            f"cannot serve /metrics on {addr}:{port}: {err.strerror}. Another process (another "
+            "streamrec serve on this machine?) may hold it: give each worker its own --metrics-port "
+            "(with --workers N, ports --metrics-port to --metrics-port + N - 1), or 0 for none"
+        ) from None
     return server, server.server_port

@@ -107,9 +107,8 @@ def serve(config: ServiceConfig) -> int:
     # worker that seems stuck is waiting for.
     with contextlib.suppress(ValueError, OSError):  # no real stderr (captured in tests): no dumps
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    service = build_service(config, with_metrics=config.metrics_port > 0)
     configure(config.log_level)
-    if config.metrics_port > 0:
+    if config.metrics_port > 0:  # first: a port another process holds stops the worker before it joins
         from consumer.metrics import start_http_server
 
         _, port = start_http_server(
@@ -121,6 +120,7 @@ def serve(config: ServiceConfig) -> int:
         scheme = "https" if config.metrics_certfile else "http"
         url = f"{scheme}://{config.metrics_address}:{port}/metrics"
         log.info("metrics endpoint up", extra=fields(url=url))
+    service = build_service(config, with_metrics=config.metrics_port > 0)
     service.install_signal_handlers()
     service.run()
     return 0

@@ -10,7 +10,13 @@ of its own says so.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from consumer.config import ServiceConfig
 from consumer.runner import worker_config
@@ -18,6 +24,8 @@ from tests.service_helpers import ServiceProcess, parse_metrics, produce, topics
 from tests.streams import synthetic
 from tests.test_faults import keyed, tail_of
 from tests.test_sync import assert_replicas_are_the_update_topic, cli_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: What a worker learning a model of its own logs when it finds other workers in its group.
 PRIVATE_IN_A_GROUP = "other workers share this group, and each learns a model of its own"
@@ -82,6 +90,34 @@ def test_each_worker_gets_its_own_port_and_name():
     assert unnamed.changelog_topic_name == "watch-events-viewer-state"
     refused = worker_config(ServiceConfig(workers=2, changelog_topic="none"), 0)
     assert refused.changelog_topic_name is None
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_metrics_port_another_process_holds_stops_the_worker_with_one_clear_line(workers, tmp_path):
+    """Two ``streamrec serve`` on one machine with the default port: the second stops at once
+    with a line naming the port and the flag, exit status 2, no stack trace, before it joins
+    any group (no broker is reached here). Under ``--workers N``, the worker that cannot have
+    its port stops the whole set the same way."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        base = taken - (workers - 1)  # the last worker's port is the taken one
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "consumer", "--workers", str(workers)),
+                *("--metrics-port", str(base), "--checkpoint-dir", str(tmp_path)),
+                *("--bootstrap-servers", "127.0.0.1:9", "--input-topic", "nowhere"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot serve /metrics on 0.0.0.0:{taken}" in done.stderr
+    assert "--metrics-port" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_two_workers_share_the_partitions_and_learn_every_event_once(kafka_bootstrap, new_topic, tmp_path):
