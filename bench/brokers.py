@@ -72,7 +72,7 @@ def local_broker(security: str = "plaintext"):
     from streamrec import kafka_local
 
     folder = tempfile.mkdtemp(prefix=f"streamrec-bench-kafka-{security}-")
-    port = kafka_local.free_port(pair=True)
+    port = kafka_local.free_port(count=2)
     if security == "plaintext":
         broker = kafka_local.LocalBroker(folder, port=port)
         return broker, KafkaConnection(broker.start())

@@ -69,6 +69,7 @@ from model import viewer_state  # noqa: E402
 from model.replica import VideoUpdates  # noqa: E402
 from producer.readers import read_events  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
+from streamrec.kafka_local import free_port  # noqa: E402
 
 ML100K = REPO.parent / "shared" / "data" / "ml-100k" / "u.data"
 WORKERS = 3
@@ -123,7 +124,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
     admin.create_topics([NewTopic(topic, partitions, 1)])
     admin.close()
     group, folder = f"g-{topic}", tempfile.mkdtemp(prefix="streamrec-handover-bench-")
-    base_port = 20000 + int(uuid.uuid4().int % 20000)
+    base_port = free_port(count=WORKERS)  # /metrics of each worker
     procs, ports = [], []
     for i in range(WORKERS):
         port = base_port + i

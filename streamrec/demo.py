@@ -75,7 +75,7 @@ def _broker(options: DemoOptions) -> tuple[KafkaConnection, object | None]:
         folder = tempfile.mkdtemp(prefix="streamrec-demo-kafka-")
         user, password = "streamrec-demo", secrets.token_urlsafe(18)
         broker = kafka_local.LocalBroker(
-            folder, port=kafka_local.free_port(pair=True), security="sasl_ssl", user=user, password=password
+            folder, port=kafka_local.free_port(count=2), security="sasl_ssl", user=user, password=password
         )
         _say("[1/4] Kafka: starting a local SASL_SSL broker (TLS, SCRAM-SHA-512, no plain listener)...")
     else:

@@ -124,15 +124,16 @@ def ensure_jars() -> Path:
     return libs
 
 
-def free_port(host: str = DEFAULT_HOST, pair: bool = False) -> int:
-    """A TCP port nobody listens on now (and, with ``pair``, the next one free too)."""
+def free_port(host: str = DEFAULT_HOST, count: int = 1) -> int:
+    """A TCP port nobody listens on now, the first of ``count`` such in a row (a broker's
+    listener and controller, or the /metrics ports of ``--workers N``)."""
     for _ in range(100):
         with socket.socket() as sock:
             sock.bind((host, 0))
             port = sock.getsockname()[1]
-        if not pair or (port < 65535 and _port_free(host, port + 1)):
+        if port + count - 1 <= 65535 and all(_port_free(host, port + i) for i in range(1, count)):
             return port
-    raise BrokerError("found no free pair of TCP ports")
+    raise BrokerError(f"found no {count} free TCP ports in a row")
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -132,7 +132,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             "no Kafka broker: KAFKA_BOOTSTRAP unset, no Docker, no cached jars and no `mvn` to fetch them"
         )
     broker = kafka_local.LocalBroker(
-        tmp_path_factory.mktemp("kafka"), port=kafka_local.free_port(pair=True), die_with_parent=True
+        tmp_path_factory.mktemp("kafka"), port=kafka_local.free_port(count=2), die_with_parent=True
     )
     broker.start()
     try:

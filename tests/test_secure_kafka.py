@@ -39,7 +39,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kafka_local.Lo
     folder = tmp_path_factory.mktemp("kafka-secure")
     broker = kafka_local.LocalBroker(
         folder / "broker",
-        port=kafka_local.free_port(pair=True),
+        port=kafka_local.free_port(count=2),
         security="sasl_ssl",
         user=USER,
         password=PASSWORD,
