@@ -95,7 +95,7 @@ from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import dead_letter_record, recommendation_values
 from consumer.publish import Message, Publisher, TransactionTimedOut, fenced
-from consumer.sync import UpdateExchange
+from consumer.sync import NameTaken, UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, StreamRanker
@@ -405,6 +405,9 @@ class StreamrecService:
                 "Give each its own --worker-id (on several machines the default, the group id, repeats). "
                 "This one stops without committing or checkpointing what it has not committed."
             ) from None
+        except NameTaken:  # the same, seen in the update topic: stop as if killed, sending nothing more
+            self._fenced = True
+            raise
         finally:
             self._shutdown()
 

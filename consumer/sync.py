@@ -70,11 +70,13 @@ from consumer.snapshot import (
     read_snapshot,
     snapshot_messages,
 )
+from contract.errors import UserError
 from model.replica import VideoReplica, VideoUpdates
 
 __all__ = [
     "GENERATION_HEADER",
     "GenerationFence",
+    "NameTaken",
     "RECORD_BUDGET",
     "THROUGH_HEADER",
     "Through",
@@ -99,6 +101,10 @@ RECORD_BUDGET = 900_000
 TOPIC_WAIT_S = 30.0
 #: A peer whose last update applied is older than this no longer counts in the group's size.
 PEER_WINDOW_S = 60.0
+
+
+class NameTaken(UserError):
+    """Two live workers of one group send under one name (:meth:`UpdateExchange._check_name`)."""
 
 
 class Through(msgspec.Struct, frozen=True):
@@ -246,6 +252,8 @@ class UpdateExchange:
         self.fenced_own = 0
         #: This incarnation's own records, to know when a snapshot may be taken.
         self.own = OwnRecords()
+        #: Partitions of the update topic holding a record of this incarnation already read.
+        self._own_read_in: set[int] = set()
         self.snapshot_every_s = config.snapshot_every_s
         self.snapshot_topic = config.snapshot_topic_name
         #: The snapshot this worker started from, if any.
@@ -391,6 +399,8 @@ class UpdateExchange:
                         self._fenced_off(sender, headers, tp.partition, record.offset)
                     continue
                 own = sender == self.worker
+                if own:
+                    self._check_name(headers, tp.partition, record.offset)
                 self._note_through(headers, own=own)
                 if own:
                     self.own.seen(headers)
@@ -422,6 +432,25 @@ class UpdateExchange:
                     )
         self.applied += applied
         return applied
+
+    def _check_name(self, headers: dict[str, bytes], partition: int, offset: int) -> None:
+        """Stop if another live process sends under this worker's name. Records of earlier
+        incarnations of a name (a worker restarted) all precede the new one's first record in
+        the topic's order; a record of another incarnation after one of this incarnation's
+        own was appended while both ran: two workers of one name (on two machines, say), whose
+        records each would take for its own, learning and hand-overs mixed up. No clocks are
+        compared, so skew between machines cannot raise it falsely."""
+        incarnation = headers.get(INCARNATION_HEADER, b"").decode()
+        if not incarnation or self.legacy_own:
+            return
+        if incarnation == self.own.incarnation:
+            self._own_read_in.add(partition)
+        elif partition in self._own_read_in:
+            raise NameTaken(
+                f"another worker of group {self.config.group_id!r} also calls itself {self.worker!r}: "
+                f"its update record at {self.topic}[{partition}]@{offset} came after this worker's own. "
+                "Give each worker its own --worker-id (each machine's --workers N a prefix of its own)"
+            )
 
     def _holds(self, headers: dict[str, bytes]) -> bool:
         """Whether this worker's model holds the learning of its own record with ``headers``:

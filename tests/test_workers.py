@@ -165,6 +165,47 @@ def test_a_worker_with_a_model_of_its_own_in_a_shared_group_says_so(kafka_bootst
             assert worker.stop(timeout=120) == 0, tail_of(worker)
 
 
+def test_two_live_workers_of_one_name_stop_with_the_fix_instead_of_mixing_their_learning(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """Two machines' workers given one --worker-id (each folder its own, so no lock sees it),
+    one model over the group: each would take the other's update records for its own. The
+    first to read a record of the other after one of its own stops with exit status 2 and a
+    line naming the fix; a worker restarted under its name (below, in test_sync and
+    test_handover) is never taken for one."""
+    names = topics(new_topic, partitions=4)
+    group = f"g-{names['input_topic']}"
+    options = ["--sync-every", "100", "--session-timeout-ms", "6000", "--no-shadow-baseline"]
+
+    def machine(folder: str) -> ServiceProcess:
+        return ServiceProcess(
+            kafka_bootstrap, names, group, tmp_path / folder, tmp_path / f"{folder}.log", "edge", options
+        )
+
+    first = machine("a")
+    assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 1, 120), tail_of(first)
+    produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(600, seed=73)))
+    assert wait_for(lambda: first.model_events() == 600, 60), tail_of(first)
+    second = machine("b")
+    workers = (first, second)
+    try:
+        assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 2, 120), tail_of(second)
+        for seed in range(74, 94):  # both learn and send, until one reads the other after itself
+            produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(300, seed=seed)))
+            if wait_for(lambda: not all(w.alive for w in workers), 3):
+                break
+        stopped = [w for w in workers if not w.alive]
+        assert stopped, "neither worker noticed the other"
+        for worker in stopped:
+            assert worker.proc.returncode == 2, tail_of(worker)
+            assert "also calls itself 'edge'" in worker.log() and "--worker-id" in worker.log()
+            assert "Traceback" not in worker.log()
+    finally:
+        for worker in workers:
+            if worker.alive:
+                assert worker.stop(timeout=120) == 0, tail_of(worker)
+
+
 def test_killing_the_supervisor_leaves_no_worker_behind(kafka_bootstrap, new_topic, tmp_path):
     names = topics(new_topic, partitions=2)
     service = ServiceProcess(
