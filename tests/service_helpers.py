@@ -222,7 +222,9 @@ class ServiceProcess:
         worker: str = "",
         extra: Sequence[str] = (),
     ) -> None:
-        self.metrics_port = free_port()
+        # ``--workers N`` serves /metrics on N ports in a row: all free, or the set stops.
+        workers = int(extra[list(extra).index("--workers") + 1]) if "--workers" in extra else 1
+        self.metrics_port = free_port(count=workers or os.cpu_count() or 1)
         self.log_path = log
         args = [
             sys.executable,
