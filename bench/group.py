@@ -230,6 +230,7 @@ def run_group(
     if mode == "backlog":
         produce(connection, topic, events)
     samples: list[tuple[float, int, float]] = []
+    per_worker, last_learned = [0] * workers, [float("nan")] * workers
     with open(Path(folder) / "workers.log", "wb") as log:
         started = time.monotonic()
         proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -256,8 +257,12 @@ def run_group(
                     log.flush()
                     tail = (Path(folder) / "workers.log").read_text()[-2000:]
                     raise RuntimeError(f"the workers stopped (exit status {proc.returncode}):\n{tail}")
-                learned = sum(int(s.get("streamrec_model_events", 0)) for s in map(scrape, ports))
+                each = [int(s.get("streamrec_model_events", 0)) for s in map(scrape, ports)]
+                learned = sum(each)
                 now = time.monotonic()
+                for i, count in enumerate(each):  # when each worker last learned: who waits on whom
+                    if count > per_worker[i]:
+                        per_worker[i], last_learned[i] = count, now
                 samples.append((now, learned, cpu_seconds(proc.pid)))
                 if learned and first is None:
                     first = now
@@ -296,6 +301,10 @@ def run_group(
         "hr_at_10": hits / evaluated if evaluated else float("nan"),
         "to_all_joined_s": (joined - started) if joined else float("nan"),
         "to_first_learned_s": (first - started) if first else float("nan"),
+        # Per worker: events learned, and when it last learned one (s after the first learned
+        # by any): a worker done long before the last is idle while the group finishes.
+        "worker_events": per_worker,
+        "worker_done_s": [t - first if first else float("nan") for t in last_learned],
         # live: from the first event produced to the last learned (the producer's time is in
         # it); backlog: from the first learned to the last.
         "events_per_s": len(events) / wall,
@@ -383,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{c.get('bench_cores', 0):5.2f} {c.get('machine_cores', 0):7.2f}",
                     flush=True,
                 )
+                if r["workers"] > 1:
+                    each = zip(r["worker_events"], r["worker_done_s"], strict=True)
+                    done = ", ".join(f"{n:,} events, last at {t:.1f} s" for n, t in each)
+                    print(f"{'':<8} workers: {done}", flush=True)
         for mode in args.modes.split(","):
             base = next(
                 (r for r in rows if r["mode"] == mode and r["workers"] == 1 and not r["sync_every"]), None
