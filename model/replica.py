@@ -104,6 +104,18 @@ def _union(n: int, *rows: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+def _positions(n: int, rows: np.ndarray) -> np.ndarray:
+    """Per row below ``n``, its position in ``rows`` (distinct), ``-1`` for a row not in them:
+    what ``np.unique``'s ``return_inverse`` gives, for the rows :func:`_union` found.
+
+    >>> _positions(5, np.array([1, 3, 4])).tolist()
+    [-1, 0, -1, 1, 2]
+    """
+    position = np.full(n, -1, dtype=np.int64)
+    position[rows] = np.arange(rows.size)
+    return position
+
+
 def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.ndarray:
     """Normal(0, ``scale``) starting vectors, each drawn from a generator seeded by the video id
     and ``seed``: the same on every worker.
@@ -517,9 +529,7 @@ class VideoUpdates:
         # np.unique(..., return_inverse=True) of the pairs' videos, by a mask over this update's
         # videos: the same sorted videos and positions, without sorting tens of thousands.
         involved = _union(len(self.ids), i, j)
-        position = np.zeros(len(self.ids), dtype=np.int64)
-        position[involved] = np.arange(involved.size)
-        at = position[np.concatenate([i, j])]
+        at = _positions(len(self.ids), involved)[np.concatenate([i, j])]
         return VideoUpdates(
             [self.ids[k] for k in involved.tolist()],
             {},
@@ -662,8 +672,7 @@ class VideoReplica:
         if "" in named:  # released since: their changes went with them
             keep = np.array([bool(v) for v in named])
             rows, named = rows[keep], [v for v in named if v]
-        position = np.full(n, -1, dtype=np.int64)
-        position[rows] = np.arange(rows.size)
+        position = _positions(n, rows)
         tables, sent_scales = {}, {}
         at = position[dirty[changed]]
         placed = at >= 0
