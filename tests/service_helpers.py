@@ -28,6 +28,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import Serializer
 
+from consumer.config import worker_count
 from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, Recommendation, StreamRanker
 from streamrec.kafka_local import free_port
@@ -224,7 +225,7 @@ class ServiceProcess:
     ) -> None:
         # ``--workers N`` serves /metrics on N ports in a row: all free, or the set stops.
         workers = int(extra[list(extra).index("--workers") + 1]) if "--workers" in extra else 1
-        self.metrics_port = free_port(count=workers or os.cpu_count() or 1)
+        self.metrics_port = free_port(count=worker_count(workers))
         self.log_path = log
         args = [
             sys.executable,
