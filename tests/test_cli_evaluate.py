@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -124,13 +123,6 @@ def test_limit_takes_the_first_events(tmp_path, capsys):
     assert code == 0 and json.loads((tmp_path / "o").read_text())["events"] == 50
 
 
-needs_default_model = pytest.mark.skipif(
-    importlib.util.find_spec("model.embedding") is None,
-    reason="the default model (model.embedding) is not there yet",
-)
-
-
-@needs_default_model
 def test_no_model_means_the_default_model_alone(tmp_path, capsys):
     path = write(tmp_path / "u.data", "u.data", ratings())
     code, _, err = run(capsys, str(path), "--json", str(tmp_path / "o"))
@@ -138,7 +130,6 @@ def test_no_model_means_the_default_model_alone(tmp_path, capsys):
     assert json.loads((tmp_path / "o").read_text())["model"] == DEFAULT_MODEL
 
 
-@needs_default_model
 def test_all_means_the_default_model_and_every_baseline(tmp_path, capsys):
     path = write(tmp_path / "u.data", "u.data", ratings(200))
     code, _, err = run(capsys, str(path), "--model", "all", "--json", str(tmp_path / "o"))
