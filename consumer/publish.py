@@ -342,6 +342,7 @@ class Publisher:
                     # Expelled and not yet told by a poll: the brokers skip the generation check
                     # of offsets sent without one, so these would overwrite the new owner's.
                     raise CommitFailedError("not in the group (its session expired): offsets not committed")
+                _drop_refused_offsets(producer)
                 producer.send_offsets_to_transaction(offsets, group)
             producer.commit_transaction()
             self.seconds["commit"] += time.perf_counter() - started
@@ -355,6 +356,8 @@ class Publisher:
             except KafkaError:
                 if raised is err:
                     raise
+            finally:
+                _drop_refused_offsets(producer)
             _reraise(raised, err)
         finally:
             self._in_transaction = False
@@ -399,6 +402,25 @@ class Publisher:
         retriable and is raised.
         """
         retry(lambda: self.consumer.commit(offsets), message="commit failed; retrying")
+
+
+def _drop_refused_offsets(producer: KafkaProducer) -> None:
+    """Forget offsets the group refused in an earlier transaction (kafka-python 3.0.12 keeps them).
+
+    kafka-python's transaction manager keeps the offsets of ``send_offsets_to_transaction`` in a
+    dict until the brokers accept them, and neither an abort nor a new transaction clears it. A
+    commit refused for a stale generation (``UnknownMemberIdError``, ``IllegalGenerationError``:
+    a worker expelled while busy) leaves its offsets there, and the next transaction's offsets
+    are *added* to them: once the worker rejoins, they go out under its new, valid generation
+    and overwrite the commits of the partitions' new owner with the old ones (seen: a partition
+    committed 1,376 events behind where its owner had learned, so the group never finished).
+    Nothing of ours is in flight when this is called (before a transaction's offsets, after an
+    abort), so what is left there is stale. A private field: without it there is nothing to drop.
+    """
+    manager = getattr(producer, "_transaction_manager", None)
+    refused = getattr(manager, "_pending_txn_offset_commits", None)
+    if refused:
+        refused.clear()
 
 
 def _ignore(_offsets, _response) -> None:

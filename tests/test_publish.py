@@ -98,6 +98,57 @@ def test_a_worker_outside_the_group_commits_no_offsets_in_a_transaction(kafka_bo
         assert len(read_topic(kafka_bootstrap, topic)) == 1
 
 
+class ExpelledOnce(KafkaConsumer):
+    """A real group member whose first membership snapshot is stale (another member id), as an
+    expelled worker's is before a poll tells it so: the brokers refuse offsets sent with it."""
+
+    def __init__(self, **configs) -> None:
+        super().__init__(**configs)
+        self.stale = True
+
+    def group_metadata(self):
+        current = super().group_metadata()
+        if not self.stale:
+            return current
+        self.stale = False
+        return current._replace(member_id=f"{current.member_id}-expelled")
+
+
+def test_offsets_the_group_refused_are_never_committed_by_a_later_transaction(kafka_bootstrap, new_topic):
+    """A worker expelled while busy has its transaction's offsets refused; once it rejoins, its
+    next transaction commits its new poll's offsets only, not the refused ones too (kafka-python
+    keeps refused offsets and sends them with the next transaction's: they overwrote the new
+    owner's commits, and the group never finished its stream)."""
+    topic = new_topic("in", partitions=2)
+    first, second = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    producer = transactional(kafka_bootstrap, f"t-{topic}")
+    group = {"bootstrap_servers": kafka_bootstrap, "group_id": f"g-{topic}", "enable_auto_commit": False}
+    consumer = ExpelledOnce(**group)
+    try:
+        consumer.subscribe([topic])
+
+        def joined() -> bool:
+            consumer.poll(timeout_ms=200)
+            return len(consumer.assignment()) == 2
+
+        assert wait_for(joined, 30)
+        publisher = Publisher(producer, consumer, exactly_once=True)
+        publisher.send([(topic, b"viewer", b"a list", None)])
+        with pytest.raises(CommitFailedError, match="UnknownMemberId"):
+            publisher.deliver({first: OffsetAndMetadata(5, "", -1), second: OffsetAndMetadata(7, "", -1)})
+        publisher.send([(topic, b"viewer", b"another list", None)])
+        assert publisher.deliver({first: OffsetAndMetadata(9, "", -1)})
+        reader = KafkaConsumer(**group)
+        try:
+            assert reader.committed(first) == 9
+            assert reader.committed(second) is None, "a refused offset was committed by the next transaction"
+        finally:
+            reader.close(autocommit=False)
+    finally:
+        producer.close(timeout=5)
+        consumer.close(autocommit=False)
+
+
 class CountingConsumer(KafkaConsumer):
     """A real consumer that counts its commits: asynchronous ones, how many were unanswered
     when the next was sent, and synchronous ones (a failed commit made again)."""
