@@ -228,12 +228,19 @@ class StreamrecService:
         self.claim: WorkerClaim | None = None
         if store is None and config.checkpoint_path is not None:
             self.claim = claim_worker(config.checkpoint_path, config.worker, fixed=bool(config.worker_id))
-            if self.claim.name != config.worker:
+            if self.claim.slot != config.worker:
                 log.info(
                     "checkpoint folder held by another running worker: this one takes the next",
-                    extra=fields(held=config.worker, worker=self.claim.name),
+                    extra=fields(held=config.worker, folder=self.claim.slot),
                 )
-                config = dataclasses.replace(config, worker_id=self.claim.name)
+            if config.worker_id and self.claim.name != config.worker_id:
+                log.warning(
+                    "the checkpoint folder belongs to a worker of another name: serving as that worker",
+                    extra=fields(
+                        worker_id=config.worker_id, folder=str(self.claim.folder), worker=self.claim.name
+                    ),
+                )
+            config = dataclasses.replace(config, worker_id=self.claim.name)
             store = LocalCheckpointStore(self.claim.folder)
         self.config = config
         self.store = store
@@ -402,7 +409,8 @@ class StreamrecService:
             raise UserError(
                 f"another process took over this worker's {taken} (streamrec-{self.config.worker}): "
                 f"two workers of group {self.config.group_id!r} run under the name {self.config.worker!r}. "
-                "Give each its own --worker-id (on several machines the default, the group id, repeats). "
+                "Give each its own --worker-id, or leave it out: each worker then names itself at its "
+                "first start and keeps the name in its checkpoint folder. "
                 "This one stops without committing or checkpointing what it has not committed."
             ) from None
         except NameTaken:  # the same, seen in the update topic: stop as if killed, sending nothing more

@@ -27,6 +27,7 @@ import abc
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -109,17 +110,23 @@ class FolderTaken(UserError):
     """Another live process holds the checkpoint folder this worker was told to use."""
 
 
+#: The file in a worker's checkpoint folder that keeps the worker's name, as Kafka Streams keeps
+#: its process id in its state directory: the name outlives the process, not the folder.
+NAME_FILE = "worker-name"
+
+
 class WorkerClaim:
     """This process's exclusive hold on one worker's checkpoint folder: a ``flock`` on
-    ``<root>/<name>.lock``, released when the process ends however it ends (kill -9 included),
-    so a restarted worker claims its folder again at once."""
+    ``<root>/<slot>.lock``, released when the process ends however it ends (kill -9 included),
+    so a restarted worker claims its folder again at once. ``name`` is the worker's name, kept
+    in the folder (:data:`NAME_FILE`): in its commits, transactional id and update records."""
 
-    def __init__(self, root: Path, name: str, fd: int) -> None:
-        self.root, self.name, self._fd = root, name, fd
+    def __init__(self, root: Path, slot: str, fd: int, name: str) -> None:
+        self.root, self.slot, self._fd, self.name = root, slot, fd, name
 
     @property
     def folder(self) -> Path:
-        return self.root / self.name
+        return self.root / self.slot
 
     def release(self) -> None:
         if self._fd >= 0:
@@ -145,24 +152,33 @@ def _try_lock(path: Path) -> int | None:
 
 
 def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 256) -> WorkerClaim:
-    """Claim the checkpoint folder of worker ``name`` under ``root`` for this process.
+    """Claim a checkpoint folder under ``root`` for this process, and the name of its worker.
 
     Workers started side by side from one folder must not share a checkpoint folder: their
-    writes and clean-ups would collide, and each would restore the other's model. When
-    ``name``'s folder is held by another live process, the next free of ``name-2``,
-    ``name-3``, ... is claimed (the worker is then named for it, in its commits and
-    transactional id too); a restarted worker gets the first free one, its own after a crash.
-    With ``fixed`` (the user named the worker), a held folder is an error instead. The lock is
-    a local ``flock``: workers on several machines sharing one network folder need a
+    writes and clean-ups would collide, and each would restore the other's model. When the
+    folder ``name`` is held by another live process, the next free of ``name-2``, ``name-3``,
+    ... is claimed; a restarted worker gets the first free one, its own after a crash. With
+    ``fixed`` (the user named the worker), a held folder is an error instead. The lock is a
+    local ``flock``: workers on several machines sharing one network folder need a
     ``--worker-id`` each.
+
+    The worker's name is kept in its folder (:data:`NAME_FILE`). A folder's first worker gets
+    the folder's name with a random suffix, unless the user named it (``fixed``) or an older
+    version left checkpoints there under the folder's name: so workers started with the same
+    settings on several machines, each with its own folder, are never two workers of one name
+    (which Kafka takes for one: one commits over the other's partitions and fences its
+    transactions), and a restart keeps the name its commits and checkpoints were made under.
 
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> first, second = claim_worker(root, "streamrec"), claim_worker(root, "streamrec")
-    >>> first.name, second.name
-    ('streamrec', 'streamrec-2')
-    >>> first.release(); claim_worker(root, "streamrec").name
-    'streamrec'
+    >>> first.slot, second.slot, first.name.startswith("streamrec-"), first.name != second.name
+    ('streamrec', 'streamrec-2', True, True)
+    >>> name = first.name; first.release()
+    >>> claim_worker(root, "streamrec").name == name          # restarted: the same worker
+    True
+    >>> claim_worker(tempfile.mkdtemp(), "edge", fixed=True).name
+    'edge'
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -170,13 +186,34 @@ def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 
     for candidate in candidates:
         fd = _try_lock(root / f"{candidate}.lock")
         if fd is not None:
-            return WorkerClaim(root, candidate, fd)
+            return WorkerClaim(root, candidate, fd, _worker_name(root / candidate, fixed))
     if fixed:
         raise FolderTaken(
             f"worker {name!r}: another running process holds its checkpoint folder {root / name}; "
             "give each worker its own --worker-id (or --checkpoint-dir), or stop the other one"
         )
     raise FolderTaken(f"all {slots} worker folders under {root} are held by running processes")
+
+
+def _worker_name(folder: Path, fixed: bool) -> str:
+    """The name kept in ``folder``, or the one it is given now (see :func:`claim_worker`)."""
+    kept = folder / NAME_FILE
+    try:
+        name = kept.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        name = ""
+    if name:
+        return name  # what its commits, transactional id and checkpoints were made under
+    # Named by the user, or an older version's worker whose commits carry the folder's name.
+    kept_as_is = fixed or any(folder.glob("ckpt-*"))
+    name = folder.name if kept_as_is else f"{folder.name}-{secrets.token_hex(4)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    temporary = folder / f".{NAME_FILE}.tmp"
+    temporary.write_text(f"{name}\n", encoding="utf-8")
+    _fsync(temporary)
+    os.replace(temporary, kept)
+    _fsync(folder)
+    return name
 
 
 class LocalCheckpointStore(CheckpointStore):

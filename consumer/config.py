@@ -152,7 +152,8 @@ class ServiceConfig:
     checkpoint_every_events: int = 100_000
     #: Publish outputs and commit offsets in one Kafka transaction per batch.
     exactly_once: bool = False
-    #: Names this worker in commit metadata and the transactional id; defaults to the group id.
+    #: Names this worker in commit metadata and the transactional id. Default: the group id with a
+    #: random suffix, kept in the worker's checkpoint folder (:func:`consumer.checkpoint.claim_worker`).
     worker_id: str = ""
     #: One model over the group (see :mod:`consumer.sync`): send this worker's video updates to
     #: the update topic every this many learned events (0: off, each worker its own model;
@@ -461,7 +462,8 @@ _HELP = {
     "checkpoint_interval_s": "checkpoint at least this often, in seconds",
     "checkpoint_every_events": "checkpoint at least every this many events",
     "exactly_once": "publish and commit offsets in one Kafka transaction per batch",
-    "worker_id": "this worker's name (commit metadata, transactional id); default: the group id",
+    "worker_id": "this worker's name (commit metadata, transactional id); default: the group id with a "
+    "random suffix, made at the first start and kept in the worker's checkpoint folder",
     "sync_every": "one model over the group: send this worker's video updates to the update topic every "
     f"this many learned events (0: off, each worker learns its own model; needs --model {DEFAULT_MODEL}); "
     f"auto: {SYNC_EVERY} for the workers of --workers N (N other than 1) outside a live experiment, "

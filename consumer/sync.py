@@ -449,7 +449,8 @@ class UpdateExchange:
             raise NameTaken(
                 f"another worker of group {self.config.group_id!r} also calls itself {self.worker!r}: "
                 f"its update record at {self.topic}[{partition}]@{offset} came after this worker's own. "
-                "Give each worker its own --worker-id (each machine's --workers N a prefix of its own)"
+                "Give each worker its own --worker-id (each machine's --workers N a prefix of its own), "
+                "or leave it out: each worker then gets a name of its own, kept in its checkpoint folder"
             )
 
     def _holds(self, headers: dict[str, bytes]) -> bool:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from consumer.checkpoint import FolderTaken
+from consumer.checkpoint import FolderTaken, claim_worker
 from consumer.config import ConfigError, ServiceConfig
 from consumer.runner import build_service, main, worker_config
 
@@ -155,10 +155,41 @@ def test_the_shadow_baseline_is_not_run_beside_itself():
 def test_workers_started_side_by_side_from_one_folder_never_share_a_checkpoint_folder(tmp_path):
     config = ServiceConfig(checkpoint_dir=str(tmp_path), shadow_baseline=False)
     first, second = build_service(config, with_metrics=False), build_service(config, with_metrics=False)
-    assert (first.config.worker, second.config.worker) == ("streamrec", "streamrec-2")
-    assert first.store.root != second.store.root
-    first.claim.release()  # the first stopped (or crashed): a restarted worker takes its folder
-    assert build_service(config, with_metrics=False).config.worker == "streamrec"
+    assert (first.store.root.name, second.store.root.name) == ("streamrec", "streamrec-2")
+    assert first.config.worker != second.config.worker
+    first.claim.release()  # the first stopped (or crashed): a restarted worker takes its folder and name
+    again = build_service(config, with_metrics=False)
+    assert (again.store.root, again.config.worker) == (first.store.root, first.config.worker)
+
+
+def test_workers_with_the_same_settings_on_two_machines_get_names_of_their_own(tmp_path):
+    """Each machine has its folder: were both workers named for the group, Kafka would take them
+    for one (each commits over the other's partitions, fences its transactions, takes its update
+    records for its own). Each name outlives the process: it is kept in the folder."""
+    machines = [ServiceConfig(checkpoint_dir=str(tmp_path / m), shadow_baseline=False) for m in "ab"]
+    a, b = (build_service(config, with_metrics=False) for config in machines)
+    assert a.config.worker != b.config.worker
+    assert all(s.config.worker.startswith("streamrec-") for s in (a, b))
+    name = a.config.worker
+    a.claim.release()
+    assert build_service(machines[0], with_metrics=False).config.worker == name
+
+
+def test_a_folder_keeps_the_name_it_was_checkpointed_under(tmp_path, caplog):
+    """A folder an older version checkpointed under the folder's name keeps that name (its
+    commits carry it: under another, its partitions would start from them, not from its
+    checkpoint); a worker told to use a folder by name serves under the name kept there."""
+    (tmp_path / "old" / "streamrec" / "ckpt-000000000001").mkdir(parents=True)
+    legacy = claim_worker(tmp_path / "old", "streamrec")
+    assert legacy.name == "streamrec"
+    legacy.release()
+    first = claim_worker(tmp_path / "new", "streamrec")
+    name = first.name
+    first.release()
+    config = ServiceConfig(checkpoint_dir=str(tmp_path / "new"), worker_id="streamrec", shadow_baseline=False)
+    with caplog.at_level("WARNING", logger="consumer"):
+        assert build_service(config, with_metrics=False).config.worker == name != "streamrec"
+    assert "belongs to a worker of another name" in caplog.text
 
 
 def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_error(tmp_path):

@@ -447,8 +447,8 @@ def test_a_worker_killed_soon_after_taking_partitions_over_relearns_none_of_thei
 def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_fencing_loop(
     kafka_bootstrap, new_topic, tmp_path, option, taken
 ):
-    """Two processes under one worker name with separate checkpoint folders (two machines with
-    the default name) share a transactional id under --exactly-once, a group.instance.id under
+    """Two processes given one --worker-id with separate checkpoint folders (two machines)
+    share a transactional id under --exactly-once, a group.instance.id under
     --static-membership: the one fenced stops with one line naming the cause and the fix, exit
     code 2 (a supervisor does not restart it into fencing the other), and the other goes on to
     learn every event."""
@@ -456,8 +456,8 @@ def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_f
     group = f"g-{names['input_topic']}"
     options = [option, "--poll-timeout-ms", "50", "--no-shadow-baseline", "--session-timeout-ms", "6000"]
     machines = [
-        ServiceProcess(kafka_bootstrap, names, group, tmp_path / f"m{i}", tmp_path / f"m{i}.log", "", options)
-        for i in (1, 2)
+        ServiceProcess(kafka_bootstrap, names, group, tmp_path / m, tmp_path / f"{m}.log", "edge", options)
+        for m in ("m1", "m2")
     ]
     try:
         produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(3000, seed=93)))
