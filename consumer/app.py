@@ -388,6 +388,7 @@ class StreamrecService:
                 input=self.config.input_topic,
                 output=self.config.output_topic,
                 group=self.config.group_id,
+                worker=self.config.worker,
                 model=self.model.name,
                 exactly_once=self.config.exactly_once,
                 **({"experiment": self.arms.describe()} if self.arms.experiment else {}),

@@ -247,6 +247,10 @@ def test_workers_started_alike_on_two_machines_are_one_model_without_naming_them
             assert worker.stop(timeout=120) == 0, tail_of(worker)
     kept = [(tmp_path / m / group / "worker-name").read_text().strip() for m in "ab"]
     assert kept[0] != kept[1] and all(name.startswith(f"{group}-") for name in kept)
+    assert all(
+        "msg=serving" in w.log() and f"worker={name}" in w.log()
+        for w, name in zip(workers, kept, strict=True)
+    )
     assert counted_in_updates(kafka_bootstrap, f"{names['input_topic']}-video-updates") == len(events)
     for m in "ab":
         assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, tmp_path / m), [group])
