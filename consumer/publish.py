@@ -414,8 +414,10 @@ def _drop_refused_offsets(producer: KafkaProducer) -> None:
     are *added* to them: once the worker rejoins, they go out under its new, valid generation
     and overwrite the commits of the partitions' new owner with the old ones (seen: a partition
     committed 1,376 events behind where its owner had learned, so the group never finished).
-    Nothing of ours is in flight when this is called (before a transaction's offsets, after an
-    abort), so what is left there is stale. A private field: without it there is nothing to drop.
+    Apache Kafka's Java client drops them once the request has failed (its TxnOffsetCommitHandler
+    clears ``pendingTxnOffsetCommits`` when the result is completed); kafka-python's port does
+    not. Nothing of ours is in flight when this is called (before a transaction's offsets, after
+    an abort), so what is left there is stale. A private field: without it there is nothing to drop.
     """
     manager = getattr(producer, "_transaction_manager", None)
     refused = getattr(manager, "_pending_txn_offset_commits", None)
