@@ -497,8 +497,11 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
     new producer, rolls back to its last checkpoint and goes on, where it used to stop with the
     wrong cause. Every event learned once; a read_committed reader finds each list once."""
     events = stream("synthetic", 60_000, seed=SEED)
+    # A third of the stream per attempt: an attempt whose freeze timed nothing out (below) still
+    # leaves the next one transactions to freeze, however fast the machine learns.
+    thirds = [events[i : i + 20_000] for i in range(0, len(events), 20_000)]
     names = topics(new_topic)
-    produce(kafka_bootstrap, names["input_topic"], keyed(events))
+    produce(kafka_bootstrap, names["input_topic"], keyed(thirds[0]))
     checkpoints = tmp_path / "ckpt"
     # Long transactions: a poll of up to a second's work each.
     extra = [
@@ -527,7 +530,12 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
 
     # Frozen the moment a transaction is seen open (the next poll's lists written, not yet
     # committed); should it commit in that moment, the freeze times nothing out: again, later.
-    for target in (6_000, 20_000, 34_000):
+    produced = 1
+    for attempt in range(len(thirds)):
+        if attempt == produced:
+            produce(kafka_bootstrap, names["input_topic"], keyed(thirds[attempt]))
+            produced += 1
+        target = 20_000 * attempt + 6_000
         assert wait_for(lambda t=target: (service.model_events() or 0) >= t, timeout=90), tail_of(service)
         assert wait_for(transaction_open, 30, interval=0.01), tail_of(service)
         service.proc.send_signal(signal.SIGSTOP)
@@ -535,6 +543,8 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
         service.proc.send_signal(signal.SIGCONT)
         if wait_for(lambda: stalled in service.log(), 20):
             break
+    for third in thirds[produced:]:
+        produce(kafka_bootstrap, names["input_topic"], keyed(third))
     for reader in readers.values():
         reader.close()
     assert stalled in service.log(), tail_of(service)
