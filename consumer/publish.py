@@ -342,7 +342,6 @@ class Publisher:
                     # Expelled and not yet told by a poll: the brokers skip the generation check
                     # of offsets sent without one, so these would overwrite the new owner's.
                     raise CommitFailedError("not in the group (its session expired): offsets not committed")
-                _drop_refused_offsets(producer)
                 producer.send_offsets_to_transaction(offsets, group)
             producer.commit_transaction()
             self.seconds["commit"] += time.perf_counter() - started
@@ -416,8 +415,9 @@ def _drop_refused_offsets(producer: KafkaProducer) -> None:
     committed 1,376 events behind where its owner had learned, so the group never finished).
     Apache Kafka's Java client drops them once the request has failed (its TxnOffsetCommitHandler
     clears ``pendingTxnOffsetCommits`` when the result is completed); kafka-python's port does
-    not. Nothing of ours is in flight when this is called (before a transaction's offsets, after
-    an abort), so what is left there is stale. A private field: without it there is nothing to drop.
+    not. Called after every abort, the one way out of a transaction whose offsets were refused:
+    nothing of ours is in flight then, so what is left there is stale. A private field: without
+    it there is nothing to drop.
     """
     manager = getattr(producer, "_transaction_manager", None)
     refused = getattr(manager, "_pending_txn_offset_commits", None)
