@@ -51,6 +51,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+#: A checkpoint's folder is this and its sequence number (``ckpt-000000000042``).
+PREFIX = "ckpt-"
 FORMAT = "streamrec-checkpoint/1"
 
 Offsets = dict[tuple[str, int], int]
@@ -205,7 +207,7 @@ def _worker_name(folder: Path, fixed: bool) -> str:
     if name:
         return name  # what its commits, transactional id and checkpoints were made under
     # Named by the user, or an older version's worker whose commits carry the folder's name.
-    kept_as_is = fixed or any(folder.glob("ckpt-*"))
+    kept_as_is = fixed or any(folder.glob(f"{PREFIX}*"))
     name = folder.name if kept_as_is else f"{folder.name}-{secrets.token_hex(4)}"
     folder.mkdir(parents=True, exist_ok=True)
     temporary = folder / f".{NAME_FILE}.tmp"
@@ -229,9 +231,9 @@ class LocalCheckpointStore(CheckpointStore):
 
     def _folders(self) -> list[tuple[int, Path]]:
         found = []
-        for p in self.root.glob("ckpt-*"):
+        for p in self.root.glob(f"{PREFIX}*"):
             try:
-                found.append((int(p.name.split("-", 1)[1]), p))
+                found.append((int(p.name.removeprefix(PREFIX)), p))
             except ValueError:
                 continue
         return sorted(found)
@@ -263,7 +265,7 @@ class LocalCheckpointStore(CheckpointStore):
         }
         (tmp / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         _fsync(tmp / MANIFEST)
-        final = self.root / f"ckpt-{sequence:012d}"
+        final = self.root / f"{PREFIX}{sequence:012d}"
         os.rename(tmp, final)
         _fsync(self.root)
         for _, old in self._folders()[: -self.keep]:
