@@ -47,6 +47,14 @@ def worker_metrics(port: int) -> dict[str, float] | None:
         return None
 
 
+def on_machine(
+    bootstrap: str, names: dict[str, str], group: str, folder: Path, worker: str, options: list[str]
+) -> ServiceProcess:
+    """One ``streamrec serve`` as on a machine of its own: its checkpoints in ``folder`` (no other
+    worker's), its log beside it; ``worker`` is its --worker-id (``""``: none given)."""
+    return ServiceProcess(bootstrap, names, group, folder, folder.with_suffix(".log"), worker, options)
+
+
 def members_with_partitions(bootstrap: str, group: str) -> int:
     """Members of ``group`` that hold at least one partition (the broker's view)."""
     from kafka import KafkaAdminClient
@@ -183,9 +191,7 @@ def test_two_live_workers_of_one_name_stop_with_the_fix_instead_of_mixing_their_
     options = ["--sync-every", "100", "--session-timeout-ms", "6000", "--no-shadow-baseline"]
 
     def machine(folder: str) -> ServiceProcess:
-        return ServiceProcess(
-            kafka_bootstrap, names, group, tmp_path / folder, tmp_path / f"{folder}.log", "edge", options
-        )
+        return on_machine(kafka_bootstrap, names, group, tmp_path / folder, "edge", options)
 
     first = machine("a")
     assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 1, 120), tail_of(first)
@@ -224,12 +230,7 @@ def test_workers_started_alike_on_two_machines_are_one_model_without_naming_them
     options = ["--sync-every", "100", "--no-shadow-baseline"]
     events = synthetic(2000, seed=95)
 
-    def machine(folder: str) -> ServiceProcess:
-        return ServiceProcess(
-            kafka_bootstrap, names, group, tmp_path / folder, tmp_path / f"{folder}.log", "", options
-        )
-
-    workers = (machine("a"), machine("b"))
+    workers = tuple(on_machine(kafka_bootstrap, names, group, tmp_path / m, "", options) for m in "ab")
     try:
         assert wait_for(lambda: members_with_partitions(kafka_bootstrap, group) == 2, 120), tail_of(
             workers[1]
