@@ -363,3 +363,11 @@ def _registered(name: str) -> type[StreamRanker]:
 #: The served model and the service's shadow, each behind :class:`ContractOnly`.
 ContractOnlyModel = _contract_only(_registered("streamrec"))
 ContractOnlyShadow = _contract_only(_registered("recent_popular"))
+
+
+def on_machine(
+    bootstrap: str, names: dict[str, str], group: str, folder: Path, worker: str, options: list[str]
+) -> ServiceProcess:
+    """One ``streamrec serve`` as on a machine of its own: its checkpoints in ``folder`` (no other
+    worker's), its log beside it; ``worker`` is its --worker-id (``""``: none given)."""
+    return ServiceProcess(bootstrap, names, group, folder, folder.with_suffix(".log"), worker, options)

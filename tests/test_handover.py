@@ -25,7 +25,7 @@ from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from contract.events import WatchEvent
 from model import viewer_state
-from tests.service_helpers import ServiceProcess, in_thread, produce, topics, wait_for
+from tests.service_helpers import ServiceProcess, in_thread, on_machine, produce, topics, wait_for
 from tests.streams import SOURCES, stream, synthetic
 from tests.test_faults import FAST, keyed, read_topic, stable, tail_of
 
@@ -455,10 +455,7 @@ def test_two_workers_of_one_name_on_two_machines_stop_with_a_clear_error_not_a_f
     names = topics(new_topic, partitions=4)
     group = f"g-{names['input_topic']}"
     options = [option, "--poll-timeout-ms", "50", "--no-shadow-baseline", "--session-timeout-ms", "6000"]
-    machines = [
-        ServiceProcess(kafka_bootstrap, names, group, tmp_path / m, tmp_path / f"{m}.log", "edge", options)
-        for m in ("m1", "m2")
-    ]
+    machines = [on_machine(kafka_bootstrap, names, group, tmp_path / m, "edge", options) for m in "12"]
     try:
         produce(kafka_bootstrap, names["input_topic"], keyed(synthetic(3000, seed=93)))
         assert wait_for(lambda: not all(m.alive for m in machines), 120), [tail_of(m) for m in machines]

@@ -20,7 +20,7 @@ import pytest
 
 from consumer.config import ServiceConfig
 from consumer.runner import worker_config
-from tests.service_helpers import ServiceProcess, parse_metrics, produce, topics, wait_for
+from tests.service_helpers import ServiceProcess, on_machine, parse_metrics, produce, topics, wait_for
 from tests.streams import synthetic
 from tests.test_faults import keyed, tail_of
 from tests.test_sync import (
@@ -45,14 +45,6 @@ def worker_metrics(port: int) -> dict[str, float] | None:
             return parse_metrics(r.read().decode())
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return None
-
-
-def on_machine(
-    bootstrap: str, names: dict[str, str], group: str, folder: Path, worker: str, options: list[str]
-) -> ServiceProcess:
-    """One ``streamrec serve`` as on a machine of its own: its checkpoints in ``folder`` (no other
-    worker's), its log beside it; ``worker`` is its --worker-id (``""``: none given)."""
-    return ServiceProcess(bootstrap, names, group, folder, folder.with_suffix(".log"), worker, options)
 
 
 def members_with_partitions(bootstrap: str, group: str) -> int:
