@@ -6,13 +6,18 @@
 Traceback (most recent call last):
 ...
 argparse.ArgumentTypeError: expected a positive number, got '0'
+>>> finite_float("nan")
+Traceback (most recent call last):
+...
+argparse.ArgumentTypeError: expected a finite number, got 'nan'
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
-__all__ = ["positive_int", "positive_float"]
+__all__ = ["positive_int", "positive_float", "finite_float"]
 
 
 def positive_int(text: str) -> int:
@@ -32,6 +37,18 @@ def positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:  # NaN too
+    if not 0 < value < math.inf:  # NaN too
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a flag that takes any number (a timestamp, seconds): finite, or a
+    one-line usage error (``nan`` and ``inf`` parse as floats but mean nothing there)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value

@@ -45,7 +45,7 @@ import orjson
 
 from contract.events import WatchEvent
 
-__all__ = ["EventError", "event_from_json", "event_to_json", "REASONS", "MAX_EVENT_BYTES"]
+__all__ = ["EventError", "check_event", "event_from_json", "event_to_json", "REASONS", "MAX_EVENT_BYTES"]
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
@@ -202,6 +202,34 @@ def _checked(raw: bytes | bytearray | memoryview | str) -> WatchEvent:
         raise EventError("not_json", str(err).split(":")[0] or "invalid JSON") from None
     if not isinstance(body, dict):
         raise EventError("not_object", f"expected a JSON object, got {type(body).__name__}")
+    return _from_body(body)
+
+
+def check_event(event: WatchEvent) -> WatchEvent:
+    """The rules of :func:`event_from_json`, with its reasons, for an event made in Python (a
+    file's row, a synthetic event, a command's flags): what the service would dead-letter is
+    refused before it is sent. Returns the event as the service reads it.
+
+    >>> check_event(WatchEvent(1616963421, "alice", "v", 600.0)).timestamp
+    1616963421.0
+    >>> check_event(WatchEvent(1616963421000, "alice", "v"))  # milliseconds, not seconds
+    Traceback (most recent call last):
+    ...
+    contract.schema.EventError: bad_value: 'timestamp' must be between 1970 and 2100 (Unix seconds)
+    """
+    body = {name: value for name, value in zip(event._fields, event, strict=True) if value is not None}
+    for name in ("viewer", "video", "event_id"):
+        value = body.get(name)
+        if isinstance(value, str) and not value.isascii():
+            try:  # a Python string may hold what no UTF-8 message can carry (lone surrogates)
+                value.encode()
+            except UnicodeEncodeError:
+                raise EventError("bad_value", f"{name!r} is not valid UTF-8 text") from None
+    return _from_body(body)
+
+
+def _from_body(body: dict) -> WatchEvent:
+    """The rules on the fields of one event (a decoded JSON object, or an event's own)."""
     event_id = body.get("event_id")
     if event_id is not None and (not isinstance(event_id, str) or len(event_id) > MAX_ID_CHARS):
         raise EventError("bad_type", f"'event_id' must be a string of at most {MAX_ID_CHARS} characters")

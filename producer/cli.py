@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from contract.arguments import positive_float, positive_int
+from contract.arguments import finite_float, positive_float, positive_int
 from contract.connection import KafkaConnection, add_connection_arguments, kafka_logs_held
 from contract.defaults import INPUT_TOPIC
 from contract.errors import UserError
@@ -109,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--seed", type=int, default=0, help="default %(default)s")
     synth.add_argument(
         "--start",
-        type=float,
+        type=finite_float,
         default=None,
         metavar="T",
         help="timestamp of the first event (default 2024-01-01T00:00:00Z)",
@@ -126,9 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     send = sub.add_parser("send", help="send one event, for trying things by hand")
     send.add_argument("--viewer", required=True)
     send.add_argument("--video", required=True)
-    send.add_argument("--watch-time", type=float, metavar="S", help="seconds watched (default: unknown)")
-    send.add_argument("--duration", type=float, metavar="D", help="video length in seconds")
-    send.add_argument("--timestamp", type=float, metavar="T", help="Unix seconds of the watch (default: now)")
+    send.add_argument(
+        "--watch-time", type=finite_float, metavar="S", help="seconds watched (default: unknown)"
+    )
+    send.add_argument("--duration", type=finite_float, metavar="D", help="video length in seconds")
+    send.add_argument(
+        "--timestamp", type=finite_float, metavar="T", help="Unix seconds of the watch (default: now)"
+    )
     send.add_argument("--event-id", help="an id for the event (optional)")
     _common(send)
     parser.set_defaults(func=run)
@@ -163,18 +167,53 @@ def _source(args: argparse.Namespace) -> tuple[Iterable[WatchEvent], int]:
             raise UserError(str(err)) from None
         if args.limit is not None:
             events = events[: args.limit]
+        _check_loop(events, args.loop)
         return looped(events, args.loop), len(events) * args.loop
     if args.source == "synth":
+        from contract.schema import MAX_TIMESTAMP, MIN_TIMESTAMP
         from producer.synth import DEFAULT_START, SyntheticStream
 
         start = DEFAULT_START if args.start is None else args.start
         stream = SyntheticStream(args.viewers, args.videos, args.events, args.seed, start=start)
-        return stream, len(stream)
+        if not MIN_TIMESTAMP <= start <= start + stream.span_days * 86400 <= MAX_TIMESTAMP:
+            raise UserError(
+                f"--start {start:g}: the stream's {stream.span_days:g} days from there must lie within "
+                "1970..2100 in Unix seconds (not milliseconds)"
+            )
+        return _checked(stream, "synthetic event"), len(stream)
     return [_one_event(args)], 1
 
 
+def _check_loop(events: Sequence[WatchEvent], passes: int) -> None:
+    """Refuse a ``--loop`` whose last passes would carry timestamps the service refuses."""
+    from contract.schema import MAX_TIMESTAMP
+
+    if not events or passes == 1:
+        return
+    span = events[-1].timestamp - events[0].timestamp + 1.0
+    if events[-1].timestamp + (passes - 1) * span > MAX_TIMESTAMP:
+        fit = int((MAX_TIMESTAMP - events[-1].timestamp) // span) + 1
+        raise UserError(
+            f"--loop {passes} would carry timestamps past 2100, which the service refuses: each pass "
+            f"moves the file {span:,.0f} s later; at most {fit} passes fit"
+        )
+
+
+def _checked(events: Iterable[WatchEvent], what: str) -> Iterator[WatchEvent]:
+    """``events``, each held to the consumer's rules: one it would dead-letter stops the
+    command with the reason (the start of a synthetic stream out of range, say) before it is
+    sent, instead of a run that reports success and feeds the dead-letter topic."""
+    from contract.schema import EventError, check_event
+
+    for number, event in enumerate(events, start=1):
+        try:
+            yield check_event(event)
+        except EventError as err:
+            raise UserError(f"{what} {number:,} is invalid: {err}") from None
+
+
 def _one_event(args: argparse.Namespace) -> WatchEvent:
-    from contract.schema import EventError, event_from_json, event_to_json
+    from contract.schema import EventError, check_event
 
     event = WatchEvent(
         timestamp=time.time() if args.timestamp is None else args.timestamp,
@@ -185,7 +224,7 @@ def _one_event(args: argparse.Namespace) -> WatchEvent:
         event_id=args.event_id,
     )
     try:  # the consumer's own rules: refuse here what it would dead-letter
-        return event_from_json(event_to_json(event))
+        return check_event(event)
     except EventError as err:
         raise UserError(f"invalid event: {err}") from None
 

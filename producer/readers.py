@@ -10,22 +10,30 @@ Formats (``auto`` picks by file name, then by content):
   (``::``-separated) or ``ratings.csv`` (header ``userId,movieId,rating,timestamp``);
 * ``jsonl``: one watch event per line, the same JSON as the Kafka input topic.
 
+Either may be gzip-compressed (``ratings.csv.gz``: found by its first bytes). Rows are held to
+the service's rules (:mod:`contract.schema`): a timestamp in milliseconds, say, is an error
+naming the line, not an event the service would dead-letter after the replay said it was sent.
+
 Events come back sorted by timestamp (stable, so ties keep file order): replays and the
 evaluator need time order.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from contract.events import WatchEvent
+from contract.schema import MAX_ID_CHARS, MAX_TIMESTAMP, MIN_TIMESTAMP
 
 __all__ = ["DataFormatError", "ReadStats", "read_events", "detect_format", "FORMATS"]
 
 FORMATS = ("auto", "movielens", "jsonl")
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataFormatError(ValueError):
@@ -38,14 +46,29 @@ class ReadStats:
     bad_rows: int = 0
 
 
-def detect_format(path: Path) -> str:
+def _open(path: Path) -> IO[bytes]:
+    """``path`` as bytes, through gzip when it is compressed (``ratings.csv.gz``)."""
+    with path.open("rb") as f:
+        magic = f.read(2)
+    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
+
+
+def _plain_name(path: Path) -> str:
     name = path.name.lower()
+    return name[: -len(".gz")] if name.endswith(".gz") else name
+
+
+def detect_format(path: Path) -> str:
+    name = _plain_name(path)
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
     if name.endswith((".data", ".dat", ".csv")):
         return "movielens"
-    with path.open("rb") as f:
-        head = f.read(4096).lstrip()
+    try:
+        with _open(path) as f:
+            head = f.read(4096).lstrip()
+    except (OSError, EOFError) as err:
+        raise DataFormatError(f"{path}: cannot read it: {err}") from None
     if head.startswith(b"{"):
         return "jsonl"
     if head:
@@ -53,24 +76,37 @@ def detect_format(path: Path) -> str:
     raise DataFormatError(f"{path}: empty file, cannot tell its format")
 
 
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of ``path`` as bytes (decompressed), blank ones left out."""
+    try:
+        with _open(path) as f:
+            for number, line in enumerate(f, start=1):
+                if line.strip():
+                    yield number, line
+    except (OSError, EOFError) as err:  # a damaged gzip stream, an unreadable file
+        raise DataFormatError(f"{path}: cannot read it: {err}") from None
+
+
 def _movielens_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with path.open("r", encoding="utf-8", errors="strict") as f:
-        first = True
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if "::" in line:
-                fields = line.split("::")
-            elif "\t" in line:
-                fields = line.split("\t")
-            else:
-                fields = line.split(",")
-            if first and fields and fields[0].strip().lower() in ("userid", "user_id", "user"):
-                first = False
-                continue  # the ratings.csv header
+    first = True
+    for number, raw in _lines(path):
+        try:
+            line = raw.decode("utf-8-sig" if first else "utf-8").strip()
+        except UnicodeDecodeError as err:
+            where = f"{err.reason} at column {err.start + 1}"
+            raise DataFormatError(f"{path}:{number}: not UTF-8 text ({where})") from None
+        if "::" in line:
+            fields = line.split("::")
+        elif "\t" in line:
+            fields = line.split("\t")
+        else:
+            fields = line.split(",")
+        # ratings.csv's header, bare or quoted as spreadsheets write it
+        if first and fields and fields[0].strip().strip('"').lower() in ("userid", "user_id", "user"):
             first = False
-            yield number, fields
+            continue
+        first = False
+        yield number, fields
 
 
 def _parse_movielens(number: int, fields: list[str], path: Path) -> WatchEvent:
@@ -81,12 +117,19 @@ def _parse_movielens(number: int, fields: list[str], path: Path) -> WatchEvent:
     user, item, _rating, ts = (f.strip() for f in fields[:4])
     if not user or not item:
         raise DataFormatError(f"{path}:{number}: empty user or item id")
+    if len(user) > MAX_ID_CHARS or len(item) > MAX_ID_CHARS:
+        raise DataFormatError(f"{path}:{number}: an id longer than {MAX_ID_CHARS} characters")
     try:
         timestamp = float(ts)
     except ValueError:
         raise DataFormatError(f"{path}:{number}: timestamp {ts!r} is not a number") from None
     if not math.isfinite(timestamp):
         raise DataFormatError(f"{path}:{number}: timestamp {ts!r} is not finite")
+    # The service's rule (contract.schema), checked here so a replay never sends what it refuses.
+    if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
+        raise DataFormatError(
+            f"{path}:{number}: timestamp {ts!r} is not Unix seconds between 1970 and 2100 (milliseconds?)"
+        )
     return WatchEvent(timestamp=timestamp, viewer=user, video=item)
 
 
@@ -131,16 +174,11 @@ def read_events(
             if not skip_bad_rows:
                 raise
 
-    try:
-        if fmt == "movielens":
-            for number, fields in _movielens_rows(path):
-                keep(lambda n=number, f=fields: _parse_movielens(n, f, path))
-        else:
-            with path.open("rb") as f:
-                for number, line in enumerate(f, start=1):
-                    if line.strip():
-                        keep(lambda n=number, raw=line: _parse_json(n, raw, path))
-    except UnicodeDecodeError as err:
-        raise DataFormatError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if fmt == "movielens":
+        for number, fields in _movielens_rows(path):
+            keep(lambda n=number, f=fields: _parse_movielens(n, f, path))
+    else:
+        for number, line in _lines(path):
+            keep(lambda n=number, raw=line: _parse_json(n, raw, path))
     events.sort(key=lambda e: e.timestamp)
     return events

@@ -17,6 +17,8 @@ one in ``producer/`` that imports kafka-python.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -27,10 +29,11 @@ from kafka.producer.future import FutureRecordMetadata
 
 from contract.connection import FailureWatch, KafkaConnection
 from contract.defaults import INPUT_TOPIC
+from contract.errors import UserError
 from contract.events import WatchEvent
 from contract.schema import event_to_json
 
-__all__ = ["KafkaSink", "BrokerUnavailable", "DeliveryStats", "ensure_topic"]
+__all__ = ["KafkaSink", "BrokerUnavailable", "DeliveryStats", "TopicRefused", "ensure_topic"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,10 @@ class _MemoPartitioner(DefaultPartitioner):
 
 class BrokerUnavailable(ConnectionError):
     """No broker answered at the bootstrap address within the timeout."""
+
+
+class TopicRefused(UserError):
+    """The broker refused to create the topic (an invalid name, a quota, an ACL): its reason."""
 
 
 @dataclass
@@ -102,11 +109,28 @@ def ensure_topic(
             )
         except TopicAlreadyExistsError:
             return False  # someone else created it in between: same outcome
+        except KafkaError as err:  # the broker's own words say what to change
+            reason = _broker_reason(err)
+            raise TopicRefused(f"the broker refused to create topic {topic!r}: {reason}") from None
         admin.wait_for_topics([topic], timeout_ms=int(timeout_s * 1000))
         log.info("created topic %s with %d partitions", topic, partitions)
         return True
     finally:
         admin.close()
+
+
+def _broker_reason(err: KafkaError) -> str:
+    """The broker's own message in a refused request (kafka-python puts it inside the whole
+    response's text), else the error's general description.
+
+    >>> from kafka.errors import InvalidTopicError
+    >>> _broker_reason(InvalidTopicError("... error_code=17, error_message='Topic name is invalid', ..."))
+    'Topic name is invalid'
+    """
+    found = re.search(r"error_message=(['\"])(.+?)\1", str(err))
+    if found:
+        return found.group(2)
+    return getattr(err, "description", None) or str(err)
 
 
 class KafkaSink:
@@ -169,8 +193,8 @@ class KafkaSink:
     def _on_ack(self, _metadata) -> None:
         self.stats.acked += 1
 
-    def _on_error(self, err: BaseException) -> None:
-        self.stats.failed += 1
+    def _on_error(self, err: BaseException, messages: int = 1) -> None:
+        self.stats.failed += messages
         if self.stats.first_error is None:
             self.stats.first_error = f"{type(err).__name__}: {err}"
             log.error("delivery to %s failed: %s", self.topic, self.stats.first_error)
@@ -204,11 +228,28 @@ class KafkaSink:
         return self.stats.queued - before
 
     def flush(self, timeout_s: float | None = None) -> DeliveryStats:
-        """Wait until every queued message is acknowledged or failed; returns the counts."""
-        try:
-            self._producer.flush(timeout=timeout_s)
-        except KafkaTimeoutError as err:
-            log.error("flush timed out with %d messages pending: %s", self.pending, err)
+        """Wait until every queued message is acknowledged or failed (or ``timeout_s`` passed);
+        returns the counts.
+
+        kafka-python's own ``flush`` can raise while batches are still in flight (after the
+        broker refused a batch as too large, it splits and resends it and ``flush`` fails with
+        "Future not done"): those messages are still being delivered, so it is asked again
+        until nothing is pending, instead of giving up on them.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.pending > 0:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                log.error("flush timed out with %d messages pending", self.pending)
+                break
+            try:
+                self._producer.flush(timeout=left)
+            except KafkaTimeoutError as err:
+                log.error("flush timed out with %d messages pending: %s", self.pending, err)
+                break
+            except KafkaError as err:  # still delivering: wait for the rest
+                log.debug("flush interrupted (%s); %d messages still pending", err, self.pending)
+                time.sleep(0.05)
         return self.stats
 
     @property
@@ -217,9 +258,17 @@ class KafkaSink:
         return self.stats.queued - self.stats.acked - self.stats.failed
 
     def close(self, timeout_s: float | None = 30.0) -> DeliveryStats:
-        """Flush, then close the producer; returns the final counts."""
-        self.flush(timeout_s)
-        self._producer.close(timeout=timeout_s)
+        """Flush, then close the producer; returns the final counts, in which a message still
+        unacknowledged when the producer closed counts as failed (it may or may not have
+        landed: the counts never claim a delivery the broker did not confirm)."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            self._producer.close(timeout=timeout_s)
+        unacknowledged = self.pending
+        if unacknowledged > 0:
+            lost = KafkaTimeoutError(f"{unacknowledged} messages unacknowledged when the producer closed")
+            self._on_error(lost, unacknowledged)
         return self.stats
 
     def __enter__(self) -> KafkaSink:

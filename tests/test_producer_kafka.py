@@ -366,3 +366,28 @@ def test_timeouts_counts_and_rates_must_be_positive(argv, flag, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {flag}: expected a positive" in err and "Traceback" not in err
+
+
+def test_a_topic_the_broker_refuses_to_create_is_one_line_with_its_reason(kafka_bootstrap, capsys):
+    argv = ["produce", "send", "--viewer", "a", "--video", "b", "--topic", "no spaces!"]
+    assert main([*argv, "--bootstrap-servers", kafka_bootstrap]) == 2
+    err = capsys.readouterr().err
+    assert "the broker refused to create topic 'no spaces!': Topic name is invalid" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_batch_the_broker_splits_as_too_large_is_still_delivered_and_counted(
+    kafka_bootstrap, new_topic, capsys
+):
+    """A topic whose records may be only 300 bytes: the producer's batches are refused as too
+    large, and kafka-python splits and resends them while its flush raises "Future not done".
+    Every event still lands once, and the summary says so (it used to crash with a traceback,
+    the queued events lost)."""
+    topic = new_topic("small-records", config={"max.message.bytes": "300"})
+    code, summary = produce_cli(
+        capsys, "synth", "--events", "50", "--viewers", "5", "--videos", "5", "--topic", topic,
+        "--bootstrap-servers", kafka_bootstrap,
+    )  # fmt: skip
+    records = read_topic(kafka_bootstrap, topic, expect=summary.get("sent", 0))
+    assert (code, summary["sent"], summary["failed"]) == (0, 50, 0)
+    assert sorted(r.value for r in records) == sorted(event_to_json(e) for e in SyntheticStream(5, 5, 50, 0))

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.events import WatchEvent
-from contract.schema import MAX_EVENT_BYTES, REASONS, EventError, event_from_json, event_to_json
+from contract.schema import MAX_EVENT_BYTES, REASONS, EventError, check_event, event_from_json, event_to_json
 
 
 def decode_or_reason(raw) -> WatchEvent | str:
@@ -178,3 +178,36 @@ def test_a_record_that_breaks_the_decoder_is_dead_lettered_not_fatal(monkeypatch
     assert [o[1] for o in batch.origins] == [0, 3]
     assert [(d.offset, d.reason) for d in batch.dead] == [(1, "decode_error"), (2, "not_json")]
     assert batch.dead[0].value == b'{"poison": 1}' and "KeyError" in batch.dead[0].detail
+
+
+def verdict(check, event: WatchEvent) -> WatchEvent | str:
+    try:
+        return check(event)
+    except EventError as err:
+        return err.reason
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    timestamp=st.one_of(finite, st.sampled_from([0.0, 4102444800.0, 4102444800.5, -1e-9, 1.7e12])),
+    viewer=st.one_of(st.text(max_size=300), st.sampled_from(["", "v" * 256, "v" * 257])),
+    video=st.text(min_size=0, max_size=5),
+    watch_time=st.one_of(st.none(), finite, st.sampled_from([0.0, 604800.0, 604800.1])),
+    duration=st.one_of(st.none(), finite, st.sampled_from([0.0, 1e-9, 604800.0])),
+    event_id=st.one_of(st.none(), st.text(max_size=300)),
+)
+def test_an_event_made_in_python_is_held_to_the_wire_rules(
+    timestamp, viewer, video, watch_time, duration, event_id
+):
+    """``check_event`` (files, synthetic streams, flags) says what the service would say of the
+    same event sent as JSON: the same event back, or the same reason."""
+    event = WatchEvent(timestamp, viewer, video, watch_time, duration, event_id)
+    try:
+        raw = event_to_json(event)
+    except TypeError:  # a lone surrogate: no UTF-8 message can carry it
+        assert verdict(check_event, event) == "bad_value"
+        return
+    assert verdict(check_event, event) == verdict(lambda e: event_from_json(raw), event)
