@@ -28,7 +28,8 @@ reference in :mod:`model.kernels`, and tested against it on random inputs in
   reference) and an ``np.add.at``;
 * :func:`exclusion_cells`: each event's excluded videos (what its viewer watched before the
   batch and earlier in it) as compressed rows; replaces ``SeenVideos.exclusion_for_events``'
-  array arithmetic;
+  array arithmetic; :func:`excluded_targets`: which events' own video is among them (a
+  re-watch);
 * :func:`shared_top_n_rank`: the top-``n`` and ranks of a batch that shares one score vector
   (the popularity baselines, among them the service's shadow), one pass per row over its
   exclusions and down the shared order; replaces ``model.topk``'s bitmaps, bincounts and
@@ -68,6 +69,7 @@ __all__ = [
     "add_rows_both_1d",
     "cooc_add",
     "cooc_feature",
+    "excluded_targets",
     "exclusion_cells",
     "group_cells",
     "history_grad",
@@ -928,6 +930,25 @@ def exclusion_cells(
             out[at] = video_rows[order[q]]
             at += 1
     return ptr, out
+
+
+@njit(**_JIT)
+def excluded_targets(ex_ptr: np.ndarray, ex_videos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per event, whether its own video ``targets[i]`` (a row, ``-1``: unknown) is among its
+    exclusions ``ex_videos[ex_ptr[i]:ex_ptr[i+1]]``: a re-watch, which no list may show, so no
+    list could have had it. As :func:`model.kernels.excluded_targets`, exactly.
+    """
+    batch = targets.shape[0]
+    out = np.zeros(batch, dtype=np.bool_)
+    for i in range(batch):
+        t = targets[i]
+        if t < 0:
+            continue
+        for k in range(ex_ptr[i], ex_ptr[i + 1]):
+            if ex_videos[k] == t:
+                out[i] = True
+                break
+    return out
 
 
 @njit(**_JIT)

@@ -89,6 +89,7 @@ from model.compiled import (
     NO_COLUMNS,
     NO_FEATURE,
     adagrad_rows,
+    excluded_targets,
     history_grad,
     mix_histories,
     rank_softmax,
@@ -212,8 +213,8 @@ class EmbeddingRanker(CatalogueScorer):
         catalogue.
     shortlist_budget
         Steers the share by what it costs (``None``: the share stays ``shortlist_share``).
-        Learning judges every event whose known video was outside the shortlist: would it
-        have made the event's top-10 had it been ranked? The share starts at
+        Learning judges every event whose known video was outside the shortlist (a re-watch
+        aside: no list shows it): would it have made the event's top-10 had it been ranked? The share starts at
         ``shortlist_share`` and moves within [0.5, 0.999] so that such lost hits stay under
         ``shortlist_budget`` of the events (a moving rate, half-life 5,000 events): up
         quickly when they pass it, down slowly while under half of it and while the share,
@@ -688,28 +689,32 @@ class EmbeddingRanker(CatalogueScorer):
 
     def _judge_inputs(
         self, batch: _Batch, dots: np.ndarray, bias: np.ndarray, targets: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray] | None:
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
         """What judging the shortlist needs from the matrix before the kernels finish it in
         place (``None`` when the share is not steered or nothing is shortlisted): the events
         whose known video was not ranked, of viewers ranked by the model's own scores (not the
-        trending list), and the score each one's video had (dot product, bias, feature): the
-        same arithmetic in every path. ``targets``: each event's column."""
+        trending list), the score each one's video had (dot product, bias, feature: the same
+        arithmetic in every path), and how many events are judged. A re-watch is not judged:
+        its video is excluded from any list, shortlist or not, so it is no hit to lose (judged,
+        a stream of re-watches drove the share to the whole catalogue). ``targets``: each
+        event's column."""
         if self.shortlist_budget is None or not batch.column_of.size:
             return None
-        outside = np.flatnonzero(batch.video_known & ~batch.cold & (targets >= batch.ranked))
+        judged = batch.video_known & ~batch.cold & ~excluded_targets(*batch.exclude, batch.video_rows)
+        outside = np.flatnonzero(judged & (targets >= batch.ranked))
         columns = targets[outside]
         logits = dots[outside, columns] + bias[columns]
         if batch.cooc is not None:
             logits += self._alpha[0] * batch.cooc[outside, columns]
-        return outside, logits
+        return outside, logits, int(np.count_nonzero(judged))
 
     def _judge_shortlist(
-        self, batch: _Batch, outside: np.ndarray, logits: np.ndarray, best: np.ndarray
+        self, batch: _Batch, outside: np.ndarray, logits: np.ndarray, judged: int, best: np.ndarray
     ) -> None:
         """Count the hits the shortlist cost this batch: outside videos scored above their
         event's JUDGE_N-th best ranked video (``best``: each row's top scores, best first)."""
         batch.lost = int(np.count_nonzero(logits > best[outside, JUDGE_N - 1]))
-        batch.judged = int(np.count_nonzero(batch.video_known & ~batch.cold))
+        batch.judged = judged
 
     def _steer_shortlist(self, lost: int, judged: int) -> None:
         """Move the share by the moving rate of lost hits against ``shortlist_budget``."""

@@ -393,6 +393,14 @@ def exclusion_for_events(
     return np.concatenate([rows_pre, rows_in]), np.concatenate([cols_pre, cols_in])
 
 
+def excluded_targets(ex_ptr: np.ndarray, ex_videos: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Per event, whether its video ``targets[i]`` is among its exclusions (a re-watch)."""
+    rows = np.repeat(np.arange(targets.shape[0]), np.diff(ex_ptr))
+    out = np.zeros(targets.shape[0], dtype=bool)
+    out[rows[(ex_videos == targets[rows]) & (targets[rows] >= 0)]] = True
+    return out
+
+
 def quantize_rows(values: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
     """``(q, scale)``: each row of ``(R, K)`` ``values`` as integers of ``dtype`` times a float32
     scale, ``scale = max |row| / max(dtype)``, rounded to nearest (a row's error is at most half

@@ -215,6 +215,21 @@ def test_exclusion_cells_are_the_causal_exclusions(seed, batch):
         assert sorted(got_cols[got_rows == i].tolist()) == want
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_excluded_targets_finds_the_re_watches(seed):
+    rng = np.random.default_rng(seed)
+    batch = int(rng.integers(1, 60))
+    ptr = np.zeros(batch + 1, dtype=np.int64)
+    np.cumsum(rng.integers(0, 12, batch), out=ptr[1:])
+    videos = rng.integers(-1, 20, ptr[-1])
+    targets = rng.integers(-1, 20, batch)
+    got = compiled.excluded_targets(ptr, videos, targets)
+    want = kernels.excluded_targets(ptr, videos, targets)
+    assert got.tolist() == want.tolist()
+    rows = [videos[ptr[i] : ptr[i + 1]].tolist() for i in range(batch)]
+    assert got.tolist() == [t >= 0 and t in row for t, row in zip(targets.tolist(), rows, strict=True)]
+
+
 def _run_a_copy(tmp_path: Path, env: dict[str, str]) -> tuple[Path, subprocess.CompletedProcess]:
     """Rank one row with a fresh copy of model/ (no cache beside it) in a new interpreter."""
     copy = tmp_path / "install"

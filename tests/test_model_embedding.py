@@ -461,6 +461,26 @@ def test_a_steered_shortlist_shortens_on_a_skewed_catalogue_without_losing_hits(
     assert steered_model.shortlist_lost_rate <= 2 * steered_model.shortlist_budget
 
 
+def test_re_watches_do_not_count_as_hits_the_shortlist_lost() -> None:
+    """A third of the events re-watch a viewer's own favourite (a show, a song on repeat),
+    outside a shortlist of 40 popular videos. Those videos are excluded from the viewer's lists
+    whatever the shortlist, so they are no hits it could lose: the share stays where a stream
+    of new watches leaves it, instead of climbing to the whole catalogue."""
+    rng = np.random.default_rng(0)
+    events = []
+    for t in range(15_000):
+        viewer = int(rng.integers(200))
+        video = f"fav{viewer}" if rng.random() < 0.3 else f"pop{int(rng.integers(40))}"
+        events.append(WatchEvent(float(t), f"u{viewer}", video))
+    model = EmbeddingRanker(seed=0, shortlist=40, shortlist_share=0.5)
+    model.learn_many(events[:128])
+    for start in range(128, len(events), 128):
+        model.learn_many(events[start : start + 128])
+    assert model.shortlist_share_now < 0.6
+    assert model.shortlist_lost_rate <= model.shortlist_budget
+    assert model._shortlist(len(model.videos)).size < 60  # of 240 videos
+
+
 def test_rank_and_learn_agrees_while_the_shortlist_is_steered() -> None:
     """Learning judges and steers the shortlist in every path alike (ranking alone never does)."""
     events = _flat_taste_stream(events=3000)
