@@ -233,3 +233,21 @@ def test_isgd_saves_its_random_generator(stream, tmp_path):
         m.learn_many([WatchEvent(1e3, "newcomer", "premiere")])
     row = model.videos.get("premiere")
     np.testing.assert_array_equal(loaded.video_vectors.array[row], model.video_vectors.array[row])
+
+
+@pytest.mark.parametrize(
+    ("name", "setting"),
+    [
+        ("isgd", {"k": 0}),
+        ("funk_mf", {"k": 0}),
+        ("cooccurrence", {"slots": 0}),
+        ("cooccurrence", {"max_videos": 0}),
+    ],
+)
+def test_a_setting_a_baseline_cannot_learn_with_is_refused_when_it_is_made(name, setting):
+    """Refused by the registry with the setting named, not accepted and then failing on the
+    first batch (``k=0`` failed in a matrix product; ``slots=0`` once the catalogue grew)."""
+    from model import registry
+
+    with pytest.raises(registry.BadSetting, match=next(iter(setting))):
+        registry.create(name, **setting)

@@ -281,6 +281,10 @@ class CoOccurrenceKNN(CatalogueScorer):
             raise ValueError(f"history must be at least 1, got {history}")
         if window is not None and window < 1:
             raise ValueError(f"window must be at least 1 or None, got {window}")
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots}")
+        if max_videos < 1:
+            raise ValueError(f"max_videos must be at least 1, got {max_videos}")
         self.history = history
         self.decay = decay
         self.window = window

@@ -62,6 +62,8 @@ class FunkMFRanker(CatalogueScorer):
 
     def __init__(self, k: int = 10, lr: float = 0.05, l2: float = 0.0, seed: int | None = 42) -> None:
         super().__init__(seed=seed)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         self.k = k
         self.lr = lr
         self.l2 = l2

@@ -68,6 +68,8 @@ class ISGD(CatalogueScorer):
         self, k: int = 10, lr: float = 0.05, reg: float = 0.01, init_std: float = 0.1, seed: int | None = 42
     ) -> None:
         super().__init__(seed=seed)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
         self.k = k
         self.lr = lr
         self.reg = reg
