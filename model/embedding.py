@@ -214,12 +214,12 @@ class EmbeddingRanker(CatalogueScorer):
     shortlist_budget
         Steers the share by what it costs (``None``: the share stays ``shortlist_share``).
         Learning judges every event whose known video was outside the shortlist (a re-watch
-        aside: no list shows it): would it have made the event's top-10 had it been ranked? The share starts at
-        ``shortlist_share`` and moves within [0.5, 0.999] so that such lost hits stay under
-        ``shortlist_budget`` of the events (a moving rate, half-life 5,000 events): up
-        quickly when they pass it, down slowly while under half of it and while the share,
-        not the floor ``shortlist``, sets the length. A skewed catalogue gets a short list (and
-        a fast model); a flat one keeps a long one.
+        aside: no list shows it): would it have made the event's top-10 had it been ranked?
+        The share starts at ``shortlist_share`` and moves within [0.5, 0.999] so that such
+        lost hits stay under ``shortlist_budget`` of the events (a moving rate, half-life
+        5,000 events): up quickly when they pass it, down slowly while under half of it and
+        while the share, not the floor ``shortlist``, sets the length. A skewed catalogue gets
+        a short list (and a fast model); a flat one keeps a long one.
     seed
         Drives all randomness (the initial video vectors).
     """

@@ -36,7 +36,36 @@ from itertools import repeat
 
 import numpy as np
 
-__all__ = ["IdIndex", "GrowableTable", "as_id"]
+__all__ = ["IdIndex", "GrowableTable", "as_id", "pack_ids", "saved_ids", "unpack_ids"]
+
+
+def pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    r"""Ids as one UTF-8 byte array and where each one ends, for saving without pickle. A numpy
+    unicode array would not do: it drops trailing NULs (``"bob\x00"`` came back as ``"bob"``,
+    another viewer's id) and is as wide as the longest id, for every id.
+
+    >>> ids = ["bob" + chr(0), "bob", "", "é"]
+    >>> blob, ends = pack_ids(ids)
+    >>> blob.nbytes, ends.tolist(), unpack_ids(blob, ends) == ids
+    (9, [4, 7, 7, 9], True)
+    """
+    encoded = [v.encode("utf-8", "surrogatepass") for v in ids]
+    blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return blob, np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+
+def unpack_ids(blob: np.ndarray, ends: np.ndarray) -> list[str]:
+    """The ids :func:`pack_ids` packed; ``ValueError`` if the arrays cannot be its output."""
+    if blob.ndim != 1 or blob.dtype != np.uint8 or ends.ndim != 1 or ends.dtype.kind not in "iu":
+        raise ValueError(f"packed ids are 1-d uint8 bytes and integer ends, not {blob.dtype}, {ends.dtype}")
+    if not ends.size:
+        return []
+    bounds = ends.tolist()
+    if bounds[-1] != blob.size or any(b < a for a, b in zip([0, *bounds], bounds, strict=False)):
+        raise ValueError("packed ids' ends do not fit their bytes")
+    data = blob.tobytes()
+    starts = [0, *bounds[:-1]]
+    return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, bounds, strict=True)]
 
 
 def as_id(raw: Hashable) -> str:
@@ -174,24 +203,23 @@ class IdIndex:
     # -- persistence (a part, see :mod:`model.persist`) -----------------------------------------
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        """``ids`` (unicode, in row order, ``""`` on released rows) and ``free`` (the free list
-        in reuse order), for saving without pickle.
+        """The ids in row order (``""`` on released rows) as ``id_bytes`` and ``id_ends``
+        (:func:`pack_ids`) and ``free`` (the free list in reuse order), for saving without
+        pickle. A file written before 2026-12-01 holds ``ids`` (a unicode array) instead: read too.
 
         >>> a = IdIndex(); _ = a.add_many(["x", "y", "z"]); _ = a.remove_rows([1])
         >>> b = IdIndex(); b.load_arrays(a.to_arrays()); b.get("z"), b.get("y"), b.free_rows
         (2, None, [1])
         """
-        ids = np.array(self._ids, dtype=str) if self._ids else np.zeros(0, dtype="<U1")
-        return {"ids": ids, "free": np.asarray(self._free, dtype=np.int64)}
+        blob, ends = pack_ids(self._ids)
+        return {"id_bytes": blob, "id_ends": ends, "free": np.asarray(self._free, dtype=np.int64)}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
-        ids, free = arrays["ids"], arrays["free"]
-        if ids.ndim != 1 or ids.dtype.kind != "U":
-            raise ValueError(f"ids must be a 1-d unicode array, got {ids.dtype} of shape {ids.shape}")
+        free = arrays["free"]
         if free.ndim != 1 or free.dtype.kind not in "iu":
             raise ValueError(f"free rows must be a 1-d integer array, got {free.dtype} of shape {free.shape}")
-        id_list = ids.tolist()
+        id_list = saved_ids(arrays)
         free_list = free.tolist()
         free_set = set(free_list)
         if len(free_set) != len(free_list) or any(not 0 <= r < len(id_list) for r in free_set):
@@ -200,6 +228,17 @@ class IdIndex:
         if len(row_of) != len(id_list) - len(free_set):
             raise ValueError("duplicate ids")
         self._ids, self._free, self._row_of = id_list, free_list, row_of
+
+
+def saved_ids(arrays: dict[str, np.ndarray], name: str = "id") -> list[str]:
+    """Ids saved as ``<name>_bytes`` and ``<name>_ends`` (:func:`pack_ids`), or, in a file
+    written before 2026-12-01, as a unicode array ``<name>s``; ``ValueError`` if malformed."""
+    if f"{name}_bytes" in arrays:
+        return unpack_ids(arrays[f"{name}_bytes"], arrays[f"{name}_ends"])
+    ids = arrays[f"{name}s"]
+    if ids.ndim != 1 or ids.dtype.kind != "U":
+        raise ValueError(f"ids must be a 1-d unicode array, got {ids.dtype} of shape {ids.shape}")
+    return ids.tolist()
 
 
 class GrowableTable:

@@ -42,7 +42,7 @@ import numpy as np
 
 from model.compiled import add_pairs_both_ways, add_rows_both, add_rows_both_1d, quantized_step
 from model.embedding import EmbeddingRanker
-from model.ids import GrowableTable
+from model.ids import GrowableTable, pack_ids, saved_ids, unpack_ids
 from model.kernels import dequantize_rows, quantize_rows
 
 __all__ = [
@@ -132,21 +132,9 @@ def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.nda
 
 
 def _pack_ids(ids: list[str]) -> dict[str, np.ndarray]:
-    """Ids as one UTF-8 blob and where each ends (fixed-width unicode arrays would take four
-    bytes times the longest id for every id)."""
-    encoded = [v.encode() for v in ids]
-    return {
-        "id_bytes": np.frombuffer(b"".join(encoded), dtype=np.uint8),
-        "id_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
-    }
-
-
-def _unpack_ids(blob: np.ndarray, ends: np.ndarray) -> list[str]:
-    if not ends.size:
-        return []
-    data = blob.tobytes()
-    starts = [0, *ends[:-1].tolist()]
-    return [data[a:b].decode() for a, b in zip(starts, ends.tolist(), strict=True)]
+    """Ids as one UTF-8 blob and where each ends (:func:`model.ids.pack_ids`)."""
+    blob, ends = pack_ids(ids)
+    return {"id_bytes": blob, "id_ends": ends}
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -496,7 +484,7 @@ class VideoUpdates:
                 once = i < j
                 i, j, counts = i[once], j[once], counts[once]
             return cls(
-                ids=_unpack_ids(arrays["id_bytes"], arrays["id_ends"]),
+                ids=unpack_ids(arrays["id_bytes"], arrays["id_ends"]),
                 tables=tables,
                 pairs=(i.astype(np.int64), j.astype(np.int64), counts.astype(np.float32)),
                 own=arrays["own"].astype(np.float32),
@@ -803,7 +791,7 @@ class VideoReplica:
         self._align()
         ids = self.model.videos.ids
         return {
-            "ids": np.array(ids, dtype=str) if ids else np.zeros(0, dtype="<U1"),
+            **_pack_ids(ids),
             "alpha": self._alpha,
             **{f"table.{name}": table.array for name, table in self._agreed.items()},
             **{f"changes.{k}": v for k, v in self.model.changes.to_arrays().items()},
@@ -834,7 +822,7 @@ class VideoReplica:
                 own = m._cooc.counts[:size] - arrays["own"][:size]
                 own_rows = np.flatnonzero(own)
                 m.changes.carried(lo, hi, diff[lo, hi], own_rows, own[own_rows])
-        saved = arrays["ids"].tolist()
+        saved = saved_ids(arrays)
         now = m.videos.ids
         moved = [r for r in range(len(now)) if r >= len(saved) or saved[r] != now[r]]
         m.changes.renamed(np.array(moved, dtype=np.int64))

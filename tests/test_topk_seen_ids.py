@@ -202,6 +202,38 @@ def test_id_index_rejects_duplicates_on_load():
         IdIndex().load_arrays({"ids": np.array(["a", "a"]), "free": np.zeros(0, dtype=np.int64)})
 
 
+def test_ids_that_differ_only_by_trailing_nuls_stay_apart_through_a_checkpoint(tmp_path):
+    """The contract allows a NUL inside an id. Saved as a numpy unicode array, ``"bob\\x00"``
+    came back as ``"bob"``: that viewer lost their history to another, and once both existed
+    no checkpoint of the model could be loaded again (duplicate ids)."""
+    from model.embedding import EmbeddingRanker
+
+    model = EmbeddingRanker(seed=0)
+    nul = "bob" + chr(0)
+    model.learn_many([WatchEvent(1.0, nul, "v1"), WatchEvent(2.0, "carol", "v1")])
+    model.learn_many([WatchEvent(3.0, "carol", "v2")])
+    model.learn_many([WatchEvent(4.0, "bob", "v2")])
+    model.save(tmp_path / "m.npz")
+    back = EmbeddingRanker.load(tmp_path / "m.npz")
+    assert back.viewers.ids == model.viewers.ids
+    assert back.recommend(nul).videos == model.recommend(nul).videos == ["v2"]
+    assert back.recommend("bob").videos == model.recommend("bob").videos == ["v1"]
+
+
+def test_one_long_id_does_not_widen_every_saved_id():
+    ids = IdIndex()
+    ids.add_many([f"viewer-{n:06d}" for n in range(10_000)] + ["x" * 256])
+    saved = ids.to_arrays()
+    assert sum(a.nbytes for a in saved.values()) < 10_001 * (13 + 8) + 256 + 100
+
+
+def test_id_index_reads_ids_saved_before_they_were_packed():
+    old = {"ids": np.array(["a", "", "c"]), "free": np.array([1], dtype=np.int64)}
+    ids = IdIndex()
+    ids.load_arrays(old)
+    assert ids.ids == ["a", "", "c"] and ids.get("c") == 2 and ids.free_rows == [1]
+
+
 def test_growable_table_doubles_and_keeps_rows():
     table = GrowableTable(dim=2, capacity=2, fill=1.0)
     table.ensure(2)
