@@ -23,7 +23,9 @@ RUN useradd --create-home --uid 10001 streamrec && mkdir -p /data && chown strea
 ENV NUMBA_CACHE_DIR=/var/cache/streamrec/numba
 RUN mkdir -p "$NUMBA_CACHE_DIR" && chown streamrec "$NUMBA_CACHE_DIR"
 USER streamrec
-RUN python -c "import model.compiled as kernels; kernels.warm_up()"
+# -P: the installed copy the service imports, not /app/model (the working directory would come
+# first on the path, and numba keys its cache by the source file's folder).
+RUN python -P -c "import model.compiled as kernels; kernels.warm_up()"
 VOLUME ["/data"]
 
 # /metrics for Prometheus.

@@ -12,7 +12,12 @@ demo: setup
 
 # Offline: every model on a file of events, test-then-train (MovieLens 100K by default).
 evaluate: setup
-	.venv/bin/streamrec evaluate $(or $(DATA),../shared/data/ml-100k/u.data) --model all
+	@data="$(or $(DATA),../shared/data/ml-100k/u.data)"; \
+	if [ ! -e "$$data" ]; then \
+		echo "make evaluate DATA=path/to/u.data (no $$data here; 'streamrec data fetch movielens-100k' downloads it: read its licence)" >&2; \
+		exit 2; \
+	fi; \
+	.venv/bin/streamrec evaluate "$$data" --model all
 
 test: setup
 	scripts/kafka-jars.sh

@@ -345,11 +345,13 @@ class ServiceConfig:
         'watch-events-viewer-state'
         >>> ServiceConfig(changelog_topic="on").changelog_topic_name
         'watch-events-viewer-state'
+        >>> ServiceConfig(changelog_topic="auto", workers=2).changelog_topic_name  # as empty
+        'watch-events-viewer-state'
         """
         chosen = self.changelog_topic.strip()
         if chosen.lower() == "none":
             return None
-        if not chosen:
+        if not chosen or chosen.lower() == "auto":
             several = worker_count(self.workers) != 1 or self.sync_every > 0
             return f"{self.input_topic}-viewer-state" if several else None
         return f"{self.input_topic}-viewer-state" if chosen.lower() == "on" else chosen
@@ -478,7 +480,7 @@ _HELP = {
     "sync_retention_s": "how long the update topic keeps records when snapshots are on, in seconds "
     "(-1: everything; at least twice --snapshot-every-s)",
     "changelog_topic": "the viewer-state changelog a partition's new owner restores its viewers from: "
-    "empty (auto) keeps <input topic>-viewer-state for the workers of --workers N and with --sync-every, "
+    "auto (or empty) keeps <input topic>-viewer-state for the workers of --workers N and with --sync-every, "
     "none for a lone worker (its checkpoint holds its viewers); 'on': always; 'none': off, a moved "
     "partition's viewers start afresh; or a topic name",
     "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "

@@ -255,11 +255,12 @@ def run_demo(options: DemoOptions) -> int:
         for body in _sample_lists(connection):
             videos = ", ".join(item["video"] for item in body["items"][:5])
             _say(f"      viewer {body['viewer']}: {videos}, ...")
-        if started_broker is None or not options.secure:  # a secured demo broker stops now
-            _say(
-                f"      read them yourself: streamrec recs --topic {TOPICS['output_topic']} "
-                f"--bootstrap-servers {connection.bootstrap_servers}"
-            )
+        recs = f"streamrec recs --topic {TOPICS['output_topic']}"
+        recs += f" --bootstrap-servers {connection.bootstrap_servers}"
+        if started_broker is None:
+            _say(f"      read them yourself: {recs}")
+        elif not options.secure:  # the broker this demo started stops now; its topics stay on disk
+            _say(f"      read them yourself: streamrec kafka up && {recs}  (the demo's broker stops now)")
         return 0
     finally:
         if server is not None:

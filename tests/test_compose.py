@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -82,6 +83,14 @@ def test_kafka_is_the_official_image_as_a_single_kraft_node(compose):
     assert "PLAINTEXT://kafka:9092" in advertised
     bootstrap = compose["services"]["consumer"]["environment"]["STREAMREC_BOOTSTRAP_SERVERS"]
     assert expand_defaults(bootstrap) == "kafka:9092"
+
+
+def test_kafka_keeps_its_log_in_the_volume_it_mounts(compose):
+    """The image's default log folder is under /tmp: topics and committed offsets would not
+    survive ``docker compose down && up``, while the consumer's checkpoints (a volume) would."""
+    kafka = compose["services"]["kafka"]
+    mounted = {volume.split(":")[1] for volume in kafka["volumes"]}
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] in mounted
 
 
 def test_every_kafka_connection_setting_reaches_the_consumer_and_the_producer(compose):
@@ -198,3 +207,22 @@ def test_the_readme_says_the_stack_was_not_run_here():
     text = README.read_text()
     assert "docker compose up" in text
     assert re.search(r"not (been )?(run|started|tested)", text, flags=re.I)
+
+
+def test_the_image_compiles_the_kernels_the_service_imports(tmp_path):
+    """The Dockerfile's warm-up runs in /app, beside a copy of the sources: it must compile the
+    installed package (which ``streamrec serve`` imports, and numba caches by its folder), not
+    that copy. Run here in a folder holding a copy of model/, as in the image."""
+    (warm_up,) = [
+        args for instruction, args in dockerfile_instructions() if instruction == "RUN" and "warm_up" in args
+    ]
+    shutil.copytree(REPO / "model", tmp_path / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    probe = warm_up.replace("kernels.warm_up()", "print(kernels.__file__)")
+    assert probe != warm_up
+    argv = shlex.split(probe)
+    assert argv[0] == "python"
+
+    found = subprocess.run(
+        [sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert Path(found.stdout.strip()).resolve() == (REPO / "model" / "compiled.py").resolve()
