@@ -203,7 +203,9 @@ class EmbeddingRanker(CatalogueScorer):
     min_events
         A viewer or video enters the model on its ``min_events``-th event; until then its
         events are only counted (:mod:`model.frequency`) and not learned. 1 (the default)
-        admits everything; more pays where most ids are one-offs.
+        admits everything; more pays where most ids are one-offs. The counted events are not
+        in the watched lists either (the sketch keeps counts, not who watched): a video's first
+        ``min_events - 1`` viewers may be shown it once it is admitted.
     shortlist, shortlist_share
         Which videos are ranked for each batch and normalised over in its softmax: the most
         watched lately (decayed popularity), as many as hold ``shortlist_share`` of the recent
