@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,16 +59,24 @@ def _plain_name(path: Path) -> str:
     return name[: -len(".gz")] if name.endswith(".gz") else name
 
 
-def detect_format(path: Path) -> str:
+def detect_format_by_name(path: Path) -> str | None:
+    """``jsonl`` or ``movielens`` by the file's name (a ``.gz`` suffix aside), else ``None``."""
     name = _plain_name(path)
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
     if name.endswith((".data", ".dat", ".csv")):
         return "movielens"
+    return None
+
+
+def detect_format(path: Path) -> str:
+    by_name = detect_format_by_name(path)
+    if by_name is not None:
+        return by_name
     try:
         with _open(path) as f:
             head = f.read(4096).lstrip()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:
         raise DataFormatError(f"{path}: cannot read it: {err}") from None
     if head.startswith(b"{"):
         return "jsonl"
@@ -83,7 +92,7 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             for number, line in enumerate(f, start=1):
                 if line.strip():
                     yield number, line
-    except (OSError, EOFError) as err:  # a damaged gzip stream, an unreadable file
+    except (OSError, EOFError, zlib.error) as err:  # a damaged gzip stream, an unreadable file
         raise DataFormatError(f"{path}: cannot read it: {err}") from None
 
 
@@ -143,6 +152,23 @@ def _parse_json(number: int, line: bytes, path: Path) -> WatchEvent:
         raise DataFormatError(f"{path}:{number}: {err}") from None
 
 
+#: What a folder is searched for, in this order (each may also be gzip-compressed).
+_RATINGS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+
+
+def _file_in(folder: Path) -> Path:
+    """The events file of ``folder``: a MovieLens ratings file, else its one JSON-lines file."""
+    for name in _RATINGS_FILES:
+        for candidate in (folder / name, folder / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    lines = sorted(p for p in folder.iterdir() if p.is_file() and detect_format_by_name(p) == "jsonl")
+    if len(lines) == 1:
+        return lines[0]
+    found = f"{len(lines)} JSON-lines files" if lines else "no JSON-lines file"
+    raise DataFormatError(f"{folder}: a folder without u.data, ratings.dat or ratings.csv, and {found}")
+
+
 def read_events(
     path: str | Path, fmt: str = "auto", *, skip_bad_rows: bool = False, stats: ReadStats | None = None
 ) -> list[WatchEvent]:
@@ -154,12 +180,7 @@ def read_events(
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
     if path.is_dir():
-        for name in ("u.data", "ratings.dat", "ratings.csv"):
-            if (path / name).exists():
-                path = path / name
-                break
-        else:
-            raise DataFormatError(f"{path}: a folder without u.data, ratings.dat or ratings.csv")
+        path = _file_in(path)
     if fmt == "auto":
         fmt = detect_format(path)
     stats = stats if stats is not None else ReadStats()

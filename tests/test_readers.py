@@ -114,3 +114,30 @@ def test_send_refuses_an_id_no_utf8_message_can_carry(capsys):
     assert main(["produce", "send", "--viewer", "Jos\udce9", "--video", "b", *NO_BROKER]) == 2
     err = capsys.readouterr().err
     assert "invalid event: bad_value: 'viewer' is not valid UTF-8 text" in err and "Traceback" not in err
+
+
+def test_a_damaged_gzip_file_is_one_clear_error(tmp_path):
+    rows = b"".join(b"%d\t%d\t5\t%d\n" % (n, n % 9, 874724710 + n) for n in range(5000))
+    packed = bytearray(gzip.compress(rows))
+    packed[200:260] = bytes(60)  # damage the deflate stream, not the header
+    path = tmp_path / "u.data.gz"
+    path.write_bytes(bytes(packed))
+    with pytest.raises(DataFormatError, match=r"u\.data\.gz: cannot read it"):
+        read_events(path)
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "u.data.gz"])
+def test_a_folder_holding_one_events_file_of_any_kind_is_read(tmp_path, name):
+    events = [b'{"timestamp": 1700000000, "viewer": "a", "video": "x"}\n']
+    rows = b"1\t10\t4\t1700000000\n"
+    data = b"".join(events) if name.endswith(".jsonl") else gzip.compress(rows)
+    (tmp_path / name).write_bytes(data)
+    (read,) = read_events(tmp_path)
+    assert read.timestamp == 1700000000.0
+
+
+def test_a_folder_with_several_json_lines_files_says_which_to_choose(tmp_path):
+    for name in ("a.jsonl", "b.jsonl"):
+        (tmp_path / name).write_text('{"timestamp": 1700000000, "viewer": "a", "video": "x"}\n')
+    with pytest.raises(DataFormatError, match="2 JSON-lines files"):
+        read_events(tmp_path)
