@@ -23,6 +23,7 @@ import hashlib
 import os
 import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -187,14 +188,22 @@ def fetch(
             f"{source}: MD5 {md5} does not match the published {expected}; the file was deleted "
             "(a truncated download or a changed archive: try again, or pass --url to accept another copy)"
         )
+    # Unpacked beside the cache's copy and swapped in only once it is whole: a bad archive
+    # (with --force) leaves the copy that worked.
+    staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=folder))
     try:
-        path = _unpack(archive, folder, dataset.ratings)
-    except FetchError:
-        shutil.rmtree(folder / dataset.ratings.split("/")[0], ignore_errors=True)
-        raise
+        _unpack(archive, staging, dataset.ratings)
+        top = dataset.ratings.split("/")[0]
+        old = folder / f".replaced-{top}"
+        shutil.rmtree(old, ignore_errors=True)
+        if (folder / top).exists():
+            (folder / top).rename(old)
+        (staging / top).rename(folder / top)
+        shutil.rmtree(old, ignore_errors=True)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         archive.unlink(missing_ok=True)  # unpacked or unusable: either way not needed again
-    return path
+    return ratings
 
 
 def print_progress(done: int, total: int | None, stream=sys.stderr) -> None:

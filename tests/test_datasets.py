@@ -136,6 +136,18 @@ def test_unusable_downloads_fail_clearly_and_leave_nothing(server, tmp_path, nam
     assert list((tmp_path / "cache").iterdir()) == []
 
 
+def test_a_forced_fetch_of_a_bad_archive_keeps_the_copy_that_worked(server, tmp_path):
+    cache = tmp_path / "cache"
+    good = Dataset("movielens-test", server.url + "/ml-test.zip", None, "ml-test/u.data")
+    ratings = fetch(good, cache)
+    before = ratings.read_bytes()
+    bad = Dataset("movielens-test", server.url + "/wrong.zip", None, "ml-test/u.data")
+    with pytest.raises(FetchError, match="no ml-test/u.data inside"):
+        fetch(bad, cache, force=True)
+    assert ratings.read_bytes() == before
+    assert sorted(p.name for p in cache.iterdir()) == ["ml-test"]  # no staging left behind
+
+
 def test_offline_is_one_clear_line(tmp_path, capsys):
     with socket.socket() as s:  # a port that nothing listens on: what an offline machine sees
         s.bind(("127.0.0.1", 0))
