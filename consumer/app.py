@@ -228,7 +228,9 @@ class StreamrecService:
         #: This process's hold on its checkpoint folder (``None`` without a local folder).
         self.claim: WorkerClaim | None = None
         if store is None and config.checkpoint_path is not None:
-            self.claim = claim_worker(config.checkpoint_path, config.worker, fixed=bool(config.worker_id))
+            self.claim = claim_worker(
+                config.checkpoint_path, config.worker, fixed=bool(config.worker_id), group=config.group_id
+            )
             if self.claim.slot != config.worker:
                 log.info(
                     "checkpoint folder held by another running worker: this one takes the next",

@@ -115,6 +115,9 @@ class FolderTaken(UserError):
 #: The file in a worker's checkpoint folder that keeps the worker's name, as Kafka Streams keeps
 #: its process id in its state directory: the name outlives the process, not the folder.
 NAME_FILE = "worker-name"
+#: The file in a worker's checkpoint folder naming the consumer group it serves: a folder of
+#: group ``X`` named ``X-2`` is never taken by a group called ``X-2``.
+GROUP_FILE = "group"
 
 
 class WorkerClaim:
@@ -153,7 +156,9 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 256) -> WorkerClaim:
+def claim_worker(
+    root: str | Path, name: str, fixed: bool = False, slots: int = 256, group: str | None = None
+) -> WorkerClaim:
     """Claim a checkpoint folder under ``root`` for this process, and the name of its worker.
 
     Workers started side by side from one folder must not share a checkpoint folder: their
@@ -171,6 +176,10 @@ def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 
     (which Kafka takes for one: one commits over the other's partitions and fences its
     transactions), and a restart keeps the name its commits and checkpoints were made under.
 
+    ``group`` (the consumer group served) is kept in the folder too (:data:`GROUP_FILE`), and a
+    folder kept for another group is passed over: the second worker of group ``X`` (folder
+    ``X-2``) and the first of a group called ``X-2`` share nothing.
+
     >>> import tempfile
     >>> root = tempfile.mkdtemp()
     >>> first, second = claim_worker(root, "streamrec"), claim_worker(root, "streamrec")
@@ -181,14 +190,34 @@ def claim_worker(root: str | Path, name: str, fixed: bool = False, slots: int = 
     True
     >>> claim_worker(tempfile.mkdtemp(), "edge", fixed=True).name
     'edge'
+    >>> root = tempfile.mkdtemp()
+    >>> x, x2 = claim_worker(root, "x", group="x"), claim_worker(root, "x", group="x")
+    >>> x2.slot
+    'x-2'
+    >>> x2.release()  # group x's second worker stopped: its folder is still group x's
+    >>> claim_worker(root, "x-2", group="x-2").slot
+    'x-2-2'
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     candidates = [name] if fixed else [name, *(f"{name}-{i}" for i in range(2, slots + 1))]
     for candidate in candidates:
         fd = _try_lock(root / f"{candidate}.lock")
-        if fd is not None:
-            return WorkerClaim(root, candidate, fd, _worker_name(root / candidate, fixed))
+        if fd is None:
+            continue
+        kept = _kept_group(root / candidate)
+        if group is not None and kept is not None and kept != group:
+            os.close(fd)
+            if fixed:
+                raise FolderTaken(
+                    f"worker {name!r}: its checkpoint folder {root / candidate} belongs to group "
+                    f"{kept!r}, not {group!r}; give this worker another --worker-id or --checkpoint-dir"
+                )
+            continue
+        worker = _worker_name(root / candidate, fixed)
+        if group is not None and kept is None:
+            _keep(root / candidate / GROUP_FILE, group)
+        return WorkerClaim(root, candidate, fd, worker)
     if fixed:
         raise FolderTaken(
             f"worker {name!r}: another running process holds its checkpoint folder {root / name}; "
@@ -209,13 +238,26 @@ def _worker_name(folder: Path, fixed: bool) -> str:
     # Named by the user, or an older version's worker whose commits carry the folder's name.
     kept_as_is = fixed or any(folder.glob(f"{PREFIX}*"))
     name = folder.name if kept_as_is else f"{folder.name}-{secrets.token_hex(4)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    temporary = folder / f".{NAME_FILE}.tmp"
-    temporary.write_text(f"{name}\n", encoding="utf-8")
-    _fsync(temporary)
-    os.replace(temporary, kept)
-    _fsync(folder)
+    _keep(kept, name)
     return name
+
+
+def _kept_group(folder: Path) -> str | None:
+    """The group ``folder`` was kept for (``None``: none recorded, an older version's or a new one)."""
+    try:
+        return (folder / GROUP_FILE).read_text(encoding="utf-8").rstrip("\n") or None
+    except FileNotFoundError:
+        return None
+
+
+def _keep(path: Path, value: str) -> None:
+    """Write ``value`` to ``path`` whole or not at all (fsynced, renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(f"{value}\n", encoding="utf-8")
+    _fsync(temporary)
+    os.replace(temporary, path)
+    _fsync(path.parent)
 
 
 class LocalCheckpointStore(CheckpointStore):

@@ -278,3 +278,22 @@ def test_a_live_experiment_with_one_model_over_the_group_is_told_its_arms_are_un
     with caplog.at_level("WARNING", logger="consumer"):
         build_service(ServiceConfig(**experiment), with_metrics=False)  # each worker its own: alike
     assert "only the control arm" not in caplog.text
+
+
+def test_a_group_never_takes_the_checkpoint_folder_another_group_left(tmp_path):
+    """Group ``orders``' second worker keeps its checkpoints in ``orders-2``; a group named
+    ``orders-2`` (its first worker's folder is ``orders-2`` too) must not restore that model
+    and start at its offsets: it takes a folder of its own, and a worker named to use that
+    folder for another group is refused."""
+    first, second = (
+        claim_worker(tmp_path, "orders", group="orders"),
+        claim_worker(tmp_path, "orders", group="orders"),
+    )
+    second.release()
+    other = claim_worker(tmp_path, "orders-2", group="orders-2")
+    assert other.slot == "orders-2-2" and other.name != second.name
+    with pytest.raises(FolderTaken, match="belongs to group 'orders'"):
+        claim_worker(tmp_path, "orders-2", fixed=True, group="orders-2")
+    again = claim_worker(tmp_path, "orders", group="orders")  # the group's own restart
+    assert (again.slot, again.name) == ("orders-2", second.name)
+    first.release()
