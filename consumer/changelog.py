@@ -4,7 +4,7 @@ Events are keyed by viewer and the group assigns partitions, so a viewer's state
 history and everything they watched, in every arm's model; the list last shown to them and their
 online hit counts) lives in the worker that owns the viewer's partition. As in Kafka Streams,
 every change of it is also written to a compacted topic (``--changelog-topic``, by default
-``<input topic>-viewer-state`` wherever partitions move between workers: see
+``<group>-<input topic>-viewer-state`` wherever partitions move between workers: see
 :attr:`consumer.config.ServiceConfig.changelog_topic`), keyed by viewer, in the **same partition
 number** as the input partition the viewer's events come from: after each poll, one record per
 viewer the poll touched, with that viewer's whole state by video id (:mod:`model.viewer_state`),

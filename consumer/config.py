@@ -321,8 +321,25 @@ class ServiceConfig:
         return parse_settings([self.model_settings])
 
     @property
+    def internal_prefix(self) -> str:
+        """What the group's own topics are named from, as Kafka Streams names an application's
+        internal topics after its ``application.id``: two groups reading one input topic (a
+        second deployment, a staging copy) must not read each other's video updates or viewer
+        states. Grant them by this prefix (``docs/security.md``).
+
+        >>> ServiceConfig(group_id="recs", input_topic="views").internal_prefix
+        'recs-views'
+        """
+        return f"{self.group_id}-{self.input_topic}"
+
+    @property
     def sync_topic_name(self) -> str:
-        return self.sync_topic or f"{self.input_topic}-video-updates"
+        """The update topic (``--sync-topic``), by default ``<group>-<input topic>-video-updates``.
+
+        >>> ServiceConfig().sync_topic_name
+        'streamrec-watch-events-video-updates'
+        """
+        return self.sync_topic or f"{self.internal_prefix}-video-updates"
 
     @property
     def snapshot_topic_name(self) -> str:
@@ -342,19 +359,19 @@ class ServiceConfig:
         >>> ServiceConfig().changelog_topic_name is None  # one worker on its own
         True
         >>> ServiceConfig(sync_every=1024).changelog_topic_name
-        'watch-events-viewer-state'
+        'streamrec-watch-events-viewer-state'
         >>> ServiceConfig(changelog_topic="on").changelog_topic_name
-        'watch-events-viewer-state'
+        'streamrec-watch-events-viewer-state'
         >>> ServiceConfig(changelog_topic="auto", workers=2).changelog_topic_name  # as empty
-        'watch-events-viewer-state'
+        'streamrec-watch-events-viewer-state'
         """
         chosen = self.changelog_topic.strip()
         if chosen.lower() == "none":
             return None
         if not chosen or chosen.lower() == "auto":
             several = worker_count(self.workers) != 1 or self.sync_every > 0
-            return f"{self.input_topic}-viewer-state" if several else None
-        return f"{self.input_topic}-viewer-state" if chosen.lower() == "on" else chosen
+            return f"{self.internal_prefix}-viewer-state" if several else None
+        return f"{self.internal_prefix}-viewer-state" if chosen.lower() == "on" else chosen
 
     @property
     def arm_specs(self) -> list[ArmSpec]:
@@ -471,7 +488,7 @@ _HELP = {
     f"auto: {SYNC_EVERY} for the workers of --workers N (N other than 1) outside a live experiment, "
     "else 0. Give every `streamrec serve` of a group the same value",
     "sync_interval_s": "... or this often when fewer events were learned since",
-    "sync_topic": "the update topic (default: <input topic>-video-updates)",
+    "sync_topic": "the update topic (default: <group>-<input topic>-video-updates)",
     "sync_precision": "how the vectors' changes travel on the update topic: float32, int16 or int8 "
     "(integers with a scale per row; the sender keeps exactly what it sends, so replicas agree)",
     "snapshot_every_s": "publish a snapshot of the group's video state this often, in seconds (0: off); "
@@ -480,9 +497,9 @@ _HELP = {
     "sync_retention_s": "how long the update topic keeps records when snapshots are on, in seconds "
     "(-1: everything; at least twice --snapshot-every-s)",
     "changelog_topic": "the viewer-state changelog a partition's new owner restores its viewers from: "
-    "auto (or empty) keeps <input topic>-viewer-state for the workers of --workers N and with --sync-every, "
-    "none for a lone worker (its checkpoint holds its viewers); 'on': always; 'none': off, a moved "
-    "partition's viewers start afresh; or a topic name",
+    "auto (or empty) keeps <group>-<input topic>-viewer-state for the workers of --workers N and with "
+    "--sync-every, none for a lone worker (its checkpoint holds its viewers); 'on': always; 'none': off, "
+    "a moved partition's viewers start afresh; or a topic name",
     "workers": "worker processes to run in the group on this machine (0: one per core); worker i serves "
     "/metrics on --metrics-port + i",
     "log_level": "DEBUG, INFO, WARNING or ERROR",

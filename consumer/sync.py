@@ -728,6 +728,7 @@ class UpdateExchange:
             self.replica.to_arrays()
             | _as_arrays(self.offsets, "update_partitions", "update_offsets")
             | {
+                "update_topic": np.array(self.topic),
                 "update_fence": np.array(self.fence.generation, dtype=np.int64),
                 "peers": np.array(peers, dtype=str) if peers else np.zeros(0, dtype="<U1"),
                 # Every own record up to this one is in the state saved (checkpoints hold nothing unsent).
@@ -753,6 +754,29 @@ class UpdateExchange:
         # The peers heard from before the checkpoint: a replay weighs its steps as they were.
         now = time.monotonic()
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
+        # Before 2026-12-01 the default update topic was named after the input topic alone.
+        saved = (
+            str(arrays["update_topic"])
+            if "update_topic" in arrays
+            else f"{self.config.input_topic}-video-updates"
+        )
+        if saved != self.topic:
+            self._start_anew(saved)
+
+    def _start_anew(self, saved: str) -> None:
+        """The checkpoint's offsets are another update topic's (renamed by ``--sync-topic`` or a
+        new default): the video state restored is taken as agreed, all of it (a checkpoint
+        holds nothing unsent), and this topic is read from its start, every record in it being
+        newer than the checkpoint."""
+        log.warning(
+            "the checkpoint was exchanging updates on another topic: this worker starts on this one "
+            "from the video state it restored (pass --sync-topic to keep the old one)",
+            extra=fields(checkpoint_topic=saved, topic=self.topic),
+        )
+        self.replica.agree_all()
+        self.offsets, self.sent_through, self.reach_known = {}, {}, True
+        self.fence = GenerationFence()
+        self.kept_own, self.legacy_own = None, False
 
 
 def _as_arrays(mapping: dict[int, int], keys: str, values: str) -> dict[str, np.ndarray]:

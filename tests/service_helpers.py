@@ -28,7 +28,7 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.serializer import Serializer
 
-from consumer.config import worker_count
+from consumer.config import ServiceConfig, worker_count
 from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, Recommendation, StreamRanker
 from streamrec.kafka_local import free_port
@@ -75,6 +75,18 @@ def topics(new_topic: Callable[..., str], partitions: int = 1) -> dict[str, str]
         "output_topic": new_topic("recs"),
         "dlq_topic": new_topic("dlq"),
     }
+
+
+def update_topic(names: dict[str, str], group: str) -> str:
+    """The update topic the service names for ``group`` reading ``names``' input topic."""
+    return ServiceConfig(input_topic=names["input_topic"], group_id=group).sync_topic_name
+
+
+def changelog_topic(names: dict[str, str], group: str) -> str:
+    """The viewer-state changelog the service names for ``group`` reading ``names``' input."""
+    return ServiceConfig(
+        input_topic=names["input_topic"], group_id=group, changelog_topic="on"
+    ).changelog_topic_name
 
 
 _NULL = object()

@@ -204,11 +204,11 @@ def test_a_worker_named_by_the_user_whose_folder_is_held_stops_with_a_clear_erro
     ("settings", "topic"),
     [
         ({}, None),  # a lone worker: its checkpoint holds its viewers
-        ({"workers": 2}, "w-viewer-state"),
-        ({"workers": 0}, "w-viewer-state" if (os.cpu_count() or 1) > 1 else None),  # one per core
-        ({"sync_every": 1024}, "w-viewer-state"),  # one of a group syncing one model
-        ({"changelog_topic": "on"}, "w-viewer-state"),
-        ({"changelog_topic": "ON "}, "w-viewer-state"),
+        ({"workers": 2}, "streamrec-w-viewer-state"),
+        ({"workers": 0}, "streamrec-w-viewer-state" if (os.cpu_count() or 1) > 1 else None),  # one per core
+        ({"sync_every": 1024}, "streamrec-w-viewer-state"),  # one of a group syncing one model
+        ({"changelog_topic": "on"}, "streamrec-w-viewer-state"),
+        ({"changelog_topic": "ON "}, "streamrec-w-viewer-state"),
         ({"changelog_topic": "none", "sync_every": 1024}, None),
         ({"changelog_topic": "my-changelog"}, "my-changelog"),
     ],

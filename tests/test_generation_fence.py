@@ -135,3 +135,32 @@ def test_every_record_sent_names_the_generation_its_sender_holds():
     topic, key, value, headers = exchange.fence_message()
     assert (key, value, dict(headers)[GENERATION_HEADER]) == (b"w", b"", b"7")
     assert not GenerationFence().admits(dict(headers))  # a fence carries nothing to apply
+
+
+def test_a_checkpoint_of_another_update_topic_starts_the_exchange_anew(caplog):
+    """The update topic is named after the group since 2026-12-01 (before: after the input
+    alone), and --sync-topic can rename it: offsets saved for one topic mean nothing on another.
+    The worker then takes its restored video state as agreed and reads the new topic from its
+    start; given the old name, it carries on where it was."""
+    old = UpdateExchange(
+        ServiceConfig(sync_every=1024, sync_topic="watch-events-video-updates"),
+        VideoReplica(ReplicatedRanker()),
+    )
+    old.offsets, old.sent_through, old.reach_known = {0: 40, 1: 7}, {0: 900}, True
+    saved = old.to_arrays()
+    legacy = {name: values for name, values in saved.items() if name != "update_topic"}  # an older version's
+
+    for arrays in (saved, legacy):
+        renamed = UpdateExchange(ServiceConfig(sync_every=1024), VideoReplica(ReplicatedRanker()))
+        assert renamed.topic == "streamrec-watch-events-video-updates"
+        renamed.load_arrays(arrays)
+        assert (renamed.offsets, renamed.sent_through, renamed.reach_known) == ({}, {}, True)
+        assert renamed.restored  # still no snapshot: the restored model is its state
+    assert "exchanging updates on another topic" in caplog.text
+
+    kept = UpdateExchange(
+        ServiceConfig(sync_every=1024, sync_topic="watch-events-video-updates"),
+        VideoReplica(ReplicatedRanker()),
+    )
+    kept.load_arrays(legacy)
+    assert (kept.offsets, kept.sent_through) == ({0: 40, 1: 7}, {0: 900})

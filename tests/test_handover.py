@@ -25,7 +25,15 @@ from consumer.config import ServiceConfig
 from consumer.runner import build_service
 from contract.events import WatchEvent
 from model import viewer_state
-from tests.service_helpers import ServiceProcess, in_thread, on_machine, produce, topics, wait_for
+from tests.service_helpers import (
+    ServiceProcess,
+    changelog_topic,
+    in_thread,
+    on_machine,
+    produce,
+    topics,
+    wait_for,
+)
 from tests.streams import SOURCES, stream, synthetic
 from tests.test_faults import FAST, keyed, read_topic, stable, tail_of
 
@@ -126,7 +134,7 @@ def test_a_worker_that_joins_takes_over_its_partitions_viewers_with_what_they_wa
             kafka_bootstrap, names, tmp_path, source, restore=True
         )
     finally:
-        delete_topic(kafka_bootstrap, f"{names['input_topic']}-viewer-state")
+        delete_topic(kafka_bootstrap, changelog_topic(names, f"g-{names['input_topic']}"))
     assert len(moved) >= 10, "too few viewers moved for the test to say anything"
     assert not violations(lists, watched), "lists show videos their viewers watched"
     # The new owner holds each moved viewer's whole history: every event once, in order.
@@ -245,7 +253,7 @@ def test_kill_9_of_one_of_three_workers_hands_its_viewers_to_the_survivors(
         for w in survivors:
             assert w.stop(timeout=120) == 0, tail_of(w)
 
-        for topic in (names["output_topic"], f"{names['input_topic']}-viewer-state"):
+        for topic in (names["output_topic"], changelog_topic(names, f"g-{names['input_topic']}")):
             assert wait_for(lambda topic=topic: stable(kafka_bootstrap, topic), 120), (
                 f"{topic}: a transaction stays open"
             )
@@ -255,11 +263,11 @@ def test_kill_9_of_one_of_three_workers_hands_its_viewers_to_the_survivors(
         assert not violations(lists, watched), "lists show videos their viewers watched"
         # Every event learned exactly once by the state that survives: each viewer's watched
         # list is the viewer's stream, in order, and the total is the events produced.
-        states = latest_states(kafka_bootstrap, f"{names['input_topic']}-viewer-state")
+        states = latest_states(kafka_bootstrap, changelog_topic(names, f"g-{names['input_topic']}"))
         assert {v: s.seen for v, s in states.items()} == watched
         assert sum(len(s.seen) for s in states.values()) == len(events)
     finally:
-        delete_topic(kafka_bootstrap, f"{names['input_topic']}-viewer-state")
+        delete_topic(kafka_bootstrap, changelog_topic(names, f"g-{names['input_topic']}"))
 
 
 def test_a_worker_built_as_the_command_builds_it_counts_its_changelog_records(kafka_bootstrap, new_topic):

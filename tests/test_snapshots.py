@@ -172,8 +172,8 @@ def test_the_update_topic_keeps_everything_unless_snapshots_hold_it():
     # A new worker needs the updates since the newest snapshot, or the one before it.
     with pytest.raises(ConfigError, match="at least twice snapshot_every_s"):
         ServiceConfig(sync_every=1024, snapshot_every_s=600, sync_retention_s=900)
-    config = ServiceConfig(input_topic="watch", sync_every=1024)
-    assert config.snapshot_topic_name == "watch-video-updates-snapshots"
+    config = ServiceConfig(input_topic="watch", group_id="recs", sync_every=1024)
+    assert config.snapshot_topic_name == "recs-watch-video-updates-snapshots"
 
 
 def test_a_worker_whose_updates_were_deleted_by_retention_says_so(kafka_bootstrap, new_topic, caplog):

@@ -29,7 +29,16 @@ from consumer.snapshot import INCARNATION_HEADER, ChunkRef, Manifest, read_snaps
 from consumer.sync import UpdateExchange, admitted
 from model import viewer_state
 from model.replica import SHARED_TABLES, ReplicatedRanker, VideoReplica, VideoUpdates
-from tests.service_helpers import ServiceProcess, end_offsets, in_thread, produce, topics, wait_for
+from tests.service_helpers import (
+    ServiceProcess,
+    changelog_topic,
+    end_offsets,
+    in_thread,
+    produce,
+    topics,
+    update_topic,
+    wait_for,
+)
 from tests.streams import synthetic
 from tests.test_faults import keyed, read_topic, stable, tail_of
 from tests.test_handover import group_committed
@@ -424,7 +433,7 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     viewer's watched list, as the changelog hands it on, is their stream, each watch once."""
     names = topics(new_topic, partitions=4)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
-    updates_topic = f"{names['input_topic']}-video-updates"
+    updates_topic = update_topic(names, group)
     options = [
         *("--sync-every", str(sync_every), "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
         *("--checkpoint-every-events", str(checkpoint_every), "--checkpoint-interval-s", "3600"),
@@ -469,9 +478,7 @@ def test_a_worker_killed_between_sends_gets_its_last_learning_to_the_peers(
     else:
         assert "relearning what the previous owner learned and never sent" in restarted.log()
         assert "viewers_not_rewound=0" in restarted.log()
-    assert watched_as_handed_on(kafka_bootstrap, f"{names['input_topic']}-viewer-state") == streams_of(
-        first + second
-    )
+    assert watched_as_handed_on(kafka_bootstrap, changelog_topic(names, group)) == streams_of(first + second)
     assert_replicas_are_the_update_topic(
         cli_config(kafka_bootstrap, names, group, checkpoints, mode), next_owner
     )
@@ -489,7 +496,7 @@ def test_a_worker_restarted_without_its_folder_learns_again_what_it_never_sent_a
     was lost to the group.)"""
     names = topics(new_topic, partitions=4)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
-    updates_topic = f"{names['input_topic']}-video-updates"
+    updates_topic = update_topic(names, group)
     options = [
         *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "1"),
         *("--checkpoint-every-events", "10000000", "--checkpoint-interval-s", "3600"),
@@ -683,7 +690,7 @@ def test_a_worker_expelled_while_frozen_sends_nothing_its_partitions_new_owner_r
     produced, not more."""
     names = topics(new_topic, partitions=4)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
-    updates_topic = f"{names['input_topic']}-video-updates"
+    updates_topic = update_topic(names, group)
     options = [
         *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
         *("--checkpoint-every-events", str(checkpoint_every), "--checkpoint-interval-s", "3600"),
@@ -737,7 +744,7 @@ def test_a_worker_expelled_while_busy_has_what_it_sends_after_the_takeover_dropp
     counts, read as a worker reads them, add up to the events produced, not more."""
     names = topics(new_topic, partitions=4)
     group, checkpoints = f"g-{names['input_topic']}", tmp_path / "ckpt"
-    updates_topic = f"{names['input_topic']}-video-updates"
+    updates_topic = update_topic(names, group)
     options = [
         *("--sync-every", "1000", "--sync-interval-s", "3600", "--snapshot-every-s", "0"),
         *("--checkpoint-every-events", "5000", "--checkpoint-interval-s", "3600"),

@@ -20,7 +20,15 @@ import pytest
 
 from consumer.config import ServiceConfig
 from consumer.runner import worker_config
-from tests.service_helpers import ServiceProcess, on_machine, parse_metrics, produce, topics, wait_for
+from tests.service_helpers import (
+    ServiceProcess,
+    on_machine,
+    parse_metrics,
+    produce,
+    topics,
+    update_topic,
+    wait_for,
+)
 from tests.streams import synthetic
 from tests.test_faults import keyed, tail_of
 from tests.test_sync import (
@@ -92,7 +100,7 @@ def test_each_worker_gets_its_own_port_and_name():
     unnamed = worker_config(ServiceConfig(workers=2, metrics_port=0), 1)
     assert (unnamed.metrics_port, unnamed.worker_id) == (0, "")  # folders claim their own names
     # Partitions move between them: each keeps the viewer-state changelog, unless it was refused.
-    assert unnamed.changelog_topic_name == "watch-events-viewer-state"
+    assert unnamed.changelog_topic_name == "streamrec-watch-events-viewer-state"
     refused = worker_config(ServiceConfig(workers=2, changelog_topic="none"), 0)
     assert refused.changelog_topic_name is None
 
@@ -244,9 +252,36 @@ def test_workers_started_alike_on_two_machines_are_one_model_without_naming_them
         "msg=serving" in w.log() and f"worker={name}" in w.log()
         for w, name in zip(workers, kept, strict=True)
     )
-    assert counted_in_updates(kafka_bootstrap, f"{names['input_topic']}-video-updates") == len(events)
+    assert counted_in_updates(kafka_bootstrap, update_topic(names, group)) == len(events)
     for m in "ab":
         assert_replicas_are_the_update_topic(cli_config(kafka_bootstrap, names, group, tmp_path / m), [group])
+
+
+def test_two_groups_reading_one_input_each_learn_it_once(kafka_bootstrap, new_topic, tmp_path):
+    """A second group on the same input (a staging copy, a blue/green deployment) keeps to its
+    own update topic: each group's topic carries every event's learning once, and each worker
+    holds its own group's topic added up. (When the topics were named after the input alone,
+    each group learned the other's events into its video vectors: twice the watches.)"""
+    names = topics(new_topic, partitions=2)
+    groups = [f"g{i}-{names['input_topic']}" for i in (1, 2)]
+    options = ["--sync-every", "100", "--no-shadow-baseline"]
+    events = synthetic(1500, seed=97)
+    workers = [on_machine(kafka_bootstrap, names, g, tmp_path / g, "", options) for g in groups]
+    try:
+        produce(kafka_bootstrap, names["input_topic"], keyed(events))
+        for group, worker in zip(groups, workers, strict=True):
+            assert wait_for(
+                lambda g=group: committed_total(kafka_bootstrap, g, names["input_topic"]) == len(events), 120
+            ), tail_of(worker)
+    finally:
+        for worker in workers:
+            assert worker.stop(timeout=120) == 0, tail_of(worker)
+    assert update_topic(names, groups[0]) != update_topic(names, groups[1])
+    for group in groups:
+        assert counted_in_updates(kafka_bootstrap, update_topic(names, group)) == len(events)
+        assert_replicas_are_the_update_topic(
+            cli_config(kafka_bootstrap, names, group, tmp_path / group), [group]
+        )
 
 
 def test_killing_the_supervisor_leaves_no_worker_behind(kafka_bootstrap, new_topic, tmp_path):
