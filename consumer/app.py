@@ -93,7 +93,7 @@ from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger, Start
 from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
-from consumer.outputs import dead_letter_record, recommendation_values
+from consumer.outputs import MAX_RECORD_BYTES, dead_letter_record, recommendation_values
 from consumer.publish import Message, Publisher, TransactionTimedOut, fenced
 from consumer.sync import NameTaken, UpdateExchange
 from contract.errors import UserError
@@ -302,8 +302,12 @@ class StreamrecService:
         # The group gave partitions in this poll (not a rollback positioning them again): the
         # generation this worker holds is fresh, so it may fence older ones off.
         self._joined = False
-        # Another process took over this worker's transactional id: nothing more can be sent.
-        self._fenced = False
+        # Stop as if killed, sending, committing and checkpointing nothing more: another process
+        # took over this worker's name, or the brokers kept refusing a poll when told to stop.
+        self._as_if_killed = False
+        #: The largest dead letter the dead-letter topic takes (its ``max.message.bytes``, once
+        #: connected): larger ones are cut to fit, marked so (:func:`consumer.outputs.dead_letter_record`).
+        self.dead_letter_bytes = MAX_RECORD_BYTES
         # Partitions were lost (expelled from the group) holding unsent learning: rolled back
         # to the last checkpoint right after the poll.
         self._lost = False
@@ -409,7 +413,7 @@ class StreamrecService:
             taken = fenced(err)
             if taken is None:
                 raise
-            self._fenced = True
+            self._as_if_killed = True
             raise UserError(
                 f"another process took over this worker's {taken} (streamrec-{self.config.worker}): "
                 f"two workers of group {self.config.group_id!r} run under the name {self.config.worker!r}. "
@@ -418,8 +422,14 @@ class StreamrecService:
                 "This one stops without committing or checkpointing what it has not committed."
             ) from None
         except NameTaken:  # the same, seen in the update topic: stop as if killed, sending nothing more
-            self._fenced = True
+            self._as_if_killed = True
             raise
+        except Interrupted:  # told to stop while the brokers refused a send or a commit
+            log.warning(
+                "stopped while the brokers refused this poll's lists or offsets: nothing more is "
+                "committed or checkpointed, and a restart learns the poll again from the last commit"
+            )
+            self._as_if_killed = True
         finally:
             self._shutdown()
 
@@ -457,7 +467,10 @@ class StreamrecService:
 
     def _connect(self) -> None:
         try:
-            self._producer, self._consumer = connect(self.config, _Rebalance(self), wait=self._stop.wait)
+            self._producer, self._consumer, outputs = connect(
+                self.config, _Rebalance(self), wait=self._stop.wait
+            )
+            self.dead_letter_bytes = outputs.dead_letter_bytes
         except Interrupted:
             raise SystemExit(0) from None
         self._publisher = self._new_publisher()
@@ -472,10 +485,11 @@ class StreamrecService:
             self._consumer,
             self.config.exactly_once,
             latest_wins=frozenset({self.config.output_topic}),
+            wait=self._stop.wait,
         )
 
     def _shutdown(self) -> None:
-        if self._fenced:  # its producer can do nothing more; the other process has the name
+        if self._as_if_killed:  # fenced (another process has the name) or stuck: send nothing more
             self._release()
             return
         try:
@@ -1377,7 +1391,7 @@ class StreamrecService:
 
     def _dead_letters(self, dead: list[DeadLetter]) -> list[Message]:
         self.dead_lettered += len(dead)
-        return [(self.config.dlq_topic, *dead_letter_record(d)) for d in dead]
+        return [(self.config.dlq_topic, *dead_letter_record(d, self.dead_letter_bytes)) for d in dead]
 
     def _deliver(self, poll: Batch) -> bool:
         """Acknowledge the poll and commit it (ledger steps 4 to 6): in its transaction, or sent

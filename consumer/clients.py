@@ -17,7 +17,7 @@ from kafka.structs import TopicPartition
 from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
-from consumer.topics import ensure_output_topics
+from consumer.topics import OutputTopics, ensure_output_topics
 from contract import group_fencing, group_join
 from contract.connection import FailureWatch, explain_failure
 
@@ -237,7 +237,7 @@ def close_abandoned(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
 
 def connect(
     config: ServiceConfig, listener: ConsumerRebalanceListener, wait: Callable[[float], bool]
-) -> tuple[KafkaProducer, KafkaConsumer]:
+) -> tuple[KafkaProducer, KafkaConsumer, OutputTopics]:
     """The output topics, then the producer and the consumer, retried while Kafka is unreachable.
 
     ``wait(seconds)`` waits between attempts and returns true to give up (the service is
@@ -246,13 +246,13 @@ def connect(
 
     watch = FailureWatch.install()
 
-    def attempt() -> tuple[KafkaProducer, KafkaConsumer]:
+    def attempt() -> tuple[KafkaProducer, KafkaConsumer, OutputTopics]:
         watch.take()  # a reason from an earlier attempt is not this one's
         try:
-            ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
+            outputs = ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
             producer = make_producer(config)
             try:
-                return producer, make_consumer(config, listener)
+                return producer, make_consumer(config, listener), outputs
             except KafkaError:
                 close_quietly(producer)
                 raise

@@ -50,7 +50,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from kafka import KafkaConsumer, KafkaProducer
@@ -111,11 +111,16 @@ class Publisher:
         consumer: KafkaConsumer,
         exactly_once: bool,
         latest_wins: frozenset[str] = frozenset(),
+        wait: Callable[[float], bool | None] = time.sleep,
     ) -> None:
         self.producer = producer
         self.consumer = consumer
         self.exactly_once = exactly_once
         self.latest_wins = latest_wins
+        #: How to wait between tries of a send or commit the brokers refused: the service's
+        #: stop event's ``wait``, so a worker stuck on one stops when told to
+        #: (:class:`consumer.backoff.Interrupted`).
+        self.wait = wait
         #: Seconds spent in ``send`` (``publish``), waiting for acknowledgements
         #: (``acknowledge``) and committing (``commit``), summed since the start.
         self.seconds = {"publish": 0.0, "acknowledge": 0.0, "commit": 0.0}
@@ -384,6 +389,7 @@ class Publisher:
                 send_pending,
                 message="publish failed; retrying",
                 retriable=lambda err: isinstance(err, NotAcknowledged),
+                wait=self.wait,
             )
 
     def _still_wanted(self, failed: list[Message], sent: list[Message]) -> list[Message]:
@@ -400,7 +406,7 @@ class Publisher:
         away during a commit; a commit the group refuses (``CommitFailedError``) is not
         retriable and is raised.
         """
-        retry(lambda: self.consumer.commit(offsets), message="commit failed; retrying")
+        retry(lambda: self.consumer.commit(offsets), message="commit failed; retrying", wait=self.wait)
 
 
 def _drop_refused_offsets(producer: KafkaProducer) -> None:

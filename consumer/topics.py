@@ -12,6 +12,7 @@ created here.
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
@@ -19,14 +20,33 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from consumer.config import ServiceConfig
 from consumer.logs import fields
+from consumer.outputs import MAX_RECORD_BYTES
 
-__all__ = ["ensure_output_topics", "settings_that_differ", "warn_settings_that_differ"]
+__all__ = [
+    "OutputTopics",
+    "ensure_output_topics",
+    "record_limit",
+    "settings_that_differ",
+    "warn_settings_that_differ",
+]
 
 log = logging.getLogger(__name__)
 
 
-def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> list[str]:
-    """Create the recommendations and dead-letter topics if they do not exist; the names created."""
+class OutputTopics(NamedTuple):
+    """What :func:`ensure_output_topics` did and found."""
+
+    #: The topics it created.
+    created: list[str]
+    #: The largest dead letter the dead-letter topic takes, framing included: its
+    #: ``max.message.bytes`` when the broker tells it, and never above what the producer sends.
+    dead_letter_bytes: int
+
+
+def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> OutputTopics:
+    """Create the recommendations and dead-letter topics if they do not exist; what it did, and
+    how large a dead letter may be (a topic made with a smaller ``max.message.bytes`` refuses
+    larger ones, and a refused dead letter would hold up its poll for good)."""
     admin = KafkaAdminClient(
         **config.kafka.client_options(),
         client_id=f"streamrec-{config.worker}-admin",
@@ -62,9 +82,22 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> lis
             log.warning(
                 "input topic does not exist yet; waiting for it", extra=fields(topic=config.input_topic)
             )
-        return created
+        limit = record_limit(admin, config.dlq_topic)
+        return OutputTopics(created, min(MAX_RECORD_BYTES, limit or MAX_RECORD_BYTES))
     finally:
         admin.close()
+
+
+def record_limit(admin: KafkaAdminClient, topic: str) -> int | None:
+    """``topic``'s ``max.message.bytes`` (the largest record batch it takes), ``None`` when the
+    broker does not say (not authorised to describe configs)."""
+    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+    try:
+        described = admin.describe_configs([resource], config_filter="all").get("topic", {})
+        return int(described[topic]["max.message.bytes"]["value"])
+    except (KafkaError, KeyError, TypeError, ValueError) as err:
+        log.debug("record size limit not known", extra=fields(topic=topic, error=str(err)))
+        return None
 
 
 def warn_settings_that_differ(

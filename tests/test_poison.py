@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -104,3 +105,51 @@ def test_a_batch_the_client_cannot_decompress_stops_the_service_once_saying_wher
     assert wait_for(lambda: fixed.model_events() == 400, 90), fixed.log()
     assert fixed.stop() == 0, fixed.log()
     assert latest_manifest(checkpoints)["events_learned"] == 400
+
+
+def test_a_dead_letter_larger_than_the_dead_letter_topic_takes_is_cut_to_fit_not_a_stall(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """A dead-letter topic made with a smaller ``max.message.bytes`` than the producer's limit
+    refused a large dead letter: the poll could never be acknowledged, the service retried it
+    for good (and ignored SIGTERM while it did). The dead letter is now cut to the topic's
+    limit, marked as altered, and everything after it is learned."""
+    names = topics(new_topic)
+    names["dlq_topic"] = new_topic("dlq-small", config={"max.message.bytes": "100000"})
+    group = f"g-{names['input_topic']}"
+    topic = names["input_topic"]
+    garbage = bytes(range(256)) * 800  # 200 KB: over the 64 KiB an event may have
+    send(
+        kafka_bootstrap,
+        topic,
+        0,
+        [*(event(i) for i in range(50)), (b"junk", garbage), *(event(i) for i in range(50, 100))],
+    )
+    service = ServiceProcess(
+        kafka_bootstrap, names, group, tmp_path / "checkpoints", tmp_path / "service.log"
+    )
+    try:
+        assert wait_for(lambda: service.model_events() == 100, 90), service.log()[-3000:]
+        dead = read_records(kafka_bootstrap, names["dlq_topic"], 1)
+    finally:
+        assert service.stop() == 0, service.log()[-3000:]
+    (letter,) = dead
+    headers = dict(letter.headers)
+    assert headers["streamrec.error.reason"] == b"too_large"
+    assert headers["streamrec.error.altered"] == f"truncated:4,{len(garbage)}".encode()
+    assert letter.key == b"junk" and garbage.startswith(letter.value) and len(letter.value) < 100_000
+
+
+def read_records(bootstrap: str, topic: str, expect: int, timeout_s: float = 30.0) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        partition = TopicPartition(topic, 0)
+        consumer.assign([partition])
+        consumer.seek_to_beginning(partition)
+        records, deadline = [], time.monotonic() + timeout_s
+        while len(records) < expect and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
