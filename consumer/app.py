@@ -527,6 +527,12 @@ class StreamrecService:
         if checkpoint is None:
             log.info("no checkpoint; starting with a fresh model", extra=fields(store=str(self.store.root)))
             return None
+        kept = checkpoint.extra.get("model")
+        if kept is not None and kept != self.model.name:  # refused at once, not retried for good
+            raise UserError(
+                f"the checkpoint in {checkpoint.path.parent} holds model {kept!r}, not {self.model.name!r}: "
+                f"serve it with --model {kept}, or start the new model with another --checkpoint-dir"
+            )
         self.model = _restored(self.model, checkpoint.path / MODEL_FILE)
         for arm in self.arms.arms[1:]:
             arm.model = _restored_arm(arm, checkpoint.path / arm.file)

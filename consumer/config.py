@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -200,6 +201,12 @@ class ServiceConfig:
             object.__setattr__(self, "sync_every", self._auto_sync_every())
         check(len({self.input_topic, self.output_topic, self.dlq_topic}) == 3, "topics must be distinct")
         check(0 <= self.metrics_port <= 65535, f"metrics_port must be 0..65535, got {self.metrics_port}")
+        last_port = self.metrics_port + worker_count(self.workers) - 1
+        check(
+            not self.metrics_port or last_port <= 65535,
+            f"metrics_port {self.metrics_port}: worker i of --workers serves on metrics_port + i, "
+            f"up to {last_port}",
+        )
         check(
             self.auto_offset_reset in ("earliest", "latest"),
             f"auto_offset_reset must be earliest or latest, got {self.auto_offset_reset!r}",
@@ -207,7 +214,10 @@ class ServiceConfig:
         check(1 <= self.top_n <= 1000, f"top_n must be between 1 and 1000, got {self.top_n}")
         check(self.max_poll_records >= 1, "max_poll_records must be at least 1")
         check(self.max_batch_events >= 1, "max_batch_events must be at least 1")
-        check(self.poll_budget_ms > 0, f"poll_budget_ms must be > 0, got {self.poll_budget_ms}")
+        check(
+            0 < self.poll_budget_ms < math.inf,
+            f"poll_budget_ms must be > 0 and finite, got {self.poll_budget_ms}",
+        )
         check(
             self.output_compression in COMPRESSIONS,
             f"output_compression must be one of {', '.join(COMPRESSIONS)}, got {self.output_compression!r}",
@@ -219,6 +229,10 @@ class ServiceConfig:
         )
         check(self.poll_timeout_ms >= 0, "poll_timeout_ms must be >= 0")
         check(0 <= self.workers <= 256, f"workers must be 0 (one per core) to 256, got {self.workers}")
+        check(
+            "/" not in self.worker_id and "\\" not in self.worker_id and self.worker_id not in (".", ".."),
+            f"worker_id names a checkpoint folder: no path separators, got {self.worker_id!r}",
+        )
         check(self.sync_every >= 0, f"sync_every must be auto ({SYNC_AUTO}) or >= 0, got {self.sync_every}")
         check(
             self.sync_precision in SYNC_PRECISIONS,
@@ -258,7 +272,11 @@ class ServiceConfig:
             ),
             "changelog_topic must differ from the other topics",
         )
-        check(self.session_timeout_ms >= 1000, "session_timeout_ms must be >= 1000")
+        check(
+            SESSION_TIMEOUT_MS[0] <= self.session_timeout_ms <= SESSION_TIMEOUT_MS[1],
+            f"session_timeout_ms must be {SESSION_TIMEOUT_MS[0]}..{SESSION_TIMEOUT_MS[1]} (what brokers "
+            f"accept by default: group.min/max.session.timeout.ms), got {self.session_timeout_ms}",
+        )
         check(self.checkpoint_interval_s > 0, "checkpoint_interval_s must be > 0")
         check(self.checkpoint_every_events >= 1, "checkpoint_every_events must be >= 1")
         check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), "log_level is not a level")
@@ -418,6 +436,11 @@ class ServiceConfig:
             return cls.from_namespace(parser.parse_args(list(argv)), environ)
         except TypeError as err:  # pragma: no cover - argparse already typed every value
             raise ConfigError(str(err)) from None
+
+
+#: The session timeouts brokers accept by default (``group.min.session.timeout.ms`` and
+#: ``group.max.session.timeout.ms``): others are refused when the worker joins its group.
+SESSION_TIMEOUT_MS = (6_000, 1_800_000)
 
 
 def worker_count(workers: int) -> int:

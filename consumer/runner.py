@@ -185,9 +185,13 @@ def supervise(config: ServiceConfig, restart_after_s: float = 1.0) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
+    # Every worker's settings first: one that cannot run stops the set before any is started.
+    settings = [worker_config(config, index) for index in range(count)]
+
     def start(index: int):
-        settings = worker_config(config, index)
-        process = spawn.Process(target=_run_worker, args=(settings, os.getpid()), name=f"worker-{index}")
+        process = spawn.Process(
+            target=_run_worker, args=(settings[index], os.getpid()), name=f"worker-{index}"
+        )
         process.start()
         return process
 

@@ -297,3 +297,39 @@ def test_a_group_never_takes_the_checkpoint_folder_another_group_left(tmp_path):
     again = claim_worker(tmp_path, "orders", group="orders")  # the group's own restart
     assert (again.slot, again.name) == ("orders-2", second.name)
     first.release()
+
+
+def test_a_checkpoint_of_another_model_stops_start_up_with_the_fix_instead_of_a_restart_loop(tmp_path):
+    """``--model cooccurrence`` pointed at a folder the default model checkpointed: one clear
+    error (a user error, so ``--workers N`` does not restart the worker for ever)."""
+    from contract.errors import UserError
+
+    before = build_service(ServiceConfig(checkpoint_dir=str(tmp_path)), with_metrics=False)
+    before._learn(stream())
+    assert before.checkpoint() is not None
+    before.claim.release()
+    other = build_service(
+        ServiceConfig(model="cooccurrence", checkpoint_dir=str(tmp_path)), with_metrics=False
+    )
+    with pytest.raises(
+        UserError, match="holds model 'streamrec', not 'cooccurrence': serve it with --model streamrec"
+    ):
+        other.restore()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"session_timeout_ms": 2000}, "session_timeout_ms must be 6000..1800000"),
+        ({"session_timeout_ms": 3_600_000}, "session_timeout_ms must be 6000..1800000"),
+        ({"poll_budget_ms": float("inf")}, "poll_budget_ms must be > 0 and finite"),
+        ({"worker_id": "edge/1"}, "worker_id names a checkpoint folder"),
+        (
+            {"metrics_port": 65535, "workers": 2},
+            "worker i of --workers serves on metrics_port \\+ i, up to 65536",
+        ),
+    ],
+)
+def test_settings_kafka_or_the_machine_would_refuse_later_are_refused_at_start_up(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        ServiceConfig(**settings)
