@@ -87,7 +87,7 @@ from consumer.arms import Arm, Arms
 from consumer.backoff import Interrupted, retry
 from consumer.changelog import ViewerChangelog, install, rewind, watches_between
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
-from consumer.clients import close_abandoned, close_quietly, connect, make_producer
+from consumer.clients import close_abandoned, close_quietly, connect, fetched_to, make_producer
 from consumer.config import DEFAULT_MODEL, ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger, Start
@@ -1060,6 +1060,8 @@ class StreamrecService:
             self._sent_boundary.pop(tp.partition, None)
             if self.exchange is not None:
                 self.exchange.through.pop(tp.partition, None)
+            if self.metrics is not None:  # else its last lag would stay on the dashboard for good
+                self.metrics.forget_lag(tp.partition)
 
     def _checkpoint_once_settled(self) -> None:
         """A checkpoint of what was learned since the last, now if every commit is confirmed,
@@ -1077,7 +1079,10 @@ class StreamrecService:
             high = self._consumer.highwater(tp)
             learned = self.ledger.learned.get(tp)
             if high is not None and learned is not None:
-                self.metrics.set_lag(tp.partition, max(0, high - learned))
+                # Transaction markers and aborted records are never returned by a poll, so never
+                # learned: past them, the consumer's position says the partition is read.
+                read = max(learned, fetched_to(self._consumer, tp) or 0)
+                self.metrics.set_lag(tp.partition, max(0, high - read))
 
     # -- one batch -------------------------------------------------------------------------
 
@@ -1089,6 +1094,7 @@ class StreamrecService:
         self._touched = {}
         replay, live = poll.replay, poll.live
         work = replay_seconds = 0.0
+        replayed = 0  # events of the replay learned (its dead letters are not)
         published, last = 0, None  # the last batch's metrics wait until its lists are on their way
         if self._sent_boundary:  # after a restart: first what the peers have of this learning
             (sent_replay, replay), (sent_live, live) = self._split_sent(replay), self._split_sent(live)
@@ -1096,12 +1102,14 @@ class StreamrecService:
                 started = time.perf_counter()
                 self._publisher.send(self.exchange.outgoing(force=True))  # unsent before: theirs too
                 stages["sync"] += time.perf_counter() - started
-                replay_seconds += self._replay(sent_replay)
+                seconds, learned = self._replay(sent_replay)
+                replay_seconds, replayed = replay_seconds + seconds, replayed + learned
                 published, last, seconds = self._serve_all(sent_live, last, mid_poll=False)
                 work += seconds
                 self.exchange.relearned()
             self._pass_boundaries(polled)
-        replay_seconds += self._replay(replay)  # replayed after a restart: learned only
+        seconds, learned = self._replay(replay)  # replayed after a restart: learned only
+        replay_seconds, replayed = replay_seconds + seconds, replayed + learned
         work += replay_seconds
         count, last, seconds = self._serve_all(live, last)
         published += count
@@ -1126,13 +1134,14 @@ class StreamrecService:
             if last is not None:
                 self._record(*last)
             started = time.perf_counter()
-            self._record_poll(poll, published, replay_seconds)
+            self._record_poll(poll, published, replay_seconds, replayed)
             stages["metrics"] += time.perf_counter() - started
 
-    def _replay(self, records: list) -> float:
-        """Learn records whose lists were published before a restart (learned only); seconds."""
+    def _replay(self, records: list) -> tuple[float, int]:
+        """Learn records whose lists were published before a restart (learned only); seconds,
+        and the events learned."""
         if not records:
-            return 0.0
+            return 0.0, 0
         stages = self.stage_seconds
         started = time.perf_counter()
         intake = decode(records)
@@ -1142,7 +1151,7 @@ class StreamrecService:
         self._learn(intake.events)
         self._learned_through(records)
         stages["test_learn"] += time.perf_counter() - learning
-        return time.perf_counter() - started
+        return time.perf_counter() - started, len(intake.events)
 
     def _serve_all(
         self, records: list, last: tuple | None, mid_poll: bool = True
@@ -1474,11 +1483,11 @@ class StreamrecService:
         finally:
             self.stage_seconds["metrics"] += time.perf_counter() - started
 
-    def _record_poll(self, poll: Batch, published: int, replay_seconds: float) -> None:
+    def _record_poll(self, poll: Batch, published: int, replay_seconds: float, replayed: int) -> None:
         """One committed poll in the metrics: replayed records, lists acknowledged, the model, stages."""
         metrics = self.metrics
         if poll.replay:
-            metrics.record_batch(len(poll.replay), 0, replay_seconds)
+            metrics.record_batch(len(poll.replay), replayed, replay_seconds)
         metrics.record_published(published)
         stats = self._record_model_size()
         metrics.record_guard_trips(stats.guard_trips)

@@ -235,6 +235,16 @@ def close_abandoned(producer: KafkaProducer, timeout_s: float = 5.0) -> None:
             sender.join(timeout_s)
 
 
+def fetched_to(consumer: KafkaConsumer, partition: TopicPartition) -> int | None:
+    """The offset ``consumer`` returns records of ``partition`` from next (past transaction
+    markers and aborted records, which a poll never returns), ``None`` when not known. Read from
+    kafka-python's subscription state: ``KafkaConsumer.position`` may first ask the group
+    coordinator for committed offsets, a round trip this worker's loop cannot wait for."""
+    subscription = getattr(consumer, "_subscription", None)
+    state = subscription.assignment.get(partition) if subscription is not None else None
+    return getattr(getattr(state, "position", None), "offset", None)
+
+
 def connect(
     config: ServiceConfig, listener: ConsumerRebalanceListener, wait: Callable[[float], bool]
 ) -> tuple[KafkaProducer, KafkaConsumer, OutputTopics]:

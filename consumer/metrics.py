@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import threading
@@ -684,6 +685,11 @@ class ServiceMetrics:
             self.popularity_bias.labels(model, arm).set(window.popularity)
 
     # -- state ---------------------------------------------------------------------------------
+
+    def forget_lag(self, partition: int) -> None:
+        """Partition ``partition`` is no longer this worker's: its lag is its new owner's to say."""
+        with contextlib.suppress(KeyError):  # never set: nothing to remove
+            self.lag.remove(str(partition))
 
     def set_lag(self, partition: int, lag: int) -> None:
         """Messages behind the end of ``partition`` after this batch."""

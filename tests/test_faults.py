@@ -241,6 +241,9 @@ def test_kill_9_ten_times_during_a_replay_learns_every_event_exactly_once(
         lists_before = lists
 
     assert service.model_events() == N_STREAM
+    # What this life consumed it learned, the events replayed after the kill included.
+    final = service.metrics()
+    assert final["streamrec_events_learned_total"] == final["streamrec_events_consumed_total"] > 0
     assert service.stop() == 0, tail_of(service)
     assert "restored checkpoint" in service.log()
     assert latest_manifest(checkpoints)["events_learned"] == N_STREAM

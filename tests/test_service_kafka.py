@@ -327,3 +327,30 @@ def test_topics_made_by_someone_else_with_other_settings_are_named_not_changed(
         ensure_output_topics(made)
         ensure_output_topics(made)
     assert not [r for r in caplog.records if "another setting" in r.getMessage()]
+
+
+def test_lag_reaches_zero_on_an_input_written_in_transactions(kafka_bootstrap, new_topic, tmp_path):
+    """A transactional producer leaves markers (and aborted records) that a read_committed
+    consumer never returns: the service is caught up when it has read past them, not when it
+    has learned up to the partition's end (it reported 32 behind for good here)."""
+    names = topics(new_topic)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{names['input_topic']}")
+    producer.init_transactions()
+    for commit, count in ((True, 100), (False, 30)):
+        producer.begin_transaction()
+        for i in range(count):
+            value = orjson.dumps(
+                {"timestamp": 1_700_000_000 + i, "viewer": f"u{i % 9}", "video": f"v{i % 13}"}
+            )
+            producer.send(names["input_topic"], key=f"u{i % 9}".encode(), value=value, partition=0)
+        producer.commit_transaction() if commit else producer.abort_transaction()
+    producer.close()
+    service = ServiceProcess(
+        kafka_bootstrap, names, f"g-{names['input_topic']}", tmp_path / "ckpt", tmp_path / "s.log"
+    )
+    try:
+        assert wait_for(lambda: service.model_events() == 100, 60), service.log()[-3000:]
+        lag = 'streamrec_consumer_lag_messages{partition="0"}'
+        assert wait_for(lambda: service.gauge(lag) == 0.0, 30), (service.gauge(lag), service.log()[-2000:])
+    finally:
+        assert service.stop() == 0
