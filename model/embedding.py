@@ -261,8 +261,11 @@ class EmbeddingRanker(CatalogueScorer):
             raise ValueError("cooc_window must be in [0, history] and cooc_terms >= 1")
         if not 0.0 < recency <= 1.0:
             raise ValueError(f"recency must be in (0, 1], got {recency}")
-        if lr <= 0 or reg < 0 or init_scale <= 0 or max_grad_norm <= 0 or trending_half_life <= 0:
-            raise ValueError("lr, init_scale, max_grad_norm, trending_half_life must be > 0; reg >= 0")
+        positive = (lr, init_scale, max_grad_norm, trending_half_life)
+        if not all(0 < v < math.inf for v in positive) or not 0 <= reg < math.inf:  # NaN fails too
+            raise ValueError(
+                "lr, init_scale, max_grad_norm, trending_half_life must be finite and > 0; reg finite, >= 0"
+            )
         if not isinstance(min_events, int) or min_events < 1:
             raise ValueError(f"min_events must be an integer >= 1, got {min_events!r}")
         if shortlist is not None and (not isinstance(shortlist, int) or shortlist < 1):

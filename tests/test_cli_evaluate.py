@@ -327,3 +327,16 @@ def test_bad_settings_are_one_line_errors(tmp_path, capsys, argv, message):
     path = write(tmp_path / "u.data", "u.data", ratings(20))
     code, _, err = run(capsys, str(path), *argv)
     assert message in one_line_error(code, err)
+
+
+def test_a_setting_a_later_model_refuses_is_an_error_before_any_model_runs(tmp_path, capsys, monkeypatch):
+    """``--model all --set k=0``: isgd refuses k=0. Said before the first model is evaluated,
+    not after every model before isgd has run (hours, on a large data set)."""
+    import streamrec.commands.evaluate as command
+
+    evaluated = []
+    monkeypatch.setattr(command, "evaluate_model", lambda model, *a, **k: evaluated.append(model.name))
+    path = write(tmp_path / "u.data", "u.data", ratings())
+    assert main(["evaluate", str(path), "--model", "all", "--set", "k=0"]) == 2
+    assert "model 'isgd': k must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert evaluated == []

@@ -225,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         model_names = resolve(args.model)
         settings = _settings_per_model(model_names, args.set)
+        # Every model made before any is evaluated: a value one of them refuses is an error
+        # now, not after the others have run for hours.
+        models = [create(name, **settings[name]) for name in model_names]
     except (UnknownModel, BadSetting) as err:
         raise UserError(str(err)) from None
     stats = ReadStats()
@@ -243,11 +246,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {stats.bad_rows:,} malformed row(s) of {stats.rows:,}", file=sys.stderr)
 
     results = []
-    for name in model_names:
-        try:
-            model = create(name, **settings[name])
-        except (UnknownModel, BadSetting) as err:
-            raise UserError(str(err)) from None
+    for name, model in zip(model_names, models, strict=True):
         progress = _ProgressBar(name, len(events)) if sys.stderr.isatty() else None
         try:
             result = evaluate_model(
