@@ -77,6 +77,19 @@ def test_a_file_that_is_not_an_evaluation_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "r.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("report.xyz", "name a file matplotlib writes"), ("a-file/report.png", "cannot write")],
+)
+def test_an_output_path_that_cannot_be_written_is_a_one_line_error(tmp_path, capsys, out, message):
+    src = tmp_path / "eval.json"
+    src.write_text(json.dumps(REPORTS))
+    (tmp_path / "a-file").write_text("not a folder")
+    assert main(["report", "--from-json", str(src), "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 def test_an_unreachable_prometheus_is_a_one_line_error(tmp_path, capsys):
     from tests.prometheus import free_port
 

@@ -64,9 +64,13 @@ def run(args: argparse.Namespace) -> int:
     from streamrec import report as rep
 
     try:
-        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise UserError("drawing needs matplotlib: pip install 'streamrec[report]'") from None
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if args.out.suffix.lstrip(".").lower() not in formats:  # before any query, not after them all
+        raise UserError(f"--out {args.out}: name a file matplotlib writes ({', '.join(sorted(formats))})")
     if args.prometheus:
         try:
             report = rep.from_prometheus(
@@ -89,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         report = rep.from_eval_json(reports, title=f"streamrec evaluation ({args.from_json.name})")
     if report.experiment:
         print(rep.readout_table(report.experiment, control=report.control), end="\n\n")
-    out = rep.render(report, args.out)
+    try:
+        out = rep.render(report, args.out)
+    except (OSError, ValueError) as err:  # an unwritable folder, a format matplotlib lacks
+        raise UserError(f"cannot write {args.out}: {err}") from None
     print(out)
     return 0
