@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -404,7 +407,15 @@ class LocalBroker:
             )
             raise BrokerError(
                 f"{self.data_dir} holds a broker formatted as {was}: "
-                f"use another --data-dir for {self.security}, or remove that folder"
+                f"pass --security {formatted.get('security')}"
+                + (f" --user {formatted['user']}" if formatted.get("user") else "")
+                + f" to use it, or another --data-dir for {self.security}"
+            )
+        check = formatted.get("password_check")
+        if check and self.password is not None and not _password_matches(self.password, check):
+            raise BrokerError(
+                f"{self.data_dir}'s broker knows user {self.user} by another password (set when it was "
+                "formatted): pass that one, or use another --data-dir"
             )
 
     # -- processes -----------------------------------------------------------------------------
@@ -452,7 +463,10 @@ class LocalBroker:
             if self.password:
                 detail = detail.replace(self.password, "***")
             raise BrokerError(f"formatting {self.log_dirs} failed: {detail}")
-        self.security_marker.write_text(json.dumps({"security": self.security, "user": self.user}) + "\n")
+        marker = {"security": self.security, "user": self.user}
+        if self.password is not None:  # to tell a changed password at once, not after a timeout
+            marker["password_check"] = _password_check(self.password)
+        self.security_marker.write_text(json.dumps(marker) + "\n")
 
     def read_state(self) -> dict | None:
         try:
@@ -477,6 +491,7 @@ class LocalBroker:
         pid = self.running_pid()
         if pid is None:
             return BrokerStatus(False, False, None, None)
+        self._check_security_mode()  # asked in the wrong mode, it would not answer: say why
         state = self.read_state() or {}
         bootstrap = state.get("bootstrap", self.bootstrap)
         return BrokerStatus(
@@ -491,6 +506,7 @@ class LocalBroker:
         """
         pid = self.running_pid()
         if pid is not None:
+            self._check_security_mode()
             state = self.read_state() or {}
             self.port = int(state.get("port", self.port))
             self.controller_port = int(state.get("controller_port", self.controller_port))
@@ -674,3 +690,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _password_check(password: str) -> str:
+    """A salted PBKDF2 of ``password`` (kept beside the data, never the password itself)."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
+    return f"{salt.hex()}:{digest.hex()}"
+
+
+def _password_matches(password: str, check: str) -> bool:
+    try:
+        salt, digest = (bytes.fromhex(part) for part in check.split(":"))
+    except ValueError:
+        return True  # unreadable: let the broker decide
+    return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000), digest)

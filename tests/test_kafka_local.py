@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,34 @@ def test_status_of_a_folder_without_broker_is_down(tmp_path: Path) -> None:
     done = streamrec("kafka", "status", "--data-dir", str(tmp_path))
     assert done.returncode == EXIT_DOWN
     assert "down" in done.stdout
+
+
+def test_a_folder_asked_in_another_mode_or_with_another_password_says_so_at_once(tmp_path: Path) -> None:
+    """A SASL_SSL folder asked about as plaintext, or started with a password other than the
+    one it was formatted with, answered nothing: a wait of up to two minutes, then 'does not
+    answer'. The folder's record of its mode (and a salted hash of the password) says why."""
+    formatted = kafka_local.LocalBroker(tmp_path, security="sasl_ssl", user="rev", password="right-one")
+    formatted.log_dirs.mkdir(parents=True)
+    (formatted.log_dirs / "meta.properties").write_text("formatted\n")
+    marker = {
+        "security": "sasl_ssl",
+        "user": "rev",
+        "password_check": kafka_local._password_check("right-one"),
+    }
+    formatted.security_marker.write_text(json.dumps(marker))
+    assert "right-one" not in formatted.security_marker.read_text()
+
+    formatted._check_security_mode()  # the same mode, user and password
+    with pytest.raises(kafka_local.BrokerError, match="pass --security sasl_ssl --user rev to use it"):
+        kafka_local.LocalBroker(tmp_path)._check_security_mode()
+    other = kafka_local.LocalBroker(tmp_path, security="sasl_ssl", user="rev", password="another")
+    with pytest.raises(kafka_local.BrokerError, match="knows user rev by another password"):
+        other._check_security_mode()
+
+
+@pytest.mark.parametrize("port", ["0", "65535", "http"])
+def test_a_port_the_broker_cannot_listen_on_is_a_usage_error(tmp_path: Path, port: str) -> None:
+    done = streamrec("kafka", "up", "--data-dir", str(tmp_path), "--port", port)
+    assert (
+        done.returncode == 2 and "argument --port: expected" in done.stderr and "Traceback" not in done.stderr
+    )

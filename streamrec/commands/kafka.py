@@ -61,7 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 help="also delete the broker's topics and data: the next up starts an empty broker",
             )
         if name == "up":
-            action.add_argument("--port", type=int, help="client port on 127.0.0.1 (default 19092)")
+            action.add_argument(
+                "--port",
+                type=_client_port,
+                help="client port on 127.0.0.1 (default 19092; the controller takes the next one)",
+            )
             action.add_argument(
                 "--timeout", type=float, default=120.0, help="seconds to wait for readiness (default 120)"
             )
@@ -95,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
 
     user, password = _credentials(args)
     data_dir = args.data_dir or kafka_local.default_data_dir(args.security)
-    port = getattr(args, "port", None) or kafka_local.DEFAULT_PORT
+    port = getattr(args, "port", None)
+    port = kafka_local.DEFAULT_PORT if port is None else port
     broker = kafka_local.LocalBroker(
         data_dir, port=port, security=args.security, user=user, password=password
     )
@@ -140,3 +145,16 @@ def _up(broker, args: argparse.Namespace) -> int:
         print(f"ca: {broker.ca_path}")
     print(bootstrap)
     return 0
+
+
+def _client_port(text: str) -> int:
+    """argparse type of ``--port``: 1..65534 (the controller listens on the next port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 1 <= port <= 65534:
+        raise argparse.ArgumentTypeError(
+            f"expected 1..65534 (the controller takes the next port), got {port}"
+        )
+    return port
