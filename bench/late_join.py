@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import tempfile
@@ -45,6 +44,7 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
+from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
@@ -57,7 +57,7 @@ from producer.synth import synth_events  # noqa: E402
 
 def fill_group(base: ServiceConfig, events: list) -> dict:
     """Two syncing workers learn ``events``; they stop when every event is learned."""
-    admin = KafkaAdminClient(bootstrap_servers=base.bootstrap_servers)
+    admin = KafkaAdminClient(**base.kafka.client_options())
     admin.create_topics([NewTopic(base.input_topic, num_partitions=4, replication_factor=1)])
     admin.close()
     services = [build_service(dataclasses.replace(base, worker_id=w), with_metrics=False) for w in "ab"]
@@ -69,7 +69,7 @@ def fill_group(base: ServiceConfig, events: list) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError("the two workers did not join")
         time.sleep(0.2)
-    producer = KafkaProducer(bootstrap_servers=base.bootstrap_servers, linger_ms=20)
+    producer = KafkaProducer(**base.kafka.client_options(), linger_ms=20)
     started = time.perf_counter()
     for e in events:
         producer.send(base.input_topic, key=e.viewer.encode(), value=event_to_json(e))
@@ -128,7 +128,7 @@ def max_difference(a: VideoReplica, b: VideoReplica) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bootstrap", default=None, help="default: $KAFKA_BOOTSTRAP or 127.0.0.1:19092")
+    add_broker_arguments(parser)
     parser.add_argument("--ml100k", type=Path, help="MovieLens 100K u.data (default: the synthetic stream)")
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--videos", type=int, default=10_000, help="the synthetic stream's catalogue")
@@ -140,7 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path, default=REPO / "bench/results/late_join.json")
     args = parser.parse_args(argv)
-    bootstrap = args.bootstrap or os.environ.get("KAFKA_BOOTSTRAP", "127.0.0.1:19092")
+    connection, broker = connection_from(args), None
+    if connection is None:  # no address: a broker of its own, stopped at the end
+        broker, connection = local_broker()
+    try:
+        return _run(args, connection)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def _run(args: argparse.Namespace, connection) -> int:  # noqa: ANN001 - a KafkaConnection
     if args.ml100k:
         events, source = read_events(args.ml100k)[: args.events], "ml-100k"
     else:
@@ -151,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as folder:
         base = ServiceConfig(
-            bootstrap_servers=bootstrap,
+            bootstrap_servers=connection.bootstrap_servers,
+            security=connection,
             input_topic=f"late-{run}",
             output_topic=f"late-{run}-recs",
             dlq_topic=f"late-{run}-dlq",
