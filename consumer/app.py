@@ -98,7 +98,7 @@ from consumer.publish import Message, Publisher, TransactionTimedOut, fenced
 from consumer.sync import NameTaken, UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
-from model.base import ModelStats, Ranking, StreamRanker
+from model.base import ModelStats, Ranking, Recommendation, StreamRanker
 from model.evaluate import BatchQuality, StreamingEvaluator
 from model.expiring import ExpiringDict
 from model.ids import pack_ids, saved_ids
@@ -1243,7 +1243,7 @@ class StreamrecService:
         if not events:
             return
         split = self.arms.split(events) if self.arms.learn_from == "own" else {}
-        for arm in self.arms:
+        for arm in self.arms.learning_order():
             learns = self.arms.learns(arm, events, split)
             if learns:
                 self._guarded(arm, lambda arm=arm, learns=learns: arm.model.learn_many(learns))
@@ -1272,7 +1272,7 @@ class StreamrecService:
             self.tallies[name] += counts
         n = self.config.top_n
         tested: dict[str, tuple[Ranking, BatchQuality]] = {}
-        for arm in arms:
+        for arm in arms.learning_order():
             learns = arms.learns(arm, events, split)
             if not learns:
                 continue
@@ -1348,6 +1348,28 @@ class StreamrecService:
         if self.metrics is not None:
             self.metrics.record_fallback(arm.name, reason, lists, arm.healthy)
 
+    def _control_lists(self, arm: Arm, viewers: list[str], n: int) -> list[Recommendation]:
+        """The control's lists for ``viewers`` of ``arm``. When each arm learns from its own
+        viewers only, the control never learned these viewers' watches: it is asked for more,
+        and what each watched, as their own arm's model holds it, is left out, so no list shows
+        a watched video (unless that model cannot say)."""
+        control = self.arms.control
+        if arm is control or self.arms.learn_from != "own":
+            return control.model.recommend_many(viewers, n=n)
+        try:
+            watched = {v: set(videos) for v, videos in arm.model.watched(viewers).items()}
+        except Exception as err:  # noqa: BLE001 - the arm's model failed: the lists go unfiltered
+            log.warning("a failed arm's viewers' watches are unknown", extra=fields(arm=arm.name, error=err))
+            watched = {}
+        extra = max(map(len, watched.values()), default=0)
+        lists = control.model.recommend_many(viewers, n=n + extra)
+        out = []
+        for viewer, rec in zip(viewers, lists, strict=True):
+            gone = watched.get(viewer, ())
+            keep = [i for i, video in enumerate(rec.videos) if video not in gone][:n]
+            out.append(Recommendation([rec.videos[i] for i in keep], rec.scores[keep]))
+        return out
+
     def _recommend(self, intake: Intake) -> Recommended:
         """A fresh list for each viewer of the batch, sourced from their last event in it, made by
         the viewer's arm (the control's when that arm has failed)."""
@@ -1366,7 +1388,7 @@ class StreamrecService:
             if lists is None:
                 if arm is not control:
                     self._fell_back(arm, "exception" if not arm.healthy else "guard", len(viewers))
-                lists = control.model.recommend_many(viewers, n=n)
+                lists = self._control_lists(arm, viewers, n)
             last = [last_of_viewer[v] for v in viewers]
             values = recommendation_values(
                 viewers,

@@ -130,7 +130,8 @@ def _weights(text: str, names: list[str]) -> dict[str, float]:
 class Arm:
     """One arm on this worker: its model, how to make a fresh one, and its test-then-train
     evaluator. ``healthy`` is false once its model raised: from then until a restart its
-    viewers get the control's lists and it learns nothing (its state is no longer trusted)."""
+    viewers get the control's lists and it learns nothing (its state is no longer trusted); when
+    arms learn from their own viewers, the control learns theirs from then on."""
 
     spec: ArmSpec
     factory: Callable[[], StreamRanker]
@@ -196,6 +197,12 @@ class Arms:
     def __iter__(self):
         return iter(self.arms)
 
+    def learning_order(self) -> list[Arm]:
+        """The arms in the order they learn a batch: the control last, so that when arms learn
+        from their own viewers, an arm that fails on the batch hands that very batch's events
+        of its viewers to the control (:meth:`learns`), not only the next batch's."""
+        return [*self.arms[1:], self.arms[0]]
+
     def __len__(self) -> int:
         return len(self.arms)
 
@@ -228,6 +235,9 @@ class Arms:
             return []
         if self.learn_from == "all" or len(self.arms) == 1:
             return events
+        failed = [a.name for a in self.arms if not a.healthy] if arm is self.control else []
+        if failed:  # the control serves the viewers of arms that failed: it learns their watches too
+            return [events[i] for i in sorted(i for name in (arm.name, *failed) for i in split[name])]
         return [events[i] for i in split[arm.name]]
 
     def fresh(self) -> None:

@@ -154,6 +154,12 @@ class StreamRanker(Ranker, abc.ABC):
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
         """Scores of ``videos`` for ``viewer`` (``-inf`` for unknown videos). Creates no state."""
 
+    def watched(self, viewers: Sequence[str]) -> dict[str, list[str]]:
+        """Each known viewer's watched videos, by id, in the order watched: what their lists
+        leave out. Viewers it does not know are left out; a model that keeps no watched lists
+        returns ``{}`` (this default)."""
+        return {}
+
     # -- per-viewer state, for a partition that moves (issue 12) -------------------------------
 
     def viewer_states(self, viewers: Sequence[str]) -> dict[str, bytes]:
@@ -271,6 +277,19 @@ class CatalogueScorer(StreamRanker):
         else:
             cols, scores = shared_top_n(shared, n, len(rows), exclude)
         return recommendations(cols, scores, self.videos.ids)
+
+    def watched(self, viewers: Sequence[str]) -> dict[str, list[str]]:
+        """Each known viewer's seen list, by video id (released videos left out).
+
+        >>> from contract.events import WatchEvent
+        >>> from model.baselines import MostPopular
+        >>> m = MostPopular(); m.learn_many([WatchEvent(1, "ann", "x"), WatchEvent(2, "ann", "y")])
+        >>> m.watched(["ann", "bob"])
+        {'ann': ['x', 'y']}
+        """
+        ids, of = self.videos.ids, self.seen.of
+        rows = self.viewers.get_many(viewers).tolist()
+        return {v: [ids[c] for c in of(r) if ids[c]] for v, r in zip(viewers, rows, strict=True) if r >= 0}
 
     def score_videos(self, viewer: str, videos: Sequence[str]) -> np.ndarray:
         cols = self.videos.get_many(videos)

@@ -132,6 +132,16 @@ def test_recommendations_exclude_watched_videos_and_fill_n(name, stream):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_every_model_says_what_each_viewer_watched(name, stream):
+    """What the service leaves out of another model's lists for a viewer of an arm that failed."""
+    model = create(name)
+    model.learn_many(stream)
+    said = model.watched(["u0", "u7", "nobody"])
+    assert set(said) == {"u0", "u7"}
+    assert {v: set(videos) for v, videos in said.items()} == {v: watched_by(stream)[v] for v in ("u0", "u7")}
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_an_unknown_viewer_gets_a_full_list_and_no_query_creates_state(name, stream):
     model = create(name)
     model.learn_many(stream)
