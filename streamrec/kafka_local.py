@@ -77,6 +77,12 @@ def kafka_version() -> str:
     >>> kafka_version().split(".")[0]
     '4'
     """
+    if not POM.is_file():  # installed with pip: the broker's build files stay in the repository
+        raise BrokerError(
+            "the local broker runs from a source checkout of streamrec (it fetches Apache Kafka's "
+            f"jars with Maven from deploy/kafka/pom.xml, not installed with the package: no {POM}); "
+            "clone the repository and run it there, or give every command --bootstrap-servers of your broker"
+        )
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
     if node is None or not (node.text or "").strip():
@@ -518,6 +524,11 @@ class LocalBroker:
         libs = ensure_jars()
         for port in (self.port, self.controller_port):
             if not _port_free(self.host, port):
+                if port == self.port and admin_ready(self.bootstrap, timeout=2.0):
+                    raise BrokerError(
+                        f"a Kafka broker not started from {self.data_dir} answers on {self.bootstrap}: "
+                        f"use it (--bootstrap-servers {self.bootstrap}), or start this one with --port"
+                    )
                 raise BrokerError(f"port {self.host}:{port} is in use: choose another with --port")
         self._check_security_mode()
         if self.security == "sasl_ssl" and not (self.ca_path.is_file() and self.keystore_path.is_file()):

@@ -207,3 +207,12 @@ def test_a_port_the_broker_cannot_listen_on_is_a_usage_error(tmp_path: Path, por
     assert (
         done.returncode == 2 and "argument --port: expected" in done.stderr and "Traceback" not in done.stderr
     )
+
+
+def test_installed_without_the_repository_kafka_up_says_it_needs_a_checkout(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """``pip install .`` leaves deploy/ behind: ``kafka up`` said so with a FileNotFoundError traceback."""
+    monkeypatch.setattr(kafka_local, "POM", tmp_path / "site-packages" / "deploy" / "kafka" / "pom.xml")
+    with pytest.raises(kafka_local.BrokerError, match="runs from a source checkout of streamrec"):
+        kafka_local.LocalBroker(tmp_path / "data", port=kafka_local.free_port(count=2)).start(timeout=5)
