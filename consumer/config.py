@@ -162,7 +162,8 @@ class ServiceConfig:
     sync_every: int = SYNC_AUTO
     #: ... or this often when fewer have been learned since.
     sync_interval_s: float = 1.0
-    #: The update topic; empty: ``<input topic>-video-updates``.
+    #: The update topic; empty: ``<group>-<input topic>-video-updates`` (a group that used
+    #: ``<input topic>-video-updates`` before keeps it: :func:`consumer.topics.keep_legacy_names`).
     sync_topic: str = ""
     #: How the vectors' changes travel (:data:`SYNC_PRECISIONS`); the sender keeps what it sends.
     sync_precision: str = SYNC_PRECISION
@@ -176,7 +177,7 @@ class ServiceConfig:
     #: snapshots off it always keeps everything, the only way to start a new worker).
     sync_retention_s: float = 86400.0
     #: The viewer-state changelog (see :mod:`consumer.changelog`): a partition's new owner
-    #: restores its viewers from it. Empty (auto): ``<input topic>-viewer-state`` when this
+    #: restores its viewers from it. Empty (auto): ``<group>-<input topic>-viewer-state`` when this
     #: service is one of several workers (``workers`` other than 1, or ``sync_every``), else
     #: off, since a lone worker's own checkpoint already holds its viewers and the changelog
     #: costs it 7-25% of its events per second; ``on``: that topic always; ``none``: off;

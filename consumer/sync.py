@@ -1,7 +1,7 @@
 """The update topic: the workers of a group share one model's video state (issue 12).
 
 Each worker learns from its own partitions' viewers. Its video updates (:mod:`model.replica`)
-go to the update topic (``--sync-topic``, by default ``<input topic>-video-updates``) once it has
+go to the update topic (``--sync-topic``, by default ``<group>-<input topic>-video-updates``) once it has
 learned ``--sync-every`` events since it last sent, or ``--sync-interval-s`` has passed with some
 unsent, in the poll whose offsets they belong to: acknowledged before the poll's offsets are
 committed, or in its transaction with ``--exactly-once``. Every worker reads the whole topic
@@ -754,12 +754,10 @@ class UpdateExchange:
         # The peers heard from before the checkpoint: a replay weighs its steps as they were.
         now = time.monotonic()
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
-        # Before 2026-12-01 the default update topic was named after the input topic alone.
-        saved = (
-            str(arrays["update_topic"])
-            if "update_topic" in arrays
-            else f"{self.config.input_topic}-video-updates"
-        )
+        # A checkpoint from before 2026-12-01 does not say: the topic given then, or the default
+        # then (named after the input topic alone).
+        legacy = self.config.sync_topic or f"{self.config.input_topic}-video-updates"
+        saved = str(arrays["update_topic"]) if "update_topic" in arrays else legacy
         if saved != self.topic:
             self._start_anew(saved)
 

@@ -11,6 +11,7 @@ created here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import NamedTuple
 
@@ -24,6 +25,7 @@ from consumer.outputs import MAX_RECORD_BYTES
 
 __all__ = [
     "OutputTopics",
+    "keep_legacy_names",
     "ensure_output_topics",
     "record_limit",
     "settings_that_differ",
@@ -142,3 +144,53 @@ def settings_that_differ(
             if found is not None and found != value:
                 differ.append((name, setting, found, value))
     return differ
+
+
+def keep_legacy_names(config: ServiceConfig, timeout_ms: int = 10_000) -> ServiceConfig:
+    """``config`` with the group's own topics under the names they had before 2026-12-01
+    (``<input>-video-updates``, ``<input>-viewer-state``) when this group used them: it has
+    committed offsets on the input and that update topic exists. Names the user gave stay.
+
+    The names moved to ``<group>-<input>-...`` so that two groups reading one input keep to
+    their own topics; a group already exchanging under the old ones must go on there, every
+    worker of it (a fresh one included), or its workers would split between two topics and
+    learn the same events twice. A fresh group takes the new names. The group says so in
+    its log, with how to move.
+    """
+    if not config.sync_every or config.sync_topic:
+        return config
+    legacy = f"{config.input_topic}-video-updates"
+    admin = KafkaAdminClient(
+        **config.kafka.client_options(),
+        client_id=f"streamrec-{config.worker}-admin",
+        bootstrap_timeout_ms=timeout_ms,
+    )
+    try:
+        if legacy not in admin.list_topics():
+            return config
+        committed = admin.list_group_offsets(config.group_id).get(config.group_id, {})
+        if not any(tp.topic == config.input_topic for tp in committed):
+            return config  # a new group: the new names
+    except KafkaError as err:  # not told (an ACL): the new names, as for a new group
+        log.debug("legacy topic names not checked", extra=fields(error=str(err)))
+        return config
+    finally:
+        admin.close()
+    chosen = config.changelog_topic.strip().lower()
+    changelog = config.changelog_topic if chosen not in ("", "auto", "on") else None
+    kept = dataclasses.replace(
+        config,
+        sync_topic=legacy,
+        changelog_topic=changelog
+        or (f"{config.input_topic}-viewer-state" if config.changelog_topic_name else "none"),
+    )
+    log.warning(
+        "this group exchanges on the topics it used before they were named after the group: kept",
+        extra=fields(
+            sync_topic=kept.sync_topic_name,
+            changelog_topic=kept.changelog_topic_name,
+            to_move="stop every worker of the group, then start them with --sync-topic and "
+            "--changelog-topic naming new topics (or delete the old ones)",
+        ),
+    )
+    return kept

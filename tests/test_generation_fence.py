@@ -164,3 +164,18 @@ def test_a_checkpoint_of_another_update_topic_starts_the_exchange_anew(caplog):
     )
     kept.load_arrays(legacy)
     assert (kept.offsets, kept.sent_through) == ({0: 40, 1: 7}, {0: 900})
+
+
+def test_a_checkpoint_older_than_the_record_of_its_topic_was_on_the_topic_given_then():
+    """``--sync-topic`` given before and after the upgrade: the checkpoint, which does not say
+    its topic, was on that one; starting anew there read every update twice."""
+    old = UpdateExchange(
+        ServiceConfig(sync_every=1024, sync_topic="orders-sync"), VideoReplica(ReplicatedRanker())
+    )
+    old.offsets, old.sent_through, old.reach_known = {0: 12}, {0: 300}, True
+    legacy = {name: values for name, values in old.to_arrays().items() if name != "update_topic"}
+    same = UpdateExchange(
+        ServiceConfig(sync_every=1024, sync_topic="orders-sync"), VideoReplica(ReplicatedRanker())
+    )
+    same.load_arrays(legacy)
+    assert (same.offsets, same.sent_through) == ({0: 12}, {0: 300})

@@ -284,6 +284,46 @@ def test_two_groups_reading_one_input_each_learn_it_once(kafka_bootstrap, new_to
         )
 
 
+def test_a_group_that_exchanged_on_the_old_topic_names_keeps_them_and_a_new_group_does_not(
+    kafka_bootstrap, new_topic
+):
+    """Before 2026-12-01 a group's own topics were named after the input alone. A group that
+    used them (it has commits on the input, and the old update topic exists) keeps them, every
+    worker of it, so an upgrade does not split it between two topics; a new group on the same
+    input takes the names of its own; names given stay."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewTopic
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    from consumer.topics import keep_legacy_names
+
+    names = topics(new_topic)
+    legacy = f"{names['input_topic']}-video-updates"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(legacy, num_partitions=1, replication_factor=1)])
+    old_group, new_group = f"old-{names['input_topic']}", f"new-{names['input_topic']}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=old_group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(names["input_topic"], 0): OffsetAndMetadata(5, "", -1)})
+    consumer.close()
+
+    def config(group: str, **extra) -> ServiceConfig:
+        return ServiceConfig(
+            bootstrap_servers=kafka_bootstrap, group_id=group, sync_every=1024, **names, **extra
+        )
+
+    try:
+        kept = keep_legacy_names(config(old_group))
+        assert kept.sync_topic_name == legacy
+        assert kept.changelog_topic_name == f"{names['input_topic']}-viewer-state"
+        fresh = keep_legacy_names(config(new_group))
+        assert fresh.sync_topic_name == f"{new_group}-{names['input_topic']}-video-updates"
+        assert keep_legacy_names(config(old_group, sync_topic="chosen")).sync_topic_name == "chosen"
+        assert keep_legacy_names(config(old_group, changelog_topic="none")).changelog_topic_name is None
+    finally:
+        admin.delete_topics([legacy])
+        admin.close()
+
+
 def test_killing_the_supervisor_leaves_no_worker_behind(kafka_bootstrap, new_topic, tmp_path):
     names = topics(new_topic, partitions=2)
     service = ServiceProcess(
