@@ -101,7 +101,7 @@ from contract.events import WatchEvent
 from model.base import ModelStats, Ranking, Recommendation, StreamRanker
 from model.evaluate import BatchQuality, StreamingEvaluator
 from model.expiring import ExpiringDict
-from model.ids import pack_ids, saved_ids
+from model.ids import packed_ids, saved_ids
 from model.npz import read_npz, write_npz
 from model.persist import settings_of_instance
 from model.replica import VideoReplica
@@ -670,15 +670,13 @@ class StreamrecService:
         """The readout's state: each arm's totals and each viewer's counts (the units)."""
         counts = self.viewer_hits
         viewers = list(counts.keys())
-        viewer_bytes, viewer_ends = pack_ids(viewers)
         with path.open("wb") as f:
             np.savez(
                 f,
                 salt=np.array(self.arms.salt),
                 arms=np.array([arm.name for arm in self.arms]),
                 tallies=np.array([self.tallies[arm.name] for arm in self.arms]),
-                viewer_bytes=viewer_bytes,
-                viewer_ends=viewer_ends,
+                **packed_ids(viewers, "viewer"),
                 viewer_counts=np.array([counts.get(v) for v in viewers], dtype=np.int64).reshape(-1, 2),
             )
 
@@ -696,7 +694,7 @@ class StreamrecService:
                 if name in self.tallies:
                     self.tallies[name] = totals.astype(np.float64)
             clock = self.model.clock
-            viewers = saved_ids({name: saved[name] for name in saved.files}, "viewer")
+            viewers = saved_ids(saved, "viewer")
             for viewer, (shown, hits) in zip(viewers, saved["viewer_counts"].tolist(), strict=True):
                 self.viewer_hits.touch(viewer, [shown, hits], clock)
         if self.metrics is not None:

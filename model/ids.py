@@ -31,12 +31,12 @@ stays the number of rows (the size tables must have), ``live`` counts the ids:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import repeat
 
 import numpy as np
 
-__all__ = ["IdIndex", "GrowableTable", "as_id", "pack_ids", "saved_ids", "unpack_ids"]
+__all__ = ["IdIndex", "GrowableTable", "as_id", "pack_ids", "packed_ids", "saved_ids", "unpack_ids"]
 
 
 def pack_ids(ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -211,8 +211,7 @@ class IdIndex:
         >>> b = IdIndex(); b.load_arrays(a.to_arrays()); b.get("z"), b.get("y"), b.free_rows
         (2, None, [1])
         """
-        blob, ends = pack_ids(self._ids)
-        return {"id_bytes": blob, "id_ends": ends, "free": np.asarray(self._free, dtype=np.int64)}
+        return {**packed_ids(self._ids), "free": np.asarray(self._free, dtype=np.int64)}
 
     def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         """Restore what :meth:`to_arrays` wrote, in place; ``ValueError`` if it is malformed."""
@@ -230,9 +229,20 @@ class IdIndex:
         self._ids, self._free, self._row_of = id_list, free_list, row_of
 
 
-def saved_ids(arrays: dict[str, np.ndarray], name: str = "id") -> list[str]:
-    """Ids saved as ``<name>_bytes`` and ``<name>_ends`` (:func:`pack_ids`), or, in a file
-    written before 2026-12-01, as a unicode array ``<name>s``; ``ValueError`` if malformed."""
+def packed_ids(ids: Sequence[str], name: str = "id") -> dict[str, np.ndarray]:
+    """``ids`` as the arrays ``<name>_bytes`` and ``<name>_ends`` (:func:`pack_ids`), to save
+    beside others; :func:`saved_ids` reads them back.
+
+    >>> saved_ids(packed_ids(["a", "é"], "viewer"), "viewer")
+    ['a', 'é']
+    """
+    blob, ends = pack_ids(ids)
+    return {f"{name}_bytes": blob, f"{name}_ends": ends}
+
+
+def saved_ids(arrays: Mapping[str, np.ndarray], name: str = "id") -> list[str]:
+    """Ids saved by :func:`packed_ids`, or, in a file written before 2026-12-01, as a unicode
+    array ``<name>s``; ``ValueError`` if malformed. ``arrays``: any mapping (an open ``.npz``)."""
     if f"{name}_bytes" in arrays:
         return unpack_ids(arrays[f"{name}_bytes"], arrays[f"{name}_ends"])
     ids = arrays[f"{name}s"]

@@ -42,7 +42,7 @@ import numpy as np
 
 from model.compiled import add_pairs_both_ways, add_rows_both, add_rows_both_1d, quantized_step
 from model.embedding import EmbeddingRanker
-from model.ids import GrowableTable, pack_ids, saved_ids, unpack_ids
+from model.ids import GrowableTable, packed_ids, saved_ids, unpack_ids
 from model.kernels import dequantize_rows, quantize_rows
 
 __all__ = [
@@ -129,12 +129,6 @@ def initial_vectors(ids: list[str], dim: int, scale: float, seed: int) -> np.nda
         digest = hashlib.blake2b(f"{seed}\x00{video}".encode(), digest_size=8).digest()
         out[i] = np.random.default_rng(int.from_bytes(digest, "big")).normal(0.0, scale, dim)
     return out
-
-
-def _pack_ids(ids: list[str]) -> dict[str, np.ndarray]:
-    """Ids as one UTF-8 blob and where each ends (:func:`model.ids.pack_ids`)."""
-    blob, ends = pack_ids(ids)
-    return {"id_bytes": blob, "id_ends": ends}
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
@@ -453,7 +447,7 @@ class VideoUpdates:
         """The updates as one record value: a small JSON header naming each array (dtype, shape,
         where it starts) and the arrays' bytes after it (no pickle, no zip: one copy of each)."""
         arrays = {
-            **_pack_ids(self.ids),
+            **packed_ids(self.ids),
             "pair_i": _compact(self.pairs[0]),
             "pair_j": _compact(self.pairs[1]),
             "pair_count": _compact(self.pairs[2]),
@@ -791,7 +785,7 @@ class VideoReplica:
         self._align()
         ids = self.model.videos.ids
         return {
-            **_pack_ids(ids),
+            **packed_ids(ids),
             "alpha": self._alpha,
             **{f"table.{name}": table.array for name, table in self._agreed.items()},
             **{f"changes.{k}": v for k, v in self.model.changes.to_arrays().items()},
