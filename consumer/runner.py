@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from consumer.app import StreamrecService
 from consumer.config import ConfigError, ServiceConfig, worker_count
 from consumer.logs import configure, fields
+from consumer.topics import keep_legacy_names
 from contract.errors import UserError
 
 if TYPE_CHECKING:
@@ -120,25 +121,11 @@ def serve(config: ServiceConfig) -> int:
         scheme = "https" if config.metrics_certfile else "http"
         url = f"{scheme}://{config.metrics_address}:{port}/metrics"
         log.info("metrics endpoint up", extra=fields(url=url))
-    config = _with_topic_names(config)
+    config = keep_legacy_names(config)  # a group keeps the topic names it has been using
     service = build_service(config, with_metrics=config.metrics_port > 0)
     service.install_signal_handlers()
     service.run()
     return 0
-
-
-def _with_topic_names(config: ServiceConfig) -> ServiceConfig:
-    """``config`` with the group's own topics as this group has been using them
-    (:func:`consumer.topics.keep_legacy_names`); the broker unreachable: as given (the
-    service's own connect waits for it)."""
-    from kafka.errors import KafkaError
-
-    from consumer.topics import keep_legacy_names
-
-    try:
-        return keep_legacy_names(config)
-    except KafkaError:
-        return config
 
 
 #: Exit code of a worker that cannot run as configured: restarting it would fail again.

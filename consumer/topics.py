@@ -160,22 +160,24 @@ def keep_legacy_names(config: ServiceConfig, timeout_ms: int = 10_000) -> Servic
     if not config.sync_every or config.sync_topic:
         return config
     legacy = f"{config.input_topic}-video-updates"
-    admin = KafkaAdminClient(
-        **config.kafka.client_options(),
-        client_id=f"streamrec-{config.worker}-admin",
-        bootstrap_timeout_ms=timeout_ms,
-    )
+    admin = None
     try:
+        admin = KafkaAdminClient(
+            **config.kafka.client_options(),
+            client_id=f"streamrec-{config.worker}-admin",
+            bootstrap_timeout_ms=timeout_ms,
+        )
         if legacy not in admin.list_topics():
             return config
         committed = admin.list_group_offsets(config.group_id).get(config.group_id, {})
         if not any(tp.topic == config.input_topic for tp in committed):
             return config  # a new group: the new names
-    except KafkaError as err:  # not told (an ACL): the new names, as for a new group
+    except KafkaError as err:  # unreachable, or not told (an ACL): the new names, as for a new group
         log.debug("legacy topic names not checked", extra=fields(error=str(err)))
         return config
     finally:
-        admin.close()
+        if admin is not None:
+            admin.close()
     chosen = config.changelog_topic.strip().lower()
     changelog = config.changelog_topic if chosen not in ("", "auto", "on") else None
     kept = dataclasses.replace(

@@ -703,11 +703,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _digest(password: str, salt: bytes) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
+
+
 def _password_check(password: str) -> str:
     """A salted PBKDF2 of ``password`` (kept beside the data, never the password itself)."""
     salt = secrets.token_bytes(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000)
-    return f"{salt.hex()}:{digest.hex()}"
+    return f"{salt.hex()}:{_digest(password, salt).hex()}"
 
 
 def _password_matches(password: str, check: str) -> bool:
@@ -715,4 +718,4 @@ def _password_matches(password: str, check: str) -> bool:
         salt, digest = (bytes.fromhex(part) for part in check.split(":"))
     except ValueError:
         return True  # unreadable: let the broker decide
-    return hmac.compare_digest(hashlib.pbkdf2_hmac("sha256", password.encode(), salt, 100_000), digest)
+    return hmac.compare_digest(_digest(password, salt), digest)
