@@ -1157,6 +1157,7 @@ def warm_up() -> None:
     cooc_feature(counts, np.ones(1, f32), items, weights, 1, targets)
     cooc_add(counts, np.zeros(2, f32), items, targets, 1)
     exclusion_cells(targets, targets, targets, none, np.zeros(1, i64), np.full(1, -1, i64))
+    excluded_targets(ptr, none, targets)
     batch_histories(items, weights, targets, targets, np.ones(1, f32), targets, targets)
     exp_shifted(np.zeros(1, f32), 0.0)
     cells_ptr, cells = group_cells(targets, targets, 1)

@@ -440,3 +440,20 @@ def test_adding_a_peers_pairs_matches_numpy_exactly(seed, size, counts_kind):
     kernels.add_pairs_both_ways(want[:size, :size], i, j, counts)
     compiled.add_pairs_both_ways(buffer[:size, :size], i, j, counts)
     np.testing.assert_array_equal(buffer, want)
+
+
+def test_warm_up_readies_every_kernel_the_models_batch_path_calls():
+    """A kernel left out of ``warm_up`` compiles, or loads from the cache, in the first batch
+    a worker serves (a re-watch judge added to the shortlist once was): every kernel the
+    default model and its parts import is ready after ``warm_up`` in a fresh interpreter."""
+    code = (
+        "import numba, model.embedding, model.cooc, model.seen, model.history, model.topk\n"
+        "from model import compiled\n"
+        "compiled.warm_up()\n"
+        "used = {n for m in (model.embedding, model.cooc, model.seen, model.history, model.topk)\n"
+        "        for n, f in vars(m).items() if isinstance(f, numba.core.registry.CPUDispatcher)}\n"
+        "print(sorted(n for n in used if not getattr(compiled, n).signatures))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
