@@ -14,6 +14,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
+from consumer import records
 from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
@@ -145,6 +146,8 @@ def make_consumer(config: ServiceConfig, listener: ConsumerRebalanceListener) ->
     group_fencing.install()
     consumer = KafkaConsumer(**consumer_options(config))
     no_auto_create(consumer)
+    if config.compiled_records:
+        records.install(consumer)
     # The topic's partitions known before the first join: a group leader whose metadata lacks
     # them assigns nothing and rejoins when they arrive. Under --static-membership, a
     # same-named process replacing that leader in between would inherit the empty assignment

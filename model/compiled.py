@@ -59,6 +59,7 @@ import numpy as np
 from numba import njit
 
 __all__ = [
+    "JIT_OPTIONS",
     "NO_BIAS",
     "NO_COLUMNS",
     "NO_FEATURE",
@@ -122,15 +123,16 @@ def _can_cache() -> bool:
     return True
 
 
-_JIT = {"cache": _can_cache(), "nogil": True}
+#: numba options of every kernel in the project (cached on disk where it can be, no GIL held).
+JIT_OPTIONS = {"cache": _can_cache(), "nogil": True}
 #: For kernels whose divisors are never zero: numba's default ("python") error model checks every
 #: float division for a zero divisor and raises ZeroDivisionError, a branch that keeps the
 #: compiler from vectorising the loop (and its square roots); the "numpy" model divides as IEEE
 #: does. Where no divisor can be zero the results are the same, bit for bit.
-_JIT_IEEE = {**_JIT, "error_model": "numpy"}
+_JIT_IEEE = {**JIT_OPTIONS, "error_model": "numpy"}
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _fill(x: np.ndarray, value: np.float32) -> None:
     """``x[:] = value`` as a loop (numba's slice assignment, inside a kernel's row loop, made
     that whole loop 3x slower)."""
@@ -138,7 +140,7 @@ def _fill(x: np.ndarray, value: np.float32) -> None:
         x[j] = value
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _exclude(
     row: np.ndarray, width: int, videos: np.ndarray, start: int, stop: int, column_of: np.ndarray
 ) -> None:
@@ -153,7 +155,7 @@ def _exclude(
             row[c] = _NEG_INF
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _scan_row(row: np.ndarray) -> tuple[int, np.float32]:
     """How many cells of a float32 row are NaN or ``+inf``, and the row's maximum (meaningful
     only when none is): one vectorised pass, the maximum taken over integers that order like
@@ -172,7 +174,7 @@ def _scan_row(row: np.ndarray) -> tuple[int, np.float32]:
     return bad, out.view(np.float32)[0] if row.shape[0] else _NEG_INF
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _exp_shifted(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
     """``row[:] = exp(row - shift)`` for rows whose cells are at most ``shift`` or ``-inf``
     (softmax rows); ``bits`` is int32 scratch of the row's length. Two loops the compiler
@@ -183,7 +185,7 @@ def _exp_shifted(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
         row[j] = row[j] * scale[j]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def exp_shifted(x: np.ndarray, shift: float) -> np.ndarray:
     """``exp(x - shift)`` for a float32 vector ``x <= shift`` (``-inf`` allowed), as the
     softmax computes it: a new array (the kernels work in place)."""
@@ -192,14 +194,14 @@ def exp_shifted(x: np.ndarray, shift: float) -> np.ndarray:
     return out
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _exp_shifted_sum(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> float:
     """:func:`_exp_shifted`, returning the row's float64 sum (taken in its second loop)."""
     _exp_poly(row, shift, bits)
     return _scale_sum(row, bits.view(np.float32))
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _exp_poly(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
     """The first loop of :func:`_exp_shifted`: ``exp(r)`` in ``row``, ``2**k``'s bits in ``bits``."""
     for j in range(row.shape[0]):
@@ -213,7 +215,7 @@ def _exp_poly(row: np.ndarray, shift: np.float32, bits: np.ndarray) -> None:
         bits[j] = 0 if low else (np.int32(k) + np.int32(127)) << 23
 
 
-@njit(**_JIT, fastmath={"reassoc"})
+@njit(**JIT_OPTIONS, fastmath={"reassoc"})
 def _scale_sum(row: np.ndarray, scale: np.ndarray) -> float:
     """``row *= scale`` (exact IEEE products), returning the float64 sum in any order."""
     total = 0.0
@@ -224,7 +226,7 @@ def _scale_sum(row: np.ndarray, scale: np.ndarray) -> float:
     return total
 
 
-@njit(**_JIT, fastmath={"reassoc"})
+@njit(**JIT_OPTIONS, fastmath={"reassoc"})
 def _sum64(x: np.ndarray) -> float:
     """A float64 sum in any order (vectorised)."""
     total = 0.0
@@ -233,7 +235,7 @@ def _sum64(x: np.ndarray) -> float:
     return total
 
 
-@njit(**_JIT, fastmath={"reassoc"})
+@njit(**JIT_OPTIONS, fastmath={"reassoc"})
 def _scale_row(
     row: np.ndarray, scale: np.float32, t: int, w: np.float32, sums: np.ndarray, feature: np.ndarray
 ) -> float:
@@ -259,7 +261,7 @@ def _scale_row(
 _BLOCK = 16
 
 
-@njit(inline="always", **_JIT)
+@njit(inline="always", **JIT_OPTIONS)
 def _finished(
     x: np.float32, j: int, bias: np.ndarray, alpha: np.float32, f: np.ndarray, mode: int
 ) -> np.float32:
@@ -271,7 +273,7 @@ def _finished(
     return x
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _select_top_n(
     row: np.ndarray,
     width: int,
@@ -342,7 +344,7 @@ def _select_top_n(
         filled = min(filled + 1, n)
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _finish_row(
     row: np.ndarray, width: int, bias: np.ndarray, alpha: np.float32, f: np.ndarray, mode: int
 ) -> None:
@@ -373,7 +375,7 @@ def _finish_row(
             row[j] = x if x - x == _ZERO else _NEG_INF
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _rank_row(
     row: np.ndarray,
     width: int,
@@ -432,7 +434,7 @@ def _rank_row(
     return at_least - 1 if target < _POS_INF else UNRANKED
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def rank_top_n(
     scores: np.ndarray,
     width: int,
@@ -489,7 +491,7 @@ def rank_top_n(
     return top, best, rank
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _softmax_row(
     row: np.ndarray,
     t: int,
@@ -515,7 +517,7 @@ def _softmax_row(
     return loss, 0, _scale_row(row, w / total, t, w, column_sums, f)
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def softmax_grad(
     logits: np.ndarray,
     targets: np.ndarray,
@@ -565,7 +567,7 @@ def softmax_grad(
     return loss, skipped, column_sums, feature_grad
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def rank_softmax(
     scores: np.ndarray,
     width: int,
@@ -707,7 +709,7 @@ def quantized_step(
             agreed[r, k] = value
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def mix_histories(
     items: np.ndarray, hist_w: np.ndarray, decay: np.ndarray, Q: np.ndarray, known: int, bound: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -753,7 +755,7 @@ def mix_histories(
     return mix, U, rows[:distinct].copy(), slot
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def history_grad(slot: np.ndarray, mix: np.ndarray, grad_u: np.ndarray, distinct: int) -> np.ndarray:
     """``(distinct, K)``: the gradient of each distinct history row, ``sum_e,a mix[e, a] *
     grad_u[e]`` over the slots that hold it (the transpose of :func:`mix_histories`' ``U``)."""
@@ -770,7 +772,7 @@ def history_grad(slot: np.ndarray, mix: np.ndarray, grad_u: np.ndarray, distinct
     return out
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def cooc_feature(
     counts: np.ndarray, inv: np.ndarray, items: np.ndarray, mix: np.ndarray, terms: int, columns: np.ndarray
 ) -> np.ndarray:
@@ -823,13 +825,13 @@ def cooc_feature(
     return out
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _gather(source: np.ndarray, columns: np.ndarray, out: np.ndarray) -> None:
     for c in range(columns.shape[0]):
         out[c] = source[columns[c]]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _mix_rows(
     acc: np.ndarray, rows: np.ndarray, weight: np.ndarray, source: np.ndarray, k: int, scale: np.ndarray
 ) -> None:
@@ -854,25 +856,25 @@ def _mix_rows(
     _scale(acc, scale)
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _add4(acc, w0, g0, w1, g1, w2, g2, w3, g3) -> None:  # noqa: ANN001
     for c in range(acc.shape[0]):
         acc[c] += (w0 * g0[c] + w1 * g1[c]) + (w2 * g2[c] + w3 * g3[c])
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _add1(acc: np.ndarray, w: np.float32, g: np.ndarray) -> None:
     for c in range(acc.shape[0]):
         acc[c] += w * g[c]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _scale(acc: np.ndarray, scale: np.ndarray) -> None:
     for c in range(acc.shape[0]):
         acc[c] = acc[c] * scale[c]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def cooc_add(
     counts: np.ndarray, own: np.ndarray, history: np.ndarray, videos: np.ndarray, window: int
 ) -> None:
@@ -890,7 +892,7 @@ def cooc_add(
         own[i] += _ONE
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def exclusion_cells(
     order: np.ndarray,
     start: np.ndarray,
@@ -932,7 +934,7 @@ def exclusion_cells(
     return ptr, out
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def excluded_targets(ex_ptr: np.ndarray, ex_videos: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per event, whether its own video ``targets[i]`` (a row, ``-1``: unknown) is among its
     exclusions ``ex_videos[ex_ptr[i]:ex_ptr[i+1]]``: a re-watch, which no list may show, so no
@@ -951,7 +953,7 @@ def excluded_targets(ex_ptr: np.ndarray, ex_videos: np.ndarray, targets: np.ndar
     return out
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def batch_histories(
     stored_items: np.ndarray,
     stored_weights: np.ndarray,
@@ -1018,7 +1020,7 @@ def batch_histories(
     return items, hist_w, final_rows, final_items, final_w
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def _history_row(
     stored_items: np.ndarray,
     stored_weights: np.ndarray,
@@ -1044,7 +1046,7 @@ def _history_row(
             out_w[a] = stored_weights[viewer, a - before]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def group_cells(rows: np.ndarray, cols: np.ndarray, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Cells ``(rows, cols)`` (any order) as compressed rows ``(ptr, cols)``: row ``i``'s are
     ``cols[ptr[i]:ptr[i+1]]``, in their order (a counting sort); rows outside ``[0, batch)`` go."""
@@ -1066,7 +1068,7 @@ def group_cells(rows: np.ndarray, cols: np.ndarray, batch: int) -> tuple[np.ndar
     return ptr, grouped
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def shared_top_n_rank(
     clean: np.ndarray,
     prefix: np.ndarray,
@@ -1165,7 +1167,7 @@ def warm_up() -> None:
     _warm = True
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def add_rows_both(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """:func:`model.kernels.add_rows_both` for 2-D tables: row ``rows[i]`` of ``param`` and of
     ``agreed`` each gets ``values[i]`` added, in one pass over the rows (numpy gathers, adds and
@@ -1178,7 +1180,7 @@ def add_rows_both(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, value
             agreed[r, k] += v
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def add_rows_both_1d(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """:func:`add_rows_both` for 1-D tables (biases, counts)."""
     for i in range(rows.shape[0]):
@@ -1187,7 +1189,7 @@ def add_rows_both_1d(param: np.ndarray, agreed: np.ndarray, rows: np.ndarray, va
         agreed[r] += values[i]
 
 
-@njit(**_JIT)
+@njit(**JIT_OPTIONS)
 def add_pairs_both_ways(matrix: np.ndarray, i: np.ndarray, j: np.ndarray, counts: np.ndarray) -> None:
     """:func:`model.kernels.add_pairs_both_ways`: ``counts[p]`` added at ``(i[p], j[p])`` and at
     ``(j[p], i[p])`` of the square ``matrix``; each unordered pair once, ``i != j``."""

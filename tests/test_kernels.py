@@ -238,8 +238,8 @@ def _run_a_copy(tmp_path: Path, env: dict[str, str]) -> tuple[Path, subprocess.C
     code = (
         "import numpy as np; from model import compiled as c;"
         "s = np.array([[1, 3, 2]], np.float32);"
-        "print(c._JIT['cache'], c.rank_top_n(s, 3, 2, np.array([2]), np.zeros(2, np.int64), c.NO_COLUMNS,"
-        " c.NO_COLUMNS, c.NO_BIAS, np.float32(0), c.NO_FEATURE, False)[0].tolist())"
+        "print(c.JIT_OPTIONS['cache'], c.rank_top_n(s, 3, 2, np.array([2]), np.zeros(2, np.int64),"
+        " c.NO_COLUMNS, c.NO_COLUMNS, c.NO_BIAS, np.float32(0), c.NO_FEATURE, False)[0].tolist())"
     )
     env = os.environ | {"PYTHONDONTWRITEBYTECODE": "1"} | env
     return copy, subprocess.run(
