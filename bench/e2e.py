@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/e2e.py [--events 60000] [--viewers 5000] [--videos 10000]
-        [--rates 1000,5000] [--seconds 15] [--profile] [--model NAME]
+        [--rates 1000,5000] [--seconds 15] [--profile] [--model NAME] [--keep-topics]
         [--set NAME=VALUE ...]   # any service setting, e.g. --set output_compression=zstd
         [--bootstrap-servers HOST:PORT --security-protocol SASL_SSL --sasl-mechanism SCRAM-SHA-512
          --sasl-username U --sasl-password-file F --ssl-cafile CA.pem]   # the service's flags
@@ -53,7 +53,8 @@ Other measures, one per run:
 Where the service's time goes is read from its own per-stage counters
 (``StreamrecService.stage_seconds``, exported as ``streamrec_stage_seconds_total``) for each
 phase: seconds, share of the phase, and microseconds per event (``stages`` in the JSON).
-``--profile`` also runs the throughput phase under cProfile (the service's thread only) and
+The run's topics (the inputs, the services' outputs and internal topics) and checkpoint folders
+are deleted when it ends, unless ``--keep-topics``. ``--profile`` also runs the throughput phase under cProfile (the service's thread only) and
 prints the functions that take the time. The table goes to stdout, the JSON to
 ``bench/results/e2e.json``.
 """
@@ -67,6 +68,7 @@ import io
 import itertools
 import multiprocessing
 import pstats
+import shutil
 import sys
 import tempfile
 import threading
@@ -85,6 +87,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
+from kafka.errors import KafkaError  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
@@ -528,7 +531,7 @@ def measure_throughput(
     Returns the figures (``topic``, ``produce_seconds``, ``raw``, ``service``, ``stages``) and
     the :class:`Bench`, whose service still runs: the caller stops it (or goes on with it).
     """
-    topic = f"bench-e2e-{uuid.uuid4().hex[:8]}"
+    topic, checkpoints = fresh_run(where, "bench-e2e")
     for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
         # The input topic is stamped by the broker (LogAppendTime), so the bench can tell
         # the producer's delay from the service's.
@@ -544,7 +547,7 @@ def measure_throughput(
         )
     print(f"{indent}produced {len(events):,} events in {produce_s:.1f} s", flush=True)
 
-    bench = Bench(where, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
+    bench = Bench(where, topic, checkpoints, model, **settings)
     # Reads of the whole topic, each by a new group, until three did not stall at a partition's
     # end; their median is the baseline (raw_baseline says why reads stall).
     raw = raw_baseline(where, topic, len(events), bench.config.max_poll_records)
@@ -596,6 +599,43 @@ def stop(bench: Bench) -> None:
     bench.thread.join(60)
 
 
+#: What this run made on the broker and on disk, removed when it ends (``--keep-topics`` keeps
+#: them): ``(where, input topic, checkpoint folder)``. A run against a shared cluster must not
+#: leave a dozen topics behind each time.
+_MADE: list[tuple[KafkaConnection | str, str, str]] = []
+
+
+def fresh_run(where: KafkaConnection | str, prefix: str) -> tuple[str, str]:
+    """A new input topic name and checkpoint folder for one service run, to be cleaned up."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    folder = tempfile.mkdtemp(prefix="streamrec-bench-ckpt-")
+    _MADE.append((where, topic, folder))
+    return topic, folder
+
+
+def clean_up() -> None:
+    """Delete the topics of this run's services (the input, its outputs, the group's internal
+    topics named after it) and their checkpoint folders."""
+    while _MADE:
+        where, topic, folder = _MADE.pop()
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            admin = KafkaAdminClient(**KafkaConnection.of(where).client_options())
+        except KafkaError as err:
+            print(f"topics of {topic} left on the broker: {err}", flush=True)
+            continue
+        try:
+            names = [
+                t for t in admin.list_topics() if t == topic or t.startswith(f"{topic}-") or f"-{topic}-" in t
+            ]
+            if names:
+                admin.delete_topics(names, timeout_ms=30_000)
+        except KafkaError as err:
+            print(f"topics of {topic} left on the broker: {err}", flush=True)
+        finally:
+            admin.close()
+
+
 def quality_counters(bench: Bench, model: str) -> tuple[float, int]:
     """The service's live HR@10 of ``model`` and the events it evaluated, from its metrics
     (summed over the series whose ``model`` label is ``model``, whatever their other labels)."""
@@ -629,12 +669,12 @@ def quality_replay(where: KafkaConnection, path: str | None, model: str, setting
         events, source = read_events(Path(path)), path
     else:
         events, source = list(synth_events(2000, 5000, 60_000, seed=1)), "synthetic (2k viewers, 5k videos)"
-    topic = f"bench-quality-{uuid.uuid4().hex[:8]}"
+    topic, checkpoints = fresh_run(where, "bench-quality")
     for name in (topic, f"{topic}-recs", f"{topic}-dlq"):
         ensure_topic(where, name, 1)
     with KafkaSink(where, topic, partitions=None) as sink:
         sink.send_many(events)
-    bench = Bench(where, topic, tempfile.mkdtemp(prefix="streamrec-bench-ckpt-"), model, **settings)
+    bench = Bench(where, topic, checkpoints, model, **settings)
     bench.thread.start()
     bench.wait_learned(len(events))
     stop(bench)
@@ -969,6 +1009,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="length of each paced phase")
     parser.add_argument("--profile", action="store_true", help="cProfile the service's throughput phase")
     parser.add_argument(
+        "--keep-topics",
+        action="store_true",
+        help="keep the run's topics and checkpoints (removed by default)",
+    )
+    parser.add_argument(
         "--model",
         default="streamrec",
         help="model to serve (a cheap one, e.g. most_popular, shows the Kafka side)",
@@ -1067,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return run_e2e(args, connection, settings, rates)
     finally:
+        if not args.keep_topics:
+            clean_up()
         for broker in started:
             broker.stop()
 
