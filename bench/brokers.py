@@ -98,3 +98,17 @@ def members_with_partitions(options: dict, group: str) -> int:
         return 0
     members = described.get("members", [])
     return sum(1 for m in members if (m.get("member_assignment") or {}).get("assigned_partitions"))
+
+
+def remove_topics(where: KafkaConnection | str, stem: str) -> list[str]:
+    """Delete the topics a benchmark run named after ``stem``: ``stem`` itself, ``stem-...``
+    (its outputs) and ``...-stem-...`` (a group's internal topics, named after the group and
+    the input); returns their names. A run must not leave its topics on a shared cluster."""
+    admin = KafkaAdminClient(**KafkaConnection.of(where).client_options())
+    try:
+        names = [t for t in admin.list_topics() if t == stem or t.startswith(f"{stem}-") or f"-{stem}-" in t]
+        if names:
+            admin.delete_topics(names, timeout_ms=30_000)
+        return names
+    finally:
+        admin.close()

@@ -53,10 +53,10 @@ Other measures, one per run:
 Where the service's time goes is read from its own per-stage counters
 (``StreamrecService.stage_seconds``, exported as ``streamrec_stage_seconds_total``) for each
 phase: seconds, share of the phase, and microseconds per event (``stages`` in the JSON).
-The run's topics (the inputs, the services' outputs and internal topics) and checkpoint folders
-are deleted when it ends, unless ``--keep-topics``. ``--profile`` also runs the throughput phase under cProfile (the service's thread only) and
+``--profile`` also runs the throughput phase under cProfile (the service's thread only) and
 prints the functions that take the time. The table goes to stdout, the JSON to
-``bench/results/e2e.json``.
+``bench/results/e2e.json``. The run's topics (the inputs, the services' outputs and internal
+topics) and checkpoint folders are deleted when it ends, unless ``--keep-topics``.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
@@ -614,26 +614,15 @@ def fresh_run(where: KafkaConnection | str, prefix: str) -> tuple[str, str]:
 
 
 def clean_up() -> None:
-    """Delete the topics of this run's services (the input, its outputs, the group's internal
-    topics named after it) and their checkpoint folders."""
+    """Delete the topics of this run's services (:func:`bench.brokers.remove_topics`) and their
+    checkpoint folders."""
     while _MADE:
         where, topic, folder = _MADE.pop()
         shutil.rmtree(folder, ignore_errors=True)
         try:
-            admin = KafkaAdminClient(**KafkaConnection.of(where).client_options())
+            remove_topics(where, topic)
         except KafkaError as err:
             print(f"topics of {topic} left on the broker: {err}", flush=True)
-            continue
-        try:
-            names = [
-                t for t in admin.list_topics() if t == topic or t.startswith(f"{topic}-") or f"-{topic}-" in t
-            ]
-            if names:
-                admin.delete_topics(names, timeout_ms=30_000)
-        except KafkaError as err:
-            print(f"topics of {topic} left on the broker: {err}", flush=True)
-        finally:
-            admin.close()
 
 
 def quality_counters(bench: Bench, model: str) -> tuple[float, int]:

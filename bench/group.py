@@ -41,6 +41,7 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +63,13 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker, members_with_partitions  # noqa: E402
+from bench.brokers import (  # noqa: E402
+    add_broker_arguments,
+    connection_from,
+    local_broker,
+    members_with_partitions,
+    remove_topics,
+)
 from bench.results import write_results  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from producer.cli import looped  # noqa: E402
@@ -282,6 +289,8 @@ def run_group(
         finally:
             proc.terminate()
             proc.wait(120)
+            shutil.rmtree(folder, ignore_errors=True)
+            remove_topics(connection, topic)
     steady = steady_window(samples, len(events), joined or started)
     hits = sum(s.get("streamrec_quality_hits_total", 0.0) for s in final)
     evaluated = sum(s.get("streamrec_quality_evaluated_total", 0.0) for s in final)

@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
@@ -143,14 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     connection, broker = connection_from(args), None
     if connection is None:  # no address: a broker of its own, stopped at the end
         broker, connection = local_broker()
+    run = uuid.uuid4().hex[:8]  # names the run's topics: late-<run>, and its group's
     try:
-        return _run(args, connection)
+        return _run(args, connection, run)
     finally:
+        remove_topics(connection, f"late-{run}")
         if broker is not None:
             broker.stop()
 
 
-def _run(args: argparse.Namespace, connection) -> int:  # noqa: ANN001 - a KafkaConnection
+def _run(args: argparse.Namespace, connection, run: str) -> int:  # noqa: ANN001 - a KafkaConnection
     if args.ml100k:
         events, source = read_events(args.ml100k)[: args.events], "ml-100k"
     else:
@@ -158,7 +160,6 @@ def _run(args: argparse.Namespace, connection) -> int:  # noqa: ANN001 - a Kafka
         source = f"synthetic {args.videos} videos"
     span = events[-1].timestamp - events[0].timestamp + 1.0
     events = [e._replace(timestamp=e.timestamp + k * span) for k in range(args.passes) for e in events]
-    run = uuid.uuid4().hex[:8]
     with tempfile.TemporaryDirectory() as folder:
         base = ServiceConfig(
             bootstrap_servers=connection.bootstrap_servers,

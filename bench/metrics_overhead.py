@@ -44,7 +44,7 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker  # noqa: E402
+from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
 from bench.e2e import service_config  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.metrics import ServiceMetrics, start_http_server  # noqa: E402
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     if connection is None:
         broker, connection = local_broker()
+    topic = f"bench-watch-{uuid.uuid4().hex[:8]}"
     try:
-        topic = f"bench-watch-{uuid.uuid4().hex[:8]}"
         with KafkaSink(connection, topic, partitions=3) as sink:
             sink.send_many(synth_events(args.viewers, args.videos, args.events, seed=0))
         runs = []
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     finally:
+        remove_topics(connection, topic)
         if broker is not None:
             broker.stop()
 
