@@ -207,37 +207,56 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
         batch._maybe_uncompress()
         body, count = batch._buffer, batch._num_records
         (good, end), layout = lay_out(body, count, batch._pos)
-        view = memoryview(body)
+        data = bytes(body)  # slices of bytes are the keys and values: one copy, not two per record
         topic, partition, epoch = tp.topic, tp.partition, self.leader_epoch
         base, kind = batch.base_offset, batch.timestamp_type
-        appended = batch.max_timestamp if kind == DefaultRecordBatch.LOG_APPEND_TIME else None
-        first = batch.first_timestamp
+        rows = layout[:good]
+        if kind == DefaultRecordBatch.LOG_APPEND_TIME:
+            stamps = [batch.max_timestamp] * good
+        else:
+            stamps = (batch.first_timestamp + rows[:, TIMESTAMP_DELTA]).tolist()
+        key_at, key_length = rows[:, KEY_START], rows[:, KEY_LENGTH]
+        value_at, value_length = rows[:, VALUE_START], rows[:, VALUE_LENGTH]
+        columns = zip(
+            (base + rows[:, OFFSET_DELTA]).tolist(), stamps,
+            key_at.tolist(), (key_at + np.maximum(key_length, 0)).tolist(), key_length.tolist(),
+            value_at.tolist(), (value_at + np.maximum(value_length, 0)).tolist(), value_length.tolist(),
+            rows[:, HEADERS_START].tolist(), rows[:, HEADER_COUNT].tolist(), rows[:, SIZE].tolist(),
+            strict=True,
+        )  # fmt: skip
         deserialize = key_deserializer is not None or value_deserializer is not None
-        for size, ts, delta, key_at, key_length, value_at, value_length, headers_at, headers in layout[
-            :good
-        ].tolist():
-            key = bytes(view[key_at : key_at + key_length]) if key_length >= 0 else None
-            value = bytes(view[value_at : value_at + value_length]) if value_length >= 0 else None
-            try:
-                found = _headers(view, headers_at, headers) if headers else []
-            except UnicodeDecodeError as err:  # a header key must be UTF-8 (kafka-python: corrupt)
-                raise CorruptRecordError(f"Found invalid record structure: {err!r}") from None
-            header_size = (
-                sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in found)
-                if found
-                else -1
-            )
+        for offset, stamp, k, k_end, k_len, v, v_end, v_len, headers_at, headers, size in columns:
+            key = data[k:k_end] if k_len >= 0 else None
+            value = data[v:v_end] if v_len >= 0 else None
+            if headers:
+                try:
+                    found = _headers(memoryview(data), headers_at, headers)
+                except UnicodeDecodeError as err:  # a header key must be UTF-8 (kafka-python: corrupt)
+                    raise CorruptRecordError(f"Found invalid record structure: {err!r}") from None
+                header_size = sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in found)
+            else:
+                found, header_size = [], -1
             if deserialize:
                 key = self._deserialize(key_deserializer, topic, found, key)
                 value = self._deserialize(value_deserializer, topic, found, value)
             self.records_read += 1
             self.bytes_read += size
-            offset = base + delta
             self.next_fetch_offset = offset + 1
             yield ConsumerRecord(
-                topic, partition, epoch, offset, first + ts if appended is None else appended, kind,
-                key, value, found, None, key_length, value_length, header_size,
-            )  # fmt: skip
+                topic,
+                partition,
+                epoch,
+                offset,
+                stamp,
+                kind,
+                key,
+                value,
+                found,
+                None,
+                k_len,
+                v_len,
+                header_size,
+            )
         if good < count:
             raise CorruptRecordError(
                 f"Found invalid record structure in partition {self.topic_partition}: record "
