@@ -69,6 +69,16 @@ def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
 
 
 @njit(**JIT_OPTIONS)
+def _nullable_bytes(buf: np.ndarray, pos: int) -> tuple[int, int, int]:
+    """The bytes field at ``pos`` (a varint length, then the bytes): ``(start, length, after)``,
+    length ``-1`` for null; ``after`` is ``-1`` when the length cannot be read."""
+    length, pos = _varint(buf, pos)
+    if pos < 0:
+        return 0, -1, pos
+    return pos, max(length, -1), pos + max(length, 0)
+
+
+@njit(**JIT_OPTIONS)
 def record_layout(buf: np.ndarray, pos: int, records: int, layout: np.ndarray) -> tuple[int, int]:
     """Lay out ``records`` v2 records of the uncompressed batch body ``buf`` from ``pos`` into
     the rows of ``layout`` (the columns above). Returns ``(good, end)``: how many records were
@@ -95,35 +105,24 @@ def record_layout(buf: np.ndarray, pos: int, records: int, layout: np.ndarray) -
         layout[i, OFFSET_DELTA], pos = _varint(buf, pos)
         if pos < 0:
             return i, pos
-        key_length, pos = _varint(buf, pos)
+        layout[i, KEY_START], layout[i, KEY_LENGTH], pos = _nullable_bytes(buf, pos)
         if pos < 0:
             return i, pos
-        layout[i, KEY_START] = pos
-        layout[i, KEY_LENGTH] = key_length if key_length >= 0 else -1
-        if key_length > 0:
-            pos += key_length
-        value_length, pos = _varint(buf, pos)
+        layout[i, VALUE_START], layout[i, VALUE_LENGTH], pos = _nullable_bytes(buf, pos)
         if pos < 0:
             return i, pos
-        layout[i, VALUE_START] = pos
-        layout[i, VALUE_LENGTH] = value_length if value_length >= 0 else -1
-        if value_length > 0:
-            pos += value_length
         headers, pos = _varint(buf, pos)
         if pos < 0 or headers < 0:
             return i, pos
         layout[i, HEADERS_START] = pos
         layout[i, HEADER_COUNT] = headers
         for _ in range(headers):
-            key_length, pos = _varint(buf, pos)
-            if pos < 0 or key_length < 0:
+            _, key_length, pos = _nullable_bytes(buf, pos)
+            if pos < 0 or key_length < 0:  # a header key cannot be null
                 return i, pos
-            pos += key_length
-            value_length, pos = _varint(buf, pos)
+            _, _, pos = _nullable_bytes(buf, pos)
             if pos < 0:
                 return i, pos
-            if value_length > 0:
-                pos += value_length
         if pos - start != length:  # (a last header value may run past the end: kafka-python
             return i, pos  # reads it short and raises after the record, and so does the caller)
     return records, pos
