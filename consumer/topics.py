@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from consumer.backoff import retry
 from consumer.config import ServiceConfig
 from consumer.logs import fields
 from consumer.outputs import MAX_RECORD_BYTES
@@ -146,7 +149,9 @@ def settings_that_differ(
     return differ
 
 
-def keep_legacy_names(config: ServiceConfig, timeout_ms: int = 10_000) -> ServiceConfig:
+def keep_legacy_names(
+    config: ServiceConfig, timeout_ms: int = 10_000, wait: Callable[[float], bool | None] = time.sleep
+) -> ServiceConfig:
     """``config`` with the group's own topics under the names they had before 2026-12-01
     (``<input>-video-updates``, ``<input>-viewer-state``) when this group used them: it has
     committed offsets on the input and that update topic exists. Names the user gave stay.
@@ -155,29 +160,41 @@ def keep_legacy_names(config: ServiceConfig, timeout_ms: int = 10_000) -> Servic
     their own topics; a group already exchanging under the old ones must go on there, every
     worker of it (a fresh one included), or its workers would split between two topics and
     learn the same events twice. A fresh group takes the new names. The group says so in
-    its log, with how to move.
+    its log, with how to move. While Kafka is unreachable this waits for it (``wait(seconds)``
+    between tries, as the service's connection does): deciding without it would give an old
+    group's worker the new names. Refused the answer (an ACL), the group takes the new names.
     """
     if not config.sync_every or config.sync_topic:
         return config
     legacy = f"{config.input_topic}-video-updates"
-    admin = None
-    try:
+
+    def used_legacy_names() -> bool:
         admin = KafkaAdminClient(
             **config.kafka.client_options(),
             client_id=f"streamrec-{config.worker}-admin",
             bootstrap_timeout_ms=timeout_ms,
         )
-        if legacy not in admin.list_topics():
-            return config
-        committed = admin.list_group_offsets(config.group_id).get(config.group_id, {})
-        if not any(tp.topic == config.input_topic for tp in committed):
-            return config  # a new group: the new names
-    except KafkaError as err:  # unreachable, or not told (an ACL): the new names, as for a new group
-        log.debug("legacy topic names not checked", extra=fields(error=str(err)))
-        return config
-    finally:
-        if admin is not None:
+        try:
+            if legacy not in admin.list_topics():
+                return False
+            committed = admin.list_group_offsets(config.group_id).get(config.group_id, {})
+            return any(tp.topic == config.input_topic for tp in committed)  # else a new group
+        finally:
             admin.close()
+
+    try:
+        used = retry(
+            used_legacy_names,
+            message="Kafka unreachable; retrying (to check the group's topic names)",
+            wait=wait,
+        )
+    except KafkaError as err:  # not told (an ACL): the new names, as for a new group
+        log.warning(
+            "legacy topic names not checked; the group's own names are used", extra=fields(error=str(err))
+        )
+        return config
+    if not used:
+        return config
     chosen = config.changelog_topic.strip().lower()
     changelog = config.changelog_topic if chosen not in ("", "auto", "on") else None
     kept = dataclasses.replace(

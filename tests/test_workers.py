@@ -324,6 +324,88 @@ def test_a_group_that_exchanged_on_the_old_topic_names_keeps_them_and_a_new_grou
         admin.close()
 
 
+class _Gate:
+    """A TCP port that refuses connections until opened, then forwards them to ``target``: a
+    broker address that is unreachable for a while (the broker's metadata then sends clients to
+    the broker itself)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import threading
+
+        self.target, self.open = target, threading.Event()
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self._server.close()
+
+
+def test_a_worker_of_an_old_group_started_while_kafka_is_away_waits_and_keeps_the_old_names(
+    kafka_bootstrap, new_topic
+):
+    """Deciding the names without Kafka gave an old group's worker the new names: it split the
+    group between two update topics. It waits for Kafka, as the service's connection does."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+    from kafka.admin import NewTopic
+    from kafka.structs import OffsetAndMetadata, TopicPartition
+
+    from consumer.topics import keep_legacy_names
+
+    names = topics(new_topic)
+    legacy = f"{names['input_topic']}-video-updates"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(legacy, num_partitions=1, replication_factor=1)])
+    group = f"old-{names['input_topic']}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    consumer.commit({TopicPartition(names["input_topic"], 0): OffsetAndMetadata(5, "", -1)})
+    consumer.close()
+    host, port = kafka_bootstrap.split(",")[0].rsplit(":", 1)
+    gate = _Gate((host, int(port)))
+    waits: list[float] = []
+
+    def wait(seconds: float) -> bool:
+        waits.append(seconds)
+        if len(waits) == 2:  # Kafka is back after two failed tries
+            gate.open.set()
+        return False
+
+    try:
+        config = ServiceConfig(bootstrap_servers=gate.address, group_id=group, sync_every=1024, **names)
+        kept = keep_legacy_names(config, timeout_ms=1000, wait=wait)
+        assert len(waits) >= 2
+        assert kept.sync_topic_name == legacy
+    finally:
+        gate.close()
+        admin.delete_topics([legacy])
+        admin.close()
+
+
 def test_killing_the_supervisor_leaves_no_worker_behind(kafka_bootstrap, new_topic, tmp_path):
     names = topics(new_topic, partitions=2)
     service = ServiceProcess(
