@@ -47,22 +47,35 @@ log = logging.getLogger(__name__)
 SIZE, TIMESTAMP_DELTA, OFFSET_DELTA, KEY_START, KEY_LENGTH, VALUE_START, VALUE_LENGTH = range(7)
 HEADERS_START, HEADER_COUNT = 7, 8
 _COLUMNS = 9
+#: Seven one-byte varints: the least a record takes.
+_SMALLEST_RECORD = 7
+
+
+#: The position a kernel returns for a field it cannot hold in 64 bits (a valid varint past
+#: them, or a length that would carry a position past them): kafka-python, whose integers have
+#: no limit, reads that batch instead.
+PAST_64_BITS = -2
+_SEVEN_BITS = np.uint64(0x7F)
+_ONE = np.uint64(1)
 
 
 @njit(**JIT_OPTIONS)
 def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
-    """The zigzag varint at ``pos`` and the position after it; position ``-1`` if it runs past
-    the end or past 64 bits (kafka-python's ``decode_varint``, which raises for both)."""
+    """The zigzag varint at ``pos`` and the position after it, as kafka-python's
+    ``decode_varint`` reads it; position ``-1`` where that raises (past the end of the buffer,
+    or more than ten bytes), :data:`PAST_64_BITS` for a value of more than 64 bits."""
     shift = 0
-    value = 0
+    value = np.uint64(0)
     while True:
         if pos >= buf.shape[0]:
             return 0, -1
-        byte = np.int64(buf[pos])
+        byte = np.uint64(buf[pos])
         pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return (value >> 1) ^ -(value & 1), pos
+        if shift == 63 and byte & _SEVEN_BITS > _ONE:
+            return 0, PAST_64_BITS
+        value |= (byte & _SEVEN_BITS) << np.uint64(shift)
+        if byte < 0x80:  # unsigned to here, so the zigzag's halving does not copy a sign bit
+            return np.int64(value >> _ONE) ^ -np.int64(value & _ONE), pos
         shift += 7
         if shift > 63:
             return 0, -1
@@ -71,10 +84,13 @@ def _varint(buf: np.ndarray, pos: int) -> tuple[int, int]:
 @njit(**JIT_OPTIONS)
 def _nullable_bytes(buf: np.ndarray, pos: int) -> tuple[int, int, int]:
     """The bytes field at ``pos`` (a varint length, then the bytes): ``(start, length, after)``,
-    length ``-1`` for null; ``after`` is ``-1`` when the length cannot be read."""
+    length ``-1`` for null; ``after`` is ``-1`` when the length cannot be read and
+    :data:`PAST_64_BITS` when it is so large that the position after it would not fit."""
     length, pos = _varint(buf, pos)
     if pos < 0:
         return 0, -1, pos
+    if length > 1 << 62:
+        return 0, -1, PAST_64_BITS
     return pos, max(length, -1), pos + max(length, 0)
 
 
@@ -130,10 +146,23 @@ def record_layout(buf: np.ndarray, pos: int, records: int, layout: np.ndarray) -
 
 def lay_out(body: bytes | bytearray, records: int, start: int = 0) -> tuple[tuple[int, int], np.ndarray]:
     """:func:`record_layout` of ``records`` records of ``body`` from ``start``: ``((good, end),
-    layout)``."""
+    layout)``. A count the bytes cannot hold (a damaged header: negative, or 2**31) lays out
+    no more records than fit, so the first that does not is the corrupt one, as kafka-python
+    finds it."""
+    records = max(0, min(records, (len(body) - start) // _SMALLEST_RECORD + 1))
     layout = np.empty((records, _COLUMNS), dtype=np.int64)
-    ends = record_layout(np.frombuffer(body, dtype=np.uint8), start, records, layout)
-    return ends, layout
+    # Read-only whatever the buffer (a batch is a bytearray): one compiled signature.
+    buf = np.frombuffer(memoryview(body).toreadonly(), dtype=np.uint8)
+    return record_layout(buf, start, records, layout), layout
+
+
+def _plus(base: int, deltas: np.ndarray) -> list[int]:
+    """``base`` plus each delta, as Python integers (as kafka-python adds them): in numpy where
+    no sum can pass 64 bits, which is every batch a broker writes."""
+    safe = 1 << 62
+    if -safe <= base <= safe and (deltas.size == 0 or (-safe <= deltas.min() and deltas.max() <= safe)):
+        return (base + deltas).tolist()
+    return [base + delta for delta in deltas.tolist()]
 
 
 def _headers(view: memoryview, pos: int, count: int) -> list[tuple[str, bytes | None]]:
@@ -177,7 +206,7 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
                         f"{batch.base_offset} failed crc check"
                     )
                 if batch.magic != 2:
-                    yield from self._records_of_old_batch(tp, batch, key_deserializer, value_deserializer)
+                    yield from self._records_by_kafka_python(tp, batch, key_deserializer, value_deserializer)
                     batch = records.next_batch()
                     continue
                 self.leader_epoch = batch.leader_epoch
@@ -204,8 +233,12 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
 
     def _records_of(self, tp, batch: DefaultRecordBatch, key_deserializer, value_deserializer):
         batch._maybe_uncompress()
-        body, count = batch._buffer, batch._num_records
-        (good, end), layout = lay_out(body, count, batch._pos)
+        body, count, start = batch._buffer, batch._num_records, batch._pos
+        (good, end), layout = lay_out(body, count, start)
+        if end == PAST_64_BITS:  # numbers only Python's integers hold: kafka-python reads it all
+            batch._pos = start
+            yield from self._records_by_kafka_python(tp, batch, key_deserializer, value_deserializer)
+            return
         data = bytes(body)  # slices of bytes are the keys and values: one copy, not two per record
         topic, partition, epoch = tp.topic, tp.partition, self.leader_epoch
         base, kind = batch.base_offset, batch.timestamp_type
@@ -213,11 +246,11 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
         if kind == DefaultRecordBatch.LOG_APPEND_TIME:
             stamps = [batch.max_timestamp] * good
         else:
-            stamps = (batch.first_timestamp + rows[:, TIMESTAMP_DELTA]).tolist()
+            stamps = _plus(batch.first_timestamp, rows[:, TIMESTAMP_DELTA])
         key_at, key_length = rows[:, KEY_START], rows[:, KEY_LENGTH]
         value_at, value_length = rows[:, VALUE_START], rows[:, VALUE_LENGTH]
         columns = zip(
-            (base + rows[:, OFFSET_DELTA]).tolist(), stamps,
+            _plus(base, rows[:, OFFSET_DELTA]), stamps,
             key_at.tolist(), (key_at + np.maximum(key_length, 0)).tolist(), key_length.tolist(),
             value_at.tolist(), (value_at + np.maximum(value_length, 0)).tolist(), value_length.tolist(),
             rows[:, HEADERS_START].tolist(), rows[:, HEADER_COUNT].tolist(), rows[:, SIZE].tolist(),
@@ -264,8 +297,9 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
         if end != len(body):
             raise CorruptRecordError(f"{len(body) - end} unconsumed bytes after all records consumed")
 
-    def _records_of_old_batch(self, tp, batch, key_deserializer, value_deserializer):
-        """Records of message formats v0 and v1, read by kafka-python (its loop, unchanged)."""
+    def _records_by_kafka_python(self, tp, batch, key_deserializer, value_deserializer):
+        """A batch's records read by kafka-python (its loop, unchanged): message formats v0
+        and v1, and v2 batches holding a number past 64 bits."""
         for record in batch:
             if self.check_crcs and not record.validate_crc():
                 raise CorruptRecordError(
@@ -321,4 +355,4 @@ def installed(consumer: object) -> bool:
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) the kernel at start-up, not in the first poll."""
-    lay_out(b"\x00", records=0)
+    lay_out(bytearray(b"\x00"), records=0)

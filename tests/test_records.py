@@ -176,6 +176,74 @@ def test_corrupt_bytes_stop_both_readers_at_the_same_record():
     assert corrupt > 50  # many changes break a record: the errors were compared, not only records
 
 
+def _hand_made(body: bytes) -> bytes:
+    """A one-record batch whose record is ``body`` (after its length varint), CRC made."""
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 10)
+    builder.append(0, 1000, b"k", b"v", [])
+    buf = bytearray(builder.build())[: DefaultRecordBatch.HEADER_STRUCT.size]
+    buf += bytes([len(body) * 2]) + body
+    struct.pack_into(">i", buf, 8, len(buf) - 12)
+    return bytes(_with_crc(buf))
+
+
+@pytest.mark.parametrize("delta", [2**62, -(2**62) - 1, 2**63 - 1001])
+def test_numbers_that_need_all_64_bits_or_more_read_as_kafka_python_reads_them(delta):
+    """Valid 10-byte varints (kafka-python's builder writes them) and sums past 64 bits: held in
+    int64 they came out with the wrong sign; kafka-python's integers have no limit."""
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 10)
+    builder.append(0, 1000, b"k", b"v", [])
+    builder.append(1, 1000 + delta, b"k", b"v", [])
+    got = _same(builder.build())
+    assert got[1].timestamp == 1000 + delta
+    base_at_limit = bytearray(builder.build())
+    struct.pack_into(">q", base_at_limit, 0, 2**63 - 1)  # the base offset (outside the CRC)
+    assert _same(base_at_limit)[1].offset == 2**63
+    first_at_limit = bytearray(builder.build())
+    struct.pack_into(">q", first_at_limit, 27, 2**63 - 3)  # the first timestamp
+    _same(_with_crc(first_at_limit))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # a key length in ten bytes (2**63 - 1): it runs past the end
+        bytes([0, 0, 0]) + bytes([0xFE] + [0xFF] * 8 + [0x01]) + bytes([2]) + b"v" + bytes([0]),
+        # a header key length past 64 bits
+        bytes([0, 0, 0, 2])
+        + b"k"
+        + bytes([2])
+        + b"v"
+        + bytes([2])
+        + bytes([0x8A] + [0x80] * 8 + [0x02])
+        + b"hi\0",
+    ],
+)
+def test_lengths_past_64_bits_are_corrupt_records_as_in_kafka_python(body):
+    assert _read(CompiledPartitionRecords, _hand_made(body))[1] == "corrupt"
+    _same(_hand_made(body))
+
+
+@pytest.mark.parametrize("count", [-1, 0, 2, 2**31 - 1, 200_000_000])
+def test_a_record_count_the_bytes_cannot_hold_is_a_corrupt_batch_not_a_crash(count):
+    """A damaged count (CRC made to match) raised numpy's ValueError or MemoryError (144 GiB
+    asked for), which the service does not expect from a poll."""
+    builder = DefaultRecordBatchBuilder(2, 0, False, -1, -1, -1, 1 << 10)
+    for i in range(3):
+        builder.append(i, 1000 + i, b"k", b"v", [])
+    buf = bytearray(builder.build())
+    struct.pack_into(">i", buf, 57, count)
+    _same(_with_crc(buf))
+
+
+def test_warm_up_compiles_the_kernel_the_reader_calls():
+    """A batch body is a bytearray: warmed up with bytes, the kernel compiled a second time,
+    inside the first poll."""
+    records.warm_up()
+    rng = random.Random(7)
+    _read(CompiledPartitionRecords, _batch(rng, 0, 5))
+    assert len(records.record_layout.signatures) == 1
+
+
 def test_the_kernel_agrees_with_kafka_pythons_record_parser_on_every_field():
     """:func:`consumer.records.record_layout` against kafka-python's ``DefaultRecord`` s."""
     rng = random.Random(5)
