@@ -181,6 +181,8 @@ def make_reader(config: ServiceConfig, role: str, isolation_level: str = "read_c
         allow_auto_create_topics=False,
     )
     no_auto_create(reader)
+    if config.compiled_records:  # a changelog restored after a handover is many small records
+        records.install(reader)
     return reader
 
 

@@ -134,8 +134,9 @@ class ServiceConfig:
     #: and its offsets are committed once, when all its lists are acknowledged.
     max_poll_records: int = 4000
     max_batch_events: int = 256
-    #: The input's record batches read by the compiled reader (:mod:`consumer.records`), at
-    #: about half of kafka-python's cost per record; off: kafka-python's own reader.
+    #: Record batches (the input's, and the service's own topics' it restores from) read by the
+    #: compiled reader (:mod:`consumer.records`), at about half of kafka-python's cost per
+    #: record; off: kafka-python's own reader.
     compiled_records: bool = True
     poll_budget_ms: float = 100.0
     poll_timeout_ms: int = 100

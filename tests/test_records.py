@@ -276,12 +276,12 @@ def test_install_changes_only_the_consumer_it_is_given():
 
 @pytest.mark.kafka
 @pytest.mark.parametrize("compiled", [True, False])
-def test_the_services_consumer_reads_with_the_compiled_reader_unless_told_not_to(
+def test_the_services_consumers_read_with_the_compiled_reader_unless_told_not_to(
     kafka_bootstrap, new_topic, compiled
 ):
     from kafka import ConsumerRebalanceListener
 
-    from consumer.clients import make_consumer
+    from consumer.clients import make_consumer, make_reader
 
     class Quiet(ConsumerRebalanceListener):
         def on_partitions_assigned(self, assigned):
@@ -297,10 +297,13 @@ def test_the_services_consumer_reads_with_the_compiled_reader_unless_told_not_to
         compiled_records=compiled,
     )
     consumer = make_consumer(config, Quiet())
+    reader = make_reader(config, "changelog")  # what restores the service's own topics
     try:
         assert records.installed(consumer) is compiled
+        assert records.installed(reader) is compiled
     finally:
         consumer.close()
+        reader.close()
 
 
 # -- a real broker ------------------------------------------------------------------------------
