@@ -494,8 +494,8 @@ _HELP = {
     "shadow_baseline": "also score a popularity baseline on the stream, for the dashboards",
     "max_poll_records": "most events taken by one poll: learned in batches, their lists acknowledged and "
     "their offsets committed together",
-    "compiled_records": "read the input's record batches with the compiled reader (off: kafka-python's "
-    "own, record by record, twice the time)",
+    "compiled_records": "read record batches with the compiled reader (off: kafka-python's own, record "
+    "by record, twice the time)",
     "max_batch_events": "most events scored, learned and published as one batch (fewer when fewer "
     "have arrived: a caught-up service answers each event at once)",
     "poll_budget_ms": "a poll takes no more events than the service processes in this time (by its "
