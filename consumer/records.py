@@ -1,4 +1,4 @@
-"""Kafka record batches read in one compiled pass: the input's records at a fraction of the cost.
+"""Kafka record batches read in one compiled pass: a consumer's records at half the cost.
 
 kafka-python reads a batch of the v2 message format record by record in Python: a dozen calls
 per record (varints, properties, a ``DefaultRecord``, then the ``ConsumerRecord``), 3.5-4.5 us a
@@ -11,7 +11,8 @@ time of kafka-python's per record (``bench/e2e.py``'s poll stage).
 The records are kafka-python's, exactly: the same fields, order and errors, the batch-level
 rules left to kafka-python's own code (CRC checks, decompression with any codec, control
 batches, aborted transactions under ``read_committed``, a fetch that starts inside a batch).
-Batches of the old message formats (v0, v1) go through kafka-python's reader unchanged. The
+Batches of the old message formats (v0, v1), and the rare v2 batch holding a number past 64
+bits (kafka-python's integers have no limit), go through kafka-python's reader unchanged. The
 tests compare both readers field by field on batches of every codec, with and without keys,
 values and headers, corrupt ones included, and on a real broker.
 
