@@ -59,10 +59,17 @@ import orjson  # noqa: E402
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker, members_with_partitions  # noqa: E402
+from bench.brokers import (  # noqa: E402
+    add_broker_arguments,
+    connection_from,
+    local_broker,
+    members_with_partitions,
+    remove_topics,
+)
 from bench.group import scrape  # noqa: E402  (a worker's /metrics, summed by name)
 from bench.results import write_results  # noqa: E402
 from consumer import changelog  # noqa: E402
+from consumer.config import ServiceConfig  # noqa: E402
 from consumer.sync import admitted  # noqa: E402
 from contract.schema import event_to_json  # noqa: E402
 from model import viewer_state  # noqa: E402
@@ -199,16 +206,18 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
         "viewers_with_lists": len(lists),
         "viewers_violating_exclusion": violating,
     }
+    # The group's own topics, named as the workers name them (after the group and the input).
+    names = ServiceConfig(group_id=group, input_topic=topic, changelog_topic="on", sync_every=sync_every or 1)
     if with_changelog:
         states = {}
-        for record in read_to_end(options, f"{topic}-viewer-state"):
+        for record in read_to_end(options, names.changelog_topic_name):
             found = changelog.decode(record.value).models.get("control")
             if found is not None:
                 states[record.key.decode()] = viewer_state.decode(found).seen
         row["events_learned"] = sum(len(seen) for seen in states.values())
         row["viewers_not_exactly_once"] = sum(1 for v, seen in watched.items() if states.get(v) != seen)
     if sync_every:
-        updates = read_to_end(options, f"{topic}-video-updates")
+        updates = read_to_end(options, names.sync_topic_name)
         row["update_watches"] = int(sum(VideoUpdates.from_bytes(r.value).watches for r in admitted(updates)))
         row["replica_gaps"] = replica_gaps(connection, topic, group, folder, sync_every)
     restores = [
@@ -220,11 +229,7 @@ def run(connection, events: list, partitions: int, with_changelog: bool, sync_ev
         if "viewers restored from" in line or "relearning" in line
     ]
     shutil.rmtree(folder, ignore_errors=True)
-    admin = KafkaAdminClient(**options)
-    names = [topic, f"{topic}-recs", f"{topic}-dlq"] + ([f"{topic}-viewer-state"] if with_changelog else [])
-    names += [f"{topic}-video-updates"] if sync_every else []
-    admin.delete_topics(names, timeout_ms=10_000, raise_errors=False)
-    admin.close()
+    remove_topics(connection, topic)
     return row
 
 
@@ -233,7 +238,6 @@ def replica_gaps(connection, topic: str, group: str, folder: str, sync_every: in
     after it: what it starts with next, the victim included) is from the update topic's records
     added up (what a new worker reading the topic from its start holds): the largest difference
     of a video vector's element, and the watch counts each holds."""
-    from consumer.config import ServiceConfig
     from consumer.runner import held_by
 
     base = ServiceConfig(
