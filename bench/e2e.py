@@ -112,6 +112,10 @@ class ReadFailed(RuntimeError):
     """A raw read did not get the whole topic in time."""
 
 
+class TooFewEvents(UserError):
+    """The topic is read in one poll: no rate can be timed from the end of the first poll."""
+
+
 def raw_consume(
     where: KafkaConnection | str, topic: str, events: int, max_poll_records: int, timeout_s: float = 120
 ) -> dict:
@@ -140,8 +144,13 @@ def raw_consume(
             seen += n
     wait_s = consumer.config["fetch_max_wait_ms"] / 1000
     consumer.close()
-    if seen < events or last is None or last == first:
+    if seen < events or last is None:
         raise ReadFailed(f"raw consumption read {seen} of {events} records in {timeout_s:.0f} s")
+    if last == first:
+        raise TooFewEvents(
+            f"raw consumption read all {events:,} records in one poll (max_poll_records "
+            f"{max_poll_records:,}): a rate needs more polls; give more --events"
+        )
     return {
         "events": seen - counted_from,
         "seconds": last - first,
@@ -1100,6 +1109,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 0
         return run_e2e(args, connection, settings, rates)
+    except UserError as err:
+        print(f"e2e.py: error: {err}", file=sys.stderr)
+        return 2
     finally:
         if not args.keep_topics:
             clean_up()

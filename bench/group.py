@@ -295,6 +295,8 @@ def run_group(
     hits = sum(s.get("streamrec_quality_hits_total", 0.0) for s in final)
     evaluated = sum(s.get("streamrec_quality_evaluated_total", 0.0) for s in final)
     wall = (last - (first if mode == "backlog" else producing)) if last and first else float("nan")
+    if not wall > 0:  # all learned between two scrapes (a small --events): no rate to give
+        wall = float("nan")
     by_label = {
         key: sum(s.get(key, 0.0) for s in final) for key in sorted({k for s in final for k in s if ":" in k})
     }
