@@ -355,6 +355,17 @@ class ServiceConfig:
         """
         return f"{self.group_id}-{self.input_topic}"
 
+    def internal_topic(self, what: str, legacy: bool = False) -> str:
+        """The group's own topic ``what`` (``video-updates``, ``viewer-state``) by default:
+        ``<group>-<input topic>-<what>``; ``legacy``: as named before 2026-12-01, after the
+        input topic alone (:func:`consumer.topics.keep_legacy_names`).
+
+        >>> c = ServiceConfig(group_id="recs", input_topic="views")
+        >>> c.internal_topic("viewer-state"), c.internal_topic("viewer-state", legacy=True)
+        ('recs-views-viewer-state', 'views-viewer-state')
+        """
+        return f"{self.input_topic if legacy else self.internal_prefix}-{what}"
+
     @property
     def sync_topic_name(self) -> str:
         """The update topic (``--sync-topic``), by default ``<group>-<input topic>-video-updates``.
@@ -362,7 +373,7 @@ class ServiceConfig:
         >>> ServiceConfig().sync_topic_name
         'streamrec-watch-events-video-updates'
         """
-        return self.sync_topic or f"{self.internal_prefix}-video-updates"
+        return self.sync_topic or self.internal_topic("video-updates")
 
     @property
     def snapshot_topic_name(self) -> str:
@@ -388,13 +399,19 @@ class ServiceConfig:
         >>> ServiceConfig(changelog_topic="auto", workers=2).changelog_topic_name  # as empty
         'streamrec-watch-events-viewer-state'
         """
-        chosen = self.changelog_topic.strip()
-        if chosen.lower() == "none":
+        if self.changelog_topic_given:
+            return self.changelog_topic.strip()
+        chosen = self.changelog_topic.strip().lower()
+        if chosen == "none":
             return None
-        if not chosen or chosen.lower() == "auto":
-            several = worker_count(self.workers) != 1 or self.sync_every > 0
-            return f"{self.internal_prefix}-viewer-state" if several else None
-        return f"{self.internal_prefix}-viewer-state" if chosen.lower() == "on" else chosen
+        several = worker_count(self.workers) != 1 or self.sync_every > 0
+        return self.internal_topic("viewer-state") if chosen == "on" or several else None
+
+    @property
+    def changelog_topic_given(self) -> bool:
+        """Whether ``changelog_topic`` names a topic rather than saying one of its words
+        (empty, ``auto``, ``on``, ``none``)."""
+        return self.changelog_topic.strip().lower() not in ("", "auto", "on", "none")
 
     @property
     def arm_specs(self) -> list[ArmSpec]:

@@ -756,7 +756,7 @@ class UpdateExchange:
         self.peers = {p: now for p in arrays["peers"].tolist()} if "peers" in arrays else {}
         # A checkpoint from before 2026-12-01 does not say: the topic given then, or the default
         # then (named after the input topic alone).
-        legacy = self.config.sync_topic or f"{self.config.input_topic}-video-updates"
+        legacy = self.config.sync_topic or self.config.internal_topic("video-updates", legacy=True)
         saved = str(arrays["update_topic"]) if "update_topic" in arrays else legacy
         if saved != self.topic:
             self._start_anew(saved)

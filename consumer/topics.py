@@ -166,7 +166,7 @@ def keep_legacy_names(
     """
     if not config.sync_every or config.sync_topic:
         return config
-    legacy = f"{config.input_topic}-video-updates"
+    legacy = config.internal_topic("video-updates", legacy=True)
 
     def used_legacy_names() -> bool:
         admin = KafkaAdminClient(
@@ -195,14 +195,10 @@ def keep_legacy_names(
         return config
     if not used:
         return config
-    chosen = config.changelog_topic.strip().lower()
-    changelog = config.changelog_topic if chosen not in ("", "auto", "on") else None
-    kept = dataclasses.replace(
-        config,
-        sync_topic=legacy,
-        changelog_topic=changelog
-        or (f"{config.input_topic}-viewer-state" if config.changelog_topic_name else "none"),
-    )
+    changelog = config.changelog_topic  # a name given, or "none", stays
+    if config.changelog_topic_name is not None and not config.changelog_topic_given:
+        changelog = config.internal_topic("viewer-state", legacy=True)
+    kept = dataclasses.replace(config, sync_topic=legacy, changelog_topic=changelog)
     log.warning(
         "this group exchanges on the topics it used before they were named after the group: kept",
         extra=fields(
