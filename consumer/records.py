@@ -166,23 +166,31 @@ def _plus(base: int, deltas: np.ndarray) -> list[int]:
     return [base + delta for delta in deltas.tolist()]
 
 
-def _headers(view: memoryview, pos: int, count: int) -> list[tuple[str, bytes | None]]:
+def _headers(data: bytes, pos: int, count: int) -> list[tuple[str, bytes | None]]:
     """The ``count`` headers from ``pos`` of a record the kernel read whole."""
     headers = []
     for _ in range(count):
-        pos, key_length = _read_varint(view, pos)
-        key = bytes(view[pos : pos + key_length]).decode("utf-8")
-        pos, value_length = _read_varint(view, pos + key_length)
-        value = bytes(view[pos : pos + value_length]) if value_length >= 0 else None
+        pos, key_length = _read_varint(data, pos)
+        key = data[pos : pos + key_length].decode("utf-8")
+        pos, value_length = _read_varint(data, pos + key_length)
+        value = data[pos : pos + value_length] if value_length >= 0 else None
         pos += max(value_length, 0)
         headers.append((key, value))
     return headers
 
 
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+def _header_size(headers: list[tuple[str, bytes | None]]) -> int:
+    """``serialized_header_size`` as kafka-python counts it: keys' UTF-8 and values' bytes,
+    ``-1`` without headers."""
+    if not headers:
+        return -1
+    return sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
+
+
+def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
-        byte = view[pos]
+        byte = data[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
@@ -234,10 +242,9 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
 
     def _records_of(self, tp, batch: DefaultRecordBatch, key_deserializer, value_deserializer):
         batch._maybe_uncompress()
-        body, count, start = batch._buffer, batch._num_records, batch._pos
-        (good, end), layout = lay_out(body, count, start)
+        body = batch._buffer
+        (good, end), layout = lay_out(body, batch._num_records, batch._pos)
         if end == PAST_64_BITS:  # numbers only Python's integers hold: kafka-python reads it all
-            batch._pos = start
             yield from self._records_by_kafka_python(tp, batch, key_deserializer, value_deserializer)
             return
         data = bytes(body)  # slices of bytes are the keys and values: one copy, not two per record
@@ -261,14 +268,10 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
         for offset, stamp, k, k_end, k_len, v, v_end, v_len, headers_at, headers, size in columns:
             key = data[k:k_end] if k_len >= 0 else None
             value = data[v:v_end] if v_len >= 0 else None
-            if headers:
-                try:
-                    found = _headers(memoryview(data), headers_at, headers)
-                except UnicodeDecodeError as err:  # a header key must be UTF-8 (kafka-python: corrupt)
-                    raise CorruptRecordError(f"Found invalid record structure: {err!r}") from None
-                header_size = sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in found)
-            else:
-                found, header_size = [], -1
+            try:
+                found = _headers(data, headers_at, headers) if headers else []
+            except UnicodeDecodeError as err:  # a header key must be UTF-8 (kafka-python: corrupt)
+                raise CorruptRecordError(f"Found invalid record structure: {err!r}") from None
             if deserialize:
                 key = self._deserialize(key_deserializer, topic, found, key)
                 value = self._deserialize(value_deserializer, topic, found, value)
@@ -288,9 +291,9 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
                 None,
                 k_len,
                 v_len,
-                header_size,
+                _header_size(found),
             )
-        if good < count:
+        if good < batch._num_records:
             raise CorruptRecordError(
                 f"Found invalid record structure in partition {self.topic_partition}: record "
                 f"{good} of the batch at offset {base} cannot be read"
@@ -317,8 +320,7 @@ class CompiledPartitionRecords(Fetcher.PartitionRecords):
                 record.timestamp_type, key, value, headers, record.checksum,
                 len(record.key) if record.key is not None else -1,
                 len(record.value) if record.value is not None else -1,
-                sum(len(k.encode("utf-8")) + (len(v) if v is not None else 0) for k, v in headers)
-                if headers else -1,
+                _header_size(headers),
             )  # fmt: skip
 
 
