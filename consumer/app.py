@@ -486,6 +486,7 @@ class StreamrecService:
             self.config.exactly_once,
             latest_wins=frozenset({self.config.output_topic}),
             wait=self._stop.wait,
+            batched_send=self.config.batched_send,
         )
 
     def _shutdown(self) -> None:

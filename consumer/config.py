@@ -138,6 +138,10 @@ class ServiceConfig:
     #: compiled reader (:mod:`consumer.records`), at about half of kafka-python's cost per
     #: record; off: kafka-python's own reader.
     compiled_records: bool = True
+    #: Each partition's lists (and other plain keyed records) appended to the output producer's
+    #: batches in one step (:mod:`consumer.appending`), at about a tenth of kafka-python's
+    #: ``send`` per record; off: one ``send`` per record.
+    batched_send: bool = True
     poll_budget_ms: float = 100.0
     poll_timeout_ms: int = 100
     #: Codec of the outputs (recommendations, dead letters): none, gzip, snappy, lz4 or zstd.
@@ -513,6 +517,8 @@ _HELP = {
     "their offsets committed together",
     "compiled_records": "read record batches with the compiled reader (off: kafka-python's own, record "
     "by record, twice the time)",
+    "batched_send": "append each partition's lists to the output producer's batches in one step (off: "
+    "kafka-python's send, one call per list, ten times the time)",
     "max_batch_events": "most events scored, learned and published as one batch (fewer when fewer "
     "have arrived: a caught-up service answers each event at once)",
     "poll_budget_ms": "a poll takes no more events than the service processes in this time (by its "
