@@ -33,8 +33,8 @@ caller falls back to ``send`` when it does not.
 >>> from kafka.structs import TopicPartition
 >>> accumulator = RecordAccumulator(batch_size=1024)
 >>> tp = TopicPartition("lists", 0)
->>> appended, new_batch = append_records(accumulator, tp, [(b"ann", b"[1,2]"), (b"bob", b"[3]")], 1000)
->>> [(a.first, a.count) for a in appended], new_batch, appended[0].batch.record_count
+>>> appended, wake = append_records(accumulator, tp, [(b"ann", b"[1,2]"), (b"bob", b"[3]")], 1000)
+>>> [(a.first, a.count) for a in appended], wake, appended[0].batch.record_count
 ([(0, 2)], True, 2)
 >>> appended[0].batch.done(base_offset=40, timestamp_ms=-1)
 True
@@ -161,14 +161,15 @@ def append_records(
     now: float | None = None,
 ) -> tuple[list[Appended], bool]:
     """Append ``records`` (key, value; no headers) to ``tp``'s batches, all stamped ``timestamp_ms``;
-    the batches written to, and whether one was started (the producer's sender should wake).
+    the batches written to, and whether one was started or filled (the producer's sender should
+    wake, as ``send`` wakes it).
 
     Fills the partition's last batch while it is one of ours and open, then new ones, each up to
     the accumulator's ``batch_size`` as kafka-python's record builder would.
     """
     now = time.monotonic() if now is None else now
     out: list[Appended] = []
-    started = False
+    wake = False
     accumulator._appends_in_progress.increment()
     try:
         with accumulator._tp_lock(tp):
@@ -184,16 +185,18 @@ def append_records(
                     batch = _new_batch(accumulator, tp, now)
                     queue.append(batch)
                     accumulator._incomplete.add(batch)
-                    started = True
+                    wake = True
                 taken = _fill(batch, records, at, timestamp_ms, now)
                 if taken:
                     out.append(Appended(batch, batch.record_count - taken, taken))
                     at += taken
                 if at < len(records):
                     batch = None  # full: the rest go to a new one
+            if batch is not None and batch.records.is_full():  # under the lock: not closed meanwhile
+                wake = True
     finally:
         accumulator._appends_in_progress.decrement()
-    return out, started
+    return out, wake
 
 
 def _fill(
@@ -297,7 +300,7 @@ def append(
     manager = producer._transaction_manager
     if manager is not None and manager.is_transactional():
         manager.maybe_add_partition_to_transaction(tp)
-    appended, started = append_records(producer._accumulator, tp, records, int(time.time() * 1000))
-    if started or len(appended) > 1:
+    appended, ready = append_records(producer._accumulator, tp, records, int(time.time() * 1000))
+    if ready:
         producer._sender.wakeup()
     return appended

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 
+import orjson
 import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
@@ -21,7 +22,11 @@ from kafka.serializer import Serializer
 from kafka.structs import TopicPartition
 
 from consumer.appending import Appended, AppendedBatch, append, append_records, appendable, fits
+from consumer.config import ServiceConfig
 from consumer.publish import Publisher, Sent
+from consumer.runner import build_service
+from contract.schema import event_to_json
+from tests.service_helpers import in_thread, produce, read_all, replay_events, topics, wait_for
 from tests.test_faults import read_topic
 
 TP = TopicPartition("lists", 0)
@@ -100,6 +105,14 @@ def test_a_batch_is_continued_while_open_and_never_shared_with_send():
     queue[-1].records.close()
     fourth, started = append_records(accumulator, TP, [(b"f", b"6")], 5)
     assert started and fourth[0].batch is not third[0].batch
+
+
+def test_the_sender_is_woken_when_a_batch_is_started_or_filled_as_send_wakes_it():
+    accumulator = RecordAccumulator(batch_size=300)
+    assert append_records(accumulator, TP, [(b"a", b"x" * 100)], 1)[1]  # started
+    assert not append_records(accumulator, TP, [(b"b", b"x" * 100)], 1)[1]  # room left: it lingers
+    appended, wake = append_records(accumulator, TP, [(b"c", b"x" * 11)], 1)  # to exactly 300 bytes
+    assert len(accumulator._batches[TP]) == 1 and appended[0].batch.records.is_full() and wake
 
 
 def appended_batch(n: int) -> Appended:
@@ -321,3 +334,35 @@ def test_message_size_errors_stay_kafka_pythons(kafka_bootstrap, new_topic):
             publisher.send([(topic, b"viewer", b"x" * 20_000, None)])
     finally:
         producer.close(timeout=5)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "send"])
+def test_the_service_answers_every_viewer_either_way(kafka_bootstrap, new_topic, batched):
+    events, _ = replay_events(1500)
+    names = topics(new_topic, partitions=2)
+    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in events])
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{names['input_topic']}",
+        metrics_port=0,
+        checkpoint_dir="none",
+        batched_send=batched,
+        **names,
+    )
+    service = build_service(config, with_metrics=False)
+    with in_thread(service):
+        assert wait_for(lambda: service.model_events >= len(events)), "the service did not learn every event"
+        assert service._publisher._appends is batched
+    inputs = read_all(kafka_bootstrap, names["input_topic"], expect=len(events))
+    last_watch = {}
+    for r in sorted(inputs, key=lambda r: (r.partition, r.offset)):
+        last_watch[r.key.decode()] = (r.partition, r.offset)
+    lists: dict[str, list] = {}
+    for r in read_all(kafka_bootstrap, names["output_topic"], expect=len(last_watch)):
+        body = orjson.loads(r.value)
+        assert r.key.decode() == body["viewer"]
+        lists.setdefault(body["viewer"], []).append((body["source"]["partition"], body["source"]["offset"]))
+    assert set(lists) == set(last_watch)
+    for viewer, sources in lists.items():
+        assert sources == sorted(sources), f"{viewer}'s lists arrived out of order"
+        assert sources[-1] == last_watch[viewer], f"{viewer}'s last watch got no list"
