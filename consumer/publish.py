@@ -64,7 +64,7 @@ from consumer.appending import Appended, append, appendable, fits
 from consumer.backoff import retry
 from consumer.partitioner import partitions
 
-__all__ = ["Message", "Publisher", "NotAcknowledged", "TransactionTimedOut"]
+__all__ = ["Message", "Publisher", "Sent", "NotAcknowledged", "TransactionTimedOut"]
 
 #: One record to publish: topic, key, value, headers; and, optionally, a fifth element, the
 #: partition (a changelog co-partitioned with the input, :mod:`consumer.changelog`).
