@@ -7,11 +7,12 @@ Usage::
 
 The service's own publishing path (:class:`consumer.publish.Publisher`, as a worker makes it:
 acks=all, idempotent, the service's linger and batch size, partitions computed for a whole
-batch) hands ``--lists`` recommendation lists of about 600 bytes, keyed by 5,000 viewers, to a
-fresh 3-partition topic in batches of ``--batch`` (one ``send`` per batch, as a worker does per
-learned batch), then waits for every acknowledgement. Two ways, in alternating order in each
-round: ``send`` (``batched_send=False``: kafka-python's ``KafkaProducer.send`` per list) and
-``appended`` (the default: each partition's run appended in one step, :mod:`consumer.appending`).
+batch) hands ``--lists`` recommendation lists as the service writes them (about 570 bytes),
+keyed by 5,000 viewers, to a fresh 3-partition topic in batches of ``--batch`` (one ``send``
+per batch, as a worker does per learned batch), then waits for every acknowledgement. Two
+ways, in alternating order in each round: ``send`` (``batched_send=False``: kafka-python's
+``KafkaProducer.send`` per list) and ``appended`` (the default: each partition's run appended
+in one step, :mod:`consumer.appending`).
 
 Printed per way and codec (the medians of the rounds): microseconds per list of the calling
 thread (what a worker's learning waits for), of the whole process (the producer's IO thread
@@ -38,31 +39,35 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 # isort: split
 
+import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
 from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
 from consumer.clients import make_producer_options  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
+from consumer.outputs import recommendation_values  # noqa: E402
 from consumer.publish import Publisher  # noqa: E402
 from contract.connection import KafkaConnection  # noqa: E402
 from contract.errors import UserError  # noqa: E402
+from model.base import Recommendation  # noqa: E402
 
 WAYS = {"send": False, "appended": True}
 
 
 def lists(n: int, viewers: int = 5000) -> list[tuple[bytes, bytes]]:
-    """``n`` (key, value) lists shaped like the service's: a viewer's id, ten videos and scores."""
-    out = []
-    for i in range(n):
-        viewer = f"viewer-{(i * 7919) % viewers}"
-        videos = ",".join(f'"video-{(i * 31 + j * 977) % 10_000}"' for j in range(10))
-        scores = ",".join(f"{0.9 - j * 0.01:.6f}" for j in range(10))
-        value = (
-            f'{{"viewer":"{viewer}","videos":[{videos}],"scores":[{scores}],"model":"streamrec","at":{i}}}'
-        )
-        out.append((viewer.encode(), value.encode()))
-    return out
+    """``n`` (key, value) lists as the service writes them (:func:`consumer.outputs.recommendation_values`):
+    a viewer's ten videos with scores, the model, the arm, the times and the source event."""
+    rng = np.random.default_rng(0)
+    names = [f"viewer-{(i * 7919) % viewers}" for i in range(n)]
+    recs = [
+        Recommendation([f"video-{v}" for v in rng.integers(0, 10_000, 10)], np.sort(rng.random(10))[::-1])
+        for _ in range(n)
+    ]
+    values = recommendation_values(
+        names, recs, "streamrec", 1.7e9, [1.7e9 - i for i in range(n)], [(i % 3, i) for i in range(n)]
+    )
+    return [(name.encode(), value) for name, value in zip(names, values, strict=True)]
 
 
 def publish(options: dict, topic: str, records: list, batch: int, batched: bool) -> dict[str, float]:
