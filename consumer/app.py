@@ -308,6 +308,9 @@ class StreamrecService:
         #: The largest dead letter the dead-letter topic takes (its ``max.message.bytes``, once
         #: connected): larger ones are cut to fit, marked so (:func:`consumer.outputs.dead_letter_record`).
         self.dead_letter_bytes = MAX_RECORD_BYTES
+        #: The largest record batch the topics the producer writes take (once connected; ``None``:
+        #: not told), which its batches are kept within (:func:`consumer.clients.make_producer`).
+        self.batch_limit: int | None = None
         # Partitions were lost (expelled from the group) holding unsent learning: rolled back
         # to the last checkpoint right after the poll.
         self._lost = False
@@ -460,7 +463,9 @@ class StreamrecService:
         self._expired = None
         close_abandoned(self._producer)
         self._producer = retry(
-            lambda: make_producer(self.config), message="Kafka unreachable; retrying", wait=self._stop.wait
+            lambda: make_producer(self.config, self.batch_limit),
+            message="Kafka unreachable; retrying",
+            wait=self._stop.wait,
         )
         self._publisher = self._new_publisher()
         self._rollback(err)
@@ -471,6 +476,7 @@ class StreamrecService:
                 self.config, _Rebalance(self), wait=self._stop.wait
             )
             self.dead_letter_bytes = outputs.dead_letter_bytes
+            self.batch_limit = outputs.batch_limit
         except Interrupted:
             raise SystemExit(0) from None
         self._publisher = self._new_publisher()

@@ -79,16 +79,19 @@ OUTPUT_BATCH_BYTES = 512 * 1024
 TRANSACTION_TIMEOUT_MS = 10_000
 
 
-def make_producer_options(config: ServiceConfig) -> dict[str, object]:
+def make_producer_options(config: ServiceConfig, batch_limit: int | None = None) -> dict[str, object]:
     """kafka-python settings of the output producer: ``acks=all``; idempotent, or transactional
     with ``exactly_once`` (:data:`TRANSACTION_TIMEOUT_MS`); ``output_compression``; batched by
-    :data:`OUTPUT_LINGER_MS` and :data:`OUTPUT_BATCH_BYTES`."""
+    :data:`OUTPUT_LINGER_MS` and :data:`OUTPUT_BATCH_BYTES`, or ``batch_limit`` when smaller: the
+    largest batch the topics it writes take (:attr:`consumer.topics.OutputTopics.batch_limit`).
+    A larger batch is refused by the brokers and split by kafka-python, whose ``flush`` then
+    fails ("Future not done") or never returns: publishing would stop at the first full batch."""
     options = {
         **config.kafka.client_options(),
         "client_id": f"streamrec-{config.worker}",
         "acks": "all",
         "linger_ms": OUTPUT_LINGER_MS,
-        "batch_size": OUTPUT_BATCH_BYTES,
+        "batch_size": min(OUTPUT_BATCH_BYTES, batch_limit or OUTPUT_BATCH_BYTES),
         "compression_type": None if config.output_compression == "none" else config.output_compression,
         "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
         "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
@@ -101,9 +104,9 @@ def make_producer_options(config: ServiceConfig) -> dict[str, object]:
     return options
 
 
-def make_producer(config: ServiceConfig) -> KafkaProducer:
+def make_producer(config: ServiceConfig, batch_limit: int | None = None) -> KafkaProducer:
     """The output producer (:func:`make_producer_options`), transactions initialised under exactly-once."""
-    producer = KafkaProducer(**make_producer_options(config))
+    producer = KafkaProducer(**make_producer_options(config, batch_limit))
     if config.exactly_once:
         producer.init_transactions()
     return producer
@@ -265,7 +268,7 @@ def connect(
         watch.take()  # a reason from an earlier attempt is not this one's
         try:
             outputs = ensure_output_topics(config, timeout_ms=BOOTSTRAP_TIMEOUT_MS)
-            producer = make_producer(config)
+            producer = make_producer(config, outputs.batch_limit)
             try:
                 return producer, make_consumer(config, listener), outputs
             except KafkaError:

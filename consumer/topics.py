@@ -31,6 +31,7 @@ __all__ = [
     "keep_legacy_names",
     "ensure_output_topics",
     "record_limit",
+    "record_limits",
     "settings_that_differ",
     "warn_settings_that_differ",
 ]
@@ -46,6 +47,9 @@ class OutputTopics(NamedTuple):
     #: The largest dead letter the dead-letter topic takes, framing included: its
     #: ``max.message.bytes`` when the broker tells it, and never above what the producer sends.
     dead_letter_bytes: int
+    #: The largest record batch every topic the output producer writes takes (the smallest of
+    #: their ``max.message.bytes`` the broker tells), ``None`` when it tells none.
+    batch_limit: int | None = None
 
 
 def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> OutputTopics:
@@ -87,8 +91,13 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> Out
             log.warning(
                 "input topic does not exist yet; waiting for it", extra=fields(topic=config.input_topic)
             )
-        limit = record_limit(admin, config.dlq_topic)
-        return OutputTopics(created, min(MAX_RECORD_BYTES, limit or MAX_RECORD_BYTES))
+        # What the output producer writes to, as far as it exists now (the changelog is made later,
+        # with the brokers' default limit).
+        written = [config.output_topic, config.dlq_topic, config.sync_topic_name, config.changelog_topic_name]
+        limits = record_limits(admin, [t for t in written if t and (t in existing or t in created)])
+        limit = limits.get(config.dlq_topic)
+        dead_letters = min(MAX_RECORD_BYTES, limit or MAX_RECORD_BYTES)
+        return OutputTopics(created, dead_letters, min(limits.values()) if limits else None)
     finally:
         admin.close()
 
@@ -96,13 +105,27 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> Out
 def record_limit(admin: KafkaAdminClient, topic: str) -> int | None:
     """``topic``'s ``max.message.bytes`` (the largest record batch it takes), ``None`` when the
     broker does not say (not authorised to describe configs)."""
-    resource = ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+    return record_limits(admin, [topic]).get(topic)
+
+
+def record_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
+    """``max.message.bytes`` of each of ``topics`` the broker describes, in one request (a topic
+    it does not say, as when not authorised to describe its configs, is left out)."""
+    if not topics:
+        return {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t, {"max.message.bytes": None}) for t in topics]
     try:
-        described = admin.describe_configs([resource], config_filter="all").get("topic", {})
-        return int(described[topic]["max.message.bytes"]["value"])
-    except (KafkaError, KeyError, TypeError, ValueError) as err:
-        log.debug("record size limit not known", extra=fields(topic=topic, error=str(err)))
-        return None
+        described = admin.describe_configs(resources, config_filter="all").get("topic", {})
+    except KafkaError as err:
+        log.debug("record size limits not known", extra=fields(topics=",".join(topics), error=str(err)))
+        return {}
+    limits = {}
+    for topic in topics:
+        try:
+            limits[topic] = int(described[topic]["max.message.bytes"]["value"])
+        except (KeyError, TypeError, ValueError) as err:
+            log.debug("record size limit not known", extra=fields(topic=topic, error=str(err)))
+    return limits
 
 
 def warn_settings_that_differ(

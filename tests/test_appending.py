@@ -366,3 +366,31 @@ def test_the_service_answers_every_viewer_either_way(kafka_bootstrap, new_topic,
     for viewer, sources in lists.items():
         assert sources == sorted(sources), f"{viewer}'s lists arrived out of order"
         assert sources[-1] == last_watch[viewer], f"{viewer}'s last watch got no list"
+
+
+def test_a_service_whose_output_topic_takes_only_small_batches_publishes_every_list(
+    kafka_bootstrap, new_topic
+):
+    """An output topic made with a small ``max.message.bytes``: the producer's batches are kept
+    within it. Larger ones would be refused and split by kafka-python, whose flush then fails."""
+    events, _ = replay_events(3000)
+    names = topics(new_topic, partitions=2)
+    names["output_topic"] = new_topic("small-recs", config={"max.message.bytes": "5000"})
+    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in events])
+    config = ServiceConfig(
+        bootstrap_servers=kafka_bootstrap,
+        group_id=f"g-{names['input_topic']}",
+        metrics_port=0,
+        checkpoint_dir="none",
+        output_compression="none",  # uncompressed, a batch is as large as its lists
+        **names,
+    )
+    service = build_service(config, with_metrics=False)
+    with in_thread(service):
+        assert wait_for(lambda: service.model_events >= len(events)), "the service did not learn every event"
+        assert wait_for(lambda: service._publisher is not None and service._publisher.unconfirmed == 0, 30)
+        assert service.batch_limit == 5_000
+        assert service._producer.config["batch_size"] == 5_000
+    viewers = {e.viewer for e in events}
+    lists = read_all(kafka_bootstrap, names["output_topic"], expect=len(viewers))
+    assert {r.key.decode() for r in lists} == viewers
