@@ -15,16 +15,18 @@ file would hide kafka-python.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import tempfile
+from collections.abc import Iterator
 
 from kafka import KafkaAdminClient
 
 from contract.connection import KafkaConnection, add_connection_arguments
 from contract.errors import UserError
 
-__all__ = ["add_broker_arguments", "connection_from", "local_broker"]
+__all__ = ["add_broker_arguments", "connection_from", "kafka_for", "local_broker"]
 
 #: Flags that only mean something with a broker given by address.
 _SECURITY_FLAGS = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_password_file",
@@ -83,6 +85,24 @@ def local_broker(security: str = "plaintext"):
         bootstrap, "SASL_SSL", "SCRAM-SHA-512", user, password, ssl_cafile=str(broker.ca_path)
     )
     return broker, connection
+
+
+@contextlib.contextmanager
+def kafka_for(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Iterator[KafkaConnection]:
+    """The connection the flags describe (a flag error is the parser's), or a local broker
+    started for the ``with`` block and stopped after it."""
+    try:
+        connection = connection_from(args)
+    except UserError as err:
+        parser.error(str(err))
+    if connection is not None:
+        yield connection
+        return
+    broker, connection = local_broker()
+    try:
+        yield connection
+    finally:
+        broker.stop()
 
 
 def members_with_partitions(options: dict, group: str) -> int:

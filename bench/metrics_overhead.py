@@ -44,13 +44,12 @@ import contract  # noqa: E402, F401  (first: it makes BLAS single-threaded befor
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
+from bench.brokers import add_broker_arguments, kafka_for, remove_topics  # noqa: E402
 from bench.e2e import service_config  # noqa: E402
 from bench.results import write_results  # noqa: E402
 from consumer.metrics import ServiceMetrics, start_http_server  # noqa: E402
 from consumer.runner import build_service  # noqa: E402
 from contract.connection import KafkaConnection  # noqa: E402
-from contract.errors import UserError  # noqa: E402
 from producer.sink import KafkaSink  # noqa: E402
 from producer.synth import synth_events  # noqa: E402
 
@@ -147,30 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1, help="off/on pairs, alternating (default 1)")
     add_broker_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        connection = connection_from(args)
-    except UserError as err:
-        parser.error(str(err))
-
-    broker = None
-    if connection is None:
-        broker, connection = local_broker()
     topic = f"bench-watch-{uuid.uuid4().hex[:8]}"
-    try:
-        with KafkaSink(connection, topic, partitions=3) as sink:
-            sink.send_many(synth_events(args.viewers, args.videos, args.events, seed=0))
-        runs = []
-        for _ in range(args.rounds):
-            for with_metrics in (False, True):
-                runs.append(run_once(connection, topic, args.events, with_metrics))
-                print(
-                    f"  metrics {runs[-1]['metrics']:>3}: {runs[-1]['events_per_s']:,.0f} events/s",
-                    flush=True,
-                )
-    finally:
-        remove_topics(connection, topic)
-        if broker is not None:
-            broker.stop()
+    with kafka_for(parser, args) as connection:
+        try:
+            with KafkaSink(connection, topic, partitions=3) as sink:
+                sink.send_many(synth_events(args.viewers, args.videos, args.events, seed=0))
+            runs = []
+            for _ in range(args.rounds):
+                for with_metrics in (False, True):
+                    runs.append(run_once(connection, topic, args.events, with_metrics))
+                    print(
+                        f"  metrics {runs[-1]['metrics']:>3}: {runs[-1]['events_per_s']:,.0f} events/s",
+                        flush=True,
+                    )
+        finally:
+            remove_topics(connection, topic)
 
     def mean(key: str, mode: str) -> float:
         values = [r[key] for r in runs if r["metrics"] == mode]

@@ -43,13 +43,12 @@ import numpy as np  # noqa: E402
 from kafka import KafkaAdminClient, KafkaProducer  # noqa: E402
 from kafka.admin import NewTopic  # noqa: E402
 
-from bench.brokers import add_broker_arguments, connection_from, local_broker, remove_topics  # noqa: E402
+from bench.brokers import add_broker_arguments, kafka_for, remove_topics  # noqa: E402
 from consumer.clients import make_producer_options  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.outputs import recommendation_values  # noqa: E402
 from consumer.publish import Publisher  # noqa: E402
 from contract.connection import KafkaConnection  # noqa: E402
-from contract.errors import UserError  # noqa: E402
 from model.base import Recommendation  # noqa: E402
 
 WAYS = {"send": False, "appended": True}
@@ -99,18 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=HERE / "bench" / "results" / "produce.json")
     add_broker_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        connection = connection_from(args)
-    except UserError as err:
-        parser.error(str(err))
-    broker = None
-    if connection is None:
-        broker, connection = local_broker()
-    try:
+    with kafka_for(parser, args) as connection:
         return run(args, connection)
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def run(args: argparse.Namespace, connection: KafkaConnection) -> int:

@@ -336,20 +336,25 @@ def test_message_size_errors_stay_kafka_pythons(kafka_bootstrap, new_topic):
         producer.close(timeout=5)
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "send"])
-def test_the_service_answers_every_viewer_either_way(kafka_bootstrap, new_topic, batched):
-    events, _ = replay_events(1500)
-    names = topics(new_topic, partitions=2)
+def replayed_service(kafka_bootstrap: str, names: dict[str, str], n: int, **settings):  # noqa: ANN201
+    """``n`` replay events produced to ``names``' input, and a service (not started) to learn them."""
+    events, _ = replay_events(n)
     produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in events])
     config = ServiceConfig(
         bootstrap_servers=kafka_bootstrap,
         group_id=f"g-{names['input_topic']}",
         metrics_port=0,
         checkpoint_dir="none",
-        batched_send=batched,
         **names,
+        **settings,
     )
-    service = build_service(config, with_metrics=False)
+    return events, build_service(config, with_metrics=False)
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "send"])
+def test_the_service_answers_every_viewer_either_way(kafka_bootstrap, new_topic, batched):
+    names = topics(new_topic, partitions=2)
+    events, service = replayed_service(kafka_bootstrap, names, 1500, batched_send=batched)
     with in_thread(service):
         assert wait_for(lambda: service.model_events >= len(events)), "the service did not learn every event"
         assert service._publisher._appends is batched
@@ -373,19 +378,10 @@ def test_a_service_whose_output_topic_takes_only_small_batches_publishes_every_l
 ):
     """An output topic made with a small ``max.message.bytes``: the producer's batches are kept
     within it. Larger ones would be refused and split by kafka-python, whose flush then fails."""
-    events, _ = replay_events(3000)
     names = topics(new_topic, partitions=2)
     names["output_topic"] = new_topic("small-recs", config={"max.message.bytes": "5000"})
-    produce(kafka_bootstrap, names["input_topic"], [(e.viewer.encode(), event_to_json(e)) for e in events])
-    config = ServiceConfig(
-        bootstrap_servers=kafka_bootstrap,
-        group_id=f"g-{names['input_topic']}",
-        metrics_port=0,
-        checkpoint_dir="none",
-        output_compression="none",  # uncompressed, a batch is as large as its lists
-        **names,
-    )
-    service = build_service(config, with_metrics=False)
+    # Uncompressed, a batch is as large as its lists.
+    events, service = replayed_service(kafka_bootstrap, names, 3000, output_compression="none")
     with in_thread(service):
         assert wait_for(lambda: service.model_events >= len(events)), "the service did not learn every event"
         assert wait_for(lambda: service._publisher is not None and service._publisher.unconfirmed == 0, 30)
