@@ -1,11 +1,11 @@
 """Appending a partition's messages to the producer in one step: a list's send at a tenth of the cost.
 
-kafka-python's ``KafkaProducer.send`` costs 8 us of the caller's time per record on this
+kafka-python's ``KafkaProducer.send`` costs 8-18 us of the caller's time per record on this
 machine (type checks, a size estimate, the accumulator's lock, the record's varints written
 byte by byte in Python, and a ``FutureRecordMetadata`` with a lock and two callbacks), and
 about 2 more on the producer's IO thread, which completes each record's future when the
 brokers answer. Where every event's viewer is someone new, a worker publishes one list per
-event, and that is a third of its time.
+event, and that would be as much as its model's step (``bench/produce.py``).
 
 :func:`append` takes all of one partition's messages at once. Under the accumulator's lock it
 writes their records into the partition's open batch (kafka-python's own
