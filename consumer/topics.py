@@ -30,7 +30,6 @@ __all__ = [
     "OutputTopics",
     "keep_legacy_names",
     "ensure_output_topics",
-    "record_limit",
     "record_limits",
     "settings_that_differ",
     "warn_settings_that_differ",
@@ -100,12 +99,6 @@ def ensure_output_topics(config: ServiceConfig, timeout_ms: int = 10_000) -> Out
         return OutputTopics(created, dead_letters, min(limits.values()) if limits else None)
     finally:
         admin.close()
-
-
-def record_limit(admin: KafkaAdminClient, topic: str) -> int | None:
-    """``topic``'s ``max.message.bytes`` (the largest record batch it takes), ``None`` when the
-    broker does not say (not authorised to describe configs)."""
-    return record_limits(admin, [topic]).get(topic)
 
 
 def record_limits(admin: KafkaAdminClient, topics: list[str]) -> dict[str, int]:
