@@ -44,7 +44,6 @@ True
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 
@@ -54,11 +53,10 @@ from kafka.producer.producer_batch import ProducerBatch
 from kafka.producer.record_accumulator import RecordAccumulator
 from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecordsBuilder
+from kafka.record.util import encode_varint
 from kafka.structs import TopicPartition
 
 __all__ = ["Appended", "AppendedBatch", "append", "append_records", "appendable", "fits"]
-
-log = logging.getLogger(__name__)
 
 #: Zigzag varints of 0 .. 8,191, as bytes: every length, offset delta and timestamp delta of a
 #: list (a batch of 512 KiB holds under a thousand), looked up instead of encoded.
@@ -66,13 +64,9 @@ _SMALL = 8192
 
 
 def _encode_varint(value: int) -> bytes:
-    """Kafka's zigzag varint of ``value`` (kafka-python's ``encode_varint``)."""
-    value = (value << 1) ^ (value >> 63)
+    """Kafka's zigzag varint of ``value``, by kafka-python's own encoder."""
     out = bytearray()
-    while value > 0x7F:
-        out.append(0x80 | (value & 0x7F))
-        value >>= 7
-    out.append(value)
+    encode_varint(value, out.append)
     return bytes(out)
 
 
@@ -245,15 +239,24 @@ def _fill(
     return taken
 
 
+#: The most kafka-python's size estimate of a record in a batch of its own adds to its key and
+#: value (what ``send`` holds against ``max_request_size``): the batch header, the record's
+#: fixed overhead, the key's and the value's length varints at their longest (5 bytes under
+#: 2**35) and the header count.
+_MOST_OVERHEAD = (
+    DefaultRecordBatchBuilder.HEADER_STRUCT.size + DefaultRecordBatchBuilder.MAX_RECORD_OVERHEAD + 11
+)
+
+
 def appendable(key: bytes | None, value: bytes | None, headers: object, max_request_size: int) -> bool:
     """Whether a message can take this path: key and value bytes, no headers, and small enough
-    that ``send`` would not refuse it (the bound below is the record's size with every varint at
-    its longest)."""
+    that ``send`` would not refuse it (with every varint of its size estimate at its longest; a
+    record near the limit goes through ``send``, which refuses it or not)."""
     return (
         type(key) is bytes
         and type(value) is bytes
         and not headers
-        and len(key) + len(value) + 61 + 21 <= max_request_size
+        and len(key) + len(value) + _MOST_OVERHEAD <= max_request_size
     )
 
 
@@ -282,8 +285,7 @@ def fits(producer: object) -> bool:
         and config.get("key_serializer") is None
         and config.get("value_serializer") is None
         and set(ProducerBatch.__init__.__code__.co_varnames[:4]) == {"self", "tp", "records", "now"}
-        and {"_buffer", "_batch_size", "_num_records", "_first_timestamp"}
-        <= set(DefaultRecordBatchBuilder.__slots__)
+        and set(DefaultRecordBatchBuilder.__slots__) >= _BUILDER_SLOTS
     )
 
 

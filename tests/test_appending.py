@@ -17,6 +17,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, MessageSizeTooLargeError
 from kafka.producer.record_accumulator import RecordAccumulator
+from kafka.record.default_records import DefaultRecordBatchBuilder
 from kafka.record.memory_records import MemoryRecordsBuilder
 from kafka.serializer import Serializer
 from kafka.structs import TopicPartition
@@ -186,6 +187,11 @@ def test_only_plain_keyed_records_within_the_request_limit_take_this_path():
     assert not appendable(b"viewer", None, None, 1_000_000)  # a tombstone
     assert not appendable(b"viewer", b"[]", [("reason", b"bad")], 1_000_000)  # dead letters carry headers
     assert not appendable(b"viewer", b"x" * 1_000_000, None, 1_000_000)  # send raises the right error
+    # Near the limit: never one that send's own size estimate puts past it.
+    for size in range(999_800, 1_000_000):
+        value = b"x" * size
+        if DefaultRecordBatchBuilder.estimate_size_in_bytes(b"viewer", value, []) > 1_000_000:
+            assert not appendable(b"viewer", value, None, 1_000_000), size
 
 
 # -- on the real broker ------------------------------------------------------------------------
