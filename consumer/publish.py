@@ -203,6 +203,13 @@ class Publisher:
         step (:func:`consumer.appending.append`), the others through ``send``; in order within
         each partition."""
         producer = self.producer
+        known: dict[str, frozenset[int]] = {}  # each topic's partitions, asked of kafka-python once
+
+        def partitions_of(topic: str) -> frozenset[int]:
+            if topic not in known:
+                known[topic] = frozenset(producer.partitions_for(topic) or ())
+            return known[topic]
+
         by_topic: dict[str, list[int]] = {}
         chosen: list[int | None] = [None] * len(messages)
         for i, m in enumerate(messages):
@@ -211,7 +218,7 @@ class Publisher:
             elif m[1] is not None:
                 by_topic.setdefault(m[0], []).append(i)
         for topic, indices in by_topic.items():
-            ids = sorted(producer.partitions_for(topic) or ())  # as kafka-python's DefaultPartitioner
+            ids = sorted(partitions_of(topic))  # as kafka-python's DefaultPartitioner
             if ids:
                 picked = partitions([messages[i][1] for i in indices], len(ids)).tolist()
                 for i, p in zip(indices, picked, strict=True):
@@ -222,19 +229,27 @@ class Publisher:
                 Sent((m,), send(m[0], key=m[1], value=m[2], headers=m[3], partition=p))
                 for m, p in zip(messages, chosen, strict=True)
             ]
-        return self._append(messages, chosen)
+        return self._append(messages, chosen, partitions_of)
 
-    def _append(self, messages: Sequence[Message], chosen: list[int | None]) -> list[Sent]:
+    def _append(
+        self,
+        messages: Sequence[Message],
+        chosen: list[int | None],
+        partitions_of: Callable[[str], frozenset[int]],
+    ) -> list[Sent]:
+        """:meth:`_send` with appending: runs of appendable messages per partition, each sent
+        when a message of its partition must go through ``send`` (a partition kafka-python does
+        not know among them: ``send`` says why), the rest at the end."""
         producer = self.producer
         limit = producer.config["max_request_size"]
         runs: dict[tuple[str, int], list[Message]] = {}
         sent: list[Sent] = []
         for m, p in zip(messages, chosen, strict=True):
-            if p is not None and appendable(m[1], m[2], m[3], limit):
+            if p is not None and p in partitions_of(m[0]) and appendable(m[1], m[2], m[3], limit):
                 runs.setdefault((m[0], p), []).append(m)
                 continue
             where = (m[0], p)
-            if p is not None and where in runs:  # keep the partition's order: its run goes first
+            if where in runs:  # keep the partition's order: its run goes first
                 sent.extend(self._append_run(where, runs.pop(where)))
             sent.append(Sent((m,), producer.send(m[0], key=m[1], value=m[2], headers=m[3], partition=p)))
         for where, run in runs.items():
@@ -242,14 +257,8 @@ class Publisher:
         return sent
 
     def _append_run(self, where: tuple[str, int], run: list[Message]) -> list[Sent]:
-        topic, partition = where
-        if partition not in (self.producer.partitions_for(topic) or ()):
-            # Not a partition kafka-python knows: let send say why (it raises).
-            return [
-                Sent((m,), self.producer.send(topic, key=m[1], value=m[2], partition=partition)) for m in run
-            ]
         out, at = [], 0
-        for appended in append(self.producer, topic, partition, [(m[1], m[2]) for m in run]):
+        for appended in append(self.producer, *where, [(m[1], m[2]) for m in run]):
             out.append(Sent(run[at : at + appended.count], appended))
             at += appended.count
         return out
