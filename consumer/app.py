@@ -271,7 +271,9 @@ class StreamrecService:
         # endless new ids (None: the model never forgets, neither do these).
         ttl = self.model.viewer_ttl
         self.shadow_evaluator = (
-            StreamingEvaluator(self.shadow.name, n=config.top_n, id_ttl=ttl) if self.shadow else None
+            StreamingEvaluator(self.shadow.name, n=config.top_n, id_ttl=ttl, coverage=False)
+            if self.shadow
+            else None
         )
         if self.shadow_evaluator is not None and (self.arms.learn_from == "all" or not self.arms.experiment):
             # The control's evaluator observes every event of every batch just before: the

@@ -185,7 +185,8 @@ class Arms:
         for i, spec in enumerate(specs):
             factory = factory_of(spec)
             model = factory()
-            evaluator = StreamingEvaluator(model.name, n=n, id_ttl=model.viewer_ttl)
+            # Coverage is measured on the published lists (consumer.metrics), not again here.
+            evaluator = StreamingEvaluator(model.name, n=n, id_ttl=model.viewer_ttl, coverage=False)
             self.arms.append(Arm(spec, factory, model, evaluator, is_control=i == 0))
         self.control = self.arms[0]
         total = sum(a.spec.weight for a in self.arms)

@@ -100,3 +100,22 @@ def test_touching_the_recommended_rows_at_once_leaves_what_touching_each_leaves(
             once.touch_many(rows, now)
         assert list(each._data.items()) == list(once._data.items())
         assert len(each) == len(once)
+
+
+@pytest.mark.parametrize("ttl", [None, 50.0])
+def test_without_coverage_every_other_figure_is_the_same(ttl):
+    # The service turns coverage off (it measures coverage on the lists it publishes).
+    events = _stream(7, 400, 25)
+    rng = np.random.default_rng(8)
+    full = StreamingEvaluator("model", n=10, id_ttl=ttl)
+    lean = StreamingEvaluator("model", n=10, id_ttl=ttl, coverage=False)
+    for start in range(0, len(events), 32):
+        chunk = events[start : start + 32]
+        ranking = _ranking(rng, len(chunk), 10)
+        assert lean.observe(chunk, ranking) == full.observe(chunk, ranking)
+    assert full.report.coverage > 0 and np.isnan(lean.report.coverage)
+    assert (lean.report.hits, lean.report.evaluated, lean.report.window_hr) == (
+        full.report.hits,
+        full.report.evaluated,
+        full.report.window_hr,
+    )
