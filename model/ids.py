@@ -126,7 +126,17 @@ class IdIndex:
         if not isinstance(ids, Sequence):
             ids = list(ids)
         # Most ids of a batch are known: look them all up in C, then add the few new ones.
-        rows = self.get_many(ids)
+        return self.add_unknown(ids, self.get_many(ids))
+
+    def add_unknown(self, ids: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """:meth:`add_many` when the caller has ``get_many(ids)`` already (``rows``, filled in
+        place and returned): only the ids at ``-1`` are looked up again.
+
+        >>> index = IdIndex(); index.add("a")
+        0
+        >>> index.add_unknown(["b", "a", "b"], index.get_many(["b", "a", "b"])).tolist()
+        [1, 0, 1]
+        """
         unknown = np.flatnonzero(rows < 0)
         if unknown.size:
             add = self.add

@@ -24,7 +24,7 @@ from model.compiled import exclusion_cells
 from model.history import group_positions
 from model.ids import IdIndex
 
-__all__ = ["Cells", "SeenVideos", "viewer_keys"]
+__all__ = ["Cells", "SeenVideos", "unknown_keyed", "viewer_keys"]
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -37,13 +37,22 @@ def viewer_keys(viewers: IdIndex, events: Sequence[WatchEvent]) -> np.ndarray:
     call; only the events of unknown viewers take a step of their own.
     """
     ids = [e.viewer for e in events]
-    keys = viewers.get_many(ids)
-    unknown = np.flatnonzero(keys < 0)
+    return unknown_keyed(viewers.get_many(ids), ids)
+
+
+def unknown_keyed(rows: np.ndarray, ids: Sequence[str]) -> np.ndarray:
+    """:func:`viewer_keys` from the viewers' rows (``-1``: unknown) and ids: each unknown viewer
+    gets a negative key of its own, shared by its events (``rows`` is filled in place).
+
+    >>> unknown_keyed(np.array([3, -1, -1, 0, -1]), ["a", "b", "c", "d", "b"]).tolist()
+    [3, -2, -3, 0, -2]
+    """
+    unknown = np.flatnonzero(rows < 0)
     if unknown.size:
         new: dict[str, int] = {}
         for i in unknown.tolist():
-            keys[i] = new.setdefault(ids[i], -2 - len(new))
-    return keys
+            rows[i] = new.setdefault(ids[i], -2 - len(new))
+    return rows
 
 
 class Cells:

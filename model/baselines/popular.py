@@ -26,13 +26,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from contract.events import WatchEvent
-from model.base import CatalogueScorer, ModelStats
+from model.base import CatalogueScorer, ModelStats, Ranking
 from model.baselines.rows import check_seen_rows, check_table_rows
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import DAY, Lifecycle
 from model.parts import Counters
 from model.persist import Part
-from model.seen import SeenVideos
+from model.seen import SeenVideos, unknown_keyed
+from model.topk import shared_top_n_with_rank
 
 __all__ = ["MostPopular"]
 
@@ -108,13 +109,46 @@ class MostPopular(CatalogueScorer):
             for start in range(0, len(events), chunk):
                 self.learn_many(events[start : start + chunk])
             return
-        videos = self.videos.add_many(e.video for e in events)
-        viewers = self.viewers.add_many(e.viewer for e in events)
+        viewer_ids, video_ids = [e.viewer for e in events], [e.video for e in events]
+        self._learn(
+            events, viewer_ids, video_ids, self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
+        )
+
+    def rank_and_learn(self, events: Sequence[WatchEvent], n: int = 10) -> Ranking:
+        """:meth:`rank_events` then :meth:`learn_many`, each id looked up once for both (the
+        service's shadow baseline runs this for every batch).
+
+        >>> from contract.events import WatchEvent
+        >>> m = MostPopular(); m.learn_many([WatchEvent(0, "a", "x"), WatchEvent(1, "a", "y")])
+        >>> m.rank_and_learn([WatchEvent(2, "b", "y"), WatchEvent(3, "b", "x")], n=2).rank.tolist()
+        [1, 0]
+        """
+        if len(events) > self._max_chunk:
+            return super().rank_and_learn(events, n)
+        viewer_ids, video_ids = [e.viewer for e in events], [e.video for e in events]
+        viewer_rows, video_rows = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
+        exclude = self.seen.exclusion_for_events(unknown_keyed(viewer_rows.copy(), viewer_ids), video_rows)
+        top, rank = shared_top_n_with_rank(self.shared_scores(), n, video_rows, exclude)
+        ranking = Ranking(top=top, rank=rank, catalogue=self.videos.live)
+        self._learn(events, viewer_ids, video_ids, viewer_rows, video_rows)
+        return ranking
+
+    def _learn(
+        self,
+        events: Sequence[WatchEvent],
+        viewer_ids: list[str],
+        video_ids: list[str],
+        viewer_rows: np.ndarray,
+        video_rows: np.ndarray,
+    ) -> None:
+        """Learn ``events``, whose ids' rows before the batch (``-1``: new) the caller looked up."""
+        videos = self.videos.add_unknown(video_ids, video_rows)
+        viewers = self.viewers.add_unknown(viewer_ids, viewer_rows)
         for table in self._video_tables().values():
             table.ensure(len(self.videos))
         self._count(videos)
         self.seen.add_many(viewers, videos)
-        times = np.fromiter((e.timestamp for e in events), dtype=np.float64, count=len(events))
+        times = np.array([e.timestamp for e in events], dtype=np.float64)
         self._life.observe(viewers, videos, times, len(self.viewers), len(self.videos))
         self.events_learned += len(events)
         if self._life.due():
