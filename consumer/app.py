@@ -1313,7 +1313,8 @@ class StreamrecService:
                 mine[2] += 1
                 hit_watch += watched
         shown = hits = squares = hit_squares = products = viewers = 0
-        counts, clock = self.viewer_hits, self.model.clock
+        counts = self.viewer_hits
+        returning, totals = [], []
         for viewer, (previous, k, m) in by_viewer.items():
             if previous is None:
                 continue
@@ -1329,7 +1330,9 @@ class StreamrecService:
             total[0], total[1] = s + k, h + m
             shown += k
             hits += m
-            counts.touch(viewer, total, clock)
+            returning.append(viewer)
+            totals.append(total)
+        counts.put_many(returning, totals, self.model.clock)
         return Online(shown, hits, shown_watch, hit_watch, squares, hit_squares, products, viewers)
 
     def _guarded(self, arm: Arm, step: Callable[[], object]) -> object | None:
@@ -1384,7 +1387,6 @@ class StreamrecService:
         last_of_viewer = {e.viewer: i for i, e in enumerate(events)}
         now, out, n = time.time(), self.config.output_topic, self.config.top_n
         origins = intake.origins
-        touch = self.shown.touch
         messages: list[Message] = []
         control = self.arms.control
         for arm, viewers in self._viewers_by_arm(last_of_viewer):
@@ -1406,9 +1408,8 @@ class StreamrecService:
                 [origins[i][:2] for i in last],
                 arm=arm.name,
             )
-            clock = source.model.clock
-            for viewer, rec in zip(viewers, lists, strict=True):
-                touch(viewer, rec.videos, clock)  # a list of 10: `in` is as quick as a set's
+            # Lists of 10: `in` is as quick as a set's.
+            self.shown.put_many(viewers, [rec.videos for rec in lists], source.model.clock)
             messages += [(out, v.encode(), value, None) for v, value in zip(viewers, values, strict=True)]
         return Recommended(messages, now)
 

@@ -123,6 +123,28 @@ class ExpiringDict:
             self._evict()
         return fresh
 
+    def put_many(self, keys: Sequence[Hashable], values: Sequence[Any], now: float | None = None) -> None:
+        """:meth:`touch` each key with its value, in order, all at ``now``; evicts once at the end
+        (the same keys remain as after touching one by one: the most recently touched).
+
+        >>> d = ExpiringDict(max_size=2); d.put_many(["a", "b", "a", "c"], [1, 2, 3, 4], now=0.0)
+        >>> list(d.keys()), d.get("a"), d.get("c")
+        (['a', 'c'], 3, 4)
+        """
+        if now is None or math.isnan(now):  # as of the newest time seen
+            now = self.now
+        elif now > self.now:
+            self.now = now
+        data = self._data
+        get, move = data.get, data.move_to_end
+        for key, value in zip(keys, values, strict=True):
+            old = get(key)
+            # A late event does not make a key look older (as in touch).
+            data[key] = (value, now if old is None or old[1] <= now else old[1])
+            move(key)
+        if self.max_size is not None or self.ttl is not None:
+            self._evict()
+
     def _evict(self) -> None:
         data = self._data
         if self.max_size is not None:

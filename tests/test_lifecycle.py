@@ -361,3 +361,20 @@ def test_touch_many_answers_like_touch_one_by_one():
         expected = [one.touch(k, None, now) for k in keys]
         assert many.touch_many(keys, now).tolist() == expected
         assert list(many.keys()) == list(one.keys())
+
+
+@pytest.mark.parametrize("bounds", [{"ttl": 30.0}, {"max_size": 12}, {"ttl": 30.0, "max_size": 12}, {}])
+def test_put_many_leaves_what_touch_one_by_one_leaves(bounds):
+    # The service stores each batch's lists and per-viewer counts this way.
+    rng = np.random.default_rng(1)
+    one, many = ExpiringDict(**bounds), ExpiringDict(**bounds)
+    for now in np.arange(0.0, 300.0, 10.0) + rng.choice([0.0, -25.0], 30):  # some batches late
+        keys = [f"k{k}" for k in rng.integers(0, 40, 25)]
+        values = rng.integers(0, 1000, 25).tolist()
+        for k, v in zip(keys, values, strict=True):
+            one.touch(k, v, float(now))
+        many.put_many(keys, values, float(now))
+        order = list(one.keys())
+        assert list(many.keys()) == order
+        assert [many.get(k) for k in order] == [one.get(k) for k in order]
+        assert many.now == one.now
