@@ -73,10 +73,9 @@ class MostPopular(CatalogueScorer):
         return now if math.isfinite(now) else None
 
     def stats(self) -> ModelStats:
-        # Per video its counts, per row a last-seen time (when ids expire); per watch, its slot
-        # in a seen list (a list slot and an int object, about 36 bytes).
+        # Per video its counts, per row a last-seen time (when ids expire); the seen lists.
         tables = [*self._video_tables().values(), self._life.viewers.table, self._life.videos.table]
-        memory = sum(t.array.nbytes for t in tables) + 36 * self.seen.entries()
+        memory = sum(t.array.nbytes for t in tables) + self.seen.nbytes()
         return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
 
     def video_counts(self) -> np.ndarray:
@@ -123,8 +122,8 @@ class MostPopular(CatalogueScorer):
         >>> m.rank_and_learn([WatchEvent(2, "b", "y"), WatchEvent(3, "b", "x")], n=2).rank.tolist()
         [1, 0]
         """
-        if len(events) > self._max_chunk:
-            return super().rank_and_learn(events, n)
+        if len(events) > self._max_chunk or type(self).learn_many is not MostPopular.learn_many:
+            return super().rank_and_learn(events, n)  # in chunks, or a subclass learns its own way
         viewer_ids, video_ids = [e.viewer for e in events], [e.video for e in events]
         viewer_rows, video_rows = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
         exclude = self.seen.exclusion_for_events(unknown_keyed(viewer_rows.copy(), viewer_ids), video_rows)
