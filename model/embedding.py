@@ -380,8 +380,8 @@ class EmbeddingRanker(CatalogueScorer):
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of model state: per viewer, per video, and in total (id strings excluded).
 
-        Per viewer: the recent-history ring (int64 rows + float32 weights) and about 36 bytes
-        per watch in the seen list (a list slot and an int object; the average is used). Per
+        Per viewer: the recent-history ring (int64 rows + float32 weights) and the seen list
+        (:meth:`~model.seen.SeenVideos.nbytes`: about 9 bytes a watch; the average is used). Per
         video: video and transition vectors with their Adagrad state, bias, counters, plus its
         share of the dense co-occurrence counts (``cooccurrence``: ``4 * capacity**2`` bytes in
         all, so the share grows with the catalogue). Each row, with expiry on, has a last-seen
@@ -392,7 +392,7 @@ class EmbeddingRanker(CatalogueScorer):
         viewer_rows, video_rows = len(self.viewers), len(self.videos)
         clock = 8 if self._life.enabled else 0  # last-seen time per row
         per_viewer = self._recent.nbytes_per_viewer() + clock
-        seen = 36 * self.seen.entries()
+        seen = self.seen.nbytes()
         per_video = 4 * 4 * k + 2 * 4 + 2 * 8 + clock
         cooc = self._cooc.nbytes()
         admission = sum(f.nbytes() for f in (self._admit_viewers, self._admit_videos) if f is not None)

@@ -303,7 +303,7 @@ class CoOccurrenceKNN(CatalogueScorer):
     clock = None
 
     def stats(self) -> ModelStats:
-        memory = self.counts.nbytes() + self._pop.array.nbytes + 36 * self.seen.entries()
+        memory = self.counts.nbytes() + self._pop.array.nbytes + self.seen.nbytes()
         return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
 
     def video_counts(self) -> np.ndarray:

@@ -85,7 +85,7 @@ class FunkMFRanker(CatalogueScorer):
 
     def stats(self) -> ModelStats:
         # river keeps a k-vector per id (float64) in dicts; seen lists as everywhere else.
-        memory = 8 * self.k * (len(self.viewers) + len(self.videos)) + 36 * self.seen.entries()
+        memory = 8 * self.k * (len(self.viewers) + len(self.videos)) + self.seen.nbytes()
         return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
 
     def video_counts(self) -> np.ndarray:

@@ -88,7 +88,7 @@ class ISGD(CatalogueScorer):
 
     def stats(self) -> ModelStats:
         vectors = self.viewer_vectors.array.nbytes + self.video_vectors.array.nbytes
-        memory = vectors + self._counts.array.nbytes + 36 * self.seen.entries()
+        memory = vectors + self._counts.array.nbytes + self.seen.nbytes()
         return ModelStats(self.events_learned, self.viewers.live, self.videos.live, memory)
 
     def video_counts(self) -> np.ndarray:
