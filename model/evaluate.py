@@ -37,7 +37,7 @@ import numpy as np
 
 from contract.events import WatchEvent
 from model.base import Ranking, StreamRanker
-from model.expiring import ExpiringDict
+from model.expiring import ExpiringDict, RecentIds
 from model.lifecycle import EventClock
 
 __all__ = ["StreamingEvaluator", "BatchQuality", "EvalReport", "progressive_evaluate", "evaluate"]
@@ -160,8 +160,8 @@ class StreamingEvaluator:
             self.report.coverage = math.nan
         self.bounded = id_ttl is not None or max_ids is not None
         self._clock = EventClock()
-        self._viewers: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
-        self._videos: set[str] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
+        self._viewers: set[str] | ExpiringDict | RecentIds = _ids_seen(id_ttl, max_ids)
+        self._videos: set[str] | ExpiringDict | RecentIds = _ids_seen(id_ttl, max_ids)
         self._recommended: set[int] | ExpiringDict = ExpiringDict(id_ttl, max_ids) if self.bounded else set()
         # The window is a ring of the last ``window`` evaluated events' hits and gains: summed
         # with numpy per batch (a few µs), where ``math.fsum`` over deques cost 0.3 ms a batch.
@@ -294,7 +294,15 @@ class StreamingEvaluator:
         self._window_len = min(size, self._window_len + k)
 
 
-def _same_bounds(a: ExpiringDict, b: ExpiringDict) -> bool:
+def _ids_seen(ttl: float | None, max_size: int | None) -> set[str] | ExpiringDict | RecentIds:
+    """The ids an evaluator has seen: all of them (``set``), those of the last ``ttl`` seconds
+    (:class:`~model.expiring.RecentIds`), or with a count bound too, least recent out first."""
+    if max_size is not None:
+        return ExpiringDict(ttl, max_size)
+    return set() if ttl is None else RecentIds(ttl)
+
+
+def _same_bounds(a: ExpiringDict | RecentIds, b: ExpiringDict | RecentIds) -> bool:
     return (a.ttl, a.max_size) == (b.ttl, b.max_size)
 
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
+from itertools import repeat
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ExpiringDict"]
+__all__ = ["ExpiringDict", "RecentIds"]
 
 
 class ExpiringDict:
@@ -159,3 +160,82 @@ class ExpiringDict:
                     break
                 data.popitem(last=False)
                 self.evicted += 1
+
+
+class RecentIds:
+    """The keys touched within ``ttl`` seconds of event time: :meth:`ExpiringDict.touch_many`'s
+    answers without its order of touch.
+
+    A plain dict of key -> last touch, in which a batch is looked up and stored by C loops
+    (``map``, ``dict.update``) and whose values are the batch's one time object; the keys older
+    than ``ttl`` are swept out once the clock has moved ``ttl / 8`` since the last sweep, or
+    the dict has doubled. An ``ExpiringDict`` moves every key touched to the young end of a
+    linked list, and in a long-running process each of its nodes is a cache miss: for the
+    service's evaluator (two batches of 256 keys a batch) 0.6 us a key, this about a third of it.
+    Whether a key was fresh is exact whenever the sweep runs: a key is fresh when its last
+    touch is within ``ttl`` of the newest time, as in ``ExpiringDict``.
+
+    >>> ids = RecentIds(ttl=10.0)
+    >>> ids.touch_many(["a", "b", "a"], now=0.0).tolist(), ids.touch_many(["a", "c"], now=11.0).tolist()
+    ([False, False, True], [False, False])
+    >>> "b" in ids, "a" in ids, sorted(ids.keys()), len(ids)
+    (False, True, ['a', 'c'], 2)
+    """
+
+    def __init__(self, ttl: float) -> None:
+        if not ttl > 0:
+            raise ValueError(f"ttl must be positive, got {ttl}")
+        self.ttl = ttl
+        self.max_size = None  # bounded by age only (ExpiringDict's attributes, for comparisons)
+        self.now = -math.inf
+        self._last: dict[Hashable, float] = {}
+        self._swept_at = -math.inf
+        self._kept = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        """The keys held: those touched within ``ttl``, and any up to ``ttl / 8`` older that
+        no sweep has dropped yet."""
+        return len(self._last)
+
+    def __contains__(self, key: object) -> bool:
+        last = self._last.get(key)
+        return last is not None and last >= self.now - self.ttl
+
+    def keys(self) -> Iterator[Hashable]:
+        """The keys touched within ``ttl``, in no particular order."""
+        cutoff = self.now - self.ttl
+        return (k for k, t in self._last.items() if t >= cutoff)
+
+    def touch_many(self, keys: Sequence[Hashable], now: float) -> np.ndarray:
+        """Touch each key at ``now``; per key, whether it was touched within ``ttl`` before (a
+        key repeated in ``keys`` is fresh the second time), as :meth:`ExpiringDict.touch_many`."""
+        if now > self.now:
+            self.now = now
+        n = len(keys)
+        last = self._last
+        before = np.fromiter(map(last.get, keys, repeat(-math.inf)), np.float64, n)
+        fresh = before >= self.now - self.ttl
+        first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # first position of each
+        if len(first) < n:
+            repeated = np.ones(n, dtype=bool)
+            repeated[np.fromiter(first.values(), np.int64, len(first))] = False
+            fresh |= repeated
+        if now >= self.now:  # the newest time: no key was touched later
+            last.update(zip(keys, repeat(now)))
+        else:  # a late batch does not make a key look older
+            for key, old in zip(keys, before.tolist(), strict=True):
+                if old < now:
+                    last[key] = now
+        self._sweep()
+        return fresh
+
+    def _sweep(self) -> None:
+        """Drop the keys older than ``ttl``, once the clock has moved ``ttl / 8`` since the last
+        sweep or the dict has doubled (each key's sweep is paid for by the touches before it)."""
+        if self.now - self._swept_at < self.ttl / 8 and len(self._last) <= 2 * self._kept + 1024:
+            return
+        cutoff = self.now - self.ttl
+        kept = {k: t for k, t in self._last.items() if t >= cutoff}
+        self.evicted += len(self._last) - len(kept)
+        self._last, self._swept_at, self._kept = kept, self.now, len(kept)

@@ -8,7 +8,7 @@ import pytest
 from contract.events import WatchEvent
 from model.baselines.popular import MostPopular
 from model.evaluate import StreamingEvaluator, evaluate
-from model.expiring import ExpiringDict
+from model.expiring import ExpiringDict, RecentIds
 from model.frequency import FrequencyFilter
 from model.history import RecentHistory
 from model.ids import IdIndex
@@ -378,3 +378,17 @@ def test_put_many_leaves_what_touch_one_by_one_leaves(bounds):
         assert list(many.keys()) == order
         assert [many.get(k) for k in order] == [one.get(k) for k in order]
         assert many.now == one.now
+
+
+def test_recent_ids_answer_as_an_expiring_dict_bounded_by_age():
+    # The service's evaluators keep the viewers and videos they saw in RecentIds.
+    rng = np.random.default_rng(2)
+    ordered, recent = ExpiringDict(ttl=40.0), RecentIds(ttl=40.0)
+    for now in np.arange(0.0, 600.0, 7.0) + rng.choice([0.0, -30.0], 86, p=[0.8, 0.2]):  # late batches
+        keys = [f"k{k}" for k in rng.integers(0, 60, int(rng.integers(1, 40)))]
+        assert recent.touch_many(keys, float(now)).tolist() == ordered.touch_many(keys, float(now)).tolist()
+        # ExpiringDict evicts in order of touch, so after a late batch it keeps some stale keys.
+        fresh = sorted(k for k, (_, t) in ordered._data.items() if t >= ordered.now - ordered.ttl)
+        assert sorted(recent.keys()) == fresh and all(k in recent for k in fresh)
+        assert len(recent) >= len(fresh)
+    assert not recent.touch_many([], now=1e6).size and len(recent) == 0 and recent.evicted >= 60
