@@ -6,6 +6,7 @@ Usage::
     .venv/bin/python bench/profile_answer.py --ml100k ../shared/data/ml-100k/u.data
     .venv/bin/python bench/profile_answer.py --profile 30        # + cProfile, the 30 costliest functions
     .venv/bin/python bench/profile_answer.py --repo /tmp/old-checkout   # another checkout's code
+    .venv/bin/python bench/profile_answer.py --steps --skip 30000       # each step, steady state
 
 Drives :meth:`consumer.app.StreamrecService.answer` and its metrics (``_record``) batch by
 batch, as :meth:`~consumer.app.StreamrecService.process` does for one poll, on the service's
@@ -17,6 +18,10 @@ process's CPU per event, and with ``--profile`` the functions that take the time
 own time; cProfile's own overhead inflates the many small calls). ``--repo`` runs another
 checkout's service on the same stream, so two versions compare in one run. ``--no-freeze``
 leaves out the ``gc.freeze()`` the service does after start-up, where that code has it.
+``--steps`` times the named steps of the batch path (:data:`STEPS`: the service's, the served
+model's, the shadow's, the evaluators') with a clock around each call, a few hundred calls a
+batch, so without cProfile's cost on every small call; steps nest (the served model's learning
+step holds its products), so their times do not add up.
 """
 
 from __future__ import annotations
@@ -34,6 +39,58 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
 
+#: What ``--steps`` times: (module, class or ``None``, function); missing ones are skipped, so an
+#: older checkout (``--repo``) reports what it has.
+STEPS = (
+    ("consumer.app", "StreamrecService", "_test_and_learn"),
+    ("consumer.app", "StreamrecService", "_online"),
+    ("consumer.app", "StreamrecService", "_recommend"),
+    ("consumer.app", "StreamrecService", "_record"),
+    ("consumer.app", None, "decode"),
+    ("consumer.app", None, "recommendation_values"),
+    ("model.embedding", "EmbeddingRanker", "_batch"),
+    ("model.embedding", "EmbeddingRanker", "_dots"),
+    ("model.embedding", None, "rank_softmax"),
+    ("model.embedding", "EmbeddingRanker", "_update"),
+    ("model.embedding", None, "adagrad_rows"),
+    ("model.embedding", "EmbeddingRanker", "_shortlist"),
+    ("model.embedding", "EmbeddingRanker", "recommend_many"),
+    ("model.embedding", "EmbeddingRanker", "_top_n"),
+    ("model.baselines.popular", "MostPopular", "rank_and_learn"),
+    ("model.evaluate", "StreamingEvaluator", "observe"),
+    ("model.evaluate", "StreamingEvaluator", "warm_mask"),
+    ("model.seen", "SeenVideos", "exclusions_of"),
+    ("model.seen", "SeenVideos", "add_many"),
+    ("model.ids", "IdIndex", "get_many"),
+)
+
+
+def time_steps(steps: tuple = STEPS) -> dict[str, float]:
+    """Wrap each of ``steps`` with a clock; returns the seconds spent in each, by name, growing
+    as they are called (clear it to start over)."""
+    import functools
+    import importlib
+
+    spent: dict[str, float] = {}
+    for module_name, owner_name, name in steps:
+        module = importlib.import_module(module_name)
+        owner = module if owner_name is None else getattr(module, owner_name, None)
+        step = getattr(owner, name, None)
+        if step is None:
+            continue
+        label = f"{owner_name}.{name}" if owner_name else name
+        spent[label] = 0.0
+
+        def timed(*args, _step=step, _label=label, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            started = time.perf_counter()
+            try:
+                return _step(*args, **kwargs)
+            finally:
+                spent[_label] += time.perf_counter() - started
+
+        setattr(owner, name, functools.wraps(step)(timed))
+    return spent
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -49,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose service runs")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after start-up")
+    parser.add_argument("--steps", action="store_true", help="time each step of STEPS (us/event)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.repo.resolve()))
 
@@ -97,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     gc.callbacks.append(gc_timer)
 
     profiler = cProfile.Profile() if args.profile else None
+    spent = time_steps() if args.steps else None
     skip = max(0, args.skip // args.batch)
     before = wall0 = cpu0 = None
     events_timed = 0
@@ -107,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             collecting["on"] = True
             if profiler is not None:
                 profiler.enable()
+            if spent is not None:
+                spent.update(dict.fromkeys(spent, 0.0))
         started = time.perf_counter()
         answer = service.answer(batch)
         seconds = time.perf_counter() - started
@@ -132,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "full_collections": collecting["full"],
         "hr_at_10": hr,
     }
+    if spent is not None:
+        result["steps_us_per_event"] = {k: 1e6 * v / events_timed for k, v in spent.items()}
     if args.json:
         print(json.dumps(result))
     else:
@@ -145,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{collecting['full']} full collections)"
         )
         print(f"  live HR@10 {', '.join(f'{k} {v:.4f}' for k, v in hr.items())}")
+        if spent is not None:
+            print("  steps (nested; with the clocks' own cost):")
+            for step, us in sorted(result["steps_us_per_event"].items(), key=lambda kv: -kv[1]):
+                print(f"    {step:<40}{us:>8.2f} us/event")
     if profiler is not None:
         out = io.StringIO()
         pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(
