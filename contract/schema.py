@@ -20,12 +20,11 @@ Rules (an event breaking any of them is dead-lettered with the reason code in br
   too large for a double there, ``"x": 1e400``, is still valid JSON: the event is used).
 
 Decoding is msgspec's typed decoder (:class:`_Wire`): one pass over the bytes that builds only
-the six fields above, checking their types, ranges and lengths, and skips the rest, at about
-a fifth of the cost of building a dict with
-orjson and checking it in Python (measured in ``bench/e2e.py``'s decode figure). Whatever that
-fast path does not accept outright is decoded again by the plain rules below (:func:`_checked`),
-which name the reason; so the reason codes come from one place, and the fast path can only
-say yes to an event the rules accept.
+the six fields above, checking their types, ranges and lengths, and skips the rest, at about a
+fifth of the cost of building a dict with orjson and checking it in Python (measured in
+``bench/e2e.py``'s decode figure). Whatever that fast path does not accept outright is decoded
+again by the plain rules below (:func:`_checked`), which name the reason; so the reason codes
+come from one place, and the fast path can only say yes to an event the rules accept.
 
 >>> event_from_json(b'{"timestamp": 10, "viewer": 42, "video": "v", "watch_time": 30}')
 WatchEvent(timestamp=10.0, viewer='42', video='v', watch_time=30.0, duration=None, event_id=None)
@@ -127,7 +126,6 @@ def _seconds(body: dict, name: str, allow_zero: bool) -> float | None:
 
 
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
-_Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)]
 
 
 class _Wire(msgspec.Struct, gc=False):
@@ -138,7 +136,7 @@ class _Wire(msgspec.Struct, gc=False):
     timestamp: Annotated[float, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)] | str
     viewer: _Id | int
     video: _Id | int
-    watch_time: _Seconds | None = None
+    watch_time: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)] | None = None
     duration: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)] | None = None
     event_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
 
