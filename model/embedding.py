@@ -338,6 +338,7 @@ class EmbeddingRanker(CatalogueScorer):
         self.shortlist_share_now = float(self.shortlist_share)
         self.shortlist_lost_rate = 0.0
         self._share_sets_length = False
+        self._shortlist_length = 0  # the last length the share set: where the next search starts
 
     @property
     def n_viewers(self) -> int:
@@ -541,9 +542,11 @@ class EmbeddingRanker(CatalogueScorer):
         if heat[hottest].sum() < share * total:
             # The fewest hottest that hold the share: sort the values (3x cheaper than their
             # order), then take the rows above the k-th value and, of the rows at it, the first.
-            descending = np.sort(heat)[::-1]
-            k = int(np.searchsorted(np.cumsum(descending), share * total)) + 1
+            depth = max(2 * k, self._shortlist_length + self._shortlist_length // 4)
+            sums, descending = _running_sums(heat, share * total, depth)
+            k = int(np.searchsorted(sums, share * total)) + 1
             self._share_sets_length = True
+            self._shortlist_length = k
             if k >= self.videos.live:
                 return None
             threshold = descending[k - 1]
@@ -1204,6 +1207,28 @@ def _named(history: list[int], id_of) -> list[str]:  # noqa: ANN001 - a list's _
     if max(history[k:]) < 0:
         return [*map(id_of, history[:k]), *[""] * (len(history) - k)]
     return [id_of(r) if r >= 0 else "" for r in history]
+
+
+def _running_sums(values: np.ndarray, target: float, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """The running sums of ``values`` sorted best first, and those values, as far down as the
+    sums reach ``target`` (or all of them): the same numbers as ``np.cumsum`` of the whole
+    sorted vector, up to there. The top ``depth`` values are sorted first (doubled while short):
+    a shortlist is a fifth of a catalogue, and sorting and summing all of it cost 60 us a batch
+    at 10,000 videos.
+
+    >>> sums, best = _running_sums(np.array([1.0, 4.0, 2.0, 3.0]), 6.5, 1)
+    >>> sums.tolist(), best.tolist()
+    ([4.0, 7.0], [4.0, 3.0])
+    """
+    n = values.size
+    while True:
+        depth = min(depth, n)
+        top = values if depth == n else np.partition(values, n - depth)[n - depth :]
+        descending = np.sort(top)[::-1]
+        sums = np.cumsum(descending)
+        if depth == n or sums[-1] >= target:
+            return sums, descending
+        depth *= 2
 
 
 def _rows_at(columns: np.ndarray, top: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from contract.events import WatchEvent
-from model.embedding import EmbeddingRanker
+from model.embedding import EmbeddingRanker, _running_sums
 from model.evaluate import evaluate
 from model.topk import UNRANKED
 
@@ -412,6 +412,27 @@ def test_shortlist_grows_to_hold_most_recent_watches_when_popularity_is_flat() -
     grown = evaluate(EmbeddingRanker(seed=1, shortlist=50, shortlist_budget=None), events, batch_size=128)
     assert fixed.hr < 0.8 * whole.hr
     assert grown.hr >= 0.95 * whole.hr
+
+
+def test_the_share_is_found_from_the_top_of_the_order_as_from_the_whole_of_it() -> None:
+    """The shortlist's length comes from running sums of the hottest values, sorted: summed
+    from only as many as it takes, they give the length and the threshold the whole sorted
+    vector gives, ties and released rows (-1) included, whatever depth the search starts at."""
+    rng = np.random.default_rng(0)
+    for trial in range(500):
+        n = int(rng.integers(1, 2000))
+        heat = rng.pareto(rng.uniform(0.5, 3.0), n)
+        if trial % 2:
+            heat = np.round(heat, 1)  # many ties
+        heat[rng.random(n) < 0.1] = -1.0
+        target = rng.uniform(0.3, 1.0) * heat[heat > 0].sum()
+        whole = np.cumsum(np.sort(heat)[::-1])
+        sums, descending = _running_sums(heat, target, int(rng.integers(1, n + 2)))
+        assert np.array_equal(sums, whole[: sums.size])
+        k = int(np.searchsorted(whole, target))
+        assert int(np.searchsorted(sums, target)) == k
+        if k < n:
+            assert descending[k] == np.sort(heat)[::-1][k]
 
 
 def test_shortlist_is_saved(tmp_path: Path) -> None:
