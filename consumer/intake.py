@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contract.events import WatchEvent
-from contract.schema import EventError, event_from_json
+from contract.schema import EventError, event_from_json, events_from_json
 
 __all__ = ["DeadLetter", "Intake", "decode"]
 
@@ -51,7 +51,16 @@ class Intake:
 
 
 def decode(records: Iterable) -> Intake:
-    """Decode Kafka ``ConsumerRecord`` s (anything with topic, partition, offset, timestamp, key, value)."""
+    """Decode Kafka ``ConsumerRecord`` s (anything with topic, partition, offset, timestamp, key, value).
+
+    A poll of plainly valid events is decoded in one call (:func:`contract.schema.events_from_json`);
+    one that holds anything else, one record at a time, each bad record becoming a dead letter.
+    """
+    records = records if isinstance(records, list) else list(records)
+    events = events_from_json([r.value for r in records])
+    if events is not None:
+        origins = [(r.partition, r.offset, r.timestamp / 1000.0) for r in records]
+        return Intake(events, origins)
     intake = Intake()
     event, origin = intake.events.append, intake.origins.append
     for r in records:

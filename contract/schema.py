@@ -38,15 +38,26 @@ contract.schema.EventError: missing_field: 'timestamp' is required
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated
 
 import msgspec
 import orjson
+from msgspec.structs import astuple
 
 from contract.events import WatchEvent
 
-__all__ = ["EventError", "check_event", "event_from_json", "event_to_json", "REASONS", "MAX_EVENT_BYTES"]
+__all__ = [
+    "EventError",
+    "check_event",
+    "event_from_json",
+    "event_to_json",
+    "events_from_json",
+    "REASONS",
+    "MAX_EVENT_BYTES",
+]
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_ID_CHARS = 256
@@ -144,6 +155,23 @@ class _Wire(msgspec.Struct, gc=False):
 _decode_wire = msgspec.json.Decoder(_Wire).decode
 
 
+class _Plain(msgspec.Struct, gc=False):
+    """:class:`_Wire` without the forms that need more than msgspec checks (ISO timestamps,
+    integer ids): every field already what :class:`WatchEvent` holds, in its order."""
+
+    timestamp: Annotated[float, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
+    viewer: _Id
+    video: _Id
+    watch_time: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)] | None = None
+    duration: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)] | None = None
+    event_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
+
+
+assert _Plain.__struct_fields__ == _Wire.__struct_fields__ == WatchEvent._fields
+_decode_plain = msgspec.json.Decoder(_Plain).decode
+_as_event = partial(tuple.__new__, WatchEvent)  # a WatchEvent of a tuple of its fields, in C
+
+
 def event_from_json(raw: bytes | bytearray | memoryview | str | None) -> WatchEvent:
     """Decode and validate one event; raises :class:`EventError` with a reason code."""
     if raw is None:
@@ -169,6 +197,41 @@ def _fast(raw: bytes | bytearray | memoryview | str) -> WatchEvent | None:
         wire = _decode_wire(raw)
     except Exception:  # noqa: BLE001 - any refusal (or a RecursionError on deep nesting): the rules decide
         return None
+    return _plain_event(wire)
+
+
+def events_from_json(values: Sequence[bytes | bytearray | memoryview]) -> list[WatchEvent] | None:
+    """:func:`event_from_json` of every one of ``values``, when all of them are plain events
+    (number timestamps, string ids, ASCII: what streamrec's own producers send); ``None`` when
+    any is not (then decode them one by one: each gets its event or its reason).
+
+    Each value is decoded alone, straight into the fields of :class:`WatchEvent` in its order,
+    and the loop runs in C: 0.3 us an event instead of 0.6 one by one. (Decoding the values
+    joined as the lines of one buffer is no faster, and not safe: msgspec reads a line stream
+    as values separated by any whitespace, so a value cut in two and another holding two
+    objects would decode as two valid events.)
+
+    >>> one = b'{"timestamp": 1, "viewer": "a", "video": "x"}'
+    >>> two = b'{"timestamp": 2, "viewer": "b", "video": "y", "watch_time": 30}'
+    >>> [(e.viewer, e.video, e.watch_time) for e in events_from_json([one, two])]
+    [('a', 'x', None), ('b', 'y', 30.0)]
+    >>> events_from_json([one + b" " + two, b" "]) is None  # two objects in one value, none in the other
+    True
+    """
+    try:
+        ascii_only = b"".join(values).isascii()  # refuses None (a tombstone) and str
+    except TypeError:
+        return None
+    if not values or not ascii_only or max(map(len, values)) > MAX_EVENT_BYTES:
+        return None
+    try:
+        return list(map(_as_event, map(astuple, map(_decode_plain, values))))
+    except Exception:  # noqa: BLE001 - one value is not plain: each alone says which
+        return None
+
+
+def _plain_event(wire: _Wire) -> WatchEvent | None:
+    """The event of fields msgspec accepted, or ``None`` where the rest of the rules may refuse it."""
     timestamp, viewer, video = wire.timestamp, wire.viewer, wire.video
     if type(timestamp) is str:
         try:

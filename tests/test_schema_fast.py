@@ -14,7 +14,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contract.schema import EventError, _checked, _fast, event_from_json
+from contract.schema import EventError, _checked, _fast, event_from_json, events_from_json
 from tests.hostile import hostile_corpus
 
 
@@ -117,3 +117,90 @@ def test_any_json_object_gets_the_same_answer_from_both_paths(body):
 @given(st.binary(max_size=200))
 def test_any_bytes_get_the_same_answer_from_both_paths(raw):
     agrees(raw)
+
+
+# -- a whole poll at once (events_from_json) ------------------------------------------------------
+
+
+def one_by_one(values):
+    """Each value's answer from the rules: its event, or its reason."""
+    out = []
+    for raw in values:
+        try:
+            out.append(event_from_json(raw))
+        except EventError as err:
+            out.append(err.reason)
+    return out
+
+
+def batch_agrees(values) -> bool:
+    """The batch path says yes only when every value is an event, and then gives those events."""
+    events = events_from_json(values)
+    if events is not None:
+        assert events == one_by_one(values), [v[:80] for v in values]
+    return events is not None
+
+
+PLAIN = [
+    b'{"timestamp": 1616963421, "viewer": "UC2n", "video": "WK_N", "watch_time": 600, "duration": 1200}',
+    b'{"timestamp": 5.5, "viewer": "a", "video": "b", "event_id": "e1", "extra": {"n": [1, 2]}}',
+    b'{"video": "c", "timestamp": 7, "viewer": "a"}\r',
+]
+
+
+def test_a_poll_of_plain_events_is_decoded_at_once_as_each_alone():
+    assert batch_agrees(PLAIN)
+    assert batch_agrees(PLAIN[:1])
+
+
+def test_values_that_would_decode_as_events_only_when_joined_are_refused_one_by_one():
+    """Joined by whitespace (as lines, or in an array), these would come out as one valid
+    event a value: a value cut off inside an object, the next one closing it, and one holding
+    two objects. Each value is bad alone, and the poll is decoded one by one."""
+    a = b'{"timestamp": 1, "viewer": "a", "video": "x"}'
+    polls = [
+        [b'{"timestamp": 1, "viewer": "a", "video": "x", "extra":', b'{"k": 1}}', a + b" " + a],
+        [a + b" " + a, b" "],
+        [a + b"\n" + a, b""],
+        [b'{"timestamp": 1, "viewer": "a",', b'"video": "x"}'],
+        [b'{"timestamp": 1, "viewer": "a", "video": "x", "e": [[1', b'{"k": 1}]]}', a + b"],[" + a],
+    ]
+    for values in polls:
+        assert events_from_json(values) is None
+        assert any(isinstance(answer, str) for answer in one_by_one(values))
+    assert batch_agrees([a, b" " + a + b"\n"])  # whitespace around one object is JSON's own
+
+
+def test_anything_not_plain_in_a_poll_sends_the_whole_poll_one_by_one():
+    a = PLAIN[0]
+    for odd in [
+        None,  # a tombstone
+        b'{"timestamp": "2021-03-28T22:30:21+02:00", "viewer": "a", "video": "b"}',  # valid, not plain
+        b'{"timestamp": 1, "viewer": 7, "video": "b"}',  # valid, not plain
+        '{"timestamp": 1, "viewer": "\u00fc", "video": "b"}'.encode(),  # valid, not ASCII
+        b'{"timestamp": 1, "viewer": "a", "video": "b", "x": "' + b"y" * (64 * 1024) + b'"}',  # too large
+        b'{"timestamp": 1e400, "viewer": "a", "video": "b"}',
+        b"oops",
+    ]:
+        assert events_from_json([a, odd, a]) is None
+    assert events_from_json([]) is None
+
+
+def test_polls_cut_from_the_hostile_corpus_agree_with_one_by_one():
+    rng = random.Random(11)
+    corpus = [r.value for r in hostile_corpus(random.Random(5), 3000)]
+    plain = [v for v in corpus if v is not None and events_from_json([v]) is not None]
+    assert len(plain) > 100
+    taken = 0
+    for _ in range(400):
+        values = rng.sample(plain, rng.randint(1, 20))
+        if rng.random() < 0.5:
+            values[rng.randrange(len(values))] = rng.choice(corpus)
+        taken += batch_agrees(values)
+    assert taken > 100, "polls of plain events should take the batch path"
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(PLAIN) | st.binary(max_size=60), min_size=1, max_size=6))
+def test_any_values_get_the_same_answer_in_a_poll(values):
+    batch_agrees(values)
