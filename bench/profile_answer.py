@@ -7,6 +7,7 @@ Usage::
     .venv/bin/python bench/profile_answer.py --profile 30        # + cProfile, the 30 costliest functions
     .venv/bin/python bench/profile_answer.py --repo /tmp/old-checkout   # another checkout's code
     .venv/bin/python bench/profile_answer.py --steps --skip 30000       # each step, steady state
+    .venv/bin/python bench/profile_answer.py --profile 20 --callers get_many   # + who calls it
 
 Drives :meth:`consumer.app.StreamrecService.answer` and its metrics (``_record``) batch by
 batch, as :meth:`~consumer.app.StreamrecService.process` does for one poll, on the service's
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="streamrec")
     parser.add_argument("--no-shadow", action="store_true", help="without the shadow baseline")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="cProfile; print the N costliest")
+    parser.add_argument(
+        "--callers", metavar="NAME", help="with --profile: who calls the functions whose name matches NAME"
+    )
     parser.add_argument("--skip", type=int, default=2000, help="events answered before the timing starts")
     parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose service runs")
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
@@ -214,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {step:<40}{us:>8.2f} us/event")
     if profiler is not None:
         out = io.StringIO()
-        pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime")).print_stats(
-            args.profile
-        )
+        stats = pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("PROFILE_SORT", "tottime"))
+        if args.callers:
+            stats.print_callers(args.callers)
+        stats.print_stats(args.profile)
         print(out.getvalue())
     return 0
 
