@@ -39,6 +39,7 @@ from contract.events import WatchEvent
 from model.base import Ranking, StreamRanker
 from model.expiring import ExpiringDict, RecentIds
 from model.lifecycle import EventClock
+from model.topk import UNRANKED
 
 __all__ = ["StreamingEvaluator", "BatchQuality", "EvalReport", "progressive_evaluate", "evaluate"]
 
@@ -172,6 +173,7 @@ class StreamingEvaluator:
         self._window_pos = 0
         # 1/log2(rank+2) for ranks inside the list; precomputed once.
         self._gain = 1.0 / np.log2(np.arange(n) + 2.0)
+        self._gain_at = np.append(self._gain, 0.0)  # by rank, capped at n: 0 outside the list
         #: Batches observed, and the warm mask of the last one (what a follower reads).
         self.batches = 0
         self.last_warm: np.ndarray | None = None
@@ -236,12 +238,9 @@ class StreamingEvaluator:
         self.last_warm = warm
         rank = ranking.rank[warm]
         in_list = rank < self.n
-        hits = int(in_list.sum())
-        gains = np.zeros(rank.shape[0])
-        gains[in_list] = self._gain[rank[in_list]]
-        finite = rank < np.iinfo(np.int64).max
-        rr = np.zeros(rank.shape[0])
-        rr[finite] = 1.0 / (rank[finite] + 1.0)
+        hits = int(np.count_nonzero(in_list))
+        gains = self._gain_at[np.minimum(rank, self.n)]  # 0 past the list
+        rr = np.where(rank < UNRANKED, 1.0 / (rank + 1.0), 0.0)
         if self.coverage:
             self._cover(ranking.top[warm])
         self._extend_window(in_list, gains)
@@ -287,10 +286,11 @@ class StreamingEvaluator:
             return
         if k >= size:
             hits, gains, k = hits[-size:], gains[-size:], size
-        where = (self._window_pos + np.arange(k)) % size
-        self._window_hits[where] = hits
-        self._window_gain[where] = gains
-        self._window_pos = (self._window_pos + k) % size
+        pos = self._window_pos
+        first = min(k, size - pos)  # up to the end of the ring, the rest from its start
+        self._window_hits[pos : pos + first], self._window_hits[: k - first] = hits[:first], hits[first:]
+        self._window_gain[pos : pos + first], self._window_gain[: k - first] = gains[:first], gains[first:]
+        self._window_pos = (pos + k) % size
         self._window_len = min(size, self._window_len + k)
 
 
