@@ -24,7 +24,9 @@ the six fields above, checking their types, ranges and lengths, and skips the re
 fifth of the cost of building a dict with orjson and checking it in Python (measured in
 ``bench/e2e.py``'s decode figure). Whatever that fast path does not accept outright is decoded
 again by the plain rules below (:func:`_checked`), which name the reason; so the reason codes
-come from one place, and the fast path can only say yes to an event the rules accept.
+come from one place, and the fast path can only say yes to an event the rules accept. A poll
+of plain events (number timestamps, string ids) is decoded with the loop in C, each value on
+its own (:func:`events_from_json`).
 
 >>> event_from_json(b'{"timestamp": 10, "viewer": 42, "video": "v", "watch_time": 30}')
 WatchEvent(timestamp=10.0, viewer='42', video='v', watch_time=30.0, duration=None, event_id=None)
