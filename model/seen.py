@@ -308,14 +308,13 @@ class SeenVideos:
         [[5, 7], [5, 7, 9], []]
         """
         keys = np.asarray(viewer_keys, dtype=np.int64)
-        order, start, _ = group_positions(keys) if grouping is None else grouping
-        known = np.flatnonzero((keys >= 0) & (keys < len(self._seen)))
-        list_of = np.full(keys.shape[0], -1, dtype=np.int64)
-        if known.size:
-            distinct, list_of[known] = np.unique(keys[known], return_inverse=True)
-            ptr, flat = self.exclusions_of(distinct)
-        else:
-            ptr, flat = np.zeros(1, dtype=np.int64), _EMPTY
+        order, start, within = group_positions(keys) if grouping is None else grouping
+        # Each group's list read once (an unknown viewer's, or a new row's, is empty), found
+        # from the grouping the batch has anyway rather than by sorting the keys again.
+        first = within == 0
+        list_of = np.empty(keys.shape[0], dtype=np.int64)
+        list_of[order] = np.cumsum(first) - 1
+        ptr, flat = self.exclusions_of(keys[order[first]])
         return exclusion_cells(order, start, np.asarray(video_rows, dtype=np.int64), flat, ptr, list_of)
 
     def exclusion_for_events(

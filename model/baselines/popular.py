@@ -28,6 +28,7 @@ import numpy as np
 from contract.events import WatchEvent
 from model.base import CatalogueScorer, ModelStats, Ranking
 from model.baselines.rows import check_seen_rows, check_table_rows
+from model.history import group_positions
 from model.ids import GrowableTable, IdIndex
 from model.lifecycle import DAY, Lifecycle
 from model.parts import Counters
@@ -126,10 +127,12 @@ class MostPopular(CatalogueScorer):
             return super().rank_and_learn(events, n)  # in chunks, or a subclass learns its own way
         viewer_ids, video_ids = [e.viewer for e in events], [e.video for e in events]
         viewer_rows, video_rows = self.viewers.get_many(viewer_ids), self.videos.get_many(video_ids)
-        exclude = self.seen.exclusion_for_events(unknown_keyed(viewer_rows.copy(), viewer_ids), video_rows)
+        keys = unknown_keyed(viewer_rows.copy(), viewer_ids)
+        grouping = group_positions(keys)  # the same groups as the rows learning gives them
+        exclude = self.seen.exclusion_for_events(keys, video_rows, grouping)
         top, rank = shared_top_n_with_rank(self.shared_scores(), n, video_rows, exclude)
         ranking = Ranking(top=top, rank=rank, catalogue=self.videos.live)
-        self._learn(events, viewer_ids, video_ids, viewer_rows, video_rows)
+        self._learn(events, viewer_ids, video_ids, viewer_rows, video_rows, grouping)
         return ranking
 
     def _learn(
@@ -139,14 +142,16 @@ class MostPopular(CatalogueScorer):
         video_ids: list[str],
         viewer_rows: np.ndarray,
         video_rows: np.ndarray,
+        grouping: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Learn ``events``, whose ids' rows before the batch (``-1``: new) the caller looked up."""
+        """Learn ``events``, whose ids' rows before the batch (``-1``: new) the caller looked up
+        (and grouped by viewer, if it did: :func:`model.history.group_positions`)."""
         videos = self.videos.add_unknown(video_ids, video_rows)
         viewers = self.viewers.add_unknown(viewer_ids, viewer_rows)
         for table in self._video_tables().values():
             table.ensure(len(self.videos))
         self._count(videos)
-        self.seen.add_many(viewers, videos)
+        self.seen.add_many(viewers, videos, grouping)
         times = np.array([e.timestamp for e in events], dtype=np.float64)
         self._life.observe(viewers, videos, times, len(self.viewers), len(self.videos))
         self.events_learned += len(events)
