@@ -38,3 +38,15 @@ def test_watch_weights_are_bounded_and_monotone() -> None:
         assert (w >= 0.1).all() and (w <= 1.0).all() and (np.diff(w) >= 0).all()
     assert by_fraction[-1] == 1.0  # watched to the end
     assert watch_weights([None], [None])[0] == 1.0  # a rating: a plain positive
+
+
+def test_a_batch_whose_watch_times_and_durations_are_all_known_weighs_each_watch_as_any_batch() -> None:
+    # That batch takes a shorter path (the synthetic stream's, and YouTube's logs' usual case);
+    # the same watches beside one of unknown length get the same weights, bit for bit.
+    rng = np.random.default_rng(4)
+    watched = rng.choice([0.0, -3.0, 1e-9, 45.0, 5000.0], 200).tolist() + rng.uniform(0, 900, 300).tolist()
+    lengths = rng.choice([1e-3, 60.0, 1200.0], 200).tolist() + rng.uniform(1, 900, 300).tolist()
+    known = watch_weights(watched, lengths)
+    mixed = watch_weights([*watched, 30.0], [*lengths, None])
+    np.testing.assert_array_equal(known, mixed[:-1])
+    assert known.dtype == np.float32 and (known >= 0.1).all() and (known <= 1.0).all()
