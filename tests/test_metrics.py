@@ -238,6 +238,29 @@ def test_coverage_and_popularity_bias_over_the_recent_window():
     )
 
 
+def test_coverage_counts_the_distinct_videos_of_exactly_the_slots_in_its_window():
+    """Batches of repeated videos come and go; coverage is always the distinct videos of the
+    batches still in the window (the newest ones that fit in its size, at least one), counted
+    afresh."""
+    rng = np.random.default_rng(3)
+    metrics = ServiceMetrics(registry=CollectorRegistry(), coverage_window=300)
+    batches = []
+    for _ in range(60):
+        rows = rng.integers(0, 500, (int(rng.integers(1, 12)), 10)) ** 2 % 500  # skewed, repeats
+        rows[rng.random(rows.shape) < 0.1] = -1
+        metrics.record_recommended("streamrec", rows, None, catalogue=500)
+        batches.append(rows[rows >= 0])
+        kept, slots = [], 0
+        for batch in reversed(batches):  # the newest first, while they fit
+            if kept and slots + batch.size > 300:
+                break
+            kept.append(batch)
+            slots += batch.size
+        samples = scrape(metrics.registry)
+        coverage = value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control")
+        assert coverage == pytest.approx(np.unique(np.concatenate(kept)).size / 500)
+
+
 def test_coverage_without_popularity_leaves_bias_unset(metrics):
     metrics.record_recommended("streamrec", np.array([[0, 1, 2, -1]]), None, catalogue=6)
     samples = scrape(metrics.registry)
