@@ -169,7 +169,8 @@ class _Plain(msgspec.Struct, gc=False):
     event_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
 
 
-assert _Plain.__struct_fields__ == _Wire.__struct_fields__ == WatchEvent._fields
+if not _Plain.__struct_fields__ == _Wire.__struct_fields__ == WatchEvent._fields:  # read by position below
+    raise ImportError("contract.schema: the wire structs' fields must be WatchEvent's, in its order")
 _decode_plain = msgspec.json.Decoder(_Plain).decode
 _as_event = partial(tuple.__new__, WatchEvent)  # a WatchEvent of a tuple of its fields, in C
 
