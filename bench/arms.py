@@ -38,6 +38,7 @@ from kafka.consumer.fetcher import ConsumerRecord  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from bench.results import write_results  # noqa: E402
+from consumer.app import Measured  # noqa: E402
 from consumer.config import ServiceConfig  # noqa: E402
 from consumer.experiment import Counts, compare  # noqa: E402
 from consumer.metrics import ServiceMetrics  # noqa: E402
@@ -82,7 +83,7 @@ def run(
     for batch in batches:
         started = time.perf_counter()
         answer = service.answer(batch)
-        service._record(len(batch), answer.intake, answer.tested, answer.recommended, 0.0)
+        service._record([Measured(len(batch), answer.intake, answer.tested, answer.recommended, 0.0)])
         seconds += time.perf_counter() - started
         events += len(batch)
         if watch is not None and len(service.arms) > 1:

@@ -9,8 +9,9 @@ Usage::
     .venv/bin/python bench/profile_answer.py --steps --skip 30000       # each step, steady state
     .venv/bin/python bench/profile_answer.py --profile 20 --callers get_many   # + who calls it
 
-Drives :meth:`consumer.app.StreamrecService.answer` and its metrics (``_record``) batch by
-batch, as :meth:`~consumer.app.StreamrecService.process` does for one poll, on the service's
+Drives :meth:`consumer.app.StreamrecService.answer` batch by batch and its metrics
+(``_record``) a poll's worth of batches at a time (``max_poll_records``), as
+:meth:`~consumer.app.StreamrecService.process` does for a backlog's polls, on the service's
 defaults (the served model, the shadow baseline, both live evaluators, metrics in a registry of
 its own; no checkpoints, no Kafka): the records are made as the consumer hands them over
 (:func:`bench.arms.records`). Prints the service's own per-stage seconds
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     if freeze is not None and not args.no_freeze:
         freeze()  # as StreamrecService.run does once started
     collecting = {"seconds": 0.0, "since": 0.0, "full": 0, "on": False}
+    # The batches of one backlog's poll (max_poll_records) are recorded together.
+    measured, poll = getattr(consumer.app, "Measured", None), []
+    per_poll = max(1, config.max_poll_records // args.batch)
 
     def gc_timer(phase: str, info: dict) -> None:
         if not collecting["on"]:
@@ -175,7 +179,13 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         answer = service.answer(batch)
         seconds = time.perf_counter() - started
-        service._record(len(batch), answer.intake, answer.tested, answer.recommended, seconds)
+        if measured is None:  # an older checkout records each batch
+            service._record(len(batch), answer.intake, answer.tested, answer.recommended, seconds)
+        else:  # the metrics of a poll's batches at once, as process() records them
+            poll.append(measured(len(batch), answer.intake, answer.tested, answer.recommended, seconds))
+            if len(poll) == per_poll or i == len(batches) - 1:
+                service._record(poll)
+                poll = []
         if i >= skip:
             events_timed += len(batch)
     collecting["on"] = False

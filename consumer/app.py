@@ -186,6 +186,16 @@ class Answer(NamedTuple):
     recommended: Recommended | None
 
 
+class Measured(NamedTuple):
+    """One served batch, for the metrics: recorded with the rest of its poll once delivered."""
+
+    consumed: int
+    intake: Intake
+    tested: Tested | None
+    recommended: Recommended | None
+    seconds: float
+
+
 class _Rebalance(ConsumerRebalanceListener):
     """Forwards kafka-python's rebalance callbacks to the service (they must stay quick)."""
 
@@ -1102,7 +1112,7 @@ class StreamrecService:
         replay, live = poll.replay, poll.live
         work = replay_seconds = 0.0
         replayed = 0  # events of the replay learned (its dead letters are not)
-        published, last = 0, None  # the last batch's metrics wait until its lists are on their way
+        published, measured = 0, []  # the batches' metrics, recorded once the poll is delivered
         if self._sent_boundary:  # after a restart: first what the peers have of this learning
             (sent_replay, replay), (sent_live, live) = self._split_sent(replay), self._split_sent(live)
             if sent_replay or sent_live:
@@ -1111,14 +1121,14 @@ class StreamrecService:
                 stages["sync"] += time.perf_counter() - started
                 seconds, learned = self._replay(sent_replay)
                 replay_seconds, replayed = replay_seconds + seconds, replayed + learned
-                published, last, seconds = self._serve_all(sent_live, last, mid_poll=False)
+                published, seconds = self._serve_all(sent_live, measured, mid_poll=False)
                 work += seconds
                 self.exchange.relearned()
             self._pass_boundaries(polled)
         seconds, learned = self._replay(replay)  # replayed after a restart: learned only
         replay_seconds, replayed = replay_seconds + seconds, replayed + learned
         work += replay_seconds
-        count, last, seconds = self._serve_all(live, last)
+        count, seconds = self._serve_all(live, measured)
         published += count
         work += seconds
         if self.exchange is not None:  # the poll's video updates, delivered with its lists
@@ -1138,8 +1148,7 @@ class StreamrecService:
         self._measured(work, poll.consumed, delivering["acknowledge"] + delivering["commit"] - before)
         stages.update(delivering)
         if self.metrics is not None:
-            if last is not None:
-                self._record(*last)
+            self._record(measured)
             started = time.perf_counter()
             self._record_poll(poll, published, replay_seconds, replayed)
             stages["metrics"] += time.perf_counter() - started
@@ -1160,23 +1169,21 @@ class StreamrecService:
         stages["test_learn"] += time.perf_counter() - learning
         return time.perf_counter() - started, len(intake.events)
 
-    def _serve_all(
-        self, records: list, last: tuple | None, mid_poll: bool = True
-    ) -> tuple[int, tuple | None, float]:
-        """Serve ``records`` in batches of ``max_batch_events`` (each batch's metrics recorded
-        while the next is learned; ``last`` is the batch before): lists sent, the last batch's
-        metrics, seconds. ``mid_poll``: send updates whenever ``--sync-every`` is reached."""
+    def _serve_all(self, records: list, measured: list[Measured], mid_poll: bool = True) -> tuple[int, float]:
+        """Serve ``records`` in batches of ``max_batch_events``, each batch's metrics appended to
+        ``measured``: lists sent, seconds. ``mid_poll``: send updates whenever ``--sync-every``
+        is reached."""
         size, published, work = self.config.max_batch_events, 0, 0.0
         for start in range(0, len(records), size):
             started = time.perf_counter()
-            if last is not None:
-                self._record(*last)  # while the batch it measures travels to the brokers
-            count, last = self._serve(records[start : start + size])
+            count, batch = self._serve(records[start : start + size])
             published += count
+            if batch is not None:
+                measured.append(batch)
             if mid_poll:
                 self._exchange_mid_poll()
             work += time.perf_counter() - started
-        return published, last, work
+        return published, work
 
     def _split_sent(self, records: list) -> tuple[list, list]:
         """``records`` below their partition's sent boundary (learned again, in the peers
@@ -1212,9 +1219,9 @@ class StreamrecService:
             self._touched, through, self._changelog_models(), self.shown, self.viewer_hits
         )
 
-    def _serve(self, records: list) -> tuple[int, tuple | None]:
-        """One batch: :meth:`answer` it, then send; the number of lists sent, and the arguments of
-        :meth:`_record` for its metrics (``None`` without metrics)."""
+    def _serve(self, records: list) -> tuple[int, Measured | None]:
+        """One batch: :meth:`answer` it, then send; the number of lists sent, and what its
+        metrics are made of (``None`` without metrics)."""
         started = time.perf_counter()
         answer = self.answer(records)
         self._touch(answer.intake)
@@ -1224,7 +1231,7 @@ class StreamrecService:
         if self.metrics is None:
             return count, None
         seconds = time.perf_counter() - started
-        return count, (len(records), answer.intake, answer.tested, answer.recommended, seconds)
+        return count, Measured(len(records), answer.intake, answer.tested, answer.recommended, seconds)
 
     def answer(self, records: Sequence) -> Answer:
         """One batch of consumer records, everything but Kafka: decode (bad records become dead
@@ -1477,41 +1484,52 @@ class StreamrecService:
 
     # -- metrics ---------------------------------------------------------------------------
 
-    def _record(
-        self,
-        consumed: int,
-        intake: Intake,
-        tested: Tested | None,
-        recommended: Recommended | None,
-        seconds: float,
-    ) -> None:
-        """One batch in the metrics (its lists are counted once acknowledged, by :meth:`process`)."""
+    def _record(self, batches: Sequence[Measured]) -> None:
+        """A delivered poll's batches in the metrics (its lists are counted by :meth:`process`).
+
+        Once a poll, not once a batch: a backlog's poll holds 16 batches, and each recording
+        cost about 1.5 us an event, most of it the popularity percentiles (a histogram of the
+        whole catalogue) and the coverage window. Counters take the batches' sums; each batch
+        still goes to the batch-size and batch-time histograms; coverage and popularity bias
+        take each arm's newest ``coverage_window`` recommended slots, the ones the window keeps.
+        A poll rolled back is not recorded: it is learned, and recorded, again.
+        """
+        if not batches:
+            return
         started = time.perf_counter()
         try:
             metrics = self.metrics
-            metrics.record_batch(consumed, len(intake.events), seconds)
-            if intake.dead:
-                metrics.record_dead_letters([d.reason for d in intake.dead])
-            if tested is None:
-                return
+            for batch in batches:
+                metrics.record_batch(batch.consumed, len(batch.intake.events), batch.seconds)
+            dead = [d.reason for batch in batches for d in batch.intake.dead]
+            if dead:
+                metrics.record_dead_letters(dead)
+            tests = [batch.tested for batch in batches if batch.tested is not None]
             for arm in self.arms:
-                if arm.name in tested.arms:
-                    ranking, quality = tested.arms[arm.name]
-                    metrics.record_quality(arm.model.name, quality, arm.name)
-                    popularity = self._popularity(arm.model, ranking)
-                    metrics.record_recommended(
-                        arm.model.name, ranking.top, popularity, ranking.catalogue, arm.name
-                    )
-                online = tested.online.get(arm.name)
-                if online is not None:
-                    metrics.record_online(arm.name, online, self.tallies[arm.name])
-            if tested.shadow_quality is not None:
-                metrics.record_quality(self.shadow.name, tested.shadow_quality, SHADOW_ARM)
-            origins = (o[2] for o in intake.origins)
-            produced_at = np.fromiter(origins, dtype=np.float64, count=len(intake.events))
-            metrics.record_freshness(np.maximum(recommended.generated_at - produced_at, 0.0))
+                scored = [t.arms[arm.name] for t in tests if arm.name in t.arms]
+                if scored:
+                    metrics.record_quality(arm.model.name, _summed([q for _, q in scored]), arm.name)
+                    self._record_recommended(arm, [ranking for ranking, _ in scored])
+                online = [t.online[arm.name] for t in tests if arm.name in t.online]
+                if online:
+                    summed = online[0] if len(online) == 1 else Online(*map(sum, zip(*online, strict=True)))
+                    metrics.record_online(arm.name, summed, self.tallies[arm.name])
+            shadow = [t.shadow_quality for t in tests if t.shadow_quality is not None]
+            if shadow:
+                metrics.record_quality(self.shadow.name, _summed(shadow), SHADOW_ARM)
+            waited = [_freshness(b) for b in batches if b.tested is not None and b.recommended is not None]
+            if waited:
+                metrics.record_freshness(np.concatenate(waited))
         finally:
             self.stage_seconds["metrics"] += time.perf_counter() - started
+
+    def _record_recommended(self, arm: Arm, rankings: list[Ranking]) -> None:
+        """Coverage and popularity bias of ``arm``'s test-step lists, over the newest slots."""
+        rows = np.concatenate([ranking.top.ravel() for ranking in rankings])
+        rows = rows[rows >= 0][-self.metrics.coverage_window :]
+        catalogue = rankings[-1].catalogue
+        popularity = self._popularity(arm.model, rows, catalogue)
+        self.metrics.record_recommended(arm.model.name, rows, popularity, catalogue, arm.name)
 
     def _record_poll(self, poll: Batch, published: int, replay_seconds: float, replayed: int) -> None:
         """One committed poll in the metrics: replayed records, lists acknowledged, the model, stages."""
@@ -1530,13 +1548,33 @@ class StreamrecService:
         self.metrics.set_model_stats(self.model_events, stats.viewers, stats.videos, stats.memory_bytes)
         return stats
 
-    def _popularity(self, model: StreamRanker, ranking: Ranking) -> np.ndarray | None:
-        """Popularity percentile of each recommended video, from the model's watches per video
-        row (``None`` for a model that does not count them), for the popularity-bias metric."""
+    def _popularity(self, model: StreamRanker, rows: np.ndarray, catalogue: int) -> np.ndarray | None:
+        """Popularity percentile of each recommended video row, from the model's watches per
+        video row (``None`` for a model that does not count them), for the popularity-bias metric."""
         counts = model.video_counts()
         if counts is None:
             return None
-        return popularity_percentiles(np.asarray(counts)[: ranking.catalogue], ranking.top)
+        return popularity_percentiles(np.asarray(counts)[:catalogue], rows)
+
+
+def _summed(qualities: list[BatchQuality]) -> BatchQuality:
+    """The quality of several batches as one (the one itself, when there is one)."""
+    if len(qualities) == 1:
+        return qualities[0]
+    return BatchQuality(
+        events=sum(q.events for q in qualities),
+        evaluated=sum(q.evaluated for q in qualities),
+        hits=sum(q.hits for q in qualities),
+        ndcg_sum=sum(q.ndcg_sum for q in qualities),
+        rr_sum=sum(q.rr_sum for q in qualities),
+    )
+
+
+def _freshness(batch: Measured) -> np.ndarray:
+    """Per event of ``batch``: seconds from its Kafka timestamp to its viewer's list being made."""
+    origins = (o[2] for o in batch.intake.origins)
+    produced_at = np.fromiter(origins, dtype=np.float64, count=len(batch.intake.events))
+    return np.maximum(batch.recommended.generated_at - produced_at, 0.0)
 
 
 def _shadow_file(shadow: StreamRanker) -> str:

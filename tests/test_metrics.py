@@ -10,9 +10,12 @@ import urllib.request
 
 import numpy as np
 import pytest
+from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from consumer.app import Measured
+from consumer.config import ServiceConfig
 from consumer.metrics import (
     DEAD_LETTER_REASONS,
     EXPERIMENT_TOTALS,
@@ -23,8 +26,10 @@ from consumer.metrics import (
     popularity_percentiles,
     start_http_server,
 )
-from contract.schema import REASONS
+from consumer.runner import build_service
+from contract.schema import REASONS, event_to_json
 from model.evaluate import BatchQuality
+from producer.synth import synth_events
 from streamrec import __version__
 
 
@@ -365,3 +370,77 @@ def test_a_model_not_named_up_front_still_gets_its_series():
     assert value(samples, "streamrec_popularity_bias_ratio", model="ab_arm", arm="control") == pytest.approx(
         0.3
     )
+
+
+# -- the service records a poll's batches at once ------------------------------------------------
+
+
+def _served(batches, per_poll: int, coverage_window: int = 10_000):
+    """A service answering ``batches`` of consumer records, its metrics recorded ``per_poll``
+    batches at a time as ``process`` records a poll's; the service and every batch's Measured."""
+    service = build_service(ServiceConfig(checkpoint_dir="none", metrics_port=0), with_metrics=False)
+    service.metrics = ServiceMetrics(
+        models=service.model_names,
+        registry=CollectorRegistry(),
+        arms=service.arm_labels,
+        coverage_window=coverage_window,
+    )
+    measured, poll = [], []
+    for records in batches:
+        answer = service.answer(records)
+        poll.append(Measured(len(records), answer.intake, answer.tested, answer.recommended, 0.01))
+        if len(poll) == per_poll:
+            service._record(poll)
+            measured += poll
+            poll = []
+    service._record(poll)
+    return service, measured + poll
+
+
+def _batches_of_records(events: int = 2048, size: int = 128) -> list[list]:
+    values = [event_to_json(e) for e in synth_events(viewers=300, videos=400, events=events, seed=5)]
+    values[100], values[900] = b"oops", b'{"viewer": "a"}'  # two dead letters
+    records = [
+        ConsumerRecord("t", 0, 0, i, 1_000, 0, b"k", v, [], None, 1, len(v), -1) for i, v in enumerate(values)
+    ]
+    return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def test_a_poll_recorded_at_once_adds_up_to_its_batches_recorded_one_by_one():
+    batches = _batches_of_records()
+    one_by_one, _ = _served(batches, per_poll=1)
+    at_once, _ = _served(batches, per_poll=8)
+    each, polls = scrape(one_by_one.metrics.registry), scrape(at_once.metrics.registry)
+    additive = (
+        "streamrec_events_consumed_total",
+        "streamrec_events_learned_total",
+        "streamrec_events_dead_lettered_total",
+        "streamrec_quality_",  # evaluated, cold, hits, ndcg, reciprocal rank: each model
+        "streamrec_online_",  # shown, hits and their watch seconds
+        "streamrec_experiment_",  # the running per-viewer sums of the readout
+        "streamrec_batch_events_count",
+        "streamrec_batch_events_sum",
+        "streamrec_batch_processing_seconds_count",
+        "streamrec_freshness_seconds_count",
+    )
+    compared = [key for key in each if key[0].startswith(additive) and not key[0].endswith("_created")]
+    assert len(compared) >= 30
+    for key in compared:
+        assert polls[key] == pytest.approx(each[key], rel=1e-12), key
+    assert value(polls, "streamrec_batch_events_count") == len(batches)  # each batch, in its histogram
+    assert value(polls, "streamrec_events_dead_lettered_total", reason="missing_field") == 1
+    assert value(polls, "streamrec_online_hit_events_total", arm="control") > 0
+    bias = ("streamrec_popularity_bias_ratio", (("arm", "control"), ("model", "streamrec")))
+    assert polls[bias] == pytest.approx(
+        each[bias], abs=0.02
+    )  # the counts of the poll's end, not each batch's
+
+
+def test_coverage_of_a_poll_larger_than_the_window_is_over_its_newest_slots():
+    at_once, measured = _served(_batches_of_records(), per_poll=16, coverage_window=700)
+    rows = np.concatenate([m.tested.arms["control"][0].top.ravel() for m in measured])
+    newest = rows[rows >= 0][-700:]
+    catalogue = measured[-1].tested.arms["control"][0].catalogue
+    samples = scrape(at_once.metrics.registry)
+    coverage = value(samples, "streamrec_coverage_ratio", model="streamrec", arm="control")
+    assert coverage == pytest.approx(np.unique(newest).size / catalogue)
