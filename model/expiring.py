@@ -214,17 +214,17 @@ class RecentIds:
             self.now = now
         n = len(keys)
         last = self._last
-        before = np.fromiter(map(last.get, keys, repeat(-math.inf)), np.float64, n)
-        fresh = before >= self.now - self.ttl
-        first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))  # first position of each
-        if len(first) < n:
-            repeated = np.ones(n, dtype=bool)
-            repeated[np.fromiter(first.values(), np.int64, len(first))] = False
-            fresh |= repeated
+        # Each distinct key looked up and stored once (a viewer comes back within a batch: 42
+        # distinct in a batch of 256 here), at its first position; a repeat is fresh.
+        first = dict(zip(reversed(keys), range(n - 1, -1, -1), strict=True))
+        distinct = len(first)
+        before = np.fromiter(map(last.get, first, repeat(-math.inf)), np.float64, distinct)
+        fresh = np.ones(n, dtype=bool)
+        fresh[np.fromiter(first.values(), np.int64, distinct)] = before >= self.now - self.ttl
         if now >= self.now:  # the newest time: no key was touched later
-            last.update(zip(keys, repeat(now)))
+            last.update(zip(first, repeat(now)))
         else:  # a late batch does not make a key look older
-            for key, old in zip(keys, before.tolist(), strict=True):
+            for key, old in zip(first, before.tolist(), strict=True):
                 if old < now:
                     last[key] = now
         self._sweep()
