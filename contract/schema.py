@@ -138,20 +138,25 @@ def _seconds(body: dict, name: str, allow_zero: bool) -> float | None:
     return value
 
 
+# The rules' ranges and lengths, as msgspec checks them while it decodes (lengths in characters).
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Timestamp = Annotated[float, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
+_WatchTime = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)]
+_Duration = Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)]
+_EventId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)]
 
 
 class _Wire(msgspec.Struct, gc=False):
     """The fields of an event as they travel: msgspec checks their JSON types and the rules'
-    ranges and lengths while it decodes (lengths in characters, as ``len``), all but the range
-    of integer ids, which :func:`_fast` checks."""
+    ranges and lengths while it decodes, all but the range of integer ids, which :func:`_fast`
+    checks."""
 
-    timestamp: Annotated[float, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)] | str
+    timestamp: _Timestamp | str
     viewer: _Id | int
     video: _Id | int
-    watch_time: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)] | None = None
-    duration: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)] | None = None
-    event_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
+    watch_time: _WatchTime | None = None
+    duration: _Duration | None = None
+    event_id: _EventId | None = None
 
 
 _decode_wire = msgspec.json.Decoder(_Wire).decode
@@ -161,12 +166,12 @@ class _Plain(msgspec.Struct, gc=False):
     """:class:`_Wire` without the forms that need more than msgspec checks (ISO timestamps,
     integer ids): every field already what :class:`WatchEvent` holds, in its order."""
 
-    timestamp: Annotated[float, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_TIMESTAMP)]
+    timestamp: _Timestamp
     viewer: _Id
     video: _Id
-    watch_time: Annotated[float, msgspec.Meta(ge=0.0, le=MAX_SECONDS)] | None = None
-    duration: Annotated[float, msgspec.Meta(gt=0.0, le=MAX_SECONDS)] | None = None
-    event_id: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS)] | None = None
+    watch_time: _WatchTime | None = None
+    duration: _Duration | None = None
+    event_id: _EventId | None = None
 
 
 if not _Plain.__struct_fields__ == _Wire.__struct_fields__ == WatchEvent._fields:  # read by position below
@@ -200,7 +205,26 @@ def _fast(raw: bytes | bytearray | memoryview | str) -> WatchEvent | None:
         wire = _decode_wire(raw)
     except Exception:  # noqa: BLE001 - any refusal (or a RecursionError on deep nesting): the rules decide
         return None
-    return _plain_event(wire)
+    timestamp, viewer, video = wire.timestamp, wire.viewer, wire.video
+    if type(timestamp) is str:
+        try:
+            parsed = datetime.fromisoformat(timestamp)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            timestamp = parsed.timestamp()
+        except (ValueError, OverflowError):
+            return None
+        if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
+            return None
+    if type(viewer) is int:  # msgspec keeps integers of any size; the rules' parser does not
+        if not _MIN_INT <= viewer <= _MAX_INT:
+            return None
+        viewer = str(viewer)
+    if type(video) is int:
+        if not _MIN_INT <= video <= _MAX_INT:
+            return None
+        video = str(video)
+    return WatchEvent(timestamp, viewer, video, wire.watch_time, wire.duration, wire.event_id)
 
 
 def events_from_json(values: Sequence[bytes | bytearray | memoryview]) -> list[WatchEvent] | None:
@@ -231,30 +255,6 @@ def events_from_json(values: Sequence[bytes | bytearray | memoryview]) -> list[W
         return list(map(_as_event, map(astuple, map(_decode_plain, values))))
     except Exception:  # noqa: BLE001 - one value is not plain: each alone says which
         return None
-
-
-def _plain_event(wire: _Wire) -> WatchEvent | None:
-    """The event of fields msgspec accepted, or ``None`` where the rest of the rules may refuse it."""
-    timestamp, viewer, video = wire.timestamp, wire.viewer, wire.video
-    if type(timestamp) is str:
-        try:
-            parsed = datetime.fromisoformat(timestamp)
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            timestamp = parsed.timestamp()
-        except (ValueError, OverflowError):
-            return None
-        if not MIN_TIMESTAMP <= timestamp <= MAX_TIMESTAMP:
-            return None
-    if type(viewer) is int:  # msgspec keeps integers of any size; the rules' parser does not
-        if not _MIN_INT <= viewer <= _MAX_INT:
-            return None
-        viewer = str(viewer)
-    if type(video) is int:
-        if not _MIN_INT <= video <= _MAX_INT:
-            return None
-        video = str(video)
-    return WatchEvent(timestamp, viewer, video, wire.watch_time, wire.duration, wire.event_id)
 
 
 def _checked(raw: bytes | bytearray | memoryview | str) -> WatchEvent:
