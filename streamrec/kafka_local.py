@@ -135,14 +135,35 @@ def ensure_jars() -> Path:
 
 def free_port(host: str = DEFAULT_HOST, count: int = 1) -> int:
     """A TCP port nobody listens on now, the first of ``count`` such in a row (a broker's
-    listener and controller, or the /metrics ports of ``--workers N``)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-        if port + count - 1 <= 65535 and all(_port_free(host, port + i) for i in range(1, count)):
+    listener and controller, or the /metrics ports of ``--workers N``).
+
+    Chosen below the kernel's ephemeral range, so that no client's outgoing connection takes it
+    while its server is down: a broker stopped and started again on the same port finds it free.
+    Ports handed out once by this process are not handed out again."""
+    low = _ephemeral_low()
+    first, last = _LOWEST_CHOSEN_PORT, low - count
+    if last - first < 1000:  # an unusual range: anywhere unprivileged, as before
+        first, last = 1024, 65536 - count
+    for _ in range(200):
+        # Not the `random` module: a test that seeds it must not make two processes agree.
+        port = first + secrets.randbelow(last - first + 1)
+        span = range(port, port + count)
+        if not _handed_out.intersection(span) and all(_port_free(host, p) for p in span):
+            _handed_out.update(span)
             return port
-    raise BrokerError(f"found no {count} free TCP ports in a row")
+    raise BrokerError(f"found no {count} free TCP ports in a row in {first}-{last + count - 1}")
+
+
+_LOWEST_CHOSEN_PORT = 20000
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The lowest local port the kernel gives outgoing connections (Linux; elsewhere its default)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -138,7 +138,7 @@ def test_up_status_down_are_idempotent_and_keep_data(
 @pytest.mark.slow
 def test_down_wipe_leaves_the_next_broker_empty(tmp_path: Path) -> None:
     """A broker of its own (wiping the session's would take the other tests' topics with it)."""
-    data, port = str(tmp_path / "kafka"), str(kafka_local.free_port())
+    data, port = str(tmp_path / "kafka"), str(kafka_local.free_port(count=2))
     up = streamrec("kafka", "up", "--data-dir", data, "--port", port)
     assert up.returncode == 0, up.stderr
     bootstrap = up.stdout.strip().splitlines()[-1]
@@ -216,3 +216,18 @@ def test_installed_without_the_repository_kafka_up_says_it_needs_a_checkout(
     monkeypatch.setattr(kafka_local, "POM", tmp_path / "site-packages" / "deploy" / "kafka" / "pom.xml")
     with pytest.raises(kafka_local.BrokerError, match="runs from a source checkout of streamrec"):
         kafka_local.LocalBroker(tmp_path / "data", port=kafka_local.free_port(count=2)).start(timeout=5)
+
+
+def test_free_ports_stay_out_of_the_way_of_outgoing_connections() -> None:
+    """A broker stopped and started on its port again must find it free: the ports handed out lie
+    below the kernel's range for outgoing connections, each run of them bindable, none twice."""
+    import socket
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    firsts = [kafka_local.free_port(count=3) for _ in range(20)]
+    ports = [first + i for first in firsts for i in range(3)]
+    assert len(set(ports)) == len(ports)
+    assert all(1024 <= port < low for port in ports)
+    for port in ports[:6]:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
