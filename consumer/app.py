@@ -94,7 +94,7 @@ from consumer.ledger import Batch, OffsetLedger, Start
 from consumer.logs import fields
 from consumer.metrics import SHADOW_ARM, STAGES, popularity_percentiles
 from consumer.outputs import MAX_RECORD_BYTES, dead_letter_record, recommendation_values
-from consumer.publish import Message, Publisher, TransactionTimedOut, fenced
+from consumer.publish import Message, Publisher, TransactionAborted, fenced
 from consumer.sync import NameTaken, UpdateExchange
 from contract.errors import UserError
 from contract.events import WatchEvent
@@ -310,7 +310,7 @@ class StreamrecService:
         self._rebalanced = False
         self._checkpoint_after_poll = False
         # A transaction found timed out in a rebalance callback, raised by the loop.
-        self._expired: TransactionTimedOut | None = None
+        self._expired: TransactionAborted | None = None
         # The group gave partitions in this poll (not a rollback positioning them again): the
         # generation this worker holds is fresh, so it may fence older ones off.
         self._joined = False
@@ -420,7 +420,7 @@ class StreamrecService:
             while not self._stop.is_set():
                 try:
                     self._step()
-                except TransactionTimedOut as err:
+                except TransactionAborted as err:
                     self._renew_producer(err)
                 if max_batches is not None and self.batches >= max_batches:
                     break
@@ -464,12 +464,13 @@ class StreamrecService:
             self.stage_seconds["checkpoint"] += time.perf_counter() - started
         self._report_lag()
 
-    def _renew_producer(self, err: TransactionTimedOut) -> None:
-        """The brokers aborted a transaction this worker left open too long (it stalled) and
-        fenced its producer: a new producer, and back to the last checkpoint, as for a refused
-        commit. Stopping instead would name the wrong cause (another process of this name)."""
+    def _renew_producer(self, err: TransactionAborted) -> None:
+        """The brokers aborted a transaction of this worker (left open too long as it stalled,
+        or after a refused send) and no other process took its name: a new producer, and back
+        to the last checkpoint, as for a refused commit. Stopping instead would name the wrong
+        cause (another process of this name)."""
         log.warning(
-            "transaction timed out: this worker stalled; a new producer, back to the last checkpoint",
+            "the brokers aborted this worker's transaction; a new producer, back to the last checkpoint",
             extra=fields(error=err),
         )
         self._expired = None
@@ -518,9 +519,10 @@ class StreamrecService:
                 self.checkpoint()
             elif self.exchange is not None and self.store is not None and self.exchange.sent:
                 self.checkpoint()  # the agreed state moved with the last updates sent
-        except TransactionTimedOut as err:  # stalled on the way out: a restart rolls back
+        except TransactionAborted as err:  # stalled on the way out: a restart rolls back
             log.warning(
-                "transaction timed out while stopping; the last checkpoint stands", extra=fields(error=err)
+                "the brokers aborted this worker's transaction while stopping; the last checkpoint stands",
+                extra=fields(error=err),
             )
         finally:
             self._release()
@@ -1039,7 +1041,7 @@ class StreamrecService:
             # killed worker never sent), so learning held back here would be learned twice.
             try:
                 self._send_unattached(self.exchange.outgoing(force=True))
-            except TransactionTimedOut as err:  # kafka-python would swallow it: the loop raises it
+            except TransactionAborted as err:  # kafka-python would swallow it: the loop raises it
                 self._expired = err
         self._let_go(revoked)
         if revoked:
@@ -1459,7 +1461,7 @@ class StreamrecService:
             self.ledger.delivered(poll)
         return True
 
-    def _rollback(self, err: CommitFailedError | TransactionTimedOut) -> None:
+    def _rollback(self, err: CommitFailedError | TransactionAborted) -> None:
         """Go back to the last checkpoint after a poll whose offsets could not be committed.
 
         The model has learned a poll no commit covers, and the last checkpoint agrees with the

@@ -64,7 +64,7 @@ from consumer.appending import Appended, append, appendable, fits
 from consumer.backoff import retry
 from consumer.partitioner import partitions
 
-__all__ = ["Message", "Publisher", "Sent", "NotAcknowledged", "TransactionTimedOut"]
+__all__ = ["Message", "Publisher", "Sent", "NotAcknowledged", "TransactionAborted", "TransactionTimedOut"]
 
 #: One record to publish: topic, key, value, headers; and, optionally, a fifth element, the
 #: partition (a changelog co-partitioned with the input, :mod:`consumer.changelog`).
@@ -108,12 +108,16 @@ class NotAcknowledged(KafkaError):
     retriable = True
 
 
-class TransactionTimedOut(KafkaError):
-    """The brokers aborted this worker's transaction, open longer than the transaction timeout
-    (the process stalled), and fenced its producer: nothing of the transaction is committed, and
-    the producer can do nothing more. The service makes a new one and rolls back to its last
+class TransactionAborted(KafkaError):
+    """The brokers aborted this worker's transaction and no other process took its name: nothing
+    of the transaction is committed. The service makes a new producer and rolls back to its last
     checkpoint, as for a refused commit (not a ``CommitFailedError``: a rollback alone would
-    keep the dead producer)."""
+    keep a producer that may be dead)."""
+
+
+class TransactionTimedOut(TransactionAborted):
+    """The brokers aborted this worker's transaction, open longer than the transaction timeout
+    (the process stalled), and fenced its producer: the producer can do nothing more."""
 
 
 class Publisher:
@@ -153,6 +157,10 @@ class Publisher:
         self._began = 0.0
         self._timed_out = False
         self._transaction_timeout_s = producer.config.get("transaction_timeout_ms", 60_000) / 1000
+        self._request_timeout_s = producer.config.get("request_timeout_ms", 30_000) / 1000
+        # The producer's (id, epoch) when its last transaction committed: kafka-python changes
+        # it only by bumping the epoch itself after a refused send (see _classified).
+        self._epoch = _producer_epoch(producer)
         # Delivered polls whose commit is not confirmed yet (sequence, offsets), and the
         # commits in flight, oldest first.
         self._delivered: deque[tuple[int, dict]] = deque()
@@ -174,27 +182,50 @@ class Publisher:
                 self._begin()
             self._sent.extend(self._send(messages))
         except KafkaError as err:
-            _reraise(self._timeout_or(err), err)
+            _reraise(self._classified(err), err)
         self.seconds["publish"] += time.perf_counter() - started
 
     def _begin(self) -> None:
         self.producer.begin_transaction()
         self._in_transaction = True
         self._began = time.monotonic()
+        self._epoch = _producer_epoch(self.producer)
 
-    def _timeout_or(self, err: KafkaError) -> KafkaError:
-        """``err``, or :class:`TransactionTimedOut` when it ends a transaction open longer than
-        the timeout (or comes from a producer already found so). The brokers have aborted such a
-        transaction whatever the error says: kafka-python reports it as the producer fenced
-        (``ProducerFencedError``, for good), or bumps the epoch itself after
-        ``InvalidProducerEpochError`` and then refuses the transaction's next call
-        (``IllegalStateError``)."""
+    def _classified(self, err: KafkaError) -> KafkaError:
+        """What ``err``, raised by a transactional call, means for the service.
+
+        * :class:`TransactionTimedOut` when it ends a transaction open longer than the timeout
+          (or comes from a producer already found so). The brokers have aborted such a
+          transaction whatever the error says: kafka-python reports it as the producer fenced
+          (``ProducerFencedError``, for good), or bumps the epoch itself after
+          ``InvalidProducerEpochError`` and then refuses the transaction's next call.
+        * After such an epoch bump (KIP-360) kafka-python's calls say only that the transaction
+          is gone ("not in an active transaction", an invalid transition). The bump is waited
+          for, and its answer tells: ``ProducerFencedError`` when another process took this
+          worker's transactional id (the bump is refused), :class:`TransactionAborted` when
+          the brokers only aborted the transaction (the bump succeeded).
+        * Else ``err`` itself.
+        """
         stalled = self._in_transaction and time.monotonic() - self._began > self._transaction_timeout_s
         if self._timed_out or stalled:
             self._timed_out = True
             return TransactionTimedOut(
                 f"the transaction stayed open past the {self._transaction_timeout_s:g} s transaction "
                 f"timeout and the brokers aborted it ({type(err).__name__})"
+            )
+        manager = getattr(self.producer, "_transaction_manager", None)
+        if manager is None or not self.exactly_once or fenced(err):
+            return err
+        deadline = time.monotonic() + self._request_timeout_s
+        while manager.is_bumping_epoch() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if isinstance(manager.last_error, ProducerFencedError):
+            return manager.last_error
+        if _producer_epoch(self.producer) != self._epoch and not manager.is_bumping_epoch():
+            self._epoch = _producer_epoch(self.producer)
+            return TransactionAborted(
+                f"kafka-python bumped the producer's epoch after the brokers refused a send, and the "
+                f"brokers aborted the transaction ({type(err).__name__}: {err})"
             )
         return err
 
@@ -416,12 +447,13 @@ class Publisher:
                     raise CommitFailedError("not in the group (its session expired): offsets not committed")
                 producer.send_offsets_to_transaction(offsets, group)
             producer.commit_transaction()
+            self._epoch = _producer_epoch(producer)
             self.seconds["commit"] += time.perf_counter() - started
         except KafkaError as err:
             # Left open, the failed transaction puts the producer in an error state where every
             # later begin_transaction raises. Aborted, no read_committed reader sees its lists;
             # a CommitFailedError then rolls the model back (see consumer.ledger).
-            raised = self._timeout_or(err)
+            raised = self._classified(err)
             try:
                 producer.abort_transaction()
             except KafkaError:
@@ -508,8 +540,8 @@ def fenced(err: BaseException) -> str | None:
     raised from) says so: ``"transactional id"`` (kafka-python raises ``ProducerFencedError``
     once, then a plain ``KafkaError`` naming it from every later transactional call), or
     ``"group.instance.id"`` (a static member of the same id joined); else ``None``."""
-    if isinstance(err, TransactionTimedOut):
-        return None  # the brokers fenced a stalled transaction, not another process
+    if isinstance(err, TransactionAborted):
+        return None  # the brokers aborted or fenced a transaction, not another process
     seen: set[int] = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -521,8 +553,15 @@ def fenced(err: BaseException) -> str | None:
     return None
 
 
+def _producer_epoch(producer: KafkaProducer) -> tuple[int, int] | None:
+    """The producer's (id, epoch) under its transactional id (a private field), else ``None``."""
+    manager = getattr(producer, "_transaction_manager", None)
+    current = getattr(manager, "producer_id_and_epoch", None)
+    return None if current is None else (current.producer_id, current.epoch)
+
+
 def _reraise(raised: KafkaError, err: KafkaError) -> NoReturn:
-    """Raise ``err`` itself, or ``raised`` (what :meth:`Publisher._timeout_or` made of it) from it."""
+    """Raise ``err`` itself, or ``raised`` (what :meth:`Publisher._classified` made of it) from it."""
     if raised is err:
         raise err
     raise raised from err

@@ -514,7 +514,7 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
     service = ServiceProcess(
         kafka_bootstrap, names, f"g-{names['input_topic']}", checkpoints, tmp_path / "svc.log", extra=extra
     )
-    stalled = "transaction timed out: this worker stalled"
+    stalled = "the brokers aborted this worker's transaction"
     readers = {
         level: KafkaConsumer(bootstrap_servers=kafka_bootstrap, isolation_level=level)
         for level in ("read_committed", "read_uncommitted")

@@ -4,8 +4,10 @@ A transaction left open past the producer's transaction timeout (the process sta
 pause, a frozen VM) is aborted by the brokers, which fence the producer with the error a second
 process of the worker's name gets too: :class:`consumer.publish.TransactionTimedOut` tells the
 two apart, so the service renews its producer and rolls back instead of stopping with the wrong
-cause. And a worker expelled from the group (its generation gone) must not commit offsets in a
-transaction: the brokers take offsets sent without a generation unchecked, over the new owner's.
+cause; a second process that takes the name mid-transaction is told apart after kafka-python's
+own epoch bump is answered. And a worker expelled from the group (its generation gone) must not
+commit offsets in a transaction: the brokers take offsets sent without a generation unchecked,
+over the new owner's.
 """
 
 from __future__ import annotations
@@ -81,6 +83,26 @@ def test_a_second_process_of_the_same_name_is_not_taken_for_a_stall(kafka_bootst
             publisher.flush_unattached()
         assert not isinstance(raised.value, TransactionTimedOut)
         assert fenced(raised.value) == "transactional id"
+
+
+def test_a_second_process_taking_the_name_mid_transaction_is_told_apart_after_the_epoch_bump(
+    kafka_bootstrap, new_topic
+):
+    """The other process takes the name after this transaction's first records were written: the
+    brokers refuse the next records' epoch, kafka-python bumps the epoch itself (KIP-360) and its
+    calls then say only that no transaction is active. The bump's answer, waited for, names the
+    cause: the worker stops with the fencing, not a traceback about an invalid state."""
+    topic = new_topic("out")
+    with publisher_for(kafka_bootstrap, topic) as publisher:
+        publisher.send([(topic, b"viewer", b"a list", None)])
+        publisher.producer.flush()  # written under this transaction's epoch
+        transactional(kafka_bootstrap, f"t-{topic}").close(timeout=5)  # the other process
+        with pytest.raises(KafkaError) as raised:
+            publisher.send([(topic, b"viewer", b"another list", None)])
+            publisher.flush_unattached()
+        assert not isinstance(raised.value, TransactionTimedOut)
+        assert fenced(raised.value) == "transactional id", repr(raised.value)
+        assert read_topic(kafka_bootstrap, topic) == []
 
 
 def test_a_worker_outside_the_group_commits_no_offsets_in_a_transaction(kafka_bootstrap, new_topic):
