@@ -11,7 +11,9 @@ Usage::
 
 Drives :meth:`consumer.app.StreamrecService.answer` batch by batch and its metrics
 (``_record``) a poll's worth of batches at a time (``max_poll_records``), as
-:meth:`~consumer.app.StreamrecService.process` does for a backlog's polls, on the service's
+:meth:`~consumer.app.StreamrecService.process` does for a backlog's polls (a viewer's list after
+the poll's last batch, where the checkout does so; ``--every-batch-lists``: after each
+batch), on the service's
 defaults (the served model, the shadow baseline, both live evaluators, metrics in a registry of
 its own; no checkpoints, no Kafka): the records are made as the consumer hands them over
 (:func:`bench.arms.records`). Prints the service's own per-stage seconds
@@ -112,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
     parser.add_argument("--no-freeze", action="store_true", help="no gc.freeze() after start-up")
     parser.add_argument("--steps", action="store_true", help="time each step of STEPS (us/event)")
+    parser.add_argument(
+        "--every-batch-lists",
+        action="store_true",
+        help="lists after every batch, not once a poll",
+    )
     args = parser.parse_args(argv)
     sys.path.insert(0, str(args.repo.resolve()))
 
@@ -137,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     config = ServiceConfig(
         model=args.model, checkpoint_dir="none", metrics_port=0, shadow_baseline=not args.no_shadow
     )
+    coalescing = getattr(config, "lists_once_a_poll", False) and not args.every_batch_lists
+    if coalescing:
+        from consumer.coalesce import ListCoalescer
     service = build_service(config, with_metrics=False)
     service.metrics = ServiceMetrics(
         models=service.model_names, registry=CollectorRegistry(), arms=service.arm_labels
@@ -176,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                 profiler.enable()
             if spent is not None:
                 spent.update(dict.fromkeys(spent, 0.0))
+        if coalescing and i % per_poll == 0:  # the poll's viewers get a list each, as process() does
+            in_poll = len(batches[i : i + per_poll])
+            coalescer = ListCoalescer(batches=in_poll) if in_poll > 1 else None
         started = time.perf_counter()
-        answer = service.answer(batch)
+        answer = service.answer(batch, coalescer) if coalescing else service.answer(batch)
         seconds = time.perf_counter() - started
         if measured is None:  # an older checkout records each batch
             service._record(len(batch), answer.intake, answer.tested, answer.recommended, seconds)

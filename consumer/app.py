@@ -26,7 +26,11 @@ acknowledgements and the commit), so an event that arrives during a poll waits a
 for its turn however far behind the service is. A poll is learned in batches of at most
 ``max_batch_events`` (256, ``streamrec evaluate``'s batch, so the live quality reads like the
 offline figure); each batch's lists are sent as soon as they are made and travel while the next
-batch is learned. The offsets of a poll are committed once every list of it is acknowledged.
+batch is learned; but a poll of several batches (a backlog) makes its lists once, after its
+last batch, one per viewer (``lists_per``, :mod:`consumer.coalesce`): a viewer's
+earlier lists would be overwritten within the poll, and one ranking call for the poll costs
+less than one per batch. The offsets of a poll are committed once every list of it is
+acknowledged.
 
 Where the time goes is counted per stage (:data:`consumer.metrics.STAGES`) in
 :attr:`StreamrecService.stage_seconds` and the ``streamrec_stage_seconds_total`` metric.
@@ -88,6 +92,7 @@ from consumer.backoff import Interrupted, retry
 from consumer.changelog import ViewerChangelog, install, rewind, watches_between
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
 from consumer.clients import close_abandoned, close_quietly, connect, fetched_to, make_producer
+from consumer.coalesce import ListCoalescer, every_viewer
 from consumer.config import DEFAULT_MODEL, ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger, Start
@@ -170,10 +175,12 @@ class Tested(NamedTuple):
 
 
 class Recommended(NamedTuple):
-    """Fresh lists for the batch's viewers, as messages, and when they were made."""
+    """Fresh lists for the batch's viewers, as messages, when they were made, and the Kafka
+    timestamps of the events they answer (for the freshness metric)."""
 
     messages: list[Message]
     generated_at: float
+    produced_at: list[float]
 
 
 class Answer(NamedTuple):
@@ -1176,9 +1183,12 @@ class StreamrecService:
         ``measured``: lists sent, seconds. ``mid_poll``: send updates whenever ``--sync-every``
         is reached."""
         size, published, work = self.config.max_batch_events, 0, 0.0
+        coalescer = None
+        if self.config.lists_once_a_poll and len(records) > size:
+            coalescer = ListCoalescer(batches=-(-len(records) // size))
         for start in range(0, len(records), size):
             started = time.perf_counter()
-            count, batch = self._serve(records[start : start + size])
+            count, batch = self._serve(records[start : start + size], coalescer)
             published += count
             if batch is not None:
                 measured.append(batch)
@@ -1221,11 +1231,11 @@ class StreamrecService:
             self._touched, through, self._changelog_models(), self.shown, self.viewer_hits
         )
 
-    def _serve(self, records: list) -> tuple[int, Measured | None]:
+    def _serve(self, records: list, coalescer: ListCoalescer | None = None) -> tuple[int, Measured | None]:
         """One batch: :meth:`answer` it, then send; the number of lists sent, and what its
         metrics are made of (``None`` without metrics)."""
         started = time.perf_counter()
-        answer = self.answer(records)
+        answer = self.answer(records, coalescer)
         self._touch(answer.intake)
         self._learned_through(records)
         self._publisher.send(answer.messages)
@@ -1235,10 +1245,13 @@ class StreamrecService:
         seconds = time.perf_counter() - started
         return count, Measured(len(records), answer.intake, answer.tested, answer.recommended, seconds)
 
-    def answer(self, records: Sequence) -> Answer:
+    def answer(self, records: Sequence, coalescer: ListCoalescer | None = None) -> Answer:
         """One batch of consumer records, everything but Kafka: decode (bad records become dead
         letters), test then learn, recommend. Counts the events as learned (the ledger's step
-        that the poll's offsets then commit); the benchmarks drive the service through it."""
+        that the poll's offsets then commit); the benchmarks drive the service through it.
+
+        ``coalescer``: the batch is the next of a poll whose lists are made after its last batch,
+        one per viewer (:mod:`consumer.coalesce`); ``None``: a list for every viewer now."""
         stages = self.stage_seconds
         started = time.perf_counter()
         intake = decode(records)
@@ -1247,9 +1260,10 @@ class StreamrecService:
         tested = recommended = None
         if intake.events:
             tested = self._test_and_learn(intake.events)
+        if intake.events or coalescer is not None:  # a poll's last batch makes its lists, even if all dead
             learned = time.perf_counter()
             stages["test_learn"] += learned - decoded
-            recommended = self._recommend(intake)
+            recommended = self._recommend(intake, coalescer)
             stages["recommend"] += time.perf_counter() - learned
         messages = [*(recommended.messages if recommended else ()), *self._dead_letters(intake.dead)]
         return Answer(messages, intake, tested, recommended)
@@ -1389,16 +1403,18 @@ class StreamrecService:
             out.append(Recommendation([rec.videos[i] for i in keep], rec.scores[keep]))
         return out
 
-    def _recommend(self, intake: Intake) -> Recommended:
-        """A fresh list for each viewer of the batch, sourced from their last event in it, made by
-        the viewer's arm (the control's when that arm has failed)."""
-        events = intake.events
-        last_of_viewer = {e.viewer: i for i, e in enumerate(events)}
+    def _recommend(self, intake: Intake, coalescer: ListCoalescer | None = None) -> Recommended:
+        """A fresh list for each viewer whose list is due after the batch (``coalescer``;
+        ``None``: each of the batch), sourced from their last event, made by the viewer's arm
+        (the control's when that arm has failed)."""
+        due = (coalescer.due if coalescer is not None else every_viewer)(intake.events, intake.origins)
         now, out, n = time.time(), self.config.output_topic, self.config.top_n
-        origins = intake.origins
         messages: list[Message] = []
+        if not due.viewers:  # made after the poll's last batch
+            return Recommended(messages, now, due.produced_at)
+        source_of = dict(zip(due.viewers, zip(due.timestamps, due.sources, strict=True), strict=True))
         control = self.arms.control
-        for arm, viewers in self._viewers_by_arm(last_of_viewer):
+        for arm, viewers in self._viewers_by_arm(due.viewers):
             lists = None
             if arm is not control and arm.healthy and not self._guard_tripped(arm):
                 lists = self._guarded(arm, lambda a=arm, v=viewers: a.model.recommend_many(v, n=n))
@@ -1407,22 +1423,22 @@ class StreamrecService:
                 if arm is not control:
                     self._fell_back(arm, "exception" if not arm.healthy else "guard", len(viewers))
                 lists = self._control_lists(arm, viewers, n)
-            last = [last_of_viewer[v] for v in viewers]
+            answered = [source_of[v] for v in viewers]
             values = recommendation_values(
                 viewers,
                 lists,
                 source.model.name,
                 now,
-                [events[i].timestamp for i in last],
-                [origins[i][:2] for i in last],
+                [a[0] for a in answered],
+                [a[1] for a in answered],
                 arm=arm.name,
             )
             # Lists of 10: `in` is as quick as a set's.
             self.shown.put_many(viewers, [rec.videos for rec in lists], source.model.clock)
             messages += [(out, v.encode(), value, None) for v, value in zip(viewers, values, strict=True)]
-        return Recommended(messages, now)
+        return Recommended(messages, now, due.produced_at)
 
-    def _viewers_by_arm(self, viewers: Mapping[str, int]) -> list[tuple[Arm, list[str]]]:
+    def _viewers_by_arm(self, viewers: Sequence[str]) -> list[tuple[Arm, list[str]]]:
         if not self.arms.experiment:
             return [(self.arms.control, list(viewers))]
         groups: dict[str, list[str]] = {}
@@ -1519,7 +1535,7 @@ class StreamrecService:
             shadow = [t.shadow_quality for t in tests if t.shadow_quality is not None]
             if shadow:
                 metrics.record_quality(self.shadow.name, _summed(shadow), SHADOW_ARM)
-            waited = [_freshness(b) for b in batches if b.tested is not None and b.recommended is not None]
+            waited = [_freshness(b) for b in batches if b.recommended and b.recommended.produced_at]
             if waited:
                 metrics.record_freshness(np.concatenate(waited))
         finally:
@@ -1573,9 +1589,9 @@ def _summed(qualities: list[BatchQuality]) -> BatchQuality:
 
 
 def _freshness(batch: Measured) -> np.ndarray:
-    """Per event of ``batch``: seconds from its Kafka timestamp to its viewer's list being made."""
-    origins = (o[2] for o in batch.intake.origins)
-    produced_at = np.fromiter(origins, dtype=np.float64, count=len(batch.intake.events))
+    """Per event ``batch``'s lists answer: seconds from its Kafka timestamp to its viewer's list
+    being made (an event whose viewer's list waited for a later batch of the poll counts there)."""
+    produced_at = np.array(batch.recommended.produced_at, dtype=np.float64)
     return np.maximum(batch.recommended.generated_at - produced_at, 0.0)
 
 

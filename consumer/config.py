@@ -49,6 +49,7 @@ __all__ = [
     "ConfigError",
     "add_arguments",
     "COMPRESSIONS",
+    "LISTS_PER",
     "OUTPUT_COMPRESSION",
     "SYNC_PRECISIONS",
     "SYNC_AUTO",
@@ -57,6 +58,9 @@ __all__ = [
 ]
 
 #: Codecs of the output topics (kafka-python's ``compression_type``; ``none`` is no codec).
+#: When a backlog's lists are made (``lists_per``; :mod:`consumer.coalesce`).
+LISTS_PER = ("auto", "poll", "batch")
+
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 #: The default output codec. bench/e2e.py, 40,000 events, each codec twice (one run each way
 #: round): bytes a list on the broker's disk none 616, snappy 216, lz4 198, zstd 137, gzip 136;
@@ -134,6 +138,11 @@ class ServiceConfig:
     #: and its offsets are committed once, when all its lists are acknowledged.
     max_poll_records: int = 4000
     max_batch_events: int = 256
+    #: When a poll of several batches (a backlog) makes its lists: ``poll``, once after its last
+    #: batch, one per viewer (:mod:`consumer.coalesce`); ``batch``, after every batch for its
+    #: viewers; ``auto``, ``poll`` but in a live experiment, whose readout is the online hit rate
+    #: of the lists shown (see :attr:`lists_once_a_poll`).
+    lists_per: str = "auto"
     #: Record batches (the input's, and the service's own topics' it restores from) read by the
     #: compiled reader (:mod:`consumer.records`), at about half of kafka-python's cost per
     #: record; off: kafka-python's own reader.
@@ -309,6 +318,10 @@ class ServiceConfig:
             f"arms_learn_from must be one of {', '.join(LEARN_FROM)}, got {self.arms_learn_from!r}",
         )
         check(bool(self.experiment_salt), "experiment_salt must not be empty")
+        check(
+            self.lists_per in LISTS_PER,
+            f"lists_per must be one of {', '.join(LISTS_PER)}, got {self.lists_per!r}",
+        )
         try:
             self.arm_specs  # noqa: B018 - parsed here so a malformed experiment fails at start-up
         except ValueError as err:
@@ -332,6 +345,24 @@ class ServiceConfig:
             return SYNC_EVERY if self.model_shareable else 0
         except ValueError:  # a malformed experiment, reported by the checks that follow
             return 0
+
+    @property
+    def lists_once_a_poll(self) -> bool:
+        """Whether a poll of several batches makes its lists once, after its last batch
+        (``lists_per``). ``auto`` does so but in a live experiment: there the online hit rate
+        of the lists shown is the readout, and on a replay (a backlog, polled thousands of
+        events at a time) lists made once a poll would be shown too late to measure it.
+
+        >>> ServiceConfig().lists_once_a_poll
+        True
+        >>> ServiceConfig(arms="a=streamrec,b=most_popular").lists_once_a_poll
+        False
+        >>> ServiceConfig(lists_per="batch").lists_once_a_poll
+        False
+        """
+        if self.lists_per == "auto":
+            return len(self.arm_specs) == 1
+        return self.lists_per == "poll"
 
     @property
     def model_shareable(self) -> bool:
@@ -519,6 +550,9 @@ _HELP = {
     "by record, twice the time)",
     "batched_send": "append each partition's lists to the output producer's batches in one step (off: "
     "kafka-python's send, one call per list, ten times the time)",
+    "lists_per": "when a poll of several batches (a backlog) makes its lists: poll (once, after its last "
+    "batch, one per viewer: earlier ones would be overwritten within the poll), batch (after every batch), "
+    "or auto (poll, but batch in a live experiment, whose readout is the online hit rate of lists shown)",
     "max_batch_events": "most events scored, learned and published as one batch (fewer when fewer "
     "have arrived: a caught-up service answers each event at once)",
     "poll_budget_ms": "a poll takes no more events than the service processes in this time (by its "
