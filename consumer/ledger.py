@@ -41,7 +41,8 @@ is one poll's records, which the service learns in smaller batches):
 3. The poll is *open* from then until its commit is confirmed: the model holds events that no
    commit covers, so a checkpoint now would learn them twice after a restart. It is refused
    (the service waits for the answers of the commits in flight before it writes one).
-4. The service sends each batch's lists as soon as the batch is learned, without waiting for
+4. The service sends each batch's lists as soon as the batch is learned (a poll of several
+   batches: its lists once, after its last, :mod:`consumer.coalesce`), without waiting for
    the brokers; after the poll's last batch it waits until every message is acknowledged, then
    sends the commit of the next offset of each partition (:meth:`~OffsetLedger.delivered`).
    Nothing is committed whose lists are not acknowledged, and the commit goes out before the
