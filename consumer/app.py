@@ -1113,8 +1113,9 @@ class StreamrecService:
     # -- one batch -------------------------------------------------------------------------
 
     def process(self, polled: dict[TopicPartition, list]) -> None:
-        """Learn one poll's records in batches, sending each batch's lists as soon as they are
-        made; then wait for every acknowledgement and commit the poll's offsets."""
+        """Learn one poll's records in batches, sending lists as soon as they are made (after
+        each batch, or once after the last: ``lists_per``); then wait for every acknowledgement
+        and commit the poll's offsets."""
         stages = self.stage_seconds
         poll = self.ledger.open(polled)
         self._touched = {}
