@@ -313,6 +313,9 @@ def test_a_worker_killed_inside_a_transaction_holds_readers_back_seconds_not_a_m
     options = [
         "--exactly-once",
         "--no-shadow-baseline",
+        # Lists sent after every batch: a poll's transaction opens at its first batch, not at
+        # its end (the default in a backlog), so that a kill can land inside one.
+        *("--lists-per", "batch"),
         "--max-batch-events",
         "32",
         "--poll-budget-ms",
@@ -510,6 +513,7 @@ def test_an_exactly_once_worker_stalled_past_its_transaction_timeout_goes_on_and
     extra = [
         *("--exactly-once", "--session-timeout-ms", "6000"),
         *("--max-poll-records", "8000", "--poll-budget-ms", "1000"),
+        *("--lists-per", "batch"),  # the transaction open from a poll's first batch, not its end
     ]
     service = ServiceProcess(
         kafka_bootstrap, names, f"g-{names['input_topic']}", checkpoints, tmp_path / "svc.log", extra=extra
