@@ -158,8 +158,9 @@ class Publisher:
         self._timed_out = False
         self._transaction_timeout_s = producer.config.get("transaction_timeout_ms", 60_000) / 1000
         self._request_timeout_s = producer.config.get("request_timeout_ms", 30_000) / 1000
-        # The producer's (id, epoch) when its last transaction committed: kafka-python changes
-        # it only by bumping the epoch itself after a refused send (see _classified).
+        # The producer's (id, epoch) when the open transaction began (or the last committed):
+        # within a transaction, kafka-python changes it only by bumping the epoch itself after
+        # a refused send (see _classified).
         self._epoch = _producer_epoch(producer)
         # Delivered polls whose commit is not confirmed yet (sequence, offsets), and the
         # commits in flight, oldest first.
