@@ -26,8 +26,9 @@ acknowledgements and the commit), so an event that arrives during a poll waits a
 for its turn however far behind the service is. A poll is learned in batches of at most
 ``max_batch_events`` (256, ``streamrec evaluate``'s batch, so the live quality reads like the
 offline figure); each batch's lists are sent as soon as they are made and travel while the next
-batch is learned; but a poll of several batches (a backlog) makes its lists once, after its
-last batch, one per viewer (``lists_per``, :mod:`consumer.coalesce`): a viewer's
+batch is learned; but a poll of several batches that is behind (its newest event older than
+``poll_budget_ms``) makes its lists once, after its last batch, one per viewer (``lists_per``,
+:mod:`consumer.coalesce`): a viewer's
 earlier lists would be overwritten within the poll, and one ranking call for the poll costs
 less than one per batch. The offsets of a poll are committed once every list of it is
 acknowledged.
@@ -92,7 +93,7 @@ from consumer.backoff import Interrupted, retry
 from consumer.changelog import ViewerChangelog, install, rewind, watches_between
 from consumer.checkpoint import Checkpoint, CheckpointStore, LocalCheckpointStore, WorkerClaim, claim_worker
 from consumer.clients import close_abandoned, close_quietly, connect, fetched_to, make_producer
-from consumer.coalesce import ListCoalescer, every_viewer
+from consumer.coalesce import ListCoalescer, behind, every_viewer
 from consumer.config import DEFAULT_MODEL, ServiceConfig
 from consumer.intake import DeadLetter, Intake, decode
 from consumer.ledger import Batch, OffsetLedger, Start
@@ -1185,7 +1186,11 @@ class StreamrecService:
         is reached."""
         size, published, work = self.config.max_batch_events, 0, 0.0
         coalescer = None
-        if self.config.lists_once_a_poll and len(records) > size:
+        if (
+            self.config.lists_once_a_poll
+            and len(records) > size
+            and behind(records, self.config.poll_budget_ms / 1000, time.time())
+        ):
             coalescer = ListCoalescer(batches=-(-len(records) // size))
         for start in range(0, len(records), size):
             started = time.perf_counter()

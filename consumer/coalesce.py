@@ -10,10 +10,12 @@ service makes the lists of a poll of several batches once, after its last batch,
 viewer from the model as it stands then, in one call: on a backlog of the 10,000-video
 synthetic stream a third to two fifths fewer lists, and the recommend stage about 40% cheaper.
 
-A caught-up service polls a batch at a time, so its lists are made at once, as before. In a
-backlog an event's list can wait for the rest of its poll, which ``poll_budget_ms`` bounds (a
-tenth of a second by default) while the backlog itself is seconds; the freshness metric counts
-each event until its viewer's list is made.
+Only a poll that is behind does so (:func:`behind`: its newest record older than the poll
+budget), where an event's list can wait for the rest of its poll, which ``poll_budget_ms``
+bounds (a tenth of a second by default) while the backlog itself is seconds; the freshness
+metric counts each event until its viewer's list is made. A caught-up service polls a batch at
+a time, and a poll grown past one batch by a moment's pause still holds fresh events: their
+lists are made after every batch, as before.
 
 >>> from contract.events import WatchEvent
 >>> lists = ListCoalescer(batches=2)
@@ -31,7 +33,7 @@ from typing import NamedTuple
 
 from contract.events import WatchEvent
 
-__all__ = ["Due", "ListCoalescer", "every_viewer"]
+__all__ = ["Due", "ListCoalescer", "behind", "every_viewer"]
 
 
 class Due(NamedTuple):
@@ -45,6 +47,20 @@ class Due(NamedTuple):
     sources: list[tuple[int, int]]
     #: The Kafka timestamp of every event these lists answer (the freshness samples).
     produced_at: list[float]
+
+
+def behind(records: Sequence, seconds: float, now: float) -> bool:
+    """Whether even the newest of a poll's ``records`` was written more than ``seconds`` before
+    ``now`` (Kafka timestamps, epoch milliseconds): lists that wait for the rest of the poll are
+    late news anyway.
+
+    >>> from types import SimpleNamespace as Record
+    >>> behind([Record(timestamp=1_000), Record(timestamp=9_000)], 0.1, now=9.05)
+    False
+    >>> behind([Record(timestamp=1_000), Record(timestamp=9_000)], 0.1, now=9.5)
+    True
+    """
+    return max(r.timestamp for r in records) < 1000.0 * (now - seconds)
 
 
 def every_viewer(events: Sequence[WatchEvent], origins: Sequence[tuple]) -> Due:

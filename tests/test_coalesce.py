@@ -15,7 +15,7 @@ import orjson
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
-from consumer.coalesce import ListCoalescer, every_viewer
+from consumer.coalesce import ListCoalescer, behind, every_viewer
 from consumer.config import ConfigError, ServiceConfig
 from consumer.runner import build_service
 from contract.schema import event_to_json
@@ -165,3 +165,13 @@ def test_lists_are_made_once_a_poll_but_in_a_live_experiment_unless_told(args, o
 def test_an_unknown_choice_is_refused_at_start_up():
     with pytest.raises(ConfigError, match="lists_per must be one of auto, poll, batch"):
         ServiceConfig.from_args(["--lists-per", "viewer"], environ={})
+
+
+def test_only_a_poll_that_is_behind_waits_for_its_end():
+    """A poll grown past one batch by a moment's pause holds fresh events: lists every batch.
+    One whose newest event is older than the poll budget is a backlog: lists once."""
+    records = poll_of(events=3 * BATCH)
+    now = records[-1].timestamp / 1000.0
+    budget = ServiceConfig().poll_budget_ms / 1000
+    assert not behind(records, budget, now=now + 0.5 * budget)
+    assert behind(records, budget, now=now + 2 * budget)
