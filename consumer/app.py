@@ -28,10 +28,9 @@ for its turn however far behind the service is. A poll is learned in batches of 
 offline figure); each batch's lists are sent as soon as they are made and travel while the next
 batch is learned; but a poll of several batches that is behind (its newest event older than
 ``poll_budget_ms``) makes its lists once, after its last batch, one per viewer (``lists_per``,
-:mod:`consumer.coalesce`): a viewer's
-earlier lists would be overwritten within the poll, and one ranking call for the poll costs
-less than one per batch. The offsets of a poll are committed once every list of it is
-acknowledged.
+:mod:`consumer.coalesce`): a viewer's earlier lists would be overwritten within the poll, and
+one ranking call for the poll costs less than one per batch. The offsets of a poll are
+committed once every list of it is acknowledged.
 
 Where the time goes is counted per stage (:data:`consumer.metrics.STAGES`) in
 :attr:`StreamrecService.stage_seconds` and the ``streamrec_stage_seconds_total`` metric.
@@ -79,7 +78,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -1416,11 +1415,10 @@ class StreamrecService:
         due = (coalescer.due if coalescer is not None else every_viewer)(intake.events, intake.origins)
         now, out, n = time.time(), self.config.output_topic, self.config.top_n
         messages: list[Message] = []
-        if not due.viewers:  # made after the poll's last batch
+        if not due.answers:  # made after the poll's last batch
             return Recommended(messages, now, due.produced_at)
-        source_of = dict(zip(due.viewers, zip(due.timestamps, due.sources, strict=True), strict=True))
         control = self.arms.control
-        for arm, viewers in self._viewers_by_arm(due.viewers):
+        for arm, viewers in self._viewers_by_arm(due.answers):
             lists = None
             if arm is not control and arm.healthy and not self._guard_tripped(arm):
                 lists = self._guarded(arm, lambda a=arm, v=viewers: a.model.recommend_many(v, n=n))
@@ -1429,7 +1427,7 @@ class StreamrecService:
                 if arm is not control:
                     self._fell_back(arm, "exception" if not arm.healthy else "guard", len(viewers))
                 lists = self._control_lists(arm, viewers, n)
-            answered = [source_of[v] for v in viewers]
+            answered = [due.answers[v] for v in viewers]
             values = recommendation_values(
                 viewers,
                 lists,
@@ -1444,7 +1442,7 @@ class StreamrecService:
             messages += [(out, v.encode(), value, None) for v, value in zip(viewers, values, strict=True)]
         return Recommended(messages, now, due.produced_at)
 
-    def _viewers_by_arm(self, viewers: Sequence[str]) -> list[tuple[Arm, list[str]]]:
+    def _viewers_by_arm(self, viewers: Iterable[str]) -> list[tuple[Arm, list[str]]]:
         if not self.arms.experiment:
             return [(self.arms.control, list(viewers))]
         groups: dict[str, list[str]] = {}

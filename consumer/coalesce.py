@@ -20,9 +20,9 @@ lists are made after every batch, as before.
 >>> from contract.events import WatchEvent
 >>> lists = ListCoalescer(batches=2)
 >>> lists.due([WatchEvent(1.0, "a", "x"), WatchEvent(2.0, "b", "y")], [(0, 7, 10.0), (0, 8, 11.0)])
-Due(viewers=[], timestamps=[], sources=[], produced_at=[])
+Due(answers={}, produced_at=[])
 >>> lists.due([WatchEvent(3.0, "a", "z")], [(0, 9, 12.0)])
-Due(viewers=['a', 'b'], timestamps=[3.0, 2.0], sources=[(0, 9), (0, 8)], produced_at=[10.0, 11.0, 12.0])
+Due(answers={'a': (3.0, (0, 9)), 'b': (2.0, (0, 8))}, produced_at=[10.0, 11.0, 12.0])
 """
 
 from __future__ import annotations
@@ -39,12 +39,9 @@ __all__ = ["Due", "ListCoalescer", "behind", "every_viewer"]
 class Due(NamedTuple):
     """The viewers whose lists are made after a batch, with what each list says it answers."""
 
-    #: Each viewer once.
-    viewers: list[str]
-    #: Per viewer: the timestamp of their last event the list answers ...
-    timestamps: list[float]
-    #: ... and that event's (partition, offset).
-    sources: list[tuple[int, int]]
+    #: Each viewer once -> the timestamp of their last event the list answers, and that
+    #: event's (partition, offset).
+    answers: dict[str, tuple[float, tuple[int, int]]]
     #: The Kafka timestamp of every event these lists answer (the freshness samples).
     produced_at: list[float]
 
@@ -70,9 +67,7 @@ def every_viewer(events: Sequence[WatchEvent], origins: Sequence[tuple]) -> Due:
     """
     last = {e.viewer: i for i, e in enumerate(events)}
     return Due(
-        list(last),
-        [events[i].timestamp for i in last.values()],
-        [origins[i][:2] for i in last.values()],
+        {viewer: (events[i].timestamp, origins[i][:2]) for viewer, i in last.items()},
         [o[2] for o in origins],
     )
 
@@ -106,12 +101,10 @@ class ListCoalescer:
         positions = zip(repeat(batch), range(len(events)))
         self._last.update(zip([e.viewer for e in events], positions, strict=True))
         if batch + 1 < self._batches:
-            return Due([], [], [], [])
+            return Due({}, [])
         last, self._last = self._last, {}
-        at = list(last.values())
+        events, origins = self._events, self._origins
         return Due(
-            list(last),
-            [self._events[b][i].timestamp for b, i in at],
-            [self._origins[b][i][:2] for b, i in at],
-            [o[2] for origins in self._origins for o in origins],
+            {viewer: (events[b][i].timestamp, origins[b][i][:2]) for viewer, (b, i) in last.items()},
+            [o[2] for batch_origins in origins for o in batch_origins],
         )

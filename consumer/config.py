@@ -57,10 +57,10 @@ __all__ = [
     "DEFAULT_MODEL",
 ]
 
-#: Codecs of the output topics (kafka-python's ``compression_type``; ``none`` is no codec).
 #: When a backlog's lists are made (``lists_per``; :mod:`consumer.coalesce`).
 LISTS_PER = ("auto", "poll", "batch")
 
+#: Codecs of the output topics (kafka-python's ``compression_type``; ``none`` is no codec).
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 #: The default output codec. bench/e2e.py, 40,000 events, each codec twice (one run each way
 #: round): bytes a list on the broker's disk none 616, snappy 216, lz4 198, zstd 137, gzip 136;

@@ -66,10 +66,10 @@ def test_a_polls_lists_come_after_its_last_batch_one_per_viewer_answering_every_
     coalescer = ListCoalescer(batches=len(batches))
     last_event = {r.key.decode(): r for r in records}
     dues = [coalescer.due(*intake_of(batch)) for batch in batches]
-    assert all(not due.viewers and not due.produced_at for due in dues[:-1])
+    assert all(not due.answers and not due.produced_at for due in dues[:-1])
     final = dues[-1]
-    assert sorted(final.viewers) == sorted(last_event)  # each viewer once
-    for viewer, timestamp, source in zip(final.viewers, final.timestamps, final.sources, strict=True):
+    assert sorted(final.answers) == sorted(last_event)  # each viewer once
+    for viewer, (timestamp, source) in final.answers.items():
         record = last_event[viewer]  # the list answers the viewer's last event of the poll
         assert source == (record.partition, record.offset)
         assert timestamp == orjson.loads(record.value)["timestamp"]
@@ -77,8 +77,8 @@ def test_a_polls_lists_come_after_its_last_batch_one_per_viewer_answering_every_
     assert Counter(final.produced_at) == Counter(r.timestamp / 1000.0 for r in records)
     assert coalescer.held == 0
     # The point of it: far fewer lists than one per viewer per batch.
-    per_batch = sum(len(every_viewer(*intake_of(batch)).viewers) for batch in batches)
-    assert len(final.viewers) < 0.6 * per_batch
+    per_batch = sum(len(every_viewer(*intake_of(batch)).answers) for batch in batches)
+    assert len(final.answers) < 0.6 * per_batch
     with pytest.raises(RuntimeError, match="another"):
         coalescer.due(*intake_of(batches[0]))
 
