@@ -222,8 +222,9 @@ class Publisher:
             time.sleep(0.01)
         if isinstance(manager.last_error, ProducerFencedError):
             return manager.last_error
-        if _producer_epoch(self.producer) != self._epoch and not manager.is_bumping_epoch():
-            self._epoch = _producer_epoch(self.producer)
+        epoch = _producer_epoch(self.producer)
+        if epoch != self._epoch and not manager.is_bumping_epoch():
+            self._epoch = epoch
             return TransactionAborted(
                 f"kafka-python bumped the producer's epoch after the brokers refused a send, and the "
                 f"brokers aborted the transaction ({type(err).__name__}: {err})"

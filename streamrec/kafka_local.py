@@ -133,6 +133,11 @@ def ensure_jars() -> Path:
     return libs
 
 
+#: The lowest port :func:`free_port` hands out, and the ports it has handed out in this process.
+_LOWEST_CHOSEN_PORT = 20000
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = DEFAULT_HOST, count: int = 1) -> int:
     """A TCP port nobody listens on now, the first of ``count`` such in a row (a broker's
     listener and controller, or the /metrics ports of ``--workers N``).
@@ -152,10 +157,6 @@ def free_port(host: str = DEFAULT_HOST, count: int = 1) -> int:
             _handed_out.update(span)
             return port
     raise BrokerError(f"found no {count} free TCP ports in a row in {first}-{last + count - 1}")
-
-
-_LOWEST_CHOSEN_PORT = 20000
-_handed_out: set[int] = set()
 
 
 def _ephemeral_low() -> int:
